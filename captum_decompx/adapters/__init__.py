@@ -1,0 +1,87 @@
+"""The adapter registry, keyed by ``config.model_type``.
+
+Users add an architecture with :func:`register_adapter`; see the README for a worked example.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Union
+
+from torch import nn
+
+from .base import Activation, Adapter, LayerPaths, Linear, resolve
+from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA
+
+AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
+
+_REGISTRY: dict[str, AdapterOrFactory] = {}
+
+
+def register_adapter(
+    model_types: Union[str, Iterable[str]], adapter: AdapterOrFactory, *, overwrite: bool = False
+) -> None:
+    """Make DecompX support the models whose ``config.model_type`` is in ``model_types``.
+
+    Args:
+        model_types: one ``model_type`` or several.
+        adapter: an :class:`Adapter`, or a function ``model -> Adapter`` for families whose layout
+            depends on the model class (e.g. a classifier and a language model of one type).
+        overwrite: replace an adapter registered before for the same type.
+    """
+    names = [model_types] if isinstance(model_types, str) else list(model_types)
+    if not names:
+        raise ValueError("register_adapter needs at least one model_type.")
+    if not (isinstance(adapter, Adapter) or callable(adapter)):
+        raise TypeError(f"adapter must be an Adapter or a callable returning one, got {adapter!r}.")
+    for name in names:
+        if name in _REGISTRY and not overwrite:
+            raise ValueError(
+                f"An adapter for model_type {name!r} is registered already; pass overwrite=True to replace it."
+            )
+    for name in names:
+        _REGISTRY[name] = adapter
+
+
+def supported_model_types() -> list[str]:
+    """The ``model_type``s that have an adapter, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_type_of(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None)
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter registered for ``model.config.model_type``; a clear error when there is none."""
+    model_type = model_type_of(model)
+    entry = _REGISTRY.get(model_type) if model_type is not None else None
+    if entry is None:
+        found = f"model_type {model_type!r}" if model_type else f"a {type(model).__name__} without config.model_type"
+        raise ValueError(
+            f"DecompX has no adapter for {found}. Supported model_types: "
+            f"{', '.join(supported_model_types())}. To add an architecture, describe where its "
+            "components live with captum_decompx.Adapter and call "
+            "captum_decompx.register_adapter(model_type, adapter) (see the README)."
+        )
+    adapter = entry if isinstance(entry, Adapter) else entry(model)
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"The adapter factory for {model_type!r} returned {adapter!r}, not an Adapter.")
+    return adapter
+
+
+register_adapter("bert", BERT)
+register_adapter(("roberta", "xlm-roberta", "camembert"), ROBERTA)
+register_adapter("electra", ELECTRA)
+register_adapter("distilbert", DISTILBERT)
+
+__all__ = [
+    "Activation",
+    "Adapter",
+    "LayerPaths",
+    "Linear",
+    "adapter_for",
+    "register_adapter",
+    "resolve",
+    "supported_model_types",
+]

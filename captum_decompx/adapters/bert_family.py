@@ -1,0 +1,61 @@
+"""Adapters for the post-LN BERT family: BERT, RoBERTa (XLM-RoBERTa, CamemBERT), ELECTRA, DistilBERT."""
+
+import torch
+
+from .base import Activation, Adapter, LayerPaths, Linear
+
+BERT_LAYER = LayerPaths(
+    attention="attention.self",
+    value="attention.self.value",
+    attention_output="attention.output.dense",
+    attention_norm="attention.output.LayerNorm",
+    ffn_in="intermediate.dense",
+    ffn_activation="intermediate.intermediate_act_fn",
+    ffn_out="output.dense",
+    ffn_norm="output.LayerNorm",
+)
+
+BERT = Adapter(
+    name="bert",
+    layers="base_model.encoder.layer",
+    layer=BERT_LAYER,
+    head=(
+        Linear("base_model.pooler.dense"),
+        Activation(path="base_model.pooler.activation"),
+        Linear("classifier"),
+    ),
+)
+
+ROBERTA = Adapter(
+    name="roberta",
+    layers="base_model.encoder.layer",
+    layer=BERT_LAYER,
+    head=(Linear("classifier.dense"), Activation(function=torch.tanh), Linear("classifier.out_proj")),
+)
+
+ELECTRA = Adapter(
+    name="electra",
+    layers="base_model.encoder.layer",
+    layer=BERT_LAYER,
+    head=(
+        Linear("classifier.dense"),
+        Activation(path="classifier.activation"),
+        Linear("classifier.out_proj"),
+    ),
+)
+
+DISTILBERT = Adapter(
+    name="distilbert",
+    layers="base_model.transformer.layer",
+    layer=LayerPaths(
+        attention="attention",
+        value="attention.v_lin",
+        attention_output="attention.out_lin",
+        attention_norm="sa_layer_norm",
+        ffn_in="ffn.lin1",
+        ffn_activation="ffn.activation",
+        ffn_out="ffn.lin2",
+        ffn_norm="output_layer_norm",
+    ),
+    head=(Linear("pre_classifier"), Activation(function=torch.relu), Linear("classifier")),
+)

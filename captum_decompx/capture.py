@@ -1,0 +1,248 @@
+"""Capture what the engine needs from one real forward pass, with hooks only.
+
+:func:`capture_internals` is the one place where hooks are installed; it removes them in a
+``finally`` and puts the attention implementation back, so the model is left as it was found,
+also when the forward pass raises.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import defaultdict
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from .adapters import Activation, Adapter, Linear, resolve
+
+_MISSING = object()
+
+
+@dataclass
+class LayerRecord:
+    """What one encoder layer did in the real forward pass.
+
+    Attributes:
+        attention_probs: (batch, heads, seq, seq), post-softmax.
+        attention_norm_input: (batch, seq, hidden), input of the norm after attention.
+        ffn_pre_activation: (batch, seq, ffn), output of the first feed-forward linear map.
+        ffn_norm_input: (batch, seq, hidden), input of the norm after the feed-forward network.
+    """
+
+    attention_probs: torch.Tensor
+    attention_norm_input: torch.Tensor
+    ffn_pre_activation: torch.Tensor
+    ffn_norm_input: torch.Tensor
+
+
+@dataclass
+class Captured:
+    """Everything DecompX reads from one forward pass.
+
+    Attributes:
+        output: what the forward function returned.
+        logits: (batch, classes).
+        layer_input: (batch, seq, hidden), input of the first encoder layer (the embeddings).
+        layers: one :class:`LayerRecord` per layer, in execution order.
+        head_linear_outputs: per head step index of a :class:`Linear`, its output (batch, out).
+    """
+
+    output: Any
+    logits: torch.Tensor
+    layer_input: torch.Tensor
+    layers: list[LayerRecord]
+    head_linear_outputs: dict[int, torch.Tensor]
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.RLock:
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+def _configs_of(model: nn.Module) -> list[Any]:
+    """Distinct Hugging Face config objects used by the model's modules."""
+    seen: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            seen.setdefault(id(config), config)
+    return list(seen.values())
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run the model with eager attention (which returns its probabilities), then restore.
+
+    Models loaded with ``sdpa`` do not return attention probabilities. This switches every config
+    of the model to ``"eager"`` for the duration and restores each one's own value afterwards.
+    """
+    saved = []
+    for config in _configs_of(model):
+        attribute = "_attn_implementation_internal" if "_attn_implementation_internal" in vars(config) else None
+        if attribute is None:
+            continue
+        saved.append((config, attribute, vars(config)[attribute]))
+    try:
+        for config, attribute, _ in saved:
+            setattr(config, attribute, "eager")
+        yield
+    finally:
+        for config, attribute, value in saved:
+            setattr(config, attribute, value)
+
+
+def _first(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
+    if args:
+        return args[0]
+    if name in kwargs:
+        return kwargs[name]
+    raise RuntimeError(f"could not find {name!r} in the arguments of a hooked module")
+
+
+class _Recorder:
+    """Collects tensors from hooks, keyed by module identity, in call order."""
+
+    def __init__(self) -> None:
+        self.by_module: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def record_output(self, module: nn.Module, role: str, pick: Callable[[Any], Any]) -> None:
+        def hook(_module, _args, output):
+            self.by_module[id(module)][role].append(_detach(pick(output)))
+
+        self.handles.append(module.register_forward_hook(hook))
+
+    def record_input(self, module: nn.Module, role: str, name: str) -> None:
+        def hook(_module, args, kwargs):
+            self.by_module[id(module)][role].append(_detach(_first(args, kwargs, name)))
+
+        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def take(self, module: nn.Module, role: str, occurrence: int, where: str):
+        calls = self.by_module.get(id(module), {}).get(role, [])
+        if occurrence >= len(calls):
+            raise RuntimeError(
+                f"The forward function never ran {where} (recorded {len(calls)} call(s)). Check that "
+                "`model` is the module the forward function actually calls, and that the model's "
+                "architecture matches its adapter."
+            )
+        return calls[occurrence]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def _detach(value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def _attention_probs(output: Any) -> Optional[torch.Tensor]:
+    if isinstance(output, tuple) and len(output) > 1:
+        return output[1]
+    return None
+
+
+class Capture:
+    """Hooks installed on one model for one forward pass; :meth:`result` assembles the records."""
+
+    def __init__(self, model: nn.Module, adapter: Adapter) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.layers = adapter.layer_modules(model)
+        if not self.layers:
+            raise ValueError(f"The adapter {adapter.name!r} found no layers at {adapter.layers!r}.")
+        self.recorder = _Recorder()
+
+    def install(self) -> None:
+        paths = self.adapter.layer
+        installed: set[tuple[int, str]] = set()
+
+        def once(module: nn.Module, role: str, install: Callable[[], None]) -> None:
+            if (id(module), role) not in installed:
+                installed.add((id(module), role))
+                install()
+
+        recorder = self.recorder
+        first = self.layers[0]
+        once(first, "layer_input", lambda: recorder.record_input(first, "layer_input", "hidden_states"))
+        for layer in self.layers:
+            attention = resolve(layer, paths.attention)
+            once(attention, "probs", lambda m=attention: recorder.record_output(m, "probs", _attention_probs))
+            for path, role in ((paths.attention_norm, "norm_input"), (paths.ffn_norm, "norm_input")):
+                norm = resolve(layer, path)
+                once(norm, role, lambda m=norm: recorder.record_input(m, "norm_input", "input"))
+            ffn_in = resolve(layer, paths.ffn_in)
+            once(ffn_in, "output", lambda m=ffn_in: recorder.record_output(m, "output", lambda out: out))
+        for index, step in enumerate(self.adapter.head):
+            if isinstance(step, Linear):
+                linear = resolve(self.model, step.path)
+                once(linear, "output", lambda m=linear: recorder.record_output(m, "output", lambda out: out))
+
+    def result(self, output: Any, logits: torch.Tensor) -> Captured:
+        paths = self.adapter.layer
+        occurrences: dict[tuple[int, str], int] = defaultdict(int)
+
+        def take(module: nn.Module, role: str, where: str):
+            key = (id(module), role)
+            value = self.recorder.take(module, role, occurrences[key], where)
+            occurrences[key] += 1
+            return value
+
+        layer_input = take(self.layers[0], "layer_input", "the first encoder layer")
+        records = []
+        for index, layer in enumerate(self.layers):
+            probs = take(resolve(layer, paths.attention), "probs", f"the attention of layer {index}")
+            if probs is None:
+                raise RuntimeError(
+                    f"Layer {index}'s attention module ({paths.attention}) returned no attention "
+                    "probabilities even with eager attention. Its adapter must name a module whose "
+                    "output is (context, attention_probs)."
+                )
+            records.append(
+                LayerRecord(
+                    attention_probs=probs,
+                    attention_norm_input=take(resolve(layer, paths.attention_norm), "norm_input", f"layer {index}'s attention norm"),
+                    ffn_pre_activation=take(resolve(layer, paths.ffn_in), "output", f"layer {index}'s feed-forward network"),
+                    ffn_norm_input=take(resolve(layer, paths.ffn_norm), "norm_input", f"layer {index}'s output norm"),
+                )
+            )
+        head_outputs = {}
+        for index, step in enumerate(self.adapter.head):
+            if isinstance(step, Linear):
+                head_outputs[index] = take(resolve(self.model, step.path), "output", f"the head's {step.path}")
+        return Captured(output, logits, layer_input, records, head_outputs)
+
+
+@contextmanager
+def capture_internals(model: nn.Module, adapter: Adapter) -> Iterator[Capture]:
+    """Install the hooks that record one forward pass; remove them, whatever happens.
+
+    Usage::
+
+        with capture_internals(model, adapter) as capture:
+            output = forward_func(*inputs)
+        captured = capture.result(output, logits)
+
+    Captures on the same model are serialized, so two ``DecompX`` objects (or threads) never see
+    each other's hooks or attention setting.
+    """
+    capture = Capture(model, adapter)
+    with ExitStack() as stack:
+        stack.enter_context(_model_lock(model))
+        stack.enter_context(eager_attention(model))
+        stack.callback(capture.recorder.remove)
+        capture.install()
+        yield capture

@@ -1,0 +1,354 @@
+"""The exact and fast DecompX paths: from captured internals to per-token contributions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import engine
+from .adapters import Activation, Adapter, Linear, resolve
+from .capture import Captured, LayerRecord
+from .engine import Affine, BiasMode, LayerParams, Norm, Settings
+
+DEFAULT_MAX_MEMORY = 4 * 2**30
+
+
+class DecompXMemoryError(MemoryError):
+    """The exact path cannot fit its decomposition into ``max_memory``, even in chunks."""
+
+
+HeadStep = Union[Affine, Callable[[Tensor], Tensor]]
+
+
+@dataclass
+class ModelParts:
+    """The model's parameters that the engine uses, detached and in the compute dtype."""
+
+    layers: list[LayerParams]
+    head: list[HeadStep]
+    head_activation_inputs: list[Optional[int]]  # for activation steps: index of the Linear before it
+
+
+def _affine(module: nn.Module, dtype: torch.dtype) -> Affine:
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"Expected an nn.Linear, found {type(module).__name__}; check the adapter's paths.")
+    bias = None if module.bias is None else module.bias.detach().to(dtype)
+    return Affine(module.weight.detach().to(dtype), bias)
+
+
+def _norm(module: nn.Module, dtype: torch.dtype) -> Norm:
+    weight = getattr(module, "weight", None)
+    bias = getattr(module, "bias", None)
+    eps = getattr(module, "eps", getattr(module, "variance_epsilon", None))
+    if eps is None:
+        raise TypeError(f"Expected a LayerNorm-like module with `eps`, found {type(module).__name__}.")
+    return Norm(
+        None if weight is None else weight.detach().to(dtype),
+        None if bias is None else bias.detach().to(dtype),
+        float(eps),
+    )
+
+
+def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> ModelParts:
+    """Read the parameters the adapter points to (the model itself is not touched)."""
+    paths = adapter.layer
+    layers = []
+    for layer in adapter.layer_modules(model):
+        activation = resolve(layer, paths.ffn_activation)
+        if not callable(activation):
+            raise TypeError(f"{paths.ffn_activation} is not callable; check the adapter.")
+        layers.append(
+            LayerParams(
+                value=_affine(resolve(layer, paths.value), dtype),
+                attention_output=_affine(resolve(layer, paths.attention_output), dtype),
+                attention_norm=_norm(resolve(layer, paths.attention_norm), dtype),
+                ffn_in=_affine(resolve(layer, paths.ffn_in), dtype),
+                ffn_activation=activation,
+                ffn_out=_affine(resolve(layer, paths.ffn_out), dtype),
+                ffn_norm=_norm(resolve(layer, paths.ffn_norm), dtype),
+            )
+        )
+    head: list[HeadStep] = []
+    inputs: list[Optional[int]] = []
+    last_linear: Optional[int] = None
+    for index, step in enumerate(adapter.head):
+        if isinstance(step, Linear):
+            head.append(_affine(resolve(model, step.path), dtype))
+            inputs.append(None)
+            last_linear = index
+        else:
+            assert isinstance(step, Activation)
+            function = step.function if step.function is not None else resolve(model, step.path)
+            if last_linear is None:
+                raise ValueError("A head activation must follow a Linear step (its pre-activation).")
+            head.append(function)
+            inputs.append(last_linear)
+    if not head or not isinstance(head[-1], Affine):
+        raise ValueError(f"The adapter {adapter.name!r} must end its head with a Linear step.")
+    return ModelParts(layers, head, inputs)
+
+
+def padding_mask(captured: Captured) -> Tensor:
+    """(batch, seq) bool: True where some query attends to the token in the first layer."""
+    return (captured.layers[0].attention_probs != 0).any(dim=1).any(dim=1)
+
+
+def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype) -> Tensor:
+    """(batch, seq) weights of the pooled state over the last layer's rows."""
+    batch, seq = real_tokens.shape
+    weights = torch.zeros(batch, seq, dtype=dtype, device=real_tokens.device)
+    if adapter.pooling == "first":
+        weights[:, 0] = 1.0
+    elif adapter.pooling == "last":
+        positions = torch.arange(seq, device=real_tokens.device).expand(batch, seq)
+        last = torch.where(real_tokens, positions, -1).max(dim=1).values.clamp(min=0)
+        weights[torch.arange(batch), last] = 1.0
+    else:
+        real = real_tokens.to(dtype)
+        weights = real / real.sum(dim=1, keepdim=True).clamp(min=1)
+    return weights
+
+
+def _head_pre_activations(parts: ModelParts, captured: Captured, batch: slice, dtype) -> list[Optional[Tensor]]:
+    return [
+        None if source is None else captured.head_linear_outputs[source][batch].to(dtype)
+        for source in parts.head_activation_inputs
+    ]
+
+
+def _slice_record(record: LayerRecord, batch: slice, dtype: torch.dtype) -> LayerRecord:
+    return LayerRecord(
+        attention_probs=record.attention_probs[batch].to(dtype),
+        attention_norm_input=record.attention_norm_input[batch].to(dtype),
+        ffn_pre_activation=record.ffn_pre_activation[batch].to(dtype),
+        ffn_norm_input=record.ffn_norm_input[batch].to(dtype),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Exact path
+
+
+@dataclass
+class MemoryPlan:
+    """How the exact path splits its work: examples per group, rows per chunk."""
+
+    examples_per_group: int
+    rows_per_chunk: int
+    bytes_needed: int  # the peak estimate of the plan
+
+
+def exact_memory_per_example(seq: int, pieces: int, hidden: int, ffn: int, itemsize: int, rows: int) -> int:
+    """Estimated peak bytes of one example: three (seq, pieces, hidden) states, plus the
+    temporaries of ``rows`` rows (feed-forward pieces and norm/bias-rule intermediates)."""
+    state = 3 * seq * pieces * hidden
+    per_row = pieces * (3 * ffn + 6 * hidden)
+    return itemsize * (state + rows * per_row)
+
+
+def plan_memory(batch: int, seq: int, pieces: int, hidden: int, ffn: int, itemsize: int, max_memory: int) -> MemoryPlan:
+    full = exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, seq)
+    if full <= max_memory:
+        group = max(1, min(batch, max_memory // full))
+        return MemoryPlan(group, seq, group * full)
+    minimum = exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, 1)
+    if minimum > max_memory:
+        raise DecompXMemoryError(
+            f"The exact DecompX path needs at least {minimum / 2**30:.2f} GiB for one example of "
+            f"{seq} tokens (hidden {hidden}, feed-forward {ffn}), more than max_memory="
+            f"{max_memory / 2**30:.2f} GiB. Raise max_memory if the machine has the memory, shorten "
+            "the input, or use method='fast' (include_biases=False), which needs O(N) memory."
+        )
+    rows = int((max_memory - exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, 0)) // (minimum - exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, 0)))
+    rows = max(1, min(seq, rows))
+    return MemoryPlan(1, rows, exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, rows))
+
+
+def _chunks(rows: Tensor, size: int) -> list:
+    if rows.numel() == 0:
+        return []
+    if rows.numel() == int(rows[-1]) - int(rows[0]) + 1:
+        start, stop = int(rows[0]), int(rows[-1]) + 1
+        return [slice(s, min(s + size, stop)) for s in range(start, stop, size)]
+    return [rows[i : i + size] for i in range(0, rows.numel(), size)]
+
+
+@dataclass
+class ExactResult:
+    """Per example: contributions (batch, seq, classes) and the bias piece's share (batch, classes),
+    or, without the head, the pooled decomposition (batch, seq, hidden)."""
+
+    contributions: Optional[Tensor]
+    bias: Optional[Tensor]
+    pooled: Tensor
+    token_maps: Optional[list[Tensor]]
+
+
+def exact(
+    captured: Captured,
+    parts: ModelParts,
+    settings: Settings,
+    pooling: Tensor,
+    *,
+    include_head: bool,
+    max_memory: int,
+    dtype: torch.dtype,
+    token_maps: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+) -> ExactResult:
+    """Propagate one piece per input token through every layer and the head.
+
+    Args:
+        pooling: (batch, seq) pooling weights over the last layer's rows.
+        token_maps: also return, per layer, the (batch, seq, seq) norms ``||X_l[i, k]||`` (all
+            rows of every layer are then computed).
+        progress: called with the number of examples finished.
+    """
+    embeddings = captured.layer_input
+    batch, seq, hidden = embeddings.shape
+    device = embeddings.device
+    n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
+    ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
+    width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
+    itemsize = torch.finfo(dtype).bits // 8
+    plan = plan_memory(batch, seq, n_pieces, width, ffn if settings.include_ffn else 0, itemsize, max_memory)
+
+    pooled_all, contributions_all, bias_all = [], [], []
+    maps_all: list[list[Tensor]] = [[] for _ in parts.layers]
+    for start in range(0, batch, plan.examples_per_group):
+        group = slice(start, min(start + plan.examples_per_group, batch))
+        size = group.stop - group.start
+        pieces = torch.zeros(size, seq, n_pieces, hidden, dtype=dtype, device=device)
+        pieces[:, :, :seq].diagonal(dim1=1, dim2=2).copy_(embeddings[group].to(dtype).transpose(1, 2))
+        weights = pooling[group]
+        needed_last = torch.nonzero(weights.abs().sum(0) > 0).flatten()
+        for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
+            last = index == len(parts.layers) - 1
+            rows = needed_last if (last and not token_maps) else torch.arange(seq, device=device)
+            out = engine.post_ln_layer(
+                pieces,
+                _slice_record(record, group, dtype),
+                params,
+                settings,
+                first=index == 0,
+                row_chunks=_chunks(rows, plan.rows_per_chunk),
+            )
+            if last and not token_maps:
+                weights = weights[:, rows]
+            pieces = out
+            if token_maps:
+                maps_all[index].append(torch.linalg.vector_norm(engine.token_pieces(pieces, settings), dim=-1))
+        pooled = engine.pool(pieces, weights)  # (group, pieces, hidden)
+        del pieces
+        pooled_all.append(engine.token_pieces(pooled.unsqueeze(1), settings).squeeze(1))
+        if include_head:
+            scores = engine.head(pooled, parts.head, _head_pre_activations(parts, captured, group, dtype), settings)
+            contributions_all.append(engine.token_pieces(scores.unsqueeze(1), settings).squeeze(1))
+            if settings.bias_mode is BiasMode.PIECE:
+                bias_all.append(scores[:, -1])
+        if progress is not None:
+            progress(size)
+    return ExactResult(
+        contributions=torch.cat(contributions_all) if contributions_all else None,
+        bias=torch.cat(bias_all) if bias_all else None,
+        pooled=torch.cat(pooled_all),
+        token_maps=[torch.cat(maps) for maps in maps_all] if token_maps else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Fast path
+
+
+def _linearized_forward(
+    captured: Captured,
+    parts: ModelParts,
+    settings: Settings,
+    pooling: Tensor,
+    embeddings: Tensor,
+    own_scale: Tensor,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The frozen, bias-free model applied to the embeddings: (batch, hidden) pooled state."""
+    seq = embeddings.shape[1]
+    pieces = embeddings.unsqueeze(2)
+    everything = slice(None)
+    needed_last = torch.nonzero(pooling.abs().sum(0) > 0).flatten()
+    weights = pooling
+    for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
+        last = index == len(parts.layers) - 1
+        rows = needed_last if last else torch.arange(seq, device=embeddings.device)
+        pieces = engine.post_ln_layer(
+            pieces,
+            _slice_record(record, everything, dtype),
+            params,
+            settings,
+            first=index == 0,
+            row_chunks=_chunks(rows, seq),
+            own_scale=own_scale,
+        )
+        if last:
+            weights = pooling[:, rows]
+    return engine.pool(pieces, weights).squeeze(1)
+
+
+def fast(
+    captured: Captured,
+    parts: ModelParts,
+    settings: Settings,
+    pooling: Tensor,
+    *,
+    include_head: bool,
+    dtype: torch.dtype,
+    classes: Optional[Tensor] = None,
+) -> Tensor:
+    """The bias-free decomposition by one linearized forward and one backward per output.
+
+    The class score carried by token ``k`` is ``<dF/de_k, e_k>`` plus the token's share of its own
+    first-layer value bias, ``<dF/dv1_k, b_v>`` (obtained through a unit scale on that bias).
+
+    Args:
+        classes: (batch,) one class per example: returns (batch, seq). None: every class,
+            (batch, seq, classes). Ignored without the head.
+
+    Returns:
+        with the head, contributions as above; without it, the pooled decomposition
+        (batch, seq, hidden).
+    """
+    assert settings.bias_mode is BiasMode.DROP
+    embeddings_real = captured.layer_input
+    batch, seq, hidden = embeddings_real.shape
+    with torch.enable_grad():
+        embeddings = embeddings_real.detach().to(dtype).requires_grad_(True)
+        own_scale = torch.ones(batch, seq, dtype=dtype, device=embeddings.device, requires_grad=True)
+        pooled = _linearized_forward(captured, parts, settings, pooling, embeddings, own_scale, dtype)
+        if include_head:
+            pre = _head_pre_activations(parts, captured, slice(None), dtype)
+            outputs = engine.head(pooled.unsqueeze(1), parts.head, pre, settings).squeeze(1)  # (batch, classes)
+            if classes is not None:
+                selected = outputs.gather(1, classes.view(-1, 1)).sum()
+                return _token_shares(selected, embeddings, own_scale, retain=False)
+            columns = [
+                _token_shares(outputs[:, c].sum(), embeddings, own_scale, retain=c < outputs.shape[1] - 1)
+                for c in range(outputs.shape[1])
+            ]
+            return torch.stack(columns, dim=-1)
+        # Without the head: the pooled vector's decomposition, one backward per hidden unit.
+        basis = torch.eye(hidden, dtype=dtype, device=embeddings.device)
+        grads_e, grads_scale = torch.autograd.grad(
+            pooled,
+            (embeddings, own_scale),
+            grad_outputs=basis.unsqueeze(1).expand(hidden, batch, hidden),
+            is_grads_batched=True,
+        )
+        # grads_e: (hidden_out, batch, seq, hidden_in); grads_scale: (hidden_out, batch, seq)
+        vectors = torch.einsum("obsi,bsi->bso", grads_e, embeddings.detach()) + grads_scale.permute(1, 2, 0)
+        return vectors
+
+
+def _token_shares(score: Tensor, embeddings: Tensor, own_scale: Tensor, *, retain: bool) -> Tensor:
+    grad_e, grad_scale = torch.autograd.grad(score, (embeddings, own_scale), retain_graph=retain)
+    return (grad_e * embeddings.detach()).sum(-1) + grad_scale
