@@ -18,19 +18,22 @@ import torch
 from torch import nn
 
 from .adapters import Activation, Adapter, Linear, resolve
+from .adapters.base import Norm as HeadNorm
+from .adapters.base import split_block, take_block
 
 _MISSING = object()
 
 
 @dataclass
 class LayerRecord:
-    """What one encoder layer did in the real forward pass.
+    """What one layer did in the real forward pass.
 
     Attributes:
         attention_probs: (batch, heads, seq, seq), post-softmax.
-        attention_norm_input: (batch, seq, hidden), input of the norm after attention.
-        ffn_pre_activation: (batch, seq, ffn), output of the first feed-forward linear map.
-        ffn_norm_input: (batch, seq, hidden), input of the norm after the feed-forward network.
+        attention_norm_input: (batch, seq, hidden), input of the attention block's norm.
+        ffn_pre_activation: (batch, seq, ffn), input of the feed-forward activation (for a gated
+            unit, of the gate's activation).
+        ffn_norm_input: (batch, seq, hidden), input of the feed-forward block's norm.
     """
 
     attention_probs: torch.Tensor
@@ -46,16 +49,19 @@ class Captured:
     Attributes:
         output: what the forward function returned.
         logits: (batch, classes).
-        layer_input: (batch, seq, hidden), input of the first encoder layer (the embeddings).
+        layer_input: (batch, seq, hidden), input of the first layer (the embeddings).
         layers: one :class:`LayerRecord` per layer, in execution order.
-        head_linear_outputs: per head step index of a :class:`Linear`, its output (batch, out).
+        final_norm_input: (batch, seq, hidden), input of the final norm of pre-LN models.
+        head_inputs: per head step index, the real input of an :class:`Activation` (the
+            pre-activation) or a :class:`Norm` step: (batch, dim).
     """
 
     output: Any
     logits: torch.Tensor
     layer_input: torch.Tensor
     layers: list[LayerRecord]
-    head_linear_outputs: dict[int, torch.Tensor]
+    final_norm_input: Optional[torch.Tensor]
+    head_inputs: dict[int, torch.Tensor]
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -103,10 +109,14 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
 
 
 def _first(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
+    """The module's main input: its first positional argument, or ``name``, or the first tensor."""
     if args:
         return args[0]
     if name in kwargs:
         return kwargs[name]
+    for value in kwargs.values():
+        if isinstance(value, torch.Tensor):
+            return value
     raise RuntimeError(f"could not find {name!r} in the arguments of a hooked module")
 
 
@@ -165,31 +175,63 @@ class Capture:
         if not self.layers:
             raise ValueError(f"The adapter {adapter.name!r} found no layers at {adapter.layers!r}.")
         self.recorder = _Recorder()
+        self._installed: set[tuple[int, str]] = set()
+
+    def _once(self, module: nn.Module, role: str, install: Callable[[], None]) -> None:
+        if (id(module), role) not in self._installed:
+            self._installed.add((id(module), role))
+            install()
+
+    def _record_output(self, root: nn.Module, path: str) -> None:
+        module = resolve(root, split_block(path)[0])
+        self._once(module, "output", lambda: self.recorder.record_output(module, "output", lambda out: out))
+
+    def _record_norm_input(self, root: nn.Module, path: str) -> None:
+        module = resolve(root, path)
+        self._once(module, "input", lambda: self.recorder.record_input(module, "input", "input"))
+
+    def _ffn_pre_activation_path(self) -> str:
+        paths = self.adapter.layer
+        return paths.ffn_gate if paths.ffn_gate is not None else paths.ffn_in
 
     def install(self) -> None:
         paths = self.adapter.layer
-        installed: set[tuple[int, str]] = set()
-
-        def once(module: nn.Module, role: str, install: Callable[[], None]) -> None:
-            if (id(module), role) not in installed:
-                installed.add((id(module), role))
-                install()
-
         recorder = self.recorder
         first = self.layers[0]
-        once(first, "layer_input", lambda: recorder.record_input(first, "layer_input", "hidden_states"))
+        self._once(first, "layer_input", lambda: recorder.record_input(first, "layer_input", "hidden_states"))
         for layer in self.layers:
             attention = resolve(layer, paths.attention)
-            once(attention, "probs", lambda m=attention: recorder.record_output(m, "probs", _attention_probs))
-            for path, role in ((paths.attention_norm, "norm_input"), (paths.ffn_norm, "norm_input")):
-                norm = resolve(layer, path)
-                once(norm, role, lambda m=norm: recorder.record_input(m, "norm_input", "input"))
-            ffn_in = resolve(layer, paths.ffn_in)
-            once(ffn_in, "output", lambda m=ffn_in: recorder.record_output(m, "output", lambda out: out))
+            self._once(attention, "probs", lambda m=attention: recorder.record_output(m, "probs", _attention_probs))
+            if self.adapter.force_output_attentions is not None:
+                self._once(attention, "force", lambda m=attention: self._force_output_attentions(m))
+            self._record_norm_input(layer, paths.attention_norm)
+            self._record_norm_input(layer, paths.ffn_norm)
+            self._record_output(layer, self._ffn_pre_activation_path())
+        if self.adapter.final_norm is not None:
+            self._record_norm_input(self.model, self.adapter.final_norm)
         for index, step in enumerate(self.adapter.head):
+            if isinstance(step, Activation):
+                self._record_output(self.model, self._linear_before(index).path)
+            elif isinstance(step, HeadNorm):
+                self._record_norm_input(self.model, step.path)
+
+    def _linear_before(self, index: int) -> Linear:
+        for step in reversed(list(self.adapter.head)[:index]):
             if isinstance(step, Linear):
-                linear = resolve(self.model, step.path)
-                once(linear, "output", lambda m=linear: recorder.record_output(m, "output", lambda out: out))
+                return step
+        raise ValueError(f"The head activation at step {index} of adapter {self.adapter.name!r} follows no Linear step.")
+
+    def _force_output_attentions(self, module: nn.Module) -> None:
+        position, name = self.adapter.force_output_attentions
+
+        def hook(_module, args, kwargs):
+            if name in kwargs or len(args) <= position:
+                kwargs = {**kwargs, name: True}
+            else:
+                args = args[:position] + (True,) + args[position + 1 :]
+            return args, kwargs
+
+        self.recorder.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
     def result(self, output: Any, logits: torch.Tensor) -> Captured:
         paths = self.adapter.layer
@@ -201,7 +243,11 @@ class Capture:
             occurrences[key] += 1
             return value
 
-        layer_input = take(self.layers[0], "layer_input", "the first encoder layer")
+        def take_output(root: nn.Module, path: str, where: str) -> torch.Tensor:
+            module_path, block = split_block(path)
+            return take_block(take(resolve(root, module_path), "output", where), block)
+
+        layer_input = take(self.layers[0], "layer_input", "the first layer")
         records = []
         for index, layer in enumerate(self.layers):
             probs = take(resolve(layer, paths.attention), "probs", f"the attention of layer {index}")
@@ -209,21 +255,26 @@ class Capture:
                 raise RuntimeError(
                     f"Layer {index}'s attention module ({paths.attention}) returned no attention "
                     "probabilities even with eager attention. Its adapter must name a module whose "
-                    "output is (context, attention_probs)."
+                    "output is (output, attention_probs), or set force_output_attentions."
                 )
             records.append(
                 LayerRecord(
                     attention_probs=probs,
-                    attention_norm_input=take(resolve(layer, paths.attention_norm), "norm_input", f"layer {index}'s attention norm"),
-                    ffn_pre_activation=take(resolve(layer, paths.ffn_in), "output", f"layer {index}'s feed-forward network"),
-                    ffn_norm_input=take(resolve(layer, paths.ffn_norm), "norm_input", f"layer {index}'s output norm"),
+                    attention_norm_input=take(resolve(layer, paths.attention_norm), "input", f"layer {index}'s attention norm"),
+                    ffn_pre_activation=take_output(layer, self._ffn_pre_activation_path(), f"layer {index}'s feed-forward network"),
+                    ffn_norm_input=take(resolve(layer, paths.ffn_norm), "input", f"layer {index}'s feed-forward norm"),
                 )
             )
-        head_outputs = {}
+        final_norm_input = None
+        if self.adapter.final_norm is not None:
+            final_norm_input = take(resolve(self.model, self.adapter.final_norm), "input", "the final norm")
+        head_inputs = {}
         for index, step in enumerate(self.adapter.head):
-            if isinstance(step, Linear):
-                head_outputs[index] = take(resolve(self.model, step.path), "output", f"the head's {step.path}")
-        return Captured(output, logits, layer_input, records, head_outputs)
+            if isinstance(step, Activation):
+                head_inputs[index] = take_output(self.model, self._linear_before(index).path, f"the head step {index}")
+            elif isinstance(step, HeadNorm):
+                head_inputs[index] = take(resolve(self.model, step.path), "input", f"the head's {step.path}")
+        return Captured(output, logits, layer_input, records, final_norm_input, head_inputs)
 
 
 @contextmanager

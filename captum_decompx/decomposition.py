@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from . import engine
 from .adapters import Activation, Adapter, Linear, resolve
+from .adapters.base import Norm as HeadNorm
+from .adapters.base import split_block, take_block
 from .capture import Captured, LayerRecord
 from .engine import Affine, BiasMode, LayerParams, Norm, Settings
 
@@ -20,7 +22,7 @@ class DecompXMemoryError(MemoryError):
     """The exact path cannot fit its decomposition into ``max_memory``, even in chunks."""
 
 
-HeadStep = Union[Affine, Callable[[Tensor], Tensor]]
+HeadStep = Union[Affine, Norm, Callable[[Tensor], Tensor]]
 
 
 @dataclass
@@ -28,27 +30,50 @@ class ModelParts:
     """The model's parameters that the engine uses, detached and in the compute dtype."""
 
     layers: list[LayerParams]
+    final_norm: Optional[Norm]
     head: list[HeadStep]
-    head_activation_inputs: list[Optional[int]]  # for activation steps: index of the Linear before it
+    head_input_steps: list[Optional[int]]  # for activation and norm steps: their own index
 
 
-def _affine(module: nn.Module, dtype: torch.dtype) -> Affine:
-    if not isinstance(module, nn.Linear):
-        raise TypeError(f"Expected an nn.Linear, found {type(module).__name__}; check the adapter's paths.")
-    bias = None if module.bias is None else module.bias.detach().to(dtype)
-    return Affine(module.weight.detach().to(dtype), bias)
+def affine(root: nn.Module, path: str, dtype: torch.dtype) -> Affine:
+    """The linear map at ``path`` (``nn.Linear`` or GPT-2's ``Conv1D``), optionally one block
+    ``[i/n]`` of its output features, as ``x @ weight.T + bias``."""
+    module_path, block = split_block(path)
+    module = resolve(root, module_path)
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise TypeError(f"{module_path} ({type(module).__name__}) is not a linear map; check the adapter's paths.")
+    if type(module).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+        weight = weight.T
+    elif not isinstance(module, nn.Linear):
+        raise TypeError(f"Expected a linear map at {module_path}, found {type(module).__name__}.")
+    bias = getattr(module, "bias", None)
+    weight = take_block(weight.detach(), block, dim=0).to(dtype)
+    bias = None if bias is None else take_block(bias.detach(), block, dim=0).to(dtype)
+    return Affine(weight, bias)
 
 
-def _norm(module: nn.Module, dtype: torch.dtype) -> Norm:
+def norm_params(module: nn.Module, dtype: torch.dtype) -> Optional[Norm]:
+    """A LayerNorm or RMSNorm's parameters; None for ``nn.Identity``."""
+    if isinstance(module, nn.Identity):
+        return None
     weight = getattr(module, "weight", None)
     bias = getattr(module, "bias", None)
-    eps = getattr(module, "eps", getattr(module, "variance_epsilon", None))
-    if eps is None:
-        raise TypeError(f"Expected a LayerNorm-like module with `eps`, found {type(module).__name__}.")
+    if isinstance(module, nn.LayerNorm):
+        kind, eps = "layer", module.eps
+    else:
+        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+        if eps is None or "rms" not in type(module).__name__.lower():
+            raise TypeError(
+                f"Expected nn.LayerNorm, an RMSNorm or nn.Identity, found {type(module).__name__}; "
+                "DecompX does not know how this module normalizes."
+            )
+        kind = "rms"
     return Norm(
         None if weight is None else weight.detach().to(dtype),
         None if bias is None else bias.detach().to(dtype),
         float(eps),
+        kind,
     )
 
 
@@ -62,33 +87,36 @@ def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> Mod
             raise TypeError(f"{paths.ffn_activation} is not callable; check the adapter.")
         layers.append(
             LayerParams(
-                value=_affine(resolve(layer, paths.value), dtype),
-                attention_output=_affine(resolve(layer, paths.attention_output), dtype),
-                attention_norm=_norm(resolve(layer, paths.attention_norm), dtype),
-                ffn_in=_affine(resolve(layer, paths.ffn_in), dtype),
+                value=affine(layer, paths.value, dtype),
+                attention_output=affine(layer, paths.attention_output, dtype),
+                attention_norm=norm_params(resolve(layer, paths.attention_norm), dtype),
+                ffn_in=affine(layer, paths.ffn_in, dtype),
                 ffn_activation=activation,
-                ffn_out=_affine(resolve(layer, paths.ffn_out), dtype),
-                ffn_norm=_norm(resolve(layer, paths.ffn_norm), dtype),
+                ffn_out=affine(layer, paths.ffn_out, dtype),
+                ffn_norm=norm_params(resolve(layer, paths.ffn_norm), dtype),
+                ffn_gated=paths.ffn_gate is not None,
+                pre_norm=adapter.norm_position == "pre",
             )
         )
+    final_norm = None
+    if adapter.final_norm is not None:
+        final_norm = norm_params(resolve(model, adapter.final_norm), dtype)
     head: list[HeadStep] = []
     inputs: list[Optional[int]] = []
-    last_linear: Optional[int] = None
     for index, step in enumerate(adapter.head):
         if isinstance(step, Linear):
-            head.append(_affine(resolve(model, step.path), dtype))
+            head.append(affine(model, step.path, dtype))
             inputs.append(None)
-            last_linear = index
+        elif isinstance(step, HeadNorm):
+            head.append(norm_params(resolve(model, step.path), dtype))
+            inputs.append(index)
         else:
             assert isinstance(step, Activation)
-            function = step.function if step.function is not None else resolve(model, step.path)
-            if last_linear is None:
-                raise ValueError("A head activation must follow a Linear step (its pre-activation).")
-            head.append(function)
-            inputs.append(last_linear)
+            head.append(step.function if step.function is not None else resolve(model, step.path))
+            inputs.append(index)
     if not head or not isinstance(head[-1], Affine):
         raise ValueError(f"The adapter {adapter.name!r} must end its head with a Linear step.")
-    return ModelParts(layers, head, inputs)
+    return ModelParts(layers, final_norm, head, inputs)
 
 
 def padding_mask(captured: Captured) -> Tensor:
@@ -112,11 +140,18 @@ def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype) -> T
     return weights
 
 
-def _head_pre_activations(parts: ModelParts, captured: Captured, batch: slice, dtype) -> list[Optional[Tensor]]:
+def _head_inputs(parts: ModelParts, captured: Captured, batch: slice, dtype) -> list[Optional[Tensor]]:
     return [
-        None if source is None else captured.head_linear_outputs[source][batch].to(dtype)
-        for source in parts.head_activation_inputs
+        None if step is None else captured.head_inputs[step][batch].to(dtype)
+        for step in parts.head_input_steps
     ]
+
+
+def _final_norm(pieces: Tensor, parts: ModelParts, captured: Captured, batch: slice, rows, settings: Settings, dtype) -> Tensor:
+    """The final norm of pre-LN models on the computed rows of the last layer."""
+    if parts.final_norm is None:
+        return pieces
+    return engine.normalize(pieces, captured.final_norm_input[batch][:, rows].to(dtype), parts.final_norm, settings)
 
 
 def _slice_record(record: LayerRecord, batch: slice, dtype: torch.dtype) -> LayerRecord:
@@ -228,7 +263,7 @@ def exact(
         for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
             last = index == len(parts.layers) - 1
             rows = needed_last if (last and not token_maps) else torch.arange(seq, device=device)
-            out = engine.post_ln_layer(
+            out = engine.transformer_layer(
                 pieces,
                 _slice_record(record, group, dtype),
                 params,
@@ -241,11 +276,12 @@ def exact(
             pieces = out
             if token_maps:
                 maps_all[index].append(torch.linalg.vector_norm(engine.token_pieces(pieces, settings), dim=-1))
+        pieces = _final_norm(pieces, parts, captured, group, rows, settings, dtype)
         pooled = engine.pool(pieces, weights)  # (group, pieces, hidden)
         del pieces
         pooled_all.append(engine.token_pieces(pooled.unsqueeze(1), settings).squeeze(1))
         if include_head:
-            scores = engine.head(pooled, parts.head, _head_pre_activations(parts, captured, group, dtype), settings)
+            scores = engine.head(pooled, parts.head, _head_inputs(parts, captured, group, dtype), settings)
             contributions_all.append(engine.token_pieces(scores.unsqueeze(1), settings).squeeze(1))
             if settings.bias_mode is BiasMode.PIECE:
                 bias_all.append(scores[:, -1])
@@ -281,7 +317,7 @@ def _linearized_forward(
     for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
         last = index == len(parts.layers) - 1
         rows = needed_last if last else torch.arange(seq, device=embeddings.device)
-        pieces = engine.post_ln_layer(
+        pieces = engine.transformer_layer(
             pieces,
             _slice_record(record, everything, dtype),
             params,
@@ -292,6 +328,7 @@ def _linearized_forward(
         )
         if last:
             weights = pooling[:, rows]
+    pieces = _final_norm(pieces, parts, captured, everything, rows, settings, dtype)
     return engine.pool(pieces, weights).squeeze(1)
 
 
@@ -326,7 +363,7 @@ def fast(
         own_scale = torch.ones(batch, seq, dtype=dtype, device=embeddings.device, requires_grad=True)
         pooled = _linearized_forward(captured, parts, settings, pooling, embeddings, own_scale, dtype)
         if include_head:
-            pre = _head_pre_activations(parts, captured, slice(None), dtype)
+            pre = _head_inputs(parts, captured, slice(None), dtype)
             outputs = engine.head(pooled.unsqueeze(1), parts.head, pre, settings).squeeze(1)  # (batch, classes)
             if classes is not None:
                 selected = outputs.gather(1, classes.view(-1, 1)).sum()

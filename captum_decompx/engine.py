@@ -44,13 +44,20 @@ class Settings:
     head_approximation: str = "zo"
 
 
+NORM_KINDS = ("layer", "rms")
+
+
 @dataclass(frozen=True)
 class Norm:
-    """A LayerNorm's parameters; ``weight``/``bias`` are (dim,)."""
+    """A normalization's parameters: LayerNorm (``kind="layer"``) or RMSNorm (``"rms"``).
 
-    weight: Tensor
+    ``weight``/``bias`` are (dim,) or None.
+    """
+
+    weight: Optional[Tensor]
     bias: Optional[Tensor]
     eps: float
+    kind: str = "layer"
 
 
 @dataclass(frozen=True)
@@ -63,15 +70,22 @@ class Affine:
 
 @dataclass(frozen=True)
 class LayerParams:
-    """The parameters of one post-LN encoder layer, in the compute dtype."""
+    """The parameters of one layer, in the compute dtype.
+
+    ``attention_norm``/``ffn_norm`` are None where the model has no normalization there;
+    ``ffn_gated`` means the feed-forward unit is ``act(gate) * ffn_in(x)``; ``pre_norm`` that the
+    norms act on each block's input (pre-LN) rather than after its residual (post-LN).
+    """
 
     value: Affine
     attention_output: Affine
-    attention_norm: Norm
+    attention_norm: Optional[Norm]
     ffn_in: Affine
     ffn_activation: Callable[[Tensor], Tensor]
     ffn_out: Affine
-    ffn_norm: Norm
+    ffn_norm: Optional[Norm]
+    ffn_gated: bool = False
+    pre_norm: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,19 +154,40 @@ def linear(pieces: Tensor, affine: Affine, settings: Settings) -> Tensor:
     return add_bias(pieces @ affine.weight.T, affine.bias, settings)
 
 
-def layer_norm(pieces: Tensor, norm_input: Tensor, norm: Norm, settings: Settings) -> Tensor:
-    """LayerNorm with the real statistics of its captured input.
+def normalize(
+    pieces: Tensor,
+    norm_input: Tensor,
+    norm: Optional[Norm],
+    settings: Settings,
+    *,
+    own_bias: bool = False,
+    own_scale: Optional[Tensor] = None,
+) -> Tensor:
+    """LayerNorm or RMSNorm with the real statistics of its captured input.
 
     Args:
         pieces: (batch, rows, pieces, dim).
         norm_input: (batch, rows, dim), the real input of the normalization.
+        norm: the parameters; None means no normalization (identity).
+        own_bias: the norm acts before any token mixing (a pre-LN model's first norm): its bias
+            belongs to each row's own token (see :func:`add_to_own_pieces`).
+        own_scale: (batch, rows), fast path only.
     """
-    variance = norm_input.var(-1, unbiased=False, keepdim=True)
-    scale = (variance + norm.eps).sqrt().unsqueeze(-2)
-    centred = pieces - pieces.mean(-1, keepdim=True)
-    out = centred / scale
+    if norm is None:
+        return pieces
+    if norm.kind == "rms":
+        scale = (norm_input.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt().unsqueeze(-2)
+        out = pieces / scale
+    else:
+        variance = norm_input.var(-1, unbiased=False, keepdim=True)
+        scale = (variance + norm.eps).sqrt().unsqueeze(-2)
+        out = (pieces - pieces.mean(-1, keepdim=True)) / scale
     if norm.weight is not None:
         out = out * norm.weight
+    if norm.bias is None:
+        return out
+    if own_bias:
+        return add_to_own_pieces(out, norm.bias, own_scale)
     return add_bias(out, norm.bias, settings)
 
 
@@ -188,29 +223,33 @@ def activation(
     raise ValueError(f"Unknown approximation {approximation!r}.")
 
 
-def split_heads(values: Tensor, heads: int) -> Tensor:
-    """(batch, seq, pieces, heads*head_dim) -> (batch, heads, seq, pieces*head_dim)."""
+def split_heads(values: Tensor, kv_heads: int) -> Tensor:
+    """(batch, seq, pieces, kv_heads*head_dim) -> (batch, kv_heads, seq, pieces*head_dim)."""
     batch, seq, pieces, dim = values.shape
-    head_dim = dim // heads
-    return values.view(batch, seq, pieces, heads, head_dim).permute(0, 3, 1, 2, 4).reshape(
-        batch, heads, seq, pieces * head_dim
+    head_dim = dim // kv_heads
+    return values.view(batch, seq, pieces, kv_heads, head_dim).permute(0, 3, 1, 2, 4).reshape(
+        batch, kv_heads, seq, pieces * head_dim
     )
 
 
 def mix_heads(probs: Tensor, head_values: Tensor, pieces: int) -> Tensor:
-    """Attention mixing of split values.
+    """Attention mixing of split values; query head ``h`` reads key-value head
+    ``h // (heads // kv_heads)`` (grouped-query attention when ``kv_heads < heads``).
 
     Args:
         probs: (batch, heads, rows, seq).
-        head_values: (batch, heads, seq, pieces*head_dim), from :func:`split_heads`.
+        head_values: (batch, kv_heads, seq, pieces*head_dim), from :func:`split_heads`.
 
     Returns:
         (batch, rows, pieces, heads*head_dim).
     """
-    batch, heads, rows, _ = probs.shape
-    mixed = probs @ head_values
+    batch, heads, rows, seq = probs.shape
+    kv_heads = head_values.shape[1]
+    group = heads // kv_heads
+    grouped = probs.reshape(batch, kv_heads, group * rows, seq)
+    mixed = grouped @ head_values
     head_dim = mixed.shape[-1] // pieces
-    return mixed.view(batch, heads, rows, pieces, head_dim).permute(0, 2, 3, 1, 4).reshape(
+    return mixed.view(batch, kv_heads, group, rows, pieces, head_dim).permute(0, 3, 4, 1, 2, 5).reshape(
         batch, rows, pieces, heads * head_dim
     )
 
@@ -244,21 +283,54 @@ def layer_attention_bias(params: LayerParams, first: bool) -> Optional[Tensor]:
     return carried if out_bias is None else carried + out_bias
 
 
-def post_ln_layer(
+def feed_forward(pieces: Tensor, pre_activation: Tensor, params: LayerParams, settings: Settings) -> Tensor:
+    """The feed-forward network on a decomposition.
+
+    Args:
+        pieces: (batch, rows, pieces, dim).
+        pre_activation: (batch, rows, ffn), the real input of the activation (for a gated unit,
+            of the gate's activation, whose real value then scales the decomposed up-projection).
+    """
+    hidden = linear(pieces, params.ffn_in, settings)
+    if params.ffn_gated:
+        hidden = hidden * params.ffn_activation(pre_activation).unsqueeze(-2)
+    else:
+        hidden = activation(hidden, pre_activation, params.ffn_activation, settings.ffn_approximation, settings)
+    return linear(hidden, params.ffn_out, settings)
+
+
+def attention_values(
+    pieces: Tensor, params: LayerParams, heads: int, *, first: bool, own_scale: Optional[Tensor]
+) -> Tensor:
+    """Value vectors of every piece, split by key-value head: (batch, kv_heads, seq, pieces*head_dim).
+
+    In the first layer the value bias belongs to each row's own token.
+    """
+    values = pieces @ params.value.weight.T
+    if first and params.value.bias is not None:
+        values = add_to_own_pieces(values, params.value.bias, own_scale)
+    head_dim = params.attention_output.weight.shape[1] // heads
+    return split_heads(values, values.shape[-1] // head_dim)
+
+
+def transformer_layer(
     pieces: Tensor,
     record,
     params: LayerParams,
     settings: Settings,
     *,
     first: bool,
-    row_chunks: list[slice],
+    row_chunks: list,
     own_scale: Optional[Tensor] = None,
 ) -> Tensor:
-    """Propagate a decomposition through one post-LN encoder layer.
+    """Propagate a decomposition through one transformer layer (post-LN or pre-LN).
+
+    Post-LN (BERT): ``x -> h = norm1(x + attn(x)) -> norm2(h + ffn(h))``.
+    Pre-LN (GPT-2, Llama, ViT): ``x -> h = x + attn(norm1(x)) -> h + ffn(norm2(h))``.
 
     Args:
         pieces: (batch, seq, pieces, dim), the decomposition of the layer's input.
-        record: the layer's :class:`~captum_decompx.capture.LayerRecord`, already sliced to the batch.
+        record: the layer's :class:`~captum_decompx.capture.LayerRecord` for this batch.
         row_chunks: which output rows to compute, in chunks (bounds the peak memory).
         own_scale: (batch, seq), fast path only (see :func:`add_to_own_pieces`).
 
@@ -267,34 +339,30 @@ def post_ln_layer(
     """
     heads = record.attention_probs.shape[1]
     n_pieces = pieces.shape[2]
-    values = pieces @ params.value.weight.T
-    if first and params.value.bias is not None:
-        values = add_to_own_pieces(values, params.value.bias, own_scale)
-    head_values = split_heads(values, heads)
-    del values
+    attention_input = pieces
+    if params.pre_norm:
+        attention_input = normalize(
+            pieces, record.attention_norm_input, params.attention_norm, settings, own_bias=first, own_scale=own_scale
+        )
+    head_values = attention_values(attention_input, params, heads, first=first, own_scale=own_scale)
+    del attention_input
     attention_bias = layer_attention_bias(params, first)
     outputs = []
     for rows in row_chunks:
         mixed = mix_heads(record.attention_probs[:, :, rows], head_values, n_pieces)
-        residual = mixed @ params.attention_output.weight.T + pieces[:, rows]
+        hidden = add_bias(mixed @ params.attention_output.weight.T + pieces[:, rows], attention_bias, settings)
         del mixed
-        residual = add_bias(residual, attention_bias, settings)
-        normed = layer_norm(residual, record.attention_norm_input[:, rows], params.attention_norm, settings)
-        del residual
+        if params.pre_norm:
+            if settings.include_ffn:
+                normed = normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings)
+                hidden = hidden + feed_forward(normed, record.ffn_pre_activation[:, rows], params, settings)
+                del normed
+            outputs.append(hidden)
+            continue
+        hidden = normalize(hidden, record.attention_norm_input[:, rows], params.attention_norm, settings)
         if settings.include_ffn:
-            hidden = linear(normed, params.ffn_in, settings)
-            hidden = activation(
-                hidden,
-                record.ffn_pre_activation[:, rows],
-                params.ffn_activation,
-                settings.ffn_approximation,
-                settings,
-            )
-            ffn_out = linear(hidden, params.ffn_out, settings)
-            del hidden
-            normed = normed + ffn_out
-            del ffn_out
-        outputs.append(layer_norm(normed, record.ffn_norm_input[:, rows], params.ffn_norm, settings))
+            hidden = hidden + feed_forward(hidden, record.ffn_pre_activation[:, rows], params, settings)
+        outputs.append(normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
 
@@ -314,25 +382,25 @@ def pool(pieces: Tensor, pool_weights: Tensor) -> Tensor:
 def head(
     pooled: Tensor,
     steps: list,
-    pre_activations: list[Optional[Tensor]],
+    step_inputs: list[Optional[Tensor]],
     settings: Settings,
 ) -> Tensor:
     """Propagate the pooled decomposition through the classification head.
 
     Args:
         pooled: (batch, pieces, dim).
-        steps: resolved head steps: :class:`Affine` or an activation function.
-        pre_activations: for each activation step, its real input (batch, dim); None otherwise.
+        steps: resolved head steps: :class:`Affine`, :class:`Norm`, or an activation function.
+        step_inputs: for each activation or norm step, its real input (batch, dim); else None.
 
     Returns:
         (batch, pieces, classes).
     """
     pieces = pooled.unsqueeze(1)
-    for step, pre_activation in zip(steps, pre_activations):
+    for step, real_input in zip(steps, step_inputs):
         if isinstance(step, Affine):
             pieces = linear(pieces, step, settings)
+        elif isinstance(step, Norm):
+            pieces = normalize(pieces, real_input.unsqueeze(1), step, settings)
         else:
-            pieces = activation(
-                pieces, pre_activation.unsqueeze(1), step, settings.head_approximation, settings
-            )
+            pieces = activation(pieces, real_input.unsqueeze(1), step, settings.head_approximation, settings)
     return pieces.squeeze(1)

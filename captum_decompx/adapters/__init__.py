@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Union
 
 from torch import nn
 
-from .base import Activation, Adapter, LayerPaths, Linear, resolve
+from .base import Activation, Adapter, LayerPaths, Linear, Norm, resolve
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA
 
 AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
@@ -80,6 +80,7 @@ __all__ = [
     "Adapter",
     "LayerPaths",
     "Linear",
+    "Norm",
     "adapter_for",
     "register_adapter",
     "resolve",

@@ -2,35 +2,44 @@
 
 An adapter holds dotted attribute paths and a few flags. It installs nothing and holds no math:
 the capture context manager hooks the modules it names, and the engine does the propagation.
+
+A path may end in ``[i/n]`` to name the ``i``-th of ``n`` equal blocks of a fused projection's
+output features, e.g. ``"attn.Wqkv[2/3]"`` for the values of a fused query-key-value map.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 POOLING_MODES = ("first", "last", "mean")
+NORM_POSITIONS = ("post", "pre")
+INPUT_KINDS = ("tokens", "pixels")
+
+_BLOCK = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<count>\d+)\]$")
 
 
 @dataclass(frozen=True)
 class LayerPaths:
-    """Paths, relative to one encoder layer, of the modules DecompX reads.
+    """Paths, relative to one layer, of the modules DecompX reads.
 
     Attributes:
-        attention: module whose output is ``(context, attention_probs)`` when the model runs with
-            eager attention; ``attention_probs`` is ``(batch, heads, seq, seq)``, post-softmax.
-        value: ``nn.Linear`` computing the value vectors of all heads.
-        attention_output: ``nn.Linear`` mixing the heads back to the hidden size (``W_O``).
-        attention_norm: normalization after the attention residual (post-LN models).
-        ffn_in: first ``nn.Linear`` of the feed-forward network.
-        ffn_activation: the activation applied to ``ffn_in``'s output: a module or a function
-            reachable by attribute (e.g. ``"intermediate.intermediate_act_fn"``).
-        ffn_out: second ``nn.Linear`` of the feed-forward network.
-        ffn_norm: normalization after the feed-forward residual.
+        attention: module whose output is ``(context_or_output, attention_probs)`` when the model
+            runs with eager attention; ``attention_probs`` is ``(batch, heads, seq, seq)``.
+        value: linear map computing the value vectors of all (key-value) heads.
+        attention_output: linear map from the heads back to the hidden size (``W_O``).
+        attention_norm: normalization of the attention block: after its residual (post-LN) or
+            on its input (pre-LN). An ``nn.Identity`` there means no normalization.
+        ffn_in: first linear map of the feed-forward network (the "up" half of a gated unit).
+        ffn_activation: the activation, a module or function reachable by attribute.
+        ffn_out: last linear map of the feed-forward network.
+        ffn_norm: normalization of the feed-forward block (after its residual, or on its input).
+        ffn_gate: for gated units ``act(gate(x)) * ffn_in(x)``, the gate's linear map.
     """
 
     attention: str
@@ -41,11 +50,12 @@ class LayerPaths:
     ffn_activation: str
     ffn_out: str
     ffn_norm: str
+    ffn_gate: Optional[str] = None
 
 
 @dataclass(frozen=True)
 class Linear:
-    """A head step: the ``nn.Linear`` at ``path`` (relative to the top model)."""
+    """A head step: the linear map at ``path`` (relative to the top model)."""
 
     path: str
 
@@ -62,7 +72,14 @@ class Activation:
             raise ValueError("Activation needs exactly one of `path` or `function`.")
 
 
-HeadStep = "Linear | Activation"
+@dataclass(frozen=True)
+class Norm:
+    """A head step: the normalization module at ``path`` (relative to the top model)."""
+
+    path: str
+
+
+LayersSpec = Union[str, Callable[[nn.Module], Sequence[nn.Module]]]
 
 
 @dataclass(frozen=True)
@@ -71,30 +88,67 @@ class Adapter:
 
     Attributes:
         name: a readable name, e.g. ``"bert"``.
-        layers: path, relative to the top model, of the ``nn.ModuleList`` of encoder layers.
+        layers: path, relative to the top model, of the ``nn.ModuleList`` of layers, or a function
+            returning the layers in execution order (a shared layer may appear several times).
         layer: paths inside each layer (see :class:`LayerPaths`).
-        head: the classification head after pooling, as a sequence of :class:`Linear` and
-            :class:`Activation` steps; its last step produces the logits.
-        pooling: which hidden state the head reads: ``"first"`` token, ``"last"`` non-padding
-            token, or the ``"mean"`` of the non-padding tokens.
+        head: the classification head after pooling, as :class:`Linear`, :class:`Activation`
+            and :class:`Norm` steps; its last step produces the logits.
+        pooling: which hidden state the head reads: the ``"first"`` token, the ``"last"``
+            non-padding token, or the ``"mean"`` of the non-padding tokens.
+        norm_position: ``"post"`` (BERT: norm after each residual) or ``"pre"`` (GPT-2, Llama,
+            ViT, ModernBERT: norm on each block's input).
+        final_norm: path of a normalization applied to the last layer's output (pre-LN models).
+        force_output_attentions: ``(position, name)`` of an argument of the attention module
+            that must be True for it to return its probabilities (DeBERTa); set for the call only.
+        input_kind: ``"tokens"`` (input ids) or ``"pixels"`` (image tensors, e.g. ViT).
     """
 
     name: str
-    layers: str
+    layers: LayersSpec
     layer: LayerPaths
     head: Sequence[object] = field(default_factory=tuple)
     pooling: str = "first"
+    norm_position: str = "post"
+    final_norm: Optional[str] = None
+    force_output_attentions: Optional[tuple[int, str]] = None
+    input_kind: str = "tokens"
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"pooling={self.pooling!r} is not one of {POOLING_MODES}.")
+        for name, value, choices in (
+            ("pooling", self.pooling, POOLING_MODES),
+            ("norm_position", self.norm_position, NORM_POSITIONS),
+            ("input_kind", self.input_kind, INPUT_KINDS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name}={value!r} is not one of {choices}.")
         for step in self.head:
-            if not isinstance(step, (Linear, Activation)):
-                raise TypeError(f"head steps must be Linear or Activation, got {step!r}.")
+            if not isinstance(step, (Linear, Activation, Norm)):
+                raise TypeError(f"head steps must be Linear, Activation or Norm, got {step!r}.")
 
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
-        """The encoder layers in execution order (a shared module may appear several times)."""
+        """The layers in execution order (a shared module may appear several times)."""
+        if callable(self.layers):
+            return list(self.layers(model))
         return list(resolve(model, self.layers))
+
+
+def split_block(path: str) -> tuple[str, Optional[tuple[int, int]]]:
+    """``"attn.Wqkv[2/3]"`` -> ``("attn.Wqkv", (2, 3))``; a plain path -> ``(path, None)``."""
+    match = _BLOCK.match(path)
+    if match is None:
+        return path, None
+    index, count = int(match["index"]), int(match["count"])
+    if not 0 <= index < count:
+        raise ValueError(f"Block [{index}/{count}] in {path!r} is out of range.")
+    return match["path"], (index, count)
+
+
+def take_block(tensor: torch.Tensor, block: Optional[tuple[int, int]], dim: int = -1) -> torch.Tensor:
+    """The ``index``-th of ``count`` equal blocks of ``tensor`` along ``dim``."""
+    if block is None:
+        return tensor
+    index, count = block
+    return tensor.chunk(count, dim=dim)[index]
 
 
 def resolve(root: nn.Module, path: str):
