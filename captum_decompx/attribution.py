@@ -262,11 +262,11 @@ class DecompX(Attribution):
         input_ids, _ = self._input_ids(inputs)
         captured = self._capture(input_ids, additional_forward_args)
         logits = captured.logits
-        token_maps = None
+        token_maps, pooled = None, None
         if self.method == "exact" or return_token_maps:
             result = self._exact(captured, show_progress=show_progress, token_maps=return_token_maps)
             pooled, token_maps = result.pooled, result.token_maps
-        if self.method == "fast":
+        if self.method == "fast" and not self.include_head:
             pooled = self._fast_pooled(captured)
         if self.include_head:
             if self.method == "fast":
@@ -321,8 +321,7 @@ class DecompX(Attribution):
             return additional_forward_args
         return (additional_forward_args,)
 
-    @staticmethod
-    def _input_ids(inputs: Union[Tensor, tuple[Tensor]]) -> tuple[Tensor, bool]:
+    def _input_ids(self, inputs: Union[Tensor, tuple[Tensor]]) -> tuple[Tensor, bool]:
         as_tuple = isinstance(inputs, tuple)
         if as_tuple:
             if len(inputs) != 1:
@@ -334,6 +333,13 @@ class DecompX(Attribution):
             (inputs,) = inputs
         if not isinstance(inputs, Tensor):
             raise TypeError(f"inputs must be a tensor of token ids (batch, seq), got {type(inputs).__name__}.")
+        if self.adapter.input_kind == "pixels":
+            if inputs.dim() != 4 or not inputs.dtype.is_floating_point:
+                raise ValueError(
+                    f"{self.adapter.name} models take pixel_values of shape (batch, channels, height, "
+                    f"width) as floats; got {tuple(inputs.shape)} {inputs.dtype}."
+                )
+            return inputs, as_tuple
         if inputs.dim() != 2:
             raise ValueError(
                 f"inputs must be token ids of shape (batch, seq); got shape {tuple(inputs.shape)}. "

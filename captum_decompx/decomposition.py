@@ -380,12 +380,16 @@ def fast(
             (embeddings, own_scale),
             grad_outputs=basis.unsqueeze(1).expand(hidden, batch, hidden),
             is_grads_batched=True,
+            allow_unused=True,
         )
+        if grads_scale is None:  # the model has no bias that belongs to a token
+            grads_scale = torch.zeros(hidden, batch, seq, dtype=dtype, device=embeddings.device)
         # grads_e: (hidden_out, batch, seq, hidden_in); grads_scale: (hidden_out, batch, seq)
         vectors = torch.einsum("obsi,bsi->bso", grads_e, embeddings.detach()) + grads_scale.permute(1, 2, 0)
         return vectors
 
 
 def _token_shares(score: Tensor, embeddings: Tensor, own_scale: Tensor, *, retain: bool) -> Tensor:
-    grad_e, grad_scale = torch.autograd.grad(score, (embeddings, own_scale), retain_graph=retain)
-    return (grad_e * embeddings.detach()).sum(-1) + grad_scale
+    grad_e, grad_scale = torch.autograd.grad(score, (embeddings, own_scale), retain_graph=retain, allow_unused=True)
+    shares = (grad_e * embeddings.detach()).sum(-1)
+    return shares if grad_scale is None else shares + grad_scale

@@ -272,13 +272,18 @@ def add_to_own_pieces(values: Tensor, bias: Tensor, own_scale: Optional[Tensor])
     return values
 
 
-def layer_attention_bias(params: LayerParams, first: bool) -> Optional[Tensor]:
+def layer_attention_bias(params: LayerParams, first: bool, heads: int) -> Optional[Tensor]:
     """The bias the attention block adds after mixing: ``b_O`` in the first layer (whose value
-    bias belongs to the tokens), ``W_O b_v + b_O`` after it."""
+    bias belongs to the tokens), ``W_O b_v + b_O`` after it (rows of the attention probabilities
+    sum to one, so the value bias passes through them unchanged; with grouped-query attention
+    each key-value head's bias serves its group of query heads)."""
     out_bias = params.attention_output.bias
     value_bias = params.value.bias
     if first or value_bias is None:
         return out_bias
+    head_dim = params.attention_output.weight.shape[1] // heads
+    kv_heads = value_bias.shape[0] // head_dim
+    value_bias = value_bias.view(kv_heads, head_dim).repeat_interleave(heads // kv_heads, dim=0).flatten()
     carried = params.attention_output.weight @ value_bias
     return carried if out_bias is None else carried + out_bias
 
@@ -346,7 +351,7 @@ def transformer_layer(
         )
     head_values = attention_values(attention_input, params, heads, first=first, own_scale=own_scale)
     del attention_input
-    attention_bias = layer_attention_bias(params, first)
+    attention_bias = layer_attention_bias(params, first, heads)
     outputs = []
     for rows in row_chunks:
         mixed = mix_heads(record.attention_probs[:, :, rows], head_values, n_pieces)

@@ -11,6 +11,9 @@ from torch import nn
 
 from .base import Activation, Adapter, LayerPaths, Linear, Norm, resolve
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA
+from .decoders import gpt2, llama_family
+from .more_encoders import ALBERT, deberta_v2, modernbert
+from .vision import vit
 
 AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
 
@@ -74,6 +77,12 @@ register_adapter("bert", BERT)
 register_adapter(("roberta", "xlm-roberta", "camembert"), ROBERTA)
 register_adapter("electra", ELECTRA)
 register_adapter("distilbert", DISTILBERT)
+register_adapter("deberta-v2", deberta_v2)
+register_adapter("albert", ALBERT)
+register_adapter("modernbert", modernbert)
+register_adapter("vit", vit)
+register_adapter("gpt2", gpt2)
+register_adapter(("llama", "qwen2", "mistral"), llama_family)
 
 __all__ = [
     "Activation",

@@ -1,0 +1,48 @@
+"""Adapter for ViT image classifiers."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Adapter, LayerPaths, Linear
+
+_VIT_LAYER = LayerPaths(  # transformers 5.x
+    attention="attention",
+    value="attention.v_proj",
+    attention_output="attention.o_proj",
+    attention_norm="layernorm_before",
+    ffn_in="mlp.fc1",
+    ffn_activation="mlp.activation_fn",
+    ffn_out="mlp.fc2",
+    ffn_norm="layernorm_after",
+)
+
+_VIT_LAYER_4X = LayerPaths(  # transformers 4.x
+    attention="attention.attention",
+    value="attention.attention.value",
+    attention_output="attention.output.dense",
+    attention_norm="layernorm_before",
+    ffn_in="intermediate.dense",
+    ffn_activation="intermediate.intermediate_act_fn",
+    ffn_out="output.dense",
+    ffn_norm="layernorm_after",
+)
+
+
+def vit(model: nn.Module) -> Adapter:
+    """ViT: pre-LN, patch embeddings plus a CLS token; the classifier reads the CLS token after
+    the final LayerNorm. Inputs are ``pixel_values``; attributions are per position (CLS first)."""
+    base = model.base_model
+    layers = "base_model.layers" if hasattr(base, "layers") else "base_model.encoder.layer"
+    first_layer = base.layers[0] if hasattr(base, "layers") else base.encoder.layer[0]
+    layer = _VIT_LAYER if hasattr(first_layer.attention, "v_proj") else _VIT_LAYER_4X
+    return Adapter(
+        name="vit",
+        layers=layers,
+        layer=layer,
+        head=(Linear("classifier"),),
+        pooling="first",
+        norm_position="pre",
+        final_norm="base_model.layernorm",
+        input_kind="pixels",
+    )
