@@ -1,8 +1,10 @@
 """captum-decompx: DecompX (Modarressi et al., ACL 2023) as a Captum attribution method."""
 
-from .adapters import Activation, Adapter, LayerPaths, Linear, register_adapter, supported_model_types
+from .adapters import Activation, Adapter, LayerPaths, Linear, Norm, register_adapter, supported_model_types
 from .attribution import DecompX, DecompXOutput
 from .decomposition import DecompXMemoryError
+from .image import patch_heatmap, plot_patch_attribution
+from .llm import LLMDecompX
 
 __all__ = [
     "Activation",
@@ -10,8 +12,12 @@ __all__ = [
     "DecompX",
     "DecompXMemoryError",
     "DecompXOutput",
+    "LLMDecompX",
     "LayerPaths",
     "Linear",
+    "Norm",
+    "patch_heatmap",
+    "plot_patch_attribution",
     "register_adapter",
     "supported_model_types",
 ]

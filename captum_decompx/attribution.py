@@ -350,7 +350,10 @@ class DecompX(Attribution):
     def _targets(self, target: TargetType, logits: Tensor) -> Tensor:
         batch, classes = logits.shape
         names = getattr(getattr(self.model, "config", None), "id2label", None) or {}
-        labels = ", ".join(f"{i} ({names.get(i, names.get(str(i), i))})" if names else str(i) for i in range(classes))
+        shown = range(classes) if classes <= 20 else ()
+        labels = ", ".join(f"{i} ({names.get(i, names.get(str(i), i))})" if names else str(i) for i in shown)
+        if classes > 20:
+            labels = f"0 to {classes - 1}"
         if target is None:
             if classes == 1:
                 return torch.zeros(batch, dtype=torch.long, device=logits.device)
