@@ -1,0 +1,296 @@
+"""The same battery for every architecture: exactness, fast = exact without biases, padding
+invariance, and the model left exactly as it was found.
+
+Tiny random models are built from configs and every parameter is re-drawn under a seed, so that
+biases, norm gains and feed-forward networks all matter.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+from captum_decompx import Adapter, DecompX, LayerPaths, Linear, register_adapter, supported_model_types
+from captum_decompx.adapters import _REGISTRY
+
+VOCAB = 60
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=40, num_labels=3, max_position_embeddings=64)
+
+
+def redraw(model: nn.Module, seed: int) -> nn.Module:
+    """Re-draw all parameters (norm gains around one) so every component matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            if parameter.dim() == 1 and "norm" in name.lower() and name.endswith("weight"):
+                parameter.copy_(1.0 + 0.3 * noise)
+            else:
+                parameter.copy_((0.3 if parameter.dim() > 1 else 0.2) * noise)
+    return model.eval()
+
+
+ENCODERS = {
+    "bert": lambda: tf.BertForSequenceClassification(tf.BertConfig(**COMMON)),
+    "roberta": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**COMMON)),
+    "xlm-roberta": lambda: tf.XLMRobertaForSequenceClassification(tf.XLMRobertaConfig(**COMMON)),
+    "camembert": lambda: tf.CamembertForSequenceClassification(tf.CamembertConfig(**COMMON)),
+    "electra": lambda: tf.ElectraForSequenceClassification(tf.ElectraConfig(**COMMON, embedding_size=16)),
+    "distilbert": lambda: tf.DistilBertForSequenceClassification(tf.DistilBertConfig(
+        vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=40, num_labels=3, max_position_embeddings=64)),
+    "deberta-v2": lambda: tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(
+        **COMMON, relative_attention=True, position_buckets=8, pos_att_type=["p2c", "c2p"], pooler_hidden_act="gelu")),
+    "albert": lambda: tf.AlbertForSequenceClassification(tf.AlbertConfig(
+        **COMMON, embedding_size=16, num_hidden_groups=1, inner_group_num=1)),
+    "modernbert-cls": lambda: tf.ModernBertForSequenceClassification(tf.ModernBertConfig(
+        **COMMON, global_attn_every_n_layers=2, local_attention=4, classifier_pooling="cls", pad_token_id=0)),
+    "modernbert-mean": lambda: tf.ModernBertForSequenceClassification(tf.ModernBertConfig(
+        **COMMON, classifier_pooling="mean", pad_token_id=0)),
+    "gpt2": lambda: tf.GPT2ForSequenceClassification(tf.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=3, pad_token_id=0,
+        bos_token_id=1, eos_token_id=1)),
+    "llama": lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**COMMON, num_key_value_heads=2, pad_token_id=0)),
+    "qwen2": lambda: tf.Qwen2ForSequenceClassification(tf.Qwen2Config(**COMMON, num_key_value_heads=2, pad_token_id=0)),
+    "mistral": lambda: tf.MistralForSequenceClassification(tf.MistralConfig(**COMMON, num_key_value_heads=1, pad_token_id=0)),
+}
+
+CAUSAL_LMS = {
+    "gpt2-lm": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                        bos_token_id=1, eos_token_id=1)),
+    "llama-lm": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
+    "qwen2-lm": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**COMMON, num_key_value_heads=2)),
+}
+
+
+def vit() -> nn.Module:
+    return tf.ViTForImageClassification(tf.ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=40, num_labels=3))
+
+
+def forward_of(model: nn.Module):
+    """A keyword forward function: decoders take past_key_values as their second argument."""
+    return lambda input_ids, attention_mask: model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def padded_batch(seed: int, lengths=(9, 6, 4)):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = torch.randint(2, VOCAB, (length,), generator=generator)
+        mask[row, :length] = 1
+    return ids, mask
+
+
+def assert_close(actual, expected, scale, tol=1e-5):
+    assert torch.allclose(actual, expected, rtol=tol, atol=tol * max(1.0, float(scale))), (
+        f"max abs difference {float((actual - expected).abs().max()):.3e} at scale {float(scale):.3f}"
+    )
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "state": {name: tensor.clone() for name, tensor in model.state_dict().items()},
+        "training": [module.training for module in model.modules()],
+        "config": model.config.to_dict(),
+        "attn": getattr(model.config, "_attn_implementation", None),
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["state"].keys() == before["state"].keys()
+    for name, tensor in before["state"].items():
+        assert torch.equal(after["state"][name], tensor), name
+    assert after["training"] == before["training"]
+    assert after["config"] == before["config"]
+    assert after["attn"] == before["attn"]
+    assert after["hooks"] == before["hooks"]
+
+
+def test_every_listed_architecture_has_an_adapter():
+    listed = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta-v2", "albert",
+              "modernbert", "vit", "gpt2", "llama", "qwen2", "mistral"}
+    assert listed <= set(supported_model_types())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_sequence_classifier_battery(name, seed):
+    model = redraw(ENCODERS[name](), seed)
+    ids, mask = padded_batch(seed)
+    before = snapshot(model)
+    forward = forward_of(model)
+
+    out = DecompX(forward, model=model).decompose(ids, additional_forward_args=(mask,))
+    with torch.no_grad():
+        own_logits = model(input_ids=ids, attention_mask=mask).logits
+    scale = own_logits.abs().max()
+    assert_close(out.logits, own_logits, scale, tol=2e-5)
+    # Exact, biases included: every class logit is the sum of the token contributions.
+    assert torch.equal(out.bias, torch.zeros_like(out.bias))
+    assert_close(out.attributions.sum(1), out.logits, scale)
+    # Padding positions get exactly zero.
+    assert torch.all(out.attributions[mask == 0] == 0)
+
+    # Fast = exact without biases (attributions and the biases' share).
+    exact = DecompX(forward, model=model, include_biases=False, method="exact").decompose(ids, additional_forward_args=(mask,))
+    fast = DecompX(forward, model=model, include_biases=False, method="fast").decompose(ids, additional_forward_args=(mask,))
+    assert_close(exact.attributions.sum(1) + exact.bias, exact.logits, scale)
+    assert_close(fast.attributions, exact.attributions, scale)
+    assert_close(fast.bias, exact.bias, scale)
+
+    # Padding invariance: each example alone equals its row of the padded batch.
+    for row in range(ids.shape[0]):
+        length = int(mask[row].sum())
+        alone = DecompX(forward, model=model).decompose(ids[row:row + 1, :length], additional_forward_args=(mask[row:row + 1, :length],))
+        assert_close(alone.attributions[0], out.attributions[row, :length], scale)
+
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("name", sorted(CAUSAL_LMS))
+def test_causal_lm_next_token_battery(name):
+    model = redraw(CAUSAL_LMS[name](), 3)
+    ids, mask = padded_batch(3, lengths=(7,))
+    next_token = lambda input_ids: model(input_ids=input_ids).logits[:, -1, :]
+    before = snapshot(model)
+    with torch.no_grad():
+        logits = next_token(ids)
+    target = int(logits.argmax())
+    scale = logits.abs().max()
+
+    attributions, delta = DecompX(next_token, model=model).attribute(ids, target=target, return_convergence_delta=True)
+    assert attributions.shape == ids.shape
+    assert_close(attributions.sum(-1), logits[:, target], scale)
+    assert float(delta.abs().max()) <= 1e-5 * max(1.0, float(scale))
+
+    exact = DecompX(next_token, model=model, include_biases=False, method="exact").attribute(ids, target=target)
+    fast = DecompX(next_token, model=model, include_biases=False, method="fast").attribute(ids, target=target)
+    assert_close(fast, exact, scale)
+    assert_unchanged(model, before)
+
+
+def test_vit_battery():
+    model = redraw(vit(), 5)
+    pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    before = snapshot(model)
+    out = DecompX(model).decompose(pixels)
+    assert out.attributions.shape == (2, 1 + 16, 3)  # CLS + 4x4 patches, per class
+    with torch.no_grad():
+        own_logits = model(pixels).logits
+    scale = own_logits.abs().max()
+    assert_close(out.logits, own_logits, scale)
+    assert_close(out.attributions.sum(1), out.logits, scale)
+    exact = DecompX(model, include_biases=False, method="exact").decompose(pixels)
+    fast = DecompX(model, include_biases=False).decompose(pixels)
+    assert_close(fast.attributions, exact.attributions, scale)
+    assert_close(fast.bias, exact.bias, scale)
+    assert DecompX(model).attribute(pixels, target=1).shape == (2, 17)
+    assert_unchanged(model, before)
+
+
+def test_vit_rejects_token_ids():
+    model = vit().eval()
+    with pytest.raises(ValueError, match="pixel_values"):
+        DecompX(model).attribute(torch.zeros(1, 5, dtype=torch.long), target=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# An architecture added from outside the package
+
+
+class TinyAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, x):
+        batch, seq, hidden = x.shape
+        q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        context = (probs @ v).transpose(1, 2).reshape(batch, seq, hidden)
+        return self.out(context), probs
+
+
+class TinyBlock(nn.Module):
+    """A pre-LN block with a SiLU feed-forward network."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden)
+        self.attn = TinyAttention(hidden, heads)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.up = nn.Linear(hidden, 2 * hidden)
+        self.act = nn.SiLU()
+        self.down = nn.Linear(2 * hidden, hidden)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))[0]
+        return x + self.down(self.act(self.up(self.norm2(x))))
+
+
+class TinyClassifier(nn.Module):
+    """A small transformer classifier written from scratch (no Hugging Face code)."""
+
+    def __init__(self, vocab: int = 30, hidden: int = 16, heads: int = 2, layers: int = 2, labels: int = 2) -> None:
+        super().__init__()
+        self.config = types.SimpleNamespace(model_type="tiny-custom-transformer")
+        self.embed = nn.Embedding(vocab, hidden)
+        self.blocks = nn.ModuleList(TinyBlock(hidden, heads) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(hidden)
+        self.classifier = nn.Linear(hidden, labels)
+
+    def forward(self, input_ids):
+        x = self.embed(input_ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.classifier(self.final_norm(x)[:, 0])
+
+
+TINY_ADAPTER = Adapter(
+    name="tiny-custom-transformer",
+    layers="blocks",
+    layer=LayerPaths(
+        attention="attn", value="attn.qkv[2/3]", attention_output="attn.out", attention_norm="norm1",
+        ffn_in="up", ffn_activation="act", ffn_out="down", ffn_norm="norm2",
+    ),
+    head=(Linear("classifier"),),
+    pooling="first",
+    norm_position="pre",
+    final_norm="final_norm",
+)
+
+
+def test_user_registered_adapter_for_a_custom_module():
+    model = redraw(TinyClassifier(), 7)
+    with pytest.raises(ValueError, match="register_adapter"):
+        DecompX(model)
+    register_adapter("tiny-custom-transformer", TINY_ADAPTER)
+    try:
+        check_tiny_classifier(model)
+    finally:
+        _REGISTRY.pop("tiny-custom-transformer")
+
+
+def check_tiny_classifier(model: nn.Module) -> None:
+    ids = torch.randint(0, 30, (2, 7), generator=torch.Generator().manual_seed(7))
+    out = DecompX(model).decompose(ids)
+    with torch.no_grad():
+        logits = model(ids)
+    scale = logits.abs().max()
+    assert_close(out.logits, logits, scale)
+    assert_close(out.attributions.sum(1), logits, scale)
+    fast = DecompX(model, include_biases=False).decompose(ids)
+    exact = DecompX(model, include_biases=False, method="exact").decompose(ids)
+    assert_close(fast.attributions, exact.attributions, scale)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

@@ -1,0 +1,100 @@
+"""LLMDecompX: next-token attributions for causal LMs, as Captum's LLMAttributionResult."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+import transformers as tf
+from captum.attr import LLMAttributionResult
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from captum_decompx import DecompX, LLMDecompX
+
+WORDS = ["<pad>", "<unk>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "fast", "and", "slow", "big", "small"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tf.PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, intermediate_size=40, max_position_embeddings=64)
+    model = tf.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model
+
+
+def tiny_gpt2():
+    torch.manual_seed(1)
+    config = tf.GPT2Config(vocab_size=len(WORDS), n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)
+    return tf.GPT2LMHeadModel(config).eval()
+
+
+@pytest.mark.parametrize("make_model", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_token_attr_rows_are_exact_logit_decompositions(make_model, tokenizer):
+    model = make_model()
+    result = LLMDecompX(model, tokenizer).attribute("the cat sat on", target="the mat")
+    assert isinstance(result, LLMAttributionResult)
+    assert result.input_tokens == ["the", "cat", "sat", "on"]
+    assert result.output_tokens == ["the", "mat"]
+    assert result.token_attr.shape == (2, 4)
+    assert torch.allclose(result.seq_attr, result.token_attr.sum(0))
+
+    prompt = tokenizer("the cat sat on", return_tensors="pt")["input_ids"]
+    continuation = tokenizer("the mat", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    decompx = DecompX(lambda ids: model(input_ids=ids).logits[:, -1, :], model=model)
+    for step in range(2):
+        context = torch.cat([prompt, continuation[:, :step]], dim=1)
+        with torch.no_grad():
+            logits = model(input_ids=context).logits[0, -1]
+        token = int(continuation[0, step])
+        full = decompx.attribute(context, target=token)[0]
+        # Every token before the target (prompt and generated prefix) shares the logit exactly.
+        assert torch.allclose(full.sum(), logits[token], atol=1e-5)
+        assert torch.allclose(result.token_attr[step], full[:4], atol=1e-6)
+        assert torch.allclose(result.output_probs[step], torch.softmax(logits, -1)[token], atol=1e-6)
+
+
+def test_fast_path_matches_exact_without_biases(tokenizer):
+    model = tiny_llama()
+    fast = LLMDecompX(model, tokenizer, include_biases=False).attribute("a big dog ran", target="fast and")
+    exact = LLMDecompX(model, tokenizer, include_biases=False, method="exact").attribute("a big dog ran", target="fast and")
+    assert torch.allclose(fast.token_attr, exact.token_attr, atol=1e-5)
+
+
+def test_generated_continuation_is_explained_token_by_token(tokenizer):
+    model = tiny_gpt2()
+    result = LLMDecompX(model, tokenizer).attribute("the cat", gen_args={"max_new_tokens": 3})
+    with torch.no_grad():
+        generated = model.generate(tokenizer("the cat", return_tensors="pt")["input_ids"], max_new_tokens=3,
+                                   do_sample=False, pad_token_id=0)
+    assert result.output_tokens == tokenizer.convert_ids_to_tokens(generated[0, 2:].tolist())
+    assert result.token_attr.shape == (3, 2)
+
+
+def test_plots_render(tokenizer, tmp_path):
+    result = LLMDecompX(tiny_llama(), tokenizer).attribute("the cat sat on", target="the mat")
+    figure, _ = result.plot_token_attr(show=False)
+    figure.savefig(tmp_path / "token.png")
+    figure, _ = result.plot_seq_attr(show=False)
+    figure.savefig(tmp_path / "seq.png")
+    assert (tmp_path / "token.png").stat().st_size > 1000 and (tmp_path / "seq.png").stat().st_size > 1000
+
+
+def test_empty_prompt_and_target_are_refused(tokenizer):
+    explainer = LLMDecompX(tiny_llama(), tokenizer)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        explainer.attribute("", target="the")
+    with pytest.raises(ValueError, match="target is empty"):
+        explainer.attribute("the cat", target=[])
