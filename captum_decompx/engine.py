@@ -137,7 +137,7 @@ def add_bias(pieces: Tensor, bias: Optional[Tensor], settings: Settings) -> Tens
         pieces = pieces.clone()
         pieces[..., -1:, :] += bias
         return pieces
-    return pieces + bias_rule_weights(pieces, bias, settings.bias_rule).unsqueeze(-1) * bias
+    return torch.addcmul(pieces, bias_rule_weights(pieces, bias, settings.bias_rule).unsqueeze(-1), bias)
 
 
 def token_pieces(pieces: Tensor, settings: Settings) -> Tensor:
@@ -176,14 +176,14 @@ def normalize(
     if norm is None:
         return pieces
     if norm.kind == "rms":
-        scale = (norm_input.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt().unsqueeze(-2)
-        out = pieces / scale
+        statistic = norm_input.pow(2).mean(-1, keepdim=True)
     else:
-        variance = norm_input.var(-1, unbiased=False, keepdim=True)
-        scale = (variance + norm.eps).sqrt().unsqueeze(-2)
-        out = (pieces - pieces.mean(-1, keepdim=True)) / scale
+        statistic = norm_input.var(-1, unbiased=False, keepdim=True)
+    factor = 1.0 / (statistic + norm.eps).sqrt().unsqueeze(-2)  # (batch, rows, 1, 1)
     if norm.weight is not None:
-        out = out * norm.weight
+        factor = factor * norm.weight
+    centred = pieces if norm.kind == "rms" else pieces - pieces.mean(-1, keepdim=True)
+    out = centred * factor
     if norm.bias is None:
         return out
     if own_bias:
@@ -210,7 +210,8 @@ def activation(
     """
     a = pre_activation
     if approximation == "zo":
-        return pieces * (function(a) / (a + ZERO_ORIGIN_EPS)).unsqueeze(-2)
+        theta = (function(a) / (a + ZERO_ORIGIN_EPS)).unsqueeze(-2)
+        return pieces * theta if pieces.requires_grad else pieces.mul_(theta)
     if approximation == "relu":
         return pieces * (a > 0).to(pieces.dtype).unsqueeze(-2)
     if approximation == "la":
@@ -355,7 +356,7 @@ def transformer_layer(
     outputs = []
     for rows in row_chunks:
         mixed = mix_heads(record.attention_probs[:, :, rows], head_values, n_pieces)
-        hidden = add_bias(mixed @ params.attention_output.weight.T + pieces[:, rows], attention_bias, settings)
+        hidden = add_bias(torch.add(mixed @ params.attention_output.weight.T, pieces[:, rows]), attention_bias, settings)
         del mixed
         if params.pre_norm:
             if settings.include_ffn:
