@@ -1,0 +1,487 @@
+"""The ``captum-decompx`` command: explain a prediction, compare methods, run the faithfulness study.
+
+Examples::
+
+    captum-decompx explain "a good piece of work more often than not."
+    captum-decompx explain "a dull, lifeless and utterly boring mess." --html view.html --png classes.png
+    captum-decompx explain "A man is sleeping." --pair "Nobody sleeps." --model PATH --target LABEL
+    captum-decompx compare "a good piece of work more often than not." --methods decompx,ig,gxi
+    captum-decompx evaluate --data sst2-dev --limit 50 --methods decompx,gxi,random
+
+Without ``--model`` the demo sentiment classifier of the repository is used (``models/minilm-sst2``,
+or ``$CAPTUM_DECOMPX_DEMO_MODEL``); nothing is downloaded. Errors the user can fix are reported in
+one message with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, TextIO
+
+import torch
+from torch import Tensor
+
+from .demo import DemoError, LoadedClassifier, dataset_path, load_classifier, read_labelled_tsv
+
+#: Exit status of errors the user can act on (the same as argparse's usage errors).
+USAGE_ERROR = 2
+#: The methods ``compare`` and ``evaluate`` know, by the name given on the command line.
+DEFAULT_COMPARE_METHODS = "decompx,ig,gxi"
+DEFAULT_EVALUATE_METHODS = "decompx,gxi,random"
+IG_STEPS = 50
+
+
+class CommandError(Exception):
+    """A mistake in the command line or its inputs; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading and encoding
+
+
+@dataclass
+class Encoded:
+    """One tokenized input.
+
+    Attributes:
+        input_ids: (1, seq).
+        extra_args: what the forward function takes after the ids: the attention mask (1, seq),
+            and the token type ids (1, seq) for models that use them.
+        tokens: the seq token strings, special tokens included.
+    """
+
+    input_ids: Tensor
+    extra_args: tuple[Tensor, ...]
+    tokens: list[str]
+
+
+def _quiet_transformers() -> None:
+    """No progress bars or advisory warnings from transformers on the command line."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load(model: Optional[str]) -> LoadedClassifier:
+    _quiet_transformers()
+    return load_classifier(model)
+
+
+def _checked_text(text: str, what: str = "TEXT") -> str:
+    if text is None or not text.strip():
+        raise CommandError(f"{what} is empty: pass the sentence to explain, e.g. captum-decompx explain \"a fine film.\"")
+    return text
+
+
+def encode(classifier: LoadedClassifier, text: str, pair: Optional[str] = None) -> Encoded:
+    """Tokenize ``text`` (and ``pair``) for ``classifier``, truncated to the model's maximum length."""
+    tokenizer = classifier.tokenizer
+    batch = tokenizer(text, pair, return_tensors="pt", truncation=True)
+    input_ids = batch["input_ids"]
+    extra = [batch.get("attention_mask", torch.ones_like(input_ids))]
+    if "token_type_ids" in batch:
+        extra.append(batch["token_type_ids"])
+    tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
+    return Encoded(input_ids=input_ids, extra_args=tuple(extra), tokens=[_readable(t) for t in tokens])
+
+
+def _readable(token: str) -> str:
+    """Byte-level BPE marks spaces with 'Ġ' and SentencePiece with '▁': show them as plain text."""
+    return token.replace("Ġ", " ").replace("▁", " ").strip() or token
+
+
+def forward_function(classifier: LoadedClassifier) -> Callable[..., Tensor]:
+    """``forward(input_ids, attention_mask, token_type_ids=None) -> logits`` (batch, classes)."""
+    model = classifier.model
+
+    def forward(input_ids: Tensor, attention_mask: Tensor, token_type_ids: Optional[Tensor] = None) -> Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+    return forward
+
+
+def resolve_label(classifier: LoadedClassifier, label: Optional[str]) -> Optional[int]:
+    """The class index of ``label`` (a name, any case, or an index); None stays None."""
+    if label is None:
+        return None
+    names = classifier.labels
+    for index, name in enumerate(names):
+        if label.strip().lower() == name.lower():
+            return index
+    if label.strip().isdigit() and int(label) < len(names):
+        return int(label)
+    listing = ", ".join(f"{name} ({index})" for index, name in enumerate(names))
+    raise CommandError(f"Unknown label {label!r}. The model's labels are: {listing}.")
+
+
+# ------------------------------------------------------------------------------------------------
+# explain
+
+
+@dataclass
+class Explanation:
+    """DecompX's explanation of one input, every class at once.
+
+    Attributes:
+        tokens: the seq token strings.
+        labels: the class names.
+        logits: (classes,), the model's logits.
+        probabilities: (classes,), their softmax.
+        contributions: (seq, classes), each token's contribution to each class logit.
+        bias: (classes,), the part of each logit assigned to no token (0 with the exact method).
+        method: ``"exact"`` or ``"fast"``.
+    """
+
+    tokens: list[str]
+    labels: list[str]
+    logits: Tensor
+    probabilities: Tensor
+    contributions: Tensor
+    bias: Tensor
+    method: str
+
+    @property
+    def predicted(self) -> int:
+        return int(self.logits.argmax())
+
+
+def explain_text(classifier: LoadedClassifier, text: str, pair: Optional[str] = None, method: str = "exact") -> Explanation:
+    """Decompose every class logit of ``classifier`` on ``text`` (and ``pair``) with DecompX.
+
+    ``method="exact"`` decomposes the biases too (the paper's DecompX, bias 0);
+    ``method="fast"`` is the bias-free variant, whose bias share is reported in ``bias``.
+    """
+    from .attribution import DecompX
+
+    encoded = encode(classifier, text, pair)
+    explainer = DecompX(forward_function(classifier), model=classifier.model, include_biases=method == "exact", method=method)
+    output = explainer.decompose(encoded.input_ids, additional_forward_args=encoded.extra_args)
+    logits = output.logits[0].detach().double()
+    return Explanation(
+        tokens=encoded.tokens,
+        labels=classifier.labels,
+        logits=logits,
+        probabilities=torch.softmax(logits, dim=-1),
+        contributions=output.attributions[0].detach().double(),
+        bias=output.bias[0].detach().double(),
+        method=output.method,
+    )
+
+
+def _rgb_for(share: float) -> tuple[int, int, int]:
+    """White to green for ``share`` in (0, 1], white to red for [-1, 0)."""
+    strength = min(1.0, abs(share))
+    base = (34, 139, 34) if share >= 0 else (200, 40, 40)
+    return tuple(round(255 + (channel - 255) * strength) for channel in base)  # type: ignore[return-value]
+
+
+def _coloured(token: str, share: float) -> str:
+    if abs(share) < 0.05:
+        return token
+    red, green, blue = _rgb_for(share)
+    foreground = "97" if abs(share) > 0.55 else "30"
+    return f"\x1b[{foreground};48;2;{red};{green};{blue}m{token}\x1b[0m"
+
+
+def format_token_line(tokens: Sequence[str], scores: Sequence[float], scale: float, colour: bool) -> str:
+    """``token:+0.123`` for every token; with ``colour``, the token on a background whose hue is the sign
+    (green for, red against) and whose strength is ``|score| / scale``."""
+    parts = []
+    for token, score in zip(tokens, scores):
+        shown = _coloured(token, score / scale if scale > 0 else 0.0) if colour else token
+        parts.append(f"{shown}:{score:+.3f}")
+    return " ".join(parts)
+
+
+def print_explanation(explanation: Explanation, classes: Sequence[int], colour: bool, out: TextIO) -> None:
+    """The prediction, one line of token contributions per class, and the sum check."""
+    labels = explanation.labels
+    width = max(len(labels[c]) for c in classes)
+    predicted = explanation.predicted
+    probabilities = ", ".join(f"{name} {float(p):.3f}" for name, p in zip(labels, explanation.probabilities))
+    print(f"prediction: {labels[predicted]} (p = {float(explanation.probabilities[predicted]):.3f})", file=out)
+    print(f"probabilities: {probabilities}", file=out)
+    print("", file=out)
+    print(f"token contributions to each class logit (DecompX, {explanation.method}):", file=out)
+    scale = float(explanation.contributions[:, list(classes)].abs().max())
+    for c in classes:
+        line = format_token_line(explanation.tokens, explanation.contributions[:, c].tolist(), scale, colour)
+        print(f"{labels[c]:>{width}}: {line}", file=out)
+    if colour:
+        print(f"{'':>{width}}  (green: pushes towards the class, red: away from it; full colour = {scale:.3f})", file=out)
+    print("", file=out)
+    print("sum check (contributions + bias = logit):", file=out)
+    for c in classes:
+        total = float(explanation.contributions[:, c].sum())
+        bias = float(explanation.bias[c])
+        logit = float(explanation.logits[c])
+        error = abs(total + bias - logit)
+        sign = "+" if bias >= 0 else "-"
+        print(f"{labels[c]:>{width}}: {total:+.6f} {sign} {abs(bias):.6f} = {logit:+.6f}   (|error| {error:.1e})", file=out)
+
+
+def _use_colour(choice: str, out: TextIO) -> bool:
+    if choice == "always":
+        return True
+    if choice == "never":
+        return False
+    return bool(getattr(out, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ
+
+
+def run_explain(args: argparse.Namespace, out: TextIO) -> int:
+    text = _checked_text(args.text)
+    pair = _checked_text(args.pair, "--pair TEXT2") if args.pair is not None else None
+    classifier = _load(args.model)
+    target = resolve_label(classifier, args.target)
+    explanation = explain_text(classifier, text, pair, method=args.method)
+    classes = list(range(len(explanation.labels))) if target is None else [target]
+    print(f"model: {classifier.source} ({classifier.model.config.model_type})", file=out)
+    print(f"text: {text}" + (f"\npair: {pair}" if pair is not None else ""), file=out)
+    print_explanation(explanation, classes, _use_colour(args.color, out), out)
+    shown = explanation.predicted if target is None else target
+    if args.html:
+        path = write_html(explanation, shown, args.html)
+        print(f"\nwrote the HTML view to {path}", file=out)
+    if args.png:
+        path = write_png(explanation, classes, args.png)
+        print(f"{'' if args.html else chr(10)}wrote the per-class figure to {path}", file=out)
+    return 0
+
+
+def _output_path(path: str) -> Path:
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise CommandError(f"{path} is a folder: pass a file name, e.g. {Path(path) / 'explanation'}.")
+    if not target.parent.exists():
+        raise CommandError(f"Cannot write {path}: the folder {target.parent} does not exist.")
+    return target
+
+
+def write_html(explanation: Explanation, target: int, path: str) -> Path:
+    """A standalone HTML page: the prediction and one row of coloured tokens per class."""
+    from . import visualization
+
+    destination = _output_path(path)
+    visualization.save_html(
+        explanation.tokens,
+        explanation.contributions,
+        destination,
+        labels=explanation.labels,
+        probabilities=explanation.probabilities,
+        predicted=explanation.predicted,
+        target=target,
+    )
+    return destination
+
+
+def write_png(explanation: Explanation, classes: Sequence[int], path: str) -> Path:
+    """The per-class figure: one row per class, tokens coloured by their signed contribution."""
+    from . import visualization
+
+    destination = _output_path(path)
+    visualization.save_per_class_png(
+        explanation.tokens,
+        explanation.contributions[:, list(classes)],
+        destination,
+        labels=[explanation.labels[c] for c in classes],
+    )
+    return destination
+
+
+# ------------------------------------------------------------------------------------------------
+# compare
+
+
+#: Command-line method names -> the names of :func:`captum_decompx.evaluation.paper_methods`.
+METHODS: dict[str, str] = {
+    "decompx": "DecompX",
+    "decompx-fast": "DecompX w/o bias (fast)",
+    "globenc": "GlobEnc",
+    "alti": "ALTI",
+    "ig": "IG (sum)",
+    "ig-l2": "IG (L2)",
+    "gxi": "Gradient x Input (sum)",
+    "saliency": "Saliency (L2)",
+    "random": "random",
+}
+
+
+def method_specs(classifier: LoadedClassifier, names: Sequence[str]) -> dict:
+    """The :class:`~captum_decompx.evaluation.MethodSpec` of each command-line method name.
+
+    The same definitions as the faithfulness benchmark: DecompX exact (biases decomposed) and fast
+    (bias-free), GlobEnc, ALTI, Integrated Gradients (50 steps against ``[CLS] [PAD]... [SEP]``,
+    signed sum or L2 norm over the embedding), Gradient x Input on the word embeddings (signed sum),
+    Saliency (L2 norm of the gradient) and random scores.
+    """
+    from .evaluation import paper_methods
+
+    specs = paper_methods(classifier.model, classifier.tokenizer, ig_steps=IG_STEPS)
+    return {name: specs[METHODS[name]] for name in names}
+
+
+def _batch_of(encoded: Encoded, classifier: LoadedClassifier):
+    from .evaluation import Batch
+
+    special = classifier.tokenizer.get_special_tokens_mask(encoded.input_ids[0].tolist(), already_has_special_tokens=True)
+    attention_mask = encoded.extra_args[0]
+    return Batch(
+        input_ids=encoded.input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=encoded.extra_args[1] if len(encoded.extra_args) > 1 else None,
+        candidates=attention_mask.bool() & ~torch.tensor([special], dtype=torch.bool),
+        labels=torch.zeros(1, dtype=torch.long),
+    )
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not methods:
+        raise CommandError(f"--methods is empty; choose from: {', '.join(METHODS)}.")
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown:
+        raise CommandError(f"Unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}.")
+    return list(dict.fromkeys(methods))
+
+
+def format_comparison(tokens: Sequence[str], scores: dict[str, Tensor]) -> str:
+    """An aligned table: one row per token, one column per method, each divided by its max |score|."""
+    names = list(scores)
+    token_width = max(5, max(len(t) for t in tokens))
+    column = max(8, max(len(n) for n in names) + 2)
+    lines = [f"{'token':<{token_width}}" + "".join(f"{name:>{column}}" for name in names)]
+    scales = {name: float(values.abs().max()) for name, values in scores.items()}
+    for index, token in enumerate(tokens):
+        row = f"{token:<{token_width}}"
+        for name in names:
+            value = float(scores[name][index]) / scales[name] if scales[name] > 0 else 0.0
+            row += f"{value:>+{column}.2f}"
+        lines.append(row)
+    lines.append(f"{'max|s|':<{token_width}}" + "".join(f"{scales[name]:>{column}.3g}" for name in names))
+    return "\n".join(lines)
+
+
+def run_compare(args: argparse.Namespace, out: TextIO) -> int:
+    text = _checked_text(args.text)
+    pair = _checked_text(args.pair, "--pair TEXT2") if args.pair is not None else None
+    methods = parse_methods(args.methods)
+    classifier = _load(args.model)
+    target = resolve_label(classifier, args.target)
+    encoded = encode(classifier, text, pair)
+    with torch.no_grad():
+        logits = forward_function(classifier)(encoded.input_ids, *encoded.extra_args)[0]
+    probabilities = torch.softmax(logits.double(), -1)
+    predicted = int(logits.argmax())
+    target = predicted if target is None else target
+    labels = classifier.labels
+    print(f"model: {classifier.source} ({classifier.model.config.model_type})", file=out)
+    print(f"text: {text}" + (f"\npair: {pair}" if pair is not None else ""), file=out)
+    print(f"prediction: {labels[predicted]} (p = {float(probabilities[predicted]):.3f})", file=out)
+    print(f"explaining: {labels[target]}; each column divided by its method's max |score|", file=out)
+    print("", file=out)
+    batch = _batch_of(encoded, classifier)
+    specs = method_specs(classifier, methods)
+    scores = {name: spec.scores(batch, torch.tensor([target]))[0] for name, spec in specs.items()}
+    print(format_comparison(encoded.tokens, scores), file=out)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate
+
+
+def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
+    from .evaluation import evaluate_faithfulness
+
+    methods = parse_methods(args.methods)
+    if args.limit is not None and args.limit < 1:
+        raise CommandError(f"--limit must be a positive number of examples, got {args.limit}.")
+    texts, labels = read_labelled_tsv(dataset_path(args.data), limit=args.limit)
+    if not texts:
+        raise CommandError(f"No examples in {args.data}.")
+    classifier = _load(args.model)
+    print(f"model: {classifier.source} ({classifier.model.config.model_type})", file=out)
+    print(f"data: {args.data}, {len(texts)} examples; methods: {', '.join(methods)}", file=out, flush=True)
+    specs = method_specs(classifier, methods)
+    result = evaluate_faithfulness(
+        classifier.model,
+        classifier.tokenizer,
+        texts,
+        labels,
+        {name: specs[name] for name in methods},
+        show_progress=not args.no_progress,
+    )
+    print(f"model accuracy on these examples: {100 * result.accuracy:.2f}%", file=out)
+    print("masking K = 0%, 10%, ..., 90% of the tokens, most or least important first (DecompX paper, Table 1):", file=out)
+    print("", file=out)
+    print(result.to_markdown(timings=True), file=out)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captum-decompx",
+        description="Explain transformer classifiers with DecompX: signed per-token contributions to every class logit.",
+        epilog="Without --model, the demo sentiment classifier shipped in the repository (models/minilm-sst2) is used.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def model_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)")
+
+    explain = commands.add_parser("explain", help="explain one prediction with DecompX", description="Explain one prediction with DecompX.")
+    explain.add_argument("text", metavar="TEXT", help="the sentence to explain")
+    model_option(explain)
+    explain.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
+    explain.add_argument("--target", metavar="LABEL", help="show only this class (a label name or index; default: every class)")
+    explain.add_argument("--method", choices=("exact", "fast"), default="exact", help="exact: biases decomposed too (default); fast: bias-free, O(N)")
+    explain.add_argument("--html", metavar="FILE", help="write a standalone HTML view")
+    explain.add_argument("--png", metavar="FILE", help="write the per-class figure as PNG")
+    explain.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="ANSI colours (auto: on a terminal)")
+    explain.set_defaults(run=run_explain)
+
+    compare = commands.add_parser("compare", help="one text explained by several methods, side by side", description="One text explained by several attribution methods, each normalized by its max |score|.")
+    compare.add_argument("text", metavar="TEXT", help="the sentence to explain")
+    model_option(compare)
+    compare.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
+    compare.add_argument("--target", metavar="LABEL", help="the class to explain (default: the predicted one)")
+    compare.add_argument("--methods", default=DEFAULT_COMPARE_METHODS, help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_COMPARE_METHODS})")
+    compare.set_defaults(run=run_compare)
+
+    evaluate = commands.add_parser("evaluate", help="the paper's faithfulness protocol (AOPC, accuracy) on a data set", description="Mask the most important tokens by each method and measure AOPC and accuracy (DecompX paper, Table 1).")
+    evaluate.add_argument("--data", default="sst2-dev", help="sst2-dev, sst2-train or a TSV file with a header and label<TAB>text rows (default: sst2-dev)")
+    evaluate.add_argument("--limit", type=int, help="use the first N examples")
+    model_option(evaluate)
+    evaluate.add_argument("--methods", default=DEFAULT_EVALUATE_METHODS, help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_EVALUATE_METHODS})")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=run_evaluate)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 for an error the user can fix)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error argparse has reported
+        return exit_request.code if isinstance(exit_request.code, int) else USAGE_ERROR
+    try:
+        return args.run(args, sys.stdout)
+    except (CommandError, DemoError) as error:
+        print(f"captum-decompx {args.command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
