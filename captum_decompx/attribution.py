@@ -9,7 +9,7 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from . import decomposition
+from . import decomposition, validation
 from .adapters import Adapter, adapter_for
 from .capture import Captured, capture_internals
 from .decomposition import DEFAULT_MAX_MEMORY
@@ -29,7 +29,9 @@ class DecompXOutput:
             logit; without the head, (batch, seq) L2 norms of the pooled token's decomposition.
         bias: (batch, classes), the part of each logit not assigned to any token: zero when the
             biases are decomposed, the biases' share when they are left out. None without the head.
-        pooled: (batch, seq, hidden), the pooled token's decomposition after the last layer.
+        pooled: (batch, seq, hidden), the pooled token's decomposition after the last layer (the
+            final norm included). None on the fast path with the head, where it would cost one
+            backward pass per hidden unit; computed there with ``include_head=False``.
         token_maps: with ``return_token_maps=True``, per layer the (batch, seq, seq) norms
             ``||X_l[i, k]||`` of token ``k``'s piece in token ``i``'s representation.
         method: ``"exact"`` or ``"fast"``, the path that produced the result.
@@ -130,8 +132,8 @@ class DecompX(Attribution):
                 "method='fast' decomposes the bias-free linearized model: pass include_biases=False, "
                 "or use method='exact' to decompose the biases too."
             )
-        if max_memory is not None and (not isinstance(max_memory, int) or max_memory <= 0):
-            raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}.")
+        if max_memory is not None:
+            validation.check_max_memory(max_memory)
         self.model = model
         self.adapter = adapter if adapter is not None else adapter_for(model)
         self.include_biases = include_biases
@@ -141,7 +143,7 @@ class DecompX(Attribution):
         self.include_head = include_head
         self.head_approximation = head_approximation
         self.method = method if method != "auto" else ("exact" if include_biases else "fast")
-        self.max_memory = max_memory if max_memory is not None else DEFAULT_MAX_MEMORY
+        self.max_memory = int(max_memory) if max_memory is not None else DEFAULT_MAX_MEMORY
 
     # ----------------------------------------------------------------------------------------
     # Captum contract
@@ -210,7 +212,7 @@ class DecompX(Attribution):
         if self.include_head:
             classes = self._targets(target, captured.logits)
             if self.method == "fast":
-                scores = self._fast(captured, classes)
+                scores = self._fast(captured, classes).contributions
             else:
                 result = self._exact(captured, show_progress=show_progress)
                 scores = result.contributions.gather(2, classes.view(-1, 1, 1).expand(-1, result.contributions.shape[1], 1)).squeeze(-1)
@@ -270,16 +272,16 @@ class DecompX(Attribution):
             pooled = self._fast_pooled(captured)
         if self.include_head:
             if self.method == "fast":
-                attributions = self._fast(captured, None)
+                fast = self._fast(captured, None)
+                attributions = self._zero_padding(fast.contributions, captured)
+                # The frozen network's logits minus the token shares: what its biases carry.
+                bias = (fast.outputs - attributions.sum(1)).to(logits.dtype)
             else:
-                attributions = result.contributions
-            attributions = self._zero_padding(attributions, captured)
-            if self.include_biases:
-                bias = torch.zeros_like(logits)
-            elif self.method == "exact":
-                bias = result.bias.to(logits.dtype)
-            else:
-                bias = logits - attributions.to(logits.dtype).sum(1)
+                attributions = self._zero_padding(result.contributions, captured)
+                if self.include_biases:
+                    bias = torch.zeros_like(logits)
+                else:
+                    bias = result.bias.to(logits.dtype)
         else:
             attributions = self._zero_padding(torch.linalg.vector_norm(pooled, dim=-1), captured)
             bias = None
@@ -300,7 +302,7 @@ class DecompX(Attribution):
         if self.include_biases:
             mode = BiasMode.RULE
         else:
-            mode = BiasMode.DROP if self.method == "fast" else BiasMode.PIECE
+            mode = BiasMode.ADD if self.method == "fast" else BiasMode.PIECE
         return Settings(
             bias_mode=mode,
             bias_rule=self.bias_decomposition,
@@ -340,53 +342,23 @@ class DecompX(Attribution):
                     f"width) as floats; got {tuple(inputs.shape)} {inputs.dtype}."
                 )
             return inputs, as_tuple
-        if inputs.dim() != 2:
-            raise ValueError(
-                f"inputs must be token ids of shape (batch, seq); got shape {tuple(inputs.shape)}. "
-                "For one sequence use input_ids.unsqueeze(0)."
-            )
+        validation.check_token_inputs(inputs, self.model, self.forward_func)
         return inputs, as_tuple
 
     def _targets(self, target: TargetType, logits: Tensor) -> Tensor:
         batch, classes = logits.shape
-        names = getattr(getattr(self.model, "config", None), "id2label", None) or {}
-        shown = range(classes) if classes <= 20 else ()
-        labels = ", ".join(f"{i} ({names.get(i, names.get(str(i), i))})" if names else str(i) for i in shown)
-        if classes > 20:
-            labels = f"0 to {classes - 1}"
-        if target is None:
-            if classes == 1:
-                return torch.zeros(batch, dtype=torch.long, device=logits.device)
-            raise ValueError(f"The model has {classes} outputs: pass target= one of the labels {labels}.")
-        if isinstance(target, int) and not isinstance(target, bool):
-            target_tensor = torch.full((batch,), target, dtype=torch.long, device=logits.device)
-        elif isinstance(target, (list, tuple, Tensor)):
-            target_tensor = torch.as_tensor(target, device=logits.device)
-            if target_tensor.dim() == 0:
-                target_tensor = target_tensor.expand(batch)
-            if target_tensor.dim() != 1 or target_tensor.shape[0] != batch:
-                raise ValueError(f"target must have one class per example ({batch}); got shape {tuple(target_tensor.shape)}.")
-            if target_tensor.dtype.is_floating_point or target_tensor.dtype == torch.bool:
-                raise ValueError("target must hold integer class indices.")
-            target_tensor = target_tensor.long()
-        else:
-            raise ValueError(f"target must be an int, a list or a 1-D tensor of class indices; got {type(target).__name__}.")
-        if bool(((target_tensor < 0) | (target_tensor >= classes)).any()):
-            raise ValueError(f"target {target_tensor.tolist()} is out of range; the labels are {labels}.")
-        return target_tensor
+        labels = validation.class_labels(self.model, classes)
+        return validation.check_targets(target, batch, classes, logits.device, labels)
 
     def _capture(self, input_ids: Tensor, additional_forward_args: Any) -> Captured:
-        if self.model.training:
-            raise ValueError(
-                "The model is in training mode: dropout would make the decomposition describe another "
-                "forward pass than the one explained. Call model.eval() first."
-            )
+        validation.check_model(self.model)
         args = self._extra_args(additional_forward_args)
+        validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
         with torch.no_grad(), capture_internals(self.model, self.adapter) as capture:
             output = self.forward_func(input_ids, *args)
             logits = _logits_of(output)
-            if logits.shape[0] != input_ids.shape[0]:
-                raise ValueError(f"The forward function returned {logits.shape[0]} rows of logits for {input_ids.shape[0]} inputs.")
+            validation.check_batch_rows(logits, input_ids.shape[0])
+            validation.warn_if_not_logits(logits)
             return capture.result(output, logits.detach())
 
     def _parts(self):
@@ -397,7 +369,7 @@ class DecompX(Attribution):
 
     def _exact(self, captured: Captured, *, show_progress: bool, token_maps: bool = False):
         settings = self._settings()
-        if settings.bias_mode is BiasMode.DROP:  # token maps asked of a fast-path object
+        if settings.bias_mode is BiasMode.ADD:  # token maps asked of a fast-path object
             settings = Settings(BiasMode.PIECE, settings.bias_rule, settings.include_ffn, settings.ffn_approximation, settings.head_approximation)
         bar = None
         if show_progress:
@@ -420,7 +392,7 @@ class DecompX(Attribution):
             if bar is not None:
                 bar.close()
 
-    def _fast(self, captured: Captured, classes: Optional[Tensor]) -> Tensor:
+    def _fast(self, captured: Captured, classes: Optional[Tensor]) -> decomposition.FastResult:
         return decomposition.fast(
             captured,
             self._parts(),
@@ -439,7 +411,7 @@ class DecompX(Attribution):
             self._pooling(captured),
             include_head=False,
             dtype=self._compute_dtype(),
-        )
+        ).contributions
 
     def _pooled_norms(self, captured: Captured, *, show_progress: bool) -> Tensor:
         if self.method == "fast":

@@ -332,6 +332,21 @@ def _linearized_forward(
     return engine.pool(pieces, weights).squeeze(1)
 
 
+@dataclass
+class FastResult:
+    """The fast path's result.
+
+    Attributes:
+        contributions: (batch, seq) for one class per example, (batch, seq, classes) for every
+            class, or, without the head, the pooled decomposition (batch, seq, hidden).
+        outputs: (batch, classes), the frozen network's logits with its biases; minus the summed
+            contributions, this is the biases' share. None without the head.
+    """
+
+    contributions: Tensor
+    outputs: Optional[Tensor]
+
+
 def fast(
     captured: Captured,
     parts: ModelParts,
@@ -341,21 +356,20 @@ def fast(
     include_head: bool,
     dtype: torch.dtype,
     classes: Optional[Tensor] = None,
-) -> Tensor:
+) -> FastResult:
     """The bias-free decomposition by one linearized forward and one backward per output.
 
-    The class score carried by token ``k`` is ``<dF/de_k, e_k>`` plus the token's share of its own
-    first-layer value bias, ``<dF/dv1_k, b_v>`` (obtained through a unit scale on that bias).
+    The frozen network (every nonlinearity at its real value) is affine in the embeddings ``e``;
+    its linear part gives token ``k`` the share ``<dF/de_k, e_k>``, plus the token's share of its
+    own pre-mixing biases (the first layer's value bias; a pre-LN model's first norm bias),
+    obtained through a unit scale on those biases. Its biases are added to the single piece
+    (``BiasMode.ADD``), so the frozen logits minus the shares is the biases' share.
 
     Args:
-        classes: (batch,) one class per example: returns (batch, seq). None: every class,
+        classes: (batch,) one class per example: contributions (batch, seq). None: every class,
             (batch, seq, classes). Ignored without the head.
-
-    Returns:
-        with the head, contributions as above; without it, the pooled decomposition
-        (batch, seq, hidden).
     """
-    assert settings.bias_mode is BiasMode.DROP
+    assert settings.bias_mode is BiasMode.ADD
     embeddings_real = captured.layer_input
     batch, seq, hidden = embeddings_real.shape
     with torch.enable_grad():
@@ -367,12 +381,12 @@ def fast(
             outputs = engine.head(pooled.unsqueeze(1), parts.head, pre, settings).squeeze(1)  # (batch, classes)
             if classes is not None:
                 selected = outputs.gather(1, classes.view(-1, 1)).sum()
-                return _token_shares(selected, embeddings, own_scale, retain=False)
+                return FastResult(_token_shares(selected, embeddings, own_scale, retain=False), outputs.detach())
             columns = [
                 _token_shares(outputs[:, c].sum(), embeddings, own_scale, retain=c < outputs.shape[1] - 1)
                 for c in range(outputs.shape[1])
             ]
-            return torch.stack(columns, dim=-1)
+            return FastResult(torch.stack(columns, dim=-1), outputs.detach())
         # Without the head: the pooled vector's decomposition, one backward per hidden unit.
         basis = torch.eye(hidden, dtype=dtype, device=embeddings.device)
         grads_e, grads_scale = torch.autograd.grad(
@@ -386,7 +400,7 @@ def fast(
             grads_scale = torch.zeros(hidden, batch, seq, dtype=dtype, device=embeddings.device)
         # grads_e: (hidden_out, batch, seq, hidden_in); grads_scale: (hidden_out, batch, seq)
         vectors = torch.einsum("obsi,bsi->bso", grads_e, embeddings.detach()) + grads_scale.permute(1, 2, 0)
-        return vectors
+        return FastResult(vectors, None)
 
 
 def _token_shares(score: Tensor, embeddings: Tensor, own_scale: Tensor, *, retain: bool) -> Tensor:

@@ -4,8 +4,8 @@ A decomposition is a tensor ``pieces`` of shape ``(batch, rows, pieces, dim)``: 
 (sequence position) one vector per input token, whose sum over the pieces axis is the real hidden
 state. Every function here maps pieces to pieces with the frozen coefficients of the real forward
 pass (attention probabilities, normalization statistics, activation slopes). Biases are handled in
-one of three ways (:class:`BiasMode`): spread over the token pieces by a bias rule, collected in an
-extra trailing "bias piece", or dropped (the linear map of the fast path).
+one of four ways (:class:`BiasMode`): spread over the token pieces by a bias rule, collected in an
+extra trailing "bias piece", added to the single piece of the fast path's frozen network, or dropped.
 
 The same functions serve the exact path (one piece per input token) and the fast path (a single
 piece per row, differentiated afterwards).
@@ -30,6 +30,7 @@ RULE_EPS = 1e-12
 class BiasMode(enum.Enum):
     RULE = "rule"  # spread each bias over the token pieces with the bias rule
     PIECE = "piece"  # add each bias to the trailing bias piece
+    ADD = "add"  # add each bias to the one piece of each row (the fast path's frozen network)
     DROP = "drop"  # leave biases out (a purely linear map)
 
 
@@ -137,6 +138,8 @@ def add_bias(pieces: Tensor, bias: Optional[Tensor], settings: Settings) -> Tens
         pieces = pieces.clone()
         pieces[..., -1:, :] += bias
         return pieces
+    if settings.bias_mode is BiasMode.ADD:
+        return pieces + bias
     return torch.addcmul(pieces, bias_rule_weights(pieces, bias, settings.bias_rule).unsqueeze(-1), bias)
 
 
@@ -197,6 +200,8 @@ def activation(
     function: Callable[[Tensor], Tensor],
     approximation: str,
     settings: Settings,
+    *,
+    inplace: bool = False,
 ) -> Tensor:
     """A pointwise nonlinearity frozen at the real pre-activation.
 
@@ -207,11 +212,12 @@ def activation(
     Args:
         pieces: (batch, rows, pieces, dim).
         pre_activation: (batch, rows, dim), the real input of the nonlinearity.
+        inplace: the zero-origin scaling may overwrite ``pieces`` (a temporary of the caller's).
     """
     a = pre_activation
     if approximation == "zo":
         theta = (function(a) / (a + ZERO_ORIGIN_EPS)).unsqueeze(-2)
-        return pieces * theta if pieces.requires_grad else pieces.mul_(theta)
+        return pieces.mul_(theta) if inplace and not pieces.requires_grad else pieces * theta
     if approximation == "relu":
         return pieces * (a > 0).to(pieces.dtype).unsqueeze(-2)
     if approximation == "la":
@@ -301,7 +307,9 @@ def feed_forward(pieces: Tensor, pre_activation: Tensor, params: LayerParams, se
     if params.ffn_gated:
         hidden = hidden * params.ffn_activation(pre_activation).unsqueeze(-2)
     else:
-        hidden = activation(hidden, pre_activation, params.ffn_activation, settings.ffn_approximation, settings)
+        hidden = activation(
+            hidden, pre_activation, params.ffn_activation, settings.ffn_approximation, settings, inplace=True
+        )
     return linear(hidden, params.ffn_out, settings)
 
 
