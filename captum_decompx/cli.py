@@ -26,6 +26,7 @@ from typing import Callable, Optional, Sequence, TextIO
 import torch
 from torch import Tensor
 
+from .attribution import DecompX, DecompXOutput
 from .demo import DemoError, LoadedClassifier, dataset_path, load_classifier, read_labelled_tsv
 
 #: Exit status of errors the user can act on (the same as argparse's usage errors).
@@ -137,6 +138,9 @@ class Explanation:
         contributions: (seq, classes), each token's contribution to each class logit.
         bias: (classes,), the part of each logit assigned to no token (0 with the exact method).
         method: ``"exact"`` or ``"fast"``.
+        output: DecompX's full result, for the visualizations.
+        encoded: the tokenized input.
+        tokenizer: its tokenizer.
     """
 
     tokens: list[str]
@@ -146,6 +150,9 @@ class Explanation:
     contributions: Tensor
     bias: Tensor
     method: str
+    output: DecompXOutput
+    encoded: Encoded
+    tokenizer: object
 
     @property
     def predicted(self) -> int:
@@ -158,8 +165,6 @@ def explain_text(classifier: LoadedClassifier, text: str, pair: Optional[str] = 
     ``method="exact"`` decomposes the biases too (the paper's DecompX, bias 0);
     ``method="fast"`` is the bias-free variant, whose bias share is reported in ``bias``.
     """
-    from .attribution import DecompX
-
     encoded = encode(classifier, text, pair)
     explainer = DecompX(forward_function(classifier), model=classifier.model, include_biases=method == "exact", method=method)
     output = explainer.decompose(encoded.input_ids, additional_forward_args=encoded.extra_args)
@@ -172,6 +177,9 @@ def explain_text(classifier: LoadedClassifier, text: str, pair: Optional[str] = 
         contributions=output.attributions[0].detach().double(),
         bias=output.bias[0].detach().double(),
         method=output.method,
+        output=output,
+        encoded=encoded,
+        tokenizer=classifier.tokenizer,
     )
 
 
@@ -245,13 +253,12 @@ def run_explain(args: argparse.Namespace, out: TextIO) -> int:
     print(f"model: {classifier.source} ({classifier.model.config.model_type})", file=out)
     print(f"text: {text}" + (f"\npair: {pair}" if pair is not None else ""), file=out)
     print_explanation(explanation, classes, _use_colour(args.color, out), out)
-    shown = explanation.predicted if target is None else target
+    if args.html or args.png:
+        print("", file=out)
     if args.html:
-        path = write_html(explanation, shown, args.html)
-        print(f"\nwrote the HTML view to {path}", file=out)
+        print(f"wrote the HTML view to {write_html(explanation, args.html)}", file=out)
     if args.png:
-        path = write_png(explanation, classes, args.png)
-        print(f"{'' if args.html else chr(10)}wrote the per-class figure to {path}", file=out)
+        print(f"wrote the per-class figure to {write_png(explanation, args.png)}", file=out)
     return 0
 
 
@@ -264,33 +271,36 @@ def _output_path(path: str) -> Path:
     return target
 
 
-def write_html(explanation: Explanation, target: int, path: str) -> Path:
-    """A standalone HTML page: the prediction and one row of coloured tokens per class."""
-    from . import visualization
+def write_html(explanation: Explanation, path: str) -> Path:
+    """A standalone HTML page: one row per class, tokens coloured by their contribution to it."""
+    from .visualization import class_contributions_html
 
     destination = _output_path(path)
-    visualization.save_html(
-        explanation.tokens,
-        explanation.contributions,
-        destination,
-        labels=explanation.labels,
-        probabilities=explanation.probabilities,
-        predicted=explanation.predicted,
-        target=target,
+    class_contributions_html(
+        explanation.output,
+        explanation.encoded.input_ids,
+        explanation.tokenizer,
+        attention_mask=explanation.encoded.extra_args[0],
+        label_names=explanation.labels,
+        path=destination,
+        title=f"DecompX: per-class token contributions ({explanation.method})",
     )
     return destination
 
 
-def write_png(explanation: Explanation, classes: Sequence[int], path: str) -> Path:
+def write_png(explanation: Explanation, path: str) -> Path:
     """The per-class figure: one row per class, tokens coloured by their signed contribution."""
-    from . import visualization
+    from .visualization import plot_class_contributions
 
     destination = _output_path(path)
-    visualization.save_per_class_png(
-        explanation.tokens,
-        explanation.contributions[:, list(classes)],
-        destination,
-        labels=[explanation.labels[c] for c in classes],
+    plot_class_contributions(
+        explanation.output,
+        explanation.encoded.input_ids,
+        explanation.tokenizer,
+        attention_mask=explanation.encoded.extra_args[0],
+        label_names=explanation.labels,
+        path=destination,
+        title=f"DecompX: per-class token contributions ({explanation.method})",
     )
     return destination
 
