@@ -79,7 +79,10 @@ def token_embedding(model: nn.Module) -> Optional[nn.Embedding]:
 
 
 def _is_hf_model_itself(forward_func: Any, model: nn.Module) -> bool:
-    return forward_func is model
+    """The forward function is the model, or its bound ``forward``/``__call__``."""
+    if forward_func is model:
+        return True
+    return getattr(forward_func, "__self__", None) is model and getattr(forward_func, "__name__", "") in ("forward", "__call__")
 
 
 def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = None) -> str:

@@ -193,8 +193,9 @@ def test_inputs_must_be_a_tensor_or_one_tensor_in_a_tuple(bert, batch):
 
 def test_embeddings_passed_to_the_model_itself_get_the_wrapper_to_use(bert, batch):
     embeds = bert.get_input_embeddings()(batch.input_ids).detach()
-    with pytest.raises(TypeError, match=r"input embeddings.*inputs_embeds=embeds"):
-        DecompX(bert).attribute(embeds, target=0, additional_forward_args=(batch.attention_mask,))
+    for explainer in (DecompX(bert), DecompX(bert.forward, model=bert)):
+        with pytest.raises(TypeError, match=r"input embeddings.*inputs_embeds=embeds"):
+            explainer.attribute(embeds, target=0, additional_forward_args=(batch.attention_mask,))
 
 
 @pytest.mark.parametrize("options", [dict(), dict(include_biases=False, method="fast")], ids=["exact", "fast"])
