@@ -16,7 +16,6 @@ one message with exit status 2.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -27,11 +26,11 @@ import torch
 from torch import Tensor
 
 from .attribution import DecompX, DecompXOutput
+from .decomposition import DecompXMemoryError
 from .demo import DemoError, LoadedClassifier, dataset_path, load_classifier, read_labelled_tsv
 
 #: Exit status of errors the user can act on (the same as argparse's usage errors).
 USAGE_ERROR = 2
-#: The methods ``compare`` and ``evaluate`` know, by the name given on the command line.
 DEFAULT_COMPARE_METHODS = "decompx,ig,gxi"
 DEFAULT_EVALUATE_METHODS = "decompx,gxi,random"
 IG_STEPS = 50
@@ -72,6 +71,14 @@ def _quiet_transformers() -> None:
 def _load(model: Optional[str]) -> LoadedClassifier:
     _quiet_transformers()
     return load_classifier(model)
+
+
+def _shown_source(classifier: LoadedClassifier) -> str:
+    """The model's folder relative to the working directory when it lies inside it."""
+    try:
+        return str(Path(classifier.source).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return classifier.source
 
 
 def _checked_text(text: str, what: str = "TEXT") -> str:
@@ -246,23 +253,26 @@ def _use_colour(choice: str, out: TextIO) -> bool:
 def run_explain(args: argparse.Namespace, out: TextIO) -> int:
     text = _checked_text(args.text)
     pair = _checked_text(args.pair, "--pair TEXT2") if args.pair is not None else None
+    html_path = _output_path(args.html) if args.html else None
+    png_path = _output_path(args.png) if args.png else None
     classifier = _load(args.model)
     target = resolve_label(classifier, args.target)
     explanation = explain_text(classifier, text, pair, method=args.method)
     classes = list(range(len(explanation.labels))) if target is None else [target]
-    print(f"model: {classifier.source} ({classifier.model.config.model_type})", file=out)
+    print(f"model: {_shown_source(classifier)} ({classifier.model.config.model_type})", file=out)
     print(f"text: {text}" + (f"\npair: {pair}" if pair is not None else ""), file=out)
     print_explanation(explanation, classes, _use_colour(args.color, out), out)
-    if args.html or args.png:
+    if html_path or png_path:
         print("", file=out)
-    if args.html:
-        print(f"wrote the HTML view to {write_html(explanation, args.html)}", file=out)
-    if args.png:
-        print(f"wrote the per-class figure to {write_png(explanation, args.png)}", file=out)
+    if html_path:
+        print(f"wrote the HTML view to {write_html(explanation, html_path)}", file=out)
+    if png_path:
+        print(f"wrote the per-class figure to {write_png(explanation, png_path)}", file=out)
     return 0
 
 
 def _output_path(path: str) -> Path:
+    """``path`` as a file to write, checked before any work is done."""
     target = Path(path).expanduser()
     if target.is_dir():
         raise CommandError(f"{path} is a folder: pass a file name, e.g. {Path(path) / 'explanation'}.")
@@ -271,11 +281,11 @@ def _output_path(path: str) -> Path:
     return target
 
 
-def write_html(explanation: Explanation, path: str) -> Path:
+def write_html(explanation: Explanation, path: Path) -> Path:
     """A standalone HTML page: one row per class, tokens coloured by their contribution to it."""
     from .visualization import class_contributions_html
 
-    destination = _output_path(path)
+    destination = Path(path)
     class_contributions_html(
         explanation.output,
         explanation.encoded.input_ids,
@@ -288,11 +298,11 @@ def write_html(explanation: Explanation, path: str) -> Path:
     return destination
 
 
-def write_png(explanation: Explanation, path: str) -> Path:
+def write_png(explanation: Explanation, path: Path) -> Path:
     """The per-class figure: one row per class, tokens coloured by their signed contribution."""
     from .visualization import plot_class_contributions
 
-    destination = _output_path(path)
+    destination = Path(path)
     plot_class_contributions(
         explanation.output,
         explanation.encoded.input_ids,
@@ -391,7 +401,7 @@ def run_compare(args: argparse.Namespace, out: TextIO) -> int:
     predicted = int(logits.argmax())
     target = predicted if target is None else target
     labels = classifier.labels
-    print(f"model: {classifier.source} ({classifier.model.config.model_type})", file=out)
+    print(f"model: {_shown_source(classifier)} ({classifier.model.config.model_type})", file=out)
     print(f"text: {text}" + (f"\npair: {pair}" if pair is not None else ""), file=out)
     print(f"prediction: {labels[predicted]} (p = {float(probabilities[predicted]):.3f})", file=out)
     print(f"explaining: {labels[target]}; each column divided by its method's max |score|", file=out)
@@ -417,7 +427,7 @@ def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     if not texts:
         raise CommandError(f"No examples in {args.data}.")
     classifier = _load(args.model)
-    print(f"model: {classifier.source} ({classifier.model.config.model_type})", file=out)
+    print(f"model: {_shown_source(classifier)} ({classifier.model.config.model_type})", file=out)
     print(f"data: {args.data}, {len(texts)} examples; methods: {', '.join(methods)}", file=out, flush=True)
     specs = method_specs(classifier, methods)
     result = evaluate_faithfulness(
@@ -454,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("text", metavar="TEXT", help="the sentence to explain")
     model_option(explain)
     explain.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
-    explain.add_argument("--target", metavar="LABEL", help="show only this class (a label name or index; default: every class)")
+    explain.add_argument("--target", metavar="LABEL", help="print only this class (a label name or index; default: every class; the HTML/PNG views show every class)")
     explain.add_argument("--method", choices=("exact", "fast"), default="exact", help="exact: biases decomposed too (default); fast: bias-free, O(N)")
     explain.add_argument("--html", metavar="FILE", help="write a standalone HTML view")
     explain.add_argument("--png", metavar="FILE", help="write the per-class figure as PNG")
@@ -491,6 +501,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CommandError, DemoError) as error:
         print(f"captum-decompx {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except DecompXMemoryError as error:
+        print(f"captum-decompx {args.command}: error: {error} On the command line: --method fast.", file=sys.stderr)
+        return USAGE_ERROR
+    except BrokenPipeError:  # the output was piped into a command that stopped reading (e.g. head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

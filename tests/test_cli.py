@@ -268,6 +268,14 @@ def test_missing_demo_model_says_where_to_get_it(capsys, monkeypatch, tmp_path):
     assert_usage_error(status, err, DEMO_MODEL_ENV, "nowhere")
 
 
+def test_unwritable_output_is_refused_before_any_work(capsys, tmp_path):
+    status, out, err = run(capsys, "explain", POSITIVE, "--html", str(tmp_path))
+    assert_usage_error(status, err, "is a folder")
+    status, out, err = run(capsys, "explain", POSITIVE, "--png", str(tmp_path / "missing" / "view.png"))
+    assert_usage_error(status, err, "does not exist")
+    assert out == ""
+
+
 def test_unknown_method_and_missing_data(capsys, tmp_path):
     status, _, err = run(capsys, "compare", POSITIVE, "--methods", "decompx,lime")
     assert_usage_error(status, err, "lime", "decompx, decompx-fast, globenc, alti, ig")
