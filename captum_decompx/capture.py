@@ -7,6 +7,7 @@ also when the forward pass raises.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import weakref
 from collections import defaultdict
@@ -126,16 +127,19 @@ class _Recorder:
     def __init__(self) -> None:
         self.by_module: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.thread = threading.get_ident()
 
     def record_output(self, module: nn.Module, role: str, pick: Callable[[Any], Any]) -> None:
         def hook(_module, _args, output):
-            self.by_module[id(module)][role].append(_detach(pick(output)))
+            if threading.get_ident() == self.thread:
+                self.by_module[id(module)][role].append(_detach(pick(output)))
 
         self.handles.append(module.register_forward_hook(hook))
 
     def record_input(self, module: nn.Module, role: str, name: str) -> None:
         def hook(_module, args, kwargs):
-            self.by_module[id(module)][role].append(_detach(_first(args, kwargs, name)))
+            if threading.get_ident() == self.thread:
+                self.by_module[id(module)][role].append(_detach(_first(args, kwargs, name)))
 
         self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
@@ -153,6 +157,22 @@ class _Recorder:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+
+
+def _output_attentions_parameter(module: nn.Module) -> Optional[tuple[int, str]]:
+    """``(position, "output_attentions")`` when the module's forward takes that argument.
+
+    transformers 4.x builds BERT-family attention modules for ``sdpa`` at load time; switching the
+    config to eager afterwards does not change their class, and they return their probabilities
+    only when called with ``output_attentions=True`` (they then fall back to the eager code).
+    """
+    try:
+        names = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return None
+    if "output_attentions" not in names:
+        return None
+    return names.index("output_attentions"), "output_attentions"
 
 
 def _detach(value: Any) -> Any:
@@ -202,8 +222,9 @@ class Capture:
         for layer in self.layers:
             attention = resolve(layer, paths.attention)
             self._once(attention, "probs", lambda m=attention: recorder.record_output(m, "probs", _attention_probs))
-            if self.adapter.force_output_attentions is not None:
-                self._once(attention, "force", lambda m=attention: self._force_output_attentions(m))
+            force = self.adapter.force_output_attentions or _output_attentions_parameter(attention)
+            if force is not None:
+                self._once(attention, "force", lambda m=attention, f=force: self._force_output_attentions(m, f))
             self._record_norm_input(layer, paths.attention_norm)
             self._record_norm_input(layer, paths.ffn_norm)
             self._record_output(layer, self._ffn_pre_activation_path())
@@ -221,10 +242,13 @@ class Capture:
                 return step
         raise ValueError(f"The head activation at step {index} of adapter {self.adapter.name!r} follows no Linear step.")
 
-    def _force_output_attentions(self, module: nn.Module) -> None:
-        position, name = self.adapter.force_output_attentions
+    def _force_output_attentions(self, module: nn.Module, force: tuple[int, str]) -> None:
+        position, name = force
+        thread = self.recorder.thread
 
         def hook(_module, args, kwargs):
+            if threading.get_ident() != thread:
+                return None
             if name in kwargs or len(args) <= position:
                 kwargs = {**kwargs, name: True}
             else:
@@ -232,6 +256,17 @@ class Capture:
             return args, kwargs
 
         self.recorder.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _check_single_forward(self) -> None:
+        """DecompX explains one forward pass: refuse a forward function that ran the model twice."""
+        first = self.layers[0]
+        per_pass = sum(layer is first for layer in self.layers)
+        calls = len(self.recorder.by_module.get(id(first), {}).get("layer_input", []))
+        if calls > per_pass:
+            raise RuntimeError(
+                f"The forward function ran the model's layers {calls // per_pass} times; DecompX "
+                "decomposes one forward pass. Make the forward function call the model once."
+            )
 
     def result(self, output: Any, logits: torch.Tensor) -> Captured:
         paths = self.adapter.layer
@@ -247,6 +282,7 @@ class Capture:
             module_path, block = split_block(path)
             return take_block(take(resolve(root, module_path), "output", where), block)
 
+        self._check_single_forward()
         layer_input = take(self.layers[0], "layer_input", "the first layer")
         records = []
         for index, layer in enumerate(self.layers):

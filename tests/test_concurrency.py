@@ -161,11 +161,6 @@ def test_a_failing_thread_does_not_disturb_the_other(model):
     assert_same_snapshot(before, model_snapshot(model))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: capture.py's hooks record the forward passes of every thread; "
-    "remove this mark with the fix (record only in the capturing thread)",
-)
 def test_plain_forward_passes_in_another_thread_do_not_leak_into_the_capture(model):
     """A service may run predictions on the model while another thread explains: the hooks must
     record only the explaining thread's forward pass."""

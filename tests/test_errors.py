@@ -218,3 +218,15 @@ def test_adapter_factory_is_called_with_the_model(private_registry, batch):
     out = DecompX(model).decompose(batch.input_ids, additional_forward_args=(batch.attention_mask,))
     assert seen and seen[0] is model
     torch.testing.assert_close(out.attributions.sum(1), out.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_function_that_runs_the_model_twice_is_refused(model, batch):
+    ids, mask = batch.input_ids, batch.attention_mask
+
+    def twice(input_ids, attention_mask):
+        model(input_ids, attention_mask=attention_mask)
+        return model(input_ids, attention_mask=attention_mask).logits
+
+    with pytest.raises(RuntimeError, match="2 times"):
+        DecompX(twice, model=model).attribute(ids, target=0, additional_forward_args=(mask,))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
