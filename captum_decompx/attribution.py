@@ -324,17 +324,7 @@ class DecompX(Attribution):
         return (additional_forward_args,)
 
     def _input_ids(self, inputs: Union[Tensor, tuple[Tensor]]) -> tuple[Tensor, bool]:
-        as_tuple = isinstance(inputs, tuple)
-        if as_tuple:
-            if len(inputs) != 1:
-                raise ValueError(
-                    f"DecompX attributes to one input, the token ids; got a tuple of {len(inputs)} "
-                    "tensors. Pass the other tensors (attention mask, token type ids) in "
-                    "additional_forward_args."
-                )
-            (inputs,) = inputs
-        if not isinstance(inputs, Tensor):
-            raise TypeError(f"inputs must be a tensor of token ids (batch, seq), got {type(inputs).__name__}.")
+        inputs, as_tuple = validation.unpack_inputs(inputs)
         if self.adapter.input_kind == "pixels":
             if inputs.dim() != 4 or not inputs.dtype.is_floating_point:
                 raise ValueError(
@@ -392,26 +382,19 @@ class DecompX(Attribution):
             if bar is not None:
                 bar.close()
 
-    def _fast(self, captured: Captured, classes: Optional[Tensor]) -> decomposition.FastResult:
+    def _fast(self, captured: Captured, classes: Optional[Tensor], *, include_head: bool = True) -> decomposition.FastResult:
         return decomposition.fast(
             captured,
             self._parts(),
             self._settings(),
             self._pooling(captured),
-            include_head=True,
+            include_head=include_head,
             dtype=self._compute_dtype(),
             classes=classes,
         )
 
     def _fast_pooled(self, captured: Captured) -> Tensor:
-        return decomposition.fast(
-            captured,
-            self._parts(),
-            self._settings(),
-            self._pooling(captured),
-            include_head=False,
-            dtype=self._compute_dtype(),
-        ).contributions
+        return self._fast(captured, None, include_head=False).contributions
 
     def _pooled_norms(self, captured: Captured, *, show_progress: bool) -> Tensor:
         if self.method == "fast":

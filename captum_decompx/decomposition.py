@@ -163,6 +163,55 @@ def _slice_record(record: LayerRecord, batch: slice, dtype: torch.dtype) -> Laye
     )
 
 
+def propagate_and_pool(
+    pieces: Tensor,
+    captured: Captured,
+    parts: ModelParts,
+    settings: Settings,
+    pooling: Tensor,
+    batch: slice,
+    dtype: torch.dtype,
+    *,
+    rows_per_chunk: int,
+    all_rows: bool = False,
+    own_scale: Optional[Tensor] = None,
+    on_layer: Optional[Callable[[int, Tensor], None]] = None,
+) -> Tensor:
+    """Propagate a decomposition of the embeddings through every layer and the final norm, then
+    pool it.
+
+    Args:
+        pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
+        pooling: (batch, seq) pooling weights of these examples.
+        batch: which examples of ``captured`` these are.
+        all_rows: compute every row of the last layer too (else only the pooled rows).
+        on_layer: called with each layer's index and output decomposition.
+
+    Returns:
+        (batch, pieces, hidden), the pooled decomposition.
+    """
+    seq = pieces.shape[1]
+    everything = torch.arange(seq, device=pieces.device)
+    pooled_rows = torch.nonzero(pooling.abs().sum(0) > 0).flatten()
+    rows = everything
+    for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
+        if index == len(parts.layers) - 1 and not all_rows:
+            rows = pooled_rows
+        pieces = engine.transformer_layer(
+            pieces,
+            _slice_record(record, batch, dtype),
+            params,
+            settings,
+            first=index == 0,
+            row_chunks=_chunks(rows, rows_per_chunk),
+            own_scale=own_scale,
+        )
+        if on_layer is not None:
+            on_layer(index, pieces)
+    pieces = _final_norm(pieces, parts, captured, batch, rows, settings, dtype)
+    return engine.pool(pieces, pooling[:, rows])
+
+
 # --------------------------------------------------------------------------------------------
 # Exact path
 
@@ -258,26 +307,14 @@ def exact(
         size = group.stop - group.start
         pieces = torch.zeros(size, seq, n_pieces, hidden, dtype=dtype, device=device)
         pieces[:, :, :seq].diagonal(dim1=1, dim2=2).copy_(embeddings[group].to(dtype).transpose(1, 2))
-        weights = pooling[group]
-        needed_last = torch.nonzero(weights.abs().sum(0) > 0).flatten()
-        for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
-            last = index == len(parts.layers) - 1
-            rows = needed_last if (last and not token_maps) else torch.arange(seq, device=device)
-            out = engine.transformer_layer(
-                pieces,
-                _slice_record(record, group, dtype),
-                params,
-                settings,
-                first=index == 0,
-                row_chunks=_chunks(rows, plan.rows_per_chunk),
-            )
-            if last and not token_maps:
-                weights = weights[:, rows]
-            pieces = out
-            if token_maps:
-                maps_all[index].append(torch.linalg.vector_norm(engine.token_pieces(pieces, settings), dim=-1))
-        pieces = _final_norm(pieces, parts, captured, group, rows, settings, dtype)
-        pooled = engine.pool(pieces, weights)  # (group, pieces, hidden)
+
+        def record_map(index: int, layer_pieces: Tensor) -> None:
+            maps_all[index].append(torch.linalg.vector_norm(engine.token_pieces(layer_pieces, settings), dim=-1))
+
+        pooled = propagate_and_pool(
+            pieces, captured, parts, settings, pooling[group], group, dtype,
+            rows_per_chunk=plan.rows_per_chunk, all_rows=token_maps, on_layer=record_map if token_maps else None,
+        )  # (group, pieces, hidden)
         del pieces
         pooled_all.append(engine.token_pieces(pooled.unsqueeze(1), settings).squeeze(1))
         if include_head:
@@ -308,28 +345,12 @@ def _linearized_forward(
     own_scale: Tensor,
     dtype: torch.dtype,
 ) -> Tensor:
-    """The frozen, bias-free model applied to the embeddings: (batch, hidden) pooled state."""
-    seq = embeddings.shape[1]
-    pieces = embeddings.unsqueeze(2)
-    everything = slice(None)
-    needed_last = torch.nonzero(pooling.abs().sum(0) > 0).flatten()
-    weights = pooling
-    for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
-        last = index == len(parts.layers) - 1
-        rows = needed_last if last else torch.arange(seq, device=embeddings.device)
-        pieces = engine.transformer_layer(
-            pieces,
-            _slice_record(record, everything, dtype),
-            params,
-            settings,
-            first=index == 0,
-            row_chunks=_chunks(rows, seq),
-            own_scale=own_scale,
-        )
-        if last:
-            weights = pooling[:, rows]
-    pieces = _final_norm(pieces, parts, captured, everything, rows, settings, dtype)
-    return engine.pool(pieces, weights).squeeze(1)
+    """The frozen model applied to the embeddings: (batch, hidden) pooled state."""
+    pooled = propagate_and_pool(
+        embeddings.unsqueeze(2), captured, parts, settings, pooling, slice(None), dtype,
+        rows_per_chunk=embeddings.shape[1], own_scale=own_scale,
+    )
+    return pooled.squeeze(1)
 
 
 @dataclass

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 from transformers.activations import ACT2FN
 
 from .base import Activation, Adapter, LayerPaths, Linear, Norm
+from .bert_family import BERT_LAYER
 
 
 def deberta_v2(model: nn.Module) -> Adapter:
@@ -20,16 +23,7 @@ def deberta_v2(model: nn.Module) -> Adapter:
     return Adapter(
         name="deberta-v2",
         layers="base_model.encoder.layer",
-        layer=LayerPaths(
-            attention="attention.self",
-            value="attention.self.value_proj",
-            attention_output="attention.output.dense",
-            attention_norm="attention.output.LayerNorm",
-            ffn_in="intermediate.dense",
-            ffn_activation="intermediate.intermediate_act_fn",
-            ffn_out="output.dense",
-            ffn_norm="output.LayerNorm",
-        ),
+        layer=dataclasses.replace(BERT_LAYER, value="attention.self.value_proj"),
         head=(
             Linear("pooler.dense"),
             Activation(function=ACT2FN[config.pooler_hidden_act]),
