@@ -2,24 +2,33 @@
 
 from .adapters import Activation, Adapter, LayerPaths, Linear, Norm, register_adapter, supported_model_types
 from .attribution import DecompX, DecompXOutput
+from .baselines import ALTI, GlobEnc
 from .decomposition import DecompXMemoryError
+from .evaluation import MethodSpec, evaluate_faithfulness
 from .image import patch_heatmap, plot_patch_attribution
 from .llm import LLMDecompX
+from .visualization import visualization_records, write_html
 
 __all__ = [
+    "ALTI",
     "Activation",
     "Adapter",
     "DecompX",
     "DecompXMemoryError",
     "DecompXOutput",
+    "GlobEnc",
     "LLMDecompX",
     "LayerPaths",
     "Linear",
+    "MethodSpec",
     "Norm",
+    "evaluate_faithfulness",
     "patch_heatmap",
     "plot_patch_attribution",
     "register_adapter",
     "supported_model_types",
+    "visualization_records",
+    "write_html",
 ]
 
 __version__ = "0.1.0"

@@ -1,0 +1,556 @@
+"""Show DecompX explanations: Captum records and HTML, a per-class view, token-to-token maps.
+
+- :func:`visualization_records` turns a :class:`~captum_decompx.DecompXOutput` (or any
+  ``(batch, seq)`` attributions with logits) into Captum ``VisualizationDataRecord`` s;
+  :func:`visualize_records` renders them with Captum's ``visualize_text`` in a notebook, and
+  :func:`write_html` writes the same table as a standalone HTML file from any Python process
+  (no IPython needed). Token text is always HTML-escaped.
+- :func:`class_contributions_html` and :func:`plot_class_contributions`: one row per class, every
+  token coloured by its signed contribution to that class (Figure A.1 of the DecompX paper).
+- :func:`plot_token_map`: the ``N x N`` norms ``||X_l[i, k]||`` of the propagated decomposition
+  of one layer (``DecompX.decompose(..., return_token_maps=True)``) as a heatmap.
+
+Colours follow Captum's scale: green for positive, red for negative, white for zero, with the
+values of each example divided by their largest magnitude so that they lie in [-1, 1].
+The figures use matplotlib's Agg canvas directly (pyplot and the global backend are untouched).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import html
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+from captum.attr import visualization as captum_visualization
+from torch import Tensor
+
+from .attribution import DecompXOutput
+
+VisualizationDataRecord = captum_visualization.VisualizationDataRecord
+
+LabelNames = Union[Sequence[str], Mapping[int, str], None]
+PathLike = Union[str, Path]
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; }
+th, td { border-bottom: 1px solid #ddd; padding: 6px 10px; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+td.tokens { line-height: 2.1; max-width: 60em; }
+mark { color: black; padding: 2px 3px; margin: 0 1px; border-radius: 3px; }
+.legend { margin-top: 0.8em; }
+.swatch { display: inline-block; width: 12px; height: 12px; border: 1px solid #888; vertical-align: middle; }
+""".strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def attribution_color(value: float) -> str:
+    """CSS colour of a value in [-1, 1] (clipped): Captum's scale, green positive, red negative."""
+    value = max(-1.0, min(1.0, float(value)))
+    if value > 0:
+        return f"hsl(120, 75%, {100 - int(50 * value)}%)"
+    return f"hsl(0, 75%, {100 - int(-40 * value)}%)"
+
+
+def _rgb(hue: float, lightness: float) -> tuple[float, float, float]:
+    return colorsys.hls_to_rgb(hue / 360, lightness, 0.75)
+
+
+def _colormap():
+    """The same scale as a matplotlib colormap on [-1, 1]: red (-1), white (0), green (+1)."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    return LinearSegmentedColormap.from_list(
+        "decompx_signed", [(0.0, _rgb(0, 0.60)), (0.5, (1.0, 1.0, 1.0)), (1.0, _rgb(120, 0.50))]
+    )
+
+
+def _label(names: LabelNames, index: Optional[int]) -> Any:
+    if index is None:
+        return ""
+    if names is None:
+        return index
+    if isinstance(names, Mapping):
+        return names.get(index, names.get(str(index), index))
+    return names[index] if 0 <= index < len(names) else index
+
+
+def real_positions(input_ids: Tensor, tokenizer: Any, attention_mask: Optional[Tensor] = None) -> Tensor:
+    """(seq,) bool for one example: False at padding (from the mask, else the pad token id)."""
+    if attention_mask is not None:
+        return attention_mask.bool()
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    return input_ids != pad
+
+
+def example_tokens(input_ids: Tensor, tokenizer: Any, attention_mask: Optional[Tensor] = None) -> list[str]:
+    """The token strings of one example (seq,), padding dropped."""
+    keep = real_positions(input_ids, tokenizer, attention_mask)
+    return list(tokenizer.convert_ids_to_tokens(input_ids[keep].tolist()))
+
+
+def _normalized(values: Tensor) -> Tensor:
+    """Divide by the largest magnitude (zeros stay zeros), so that values lie in [-1, 1]."""
+    scale = values.abs().max() if values.numel() else torch.tensor(0.0)
+    return values / scale if float(scale) > 0 else torch.zeros_like(values)
+
+
+def _mask_row(attention_mask: Optional[Tensor], row: int) -> Optional[Tensor]:
+    return None if attention_mask is None else attention_mask[row]
+
+
+# --------------------------------------------------------------------------------------------
+# Captum records and HTML
+
+
+def visualization_records(
+    explanation: Union[DecompXOutput, Tensor],
+    input_ids: Tensor,
+    tokenizer: Any,
+    *,
+    attention_mask: Optional[Tensor] = None,
+    logits: Optional[Tensor] = None,
+    target: Union[None, int, Sequence[int], Tensor] = None,
+    true_labels: Optional[Sequence[int]] = None,
+    label_names: LabelNames = None,
+) -> list[VisualizationDataRecord]:
+    """Captum ``VisualizationDataRecord`` s, one per example.
+
+    Args:
+        explanation: a :class:`DecompXOutput` (``attributions`` (batch, seq, classes), or (batch,
+            seq) norms without the head), or any (batch, seq) attributions to one class per example.
+        input_ids: (batch, seq).
+        tokenizer: gives the token strings (``convert_ids_to_tokens``).
+        attention_mask: (batch, seq); padding positions are dropped. Without it, tokens equal to
+            the tokenizer's pad token are dropped.
+        logits: (batch, classes); taken from the output when ``explanation`` is a DecompXOutput.
+        target: the class explained, per example or for all; default the predicted class.
+        true_labels: gold labels, shown when given.
+        label_names: class names (a list, or a mapping like ``model.config.id2label``).
+
+    Returns:
+        records whose ``word_attributions`` are the example's attributions divided by their
+        largest magnitude (in [-1, 1], for Captum's colour scale), with ``attr_score`` the sum of
+        the unnormalized attributions, ``pred_prob`` the softmax probability of the predicted
+        class, and ``convergence_score`` the sum minus the explained logit (when attributions
+        are logit shares). Tokens are the raw strings: escape them before writing HTML yourself.
+    """
+    if isinstance(explanation, DecompXOutput):
+        attributions, logits = explanation.attributions, explanation.logits if logits is None else logits
+    else:
+        attributions = explanation
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seq), got {tuple(input_ids.shape)}.")
+    batch = input_ids.shape[0]
+    if attributions.shape[:2] != input_ids.shape:
+        raise ValueError(f"attributions {tuple(attributions.shape)} do not match input_ids {tuple(input_ids.shape)}.")
+    per_class = attributions.dim() == 3
+    probabilities = torch.softmax(logits.float(), dim=-1) if logits is not None else None
+    predicted = probabilities.argmax(-1) if probabilities is not None else None
+    if target is None:
+        targets: list[Optional[int]] = [None if predicted is None else int(p) for p in predicted]
+    elif isinstance(target, int):
+        targets = [target] * batch
+    else:
+        targets = [int(t) for t in torch.as_tensor(target).reshape(-1).tolist()]
+    if per_class and any(t is None for t in targets):
+        raise ValueError("Per-class attributions need logits or a target to choose the class shown.")
+    records = []
+    for row in range(batch):
+        keep = real_positions(input_ids[row], tokenizer, _mask_row(attention_mask, row))
+        values = attributions[row][:, targets[row]] if per_class else attributions[row]
+        values = values[keep].detach().float().cpu()
+        tokens = list(tokenizer.convert_ids_to_tokens(input_ids[row][keep].tolist()))
+        score = float(values.sum())
+        logit_units = per_class or (
+            isinstance(explanation, DecompXOutput) and explanation.attributions.dim() == 3
+        )
+        delta = score - float(logits[row, targets[row]]) if (logits is not None and logit_units and targets[row] is not None) else 0.0
+        records.append(
+            VisualizationDataRecord(
+                word_attributions=_normalized(values),
+                pred_prob=float(probabilities[row, predicted[row]]) if probabilities is not None else float("nan"),
+                pred_class=_label(label_names, None if predicted is None else int(predicted[row])),
+                true_class=_label(label_names, None if true_labels is None else int(true_labels[row])),
+                attr_class=_label(label_names, targets[row]),
+                attr_score=score,
+                raw_input_ids=tokens,
+                convergence_score=delta,
+            )
+        )
+    return records
+
+
+def _escape(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _escaped_copy(record: VisualizationDataRecord) -> VisualizationDataRecord:
+    escape = _escape
+    return VisualizationDataRecord(
+        word_attributions=record.word_attributions,
+        pred_prob=record.pred_prob,
+        pred_class=escape(record.pred_class),
+        true_class=escape(record.true_class),
+        attr_class=escape(record.attr_class),
+        attr_score=record.attr_score,
+        raw_input_ids=[escape(token) for token in record.raw_input_ids],
+        convergence_score=record.convergence_score,
+    )
+
+
+def visualize_records(records: Sequence[VisualizationDataRecord], legend: bool = True):
+    """Render records with Captum's ``visualize_text`` (in a notebook), token text escaped.
+
+    Captum's renderer needs IPython; outside a notebook, use :func:`write_html`.
+
+    Returns:
+        the ``IPython.display.HTML`` object Captum returns.
+    """
+    try:
+        import IPython  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            "Captum's visualize_text needs IPython (pip install ipython). Without it, write a "
+            "standalone page with captum_decompx.visualization.write_html(records, 'out.html')."
+        ) from error
+    return captum_visualization.visualize_text([_escaped_copy(record) for record in records], legend=legend)
+
+
+def _token_marks(tokens: Sequence[str], values: Sequence[float], raw: Optional[Sequence[float]] = None) -> str:
+    marks = []
+    for index, (token, value) in enumerate(zip(tokens, values)):
+        shown = float(raw[index]) if raw is not None else float(value)
+        marks.append(
+            f'<mark style="background-color: {attribution_color(value)}" title="{shown:+.4f}">'
+            f"{html.escape(token, quote=True)}</mark>"
+        )
+    return " ".join(marks)
+
+
+def _legend() -> str:
+    items = " ".join(
+        f'<span class="swatch" style="background-color: {attribution_color(value)}"></span> {name}'
+        for value, name in ((-1, "Negative"), (0, "Neutral"), (1, "Positive"))
+    )
+    return f'<div class="legend"><b>Legend:</b> {items}</div>'
+
+
+def _document(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>\n{_STYLE}\n</style>\n</head>\n<body>\n"
+        f"<h2>{html.escape(title)}</h2>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def records_html(records: Sequence[VisualizationDataRecord], *, legend: bool = True, title: str = "Token attributions") -> str:
+    """A standalone HTML page with the columns of Captum's ``visualize_text``, tokens escaped."""
+    escape = _escape
+    rows = [
+        (
+            "<tr><th>True Label</th><th>Predicted Label</th><th>Attribution Label</th>"
+            "<th>Attribution Score</th><th>Word Importance</th></tr>"
+        )
+    ]
+    for record in records:
+        values = [float(v) for v in torch.as_tensor(record.word_attributions).reshape(-1).tolist()]
+        rows.append(
+            "<tr>"
+            f"<td><b>{escape(record.true_class)}</b></td>"
+            f"<td><b>{escape(record.pred_class)} ({record.pred_prob:.2f})</b></td>"
+            f"<td><b>{escape(record.attr_class)}</b></td>"
+            f"<td><b>{record.attr_score:.2f}</b></td>"
+            f'<td class="tokens">{_token_marks(record.raw_input_ids, values)}</td>'
+            "</tr>"
+        )
+    body = "<table>\n" + "\n".join(rows) + "\n</table>" + ("\n" + _legend() if legend else "")
+    return _document(title, body)
+
+
+def write_html(
+    records_or_result: Union[Sequence[VisualizationDataRecord], DecompXOutput, Tensor],
+    path: PathLike,
+    *,
+    title: str = "Token attributions",
+    legend: bool = True,
+    **record_options: Any,
+) -> Path:
+    """Write a standalone HTML page (no IPython needed) with one row per example.
+
+    Args:
+        records_or_result: records from :func:`visualization_records`, or a DecompXOutput /
+            (batch, seq) attributions, turned into records with ``record_options`` (``input_ids``
+            and ``tokenizer`` required; ``attention_mask``, ``logits``, ``target``,
+            ``true_labels``, ``label_names`` optional).
+        path: where to write the ``.html`` file.
+
+    Returns:
+        the path written.
+    """
+    if isinstance(records_or_result, (DecompXOutput, Tensor)):
+        missing = [name for name in ("input_ids", "tokenizer") if name not in record_options]
+        if missing:
+            raise ValueError(f"write_html needs {', '.join(missing)} to turn attributions into records.")
+        records = visualization_records(
+            records_or_result, record_options.pop("input_ids"), record_options.pop("tokenizer"), **record_options
+        )
+    else:
+        if record_options:
+            raise TypeError(f"Unexpected options for a list of records: {', '.join(record_options)}.")
+        records = list(records_or_result)
+    path = Path(path)
+    path.write_text(records_html(records, legend=legend, title=title), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Per-class view (the paper's Figure A.1)
+
+
+def _class_rows(output: DecompXOutput, input_ids: Tensor, tokenizer: Any, index: int, attention_mask, label_names):
+    if output.attributions.dim() != 3:
+        raise ValueError(
+            "The per-class view needs per-class attributions (batch, seq, classes): decompose with "
+            "include_head=True."
+        )
+    keep = real_positions(input_ids[index], tokenizer, _mask_row(attention_mask, index))
+    tokens = list(tokenizer.convert_ids_to_tokens(input_ids[index][keep].tolist()))
+    contributions = output.attributions[index][keep].detach().float().cpu()  # (n, classes)
+    scale = float(contributions.abs().max()) if contributions.numel() else 0.0
+    probabilities = torch.softmax(output.logits[index].float(), dim=-1)
+    predicted = int(probabilities.argmax())
+    rows = []
+    for cls in range(contributions.shape[1]):
+        values = contributions[:, cls]
+        name = str(_label(label_names, cls))
+        rows.append(
+            {
+                "name": name,
+                "predicted": cls == predicted,
+                "logit": float(output.logits[index, cls]),
+                "probability": float(probabilities[cls]),
+                "raw": values,
+                "normalized": values / scale if scale > 0 else torch.zeros_like(values),
+            }
+        )
+    return tokens, rows, scale
+
+
+def class_contributions_html(
+    output: DecompXOutput,
+    input_ids: Tensor,
+    tokenizer: Any,
+    *,
+    index: int = 0,
+    attention_mask: Optional[Tensor] = None,
+    label_names: LabelNames = None,
+    path: Optional[PathLike] = None,
+    title: Optional[str] = None,
+) -> str:
+    """One row per class, tokens coloured by their signed contribution to that class's logit.
+
+    All rows share one scale (the largest magnitude over tokens and classes), so colours compare
+    across classes; hovering a token shows its contribution in logit units.
+
+    Args:
+        output: from :meth:`DecompX.decompose` with the head (attributions (batch, seq, classes)).
+        input_ids: (batch, seq).
+        index: which example of the batch.
+        attention_mask: (batch, seq); padding is dropped.
+        label_names: class names (list or ``id2label`` mapping).
+        path: also write the page there.
+
+    Returns:
+        the standalone HTML page.
+    """
+    tokens, rows, scale = _class_rows(output, input_ids, tokenizer, index, attention_mask, label_names)
+    lines = ["<tr><th>Class</th><th>Logit</th><th>p</th><th>Sum of token contributions</th><th>Tokens</th></tr>"]
+    for row in rows:
+        name = html.escape(row["name"]) + (" (predicted)" if row["predicted"] else "")
+        lines.append(
+            f"<tr><td><b>{name}</b></td><td>{row['logit']:.3f}</td><td>{row['probability']:.3f}</td>"
+            f"<td>{float(row['raw'].sum()):.3f}</td>"
+            f'<td class="tokens">{_token_marks(tokens, row["normalized"].tolist(), row["raw"].tolist())}</td></tr>'
+        )
+    body = (
+        f"<p>Colour scale: &plusmn;{scale:.3f} logit units (the largest contribution of this example).</p>\n"
+        "<table>\n" + "\n".join(lines) + "\n</table>\n" + _legend()
+    )
+    page = _document(title or "Per-class token contributions (DecompX)", body)
+    if path is not None:
+        Path(path).write_text(page, encoding="utf-8")
+    return page
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_class_contributions(
+    output: DecompXOutput,
+    input_ids: Tensor,
+    tokenizer: Any,
+    *,
+    index: int = 0,
+    attention_mask: Optional[Tensor] = None,
+    label_names: LabelNames = None,
+    path: Optional[PathLike] = None,
+    width: float = 11.0,
+    fontsize: float = 11.0,
+    title: Optional[str] = None,
+):
+    """The per-class view as a matplotlib figure: one block per class, tokens on coloured boxes
+    (wrapped to ``width`` inches), a shared colour bar in logit units. Saved as PNG when ``path``
+    is given.
+
+    Returns:
+        the matplotlib ``Figure`` (Agg canvas; pyplot is not used).
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+
+    tokens, rows, scale = _class_rows(output, input_ids, tokenizer, index, attention_mask, label_names)
+    dpi = 100
+    scratch = _new_figure(width, 2)
+    renderer = scratch.canvas.get_renderer()
+
+    def text_width(text: str, size: float = fontsize, **style) -> float:
+        artist = scratch.text(0, 0, text, fontsize=size, parse_math=False, **style)
+        extent = artist.get_window_extent(renderer)
+        artist.remove()
+        return extent.width / dpi
+
+    labels = [f"{row['name']}{'  ★' if row['predicted'] else ''}" for row in rows]
+    details = [f"logit {row['logit']:.2f}, p {row['probability']:.2f}" for row in rows]
+    label_width = max(
+        max(text_width(label, weight="bold") for label in labels),
+        max(text_width(detail, fontsize * 0.8) for detail in details),
+    ) + 0.3
+    token_widths = [text_width(token) + 0.12 for token in tokens]
+    margin, gap, line_height = 0.25, 0.07, fontsize / 72 * 2.0
+    usable = width - margin - label_width - margin
+
+    # Lay the tokens out once (the same wrapping serves every class).
+    positions, x, line = [], 0.0, 0
+    for token_width in token_widths:
+        if x > 0 and x + token_width > usable:
+            x, line = 0.0, line + 1
+        positions.append((x, line))
+        x += token_width + gap
+    lines = line + 1
+    block = max(lines, 1.7) * line_height + 0.25
+    header = 0.55
+    colorbar_height = 1.0
+    height = header + block * len(rows) + colorbar_height
+
+    figure = _new_figure(width, height)
+    inches = figure.dpi_scale_trans
+    cmap = _colormap()
+    figure.text(
+        margin, height - 0.35, title or "Per-class token contributions (DecompX)", fontsize=fontsize + 2,
+        weight="bold", transform=inches, va="center", parse_math=False,
+    )
+    for number, (row, label, detail) in enumerate(zip(rows, labels, details)):
+        top = height - header - number * block
+        figure.text(margin, top - line_height * 0.5, label, weight="bold", fontsize=fontsize, transform=inches, va="center", parse_math=False)
+        figure.text(margin, top - line_height * 1.3, detail, fontsize=fontsize * 0.8, color="#555", transform=inches, va="center", parse_math=False)
+        for token, (x, line), value in zip(tokens, positions, row["normalized"].tolist()):
+            figure.text(
+                margin + label_width + x, top - line_height * (line + 0.5), token,
+                fontsize=fontsize, transform=inches, va="center", ha="left", parse_math=False,
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": cmap(0.5 + 0.5 * value), "edgecolor": "#bbbbbb", "linewidth": 0.4},
+            )
+        if number < len(rows) - 1:
+            separator = top - block + 0.08
+            figure.add_artist(
+                Line2D([margin, width - margin], [separator, separator], transform=inches, color="#dddddd", linewidth=0.8)
+            )
+    bar = figure.add_axes([(margin + label_width) / width, 0.55 / height, min(4.0, usable) / width, 0.16 / height])
+    limit = scale if scale > 0 else 1.0
+    figure.colorbar(ScalarMappable(Normalize(-limit, limit), cmap), cax=bar, orientation="horizontal")
+    bar.set_xlabel("contribution to the class logit", fontsize=fontsize * 0.8)
+    bar.tick_params(labelsize=fontsize * 0.75)
+    if path is not None:
+        figure.savefig(path, dpi=dpi * 1.5)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Token-to-token map
+
+
+def plot_token_map(
+    output: DecompXOutput,
+    input_ids: Tensor,
+    tokenizer: Any,
+    *,
+    layer: int = -1,
+    index: int = 0,
+    attention_mask: Optional[Tensor] = None,
+    path: Optional[PathLike] = None,
+    title: Optional[str] = None,
+):
+    """Heatmap of ``||X_l[i, k]||``: how large input token ``k``'s piece is in token ``i``'s
+    representation after layer ``l`` (rows ``i``, columns ``k``, padding dropped).
+
+    Args:
+        output: from ``DecompX.decompose(..., return_token_maps=True)``.
+        input_ids: (batch, seq).
+        layer: which layer (Python indexing: -1 is the last).
+        index: which example of the batch.
+        path: save the figure there as PNG.
+
+    Returns:
+        the matplotlib ``Figure`` (Agg canvas; pyplot is not used).
+    """
+    if output.token_maps is None:
+        raise ValueError("The output has no token maps: call DecompX.decompose(..., return_token_maps=True).")
+    maps = output.token_maps
+    layer_number = layer % len(maps)
+    keep = real_positions(input_ids[index], tokenizer, _mask_row(attention_mask, index))
+    tokens = list(tokenizer.convert_ids_to_tokens(input_ids[index][keep].tolist()))
+    matrix = maps[layer_number][index][keep][:, keep].detach().float().cpu().numpy()
+    n = len(tokens)
+    side = min(16.0, max(4.5, 0.38 * n + 2.5))
+    figure = _new_figure(side + 1.2, side)
+    ax = figure.add_axes([0.16, 0.16, 0.68 * side / (side + 1.2), 0.72])
+    image = ax.imshow(matrix, cmap="viridis", aspect="equal", interpolation="nearest")
+    ax.set_xticks(range(n), tokens, rotation=90, fontsize=9)
+    ax.set_yticks(range(n), tokens, fontsize=9)
+    for label in ax.get_xticklabels() + ax.get_yticklabels():
+        label.set_parse_math(False)
+    ax.set_xlabel("input token k")
+    ax.set_ylabel("token i (representation after the layer)")
+    ax.set_title(title or f"DecompX token map, layer {layer_number + 1} of {len(maps)}: ||X[i, k]||", fontsize=11)
+    colorbar = figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("||X[i, k]||")
+    if path is not None:
+        figure.savefig(path, dpi=130, bbox_inches="tight")
+    return figure
+
+
+__all__ = [
+    "attribution_color",
+    "class_contributions_html",
+    "example_tokens",
+    "plot_class_contributions",
+    "plot_token_map",
+    "records_html",
+    "visualization_records",
+    "visualize_records",
+    "write_html",
+]
