@@ -225,11 +225,21 @@ class MemoryPlan:
     bytes_needed: int  # the peak estimate of the plan
 
 
+def _diagonal_pieces(embeddings: Tensor, n_pieces: int, dtype: torch.dtype) -> Tensor:
+    """(batch, seq, pieces, hidden): each token's embedding is its own piece, ``X0[i, k] = e_i [i == k]``."""
+    batch, seq, hidden = embeddings.shape
+    pieces = torch.zeros(batch, seq, n_pieces, hidden, dtype=dtype, device=embeddings.device)
+    pieces[:, :, :seq].diagonal(dim1=1, dim2=2).copy_(embeddings.to(dtype).transpose(1, 2))
+    return pieces
+
+
 def exact_memory_per_example(seq: int, pieces: int, hidden: int, ffn: int, itemsize: int, rows: int) -> int:
-    """Estimated peak bytes of one example: three (seq, pieces, hidden) states, plus the
-    temporaries of ``rows`` rows (feed-forward pieces and norm/bias-rule intermediates)."""
-    state = 3 * seq * pieces * hidden
-    per_row = pieces * (3 * ffn + 6 * hidden)
+    """Estimated peak bytes of one example: four (seq, pieces, hidden) tensors (a layer's input,
+    its split values, its output, and a transient copy), plus the temporaries of ``rows`` rows
+    (feed-forward pieces and norm/bias-rule intermediates). Calibrated on measured peaks
+    (``benchmarks/speed.py``, BERT-base at N = 128 and 512, MiniLM-L6 at N = 256)."""
+    state = 4 * seq * pieces * hidden
+    per_row = pieces * (ffn + 3 * hidden)
     return itemsize * (state + rows * per_row)
 
 
@@ -293,7 +303,6 @@ def exact(
     """
     embeddings = captured.layer_input
     batch, seq, hidden = embeddings.shape
-    device = embeddings.device
     n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
     ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
     width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
@@ -305,17 +314,17 @@ def exact(
     for start in range(0, batch, plan.examples_per_group):
         group = slice(start, min(start + plan.examples_per_group, batch))
         size = group.stop - group.start
-        pieces = torch.zeros(size, seq, n_pieces, hidden, dtype=dtype, device=device)
-        pieces[:, :, :seq].diagonal(dim1=1, dim2=2).copy_(embeddings[group].to(dtype).transpose(1, 2))
 
         def record_map(index: int, layer_pieces: Tensor) -> None:
             maps_all[index].append(torch.linalg.vector_norm(engine.token_pieces(layer_pieces, settings), dim=-1))
 
+        # The initial decomposition is built in the call, so that no name here keeps it alive
+        # while the layers run (it is freed after the first layer).
         pooled = propagate_and_pool(
-            pieces, captured, parts, settings, pooling[group], group, dtype,
-            rows_per_chunk=plan.rows_per_chunk, all_rows=token_maps, on_layer=record_map if token_maps else None,
+            _diagonal_pieces(embeddings[group], n_pieces, dtype), captured, parts, settings, pooling[group], group,
+            dtype, rows_per_chunk=plan.rows_per_chunk, all_rows=token_maps,
+            on_layer=record_map if token_maps else None,
         )  # (group, pieces, hidden)
-        del pieces
         pooled_all.append(engine.token_pieces(pooled.unsqueeze(1), settings).squeeze(1))
         if include_head:
             scores = engine.head(pooled, parts.head, _head_inputs(parts, captured, group, dtype), settings)

@@ -8,6 +8,7 @@ rules, normalization statistics and the feed-forward networks all change the att
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +22,7 @@ torch.set_num_threads(1)
 
 from transformers import (  # noqa: E402  (HF_HUB_OFFLINE must be set first)
     BertConfig,
+    BertTokenizer,
     BertForSequenceClassification,
     CamembertConfig,
     CamembertForSequenceClassification,
@@ -191,3 +193,22 @@ def assert_close_to_scale(actual: Tensor, expected: Tensor, rel: float = 1e-5, w
 def padded_batch() -> PaddedBatch:
     """The standard right-padded batch of lengths (9, 6, 4), padded with id 0."""
     return make_padded_batch()
+
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_word_tokenizer(words: list[str]) -> BertTokenizer:
+    """A WordPiece tokenizer whose vocabulary is the BERT special tokens followed by ``words``.
+
+    Transformers 5.x builds it from a ``vocab`` mapping; 4.x only reads a ``vocab.txt`` file.
+    """
+    tokens = SPECIAL_TOKENS + list(words)
+    try:
+        return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)})
+    except TypeError:  # Transformers 4.x: `vocab_file` is required
+        with tempfile.TemporaryDirectory() as folder:
+            vocab_file = os.path.join(folder, "vocab.txt")
+            with open(vocab_file, "w", encoding="utf-8") as handle:
+                handle.write("\n".join(tokens) + "\n")
+            return BertTokenizer(vocab_file=vocab_file)

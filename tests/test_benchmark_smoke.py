@@ -112,3 +112,15 @@ def test_lig_chunks_split_the_steps_evenly_and_respect_the_budget(speed):
             assert steps * chunks - speed.LIG_STEPS < chunks  # equal chunks up to rounding
             if steps > 1:
                 assert steps * batch * speed.activation_bytes_per_row(shape, seq) <= 2 * 2**30
+
+
+def test_decoder_section_times_both_methods_on_a_llama_prompt(speed, tmp_path):
+    code = speed.main(["--decoder", "--lengths", "16", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)])
+    assert code == 0
+    markdown = (tmp_path / "speed_decoder.md").read_text()
+    assert "LlamaForCausalLM" in markdown and "LayerGradientXActivation" in markdown
+    rows = [line.strip("|").split("|") for line in markdown.splitlines() if line.startswith("| 16")]
+    assert len(rows) == 1
+    seq, fast, gxa, ratio = (float(cell) for cell in rows[0])
+    assert seq == 16 and fast > 0 and gxa > 0
+    assert ratio == pytest.approx(fast / gxa, rel=0.05, abs=0.01)

@@ -12,6 +12,8 @@ from captum.attr import LayerIntegratedGradients
 from torch import Tensor, nn
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
+from conftest import make_word_tokenizer
+
 from captum_decompx import DecompX
 from captum_decompx.evaluation import (
     DEFAULT_FRACTIONS,
@@ -27,11 +29,9 @@ from captum_decompx.evaluation import (
     sum_over_embedding,
 )
 
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
 
 def make_tokenizer(words: list[str]) -> BertTokenizer:
-    return BertTokenizer(vocab={token: index for index, token in enumerate(SPECIAL + words)})
+    return make_word_tokenizer(words)
 
 
 # --------------------------------------------------------------------------------------------

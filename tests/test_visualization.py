@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_model, make_word_tokenizer
 from transformers import BertTokenizer
 
 from captum_decompx import DecompX
@@ -28,7 +28,7 @@ LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 @pytest.fixture(scope="module")
 def tokenizer() -> BertTokenizer:
-    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS)})
+    tokenizer = make_word_tokenizer(WORDS)
     tokenizer.add_tokens(["<script>"])  # an added token is never split: it reaches the page whole
     return tokenizer
 
