@@ -234,10 +234,15 @@ def _diagonal_pieces(embeddings: Tensor, n_pieces: int, dtype: torch.dtype) -> T
 
 
 def exact_memory_per_example(seq: int, pieces: int, hidden: int, ffn: int, itemsize: int, rows: int) -> int:
-    """Estimated peak bytes of one example: four (seq, pieces, hidden) tensors (a layer's input,
-    its split values, its output, and a transient copy), plus the temporaries of ``rows`` rows
-    (feed-forward pieces and norm/bias-rule intermediates). Calibrated on measured peaks
-    (``benchmarks/speed.py``, BERT-base at N = 128 and 512, MiniLM-L6 at N = 256)."""
+    """Estimated peak bytes of one example: four (seq, pieces, hidden) tensors, plus the
+    temporaries of ``rows`` rows (feed-forward pieces and norm/bias-rule intermediates).
+
+    A layer holds two such tensors (its input, overwritten row chunk by row chunk with its output,
+    and the attention values); the other two are headroom for the allocator, whose resident peak
+    in a long-running process was measured up to one such tensor above the tensors' bytes
+    (``benchmarks/speed.py``, BERT-base at N = 512). The per-row term matches the measured growth
+    of the peak with the chunk size (10.7 MB per row against 11.0 MB estimated at N = 512).
+    """
     state = 4 * seq * pieces * hidden
     per_row = pieces * (ffn + 3 * hidden)
     return itemsize * (state + rows * per_row)

@@ -313,6 +313,10 @@ def feed_forward(pieces: Tensor, pre_activation: Tensor, params: LayerParams, se
     return linear(hidden, params.ffn_out, settings)
 
 
+# The exact path computes a layer's values in this many blocks of rows (bounds the transient memory).
+VALUE_BLOCKS = 8
+
+
 def attention_values(
     pieces: Tensor, params: LayerParams, heads: int, *, first: bool, own_scale: Optional[Tensor]
 ) -> Tensor:
@@ -320,11 +324,28 @@ def attention_values(
 
     In the first layer the value bias belongs to each row's own token.
     """
-    values = pieces @ params.value.weight.T
-    if first and params.value.bias is not None:
-        values = add_to_own_pieces(values, params.value.bias, own_scale)
     head_dim = params.attention_output.weight.shape[1] // heads
-    return split_heads(values, values.shape[-1] // head_dim)
+    weight, bias = params.value.weight, params.value.bias if first else None
+    kv_heads = weight.shape[0] // head_dim
+    batch, seq, n_pieces, _ = pieces.shape
+    if n_pieces == 1 or pieces.requires_grad:
+        values = pieces @ weight.T
+        if bias is not None:
+            values = add_to_own_pieces(values, bias, own_scale)
+        return split_heads(values, kv_heads)
+    # Many pieces: a block of rows at a time, so that the unsplit values never exist whole.
+    split = pieces.new_empty(batch, kv_heads, seq, n_pieces * head_dim, dtype=torch.result_type(pieces, weight))
+    split_by_piece = split.view(batch, kv_heads, seq, n_pieces, head_dim)
+    block = -(-seq // VALUE_BLOCKS)
+    for start in range(0, seq, block):
+        stop = min(seq, start + block)
+        values = pieces[:, start:stop] @ weight.T  # (batch, rows, pieces, kv_heads*head_dim)
+        if bias is not None:  # each row's own piece
+            values[:, :, start:stop].diagonal(dim1=1, dim2=2).add_(bias.unsqueeze(-1))
+        split_by_piece[:, :, start:stop] = values.view(batch, stop - start, n_pieces, kv_heads, head_dim).permute(
+            0, 3, 1, 2, 4
+        )
+    return split
 
 
 def transformer_layer(
@@ -343,7 +364,8 @@ def transformer_layer(
     Pre-LN (GPT-2, Llama, ViT): ``x -> h = x + attn(norm1(x)) -> h + ffn(norm2(h))``.
 
     Args:
-        pieces: (batch, seq, pieces, dim), the decomposition of the layer's input.
+        pieces: (batch, seq, pieces, dim), the decomposition of the layer's input. With several
+            row chunks that cover every row in order, it is overwritten by the output.
         record: the layer's :class:`~captum_decompx.capture.LayerRecord` for this batch.
         row_chunks: which output rows to compute, in chunks (bounds the peak memory).
         own_scale: (batch, seq), fast path only (see :func:`add_to_own_pieces`).
@@ -361,8 +383,8 @@ def transformer_layer(
     head_values = attention_values(attention_input, params, heads, first=first, own_scale=own_scale)
     del attention_input
     attention_bias = layer_attention_bias(params, first, heads)
-    outputs = []
-    for rows in row_chunks:
+
+    def output_rows(rows) -> Tensor:
         mixed = mix_heads(record.attention_probs[:, :, rows], head_values, n_pieces)
         hidden = add_bias(torch.add(mixed @ params.attention_output.weight.T, pieces[:, rows]), attention_bias, settings)
         del mixed
@@ -370,14 +392,47 @@ def transformer_layer(
             if settings.include_ffn:
                 normed = normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings)
                 hidden = hidden + feed_forward(normed, record.ffn_pre_activation[:, rows], params, settings)
-                del normed
-            outputs.append(hidden)
-            continue
+            return hidden
         hidden = normalize(hidden, record.attention_norm_input[:, rows], params.attention_norm, settings)
         if settings.include_ffn:
             hidden = hidden + feed_forward(hidden, record.ffn_pre_activation[:, rows], params, settings)
-        outputs.append(normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings))
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings)
+
+    if len(row_chunks) == 1:
+        return output_rows(row_chunks[0])
+    # Chunks are written into one output as they come (concatenating them at the end would hold
+    # the output twice). A chunk reads only its own rows of the input, so when the chunks are the
+    # input's rows in order, each overwrites the rows it has consumed: the layer then holds the
+    # input, the values and one chunk, not also a separate output.
+    in_place = _rows_in_order(row_chunks, pieces.shape[1]) and not pieces.requires_grad
+    output, done = None, 0
+    for rows in row_chunks:
+        chunk = output_rows(rows)
+        if output is None:
+            if in_place and chunk.shape[2:] == pieces.shape[2:] and chunk.dtype == pieces.dtype:
+                output = pieces
+            else:
+                total = sum(_row_count(chunk_rows) for chunk_rows in row_chunks)
+                output = chunk.new_empty((chunk.shape[0], total) + tuple(chunk.shape[2:]))
+        output[:, done : done + chunk.shape[1]] = chunk
+        done += chunk.shape[1]
+        del chunk
+    return output
+
+
+def _row_count(rows) -> int:
+    """The number of rows a chunk selects: a ``slice`` with explicit bounds, or an index tensor."""
+    return rows.stop - rows.start if isinstance(rows, slice) else int(rows.numel())
+
+
+def _rows_in_order(row_chunks: list, seq: int) -> bool:
+    """Whether the chunks are the slices ``0:a, a:b, ..., z:seq``: every row once, in order."""
+    done = 0
+    for rows in row_chunks:
+        if not isinstance(rows, slice) or rows.start != done:
+            return False
+        done = rows.stop
+    return done == seq
 
 
 def pool(pieces: Tensor, pool_weights: Tensor) -> Tensor:

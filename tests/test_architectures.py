@@ -14,6 +14,7 @@ import torch
 import transformers as tf
 from torch import nn
 
+from captum_decompx import decomposition
 from captum_decompx import Adapter, DecompX, LayerPaths, Linear, register_adapter, supported_model_types
 from captum_decompx.adapters import _REGISTRY
 
@@ -123,7 +124,7 @@ def test_every_listed_architecture_has_an_adapter():
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", sorted(ENCODERS))
-def test_sequence_classifier_battery(name, seed):
+def test_sequence_classifier_battery(name, seed, monkeypatch):
     model = redraw(ENCODERS[name](), seed)
     ids, mask = padded_batch(seed)
     before = snapshot(model)
@@ -152,6 +153,11 @@ def test_sequence_classifier_battery(name, seed):
         length = int(mask[row].sum())
         alone = DecompX(forward, model=model).decompose(ids[row:row + 1, :length], additional_forward_args=(mask[row:row + 1, :length],))
         assert_close(alone.attributions[0], out.attributions[row, :length], scale)
+
+    # Bounded memory: one example at a time, two rows at a time, gives the same result.
+    monkeypatch.setattr(decomposition, "plan_memory", lambda *args, **kwargs: decomposition.MemoryPlan(1, 2, 0))
+    chunked = DecompX(forward, model=model).decompose(ids, additional_forward_args=(mask,))
+    assert_close(chunked.attributions, out.attributions, scale)
 
     assert_unchanged(model, before)
 
