@@ -1128,6 +1128,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = args.models or list(QUICK_MODELS if args.quick else FULL_MODELS)
+    if args.decoder:
+        args.lengths = args.lengths or [DECODER_PROMPT]
     args.lengths = args.lengths or list(QUICK_LENGTHS if args.quick else FULL_LENGTHS)
     args.batches = args.batches or list(QUICK_BATCHES if args.quick else FULL_BATCHES)
     args.repeats = args.repeats or 3
@@ -1237,9 +1239,8 @@ def run_decoder_section(args: argparse.Namespace) -> int:
         num_key_value_heads=8, intermediate_size=2816, max_position_embeddings=4096,
     )
     model = transformers.LlamaForCausalLM(config).eval().to(args.device)
-    lengths = args.lengths if args.lengths != list(FULL_LENGTHS) else [DECODER_PROMPT]
     rows = []
-    for seq in lengths:
+    for seq in args.lengths:
         ids = torch.randint(0, config.vocab_size, (1, seq), generator=torch.Generator().manual_seed(seq)).to(args.device)
 
         def next_token_logits(input_ids):

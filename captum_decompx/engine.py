@@ -261,21 +261,23 @@ def mix_heads(probs: Tensor, head_values: Tensor, pieces: int) -> Tensor:
     )
 
 
-def add_to_own_pieces(values: Tensor, bias: Tensor, own_scale: Optional[Tensor]) -> Tensor:
+def add_to_own_pieces(
+    values: Tensor, bias: Tensor, own_scale: Optional[Tensor], *, first_row: int = 0
+) -> Tensor:
     """Add a bias to the piece of each row's own token.
 
     With one piece per row (the fast path) that piece is the token's; ``own_scale`` (batch, seq)
     multiplies the bias so the fast path can differentiate the token's share of it.
 
     Args:
-        values: (batch, seq, pieces, dim).
+        values: (batch, rows, pieces, dim), rows ``first_row, first_row + 1, ...`` of the sequence.
         bias: (dim,).
     """
-    batch, seq, pieces, _ = values.shape
+    batch, rows, pieces, _ = values.shape
     if pieces == 1 and own_scale is not None:
         return values + (own_scale.unsqueeze(-1) * bias).unsqueeze(-2)
     values = values.clone()
-    values[:, :, :seq].diagonal(dim1=1, dim2=2).add_(bias.unsqueeze(-1))
+    values[:, :, first_row : first_row + rows].diagonal(dim1=1, dim2=2).add_(bias.unsqueeze(-1))
     return values
 
 
@@ -328,23 +330,21 @@ def attention_values(
     weight, bias = params.value.weight, params.value.bias if first else None
     kv_heads = weight.shape[0] // head_dim
     batch, seq, n_pieces, _ = pieces.shape
-    if n_pieces == 1 or pieces.requires_grad:
-        values = pieces @ weight.T
+
+    def split_values(rows: slice) -> Tensor:  # (batch, kv_heads, rows, pieces*head_dim)
+        values = pieces[:, rows] @ weight.T
         if bias is not None:
-            values = add_to_own_pieces(values, bias, own_scale)
+            values = add_to_own_pieces(values, bias, own_scale, first_row=rows.start)
         return split_heads(values, kv_heads)
+
+    if n_pieces == 1 or pieces.requires_grad:
+        return split_values(slice(0, seq))
     # Many pieces: a block of rows at a time, so that the unsplit values never exist whole.
     split = pieces.new_empty(batch, kv_heads, seq, n_pieces * head_dim, dtype=torch.result_type(pieces, weight))
-    split_by_piece = split.view(batch, kv_heads, seq, n_pieces, head_dim)
     block = -(-seq // VALUE_BLOCKS)
     for start in range(0, seq, block):
-        stop = min(seq, start + block)
-        values = pieces[:, start:stop] @ weight.T  # (batch, rows, pieces, kv_heads*head_dim)
-        if bias is not None:  # each row's own piece
-            values[:, :, start:stop].diagonal(dim1=1, dim2=2).add_(bias.unsqueeze(-1))
-        split_by_piece[:, :, start:stop] = values.view(batch, stop - start, n_pieces, kv_heads, head_dim).permute(
-            0, 3, 1, 2, 4
-        )
+        rows = slice(start, min(seq, start + block))
+        split[:, :, rows] = split_values(rows)
     return split
 
 

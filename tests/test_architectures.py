@@ -14,8 +14,7 @@ import torch
 import transformers as tf
 from torch import nn
 
-from captum_decompx import decomposition
-from captum_decompx import Adapter, DecompX, LayerPaths, Linear, register_adapter, supported_model_types
+from captum_decompx import Adapter, DecompX, LayerPaths, Linear, decomposition, register_adapter, supported_model_types
 from captum_decompx.adapters import _REGISTRY
 
 VOCAB = 60
