@@ -1,0 +1,524 @@
+"""A slow, literal DecompX written from ``docs/decompx-spec.md``, for tests of values.
+
+Nothing here imports ``captum_decompx``. A test reads a model's weights into the plain containers
+below, recomputes the model's forward pass literally in float64 (:func:`real_forward`, which the
+test checks against the model's own logits), and decomposes that forward pass as the spec words it
+(:func:`decompose`), one input token ``k`` at a time. The engine is then compared with the result
+through the public ``DecompX`` API only.
+
+Shapes are per example (no batch axis): hidden states ``(N, d)``, a decomposition ``X[i, k, :]``
+of shape ``(rows, N, d)`` whose sum over ``k`` is the hidden state of row ``i``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+DTYPE = torch.float64
+ZERO_ORIGIN_EPS = 1e-12  # theta = f(a) / (a + 1e-12)
+RULE_EPS = 1e-12  # w[i, k] = s[i, k] / (sum_k' s[i, k'] + 1e-12)
+
+# Bias modes: "rule" spreads every bias over the tokens (DecompX); "drop" leaves every bias out
+# (the paper's "w/o bias"), except what is added to a token's own state before any mixing.
+MODES = ("rule", "drop")
+
+
+# ----------------------------------------------------------------------------------------------
+# The model, as plain float64 tensors
+
+
+@dataclass
+class Affine:
+    """``x @ weight.T + bias``; weight (out, in)."""
+
+    weight: Tensor
+    bias: Optional[Tensor]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = x @ self.weight.T
+        return out if self.bias is None else out + self.bias
+
+
+@dataclass
+class NormWeights:
+    """LayerNorm (``kind="layer"``: centred, biased variance) or RMSNorm (``"rms"``)."""
+
+    weight: Optional[Tensor]
+    bias: Optional[Tensor]
+    eps: float
+    kind: str = "layer"
+
+    def scale(self, u: Tensor) -> float:
+        """``s = sqrt(statistic(u) + eps)`` of one real input vector ``u`` (d,)."""
+        values = [float(x) for x in u]
+        if self.kind == "rms":
+            statistic = sum(x * x for x in values) / len(values)
+        else:
+            mean = sum(values) / len(values)
+            statistic = sum((x - mean) ** 2 for x in values) / len(values)
+        return math.sqrt(statistic + self.eps)
+
+    def __call__(self, u: Tensor) -> Tensor:
+        """The real normalization of (rows, d)."""
+        out = torch.zeros_like(u)
+        for i in range(u.shape[0]):
+            centred = u[i] if self.kind == "rms" else u[i] - u[i].mean()
+            out[i] = centred / self.scale(u[i])
+            if self.weight is not None:
+                out[i] = out[i] * self.weight
+            if self.bias is not None:
+                out[i] = out[i] + self.bias
+        return out
+
+
+@dataclass
+class Activation:
+    """A pointwise nonlinearity and its derivative (for the tangent-line approximation)."""
+
+    function: Callable[[Tensor], Tensor]
+    derivative: Optional[Callable[[Tensor], Tensor]] = None
+
+
+@dataclass
+class LayerWeights:
+    """One transformer layer.
+
+    ``heads`` query heads read ``kv_heads`` key-value heads: query head ``h`` reads key-value head
+    ``h // (heads // kv_heads)``. ``ffn_gate`` is set for gated units ``act(gate(x)) * ffn_in(x)``.
+    """
+
+    query: Affine
+    key: Affine
+    value: Affine
+    output: Affine
+    heads: int
+    kv_heads: int
+    norm1: NormWeights
+    norm2: NormWeights
+    ffn_in: Affine
+    activation: Activation
+    ffn_out: Affine
+    ffn_gate: Optional[Affine] = None
+
+
+@dataclass
+class ModelWeights:
+    """A whole model: layers in execution order, where the norms sit, the final norm, the head.
+
+    ``head`` is a list of :class:`Affine`, :class:`Activation` and :class:`NormWeights` steps.
+    ``rotary(x, head_dim)`` rotates (N, head_dim) queries or keys by their positions.
+    ``softmax(scores)`` is the attention softmax over the last axis.
+    """
+
+    layers: list[LayerWeights]
+    pre_norm: bool
+    head: list
+    final_norm: Optional[NormWeights] = None
+    causal: bool = False
+    rotary: Optional[Callable[[Tensor], Tensor]] = None
+    softmax: Callable[[Tensor], Tensor] = field(default=lambda scores: torch.softmax(scores, dim=-1))
+
+
+# ----------------------------------------------------------------------------------------------
+# The real forward pass, recomputed, with everything nonlinear recorded
+
+
+@dataclass
+class LayerTrace:
+    """What the spec freezes from one layer of the real forward pass.
+
+    alpha: (heads, N, N) attention probabilities; norm1_input, norm2_input: (N, d) inputs of the
+    attention block's and the feed-forward block's norms; pre_activation: (N, ffn) input of the
+    activation (of the gate's activation in a gated unit).
+    """
+
+    alpha: Tensor
+    norm1_input: Tensor
+    pre_activation: Tensor
+    norm2_input: Tensor
+
+
+@dataclass
+class Trace:
+    layers: list[LayerTrace]
+    final_norm_input: Optional[Tensor]
+    head_inputs: list[Optional[Tensor]]  # per head step: its real input (d,) for activations/norms
+    logits: Tensor  # (C,)
+
+
+def _head_block(weight_or_bias: Tensor, head: int, head_dim: int) -> Tensor:
+    return weight_or_bias[head * head_dim : (head + 1) * head_dim]
+
+
+def real_attention(layer: LayerWeights, x: Tensor, model: ModelWeights) -> tuple[Tensor, Tensor]:
+    """Multi-head attention on (N, d): returns the block's output (N, d) and alpha (heads, N, N)."""
+    seq = x.shape[0]
+    head_dim = layer.output.weight.shape[1] // layer.heads
+    group = layer.heads // layer.kv_heads
+    q, k, v = layer.query(x), layer.key(x), layer.value(x)
+    alpha = torch.zeros(layer.heads, seq, seq, dtype=DTYPE)
+    context = torch.zeros(seq, layer.heads * head_dim, dtype=DTYPE)
+    for h in range(layer.heads):
+        kv = h // group
+        q_h = q[:, h * head_dim : (h + 1) * head_dim]
+        k_h = k[:, kv * head_dim : (kv + 1) * head_dim]
+        v_h = v[:, kv * head_dim : (kv + 1) * head_dim]
+        if model.rotary is not None:
+            q_h, k_h = model.rotary(q_h), model.rotary(k_h)
+        scores = q_h @ k_h.T / math.sqrt(head_dim)
+        if model.causal:
+            scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+        alpha[h] = model.softmax(scores)
+        context[:, h * head_dim : (h + 1) * head_dim] = alpha[h] @ v_h
+    return layer.output(context), alpha
+
+
+def real_forward(model: ModelWeights, embeddings: Tensor, pooled_row: int) -> Trace:
+    """The model's forward pass on one example's embeddings (N, d), recording the spec's captures."""
+    x = embeddings
+    traces = []
+    for layer in model.layers:
+        if model.pre_norm:
+            norm1_input = x
+            attended, alpha = real_attention(layer, layer.norm1(x), model)
+            x = x + attended
+            norm2_input = x
+            normed = layer.norm2(x)
+        else:
+            attended, alpha = real_attention(layer, x, model)
+            norm1_input = x + attended
+            normed = layer.norm1(norm1_input)
+        if layer.ffn_gate is not None:
+            pre_activation = layer.ffn_gate(normed)
+            hidden = layer.activation.function(pre_activation) * layer.ffn_in(normed)
+        else:
+            pre_activation = layer.ffn_in(normed)
+            hidden = layer.activation.function(pre_activation)
+        ffn_output = layer.ffn_out(hidden)
+        if model.pre_norm:
+            x = x + ffn_output
+        else:
+            norm2_input = normed + ffn_output
+            x = layer.norm2(norm2_input)
+        traces.append(LayerTrace(alpha, norm1_input, pre_activation, norm2_input))
+    final_norm_input = None
+    if model.final_norm is not None:
+        final_norm_input = x
+        x = model.final_norm(x)
+    y = x[pooled_row]
+    head_inputs: list[Optional[Tensor]] = []
+    for step in model.head:
+        if isinstance(step, Affine):
+            head_inputs.append(None)
+            y = step(y)
+        elif isinstance(step, Activation):
+            head_inputs.append(y)
+            y = step.function(y)
+        else:
+            head_inputs.append(y)
+            y = step(y.unsqueeze(0)).squeeze(0)
+    return Trace(traces, final_norm_input, head_inputs, y)
+
+
+# ----------------------------------------------------------------------------------------------
+# The spec's rules, on decompositions X (rows, N, d), one token k at a time
+
+
+def bias_weights(pieces: Tensor, bias: Tensor, rule: str) -> Tensor:
+    """``w[i, k] = s[i, k] / (sum_k' s[i, k'] + 1e-12)`` for a bias (d,) or one per row (rows, d)."""
+    rows, tokens, _ = pieces.shape
+    weights = torch.zeros(rows, tokens, dtype=DTYPE)
+    for i in range(rows):
+        b = bias if bias.dim() == 1 else bias[i]
+        scores = []
+        for k in range(tokens):
+            piece = pieces[i, k]
+            if rule == "absdot":
+                scores.append(abs(float(piece @ b)))
+            elif rule == "norm":
+                scores.append(float(piece.norm()))
+            elif rule == "equal":
+                scores.append(1.0 if bool((piece != 0).any()) else 0.0)
+            elif rule == "cls":
+                scores.append(1.0 if k == 0 else 0.0)
+            else:
+                raise AssertionError(f"no literal version of rule {rule!r}")
+        total = sum(scores)
+        for k in range(tokens):
+            weights[i, k] = scores[k] / (total + RULE_EPS)
+    return weights
+
+
+def add_bias(pieces: Tensor, bias: Optional[Tensor], mode: str, rule: str) -> Tensor:
+    """``V[i, k] += w[i, k] * b`` (mode "rule"); the bias is left out in mode "drop"."""
+    if bias is None or mode == "drop":
+        return pieces
+    weights = bias_weights(pieces, bias, rule)
+    out = pieces.clone()
+    for k in range(pieces.shape[1]):
+        for i in range(pieces.shape[0]):
+            b = bias if bias.dim() == 1 else bias[i]
+            out[i, k] = pieces[i, k] + weights[i, k] * b
+    return out
+
+
+def add_to_own_token(pieces: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """A bias added to a token's own state before any mixing belongs to that token, in every mode."""
+    if bias is None:
+        return pieces
+    out = pieces.clone()
+    for i in range(pieces.shape[0]):
+        out[i, i] = out[i, i] + bias
+    return out
+
+
+def linear(pieces: Tensor, affine: Affine, mode: str, rule: str) -> Tensor:
+    """``W`` on every piece ``X[:, k]``; the bias through the bias rule."""
+    rows, tokens, _ = pieces.shape
+    out = torch.zeros(rows, tokens, affine.weight.shape[0], dtype=DTYPE)
+    for k in range(tokens):
+        out[:, k] = pieces[:, k] @ affine.weight.T
+    return add_bias(out, affine.bias, mode, rule)
+
+
+def normalize(pieces: Tensor, real_input: Tensor, norm: NormWeights, mode: str, rule: str, *, own_bias: bool = False) -> Tensor:
+    """``L[i, k] = gamma * (X[i, k] - mean_d X[i, k]) / s_i`` with ``s_i`` from the real input
+    (no centring for RMSNorm); ``beta`` through the bias rule with weights from ``L``, or to each
+    row's own token when the norm acts before any mixing (``own_bias``)."""
+    rows, tokens, _ = pieces.shape
+    out = torch.zeros_like(pieces)
+    for i in range(rows):
+        s_i = norm.scale(real_input[i])
+        for k in range(tokens):
+            piece = pieces[i, k]
+            centred = piece if norm.kind == "rms" else piece - piece.mean()
+            out[i, k] = centred / s_i if norm.weight is None else norm.weight * centred / s_i
+    if own_bias:
+        return add_to_own_token(out, norm.bias)
+    return add_bias(out, norm.bias, mode, rule)
+
+
+def activate(pieces: Tensor, a: Tensor, activation: Activation, approximation: str, mode: str, rule: str) -> Tensor:
+    """ZO: ``Q = f(a) / (a + 1e-12) * P``; LA: ``Q = f'(a) * P``, then ``c = f(a) - f'(a) a`` through
+    the bias rule with weights from ``Q``; ReLU: ``Q = P * (a > 0)``. ``a`` is (rows, dim)."""
+    rows, tokens, _ = pieces.shape
+    out = torch.zeros_like(pieces)
+    if approximation == "zo":
+        coefficient = activation.function(a) / (a + ZERO_ORIGIN_EPS)
+    elif approximation == "la":
+        coefficient = activation.derivative(a)
+    else:
+        coefficient = (a > 0).to(DTYPE)
+    for i in range(rows):
+        for k in range(tokens):
+            out[i, k] = coefficient[i] * pieces[i, k]
+    if approximation == "la":
+        intercept = activation.function(a) - coefficient * a
+        out = add_bias(out, intercept, mode, rule)
+    return out
+
+
+def attention(values_from: Tensor, residual: Tensor, layer: LayerWeights, alpha: Tensor, first: bool, mode: str, rule: str) -> Tensor:
+    """Steps 1-2: ``Z[i, k] = sum_h sum_j alpha[h, i, j] * (X[j, k] @ W_v^h) @ W_O^h``, then
+    ``R = Z + residual`` and the attention bias through the bias rule with weights from ``R``.
+
+    In the first layer the value bias belongs to each token (``V[j, j] += b_v``) and only ``b_O``
+    is left; later, ``b_att = sum_h W_O^h b_v^h + b_O`` (query head ``h`` reads key-value head
+    ``h // (heads // kv_heads)``).
+    """
+    seq, tokens, dim = values_from.shape
+    head_dim = layer.output.weight.shape[1] // layer.heads
+    group = layer.heads // layer.kv_heads
+    values = torch.zeros(seq, tokens, layer.value.weight.shape[0], dtype=DTYPE)
+    for k in range(tokens):
+        values[:, k] = values_from[:, k] @ layer.value.weight.T
+    if first:
+        values = add_to_own_token(values, layer.value.bias)
+    mixed = torch.zeros(seq, tokens, dim, dtype=DTYPE)
+    for k in range(tokens):
+        for i in range(seq):
+            total = torch.zeros(dim, dtype=DTYPE)
+            for h in range(layer.heads):
+                kv = h // group
+                w_o_h = layer.output.weight[:, h * head_dim : (h + 1) * head_dim]
+                for j in range(seq):
+                    total = total + alpha[h, i, j] * (values[j, k, kv * head_dim : (kv + 1) * head_dim] @ w_o_h.T)
+            mixed[i, k] = total
+    attention_bias = layer.output.bias
+    if not first and layer.value.bias is not None:
+        carried = torch.zeros(dim, dtype=DTYPE)
+        for h in range(layer.heads):
+            kv = h // group
+            carried = carried + layer.output.weight[:, h * head_dim : (h + 1) * head_dim] @ _head_block(layer.value.bias, kv, head_dim)
+        attention_bias = carried if attention_bias is None else carried + attention_bias
+    return add_bias(mixed + residual, attention_bias, mode, rule)
+
+
+def feed_forward(pieces: Tensor, layer: LayerWeights, a: Tensor, approximation: str, mode: str, rule: str) -> Tensor:
+    """Step 4; a gated unit ``act(g) * u`` scales the decomposed ``u`` by the real ``act(g)``."""
+    hidden = linear(pieces, layer.ffn_in, mode, rule)
+    if layer.ffn_gate is not None:
+        gate = layer.activation.function(a)
+        for k in range(hidden.shape[1]):
+            hidden[:, k] = gate * hidden[:, k]
+    else:
+        hidden = activate(hidden, a, layer.activation, approximation, mode, rule)
+    return linear(hidden, layer.ffn_out, mode, rule)
+
+
+@dataclass
+class Decomposition:
+    """contributions: (N, C), token k's share of every class logit; layer_outputs: per layer the
+    decomposition X_l (N, N, d) of every token after layer l."""
+
+    contributions: Tensor
+    layer_outputs: list[Tensor]
+
+
+def decompose(
+    model: ModelWeights,
+    embeddings: Tensor,
+    trace: Trace,
+    pooled_row: int,
+    *,
+    mode: str = "rule",
+    rule: str = "absdot",
+    ffn_approximation: str = "zo",
+    head_approximation: str = "zo",
+) -> Decomposition:
+    """DecompX of one example, literally: start from ``X0[i, k] = e_i [i == k]`` and propagate."""
+    assert mode in MODES
+    seq, dim = embeddings.shape
+    x = torch.zeros(seq, seq, dim, dtype=DTYPE)
+    for k in range(seq):
+        x[k, k] = embeddings[k]
+    layer_outputs = []
+    for index, (layer, real) in enumerate(zip(model.layers, trace.layers)):
+        first = index == 0
+        if model.pre_norm:
+            # x -> h = x + attn(norm1(x)) -> h + ffn(norm2(h)); the first norm acts before any
+            # mixing, so its bias belongs to each token.
+            normed = normalize(x, real.norm1_input, layer.norm1, mode, rule, own_bias=first)
+            h = attention(normed, x, layer, real.alpha, first, mode, rule)
+            normed2 = normalize(h, real.norm2_input, layer.norm2, mode, rule)
+            x = h + feed_forward(normed2, layer, real.pre_activation, ffn_approximation, mode, rule)
+        else:
+            # x -> h = norm1(x + attn(x)) -> norm2(h + ffn(h))
+            h = normalize(attention(x, x, layer, real.alpha, first, mode, rule), real.norm1_input, layer.norm1, mode, rule)
+            f = feed_forward(h, layer, real.pre_activation, ffn_approximation, mode, rule)
+            x = normalize(h + f, real.norm2_input, layer.norm2, mode, rule)
+        layer_outputs.append(x)
+    if model.final_norm is not None:
+        x = normalize(x, trace.final_norm_input, model.final_norm, mode, rule)
+    y = x[pooled_row : pooled_row + 1]  # (1, N, d): pooling selects one row
+    for step, real_input in zip(model.head, trace.head_inputs):
+        if isinstance(step, Affine):
+            y = linear(y, step, mode, rule)
+        elif isinstance(step, Activation):
+            y = activate(y, real_input.unsqueeze(0), step, head_approximation, mode, rule)
+        else:
+            y = normalize(y, real_input.unsqueeze(0), step, mode, rule)
+    return Decomposition(y[0], layer_outputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations, written out
+
+
+def gelu(a: Tensor) -> Tensor:
+    """Exact GELU ``a * Phi(a)``."""
+    return 0.5 * a * (1.0 + torch.erf(a / math.sqrt(2.0)))
+
+
+def gelu_derivative(a: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(a / math.sqrt(2.0))) + a * torch.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi)
+
+
+def gelu_tanh(a: Tensor) -> Tensor:
+    """The tanh approximation of GELU (GPT-2's and ALBERT's ``gelu_new``)."""
+    return 0.5 * a * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a**3)))
+
+
+def silu(a: Tensor) -> Tensor:
+    return a / (1.0 + torch.exp(-a))
+
+
+def tanh_derivative(a: Tensor) -> Tensor:
+    return 1.0 - torch.tanh(a) ** 2
+
+
+TANH = Activation(torch.tanh, tanh_derivative)
+GELU = Activation(gelu, gelu_derivative)
+GELU_TANH = Activation(gelu_tanh)
+SILU = Activation(silu)
+
+
+# ----------------------------------------------------------------------------------------------
+# Test models
+
+
+def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Re-draw every parameter under ``seed`` (norm gains ~ 1 + N(0, 0.3^2), embeddings
+    ~ N(0, 0.5^2), other matrices ~ N(0, 0.3^2), other vectors ~ N(0, 0.2^2)) so that every bias
+    and gain matters; return the model in float64 and eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    norm_gains, embeddings = set(), set()
+    for module in model.modules():
+        is_norm = isinstance(module, torch.nn.LayerNorm) or "rmsnorm" in type(module).__name__.lower()
+        if is_norm and getattr(module, "weight", None) is not None:
+            norm_gains.add(id(module.weight))
+        if isinstance(module, torch.nn.Embedding):
+            embeddings.add(id(module.weight))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+            if id(parameter) in norm_gains:
+                value = 1.0 + 0.3 * noise
+            elif id(parameter) in embeddings:
+                value = 0.5 * noise
+            else:
+                value = (0.3 if parameter.dim() > 1 else 0.2) * noise
+            parameter.copy_(value)
+    return model.double().eval()
+
+
+def affine_of(module: torch.nn.Module) -> Affine:
+    """An ``nn.Linear``'s weight and bias, as float64 copies."""
+    bias = None if module.bias is None else module.bias.detach().to(DTYPE)
+    return Affine(module.weight.detach().to(DTYPE), bias)
+
+
+def norm_of(module: torch.nn.Module, kind: str = "layer") -> NormWeights:
+    weight = getattr(module, "weight", None)
+    bias = getattr(module, "bias", None)
+    eps = module.eps if kind == "layer" else getattr(module, "variance_epsilon", getattr(module, "eps", None))
+    return NormWeights(
+        None if weight is None else weight.detach().to(DTYPE),
+        None if bias is None else bias.detach().to(DTYPE),
+        float(eps),
+        kind,
+    )
+
+
+def padded_tokens(lengths: tuple[int, ...], vocab: int, seed: int, pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-padded random ids in [2, vocab) (never the padding id) and their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), max(lengths)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = torch.randint(2, vocab, (length,), generator=generator)
+        mask[row, :length] = 1
+    return ids, mask
+
+
+def assert_matches(actual: Tensor, expected: Tensor, scale: float, what: str, rel: float = 1e-6) -> None:
+    """``|actual - expected| <= rel * max(1, scale)`` elementwise, with a readable message."""
+    tolerance = rel * max(1.0, scale)
+    difference = float((actual.to(DTYPE) - expected.to(DTYPE)).abs().max()) if expected.numel() else 0.0
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert difference <= tolerance, f"{what}: max |difference| {difference:.3e} > {tolerance:.1e}\n{actual}\n{expected}"
