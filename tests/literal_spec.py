@@ -52,6 +52,9 @@ class NormWeights:
     bias: Optional[Tensor]
     eps: float
     kind: str = "layer"
+    # Llama's RMSNorm normalizes in float32, also in a float64 model; the real forward pass must
+    # do the same to reproduce it (the decomposition uses float64 statistics of the real input).
+    real_in_float32: bool = False
 
     def scale(self, u: Tensor) -> float:
         """``s = sqrt(statistic(u) + eps)`` of one real input vector ``u`` (d,)."""
@@ -67,8 +70,13 @@ class NormWeights:
         """The real normalization of (rows, d)."""
         out = torch.zeros_like(u)
         for i in range(u.shape[0]):
-            centred = u[i] if self.kind == "rms" else u[i] - u[i].mean()
-            out[i] = centred / self.scale(u[i])
+            if self.real_in_float32:
+                assert self.kind == "rms"
+                x = u[i].to(torch.float32)
+                out[i] = (x * torch.rsqrt(x.pow(2).mean() + self.eps)).to(DTYPE)
+            else:
+                centred = u[i] if self.kind == "rms" else u[i] - u[i].mean()
+                out[i] = centred / self.scale(u[i])
             if self.weight is not None:
                 out[i] = out[i] * self.weight
             if self.bias is not None:
@@ -122,6 +130,12 @@ class ModelWeights:
     causal: bool = False
     rotary: Optional[Callable[[Tensor], Tensor]] = None
     softmax: Callable[[Tensor], Tensor] = field(default=lambda scores: torch.softmax(scores, dim=-1))
+
+
+def float32_softmax(scores: Tensor) -> Tensor:
+    """The softmax as transformers' newer eager attention computes it: in float32, also for a
+    float64 model (ViT, Llama). The literal forward pass must do the same to reproduce it."""
+    return torch.softmax(scores.to(torch.float32), dim=-1).to(DTYPE)
 
 
 # ----------------------------------------------------------------------------------------------
