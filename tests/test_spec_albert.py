@@ -55,8 +55,8 @@ def albert_embeddings(model, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "layers, groups, inner",
-    [(4, 2, 1), (3, 2, 2)],
-    ids=["4-layers-2-groups", "3-layers-2-groups-2-inner-layers"],
+    [(3, 2, 1), (4, 2, 2)],  # groups 0, 0, 1 and 0, 0, 1, 1
+    ids=["3-layers-2-groups", "4-layers-2-groups-2-inner-layers"],
 )
 @pytest.mark.parametrize("include_biases", [True, False], ids=["biases-decomposed", "biases-left-out-fast"])
 def test_albert_layer_groups_match_the_literal_spec(layers, groups, inner, include_biases):
