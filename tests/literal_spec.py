@@ -337,7 +337,9 @@ def activate(pieces: Tensor, a: Tensor, activation: Activation, approximation: s
     return out
 
 
-def attention(values_from: Tensor, residual: Tensor, layer: LayerWeights, alpha: Tensor, first: bool, mode: str, rule: str) -> Tensor:
+def attention(
+    values_from: Tensor, residual: Tensor, layer: LayerWeights, alpha: Tensor, first: bool, mode: str, rule: str
+) -> Tensor:
     """Steps 1-2: ``Z[i, k] = sum_h sum_j alpha[h, i, j] * (X[j, k] @ W_v^h) @ W_O^h``, then
     ``R = Z + residual`` and the attention bias through the bias rule with weights from ``R``.
 
@@ -368,7 +370,9 @@ def attention(values_from: Tensor, residual: Tensor, layer: LayerWeights, alpha:
         carried = torch.zeros(dim, dtype=DTYPE)
         for h in range(layer.heads):
             kv = h // group
-            carried = carried + layer.output.weight[:, h * head_dim : (h + 1) * head_dim] @ _head_block(layer.value.bias, kv, head_dim)
+            carried = carried + layer.output.weight[:, h * head_dim : (h + 1) * head_dim] @ _head_block(
+                layer.value.bias, kv, head_dim
+            )
         attention_bias = carried if attention_bias is None else carried + attention_bias
     return add_bias(mixed + residual, attention_bias, mode, rule)
 

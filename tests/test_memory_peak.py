@@ -64,8 +64,15 @@ def measure() -> dict:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = tf.BertConfig(vocab_size=50, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=FFN, max_position_embeddings=SEQ, num_labels=2)
+    config = tf.BertConfig(
+        vocab_size=50,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=FFN,
+        max_position_embeddings=SEQ,
+        num_labels=2,
+    )
     model = tf.BertForSequenceClassification(config).eval()
     ids = torch.randint(2, 50, (1, SEQ), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)

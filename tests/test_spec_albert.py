@@ -8,11 +8,11 @@ it; the engine is reached through ``DecompX`` only.
 
 from __future__ import annotations
 
+import literal_spec as spec
 import pytest
 import torch
 import transformers as tf
 
-import literal_spec as spec
 from captum_decompx import DecompX
 
 VOCAB = 50
@@ -20,9 +20,19 @@ LENGTHS = (6, 4)
 
 
 def albert(seed: int, layers: int, groups: int, inner: int) -> torch.nn.Module:
-    config = tf.AlbertConfig(vocab_size=VOCAB, embedding_size=8, hidden_size=16, num_hidden_layers=layers,
-                             num_hidden_groups=groups, inner_group_num=inner, num_attention_heads=2,
-                             intermediate_size=24, max_position_embeddings=32, num_labels=3, hidden_act="gelu_new")
+    config = tf.AlbertConfig(
+        vocab_size=VOCAB,
+        embedding_size=8,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_hidden_groups=groups,
+        inner_group_num=inner,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        num_labels=3,
+        hidden_act="gelu_new",
+    )
     return spec.randomize(tf.AlbertForSequenceClassification(config), seed)
 
 
@@ -33,13 +43,21 @@ def albert_weights(model) -> spec.ModelWeights:
     for index in range(config.num_hidden_layers):
         group = groups[int(index / (config.num_hidden_layers / config.num_hidden_groups))]
         for layer in group.albert_layers:
-            layers.append(spec.LayerWeights(
-                query=spec.affine_of(layer.attention.query), key=spec.affine_of(layer.attention.key),
-                value=spec.affine_of(layer.attention.value), output=spec.affine_of(layer.attention.dense),
-                heads=config.num_attention_heads, kv_heads=config.num_attention_heads,
-                norm1=spec.norm_of(layer.attention.LayerNorm), norm2=spec.norm_of(layer.full_layer_layer_norm),
-                ffn_in=spec.affine_of(layer.ffn), activation=spec.GELU_TANH, ffn_out=spec.affine_of(layer.ffn_output),
-            ))
+            layers.append(
+                spec.LayerWeights(
+                    query=spec.affine_of(layer.attention.query),
+                    key=spec.affine_of(layer.attention.key),
+                    value=spec.affine_of(layer.attention.value),
+                    output=spec.affine_of(layer.attention.dense),
+                    heads=config.num_attention_heads,
+                    kv_heads=config.num_attention_heads,
+                    norm1=spec.norm_of(layer.attention.LayerNorm),
+                    norm2=spec.norm_of(layer.full_layer_layer_norm),
+                    ffn_in=spec.affine_of(layer.ffn),
+                    activation=spec.GELU_TANH,
+                    ffn_out=spec.affine_of(layer.ffn_output),
+                )
+            )
     head = [spec.affine_of(model.albert.pooler), spec.TANH, spec.affine_of(model.classifier)]
     return spec.ModelWeights(layers=layers, pre_norm=False, head=head)
 
@@ -48,8 +66,11 @@ def albert_embeddings(model, ids: torch.Tensor) -> torch.Tensor:
     """word + position + segment-0 embeddings, LayerNorm, then the projection to the hidden size:
     all of it belongs to each token."""
     embeddings = model.albert.embeddings
-    summed = (embeddings.word_embeddings.weight[ids] + embeddings.position_embeddings.weight[: ids.shape[0]]
-              + embeddings.token_type_embeddings.weight[0]).detach()
+    summed = (
+        embeddings.word_embeddings.weight[ids]
+        + embeddings.position_embeddings.weight[: ids.shape[0]]
+        + embeddings.token_type_embeddings.weight[0]
+    ).detach()
     return spec.affine_of(model.albert.encoder.embedding_hidden_mapping_in)(spec.norm_of(embeddings.LayerNorm)(summed))
 
 

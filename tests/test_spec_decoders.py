@@ -12,11 +12,11 @@ from the weights in float64; the engine is reached through ``DecompX`` only.
 
 from __future__ import annotations
 
+import literal_spec as spec
 import pytest
 import torch
 import transformers as tf
 
-import literal_spec as spec
 from captum_decompx import DecompX
 
 VOCAB = 50
@@ -25,9 +25,19 @@ HIDDEN, HEADS, KV_HEADS = 16, 4, 2
 
 
 def llama(seed: int, biases: bool) -> torch.nn.Module:
-    config = tf.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
-                            num_key_value_heads=KV_HEADS, intermediate_size=24, max_position_embeddings=32,
-                            num_labels=3, pad_token_id=0, attention_bias=biases, mlp_bias=biases)
+    config = tf.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        num_labels=3,
+        pad_token_id=0,
+        attention_bias=biases,
+        mlp_bias=biases,
+    )
     assert config.num_key_value_heads < config.num_attention_heads
     return spec.randomize(tf.LlamaForSequenceClassification(config), seed)
 
@@ -40,15 +50,17 @@ def rotary_theta(config) -> float:
 def rotary(theta: float, head_dim: int):
     """Rotate (N, head_dim) vectors by their positions 0..N-1: ``x cos + rotate_half(x) sin`` with
     angles ``position / theta^(2j / head_dim)``, computed in float32 as the model does."""
+
     def rotate(x: torch.Tensor) -> torch.Tensor:
         exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
-        frequencies = 1.0 / (theta ** exponents)
+        frequencies = 1.0 / (theta**exponents)
         angles = torch.arange(x.shape[0], dtype=torch.float32)[:, None] * frequencies[None, :]
         angles = torch.cat([angles, angles], dim=-1)
         cos, sin = angles.cos().to(spec.DTYPE), angles.sin().to(spec.DTYPE)
         half = head_dim // 2
         rotated_half = torch.cat([-x[:, half:], x[:, :half]], dim=-1)
         return x * cos + rotated_half * sin
+
     return rotate
 
 
@@ -62,18 +74,31 @@ def llama_weights(model) -> spec.ModelWeights:
     layers = []
     for layer in model.model.layers:
         attention, mlp = layer.self_attn, layer.mlp
-        layers.append(spec.LayerWeights(
-            query=spec.affine_of(attention.q_proj), key=spec.affine_of(attention.k_proj),
-            value=spec.affine_of(attention.v_proj), output=spec.affine_of(attention.o_proj),
-            heads=model.config.num_attention_heads, kv_heads=model.config.num_key_value_heads,
-            norm1=rms_norm(layer.input_layernorm), norm2=rms_norm(layer.post_attention_layernorm),
-            ffn_in=spec.affine_of(mlp.up_proj), ffn_gate=spec.affine_of(mlp.gate_proj),
-            activation=spec.SILU, ffn_out=spec.affine_of(mlp.down_proj),
-        ))
+        layers.append(
+            spec.LayerWeights(
+                query=spec.affine_of(attention.q_proj),
+                key=spec.affine_of(attention.k_proj),
+                value=spec.affine_of(attention.v_proj),
+                output=spec.affine_of(attention.o_proj),
+                heads=model.config.num_attention_heads,
+                kv_heads=model.config.num_key_value_heads,
+                norm1=rms_norm(layer.input_layernorm),
+                norm2=rms_norm(layer.post_attention_layernorm),
+                ffn_in=spec.affine_of(mlp.up_proj),
+                ffn_gate=spec.affine_of(mlp.gate_proj),
+                activation=spec.SILU,
+                ffn_out=spec.affine_of(mlp.down_proj),
+            )
+        )
     head_dim = HIDDEN // HEADS
     return spec.ModelWeights(
-        layers=layers, pre_norm=True, head=[spec.affine_of(model.score)], final_norm=rms_norm(model.model.norm),
-        causal=True, rotary=rotary(rotary_theta(model.config), head_dim), softmax=spec.float32_softmax,
+        layers=layers,
+        pre_norm=True,
+        head=[spec.affine_of(model.score)],
+        final_norm=rms_norm(model.model.norm),
+        causal=True,
+        rotary=rotary(rotary_theta(model.config), head_dim),
+        softmax=spec.float32_softmax,
     )
 
 
@@ -86,8 +111,9 @@ def llama_weights(model) -> spec.ModelWeights:
 def test_llama_gqa_rmsnorm_gated_ffn_matches_the_literal_spec(biases, include_biases, method):
     model = llama(seed=6, biases=biases)
     ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=6)
-    out = DecompX(lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model,
-                  include_biases=include_biases, method=method).decompose(ids, (mask,))
+    out = DecompX(
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=include_biases, method=method
+    ).decompose(ids, (mask,))
     weights = llama_weights(model)
     scale = float(out.logits.abs().max())
     for b, n in enumerate(LENGTHS):

@@ -9,11 +9,11 @@ weights in float64; the engine is reached through ``DecompX`` only.
 
 from __future__ import annotations
 
+import literal_spec as spec
 import pytest
 import torch
 import transformers as tf
 
-import literal_spec as spec
 from captum_decompx import DecompX
 
 VOCAB = 50
@@ -30,8 +30,17 @@ MODES = [
 
 
 def gpt2(seed: int) -> torch.nn.Module:
-    config = tf.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32, num_labels=3,
-                           pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    config = tf.GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        num_labels=3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
     return spec.randomize(tf.GPT2ForSequenceClassification(config), seed)
 
 
@@ -46,25 +55,37 @@ def gpt2_weights(model) -> spec.ModelWeights:
     layers = []
     for block in model.transformer.h:
         query, key, value = conv1d_blocks(block.attn.c_attn, 3)
-        layers.append(spec.LayerWeights(
-            query=query, key=key, value=value,
-            output=conv1d_blocks(block.attn.c_proj, 1)[0],
-            heads=model.config.n_head, kv_heads=model.config.n_head,
-            norm1=spec.norm_of(block.ln_1), norm2=spec.norm_of(block.ln_2),
-            ffn_in=conv1d_blocks(block.mlp.c_fc, 1)[0],
-            activation=spec.GELU_TANH,
-            ffn_out=conv1d_blocks(block.mlp.c_proj, 1)[0],
-        ))
-    return spec.ModelWeights(layers=layers, pre_norm=True, head=[spec.affine_of(model.score)],
-                             final_norm=spec.norm_of(model.transformer.ln_f), causal=True)
+        layers.append(
+            spec.LayerWeights(
+                query=query,
+                key=key,
+                value=value,
+                output=conv1d_blocks(block.attn.c_proj, 1)[0],
+                heads=model.config.n_head,
+                kv_heads=model.config.n_head,
+                norm1=spec.norm_of(block.ln_1),
+                norm2=spec.norm_of(block.ln_2),
+                ffn_in=conv1d_blocks(block.mlp.c_fc, 1)[0],
+                activation=spec.GELU_TANH,
+                ffn_out=conv1d_blocks(block.mlp.c_proj, 1)[0],
+            )
+        )
+    return spec.ModelWeights(
+        layers=layers,
+        pre_norm=True,
+        head=[spec.affine_of(model.score)],
+        final_norm=spec.norm_of(model.transformer.ln_f),
+        causal=True,
+    )
 
 
 @pytest.mark.parametrize("include_biases, method", MODES)
 def test_gpt2_matches_the_literal_spec(include_biases, method):
     model = gpt2(seed=4)
     ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=4)
-    out = DecompX(lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model,
-                  include_biases=include_biases, method=method).decompose(ids, (mask,))
+    out = DecompX(
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=include_biases, method=method
+    ).decompose(ids, (mask,))
     weights = gpt2_weights(model)
     scale = float(out.logits.abs().max())
     for b, n in enumerate(LENGTHS):
@@ -85,8 +106,16 @@ def test_gpt2_matches_the_literal_spec(include_biases, method):
 
 
 def vit(seed: int) -> torch.nn.Module:
-    config = tf.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,
-                          num_attention_heads=2, intermediate_size=24, num_labels=3)
+    config = tf.ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        num_labels=3,
+    )
     return spec.randomize(tf.ViTForImageClassification(config), seed)
 
 
@@ -101,10 +130,17 @@ def vit_layer_weights(layer, heads: int) -> spec.LayerWeights:
         q, k, v, o = attention.query, attention.key, attention.value, layer.attention.output.dense
         ffn_in, ffn_out = layer.intermediate.dense, layer.output.dense
     return spec.LayerWeights(
-        query=spec.affine_of(q), key=spec.affine_of(k), value=spec.affine_of(v), output=spec.affine_of(o),
-        heads=heads, kv_heads=heads,
-        norm1=spec.norm_of(layer.layernorm_before), norm2=spec.norm_of(layer.layernorm_after),
-        ffn_in=spec.affine_of(ffn_in), activation=spec.GELU, ffn_out=spec.affine_of(ffn_out),
+        query=spec.affine_of(q),
+        key=spec.affine_of(k),
+        value=spec.affine_of(v),
+        output=spec.affine_of(o),
+        heads=heads,
+        kv_heads=heads,
+        norm1=spec.norm_of(layer.layernorm_before),
+        norm2=spec.norm_of(layer.layernorm_after),
+        ffn_in=spec.affine_of(ffn_in),
+        activation=spec.GELU,
+        ffn_out=spec.affine_of(ffn_out),
     )
 
 
@@ -128,7 +164,9 @@ def test_vit_matches_the_literal_spec(include_biases, method):
     layers = model.vit.layers if hasattr(model.vit, "layers") else model.vit.encoder.layer
     weights = spec.ModelWeights(
         layers=[vit_layer_weights(layer, model.config.num_attention_heads) for layer in layers],
-        pre_norm=True, head=[spec.affine_of(model.classifier)], final_norm=spec.norm_of(model.vit.layernorm),
+        pre_norm=True,
+        head=[spec.affine_of(model.classifier)],
+        final_norm=spec.norm_of(model.vit.layernorm),
         softmax=spec.float32_softmax,  # as ViT computes it
     )
     pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=spec.DTYPE)

@@ -8,13 +8,13 @@ they are the token pieces without any bias (except what belongs to a token befor
 
 from __future__ import annotations
 
+import literal_spec as spec
 import pytest
 import torch
-
-import literal_spec as spec
-from captum_decompx import DecompX
 from test_spec_bias_modes import VOCAB, bert, bert_embeddings, bert_weights
 from test_spec_prelayernorm import gpt2, gpt2_weights
+
+from captum_decompx import DecompX
 
 LENGTHS = (6, 4)
 
