@@ -22,6 +22,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from /proc (Linux)")
+
 SEQ = 192
 HIDDEN = 32
 FFN = 512
