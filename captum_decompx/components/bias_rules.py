@@ -119,6 +119,11 @@ def register_bias_rule(
     _RULES.register(name, rule, overwrite=overwrite)
 
 
+def unregister_bias_rule(name: str) -> None:
+    """Remove a rule registered with :func:`register_bias_rule`."""
+    _RULES.unregister(name)
+
+
 def bias_rule(name: str) -> BiasRule:
     """The rule registered as ``name``; a ValueError naming the valid rules when there is none."""
     try:

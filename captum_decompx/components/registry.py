@@ -25,6 +25,12 @@ class Registry(Generic[T]):
             raise ValueError(f"A {self.what} named {name!r} is registered already; pass overwrite=True to replace it.")
         self._entries[name] = entry
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a ValueError when it is not registered)."""
+        if name not in self._entries:
+            raise ValueError(f"No {self.what} named {name!r} is registered.")
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         entry = self._entries.get(name)
         if entry is None:
