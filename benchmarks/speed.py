@@ -119,9 +119,7 @@ def _always_run(text: str) -> list[list]:
 
 
 # The target points of the issue: they run whatever --max-point-seconds says.
-DEFAULT_ALWAYS_RUN = ",".join(
-    [f"bert-base:1:{n}:{m}" for n in (16, 32, 64, 128) for m in METHODS] + ["bert-base:1:512:exact"]
-)
+DEFAULT_ALWAYS_RUN = ",".join([f"bert-base:1:{n}:{m}" for n in (16, 32, 64, 128) for m in METHODS] + ["bert-base:1:512:exact"])
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -137,26 +135,46 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the raw results to this JSON file")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: torch's default)")
     parser.add_argument(
-        "--max-point-seconds", type=float, default=30.0,
+        "--max-point-seconds",
+        type=float,
+        default=30.0,
         help="skip a point whose extrapolated time exceeds this (0: no cap); target points always run",
     )
-    parser.add_argument("--always-run", type=_always_run, default=_always_run(DEFAULT_ALWAYS_RUN),
-                        help="model:batch:N:method points exempt from the cap (default: the target points)")
-    parser.add_argument("--expensive-seconds", type=float, default=15.0,
-                        help="above this estimated time a point is timed once after a reduced warm-up")
-    parser.add_argument("--repeat-budget", type=float, default=10.0,
-                        help="a point is timed as many times (up to --repeats) as fit in this many seconds")
+    parser.add_argument(
+        "--always-run",
+        type=_always_run,
+        default=_always_run(DEFAULT_ALWAYS_RUN),
+        help="model:batch:N:method points exempt from the cap (default: the target points)",
+    )
+    parser.add_argument(
+        "--expensive-seconds",
+        type=float,
+        default=15.0,
+        help="above this estimated time a point is timed once after a reduced warm-up",
+    )
+    parser.add_argument(
+        "--repeat-budget",
+        type=float,
+        default=10.0,
+        help="a point is timed as many times (up to --repeats) as fit in this many seconds",
+    )
     parser.add_argument("--lig-memory", type=int, default=2 * GIB, help="activation budget of one LIG chunk (bytes)")
     parser.add_argument("--memory-limit", type=int, help="bytes a point may need (default: the available memory)")
-    parser.add_argument("--snapshot", action="store_true",
-                        help="benchmark the committed captum_decompx of HEAD, extracted once at the start "
-                        "(the checkout may change during a long run)")
+    parser.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="benchmark the committed captum_decompx of HEAD, extracted once at the start "
+        "(the checkout may change during a long run)",
+    )
     parser.add_argument("--note", default="", help="a sentence about the run's conditions, for the results file")
     parser.add_argument("--from-json", help="rewrite speed.md and speed.png from a --json file, without measuring")
-    parser.add_argument("--decoder", action="store_true",
-                        help="run the decoder section instead: fast DecompX against LayerGradientXActivation "
-                        "on a random Llama-family causal LM (hidden 1024, 8 layers) at a 1,024-token prompt; "
-                        "writes speed_decoder.md")
+    parser.add_argument(
+        "--decoder",
+        action="store_true",
+        help="run the decoder section instead: fast DecompX against LayerGradientXActivation "
+        "on a random Llama-family causal LM (hidden 1024, 8 layers) at a 1,024-token prompt; "
+        "writes speed_decoder.md",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = args.models or list(QUICK_MODELS if args.quick else FULL_MODELS)
@@ -257,7 +275,6 @@ def _run_grid(args: argparse.Namespace, info: RunInfo, results: list, report, pa
             }
             earlier = [r for r in results if r["model"] == model]
             results.extend(run_job(job, info, report, earlier))
-
 
 
 if __name__ == "__main__":

@@ -34,8 +34,13 @@ def run_decoder_section(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=32000, hidden_size=1024, num_hidden_layers=8, num_attention_heads=16,
-        num_key_value_heads=8, intermediate_size=2816, max_position_embeddings=4096,
+        vocab_size=32000,
+        hidden_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        intermediate_size=2816,
+        max_position_embeddings=4096,
     )
     model = transformers.LlamaForCausalLM(config).eval().to(args.device)
     rows = []
@@ -63,8 +68,11 @@ def run_decoder_section(args: argparse.Namespace) -> int:
                 times[name].append(time.perf_counter() - started)
         medians = {name: statistics.median(values) for name, values in times.items()}
         rows.append((seq, medians["DecompX fast"], medians["GxA"]))
-        print(f"llama N={seq}: fast {medians['DecompX fast']:.2f} s, GxA {medians['GxA']:.2f} s, "
-              f"ratio {medians['DecompX fast'] / medians['GxA']:.2f}", flush=True)
+        print(
+            f"llama N={seq}: fast {medians['DecompX fast']:.2f} s, GxA {medians['GxA']:.2f} s, "
+            f"ratio {medians['DecompX fast'] / medians['GxA']:.2f}",
+            flush=True,
+        )
     shown = list(sys.argv[1:])
     lines = [
         "# Decoder section: fast DecompX on a Llama-family causal LM",
@@ -89,5 +97,3 @@ def run_decoder_section(args: argparse.Namespace) -> int:
         handle.write("\n".join(lines) + "\n")
     print(f"wrote {path}")
     return 0
-
-

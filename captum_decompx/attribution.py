@@ -367,7 +367,7 @@ class DecompX(Attribution):
             if bar is not None:
                 bar.close()
 
-    def _exact(self, captured: Captured, *, show_progress: bool, token_maps: bool = False) -> decomposition.Decomposition:
+    def _exact(self, captured: Captured, *, show_progress: bool, token_maps: bool = False):
         """The exact path, whatever ``method`` says (contributions (batch, seq, classes))."""
         return self._decompose(captured, path="exact", token_maps=token_maps, show_progress=show_progress)
 

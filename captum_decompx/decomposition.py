@@ -237,9 +237,31 @@ def decompose(
     parts = resolve_parts(model, adapter, dtype)
     pooling = pool_weights(adapter, padding_mask(captured), dtype)
     run = _exact_path if path == "exact" else _fast_path
-    result = run(captured, parts, pooling, options, dtype=dtype, max_memory=max_memory, targets=targets, pooled=pooled, token_maps=token_maps, progress=progress)
+    result = run(
+        captured,
+        parts,
+        pooling,
+        options,
+        dtype=dtype,
+        max_memory=max_memory,
+        targets=targets,
+        pooled=pooled,
+        token_maps=token_maps,
+        progress=progress,
+    )
     if token_maps and result.token_maps is None:  # token maps come from the exact path
-        maps = _exact_path(captured, parts, pooling, options, dtype=dtype, max_memory=max_memory, targets=None, pooled=True, token_maps=True, progress=progress)
+        maps = _exact_path(
+            captured,
+            parts,
+            pooling,
+            options,
+            dtype=dtype,
+            max_memory=max_memory,
+            targets=None,
+            pooled=True,
+            token_maps=True,
+            progress=progress,
+        )
         result.token_maps = maps.token_maps
         result.pooled = maps.pooled if result.pooled is None else result.pooled
     return result
@@ -257,10 +279,19 @@ def _targets_of(contributions: Tensor, targets: Optional[Tensor]) -> Optional[Te
     return contributions.gather(2, targets.view(-1, 1, 1).expand(-1, contributions.shape[1], 1)).squeeze(-1)
 
 
-def _exact_path(captured, parts, pooling, options: Options, *, dtype, max_memory, targets, pooled, token_maps, progress) -> Decomposition:
+def _exact_path(
+    captured, parts, pooling, options: Options, *, dtype, max_memory, targets, pooled, token_maps, progress
+) -> Decomposition:
     result = exact(
-        captured, parts, settings_for(options, "exact"), pooling, include_head=options.include_head,
-        max_memory=max_memory, dtype=dtype, token_maps=token_maps, progress=progress,
+        captured,
+        parts,
+        settings_for(options, "exact"),
+        pooling,
+        include_head=options.include_head,
+        max_memory=max_memory,
+        dtype=dtype,
+        token_maps=token_maps,
+        progress=progress,
     )
     contributions, bias = None, None
     if options.include_head:
@@ -282,7 +313,9 @@ def _exact_path(captured, parts, pooling, options: Options, *, dtype, max_memory
     )
 
 
-def _fast_path(captured, parts, pooling, options: Options, *, dtype, max_memory, targets, pooled, token_maps, progress) -> Decomposition:
+def _fast_path(
+    captured, parts, pooling, options: Options, *, dtype, max_memory, targets, pooled, token_maps, progress
+) -> Decomposition:
     settings = settings_for(options, "fast")
     pooled_pieces = None
     if pooled or not options.include_head:
@@ -362,8 +395,15 @@ def exact(
         # The initial decomposition is built in the call, so that no name here keeps it alive
         # while the layers run (it is freed after the first layer).
         pooled = propagate_and_pool(
-            _diagonal_pieces(embeddings[group], n_pieces, dtype), captured, parts, settings, pooling[group], group,
-            dtype, rows_per_chunk=plan.rows_per_chunk, all_rows=token_maps,
+            _diagonal_pieces(embeddings[group], n_pieces, dtype),
+            captured,
+            parts,
+            settings,
+            pooling[group],
+            group,
+            dtype,
+            rows_per_chunk=plan.rows_per_chunk,
+            all_rows=token_maps,
             on_layer=record_map if token_maps else None,
         )  # (group, pieces, hidden)
         pooled_all.append(token_pieces(pooled.unsqueeze(1), settings).squeeze(1))

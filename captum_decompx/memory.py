@@ -93,7 +93,9 @@ def autograd_bytes_per_sequence(shape: ModelShape, seq: int, itemsize: int = 4) 
     return itemsize * shape.layers * seq * per_token
 
 
-def exact_path_bytes(shape: ModelShape, batch: int, seq: int, max_memory: int, *, include_biases: bool = True, itemsize: int = 4) -> int:
+def exact_path_bytes(
+    shape: ModelShape, batch: int, seq: int, max_memory: int, *, include_biases: bool = True, itemsize: int = 4
+) -> int:
     """Upper estimate of the extra memory of one exact call: the captured internals plus the
     planner's peak estimate (which stays under ``max_memory``)."""
     pieces = seq + (0 if include_biases else 1)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import cached_model, make_padded_batch, padding_id
 
 from captum_decompx import BiasRule, DecompX, register_bias_rule
 from captum_decompx.components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
 from captum_decompx.components.bias_rules import unregister_bias_rule
-from conftest import cached_model, make_padded_batch, padding_id
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 

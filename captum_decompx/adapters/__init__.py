@@ -9,11 +9,11 @@ from typing import Callable, Iterable, Union
 
 from torch import nn
 
+from .albert import ALBERT
 from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA
-from .decoders import gpt2, llama_family
-from .albert import ALBERT
 from .deberta import deberta_v2
+from .decoders import gpt2, llama_family
 from .modernbert import modernbert
 from .vision import vit
 

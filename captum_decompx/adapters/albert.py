@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from .base import Activation, Adapter, LayerPaths, Linear
@@ -9,8 +11,9 @@ from .base import Activation, Adapter, LayerPaths, Linear
 
 def _albert_layers(model: nn.Module) -> list[nn.Module]:
     """ALBERT shares layers: layer ``i`` runs group ``int(i / (L / G))``, all its inner layers."""
-    config = model.config
-    transformer = model.base_model.encoder
+    config: Any = model.config
+    base: Any = model.base_model
+    transformer = base.encoder
     layers = []
     for index in range(config.num_hidden_layers):
         group = int(index / (config.num_hidden_layers / config.num_hidden_groups))

@@ -110,7 +110,7 @@ class Adapter:
     name: str
     layers: LayersSpec
     layer: LayerPaths
-    head: Sequence[object] = field(default_factory=tuple)
+    head: Sequence[HeadStep] = field(default_factory=tuple)
     pooling: str = "first"
     norm_position: str = "post"
     final_norm: Optional[str] = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from torch import nn
 from transformers.activations import ACT2FN
@@ -14,7 +15,7 @@ from .bert_family import BERT_LAYER
 def deberta_v2(model: nn.Module) -> Adapter:
     """DeBERTa-v2/v3: post-LN, disentangled attention (its probabilities are read by asking the
     attention module for them, per call), ContextPooler head (dense + configured activation)."""
-    config = model.config
+    config: Any = model.config
     if getattr(config, "conv_kernel_size", 0):
         raise ValueError(
             "DeBERTa-v2 models with a convolution layer (conv_kernel_size > 0) are not supported by "

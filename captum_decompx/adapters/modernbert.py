@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from .base import Activation, Adapter, LayerPaths, Linear, Norm
@@ -11,7 +13,8 @@ def modernbert(model: nn.Module) -> Adapter:
     """ModernBERT: pre-LN, fused query-key-value projection, GeGLU feed-forward unit, rotary
     positions and local/global attention (read from the real probabilities), CLS or mean pooling,
     and a dense + activation + norm head."""
-    pooling = {"cls": "first", "mean": "mean"}[model.config.classifier_pooling]
+    config: Any = model.config
+    pooling = {"cls": "first", "mean": "mean"}[config.classifier_pooling]
     return Adapter(
         name="modernbert",
         layers="base_model.layers",

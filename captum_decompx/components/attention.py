@@ -28,7 +28,11 @@ def split_heads(values: Tensor, kv_heads: int) -> Tensor:
     """(batch, seq, pieces, kv_heads*head_dim) -> (batch, kv_heads, seq, pieces*head_dim)."""
     batch, seq, pieces, dim = values.shape
     head_dim = dim // kv_heads
-    return values.view(batch, seq, pieces, kv_heads, head_dim).permute(0, 3, 1, 2, 4).reshape(batch, kv_heads, seq, pieces * head_dim)
+    return (
+        values.view(batch, seq, pieces, kv_heads, head_dim)
+        .permute(0, 3, 1, 2, 4)
+        .reshape(batch, kv_heads, seq, pieces * head_dim)
+    )
 
 
 def mix_heads(probs: Tensor, head_values: Tensor, pieces: int) -> Tensor:
@@ -48,7 +52,11 @@ def mix_heads(probs: Tensor, head_values: Tensor, pieces: int) -> Tensor:
     grouped = probs.reshape(batch, kv_heads, group * rows, seq)
     mixed = grouped @ head_values
     head_dim = mixed.shape[-1] // pieces
-    return mixed.view(batch, kv_heads, group, rows, pieces, head_dim).permute(0, 3, 4, 1, 2, 5).reshape(batch, rows, pieces, heads * head_dim)
+    return (
+        mixed.view(batch, kv_heads, group, rows, pieces, head_dim)
+        .permute(0, 3, 4, 1, 2, 5)
+        .reshape(batch, rows, pieces, heads * head_dim)
+    )
 
 
 def attention_bias(value: Affine, output: Affine, first: bool, heads: int) -> Optional[Tensor]:

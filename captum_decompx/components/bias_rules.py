@@ -101,9 +101,7 @@ BIAS_RULES = Names(_RULES)
 """The registered rule names (a live view: rules registered later are in it)."""
 
 
-def register_bias_rule(
-    name: str, rule: Union[BiasRule, Callable[[Tensor, Tensor], Tensor]], *, overwrite: bool = False
-) -> None:
+def register_bias_rule(name: str, rule: Union[BiasRule, Callable[[Tensor, Tensor], Tensor]], *, overwrite: bool = False) -> None:
     """Make ``name`` a valid ``bias_decomposition``.
 
     Args:

@@ -21,10 +21,19 @@ from .pieces import Settings
 
 
 class FeedForwardParams(Protocol):
-    ffn_in: Affine
-    ffn_activation: ActivationFunction
-    ffn_out: Affine
-    ffn_gated: bool
+    """What :func:`feed_forward` reads (a :class:`ResolvedFeedForward` or a layer's parameters)."""
+
+    @property
+    def ffn_in(self) -> Affine: ...
+
+    @property
+    def ffn_activation(self) -> ActivationFunction: ...
+
+    @property
+    def ffn_out(self) -> Affine: ...
+
+    @property
+    def ffn_gated(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,6 @@ class FeedForward(Component):
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> ResolvedFeedForward:
         function = self.activation.resolve(root)
-        return ResolvedFeedForward(
-            self.up.resolve(root, dtype), function, self.down.resolve(root, dtype), self.gate is not None
-        )
+        return ResolvedFeedForward(self.up.resolve(root, dtype), function, self.down.resolve(root, dtype), self.gate is not None)
 
     propagate = staticmethod(feed_forward)

@@ -34,7 +34,7 @@ class HeadStepKind(abc.ABC):
 
     reads_input: bool = False
 
-    def install(self, recorder: Recorder, model: nn.Module, steps: Sequence[HeadStep], index: int) -> None:
+    def install(self, recorder: Recorder, model: nn.Module, steps: Sequence[HeadStep], index: int) -> None:  # noqa: B027
         """Add the hooks that record this step's real input (nothing by default)."""
 
     def read(self, reader: Reader, model: nn.Module, steps: Sequence[HeadStep], index: int) -> Optional[Tensor]:
@@ -156,7 +156,9 @@ class Head:
         for index, step in enumerate(self.steps):
             kind = head_step_kind(step)
             if kind.reads_input:
-                inputs[index] = kind.read(reader, model, self.steps, index)
+                real_input = kind.read(reader, model, self.steps, index)
+                assert real_input is not None, f"{type(kind).__name__}.read returned nothing"
+                inputs[index] = real_input
         return inputs
 
     def resolve(self, model: nn.Module, dtype: torch.dtype) -> list[ResolvedHeadStep]:

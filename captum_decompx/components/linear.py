@@ -41,9 +41,15 @@ class LinearLayout:
     out_in_weight: Callable[[nn.Module], Tensor]
 
 
+def _weight(module: nn.Module) -> Tensor:
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return weight
+
+
 _LAYOUTS: list[LinearLayout] = [
-    LinearLayout("Conv1D", lambda module: type(module).__name__ == "Conv1D", lambda module: module.weight.T),
-    LinearLayout("nn.Linear", lambda module: isinstance(module, nn.Linear), lambda module: module.weight),
+    LinearLayout("Conv1D", lambda module: type(module).__name__ == "Conv1D", lambda module: _weight(module).T),
+    LinearLayout("nn.Linear", lambda module: isinstance(module, nn.Linear), _weight),
 ]
 
 
