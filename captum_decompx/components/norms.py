@@ -85,6 +85,11 @@ def register_norm_kind(name: str, kind: NormKind, *, overwrite: bool = False) ->
     _NORM_KINDS.register(name, kind, overwrite=overwrite)
 
 
+def unregister_norm_kind(name: str) -> None:
+    """Remove a kind registered with :func:`register_norm_kind`."""
+    _NORM_KINDS.unregister(name)
+
+
 register_norm_kind("layer", LayerNormKind())
 register_norm_kind("rms", RMSNormKind())
 
@@ -115,7 +120,8 @@ def norm_params(module: nn.Module, dtype: torch.dtype) -> Optional[NormParams]:
             )
     raise TypeError(
         f"Expected nn.LayerNorm, an RMSNorm or nn.Identity, found {type(module).__name__}; "
-        "DecompX does not know how this module normalizes (see captum_decompx.components.norms)."
+        "DecompX does not know how this module normalizes. Describe it with a NormKind and "
+        "captum_decompx.components.register_norm_kind (see the README, 'Adding an architecture')."
     )
 
 
