@@ -4,8 +4,13 @@ The functions now live with their component kinds in :mod:`captum_decompx.compon
 (``engine.Norm`` is :class:`~captum_decompx.components.NormParams`).
 """
 
+from typing import Optional
+
+from torch import Tensor
+
+from .components import attention as _attention
 from .components.activations import FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS, ZERO_ORIGIN_EPS, activation
-from .components.attention import VALUE_BLOCKS, attention_values, mix_heads, split_heads
+from .components.attention import VALUE_BLOCKS, mix_heads, split_heads
 from .components.bias_rules import BIAS_RULES, RULE_EPS, bias_rule_weights
 from .components.feed_forward import feed_forward
 from .components.head import head
@@ -16,6 +21,12 @@ from .components.pieces import BiasMode, Settings, add_bias, add_to_own_pieces, 
 from .components.pooling import pool
 
 Norm = NormParams
+
+
+def attention_values(pieces: Tensor, params: LayerParams, heads: int, *, first: bool, own_scale: Optional[Tensor]) -> Tensor:
+    """:func:`captum_decompx.components.attention.attention_values` with a layer's parameters."""
+    return _attention.attention_values(pieces, params.value, params.attention_output, heads, first=first, own_scale=own_scale)
+
 
 __all__ = [
     "BIAS_RULES",

@@ -91,6 +91,20 @@ class Recorder:
 
         self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
+    def replace_output(self, module: nn.Module, role: str, transform: Callable[[Any], Any]) -> None:
+        """Make ``module`` return ``transform(output)`` (e.g. a freeze rule: the same value with a
+        coefficient detached from autograd) until the hooks are removed."""
+        if not self._first_time(module, role):
+            return
+        thread = self.thread
+
+        def hook(_module, _args, output):
+            if threading.get_ident() != thread:
+                return None
+            return transform(output)
+
+        self.handles.append(module.register_forward_hook(hook))
+
     def calls(self, module: nn.Module, role: str) -> list:
         """Everything recorded for ``(module, role)``, in call order."""
         return self.by_module.get(id(module), {}).get(role, [])
