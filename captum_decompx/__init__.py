@@ -3,6 +3,7 @@
 from .adapters import Activation, Adapter, LayerPaths, Linear, Norm, register_adapter, supported_model_types
 from .attribution import DecompX, DecompXOutput
 from .baselines import ALTI, GlobEnc
+from .components import Approximation, BiasRule, register_approximation, register_bias_rule
 from .decomposition import DecompXMemoryError
 from .evaluation import MethodSpec, evaluate_faithfulness
 from .image import patch_heatmap, plot_patch_attribution
@@ -13,6 +14,8 @@ __all__ = [
     "ALTI",
     "Activation",
     "Adapter",
+    "Approximation",
+    "BiasRule",
     "DecompX",
     "DecompXMemoryError",
     "DecompXOutput",
@@ -26,6 +29,8 @@ __all__ = [
     "patch_heatmap",
     "plot_patch_attribution",
     "register_adapter",
+    "register_approximation",
+    "register_bias_rule",
     "supported_model_types",
     "visualization_records",
     "write_html",

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from . import decomposition, validation
 from .adapters import Adapter, adapter_for
 from .capture import Captured, capture_internals
-from .decomposition import DEFAULT_MAX_MEMORY
-from .engine import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS, BiasMode, Settings
+from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
+from .memory import DEFAULT_MAX_MEMORY
 
 METHODS = ("auto", "exact", "fast")
 TargetType = Union[None, int, Sequence[int], Tensor]
@@ -264,50 +264,34 @@ class DecompX(Attribution):
         input_ids, _ = self._input_ids(inputs)
         captured = self._capture(input_ids, additional_forward_args)
         logits = captured.logits
-        token_maps, pooled = None, None
-        if self.method == "exact" or return_token_maps:
-            result = self._exact(captured, show_progress=show_progress, token_maps=return_token_maps)
-            pooled, token_maps = result.pooled, result.token_maps
-        if self.method == "fast" and not self.include_head:
-            pooled = self._fast_pooled(captured)
+        result = self._decompose(captured, token_maps=return_token_maps, show_progress=show_progress)
         if self.include_head:
-            if self.method == "fast":
-                fast = self._fast(captured, None)
-                attributions = self._zero_padding(fast.contributions, captured)
-                # The frozen network's logits minus the token shares: what its biases carry.
-                bias = (fast.outputs - attributions.sum(1)).to(logits.dtype)
-            else:
-                attributions = self._zero_padding(result.contributions, captured)
-                if self.include_biases:
-                    bias = torch.zeros_like(logits)
-                else:
-                    bias = result.bias.to(logits.dtype)
+            assert result.contributions is not None
+            attributions = result.contributions
         else:
-            attributions = self._zero_padding(torch.linalg.vector_norm(pooled, dim=-1), captured)
-            bias = None
+            assert result.pooled is not None
+            attributions = self._zero_padding(torch.linalg.vector_norm(result.pooled, dim=-1), captured)
         out_dtype = logits.dtype
         return DecompXOutput(
             logits=logits,
             attributions=attributions.to(out_dtype),
-            bias=bias,
-            pooled=None if pooled is None else pooled.to(out_dtype),
-            token_maps=token_maps,
+            bias=result.bias,
+            pooled=None if result.pooled is None else result.pooled.to(out_dtype),
+            token_maps=result.token_maps,
             method=self.method,
         )
 
     # ----------------------------------------------------------------------------------------
     # Internals
 
-    def _settings(self) -> Settings:
-        if self.include_biases:
-            mode = BiasMode.RULE
-        else:
-            mode = BiasMode.ADD if self.method == "fast" else BiasMode.PIECE
-        return Settings(
-            bias_mode=mode,
+    def _settings(self) -> decomposition.Options:
+        """The decomposition's options; the decomposition chooses each path's bias mode itself."""
+        return decomposition.Options(
+            include_biases=self.include_biases,
             bias_rule=self.bias_decomposition,
             include_ffn=self.include_ffn,
             ffn_approximation=self.ffn_approximation,
+            include_head=self.include_head,
             head_approximation=self.head_approximation,
         )
 
@@ -351,30 +335,31 @@ class DecompX(Attribution):
             validation.warn_if_not_logits(logits)
             return capture.result(output, logits.detach())
 
-    def _parts(self):
-        return decomposition.resolve_parts(self.model, self.adapter, self._compute_dtype())
-
-    def _pooling(self, captured: Captured) -> Tensor:
-        return decomposition.pool_weights(self.adapter, decomposition.padding_mask(captured), self._compute_dtype())
-
-    def _exact(self, captured: Captured, *, show_progress: bool, token_maps: bool = False):
-        settings = self._settings()
-        if settings.bias_mode is BiasMode.ADD:  # token maps asked of a fast-path object
-            settings = Settings(BiasMode.PIECE, settings.bias_rule, settings.include_ffn, settings.ffn_approximation, settings.head_approximation)
+    def _decompose(
+        self,
+        captured: Captured,
+        *,
+        path: Optional[str] = None,
+        targets: Optional[Tensor] = None,
+        token_maps: bool = False,
+        show_progress: bool = False,
+    ) -> decomposition.Decomposition:
+        """The decomposition's one entry point on this object's model, adapter and options."""
         bar = None
         if show_progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=captured.logits.shape[0], desc="DecompX", unit="example")
         try:
-            return decomposition.exact(
+            return decomposition.decompose(
                 captured,
-                self._parts(),
-                settings,
-                self._pooling(captured),
-                include_head=self.include_head,
-                max_memory=self.max_memory,
+                self.model,
+                self.adapter,
+                self._settings(),
+                path=path or self.method,
                 dtype=self._compute_dtype(),
+                max_memory=self.max_memory,
+                targets=targets,
                 token_maps=token_maps,
                 progress=bar.update if bar is not None else None,
             )
@@ -382,25 +367,21 @@ class DecompX(Attribution):
             if bar is not None:
                 bar.close()
 
-    def _fast(self, captured: Captured, classes: Optional[Tensor], *, include_head: bool = True) -> decomposition.FastResult:
-        return decomposition.fast(
-            captured,
-            self._parts(),
-            self._settings(),
-            self._pooling(captured),
-            include_head=include_head,
-            dtype=self._compute_dtype(),
-            classes=classes,
-        )
+    def _exact(self, captured: Captured, *, show_progress: bool, token_maps: bool = False):
+        """The exact path, whatever ``method`` says (contributions (batch, seq, classes))."""
+        return self._decompose(captured, path="exact", token_maps=token_maps, show_progress=show_progress)
 
-    def _fast_pooled(self, captured: Captured) -> Tensor:
-        return self._fast(captured, None, include_head=False).contributions
+    def _fast(self, captured: Captured, classes: Optional[Tensor]) -> decomposition.FastResult:
+        """The fast path: ``.contributions`` (batch, seq) for ``classes``, else (batch, seq, classes)."""
+        result = self._decompose(captured, path="fast", targets=classes)
+        contributions = result.contributions if classes is None else result.target_contributions
+        assert contributions is not None
+        return decomposition.FastResult(contributions, None)
 
     def _pooled_norms(self, captured: Captured, *, show_progress: bool) -> Tensor:
-        if self.method == "fast":
-            pooled = self._fast_pooled(captured)
-        else:
-            pooled = self._exact(captured, show_progress=show_progress).pooled
+        """(batch, seq) norms of each token's piece of the pooled state."""
+        pooled = self._decompose(captured, show_progress=show_progress).pooled
+        assert pooled is not None
         return torch.linalg.vector_norm(pooled, dim=-1)
 
     @staticmethod

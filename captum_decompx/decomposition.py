@@ -1,122 +1,58 @@
-"""The exact and fast DecompX paths: from captured internals to per-token contributions."""
+"""From a captured forward pass to per-token contributions: the exact and the fast path.
+
+:func:`decompose` is the one entry point. It chooses the path's :class:`BiasMode` itself, runs the
+path, and reduces the result to the target classes when asked:
+
+- the exact path propagates one piece per input token (plus a bias piece when the biases are left
+  out) through every component of the network (:mod:`captum_decompx.components`);
+- the fast path (biases left out) differentiates the network frozen at the real forward pass.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from . import engine
-from .adapters import Activation, Adapter, Linear, resolve
-from .adapters.base import Norm as HeadNorm
-from .adapters.base import split_block, take_block
-from .capture import Captured, LayerRecord
-from .engine import Affine, BiasMode, LayerParams, Norm, Settings
+from . import engine  # the fast path's propagation functions under their old names
+from .adapters import Adapter
+from .capture import Captured
+from .components import BiasMode, ModelParts, Network, Settings, normalize, propagate_head, token_pieces, transformer_layer
+from .components.linear import affine
+from .components.norms import norm_params
+from .components.pooling import pool, pool_weights
+from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory
 
-DEFAULT_MAX_MEMORY = 4 * 2**30
+__all__ = [
+    "DEFAULT_MAX_MEMORY",
+    "Decomposition",
+    "DecompXMemoryError",
+    "ExactResult",
+    "FastResult",
+    "MemoryPlan",
+    "ModelParts",
+    "Options",
+    "affine",
+    "bias_mode_for",
+    "decompose",
+    "exact",
+    "exact_memory_per_example",
+    "fast",
+    "norm_params",
+    "padding_mask",
+    "plan_memory",
+    "pool_weights",
+    "resolve_parts",
+]
 
-
-class DecompXMemoryError(MemoryError):
-    """The exact path cannot fit its decomposition into ``max_memory``, even in chunks."""
-
-
-HeadStep = Union[Affine, Norm, Callable[[Tensor], Tensor]]
-
-
-@dataclass
-class ModelParts:
-    """The model's parameters that the engine uses, detached and in the compute dtype."""
-
-    layers: list[LayerParams]
-    final_norm: Optional[Norm]
-    head: list[HeadStep]
-    head_input_steps: list[Optional[int]]  # for activation and norm steps: their own index
-
-
-def affine(root: nn.Module, path: str, dtype: torch.dtype) -> Affine:
-    """The linear map at ``path`` (``nn.Linear`` or GPT-2's ``Conv1D``), optionally one block
-    ``[i/n]`` of its output features, as ``x @ weight.T + bias``."""
-    module_path, block = split_block(path)
-    module = resolve(root, module_path)
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise TypeError(f"{module_path} ({type(module).__name__}) is not a linear map; check the adapter's paths.")
-    if type(module).__name__ == "Conv1D":  # GPT-2 stores (in, out)
-        weight = weight.T
-    elif not isinstance(module, nn.Linear):
-        raise TypeError(f"Expected a linear map at {module_path}, found {type(module).__name__}.")
-    bias = getattr(module, "bias", None)
-    weight = take_block(weight.detach(), block, dim=0).to(dtype)
-    bias = None if bias is None else take_block(bias.detach(), block, dim=0).to(dtype)
-    return Affine(weight, bias)
-
-
-def norm_params(module: nn.Module, dtype: torch.dtype) -> Optional[Norm]:
-    """A LayerNorm or RMSNorm's parameters; None for ``nn.Identity``."""
-    if isinstance(module, nn.Identity):
-        return None
-    weight = getattr(module, "weight", None)
-    bias = getattr(module, "bias", None)
-    if isinstance(module, nn.LayerNorm):
-        kind, eps = "layer", module.eps
-    else:
-        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-        if eps is None or "rms" not in type(module).__name__.lower():
-            raise TypeError(
-                f"Expected nn.LayerNorm, an RMSNorm or nn.Identity, found {type(module).__name__}; "
-                "DecompX does not know how this module normalizes."
-            )
-        kind = "rms"
-    return Norm(
-        None if weight is None else weight.detach().to(dtype),
-        None if bias is None else bias.detach().to(dtype),
-        float(eps),
-        kind,
-    )
+PATHS = ("exact", "fast")
 
 
 def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> ModelParts:
     """Read the parameters the adapter points to (the model itself is not touched)."""
-    paths = adapter.layer
-    layers = []
-    for layer in adapter.layer_modules(model):
-        activation = resolve(layer, paths.ffn_activation)
-        if not callable(activation):
-            raise TypeError(f"{paths.ffn_activation} is not callable; check the adapter.")
-        layers.append(
-            LayerParams(
-                value=affine(layer, paths.value, dtype),
-                attention_output=affine(layer, paths.attention_output, dtype),
-                attention_norm=norm_params(resolve(layer, paths.attention_norm), dtype),
-                ffn_in=affine(layer, paths.ffn_in, dtype),
-                ffn_activation=activation,
-                ffn_out=affine(layer, paths.ffn_out, dtype),
-                ffn_norm=norm_params(resolve(layer, paths.ffn_norm), dtype),
-                ffn_gated=paths.ffn_gate is not None,
-                pre_norm=adapter.norm_position == "pre",
-            )
-        )
-    final_norm = None
-    if adapter.final_norm is not None:
-        final_norm = norm_params(resolve(model, adapter.final_norm), dtype)
-    head: list[HeadStep] = []
-    inputs: list[Optional[int]] = []
-    for index, step in enumerate(adapter.head):
-        if isinstance(step, Linear):
-            head.append(affine(model, step.path, dtype))
-            inputs.append(None)
-        elif isinstance(step, HeadNorm):
-            head.append(norm_params(resolve(model, step.path), dtype))
-            inputs.append(index)
-        else:
-            assert isinstance(step, Activation)
-            head.append(step.function if step.function is not None else resolve(model, step.path))
-            inputs.append(index)
-    if not head or not isinstance(head[-1], Affine):
-        raise ValueError(f"The adapter {adapter.name!r} must end its head with a Linear step.")
-    return ModelParts(layers, final_norm, head, inputs)
+    return Network.of(adapter).resolve(model, dtype)
 
 
 def padding_mask(captured: Captured) -> Tensor:
@@ -124,43 +60,16 @@ def padding_mask(captured: Captured) -> Tensor:
     return (captured.layers[0].attention_probs != 0).any(dim=1).any(dim=1)
 
 
-def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype) -> Tensor:
-    """(batch, seq) weights of the pooled state over the last layer's rows."""
-    batch, seq = real_tokens.shape
-    weights = torch.zeros(batch, seq, dtype=dtype, device=real_tokens.device)
-    if adapter.pooling == "first":
-        weights[:, 0] = 1.0
-    elif adapter.pooling == "last":
-        positions = torch.arange(seq, device=real_tokens.device).expand(batch, seq)
-        last = torch.where(real_tokens, positions, -1).max(dim=1).values.clamp(min=0)
-        weights[torch.arange(batch), last] = 1.0
-    else:
-        real = real_tokens.to(dtype)
-        weights = real / real.sum(dim=1, keepdim=True).clamp(min=1)
-    return weights
-
-
 def _head_inputs(parts: ModelParts, captured: Captured, batch: slice, dtype) -> list[Optional[Tensor]]:
-    return [
-        None if step is None else captured.head_inputs[step][batch].to(dtype)
-        for step in parts.head_input_steps
-    ]
+    return [None if step is None else captured.head_inputs[step][batch].to(dtype) for step in parts.head_input_steps]
 
 
 def _final_norm(pieces: Tensor, parts: ModelParts, captured: Captured, batch: slice, rows, settings: Settings, dtype) -> Tensor:
     """The final norm of pre-LN models on the computed rows of the last layer."""
     if parts.final_norm is None:
         return pieces
-    return engine.normalize(pieces, captured.final_norm_input[batch][:, rows].to(dtype), parts.final_norm, settings)
-
-
-def _slice_record(record: LayerRecord, batch: slice, dtype: torch.dtype) -> LayerRecord:
-    return LayerRecord(
-        attention_probs=record.attention_probs[batch].to(dtype),
-        attention_norm_input=record.attention_norm_input[batch].to(dtype),
-        ffn_pre_activation=record.ffn_pre_activation[batch].to(dtype),
-        ffn_norm_input=record.ffn_norm_input[batch].to(dtype),
-    )
+    assert captured.final_norm_input is not None
+    return normalize(pieces, captured.final_norm_input[batch][:, rows].to(dtype), parts.final_norm, settings)
 
 
 def propagate_and_pool(
@@ -197,9 +106,9 @@ def propagate_and_pool(
     for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
         if index == len(parts.layers) - 1 and not all_rows:
             rows = pooled_rows
-        pieces = engine.transformer_layer(
+        pieces = transformer_layer(
             pieces,
-            _slice_record(record, batch, dtype),
+            record.select(batch, dtype),
             params,
             settings,
             first=index == 0,
@@ -209,61 +118,7 @@ def propagate_and_pool(
         if on_layer is not None:
             on_layer(index, pieces)
     pieces = _final_norm(pieces, parts, captured, batch, rows, settings, dtype)
-    return engine.pool(pieces, pooling[:, rows])
-
-
-# --------------------------------------------------------------------------------------------
-# Exact path
-
-
-@dataclass
-class MemoryPlan:
-    """How the exact path splits its work: examples per group, rows per chunk."""
-
-    examples_per_group: int
-    rows_per_chunk: int
-    bytes_needed: int  # the peak estimate of the plan
-
-
-def _diagonal_pieces(embeddings: Tensor, n_pieces: int, dtype: torch.dtype) -> Tensor:
-    """(batch, seq, pieces, hidden): each token's embedding is its own piece, ``X0[i, k] = e_i [i == k]``."""
-    batch, seq, hidden = embeddings.shape
-    pieces = torch.zeros(batch, seq, n_pieces, hidden, dtype=dtype, device=embeddings.device)
-    pieces[:, :, :seq].diagonal(dim1=1, dim2=2).copy_(embeddings.to(dtype).transpose(1, 2))
-    return pieces
-
-
-def exact_memory_per_example(seq: int, pieces: int, hidden: int, ffn: int, itemsize: int, rows: int) -> int:
-    """Estimated peak bytes of one example: four (seq, pieces, hidden) tensors, plus the
-    temporaries of ``rows`` rows (feed-forward pieces and norm/bias-rule intermediates).
-
-    A layer holds two such tensors (its input, overwritten row chunk by row chunk with its output,
-    and the attention values); the other two are headroom for the allocator, whose resident peak
-    in a long-running process was measured up to one such tensor above the tensors' bytes
-    (``benchmarks/speed.py``, BERT-base at N = 512). The per-row term matches the measured growth
-    of the peak with the chunk size (10.7 MB per row against 11.0 MB estimated at N = 512).
-    """
-    state = 4 * seq * pieces * hidden
-    per_row = pieces * (ffn + 3 * hidden)
-    return itemsize * (state + rows * per_row)
-
-
-def plan_memory(batch: int, seq: int, pieces: int, hidden: int, ffn: int, itemsize: int, max_memory: int) -> MemoryPlan:
-    full = exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, seq)
-    if full <= max_memory:
-        group = max(1, min(batch, max_memory // full))
-        return MemoryPlan(group, seq, group * full)
-    minimum = exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, 1)
-    if minimum > max_memory:
-        raise DecompXMemoryError(
-            f"The exact DecompX path needs at least {minimum / 2**30:.2f} GiB for one example of "
-            f"{seq} tokens (hidden {hidden}, feed-forward {ffn}), more than max_memory="
-            f"{max_memory / 2**30:.2f} GiB. Raise max_memory if the machine has the memory, shorten "
-            "the input, or use method='fast' (include_biases=False), which needs O(N) memory."
-        )
-    rows = int((max_memory - exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, 0)) // (minimum - exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, 0)))
-    rows = max(1, min(seq, rows))
-    return MemoryPlan(1, rows, exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, rows))
+    return pool(pieces, pooling[:, rows])
 
 
 def _chunks(rows: Tensor, size: int) -> list:
@@ -273,6 +128,220 @@ def _chunks(rows: Tensor, size: int) -> list:
         start, stop = int(rows[0]), int(rows[-1]) + 1
         return [slice(s, min(s + size, stop)) for s in range(start, stop, size)]
     return [rows[i : i + size] for i in range(0, rows.numel(), size)]
+
+
+# --------------------------------------------------------------------------------------------
+# The entry point
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to decompose and how (validated by :class:`captum_decompx.DecompX`).
+
+    Attributes:
+        include_biases: spread every bias over the tokens; False leaves them out (their share is
+            reported separately).
+        bias_rule: a registered bias rule's name (:data:`~captum_decompx.components.BIAS_RULES`).
+        include_ffn: propagate through the feed-forward networks.
+        ffn_approximation, head_approximation: registered approximations' names.
+        include_head: propagate through the classification head.
+    """
+
+    include_biases: bool = True
+    bias_rule: str = "absdot"
+    include_ffn: bool = True
+    ffn_approximation: str = "zo"
+    include_head: bool = True
+    head_approximation: str = "zo"
+
+
+def bias_mode_for(include_biases: bool, path: str) -> BiasMode:
+    """How a path treats the biases: spread by the rule when they are included; left out, the
+    exact path collects them in a bias piece and the fast path's frozen network keeps them in its
+    single piece (its share is then the frozen logits minus the token shares)."""
+    if include_biases:
+        if path == "fast":
+            raise ValueError("The fast path decomposes the bias-free network: use the exact path to decompose the biases.")
+        return BiasMode.RULE
+    return BiasMode.PIECE if path == "exact" else BiasMode.ADD
+
+
+def settings_for(options: Options, path: str) -> Settings:
+    """The propagation settings of ``path`` (``"exact"`` or ``"fast"``) for these options."""
+    return Settings(
+        bias_mode=bias_mode_for(options.include_biases, path),
+        bias_rule=options.bias_rule,
+        include_ffn=options.include_ffn,
+        ffn_approximation=options.ffn_approximation,
+        head_approximation=options.head_approximation,
+    )
+
+
+@dataclass
+class Decomposition:
+    """What :func:`decompose` returns. Contributions of padding positions are exactly zero.
+
+    Attributes:
+        contributions: (batch, seq, classes), every token's contribution to every class logit;
+            None without the head, or when only the targets were computed.
+        target_contributions: (batch, seq), the contributions to each example's target class,
+            when targets were given.
+        bias: (batch, classes), the part of each logit not given to any token: zero when the
+            biases are spread over the tokens, the biases' share when they are left out. None
+            without the head or when only the targets were computed.
+        pooled: (batch, seq, hidden), the pooled token's decomposition after the last layer
+            (final norm included); None when not asked for on the fast path with the head.
+        token_maps: per layer the (batch, seq, seq) norms ``||X_l[i, k]||``, when asked for.
+        path: ``"exact"`` or ``"fast"``.
+    """
+
+    contributions: Optional[Tensor]
+    target_contributions: Optional[Tensor]
+    bias: Optional[Tensor]
+    pooled: Optional[Tensor]
+    token_maps: Optional[list[Tensor]]
+    path: str
+
+
+def decompose(
+    captured: Captured,
+    model: nn.Module,
+    adapter: Adapter,
+    options: Options,
+    *,
+    path: str,
+    dtype: torch.dtype,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    targets: Optional[Tensor] = None,
+    pooled: bool = False,
+    token_maps: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Decomposition:
+    """Decompose a captured forward pass: the one entry point of the decomposition.
+
+    Args:
+        captured: the records of the forward pass (:func:`~captum_decompx.capture.capture_internals`).
+        model, adapter: the model that was captured and its adapter (for the parameters).
+        path: ``"exact"`` or ``"fast"`` (which needs ``options.include_biases=False``).
+        dtype: the compute dtype.
+        max_memory: bytes the exact path may use for its decomposition.
+        targets: (batch,) one class per example: also reduce to ``target_contributions``; the
+            fast path then computes those classes only.
+        pooled: also return the pooled decomposition (on the fast path with the head this costs
+            one backward pass per hidden unit).
+        token_maps: also return the per-layer token maps (computed by the exact path).
+        progress: called with the number of examples finished (exact path).
+    """
+    if path not in PATHS:
+        raise ValueError(f"path={path!r} is not one of {PATHS}.")
+    parts = resolve_parts(model, adapter, dtype)
+    pooling = pool_weights(adapter, padding_mask(captured), dtype)
+    run = _exact_path if path == "exact" else _fast_path
+    result = run(
+        captured,
+        parts,
+        pooling,
+        options,
+        dtype=dtype,
+        max_memory=max_memory,
+        targets=targets,
+        pooled=pooled,
+        token_maps=token_maps,
+        progress=progress,
+    )
+    if token_maps and result.token_maps is None:  # token maps come from the exact path
+        maps = _exact_path(
+            captured,
+            parts,
+            pooling,
+            options,
+            dtype=dtype,
+            max_memory=max_memory,
+            targets=None,
+            pooled=True,
+            token_maps=True,
+            progress=progress,
+        )
+        result.token_maps = maps.token_maps
+        result.pooled = maps.pooled if result.pooled is None else result.pooled
+    return result
+
+
+def _zero_padding(scores: Tensor, captured: Captured) -> Tensor:
+    """``scores`` (batch, seq, ...) with the padding positions set to zero."""
+    real = padding_mask(captured)
+    return scores * real.view(real.shape + (1,) * (scores.dim() - 2)).to(scores.dtype)
+
+
+def _targets_of(contributions: Tensor, targets: Optional[Tensor]) -> Optional[Tensor]:
+    if targets is None:
+        return None
+    return contributions.gather(2, targets.view(-1, 1, 1).expand(-1, contributions.shape[1], 1)).squeeze(-1)
+
+
+def _exact_path(
+    captured, parts, pooling, options: Options, *, dtype, max_memory, targets, pooled, token_maps, progress
+) -> Decomposition:
+    result = exact(
+        captured,
+        parts,
+        settings_for(options, "exact"),
+        pooling,
+        include_head=options.include_head,
+        max_memory=max_memory,
+        dtype=dtype,
+        token_maps=token_maps,
+        progress=progress,
+    )
+    contributions, bias = None, None
+    if options.include_head:
+        assert result.contributions is not None
+        contributions = _zero_padding(result.contributions, captured)
+        logits = captured.logits
+        if options.include_biases:
+            bias = torch.zeros_like(logits)  # every bias was spread over the tokens
+        else:
+            assert result.bias is not None
+            bias = result.bias.to(logits.dtype)
+    return Decomposition(
+        contributions=contributions,
+        target_contributions=None if contributions is None else _targets_of(contributions, targets),
+        bias=bias,
+        pooled=result.pooled,
+        token_maps=result.token_maps,
+        path="exact",
+    )
+
+
+def _fast_path(
+    captured, parts, pooling, options: Options, *, dtype, max_memory, targets, pooled, token_maps, progress
+) -> Decomposition:
+    settings = settings_for(options, "fast")
+    pooled_pieces = None
+    if pooled or not options.include_head:
+        pooled_pieces = fast(captured, parts, settings, pooling, include_head=False, dtype=dtype).contributions
+    if not options.include_head:
+        return Decomposition(None, None, None, pooled_pieces, None, "fast")
+    result = fast(captured, parts, settings, pooling, include_head=True, dtype=dtype, classes=targets)
+    contributions = _zero_padding(result.contributions, captured)
+    if targets is not None:
+        return Decomposition(None, contributions, None, pooled_pieces, None, "fast")
+    assert result.outputs is not None
+    # The frozen network's logits minus the token shares: what its biases carry.
+    bias = (result.outputs - contributions.sum(1)).to(captured.logits.dtype)
+    return Decomposition(contributions, None, bias, pooled_pieces, None, "fast")
+
+
+# --------------------------------------------------------------------------------------------
+# Exact path
+
+
+def _diagonal_pieces(embeddings: Tensor, n_pieces: int, dtype: torch.dtype) -> Tensor:
+    """(batch, seq, pieces, hidden): each token's embedding is its own piece, ``X0[i, k] = e_i [i == k]``."""
+    batch, seq, hidden = embeddings.shape
+    pieces = torch.zeros(batch, seq, n_pieces, hidden, dtype=dtype, device=embeddings.device)
+    pieces[:, :, :seq].diagonal(dim1=1, dim2=2).copy_(embeddings.to(dtype).transpose(1, 2))
+    return pieces
 
 
 @dataclass
@@ -321,19 +390,26 @@ def exact(
         size = group.stop - group.start
 
         def record_map(index: int, layer_pieces: Tensor) -> None:
-            maps_all[index].append(torch.linalg.vector_norm(engine.token_pieces(layer_pieces, settings), dim=-1))
+            maps_all[index].append(torch.linalg.vector_norm(token_pieces(layer_pieces, settings), dim=-1))
 
         # The initial decomposition is built in the call, so that no name here keeps it alive
         # while the layers run (it is freed after the first layer).
         pooled = propagate_and_pool(
-            _diagonal_pieces(embeddings[group], n_pieces, dtype), captured, parts, settings, pooling[group], group,
-            dtype, rows_per_chunk=plan.rows_per_chunk, all_rows=token_maps,
+            _diagonal_pieces(embeddings[group], n_pieces, dtype),
+            captured,
+            parts,
+            settings,
+            pooling[group],
+            group,
+            dtype,
+            rows_per_chunk=plan.rows_per_chunk,
+            all_rows=token_maps,
             on_layer=record_map if token_maps else None,
         )  # (group, pieces, hidden)
-        pooled_all.append(engine.token_pieces(pooled.unsqueeze(1), settings).squeeze(1))
+        pooled_all.append(token_pieces(pooled.unsqueeze(1), settings).squeeze(1))
         if include_head:
-            scores = engine.head(pooled, parts.head, _head_inputs(parts, captured, group, dtype), settings)
-            contributions_all.append(engine.token_pieces(scores.unsqueeze(1), settings).squeeze(1))
+            scores = propagate_head(pooled, parts.head, _head_inputs(parts, captured, group, dtype), settings)
+            contributions_all.append(token_pieces(scores.unsqueeze(1), settings).squeeze(1))
             if settings.bias_mode is BiasMode.PIECE:
                 bias_all.append(scores[:, -1])
         if progress is not None:

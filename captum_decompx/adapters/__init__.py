@@ -9,10 +9,12 @@ from typing import Callable, Iterable, Union
 
 from torch import nn
 
-from .base import Activation, Adapter, LayerPaths, Linear, Norm, resolve
+from .albert import ALBERT
+from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA
+from .deberta import deberta_v2
 from .decoders import gpt2, llama_family
-from .more_encoders import ALBERT, deberta_v2, modernbert
+from .modernbert import modernbert
 from .vision import vit
 
 AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
@@ -87,6 +89,7 @@ register_adapter(("llama", "qwen2", "mistral"), llama_family)
 __all__ = [
     "Activation",
     "Adapter",
+    "HeadStep",
     "LayerPaths",
     "Linear",
     "Norm",

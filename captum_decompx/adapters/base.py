@@ -1,7 +1,7 @@
 """What an adapter is: where the components of one architecture live, as data.
 
 An adapter holds dotted attribute paths and a few flags. It installs nothing and holds no math:
-the capture context manager hooks the modules it names, and the engine does the propagation.
+the component kinds in :mod:`captum_decompx.components` say what to record and how to propagate.
 
 A path may end in ``[i/n]`` to name the ``i``-th of ``n`` equal blocks of a fused projection's
 output features, e.g. ``"attn.Wqkv[2/3]"`` for the values of a fused query-key-value map.
@@ -53,15 +53,19 @@ class LayerPaths:
     ffn_gate: Optional[str] = None
 
 
+class HeadStep:
+    """Base class of the head steps; each subclass has one kind in :mod:`captum_decompx.components.head`."""
+
+
 @dataclass(frozen=True)
-class Linear:
-    """A head step: the linear map at ``path`` (relative to the top model)."""
+class Linear(HeadStep):
+    """A head step: the linear map at ``path`` (relative to the top model), which may end in ``[i/n]``."""
 
     path: str
 
 
 @dataclass(frozen=True)
-class Activation:
+class Activation(HeadStep):
     """A head step: a pointwise activation, given as a path to a module/function or a function."""
 
     path: Optional[str] = None
@@ -73,8 +77,8 @@ class Activation:
 
 
 @dataclass(frozen=True)
-class Norm:
-    """A head step: the normalization module at ``path`` (relative to the top model)."""
+class Norm(HeadStep):
+    """A head step: the normalization module (LayerNorm, RMSNorm) at ``path`` (relative to the top model)."""
 
     path: str
 
@@ -106,7 +110,7 @@ class Adapter:
     name: str
     layers: LayersSpec
     layer: LayerPaths
-    head: Sequence[object] = field(default_factory=tuple)
+    head: Sequence[HeadStep] = field(default_factory=tuple)
     pooling: str = "first"
     norm_position: str = "post"
     final_norm: Optional[str] = None
@@ -122,8 +126,8 @@ class Adapter:
             if value not in choices:
                 raise ValueError(f"{name}={value!r} is not one of {choices}.")
         for step in self.head:
-            if not isinstance(step, (Linear, Activation, Norm)):
-                raise TypeError(f"head steps must be Linear, Activation or Norm, got {step!r}.")
+            if not isinstance(step, HeadStep):
+                raise TypeError(f"head steps must be Linear, Activation or Norm (HeadStep subclasses), got {step!r}.")
 
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
         """The layers in execution order (a shared module may appear several times)."""

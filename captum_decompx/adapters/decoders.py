@@ -6,6 +6,8 @@ language models (``lm_head`` on the last token).
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from .base import Adapter, LayerPaths, Linear
@@ -61,8 +63,9 @@ def gpt2(model: nn.Module) -> Adapter:
 def llama_family(model: nn.Module) -> Adapter:
     """Llama, Qwen2, Mistral: pre-RMSNorm, SwiGLU feed-forward, rotary positions and
     grouped-query attention (read from the real probabilities), final ``norm``."""
+    config: Any = model.config
     return Adapter(
-        name=model.config.model_type,
+        name=config.model_type,
         layers="base_model.layers",
         layer=LLAMA_LAYER,
         head=_output_head(model),

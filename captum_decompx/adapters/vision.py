@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from .base import Adapter, LayerPaths, Linear
@@ -32,7 +34,7 @@ _VIT_LAYER_4X = LayerPaths(  # transformers 4.x
 def vit(model: nn.Module) -> Adapter:
     """ViT: pre-LN, patch embeddings plus a CLS token; the classifier reads the CLS token after
     the final LayerNorm. Inputs are ``pixel_values``; attributions are per position (CLS first)."""
-    base = model.base_model
+    base: Any = model.base_model
     layers = "base_model.layers" if hasattr(base, "layers") else "base_model.encoder.layer"
     first_layer = base.layers[0] if hasattr(base, "layers") else base.encoder.layer[0]
     layer = _VIT_LAYER if hasattr(first_layer.attention, "v_proj") else _VIT_LAYER_4X

@@ -1,0 +1,36 @@
+"""Adapter for ModernBERT sequence classifiers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .base import Activation, Adapter, LayerPaths, Linear, Norm
+
+
+def modernbert(model: nn.Module) -> Adapter:
+    """ModernBERT: pre-LN, fused query-key-value projection, GeGLU feed-forward unit, rotary
+    positions and local/global attention (read from the real probabilities), CLS or mean pooling,
+    and a dense + activation + norm head."""
+    config: Any = model.config
+    pooling = {"cls": "first", "mean": "mean"}[config.classifier_pooling]
+    return Adapter(
+        name="modernbert",
+        layers="base_model.layers",
+        layer=LayerPaths(
+            attention="attn",
+            value="attn.Wqkv[2/3]",
+            attention_output="attn.Wo",
+            attention_norm="attn_norm",
+            ffn_in="mlp.Wi[1/2]",
+            ffn_gate="mlp.Wi[0/2]",
+            ffn_activation="mlp.act",
+            ffn_out="mlp.Wo",
+            ffn_norm="mlp_norm",
+        ),
+        head=(Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("classifier")),
+        pooling=pooling,
+        norm_position="pre",
+        final_norm="base_model.final_norm",
+    )

@@ -1,0 +1,79 @@
+"""The component kinds DecompX propagates a decomposition through, one module per kind.
+
+Each kind is defined once: how it is found (adapter paths), what the capture records, how it
+resolves to parameters and how pieces propagate through it (see :mod:`.base`).
+
+- :mod:`.pieces`: the decomposition tensor, :class:`BiasMode`, adding a bias;
+- :mod:`.bias_rules`: how a bias is spread over the pieces (registered :class:`BiasRule` objects);
+- :mod:`.linear`: linear maps (``nn.Linear``, ``Conv1D``, fused blocks ``[i/n]``);
+- :mod:`.norms`: LayerNorm, RMSNorm (registered :class:`NormKind` objects);
+- :mod:`.activations`: pointwise activations and their registered approximations (ZO, LA, ReLU);
+- :mod:`.attention`: attention, with grouped-query heads;
+- :mod:`.feed_forward`: plain and gated feed-forward units;
+- :mod:`.layer`: a post-LN or pre-LN transformer layer built from the above;
+- :mod:`.head`: the classification head's steps (registered step kinds);
+- :mod:`.network`: the whole network of an adapter: layers, final norm, head.
+"""
+
+from .activations import FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS, Approximation, activation, register_approximation
+from .attention import Attention, attention_bias, attention_values, mix_heads, split_heads
+from .base import Component
+from .bias_rules import BIAS_RULES, BiasRule, bias_rule, bias_rule_weights, register_bias_rule
+from .feed_forward import FeedForward, feed_forward
+from .head import Head, HeadStepKind, propagate_head, register_head_step
+from .layer import LayerParams, LayerRecord, TransformerLayer, layer_attention_bias, transformer_layer
+from .linear import Affine, LinearLayout, LinearMap, affine, linear, register_linear_layout
+from .network import ModelParts, Network, NetworkRecord
+from .norms import NORM_KINDS, Normalization, NormKind, NormParams, norm_params, normalize, register_norm_kind
+from .pieces import BiasMode, Settings, add_bias, add_to_own_pieces, token_pieces
+
+__all__ = [
+    "BIAS_RULES",
+    "FFN_APPROXIMATIONS",
+    "HEAD_APPROXIMATIONS",
+    "NORM_KINDS",
+    "Affine",
+    "Approximation",
+    "Attention",
+    "BiasMode",
+    "BiasRule",
+    "Component",
+    "FeedForward",
+    "Head",
+    "HeadStepKind",
+    "LayerParams",
+    "LayerRecord",
+    "LinearLayout",
+    "LinearMap",
+    "ModelParts",
+    "Network",
+    "NetworkRecord",
+    "NormKind",
+    "NormParams",
+    "Normalization",
+    "Settings",
+    "TransformerLayer",
+    "activation",
+    "add_bias",
+    "add_to_own_pieces",
+    "affine",
+    "attention_bias",
+    "attention_values",
+    "bias_rule",
+    "bias_rule_weights",
+    "feed_forward",
+    "layer_attention_bias",
+    "linear",
+    "mix_heads",
+    "norm_params",
+    "normalize",
+    "propagate_head",
+    "register_approximation",
+    "register_bias_rule",
+    "register_head_step",
+    "register_linear_layout",
+    "register_norm_kind",
+    "split_heads",
+    "token_pieces",
+    "transformer_layer",
+]

@@ -1,0 +1,130 @@
+"""Pointwise activations frozen at their real pre-activation, by a registered approximation.
+
+``"zo"`` (zero-origin, the paper's): ``theta = f(a) / (a + 1e-12)`` scales every piece.
+``"la"`` (linear approximation): the tangent line at ``a``; its intercept is a bias.
+``"relu"``: pieces pass where ``a > 0``.
+
+A new approximation is one :class:`Approximation` passed to :func:`register_approximation`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters.base import resolve
+from .pieces import Settings, add_bias
+from .registry import Names, Registry
+
+ZERO_ORIGIN_EPS = 1e-12
+
+ActivationFunction = Callable[[Tensor], Tensor]
+
+
+class Approximation(abc.ABC):
+    """How a pointwise nonlinearity is replaced by a map that is linear in the pieces.
+
+    Attributes:
+        in_head: whether it may be chosen for the classification head's activation.
+    """
+
+    in_head: bool = True
+
+    @abc.abstractmethod
+    def propagate(
+        self, pieces: Tensor, pre_activation: Tensor, function: ActivationFunction, settings: Settings, *, inplace: bool
+    ) -> Tensor:
+        """Pieces (batch, rows, pieces, dim) through ``function`` frozen at ``pre_activation``
+        (batch, rows, dim); ``inplace`` allows overwriting ``pieces``."""
+
+    def freeze(self, function: ActivationFunction, pre_activation: Tensor) -> Tensor:
+        """The activation's real output with its coefficient detached from autograd (the slot of
+        the one-pass fast path); not defined yet."""
+        raise NotImplementedError(f"{type(self).__name__} has no freeze rule yet.")
+
+
+class ZeroOrigin(Approximation):
+    def propagate(self, pieces, pre_activation, function, settings, *, inplace):
+        a = pre_activation
+        theta = (function(a) / (a + ZERO_ORIGIN_EPS)).unsqueeze(-2)
+        return pieces.mul_(theta) if inplace and not pieces.requires_grad else pieces * theta
+
+
+class TangentLine(Approximation):
+    def propagate(self, pieces, pre_activation, function, settings, *, inplace):
+        a = pre_activation
+        with torch.enable_grad():
+            point = a.detach().requires_grad_(True)
+            value = function(point)
+            (slope,) = torch.autograd.grad(value.sum(), point)
+        intercept = value.detach() - slope * a
+        return add_bias(pieces * slope.unsqueeze(-2), intercept, settings)
+
+
+class ReLUGate(Approximation):
+    in_head = False
+
+    def propagate(self, pieces, pre_activation, function, settings, *, inplace):
+        return pieces * (pre_activation > 0).to(pieces.dtype).unsqueeze(-2)
+
+
+_APPROXIMATIONS: Registry[Approximation] = Registry("approximation")
+FFN_APPROXIMATIONS = Names(_APPROXIMATIONS)
+"""The names valid as ``ffn_approximation`` (a live view)."""
+HEAD_APPROXIMATIONS = Names(_APPROXIMATIONS, keep=lambda approximation: approximation.in_head)
+"""The names valid as ``head_approximation`` (a live view)."""
+
+
+def register_approximation(name: str, approximation: Approximation, *, overwrite: bool = False) -> None:
+    """Make ``name`` a valid ``ffn_approximation`` (and ``head_approximation`` if ``in_head``)."""
+    if not isinstance(approximation, Approximation):
+        raise TypeError(f"approximation must be an Approximation, got {approximation!r}.")
+    _APPROXIMATIONS.register(name, approximation, overwrite=overwrite)
+
+
+register_approximation("zo", ZeroOrigin())
+register_approximation("la", TangentLine())
+register_approximation("relu", ReLUGate())
+
+
+def activation(
+    pieces: Tensor,
+    pre_activation: Tensor,
+    function: ActivationFunction,
+    approximation: Union[str, Approximation],
+    settings: Settings,
+    *,
+    inplace: bool = False,
+) -> Tensor:
+    """A pointwise nonlinearity frozen at the real pre-activation.
+
+    Args:
+        pieces: (batch, rows, pieces, dim).
+        pre_activation: (batch, rows, dim), the real input of the nonlinearity.
+        approximation: a registered name or an :class:`Approximation`.
+        inplace: the approximation may overwrite ``pieces`` (a temporary of the caller's).
+    """
+    if not isinstance(approximation, Approximation):
+        try:
+            approximation = _APPROXIMATIONS.get(approximation)
+        except ValueError:
+            raise ValueError(f"Unknown approximation {approximation!r}.") from None
+    return approximation.propagate(pieces, pre_activation, function, settings, inplace=inplace)
+
+
+@dataclass(frozen=True)
+class ActivationFunctionAt:
+    """Where an activation function is found: a path to a module or function, or the function."""
+
+    path: Optional[str] = None
+    function: Optional[ActivationFunction] = None
+
+    def resolve(self, root: nn.Module) -> ActivationFunction:
+        found = self.function if self.function is not None else resolve(root, str(self.path))
+        if not callable(found):
+            raise TypeError(f"{self.path} is not callable; check the adapter.")
+        return found

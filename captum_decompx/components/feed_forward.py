@@ -1,0 +1,90 @@
+"""Feed-forward units: ``out(act(in(x)))``, or gated ``out(act(gate(x)) * in(x))`` (SwiGLU, GeGLU).
+
+Recorded: the real input of the activation (the output of ``in``, or of ``gate`` for a gated
+unit). In a gated unit the real ``act(gate(x))`` scales the decomposed up-projection; otherwise the
+activation is frozen by the chosen :mod:`~captum_decompx.components.activations` approximation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..recording import Reader, Recorder
+from .activations import ActivationFunction, ActivationFunctionAt, activation
+from .base import Component
+from .linear import Affine, LinearMap, linear
+from .pieces import Settings
+
+
+class FeedForwardParams(Protocol):
+    """What :func:`feed_forward` reads (a :class:`ResolvedFeedForward` or a layer's parameters)."""
+
+    @property
+    def ffn_in(self) -> Affine: ...
+
+    @property
+    def ffn_activation(self) -> ActivationFunction: ...
+
+    @property
+    def ffn_out(self) -> Affine: ...
+
+    @property
+    def ffn_gated(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ResolvedFeedForward:
+    """A feed-forward unit's parameters (see :class:`FeedForwardParams`)."""
+
+    ffn_in: Affine
+    ffn_activation: ActivationFunction
+    ffn_out: Affine
+    ffn_gated: bool
+
+
+def feed_forward(pieces: Tensor, pre_activation: Tensor, params: FeedForwardParams, settings: Settings) -> Tensor:
+    """The feed-forward network on a decomposition.
+
+    Args:
+        pieces: (batch, rows, pieces, dim).
+        pre_activation: (batch, rows, ffn), the real input of the activation (for a gated unit,
+            of the gate's activation, whose real value then scales the decomposed up-projection).
+    """
+    hidden = linear(pieces, params.ffn_in, settings)
+    if params.ffn_gated:
+        hidden = hidden * params.ffn_activation(pre_activation).unsqueeze(-2)
+    else:
+        hidden = activation(hidden, pre_activation, params.ffn_activation, settings.ffn_approximation, settings, inplace=True)
+    return linear(hidden, params.ffn_out, settings)
+
+
+@dataclass(frozen=True)
+class FeedForward(Component):
+    """A feed-forward unit: its ``up`` map (``in``), optional ``gate``, activation and ``down`` map."""
+
+    up: LinearMap
+    activation: ActivationFunctionAt
+    down: LinearMap
+    gate: Optional[LinearMap] = None
+
+    @property
+    def pre_activation(self) -> LinearMap:
+        """The map whose output is the activation's input."""
+        return self.gate if self.gate is not None else self.up
+
+    def install(self, recorder: Recorder, root: nn.Module) -> None:
+        self.pre_activation.install(recorder, root)
+
+    def read(self, reader: Reader, root: nn.Module, where: str) -> Tensor:
+        """(batch, seq, ffn), the activation's real input."""
+        return self.pre_activation.read(reader, root, where)
+
+    def resolve(self, root: nn.Module, dtype: torch.dtype) -> ResolvedFeedForward:
+        function = self.activation.resolve(root)
+        return ResolvedFeedForward(self.up.resolve(root, dtype), function, self.down.resolve(root, dtype), self.gate is not None)
+
+    propagate = staticmethod(feed_forward)

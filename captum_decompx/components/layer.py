@@ -1,0 +1,228 @@
+"""A transformer layer: attention, two normalizations and a feed-forward unit, post-LN or pre-LN.
+
+Post-LN (BERT): ``x -> h = norm1(x + attn(x)) -> norm2(h + ffn(h))``.
+Pre-LN (GPT-2, Llama, ViT): ``x -> h = x + attn(norm1(x)) -> h + ffn(norm2(h))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters.base import Adapter
+from ..recording import Reader, Recorder
+from .activations import ActivationFunction, ActivationFunctionAt
+from .attention import Attention, attention_bias, attention_values, mix_heads
+from .base import Component
+from .feed_forward import FeedForward, feed_forward
+from .linear import Affine, LinearMap
+from .norms import Normalization, NormParams, normalize
+from .pieces import Settings, add_bias
+
+
+@dataclass
+class LayerRecord:
+    """What one layer did in the real forward pass.
+
+    Attributes:
+        attention_probs: (batch, heads, seq, seq), post-softmax.
+        attention_norm_input: (batch, seq, hidden), input of the attention block's norm.
+        ffn_pre_activation: (batch, seq, ffn), input of the feed-forward activation (for a gated
+            unit, of the gate's activation).
+        ffn_norm_input: (batch, seq, hidden), input of the feed-forward block's norm.
+    """
+
+    attention_probs: Tensor
+    attention_norm_input: Tensor
+    ffn_pre_activation: Tensor
+    ffn_norm_input: Tensor
+
+    def select(self, batch: slice, dtype: torch.dtype) -> "LayerRecord":
+        """These examples, in ``dtype``."""
+        return LayerRecord(
+            attention_probs=self.attention_probs[batch].to(dtype),
+            attention_norm_input=self.attention_norm_input[batch].to(dtype),
+            ffn_pre_activation=self.ffn_pre_activation[batch].to(dtype),
+            ffn_norm_input=self.ffn_norm_input[batch].to(dtype),
+        )
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """The parameters of one layer, in the compute dtype.
+
+    ``attention_norm``/``ffn_norm`` are None where the model has no normalization there;
+    ``ffn_gated`` means the feed-forward unit is ``act(gate) * ffn_in(x)``; ``pre_norm`` that the
+    norms act on each block's input (pre-LN) rather than after its residual (post-LN).
+    """
+
+    value: Affine
+    attention_output: Affine
+    attention_norm: Optional[NormParams]
+    ffn_in: Affine
+    ffn_activation: Callable[[Tensor], Tensor]
+    ffn_out: Affine
+    ffn_norm: Optional[NormParams]
+    ffn_gated: bool = False
+    pre_norm: bool = False
+
+
+def layer_attention_bias(params: LayerParams, first: bool, heads: int) -> Optional[Tensor]:
+    """The attention block's bias after mixing (see :func:`~.attention.attention_bias`)."""
+    return attention_bias(params.value, params.attention_output, first, heads)
+
+
+def transformer_layer(
+    pieces: Tensor,
+    record: LayerRecord,
+    params: LayerParams,
+    settings: Settings,
+    *,
+    first: bool,
+    row_chunks: list,
+    own_scale: Optional[Tensor] = None,
+) -> Tensor:
+    """Propagate a decomposition through one transformer layer (post-LN or pre-LN).
+
+    Args:
+        pieces: (batch, seq, pieces, dim), the decomposition of the layer's input. With several
+            row chunks that cover every row in order, it is overwritten by the output.
+        record: the layer's :class:`LayerRecord` for this batch.
+        row_chunks: which output rows to compute, in chunks (bounds the peak memory).
+        own_scale: (batch, seq), fast path only (see :func:`~.pieces.add_to_own_pieces`).
+
+    Returns:
+        (batch, rows, pieces, dim) for the concatenated ``row_chunks``.
+    """
+    heads = record.attention_probs.shape[1]
+    n_pieces = pieces.shape[2]
+    attention_input = pieces
+    if params.pre_norm:
+        attention_input = normalize(
+            pieces, record.attention_norm_input, params.attention_norm, settings, own_bias=first, own_scale=own_scale
+        )
+    head_values = attention_values(
+        attention_input, params.value, params.attention_output, heads, first=first, own_scale=own_scale
+    )
+    del attention_input
+    block_bias = attention_bias(params.value, params.attention_output, first, heads)
+
+    def output_rows(rows) -> Tensor:
+        mixed = mix_heads(record.attention_probs[:, :, rows], head_values, n_pieces)
+        hidden = add_bias(torch.add(mixed @ params.attention_output.weight.T, pieces[:, rows]), block_bias, settings)
+        del mixed
+        if params.pre_norm:
+            if settings.include_ffn:
+                normed = normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings)
+                hidden = hidden + feed_forward(normed, record.ffn_pre_activation[:, rows], params, settings)
+            return hidden
+        hidden = normalize(hidden, record.attention_norm_input[:, rows], params.attention_norm, settings)
+        if settings.include_ffn:
+            hidden = hidden + feed_forward(hidden, record.ffn_pre_activation[:, rows], params, settings)
+        return normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings)
+
+    if len(row_chunks) == 1:
+        return output_rows(row_chunks[0])
+    # Chunks are written into one output as they come (concatenating them at the end would hold
+    # the output twice). A chunk reads only its own rows of the input, so when the chunks are the
+    # input's rows in order, each overwrites the rows it has consumed: the layer then holds the
+    # input, the values and one chunk, not also a separate output.
+    in_place = _rows_in_order(row_chunks, pieces.shape[1]) and not pieces.requires_grad
+    output, done = None, 0
+    for rows in row_chunks:
+        chunk = output_rows(rows)
+        if output is None:
+            if in_place and chunk.shape[2:] == pieces.shape[2:] and chunk.dtype == pieces.dtype:
+                output = pieces
+            else:
+                total = sum(_row_count(chunk_rows) for chunk_rows in row_chunks)
+                output = chunk.new_empty((chunk.shape[0], total) + tuple(chunk.shape[2:]))
+        output[:, done : done + chunk.shape[1]] = chunk
+        done += chunk.shape[1]
+        del chunk
+    assert output is not None
+    return output
+
+
+def _row_count(rows) -> int:
+    """The number of rows a chunk selects: a ``slice`` with explicit bounds, or an index tensor."""
+    return rows.stop - rows.start if isinstance(rows, slice) else int(rows.numel())
+
+
+def _rows_in_order(row_chunks: list, seq: int) -> bool:
+    """Whether the chunks are the slices ``0:a, a:b, ..., z:seq``: every row once, in order."""
+    done = 0
+    for rows in row_chunks:
+        if not isinstance(rows, slice) or rows.start != done:
+            return False
+        done = rows.stop
+    return done == seq
+
+
+@dataclass(frozen=True)
+class TransformerLayer(Component):
+    """One layer's components, built from an adapter's :class:`~captum_decompx.adapters.LayerPaths`."""
+
+    attention: Attention
+    attention_norm: Normalization
+    feed_forward: FeedForward
+    ffn_norm: Normalization
+    pre_norm: bool
+
+    @classmethod
+    def from_adapter(cls, adapter: Adapter) -> "TransformerLayer":
+        paths = adapter.layer
+        return cls(
+            attention=Attention(
+                paths.attention,
+                LinearMap.at(paths.value),
+                LinearMap.at(paths.attention_output),
+                adapter.force_output_attentions,
+            ),
+            attention_norm=Normalization(paths.attention_norm),
+            feed_forward=FeedForward(
+                up=LinearMap.at(paths.ffn_in),
+                activation=ActivationFunctionAt(path=paths.ffn_activation),
+                down=LinearMap.at(paths.ffn_out),
+                gate=None if paths.ffn_gate is None else LinearMap.at(paths.ffn_gate),
+            ),
+            ffn_norm=Normalization(paths.ffn_norm),
+            pre_norm=adapter.norm_position == "pre",
+        )
+
+    def install(self, recorder: Recorder, root: nn.Module) -> None:
+        self.attention.install(recorder, root)
+        self.attention_norm.install(recorder, root)
+        self.ffn_norm.install(recorder, root)
+        self.feed_forward.install(recorder, root)
+
+    def read(self, reader: Reader, root: nn.Module, where: str) -> LayerRecord:
+        return LayerRecord(
+            attention_probs=self.attention.read(reader, root, f"the attention of {where}"),
+            attention_norm_input=self.attention_norm.read(reader, root, f"{where}'s attention norm"),
+            ffn_pre_activation=self.feed_forward.read(reader, root, f"{where}'s feed-forward network"),
+            ffn_norm_input=self.ffn_norm.read(reader, root, f"{where}'s feed-forward norm"),
+        )
+
+    def resolve(self, root: nn.Module, dtype: torch.dtype) -> LayerParams:
+        feed_forward_params = self.feed_forward.resolve(root, dtype)
+        attention_params = self.attention.resolve(root, dtype)
+        return LayerParams(
+            value=attention_params.value,
+            attention_output=attention_params.output,
+            attention_norm=self.attention_norm.resolve(root, dtype),
+            ffn_in=feed_forward_params.ffn_in,
+            ffn_activation=feed_forward_params.ffn_activation,
+            ffn_out=feed_forward_params.ffn_out,
+            ffn_norm=self.ffn_norm.resolve(root, dtype),
+            ffn_gated=feed_forward_params.ffn_gated,
+            pre_norm=self.pre_norm,
+        )
+
+    propagate = staticmethod(transformer_layer)
+
+
+__all__ = ["ActivationFunction", "LayerParams", "LayerRecord", "TransformerLayer", "layer_attention_bias", "transformer_layer"]

@@ -1,0 +1,116 @@
+"""Linear maps: ``nn.Linear``, GPT-2's ``Conv1D`` (weights stored (in, out)), and one block
+``[i/n]`` of a fused projection's output features (e.g. ``"attn.Wqkv[2/3]"``, the values).
+
+A new storage layout is one :class:`LinearLayout` passed to :func:`register_linear_layout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters.base import resolve, split_block, take_block
+from ..recording import Reader, Recorder
+from .base import Component
+from .pieces import Settings, add_bias
+
+
+@dataclass(frozen=True)
+class Affine:
+    """A linear map's parameters: ``x @ weight.T + bias``; ``weight`` is (out, in), ``bias`` (out,) or None."""
+
+    weight: Tensor
+    bias: Optional[Tensor]
+
+
+@dataclass(frozen=True)
+class LinearLayout:
+    """How one module class stores a linear map.
+
+    Attributes:
+        name: a readable name.
+        matches: whether a module is stored this way.
+        out_in_weight: the module's weight as (out, in).
+    """
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    out_in_weight: Callable[[nn.Module], Tensor]
+
+
+def _weight(module: nn.Module) -> Tensor:
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return weight
+
+
+_LAYOUTS: list[LinearLayout] = [
+    LinearLayout("Conv1D", lambda module: type(module).__name__ == "Conv1D", lambda module: _weight(module).T),
+    LinearLayout("nn.Linear", lambda module: isinstance(module, nn.Linear), _weight),
+]
+
+
+def register_linear_layout(layout: LinearLayout) -> None:
+    """Teach the linear kind another module class (tried before the built-in ones)."""
+    _LAYOUTS.insert(0, layout)
+
+
+def linear(pieces: Tensor, affine: Affine, settings: Settings) -> Tensor:
+    """``W`` on every piece, then the bias by the settings. pieces: (..., in) -> (..., out)."""
+    return add_bias(pieces @ affine.weight.T, affine.bias, settings)
+
+
+@dataclass(frozen=True)
+class LinearMap(Component):
+    """A linear map at a path (parsed once), optionally one block ``[i/n]`` of its output features.
+
+    Attributes:
+        module_path: the module's dotted path.
+        block: ``(index, count)`` of the block, or None for the whole map.
+    """
+
+    module_path: str
+    block: Optional[tuple[int, int]] = None
+
+    @classmethod
+    def at(cls, path: str) -> "LinearMap":
+        """``"attn.Wqkv[2/3]"`` -> the third of three blocks of ``attn.Wqkv``."""
+        module_path, block = split_block(path)
+        return cls(module_path, block)
+
+    def module(self, root: nn.Module) -> nn.Module:
+        return resolve(root, self.module_path)
+
+    # recorded: the map's output (a pre-activation), when a later component asks for it
+    def install(self, recorder: Recorder, root: nn.Module) -> None:
+        recorder.record_output(self.module(root), "output")
+
+    def read(self, reader: Reader, root: nn.Module, where: str) -> Tensor:
+        """(batch, ..., out), this block of the map's real output."""
+        return take_block(reader.take(self.module(root), "output", where), self.block)
+
+    def resolve(self, root: nn.Module, dtype: torch.dtype) -> Affine:
+        module = self.module(root)
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise TypeError(f"{self.module_path} ({type(module).__name__}) is not a linear map; check the adapter's paths.")
+        layout = next((layout for layout in _LAYOUTS if layout.matches(module)), None)
+        if layout is None:
+            raise TypeError(f"Expected a linear map at {self.module_path}, found {type(module).__name__}.")
+        bias = getattr(module, "bias", None)
+        weight = take_block(layout.out_in_weight(module).detach(), self.block, dim=0).to(dtype)
+        bias = None if bias is None else take_block(bias.detach(), self.block, dim=0).to(dtype)
+        return Affine(weight, bias)
+
+    propagate = staticmethod(linear)
+
+    def freeze(self, root: nn.Module, recorder: Recorder) -> None:
+        """A linear map has no nonlinear coefficient: nothing to freeze."""
+
+
+def affine(root: nn.Module, path: str, dtype: torch.dtype) -> Affine:
+    """The parameters of the linear map at ``path`` (which may end in ``[i/n]``)."""
+    return LinearMap.at(path).resolve(root, dtype)

@@ -1,0 +1,92 @@
+"""The whole network as component kinds: the layers, a final norm, the head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters.base import Adapter, Linear
+from ..recording import Reader, Recorder
+from .head import Head, ResolvedHeadStep
+from .layer import LayerParams, LayerRecord, TransformerLayer
+from .norms import Normalization, NormParams
+
+
+@dataclass
+class NetworkRecord:
+    """What the network's components recorded in one forward pass.
+
+    Attributes:
+        layer_input: (batch, seq, hidden), input of the first layer (the embeddings).
+        layers: one :class:`LayerRecord` per layer, in execution order.
+        final_norm_input: (batch, seq, hidden), input of the final norm of pre-LN models.
+        head_inputs: per head step index, the real input (batch, dim) of the steps that need it.
+    """
+
+    layer_input: Tensor
+    layers: list[LayerRecord]
+    final_norm_input: Optional[Tensor]
+    head_inputs: dict[int, Tensor]
+
+
+@dataclass
+class ModelParts:
+    """The model's parameters that the decomposition uses, detached and in the compute dtype."""
+
+    layers: list[LayerParams]
+    final_norm: Optional[NormParams]
+    head: list[ResolvedHeadStep]
+    head_input_steps: list[Optional[int]]  # for steps that read their real input: their own index
+
+
+@dataclass(frozen=True)
+class Network:
+    """An adapter's architecture as component kinds (built once per adapter)."""
+
+    adapter: Adapter
+    layer: TransformerLayer
+    final_norm: Optional[Normalization]
+    head: Head
+
+    @classmethod
+    def of(cls, adapter: Adapter) -> "Network":
+        return cls(
+            adapter,
+            TransformerLayer.from_adapter(adapter),
+            None if adapter.final_norm is None else Normalization(adapter.final_norm),
+            Head(tuple(adapter.head)),
+        )
+
+    def layer_modules(self, model: nn.Module) -> list[nn.Module]:
+        layers = self.adapter.layer_modules(model)
+        if not layers:
+            raise ValueError(f"The adapter {self.adapter.name!r} found no layers at {self.adapter.layers!r}.")
+        return layers
+
+    def install(self, recorder: Recorder, model: nn.Module, layers: list[nn.Module]) -> None:
+        recorder.record_input(layers[0], "layer_input", "hidden_states")
+        for layer in layers:
+            self.layer.install(recorder, layer)
+        if self.final_norm is not None:
+            self.final_norm.install(recorder, model)
+        self.head.install(recorder, model)
+
+    def read(self, reader: Reader, model: nn.Module, layers: list[nn.Module]) -> NetworkRecord:
+        layer_input = reader.take(layers[0], "layer_input", "the first layer")
+        records = [self.layer.read(reader, layer, f"layer {index}") for index, layer in enumerate(layers)]
+        final_norm_input = None
+        if self.final_norm is not None:
+            final_norm_input = self.final_norm.read(reader, model, "the final norm")
+        return NetworkRecord(layer_input, records, final_norm_input, self.head.read(reader, model))
+
+    def resolve(self, model: nn.Module, dtype: torch.dtype) -> ModelParts:
+        """Read the parameters the adapter points to (the model itself is not touched)."""
+        layers = [self.layer.resolve(layer, dtype) for layer in self.layer_modules(model)]
+        final_norm = None if self.final_norm is None else self.final_norm.resolve(model, dtype)
+        if not self.head.steps or not isinstance(self.head.steps[-1], Linear):
+            raise ValueError(f"The adapter {self.adapter.name!r} must end its head with a Linear step.")
+        head = self.head.resolve(model, dtype)
+        return ModelParts(layers, final_norm, head, [index if step.kind.reads_input else None for index, step in enumerate(head)])

@@ -1,0 +1,176 @@
+"""Normalizations: LayerNorm, RMSNorm, and ``nn.Identity`` (no normalization).
+
+A norm is frozen at the real statistics of its captured input: ``(x - mean) / sqrt(var + eps)``
+(LayerNorm) or ``x / sqrt(mean(x^2) + eps)`` (RMSNorm) is then linear in the pieces. A new kind is
+one :class:`NormKind` passed to :func:`register_norm_kind`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters.base import resolve
+from ..recording import Reader, Recorder
+from .base import Component
+from .pieces import Settings, add_bias, add_to_own_pieces
+from .registry import Names, Registry
+
+
+class NormKind(abc.ABC):
+    """How one kind of normalization is recognized and frozen."""
+
+    @abc.abstractmethod
+    def matches(self, module: nn.Module) -> bool:
+        """Whether ``module`` normalizes this way."""
+
+    @abc.abstractmethod
+    def eps(self, module: nn.Module) -> float:
+        """The module's epsilon."""
+
+    @abc.abstractmethod
+    def statistic(self, norm_input: Tensor) -> Tensor:
+        """(..., 1): what ``eps`` is added to before the square root, from the real input (..., dim)."""
+
+    @abc.abstractmethod
+    def centre(self, pieces: Tensor) -> Tensor:
+        """The pieces (..., dim) after the linear part that precedes the scaling (e.g. centring)."""
+
+
+class LayerNormKind(NormKind):
+    def matches(self, module: nn.Module) -> bool:
+        return isinstance(module, nn.LayerNorm)
+
+    def eps(self, module: nn.Module) -> float:
+        return float(getattr(module, "eps"))  # noqa: B009 (an nn.Module attribute)
+
+    def statistic(self, norm_input: Tensor) -> Tensor:
+        return norm_input.var(-1, unbiased=False, keepdim=True)
+
+    def centre(self, pieces: Tensor) -> Tensor:
+        return pieces - pieces.mean(-1, keepdim=True)
+
+
+class RMSNormKind(NormKind):
+    """Any module whose class name contains "rms" and that has ``variance_epsilon`` or ``eps``."""
+
+    def matches(self, module: nn.Module) -> bool:
+        return "rms" in type(module).__name__.lower() and self._eps(module) is not None
+
+    @staticmethod
+    def _eps(module: nn.Module):
+        return getattr(module, "variance_epsilon", getattr(module, "eps", None))
+
+    def eps(self, module: nn.Module) -> float:
+        return float(self._eps(module))
+
+    def statistic(self, norm_input: Tensor) -> Tensor:
+        return norm_input.pow(2).mean(-1, keepdim=True)
+
+    def centre(self, pieces: Tensor) -> Tensor:
+        return pieces
+
+
+_NORM_KINDS: Registry[NormKind] = Registry("norm kind")
+NORM_KINDS = Names(_NORM_KINDS)
+"""The registered norm kinds' names (``"layer"``, ``"rms"``), a live view."""
+
+
+def register_norm_kind(name: str, kind: NormKind, *, overwrite: bool = False) -> None:
+    """Teach DecompX another normalization module (matched in registration order)."""
+    _NORM_KINDS.register(name, kind, overwrite=overwrite)
+
+
+def unregister_norm_kind(name: str) -> None:
+    """Remove a kind registered with :func:`register_norm_kind`."""
+    _NORM_KINDS.unregister(name)
+
+
+register_norm_kind("layer", LayerNormKind())
+register_norm_kind("rms", RMSNormKind())
+
+
+@dataclass(frozen=True)
+class NormParams:
+    """A normalization's parameters; ``weight``/``bias`` are (dim,) or None; ``kind`` a registered name."""
+
+    weight: Optional[Tensor]
+    bias: Optional[Tensor]
+    eps: float
+    kind: str = "layer"
+
+
+def norm_params(module: nn.Module, dtype: torch.dtype) -> Optional[NormParams]:
+    """A normalization module's parameters; None for ``nn.Identity``."""
+    if isinstance(module, nn.Identity):
+        return None
+    for name, kind in _NORM_KINDS.items():
+        if kind.matches(module):
+            weight = getattr(module, "weight", None)
+            bias = getattr(module, "bias", None)
+            return NormParams(
+                None if weight is None else weight.detach().to(dtype),
+                None if bias is None else bias.detach().to(dtype),
+                kind.eps(module),
+                name,
+            )
+    raise TypeError(
+        f"Expected nn.LayerNorm, an RMSNorm or nn.Identity, found {type(module).__name__}; "
+        "DecompX does not know how this module normalizes. Describe it with a NormKind and "
+        "captum_decompx.components.register_norm_kind (see the README, 'Adding an architecture')."
+    )
+
+
+def normalize(
+    pieces: Tensor,
+    norm_input: Tensor,
+    norm: Optional[NormParams],
+    settings: Settings,
+    *,
+    own_bias: bool = False,
+    own_scale: Optional[Tensor] = None,
+) -> Tensor:
+    """A normalization with the real statistics of its captured input.
+
+    Args:
+        pieces: (batch, rows, pieces, dim).
+        norm_input: (batch, rows, dim), the real input of the normalization.
+        norm: the parameters; None means no normalization (identity).
+        own_bias: the norm acts before any token mixing (a pre-LN model's first norm): its bias
+            belongs to each row's own token (see :func:`~.pieces.add_to_own_pieces`).
+        own_scale: (batch, rows), fast path only.
+    """
+    if norm is None:
+        return pieces
+    kind = _NORM_KINDS.get(norm.kind)
+    factor = 1.0 / (kind.statistic(norm_input) + norm.eps).sqrt().unsqueeze(-2)  # (batch, rows, 1, 1)
+    if norm.weight is not None:
+        factor = factor * norm.weight
+    out = kind.centre(pieces) * factor
+    if norm.bias is None:
+        return out
+    if own_bias:
+        return add_to_own_pieces(out, norm.bias, own_scale)
+    return add_bias(out, norm.bias, settings)
+
+
+@dataclass(frozen=True)
+class Normalization(Component):
+    """A normalization at ``path``; recorded: its real input (batch, ..., dim)."""
+
+    path: str
+
+    def install(self, recorder: Recorder, root: nn.Module) -> None:
+        recorder.record_input(resolve(root, self.path), "input", "input")
+
+    def read(self, reader: Reader, root: nn.Module, where: str) -> Tensor:
+        return reader.take(resolve(root, self.path), "input", where)
+
+    def resolve(self, root: nn.Module, dtype: torch.dtype) -> Optional[NormParams]:
+        return norm_params(resolve(root, self.path), dtype)
+
+    propagate = staticmethod(normalize)

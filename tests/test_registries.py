@@ -1,0 +1,121 @@
+"""Registered bias rules and approximations: a user's own rule is used, checked and removable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import cached_model, make_padded_batch, padding_id
+
+from captum_decompx import BiasRule, DecompX, register_bias_rule
+from captum_decompx.components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
+from captum_decompx.components.bias_rules import unregister_bias_rule
+
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+
+
+class LastPiece(BiasRule):
+    """All of each bias to the last input token (not the first, unlike ``"cls"``)."""
+
+    def scores(self, pieces, bias):
+        scores = torch.zeros(pieces.shape[:-1], dtype=pieces.dtype, device=pieces.device)
+        scores[..., -1] = 1.0
+        return scores
+
+
+@pytest.fixture
+def registered():
+    names = []
+
+    def register(name, rule):
+        register_bias_rule(name, rule)
+        names.append(name)
+
+    yield register
+    for name in names:
+        unregister_bias_rule(name)
+
+
+def _decompose(model, batch, **options):
+    return DecompX(model, **options).decompose(batch.input_ids, additional_forward_args=(batch.attention_mask,))
+
+
+def test_a_registered_function_rule_gives_the_builtin_rules_values(registered):
+    model = cached_model("bert", 0)
+    batch = make_padded_batch(seed=0, pad_token_id=padding_id(model))
+    registered("piece-norm", lambda pieces, bias: torch.linalg.vector_norm(pieces, dim=-1))
+    assert "piece-norm" in BIAS_RULES
+    mine = _decompose(model, batch, bias_decomposition="piece-norm").attributions
+    builtin = _decompose(model, batch, bias_decomposition="norm").attributions
+    torch.testing.assert_close(mine, builtin, rtol=0, atol=0)
+
+
+def test_a_registered_rule_object_is_used_and_complete(registered):
+    """Every bias goes to the last piece: complete for the unpadded example (in the padded ones
+    the last piece is padding), and unlike every built-in rule."""
+    model = cached_model("bert", 1)
+    batch = make_padded_batch(seed=1, pad_token_id=padding_id(model))
+    registered("last-piece", LastPiece())
+    out = _decompose(model, batch, bias_decomposition="last-piece")
+    with torch.no_grad():
+        own_logits = model(batch.input_ids, batch.attention_mask).logits
+    assert batch.lengths[0] == batch.input_ids.shape[1]
+    torch.testing.assert_close(out.attributions[0].sum(0), own_logits[0], **TOLERANCE)
+    for builtin in ("absdot", "cls", "equal"):
+        other = _decompose(model, batch, bias_decomposition=builtin).attributions
+        assert (out.attributions - other).abs().max() > 1e-3
+
+
+def test_registering_a_name_twice_needs_overwrite(registered):
+    registered("twice", LastPiece())
+    with pytest.raises(ValueError, match="overwrite"):
+        register_bias_rule("twice", LastPiece())
+    with pytest.raises(ValueError, match="overwrite"):
+        register_bias_rule("absdot", LastPiece())
+
+
+def test_unknown_rule_lists_the_registered_ones(registered):
+    registered("mine", LastPiece())
+    model = cached_model("bert", 0)
+    with pytest.raises(ValueError) as error:
+        DecompX(model, bias_decomposition="nope")
+    assert "'mine'" in str(error.value) and "'absdot'" in str(error.value)
+
+
+def test_a_rule_must_be_a_rule_or_a_function():
+    with pytest.raises(TypeError, match="BiasRule"):
+        register_bias_rule("not-a-rule", 3)
+
+
+def test_builtin_names():
+    assert tuple(BIAS_RULES) == ("absdot", "abssim", "norm", "equal", "cls")
+    assert tuple(FFN_APPROXIMATIONS) == ("zo", "la", "relu")
+    assert tuple(HEAD_APPROXIMATIONS) == ("zo", "la")
+
+
+def test_a_registered_norm_kind_resolves_and_propagates_like_the_module():
+    """T5's RMSNorm is called T5LayerNorm: unknown until a kind is registered for it; then the
+    frozen norm on a single piece reproduces the module's own output."""
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    from captum_decompx.components import Settings
+    from captum_decompx.components.norms import RMSNormKind, norm_params, normalize, register_norm_kind, unregister_norm_kind
+
+    class T5Norm(RMSNormKind):
+        def matches(self, module):
+            return type(module).__name__ == "T5LayerNorm"
+
+    module = T5LayerNorm(8).double()
+    with torch.no_grad():
+        module.weight.copy_(1.0 + 0.3 * torch.randn(8, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    with pytest.raises(TypeError, match="register_norm_kind"):
+        norm_params(module, torch.float64)
+    register_norm_kind("t5-rms", T5Norm())
+    try:
+        params = norm_params(module, torch.float64)
+        assert params.kind == "t5-rms" and params.eps == module.variance_epsilon
+        hidden = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        propagated = normalize(hidden.unsqueeze(2), hidden, params, Settings()).squeeze(2)
+        with torch.no_grad():
+            torch.testing.assert_close(propagated, module(hidden), rtol=1e-6, atol=1e-6)  # T5 computes in float32
+    finally:
+        unregister_norm_kind("t5-rms")
