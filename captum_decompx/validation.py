@@ -1,7 +1,9 @@
 """Input checks that run before any work, each with a message that says what was wrong and what to do.
 
-Every function here either returns a normalized value or raises ``ValueError``/``TypeError``
-(one exception: :func:`warn_if_not_logits` only warns). None of them changes the model.
+Every function here either returns a normalized value, returns nothing, or raises
+``ValueError``/``TypeError`` (one exception: :func:`warn_if_not_logits` only warns; DecompX itself
+no longer calls it, :mod:`captum_decompx.forward_contract` reads what the forward function does
+with the logits instead). None of them changes the model.
 
 Decisions recorded here:
 
@@ -85,7 +87,7 @@ def _is_hf_model_itself(forward_func: Any, model: nn.Module) -> bool:
     return getattr(forward_func, "__self__", None) is model and getattr(forward_func, "__name__", "") in ("forward", "__call__")
 
 
-def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = None) -> str:
+def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = None) -> None:
     """Check a token input: integer ids (batch, seq), or embeddings (batch, seq, embedding_dim).
 
     Args:
@@ -93,9 +95,6 @@ def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = Non
         model: the hooked model (its embedding table gives the vocabulary size).
         forward_func: the forward function; embeddings are accepted only when it is not the model
             itself (the model would receive them as ``input_ids``).
-
-    Returns:
-        ``"ids"`` or ``"embeddings"``.
 
     Raises:
         TypeError: a float tensor that is not embeddings, a bool or complex tensor.
@@ -115,7 +114,7 @@ def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = Non
                     "model=model)."
                 )
             _check_not_empty(shape[:2], "embeddings")
-            return "embeddings"
+            return
         raise TypeError(
             f"inputs must be integer token ids (batch, seq); got a {inputs.dtype} tensor of shape "
             f"{shape}. If these are ids stored as floats, pass inputs.long(); if they are input "
@@ -137,7 +136,6 @@ def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = Non
     _check_not_empty(shape, "token ids")
     if embedding is not None:
         check_vocabulary(inputs, embedding.num_embeddings)
-    return "ids"
 
 
 def _check_not_empty(shape: Sequence[int], what: str) -> None:
