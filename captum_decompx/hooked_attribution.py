@@ -223,6 +223,10 @@ class HookedModelAttribution(Attribution):
         pooling = self._pool_weights(captured)
         per_position = raw.dim() == 3 and raw.shape[:2] == pooling.shape
         captured.logits = pooled_model_output(raw, pooling) if per_position else raw.detach()
+        parameter = next(self.model.parameters(), None)
+        if getattr(_CALL_STATE, "autocast", None) and parameter is not None and parameter.dtype.is_floating_point:
+            # Results in the model's own dtype, not in the lower precision of the autocast pass.
+            captured.logits = captured.logits.to(torch.promote_types(captured.logits.dtype, parameter.dtype))
         return ForwardCapture(captured, output, model_tap.leaf, pooling)
 
 
