@@ -19,7 +19,7 @@ the biases' share (zero when the biases are decomposed).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union, cast
 
 import torch
 from captum.attr import LLMAttributionResult, TextTemplateInput, TextTokenInput
@@ -164,7 +164,7 @@ class LLMDecompX:
             elif getattr(self.tokenizer, "eos_token_id", None) is not None:
                 args.setdefault("pad_token_id", self.tokenizer.eos_token_id)
             with torch.no_grad():
-                generated = self.model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), **args)
+                generated = cast(Any, self.model).generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), **args)
             return generated[0, prompt_ids.shape[1] :]
         if isinstance(target, str):
             ids = self.tokenizer(target, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
