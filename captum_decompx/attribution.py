@@ -166,6 +166,10 @@ class DecompX(HookedModelAttribution):
         """The former name of :attr:`algorithm`: ``"exact"`` or ``"fast"``."""
         return self.algorithm
 
+    @method.setter
+    def method(self, value: str) -> None:
+        self.algorithm = value
+
     # ----------------------------------------------------------------------------------------
     # Captum contract
 
