@@ -180,10 +180,11 @@ def test_the_baselines_run_the_same_checks_as_decompx(name):
     with pytest.raises(ValueError, match=r"training mode.*model\.eval\(\)"):
         method.attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,))
     model.eval()
-    model.gradient_checkpointing_enable()
+    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    getattr(model, f"{prefix}_checkpointing_enable")()
     with pytest.raises(ValueError, match="checkpointing"):
         method.attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,))
-    model.gradient_checkpointing_disable()
+    getattr(model, f"{prefix}_checkpointing_disable")()
     with torch.inference_mode():
         scores = method.attribute(batch.input_ids.clone(), additional_forward_args=(batch.attention_mask.clone(),))
     torch.testing.assert_close(scores, method.attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,)))
