@@ -383,7 +383,11 @@ class DecompX(HookedModelAttribution):
         """Which combination of the model's logits the forward function returned for the target."""
         batch = run.captured.layer_input.shape[0]
         output = forward_output_tensor(run.output, batch)
-        if run.model_output is None:
+        model_output = run.model_output
+        if model_output is None and validation.is_the_model_itself(self.forward_func, self.model):
+            # model.forward called directly runs no module hook; its output is the model's output.
+            model_output = output = output.detach().clone().requires_grad_(True)
+        if model_output is None:
             raise RuntimeError(
                 "DecompX reads the model's output where the model returns it, but the forward "
                 "function did not call `model` (the module passed as model=) itself, or the model "
@@ -394,7 +398,7 @@ class DecompX(HookedModelAttribution):
         classes = output.shape[1] if output.dim() == 2 else 0
         labels = validation.class_labels(self.model, classes) if classes else ""
         index = target_index(target, output.shape, output.device, labels)
-        return explain_output(select(output, index), run.model_output, run.pooling)
+        return explain_output(select(output, index), model_output, run.pooling)
 
     def _scores_of(self, captured: Captured, weights: Tensor, *, show_progress: bool) -> Tensor:
         """(batch, seq): each token's share of ``sum_c weights[b, c] * logits[b, c]``.

@@ -80,7 +80,7 @@ def token_embedding(model: nn.Module) -> Optional[nn.Embedding]:
     return embedding if isinstance(embedding, nn.Embedding) else None
 
 
-def _is_hf_model_itself(forward_func: Any, model: nn.Module) -> bool:
+def is_the_model_itself(forward_func: Any, model: nn.Module) -> bool:
     """The forward function is the model, or its bound ``forward``/``__call__``."""
     if forward_func is model:
         return True
@@ -105,7 +105,7 @@ def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = Non
     if inputs.dtype.is_floating_point:
         width = embedding.embedding_dim if embedding is not None else None
         if inputs.dim() == 3 and (width is None or shape[-1] == width):
-            if forward_func is not None and _is_hf_model_itself(forward_func, model):
+            if forward_func is not None and is_the_model_itself(forward_func, model):
                 raise TypeError(
                     f"inputs is a float tensor of shape {shape}: input embeddings. DecompX(model) "
                     "calls model(inputs, ...), which takes token ids. Pass the token ids (batch, seq) "
@@ -185,7 +185,7 @@ def check_attention_mask(forward_func: Any, model: nn.Module, inputs: Tensor, ex
     A row of zeros in the attention mask is an empty sequence: its softmax is uniform over the
     padding, and there is nothing to explain.
     """
-    if not extra_args or not _is_hf_model_itself(forward_func, model):
+    if not extra_args or not is_the_model_itself(forward_func, model):
         return
     mask = extra_args[0]
     if not isinstance(mask, Tensor) or mask.shape != inputs.shape[:2] or mask.dtype.is_floating_point:
@@ -343,18 +343,10 @@ def warn_if_not_logits(logits: Tensor) -> None:
     )
 
 
-def check_batch_rows(logits: Tensor, batch: int) -> None:
-    """The forward function must return one row of logits per example."""
-    if logits.shape[0] != batch:
-        raise ValueError(
-            f"The forward function returned {logits.shape[0]} rows of logits for {batch} inputs; "
-            "DecompX needs one row (batch, classes) per example."
-        )
-
-
 def check_max_memory(max_memory: Any) -> None:
     """``max_memory`` is a positive number of bytes (an int, or a float with an integral value)."""
     if isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Real):
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}.")
     if not math.isfinite(max_memory) or max_memory <= 0 or int(max_memory) != max_memory:
         raise ValueError(f"max_memory must be a positive whole number of bytes, got {max_memory!r}.")
+

@@ -324,3 +324,21 @@ def test_the_former_method_keyword_and_the_new_algorithm_keyword(model):
 
 
 assert NUM_LABELS == 3  # the LINEAR and REFERRED tables are written for three classes
+
+
+def test_the_models_bound_forward_is_the_model_itself(model, batch, per_class):
+    """``model.forward`` runs no module hook: its output is taken as the model's output."""
+    for forward in (model.forward, model):
+        scores, delta = DecompX(forward, model=model).attribute(
+            batch.input_ids, target=2, additional_forward_args=(batch.attention_mask,), return_convergence_delta=True
+        )
+        assert_close_to_scale(scores, per_class["exact"][0][..., 2])
+        assert float(delta.abs().max()) < 1e-5
+
+
+def test_a_forward_that_bypasses_the_models_call_is_refused(model, batch):
+    def parts(ids, mask):  # runs the submodules, never model(...) itself
+        return model.classifier(model.bert(input_ids=ids, attention_mask=mask).pooler_output)
+
+    with pytest.raises(RuntimeError, match=r"did not call `model`.*itself"):
+        DecompX(parts, model=model).attribute(batch.input_ids, target=0, additional_forward_args=(batch.attention_mask,))
