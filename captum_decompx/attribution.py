@@ -29,6 +29,9 @@ TargetType = Union[None, int, tuple, Sequence[Any], Tensor]
 #: On the fast path, one linearized backward pass per class the explained output combines; above
 #: this many classes per example all classes are decomposed at once.
 FAST_CLASSES_PER_PASS_LIMIT = 16
+#: Above this many outputs, a combination of more than FAST_CLASSES_PER_PASS_LIMIT of them is
+#: refused on the fast path (one backward pass per output would take too long).
+FAST_ALL_CLASSES_LIMIT = 256
 
 
 @dataclass
@@ -419,6 +422,13 @@ class DecompX(HookedModelAttribution):
                     total = part if total is None else total + part
                 assert total is not None
                 return total
+            if weights.shape[1] > FAST_ALL_CLASSES_LIMIT:
+                raise ValueError(
+                    f"The forward function's output combines up to {per_example} of the model's "
+                    f"{weights.shape[1]} outputs; the fast algorithm takes one backward pass per "
+                    "output it combines. Use algorithm='exact' (with include_biases=False for the "
+                    "same quantity), or return fewer classes from the forward function."
+                )
             contributions = self._fast(captured, None).contributions
         else:
             contributions = self._exact(captured, show_progress=show_progress).contributions
