@@ -159,9 +159,7 @@ class HookedModelAttribution(Attribution):
     def _call_modes(self) -> Iterator[None]:
         """Run a public call outside inference mode and autocast, remembering the caller's autocast
         for the forward pass (:meth:`_forward_precision`)."""
-        saved = [
-            (device, torch.get_autocast_dtype(device)) for device in AUTOCAST_DEVICES if torch.is_autocast_enabled(device)
-        ]
+        saved = [(device, torch.get_autocast_dtype(device)) for device in AUTOCAST_DEVICES if torch.is_autocast_enabled(device)]
         outer = getattr(_CALL_STATE, "autocast", None)
         _CALL_STATE.autocast = saved if outer is None else outer
         try:

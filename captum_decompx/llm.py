@@ -115,8 +115,7 @@ class LLMDecompX:
             keep = torch.ones(ids.shape[1], dtype=torch.bool)
         else:
             raise TypeError(
-                f"The prompt must be text, token ids, a TextTokenInput or a TextTemplateInput; got "
-                f"{type(prompt).__name__}."
+                f"The prompt must be text, token ids, a TextTokenInput or a TextTemplateInput; got {type(prompt).__name__}."
             )
         if ids.shape[0] != 1:
             raise ValueError(f"LLMDecompX explains one prompt at a time; got a batch of {ids.shape[0]}.")
@@ -148,9 +147,7 @@ class LLMDecompX:
                 if start < value_end and value_start < end:
                     features[position, groups[value]] = 1.0
                     break
-        names = [
-            " ".join(v for v, g in zip(prompt.values, groups) if g == feature) for feature in range(prompt.n_itp_features)
-        ]
+        names = [" ".join(v for v, g in zip(prompt.values, groups) if g == feature) for feature in range(prompt.n_itp_features)]
         return _Prompt(ids.to(self._device()), features, names, prompt)
 
     # ----------------------------------------------------------------------------------------

@@ -47,8 +47,12 @@ def per_class(model, batch):
 
 
 def explain(model, batch, forward, algorithm="exact", **kwargs):
-    explainer = DecompX(lambda ids, mask: forward(model(input_ids=ids, attention_mask=mask).logits), model=model, **ALGORITHMS[algorithm])
-    return explainer.attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,), return_convergence_delta=True, **kwargs)
+    explainer = DecompX(
+        lambda ids, mask: forward(model(input_ids=ids, attention_mask=mask).logits), model=model, **ALGORITHMS[algorithm]
+    )
+    return explainer.attribute(
+        batch.input_ids, additional_forward_args=(batch.attention_mask,), return_convergence_delta=True, **kwargs
+    )
 
 
 def forward_output(model, batch, forward):
@@ -68,7 +72,11 @@ LINEAR = {
     "scale-tuple-target": (lambda z: 3 * z, (2,), torch.tensor([[0, 0, 3]] * 3)),
     "one-dimensional": (lambda z: z[:, 2], None, torch.tensor([[0, 0, 1]] * 3)),
     "difference": (lambda z: z[:, 1] - z[:, 0], None, torch.tensor([[-1, 1, 0]] * 3)),
-    "sum-list-of-tuples": (lambda z: torch.stack([z[:, 0] + z[:, 2], z[:, 1]], 1), [(0,), (1,), (0,)], torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 1]])),
+    "sum-list-of-tuples": (
+        lambda z: torch.stack([z[:, 0] + z[:, 2], z[:, 1]], 1),
+        [(0,), (1,), (0,)],
+        torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 1]]),
+    ),
     "dot-product": (lambda z: z @ torch.tensor([0.5, -2.0, 1.5]), None, torch.tensor([[0.5, -2.0, 1.5]] * 3)),
     "masked-mean": (lambda z: (z * torch.tensor([1.0, 0.0, 1.0])).sum(-1) / 2, None, torch.tensor([[0.5, 0, 0.5]] * 3)),
     "centred": (lambda z: z - z.mean(-1, keepdim=True), 0, torch.tensor([[2 / 3, -1 / 3, -1 / 3]] * 3)),
@@ -89,8 +97,11 @@ def test_a_linear_tail_is_explained_exactly(model, batch, per_class, case, algor
     # Complete against what the forward function returned for the target.
     output = forward_output(model, batch, tail)
     if output.dim() == 2:
-        index = {list: lambda t: torch.tensor([t_[0] if isinstance(t_, tuple) else t_ for t_ in t]),
-                 tuple: lambda t: torch.full((3,), t[0]), int: lambda t: torch.full((3,), t)}[type(target)](target)
+        index = {
+            list: lambda t: torch.tensor([t_[0] if isinstance(t_, tuple) else t_ for t_ in t]),
+            tuple: lambda t: torch.full((3,), t[0]),
+            int: lambda t: torch.full((3,), t),
+        }[type(target)](target)
         output = output[ROWS, index]
     bias_share = (weights * bias).sum(-1)
     torch.testing.assert_close(scores.sum(-1) + bias_share, output, rtol=1e-5, atol=1e-5)
@@ -205,7 +216,9 @@ def language_model():
 )
 def test_a_position_and_class_target_on_a_three_dimensional_output(language_model, target):
     model, ids, attributions, _ = language_model
-    scores, delta = DecompX(lambda i: model(input_ids=i).logits, model=model).attribute(ids, target=target, return_convergence_delta=True)
+    scores, delta = DecompX(lambda i: model(input_ids=i).logits, model=model).attribute(
+        ids, target=target, return_convergence_delta=True
+    )
     assert_close_to_scale(scores, attributions[..., 3])
     assert float(delta.abs().max()) < 1e-5
 
@@ -246,7 +259,12 @@ def test_noise_tunnel_over_an_embeddings_forward(model, batch, per_class):
     without_noise = tunnel.attribute(embeds, nt_samples=2, stdevs=0.0, target=1, additional_forward_args=(batch.attention_mask,))
     assert_close_to_scale(without_noise, per_class["exact"][0][..., 1])  # the mean of two identical runs
     noisy, delta = tunnel.attribute(
-        embeds, nt_samples=3, stdevs=0.05, target=1, additional_forward_args=(batch.attention_mask,), return_convergence_delta=True
+        embeds,
+        nt_samples=3,
+        stdevs=0.05,
+        target=1,
+        additional_forward_args=(batch.attention_mask,),
+        return_convergence_delta=True,
     )
     assert noisy.shape == batch.input_ids.shape and delta.shape == (9,)
     assert float(delta.abs().max()) < 1e-4
@@ -254,9 +272,13 @@ def test_noise_tunnel_over_an_embeddings_forward(model, batch, per_class):
 
 
 def test_compute_convergence_delta_takes_captums_signature(model, batch):
-    explainer = DecompX(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits / 0.7, model=model, include_biases=False)
+    explainer = DecompX(
+        lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits / 0.7, model=model, include_biases=False
+    )
     args = (batch.attention_mask,)
-    attributions, delta = explainer.attribute(batch.input_ids, target=2, additional_forward_args=args, return_convergence_delta=True)
+    attributions, delta = explainer.attribute(
+        batch.input_ids, target=2, additional_forward_args=args, return_convergence_delta=True
+    )
     captum_style = explainer.compute_convergence_delta(attributions, None, batch.input_ids, 2, args)
     torch.testing.assert_close(captum_style, delta)
     assert float(delta.abs().max()) > 1e-2  # minus the biases' share: a real comparison
@@ -281,7 +303,9 @@ def test_autocast_decomposes_in_float32_and_warns(model, batch, per_class):
     explainer = DecompX(model)
     with pytest.warns(UserWarning, match=r"autocast.*decomposes it in torch\.float32.*bfloat16 precision"):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            scores, delta = explainer.attribute(batch.input_ids, target=1, additional_forward_args=(batch.attention_mask,), return_convergence_delta=True)
+            scores, delta = explainer.attribute(
+                batch.input_ids, target=1, additional_forward_args=(batch.attention_mask,), return_convergence_delta=True
+            )
             autocast_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert scores.dtype == torch.float32 and delta.dtype == torch.float32
     # Complete against the autocast pass to bfloat16 precision; close to the float32 explanation.
@@ -309,7 +333,9 @@ def test_captum_metrics_with_an_embeddings_forward(model, batch):
 
     value = infidelity(forward, drop_tokens, embeds, per_dimension, additional_forward_args=args, target=1, n_perturb_samples=4)
     assert value.shape == (3,) and bool(torch.isfinite(value).all())
-    sensitivity = sensitivity_max(explainer.attribute, embeds, target=1, additional_forward_args=args, n_perturb_samples=3, perturb_radius=0.02)
+    sensitivity = sensitivity_max(
+        explainer.attribute, embeds, target=1, additional_forward_args=args, n_perturb_samples=3, perturb_radius=0.02
+    )
     assert sensitivity.shape == (3,) and bool((sensitivity > 0).all())
 
 
