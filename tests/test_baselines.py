@@ -188,3 +188,15 @@ def test_the_baselines_run_the_same_checks_as_decompx(name):
     with torch.inference_mode():
         scores = method.attribute(batch.input_ids.clone(), additional_forward_args=(batch.attention_mask.clone(),))
     torch.testing.assert_close(scores, method.attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,)))
+
+
+def test_noise_tunnel_over_a_baseline_with_an_embeddings_forward():
+    from captum.attr import NoiseTunnel
+
+    model = make_model("bert", seed=4)
+    batch = make_padded_batch(lengths=(5, 3), seed=4)
+    embeds = model.get_input_embeddings()(batch.input_ids).detach()
+    method = GlobEnc(lambda e, mask: model(inputs_embeds=e, attention_mask=mask).logits, model=model)
+    direct = GlobEnc(model).attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,))
+    smoothed = NoiseTunnel(method).attribute(embeds, nt_samples=2, stdevs=0.0, additional_forward_args=(batch.attention_mask,))
+    torch.testing.assert_close(smoothed, direct)
