@@ -1,4 +1,9 @@
-"""``DecompX``: the Captum-facing attribution class."""
+"""``DecompX``: the Captum-facing attribution class.
+
+A call reads as one descent: validate the arguments, capture the forward pass (with the model's
+output tapped, :mod:`captum_decompx.forward_contract`), decompose the model's output per class,
+and reduce the decomposition to what the forward function returned for the target.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,27 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Sequence, Union, overload
 
 import torch
-from captum.attr import Attribution
 from torch import Tensor, nn
 
 from . import decomposition, validation
-from .adapters import Adapter, adapter_for
-from .capture import Captured, capture_internals
+from .adapters import Adapter
+from .capture import Captured
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
+from .forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, target_index
+from .hooked_attribution import ForwardCapture, HookedModelAttribution, captum_entry_point, in_call_modes
 from .memory import DEFAULT_MAX_MEMORY
 
-METHODS = ("auto", "exact", "fast")
-TargetType = Union[None, int, Sequence[int], Tensor]
+#: The algorithms that compute the decomposition (the ``algorithm=`` / ``method=`` option).
+ALGORITHMS = ("auto", "exact", "fast")
+METHODS = ALGORITHMS  # the former name, kept
+TargetType = Union[None, int, tuple, Sequence[Any], Tensor]
+
+#: On the fast path, one linearized backward pass per class the explained output combines; above
+#: this many classes per example all classes are decomposed at once.
+FAST_CLASSES_PER_PASS_LIMIT = 16
+#: Above this many outputs, a combination of more than FAST_CLASSES_PER_PASS_LIMIT of them is
+#: refused on the fast path (one backward pass per output would take too long).
+FAST_ALL_CLASSES_LIMIT = 256
 
 
 @dataclass
@@ -24,7 +39,8 @@ class DecompXOutput:
     """The result of :meth:`DecompX.decompose`.
 
     Attributes:
-        logits: (batch, classes), the logits of the forward pass that was decomposed.
+        logits: (batch, classes), the model's own logits at the pooled position (what the forward
+            function received from the model, before any post-processing it does).
         attributions: (batch, seq, classes), the contribution of every input token to every class
             logit; without the head, (batch, seq) L2 norms of the pooled token's decomposition.
         bias: (batch, classes), the part of each logit not assigned to any token: zero when the
@@ -34,7 +50,8 @@ class DecompXOutput:
             backward pass per hidden unit; computed there with ``include_head=False``.
         token_maps: with ``return_token_maps=True``, per layer the (batch, seq, seq) norms
             ``||X_l[i, k]||`` of token ``k``'s piece in token ``i``'s representation.
-        method: ``"exact"`` or ``"fast"``, the path that produced the result.
+        method: ``"exact"`` or ``"fast"``, the algorithm that produced the result (also
+            readable as ``algorithm``).
     """
 
     logits: Tensor
@@ -44,27 +61,30 @@ class DecompXOutput:
     token_maps: Optional[list[Tensor]]
     method: str
 
+    @property
+    def algorithm(self) -> str:
+        """``"exact"`` or ``"fast"``: the algorithm that produced the result."""
+        return self.method
+
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(map(repr, choices))}.")
 
 
-def _logits_of(output: Any) -> Tensor:
-    logits = getattr(output, "logits", output)
-    if isinstance(output, (tuple, list)) and not hasattr(output, "logits"):
-        logits = output[0]
-    if not isinstance(logits, Tensor):
-        raise TypeError(
-            f"The forward function returned {type(output).__name__}; DecompX needs the logits as a "
-            "tensor (batch, classes) or an output object with `.logits`."
+def _algorithm_option(algorithm: Optional[str], method: Optional[str]) -> str:
+    """The ``algorithm=`` option, also accepted under its former name ``method=``."""
+    if algorithm is not None and method is not None and algorithm != method:
+        raise ValueError(
+            f"algorithm={algorithm!r} and method={method!r} disagree; `method` is the former name of "
+            "`algorithm`: pass only algorithm=."
         )
-    if logits.dim() != 2:
-        raise ValueError(f"DecompX explains logits of shape (batch, classes); the forward function returned {tuple(logits.shape)}.")
-    return logits
+    chosen = algorithm if algorithm is not None else (method if method is not None else "auto")
+    _check_choice("algorithm" if algorithm is not None else "method", chosen, ALGORITHMS)
+    return chosen
 
 
-class DecompX(Attribution):
+class DecompX(HookedModelAttribution):
     """DecompX (Modarressi et al., ACL 2023) as a Captum attribution method.
 
     Every token representation is decomposed into one vector per input token and propagated
@@ -72,9 +92,17 @@ class DecompX(Attribution):
     head, with each nonlinearity frozen at its value in the real forward pass. For each class the
     contributions of the tokens, plus the biases' share, sum to the class logit.
 
+    What :meth:`attribute` explains is what the forward function returns for the target: where
+    the forward function's work after the model (selecting, reordering or scaling classes, taking
+    a position, sums and differences, masked mean pooling, dot products with fixed vectors) is
+    linear at the input, the attributions plus the biases' share sum to that output exactly. A
+    softmax, sigmoid or log-softmax output is explained by the logit of the class it refers to,
+    with a warning; other non-linear outputs are refused (:mod:`captum_decompx.forward_contract`).
+
     Args:
         forward_func: the model, or any callable ``forward_func(input_ids, *additional_forward_args)``
-            returning logits (a tensor or an object with ``.logits``).
+            that calls the model once and returns a tensor computed from its output (or the
+            output object itself).
         model: the Hugging Face model whose modules are hooked; defaults to ``forward_func`` when
             that is an ``nn.Module``.
         include_biases: decompose every bias over the tokens (the paper's default). False gives the
@@ -87,12 +115,13 @@ class DecompX(Attribution):
         include_head: propagate through the classification head (False: "w/o classification head";
             the attribution is then the L2 norm of each token's piece of the pooled representation).
         head_approximation: how the head's activation is frozen: ``"zo"`` or ``"la"``.
-        method: ``"exact"`` propagates one vector per token (O(N^2) memory); ``"fast"`` needs
-            ``include_biases=False`` and takes one linearized forward and backward pass; ``"auto"``
-            picks fast when biases are excluded, exact otherwise.
-        max_memory: bytes the exact path may use for its decomposition; it works in chunks to stay
-            under it and raises before starting when even that cannot fit.
+        method: the former name of ``algorithm``, still accepted.
+        max_memory: bytes the exact algorithm may use for its decomposition; it works in chunks to
+            stay under it and raises before starting when even that cannot fit.
         adapter: the architecture adapter; looked up by ``model.config.model_type`` when omitted.
+        algorithm: ``"exact"`` propagates one vector per token (O(N^2) memory); ``"fast"`` needs
+            ``include_biases=False`` and takes one linearized forward and backward pass;
+            ``"auto"`` (default) picks fast when biases are excluded, exact otherwise.
     """
 
     def __init__(
@@ -106,44 +135,43 @@ class DecompX(Attribution):
         ffn_approximation: str = "zo",
         include_head: bool = True,
         head_approximation: str = "zo",
-        method: str = "auto",
+        method: Optional[str] = None,
         max_memory: Optional[int] = None,
         adapter: Optional[Adapter] = None,
+        algorithm: Optional[str] = None,
     ) -> None:
-        if model is None:
-            if not isinstance(forward_func, nn.Module):
-                raise ValueError(
-                    "DecompX hooks a model's modules: pass the model as `model=` when forward_func is "
-                    "not itself the model, e.g. DecompX(forward_func, model=model)."
-                )
-            model = forward_func
-        if not callable(forward_func):
-            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}.")
-        super().__init__(forward_func)
+        super().__init__(forward_func, model, adapter=adapter)
         _check_choice("bias_decomposition", bias_decomposition, BIAS_RULES)
         _check_choice("ffn_approximation", ffn_approximation, FFN_APPROXIMATIONS)
         _check_choice("head_approximation", head_approximation, HEAD_APPROXIMATIONS)
-        _check_choice("method", method, METHODS)
+        chosen = _algorithm_option(algorithm, method)
         for name, flag in (("include_biases", include_biases), ("include_ffn", include_ffn), ("include_head", include_head)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}.")
-        if method == "fast" and include_biases:
+        if chosen == "fast" and include_biases:
             raise ValueError(
-                "method='fast' decomposes the bias-free linearized model: pass include_biases=False, "
-                "or use method='exact' to decompose the biases too."
+                "algorithm='fast' (method='fast') decomposes the bias-free linearized model: pass "
+                "include_biases=False, or use algorithm='exact' to decompose the biases too."
             )
         if max_memory is not None:
             validation.check_max_memory(max_memory)
-        self.model = model
-        self.adapter = adapter if adapter is not None else adapter_for(model)
         self.include_biases = include_biases
         self.bias_decomposition = bias_decomposition
         self.include_ffn = include_ffn
         self.ffn_approximation = ffn_approximation
         self.include_head = include_head
         self.head_approximation = head_approximation
-        self.method = method if method != "auto" else ("exact" if include_biases else "fast")
+        self.algorithm = chosen if chosen != "auto" else ("exact" if include_biases else "fast")
         self.max_memory = int(max_memory) if max_memory is not None else DEFAULT_MAX_MEMORY
+
+    @property
+    def method(self) -> str:
+        """The former name of :attr:`algorithm`: ``"exact"`` or ``"fast"``."""
+        return self.algorithm
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self.algorithm = value
 
     # ----------------------------------------------------------------------------------------
     # Captum contract
@@ -180,6 +208,7 @@ class DecompX(Attribution):
         show_progress: bool = False,
     ) -> tuple[Union[Tensor, tuple[Tensor]], Tensor]: ...
 
+    @captum_entry_point
     def attribute(
         self,
         inputs: Union[Tensor, tuple[Tensor]],
@@ -188,62 +217,92 @@ class DecompX(Attribution):
         return_convergence_delta: bool = False,
         show_progress: bool = False,
     ):
-        """Attribute the target logit to the input tokens.
+        """Attribute what the forward function returns for the target to the input tokens.
 
         Args:
-            inputs: input ids (batch, seq), or a 1-tuple of them.
-            target: the class to explain: an int for every example, or one per example (list or
-                1-D tensor). None only for models with one output.
+            inputs: input ids (batch, seq) (or embeddings, pixels), or a 1-tuple of them.
+            target: which value of the forward function's output to explain, in any form Captum
+                accepts: None for a (batch,) output or a single class; an int or a 1-tuple
+                ``(class,)`` for every example; one class per example (list, 1-D tensor); for
+                outputs (batch, positions, classes) a tuple ``(position, class)``, a list of such
+                tuples or a (batch, 2) tensor.
             additional_forward_args: passed to the forward function after the inputs.
-            return_convergence_delta: also return ``attributions.sum(-1) - logit[target]`` (batch,).
-            show_progress: show a progress bar over the examples (exact path).
+            return_convergence_delta: also return ``attributions.sum(-1) - explained`` (batch,),
+                where ``explained`` is the forward function's output for the target (or, for a
+                softmax-like output, the logit it refers to). Zero up to float error when the
+                biases are decomposed; minus the biases' share when they are left out.
+            show_progress: show a progress bar over the examples (exact algorithm).
 
         Returns:
-            (batch, seq) contributions to the target logit (the inputs' format: a 1-tuple in, a
-            1-tuple out); without the head, the L2 norms of each token's piece of the pooled state.
+            (batch, seq) contributions to the explained output (the inputs' format: a 1-tuple in,
+            a 1-tuple out); without the head, the L2 norms of each token's piece of the pooled state.
         """
-        input_ids, as_tuple = self._input_ids(inputs)
-        if return_convergence_delta and not self.include_head:
-            raise ValueError(
-                "The convergence delta compares attributions with a logit; with include_head=False the "
-                "attributions are norms of hidden-state pieces, not logit shares."
-            )
-        captured = self._capture(input_ids, additional_forward_args)
-        if self.include_head:
-            classes = self._targets(target, captured.logits)
-            if self.method == "fast":
-                scores = self._fast(captured, classes).contributions
+        with self._call_modes():
+            input_ids, as_tuple = self._input_ids(inputs)
+            if return_convergence_delta and not self.include_head:
+                raise ValueError(
+                    "The convergence delta compares attributions with a logit; with include_head=False the "
+                    "attributions are norms of hidden-state pieces, not logit shares."
+                )
+            run = self._capture_forward(input_ids, additional_forward_args)
+            captured = run.captured
+            if not self.include_head:
+                scores = self._pooled_norms(captured, show_progress=show_progress)
+                explained = None
             else:
-                result = self._exact(captured, show_progress=show_progress)
-                scores = result.contributions.gather(2, classes.view(-1, 1, 1).expand(-1, result.contributions.shape[1], 1)).squeeze(-1)
-        else:
-            scores = self._pooled_norms(captured, show_progress=show_progress)
-        scores = self._zero_padding(scores, captured).to(captured.logits.dtype)
+                explained = self._explained_output(run, target)
+                scores = self._scores_of(captured, explained.weights, show_progress=show_progress)
+            scores = self._zero_padding(scores, captured).to(captured.logits.dtype)
         attributions = (scores,) if as_tuple else scores
         if return_convergence_delta:
-            delta = scores.sum(-1) - captured.logits.gather(1, classes.view(-1, 1)).squeeze(1)
-            return attributions, delta
+            assert explained is not None
+            return attributions, scores.sum(-1) - explained.value.to(scores.dtype)
         return attributions
 
     def compute_convergence_delta(
         self,
         attributions: Union[Tensor, tuple[Tensor]],
-        inputs: Union[Tensor, tuple[Tensor]],
+        start_point: Any = None,
+        end_point: Union[None, Tensor, tuple[Tensor]] = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
+        *,
+        inputs: Union[None, Tensor, tuple[Tensor]] = None,
     ) -> Tensor:
-        """``attributions.sum(-1) - logit[target]`` per example, running the forward function."""
-        input_ids, _ = self._input_ids(inputs)
+        """``attributions.sum(-1) - explained`` per example, running the forward function.
+
+        Captum's signature: ``compute_convergence_delta(attributions, start_point, end_point,
+        target, additional_forward_args)``. DecompX decomposes ``f(inputs)`` itself, with no
+        baseline: the inputs are ``end_point`` and ``start_point`` must be None. The former call
+        ``compute_convergence_delta(attributions, inputs, target=...)`` (inputs second) also works.
+
+        Returns:
+            (batch,): the sum of the attributions minus the explained output for the target (see
+            :meth:`attribute`).
+        """
+        if inputs is None:
+            if end_point is not None:
+                if start_point is not None:
+                    raise ValueError(
+                        "DecompX decomposes the forward function's output itself, with no baseline: "
+                        "pass start_point=None and the inputs as end_point."
+                    )
+                inputs = end_point
+            elif start_point is not None:
+                inputs = start_point  # the former signature: (attributions, inputs, ...)
+            else:
+                raise ValueError("compute_convergence_delta needs the inputs (end_point=inputs).")
+        with self._call_modes():
+            input_ids, _ = self._input_ids(inputs)
+            explained = self._explained_output(self._capture_forward(input_ids, additional_forward_args), target)
         if isinstance(attributions, tuple):
             (attributions,) = attributions
-        with torch.no_grad():
-            logits = _logits_of(self.forward_func(input_ids, *self._extra_args(additional_forward_args)))
-        classes = self._targets(target, logits)
-        return attributions.sum(-1) - logits.gather(1, classes.view(-1, 1)).squeeze(1)
+        return attributions.sum(-1) - explained.value.to(attributions.dtype)
 
     # ----------------------------------------------------------------------------------------
     # Full decomposition
 
+    @in_call_modes
     def decompose(
         self,
         inputs: Union[Tensor, tuple[Tensor]],
@@ -252,7 +311,11 @@ class DecompX(Attribution):
         return_token_maps: bool = False,
         show_progress: bool = False,
     ) -> DecompXOutput:
-        """Decompose every class logit over the input tokens.
+        """Decompose every class logit of the model's own output over the input tokens.
+
+        The model's output is decomposed as the model returns it, before anything the forward
+        function does after the model (``out.logits`` are the model's logits at the pooled
+        position); :meth:`attribute` carries it through the forward function.
 
         Args:
             inputs: input ids (batch, seq), or a 1-tuple of them.
@@ -299,41 +362,61 @@ class DecompX(Attribution):
         parameter = next(self.model.parameters(), None)
         return torch.float64 if parameter is not None and parameter.dtype == torch.float64 else torch.float32
 
-    @staticmethod
-    def _extra_args(additional_forward_args: Any) -> tuple:
-        if additional_forward_args is None:
-            return ()
-        if isinstance(additional_forward_args, tuple):
-            return additional_forward_args
-        return (additional_forward_args,)
-
-    def _input_ids(self, inputs: Union[Tensor, tuple[Tensor]]) -> tuple[Tensor, bool]:
-        inputs, as_tuple = validation.unpack_inputs(inputs)
-        if self.adapter.input_kind == "pixels":
-            if inputs.dim() != 4 or not inputs.dtype.is_floating_point:
-                raise ValueError(
-                    f"{self.adapter.name} models take pixel_values of shape (batch, channels, height, "
-                    f"width) as floats; got {tuple(inputs.shape)} {inputs.dtype}."
-                )
-            return inputs, as_tuple
-        validation.check_token_inputs(inputs, self.model, self.forward_func)
-        return inputs, as_tuple
-
-    def _targets(self, target: TargetType, logits: Tensor) -> Tensor:
-        batch, classes = logits.shape
-        labels = validation.class_labels(self.model, classes)
-        return validation.check_targets(target, batch, classes, logits.device, labels)
-
     def _capture(self, input_ids: Tensor, additional_forward_args: Any) -> Captured:
-        validation.check_model(self.model)
-        args = self._extra_args(additional_forward_args)
-        validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
-        with torch.no_grad(), capture_internals(self.model, self.adapter) as capture:
-            output = self.forward_func(input_ids, *args)
-            logits = _logits_of(output)
-            validation.check_batch_rows(logits, input_ids.shape[0])
-            validation.warn_if_not_logits(logits)
-            return capture.result(output, logits.detach())
+        """The internals of one forward pass; ``logits`` is the model's output at the pooled position."""
+        return self._capture_forward(input_ids, additional_forward_args).captured
+
+    def _explained_output(self, run: ForwardCapture, target: TargetType) -> ExplainedOutput:
+        """Which combination of the model's logits the forward function returned for the target."""
+        batch = run.captured.layer_input.shape[0]
+        output = forward_output_tensor(run.output, batch)
+        model_output = run.model_output
+        if model_output is None and validation.is_the_model_itself(self.forward_func, self.model):
+            # model.forward called directly runs no module hook; its output is the model's output.
+            model_output = output = output.detach().clone().requires_grad_(True)
+        if model_output is None:
+            raise RuntimeError(
+                "DecompX reads the model's output where the model returns it, but the forward "
+                "function did not call `model` (the module passed as model=) itself, or the model "
+                "returned no floating-point tensor. Make the forward function call model(...) once and "
+                "return a tensor computed from its output, e.g. lambda ids, mask: "
+                "model(ids, attention_mask=mask).logits."
+            )
+        classes = output.shape[1] if output.dim() == 2 else 0
+        labels = validation.class_labels(self.model, classes) if classes else ""
+        index = target_index(target, output.shape, output.device, labels)
+        return explain_output(select(output, index), model_output, run.pooling)
+
+    def _scores_of(self, captured: Captured, weights: Tensor, *, show_progress: bool) -> Tensor:
+        """(batch, seq): each token's share of ``sum_c weights[b, c] * logits[b, c]``.
+
+        Args:
+            weights: (batch, classes), from :meth:`_explained_output`.
+        """
+        if self.algorithm == "fast":
+            support = weights != 0
+            per_example = int(support.sum(1).max())
+            if per_example <= FAST_CLASSES_PER_PASS_LIMIT:
+                # One linearized backward per class slot; a plain target is one pass of one class.
+                order = torch.argsort(support.to(torch.int8), dim=1, descending=True, stable=True)
+                total: Optional[Tensor] = None
+                for column in order[:, : max(per_example, 1)].unbind(1):
+                    share = self._fast(captured, column).contributions
+                    part = share * weights.gather(1, column.view(-1, 1)).to(share.dtype)
+                    total = part if total is None else total + part
+                assert total is not None
+                return total
+            if weights.shape[1] > FAST_ALL_CLASSES_LIMIT:
+                raise ValueError(
+                    f"The forward function's output combines up to {per_example} of the model's "
+                    f"{weights.shape[1]} outputs; the fast algorithm takes one backward pass per "
+                    "output it combines. Use algorithm='exact' (with include_biases=False for the "
+                    "same quantity), or return fewer classes from the forward function."
+                )
+            contributions = self._fast(captured, None).contributions
+        else:
+            contributions = self._exact(captured, show_progress=show_progress).contributions
+        return torch.einsum("bnc,bc->bn", contributions, weights.to(contributions.dtype))
 
     def _decompose(
         self,

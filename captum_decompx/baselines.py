@@ -26,13 +26,13 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Union
 
 import torch
-from captum.attr import Attribution
 from torch import Tensor, nn
 
-from .adapters import Adapter, adapter_for, resolve
-from .capture import Captured, capture_internals
+from .adapters import Adapter, resolve
+from .capture import Captured
 from .decomposition import affine, norm_params, padding_mask, pool_weights
 from .engine import BiasMode, Settings, normalize
+from .hooked_attribution import HookedModelAttribution, captum_entry_point, in_call_modes
 
 _NO_BIAS = Settings(bias_mode=BiasMode.DROP)
 ROW_EPS = 1e-12
@@ -60,8 +60,12 @@ def attention_rollout(layer_matrices: list[Tensor]) -> Tensor:
     return rollout
 
 
-class _RolloutAttribution(Attribution):
-    """Common machinery: capture the forward pass, build per-layer matrices, roll them out."""
+class _RolloutAttribution(HookedModelAttribution):
+    """Common machinery: capture the forward pass, build per-layer matrices, roll them out.
+
+    The constructor, the argument handling and the checks (inputs, model mode, attention mask)
+    are :class:`~captum_decompx.hooked_attribution.HookedModelAttribution`'s, shared with DecompX.
+    """
 
     def __init__(
         self,
@@ -70,16 +74,7 @@ class _RolloutAttribution(Attribution):
         *,
         adapter: Optional[Adapter] = None,
     ) -> None:
-        if model is None:
-            if not isinstance(forward_func, nn.Module):
-                raise ValueError(
-                    f"{type(self).__name__} hooks a model's modules: pass the model as `model=` when "
-                    f"forward_func is not itself the model, e.g. {type(self).__name__}(forward_func, model=model)."
-                )
-            model = forward_func
-        super().__init__(forward_func)
-        self.model = model
-        self.adapter = adapter if adapter is not None else adapter_for(model)
+        super().__init__(forward_func, model, adapter=adapter)
         if self.adapter.norm_position != "post":
             raise NotImplementedError(
                 f"{type(self).__name__} is defined for post-LN encoders (BERT, RoBERTa, ELECTRA, "
@@ -95,6 +90,7 @@ class _RolloutAttribution(Attribution):
     def has_convergence_delta(self) -> bool:
         return False
 
+    @captum_entry_point
     def attribute(
         self,
         inputs: Union[Tensor, tuple[Tensor]],
@@ -115,7 +111,8 @@ class _RolloutAttribution(Attribution):
             0 at padding (a 1-tuple when the inputs were one).
         """
         as_tuple = isinstance(inputs, tuple)
-        matrices, captured = self._layer_matrices(inputs, additional_forward_args)
+        with self._call_modes():
+            matrices, captured = self._layer_matrices(inputs, additional_forward_args)
         real = padding_mask(captured)
         weights = pool_weights(self.adapter, real, matrices[0].dtype)
         scores = torch.einsum("bi,bik->bk", weights, attention_rollout(matrices))
@@ -123,6 +120,7 @@ class _RolloutAttribution(Attribution):
         scores = scores.to(captured.logits.dtype)
         return (scores,) if as_tuple else scores
 
+    @in_call_modes
     def layer_matrices(self, inputs: Union[Tensor, tuple[Tensor]], additional_forward_args: Any = None) -> list[Tensor]:
         """The per-layer row-stochastic matrices, before rollout.
 
@@ -133,31 +131,9 @@ class _RolloutAttribution(Attribution):
 
     # Internals -------------------------------------------------------------------------------
 
-    def _compute_dtype(self) -> torch.dtype:
-        parameter = next(self.model.parameters(), None)
-        return torch.float64 if parameter is not None and parameter.dtype == torch.float64 else torch.float32
-
     def _capture(self, inputs: Union[Tensor, tuple[Tensor]], additional_forward_args: Any) -> Captured:
-        if isinstance(inputs, tuple):
-            if len(inputs) != 1:
-                raise ValueError(f"{type(self).__name__} attributes to the token ids only; pass other tensors in additional_forward_args.")
-            (inputs,) = inputs
-        if not isinstance(inputs, Tensor) or inputs.dim() != 2:
-            raise ValueError("inputs must be token ids of shape (batch, seq).")
-        if self.model.training:
-            raise ValueError("The model is in training mode; call model.eval() first.")
-        if additional_forward_args is None:
-            args: tuple = ()
-        elif isinstance(additional_forward_args, tuple):
-            args = additional_forward_args
-        else:
-            args = (additional_forward_args,)
-        with torch.no_grad(), capture_internals(self.model, self.adapter) as capture:
-            output = self.forward_func(inputs, *args)
-            logits = getattr(output, "logits", output)
-            if isinstance(output, (tuple, list)) and not hasattr(output, "logits"):
-                logits = output[0]
-            return capture.result(output, logits.detach())
+        input_ids, _ = self._input_ids(inputs)
+        return self._capture_forward(input_ids, additional_forward_args, tap=False).captured
 
     def _layer_matrices(self, inputs, additional_forward_args) -> tuple[list[Tensor], Captured]:
         captured = self._capture(inputs, additional_forward_args)

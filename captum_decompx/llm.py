@@ -1,23 +1,67 @@
 """DecompX for causal language models: which prompt tokens produced each next token.
 
-:class:`LLMDecompX` mirrors Captum's ``LLMGradientAttribution`` (whose constructor accepts only
-Captum's own gradient methods) and returns Captum's public ``LLMAttributionResult``, so that
-``plot_token_attr`` and ``plot_seq_attr`` work as for Captum's LLM methods. The attribution of a
-generated token is its next-token *logit* decomposed over the tokens before it (DecompX explains
-logits, not log-probabilities).
+:class:`LLMDecompX` follows Captum's LLM API (``LLMAttribution`` / ``LLMGradientAttribution``): it
+takes a prompt as text, ids, or Captum's ``TextTokenInput`` / ``TextTemplateInput``, a target
+continuation (or generates one), and ``skip_tokens``; it returns Captum's ``LLMAttributionResult``
+(as :class:`LLMDecompXResult`), so that ``seq_attr``, ``token_attr``, ``plot_token_attr`` and
+``plot_seq_attr`` work as for Captum's LLM methods.
+
+The attribution of a generated token is its next-token *logit* decomposed over every token before
+it (DecompX explains logits, not log-probabilities). At every step the shares add up exactly::
+
+    token_attr[t].sum() + skipped_attr[t] + generated_attr[t].sum() + bias[t] == logits[t]
+
+``token_attr`` holds the prompt's interpretable features (tokens, or a template's values),
+``skipped_attr`` the prompt tokens that are not features (``skip_tokens``, a template's fixed
+text), ``generated_attr[t, s]`` the share of the earlier generated token ``s < t``, and ``bias``
+the biases' share (zero when the biases are decomposed).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union, cast
 
 import torch
-from captum.attr import LLMAttributionResult
+from captum.attr import LLMAttributionResult, TextTemplateInput, TextTokenInput
 from torch import Tensor, nn
 
 from .attribution import DecompX
 
 DEFAULT_GEN_ARGS = {"max_new_tokens": 16, "do_sample": False}
+
+PromptType = Union[str, Tensor, TextTokenInput, TextTemplateInput]
+LLMTargetType = Union[None, str, int, Sequence[int], Tensor]
+
+_SENTINEL_OPEN, _SENTINEL_CLOSE = "\ue000", "\ue001"
+
+
+class LLMDecompXResult(LLMAttributionResult):
+    """Captum's ``LLMAttributionResult`` with every share of each step's logit.
+
+    Attributes (besides Captum's ``seq_attr``, ``token_attr``, ``input_tokens``, ``output_tokens``,
+    ``output_probs``):
+        generated_attr: (targets, targets), ``[t, s]`` the share of generated token ``s`` in the
+            logit of generated token ``t`` (zero for ``s >= t``).
+        skipped_attr: (targets,), the share of the prompt tokens that are not interpretable
+            features (skipped tokens, a template's fixed text).
+        bias: (targets,), the biases' share of each logit (zero when the biases are decomposed).
+        logits: (targets,), each target token's next-token logit.
+    """
+
+    generated_attr: Tensor
+    skipped_attr: Tensor
+    bias: Tensor
+    logits: Tensor
+
+
+class _Prompt:
+    """A prompt's ids (1, seq) and its interpretable features: ``features`` (seq, n_features) 0/1."""
+
+    def __init__(self, ids: Tensor, features: Tensor, names: list[str], inp: Any = None) -> None:
+        self.ids = ids
+        self.features = features
+        self.names = names
+        self.inp = inp
 
 
 class LLMDecompX:
@@ -25,9 +69,9 @@ class LLMDecompX:
 
     Args:
         model: a Hugging Face causal LM (GPT-2 or the Llama family), in eval mode.
-        tokenizer: its tokenizer.
-        **options: DecompX options (``include_biases``, ``method``, ``max_memory``, ...);
-            ``include_biases=False`` (the fast path) makes long prompts cheap.
+        tokenizer: its tokenizer (a fast tokenizer for ``TextTemplateInput`` prompts).
+        **options: DecompX options (``include_biases``, ``algorithm``, ``max_memory``, ...);
+            ``include_biases=False`` (the fast algorithm) makes long prompts cheap.
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, **options: Any) -> None:
@@ -38,22 +82,78 @@ class LLMDecompX:
     def _next_token_logits(self, input_ids: Tensor) -> Tensor:
         return self.model(input_ids=input_ids).logits[:, -1, :]
 
-    def _prompt_ids(self, prompt: Union[str, Tensor]) -> Tensor:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("The prompt is empty: give the text the model should continue.")
-            ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
-        else:
-            ids = prompt if prompt.dim() == 2 else prompt.unsqueeze(0)
-        if ids.shape[0] != 1:
-            raise ValueError(f"LLMDecompX explains one prompt at a time; got a batch of {ids.shape[0]}.")
-        return ids.to(self._device())
-
     def _device(self) -> torch.device:
         parameter = next(self.model.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
-    def _target_ids(self, prompt_ids: Tensor, target: Union[None, str, int, Sequence[int], Tensor], gen_args) -> Tensor:
+    # ----------------------------------------------------------------------------------------
+    # Prompts
+
+    def _skip_ids(self, skip_tokens: Union[None, Sequence[int], Sequence[str]]) -> set[int]:
+        if not skip_tokens:
+            return set()
+        ids = [self.tokenizer.convert_tokens_to_ids(t) if isinstance(t, str) else int(t) for t in skip_tokens]
+        return set(ids)
+
+    def _prompt(self, prompt: PromptType, skip_tokens: Union[None, Sequence[int], Sequence[str]]) -> _Prompt:
+        skip = self._skip_ids(skip_tokens)
+        if isinstance(prompt, TextTemplateInput):
+            return self._template_prompt(prompt, skip)
+        if isinstance(prompt, TextTokenInput):
+            ids = prompt.inp_tensor
+            if prompt.itp_mask is not None:
+                keep = prompt.itp_mask[0].bool().clone()
+            else:
+                keep = torch.ones(ids.shape[1], dtype=torch.bool)
+        elif isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("The prompt is empty: give the text the model should continue.")
+            ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
+            keep = torch.ones(ids.shape[1], dtype=torch.bool)
+        elif isinstance(prompt, Tensor):
+            ids = prompt if prompt.dim() == 2 else prompt.unsqueeze(0)
+            keep = torch.ones(ids.shape[1], dtype=torch.bool)
+        else:
+            raise TypeError(
+                f"The prompt must be text, token ids, a TextTokenInput or a TextTemplateInput; got {type(prompt).__name__}."
+            )
+        if ids.shape[0] != 1:
+            raise ValueError(f"LLMDecompX explains one prompt at a time; got a batch of {ids.shape[0]}.")
+        if ids.shape[1] == 0:
+            raise ValueError("The prompt is empty: give the text the model should continue.")
+        keep &= torch.tensor([int(i) not in skip for i in ids[0].tolist()], dtype=torch.bool)
+        positions = keep.nonzero().flatten()
+        features = torch.zeros(ids.shape[1], positions.numel())
+        features[positions, torch.arange(positions.numel())] = 1.0
+        names = self.tokenizer.convert_ids_to_tokens(ids[0, positions].tolist())
+        return _Prompt(ids.to(self._device()), features, names, prompt if not isinstance(prompt, (str, Tensor)) else None)
+
+    def _template_prompt(self, prompt: TextTemplateInput, skip: set[int]) -> _Prompt:
+        text, spans = _template_spans(prompt)
+        try:
+            encoded = self.tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
+        except (NotImplementedError, TypeError, ValueError) as error:
+            raise TypeError(
+                "A TextTemplateInput prompt needs a fast tokenizer (one that returns offset mappings) "
+                f"to find the tokens of each value: {error}"
+            ) from None
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"][0].tolist()
+        groups = list(range(len(spans))) if prompt.mask is None else list(prompt.formatted_mask)
+        features = torch.zeros(ids.shape[1], prompt.n_itp_features)
+        for position, (start, end) in enumerate(offsets):
+            if end <= start or int(ids[0, position]) in skip:
+                continue
+            for value, (value_start, value_end) in enumerate(spans):
+                if start < value_end and value_start < end:
+                    features[position, groups[value]] = 1.0
+                    break
+        names = [" ".join(v for v, g in zip(prompt.values, groups) if g == feature) for feature in range(prompt.n_itp_features)]
+        return _Prompt(ids.to(self._device()), features, names, prompt)
+
+    # ----------------------------------------------------------------------------------------
+    # Targets
+
+    def _target_ids(self, prompt_ids: Tensor, target: LLMTargetType, gen_args: Optional[dict]) -> Tensor:
         if target is None:
             args = {**DEFAULT_GEN_ARGS, **(gen_args or {})}
             if getattr(self.tokenizer, "pad_token_id", None) is not None:
@@ -61,7 +161,7 @@ class LLMDecompX:
             elif getattr(self.tokenizer, "eos_token_id", None) is not None:
                 args.setdefault("pad_token_id", self.tokenizer.eos_token_id)
             with torch.no_grad():
-                generated = self.model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), **args)
+                generated = cast(Any, self.model).generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), **args)
             return generated[0, prompt_ids.shape[1] :]
         if isinstance(target, str):
             ids = self.tokenizer(target, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
@@ -73,49 +173,105 @@ class LLMDecompX:
             raise ValueError("The target is empty: give at least one token to explain.")
         return ids.to(prompt_ids.device)
 
+    # ----------------------------------------------------------------------------------------
+    # Attribution
+
     def attribute(
         self,
-        prompt: Union[str, Tensor],
-        target: Union[None, str, int, Sequence[int], Tensor] = None,
+        inp: PromptType,
+        target: LLMTargetType = None,
+        skip_tokens: Union[None, Sequence[int], Sequence[str]] = None,
         gen_args: Optional[dict] = None,
         show_progress: bool = False,
-    ) -> LLMAttributionResult:
-        """Attribute each target token's logit to the prompt tokens.
+    ) -> LLMDecompXResult:
+        """Attribute each target token's logit to the prompt's features and the earlier targets.
 
         Args:
-            prompt: the prompt text, or its ids (seq,) / (1, seq).
+            inp: the prompt: text, its ids (seq,) / (1, seq), or Captum's ``TextTokenInput``
+                (features: its tokens, without its own ``skip_tokens``) or ``TextTemplateInput``
+                (features: the template's values, grouped by its ``mask``).
             target: the continuation to explain: text, token ids, or one token id; None generates
                 it greedily with ``gen_args`` (default ``max_new_tokens=16``).
+            skip_tokens: prompt tokens (ids or token strings, e.g. the BOS token) that are not
+                features; their share is reported in ``skipped_attr``.
             gen_args: ``model.generate`` arguments when ``target`` is None.
             show_progress: a progress bar over the target tokens.
 
         Returns:
-            Captum's ``LLMAttributionResult``: ``token_attr`` (targets, prompt tokens) holds each
-            prompt token's contribution to each target token's logit, given the prompt and the
-            target tokens before it; ``seq_attr`` is its sum over the targets; ``output_probs``
-            the model's probability of each target token.
+            :class:`LLMDecompXResult`: ``token_attr`` (targets, features) holds each prompt
+            feature's share of each target token's logit, given the prompt and the target tokens
+            before it; ``seq_attr`` is its sum over the targets; ``output_probs`` the model's
+            probability of each target token; ``generated_attr``, ``skipped_attr``, ``bias`` and
+            ``logits`` complete every row to its logit (module docstring).
         """
-        prompt_ids = self._prompt_ids(prompt)
-        target_ids = self._target_ids(prompt_ids, target, gen_args)
-        steps = range(target_ids.numel())
+        prompt = self._prompt(inp, skip_tokens)
+        target_ids = self._target_ids(prompt.ids, target, gen_args)
+        steps: Any = range(target_ids.numel())
         if show_progress:
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc="LLMDecompX", unit="token")
-        rows, probs = [], []
-        context = prompt_ids
+        n_prompt, n_targets = prompt.ids.shape[1], target_ids.numel()
+        features = prompt.features.to(prompt.ids.device)
+        token_rows, skipped, generated, bias, logits, probs = [], [], [], [], [], []
+        context = prompt.ids
         for step in steps:
             token = int(target_ids[step])
-            scores = self.decompx.attribute(context, target=token)
-            rows.append(scores[0, : prompt_ids.shape[1]])
+            scores, delta = self.decompx.attribute(context, target=token, return_convergence_delta=True)
+            scores = scores[0].detach().float()
             with torch.no_grad():
-                probs.append(torch.softmax(self._next_token_logits(context).float(), -1)[0, token])
+                step_logits = self._next_token_logits(context)[0].float()
+            prompt_scores = scores[:n_prompt]
+            token_rows.append(prompt_scores @ features)
+            skipped.append(prompt_scores.sum() - (prompt_scores @ features).sum())
+            row = torch.zeros(n_targets, device=scores.device)
+            row[:step] = scores[n_prompt:]
+            generated.append(row)
+            bias.append(-delta[0].detach().float())
+            logits.append(step_logits[token])
+            probs.append(torch.softmax(step_logits, -1)[token])
             context = torch.cat([context, target_ids[step : step + 1].view(1, 1)], dim=1)
-        token_attr = torch.stack(rows).detach().float().cpu()
-        return LLMAttributionResult(
-            input_tokens=self.tokenizer.convert_ids_to_tokens(prompt_ids[0].tolist()),
+        token_attr = torch.stack(token_rows).cpu()
+        result = LLMDecompXResult(
+            input_tokens=prompt.names,
             output_tokens=self.tokenizer.convert_ids_to_tokens(target_ids.tolist()),
             seq_attr=token_attr.sum(0),
             token_attr=token_attr,
-            output_probs=torch.stack(probs).detach().float().cpu(),
+            output_probs=torch.stack(probs).cpu(),
+            inp=prompt.inp,
         )
+        result.generated_attr = torch.stack(generated).cpu()
+        result.skipped_attr = torch.stack(skipped).cpu()
+        result.bias = torch.stack(bias).cpu()
+        result.logits = torch.stack(logits).cpu()
+        return result
+
+
+def _template_spans(prompt: TextTemplateInput) -> tuple[str, list[tuple[int, int]]]:
+    """The formatted text of a ``TextTemplateInput`` and the character span of each value.
+
+    The template is formatted once with numbered markers in place of the values, and the markers
+    are then replaced by the values, recording where each lands.
+    """
+    markers = [f"{_SENTINEL_OPEN}{i}{_SENTINEL_CLOSE}" for i in range(len(prompt.values))]
+    if prompt.dict_keys:
+        marked = prompt.format_fn(**dict(zip(prompt.dict_keys, markers)))
+    else:
+        marked = prompt.format_fn(*markers)
+    text, spans = "", [(0, 0)] * len(markers)
+    rest = marked
+    while _SENTINEL_OPEN in rest:
+        before, _, after = rest.partition(_SENTINEL_OPEN)
+        number, _, rest = after.partition(_SENTINEL_CLOSE)
+        text += before
+        index = int(number)
+        spans[index] = (len(text), len(text) + len(prompt.values[index]))
+        text += prompt.values[index]
+    text += rest
+    if text != prompt.to_model_input():
+        raise ValueError(
+            "The TextTemplateInput's template changes its values (or formats one twice), so the "
+            "tokens of each value cannot be found; use a template that inserts each value unchanged "
+            "once, e.g. '{} feels {} right now'."
+        )
+    return text, spans

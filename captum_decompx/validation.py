@@ -1,7 +1,9 @@
 """Input checks that run before any work, each with a message that says what was wrong and what to do.
 
-Every function here either returns a normalized value or raises ``ValueError``/``TypeError``
-(one exception: :func:`warn_if_not_logits` only warns). None of them changes the model.
+Every function here either returns a normalized value, returns nothing, or raises
+``ValueError``/``TypeError`` (one exception: :func:`warn_if_not_logits` only warns; DecompX itself
+no longer calls it, :mod:`captum_decompx.forward_contract` reads what the forward function does
+with the logits instead). None of them changes the model.
 
 Decisions recorded here:
 
@@ -78,14 +80,14 @@ def token_embedding(model: nn.Module) -> Optional[nn.Embedding]:
     return embedding if isinstance(embedding, nn.Embedding) else None
 
 
-def _is_hf_model_itself(forward_func: Any, model: nn.Module) -> bool:
+def is_the_model_itself(forward_func: Any, model: nn.Module) -> bool:
     """The forward function is the model, or its bound ``forward``/``__call__``."""
     if forward_func is model:
         return True
     return getattr(forward_func, "__self__", None) is model and getattr(forward_func, "__name__", "") in ("forward", "__call__")
 
 
-def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = None) -> str:
+def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = None) -> None:
     """Check a token input: integer ids (batch, seq), or embeddings (batch, seq, embedding_dim).
 
     Args:
@@ -93,9 +95,6 @@ def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = Non
         model: the hooked model (its embedding table gives the vocabulary size).
         forward_func: the forward function; embeddings are accepted only when it is not the model
             itself (the model would receive them as ``input_ids``).
-
-    Returns:
-        ``"ids"`` or ``"embeddings"``.
 
     Raises:
         TypeError: a float tensor that is not embeddings, a bool or complex tensor.
@@ -106,7 +105,7 @@ def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = Non
     if inputs.dtype.is_floating_point:
         width = embedding.embedding_dim if embedding is not None else None
         if inputs.dim() == 3 and (width is None or shape[-1] == width):
-            if forward_func is not None and _is_hf_model_itself(forward_func, model):
+            if forward_func is not None and is_the_model_itself(forward_func, model):
                 raise TypeError(
                     f"inputs is a float tensor of shape {shape}: input embeddings. DecompX(model) "
                     "calls model(inputs, ...), which takes token ids. Pass the token ids (batch, seq) "
@@ -115,7 +114,7 @@ def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = Non
                     "model=model)."
                 )
             _check_not_empty(shape[:2], "embeddings")
-            return "embeddings"
+            return
         raise TypeError(
             f"inputs must be integer token ids (batch, seq); got a {inputs.dtype} tensor of shape "
             f"{shape}. If these are ids stored as floats, pass inputs.long(); if they are input "
@@ -137,7 +136,6 @@ def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = Non
     _check_not_empty(shape, "token ids")
     if embedding is not None:
         check_vocabulary(inputs, embedding.num_embeddings)
-    return "ids"
 
 
 def _check_not_empty(shape: Sequence[int], what: str) -> None:
@@ -187,7 +185,7 @@ def check_attention_mask(forward_func: Any, model: nn.Module, inputs: Tensor, ex
     A row of zeros in the attention mask is an empty sequence: its softmax is uniform over the
     padding, and there is nothing to explain.
     """
-    if not extra_args or not _is_hf_model_itself(forward_func, model):
+    if not extra_args or not is_the_model_itself(forward_func, model):
         return
     mask = extra_args[0]
     if not isinstance(mask, Tensor) or mask.shape != inputs.shape[:2] or mask.dtype.is_floating_point:
@@ -345,18 +343,10 @@ def warn_if_not_logits(logits: Tensor) -> None:
     )
 
 
-def check_batch_rows(logits: Tensor, batch: int) -> None:
-    """The forward function must return one row of logits per example."""
-    if logits.shape[0] != batch:
-        raise ValueError(
-            f"The forward function returned {logits.shape[0]} rows of logits for {batch} inputs; "
-            "DecompX needs one row (batch, classes) per example."
-        )
-
-
 def check_max_memory(max_memory: Any) -> None:
     """``max_memory`` is a positive number of bytes (an int, or a float with an integral value)."""
     if isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Real):
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}.")
     if not math.isfinite(max_memory) or max_memory <= 0 or int(max_memory) != max_memory:
         raise ValueError(f"max_memory must be a positive whole number of bytes, got {max_memory!r}.")
+

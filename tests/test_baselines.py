@@ -156,3 +156,47 @@ def test_captum_style_call_with_a_forward_function_and_tuple_inputs(name):
 def test_a_forward_function_without_model_is_refused():
     with pytest.raises(ValueError, match="model="):
         GlobEnc(lambda ids: ids)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_baselines_run_the_same_checks_as_decompx(name):
+    """GlobEnc and ALTI share DecompX's constructor, argument handling and checks."""
+    from captum_decompx import DecompX
+    from captum_decompx.hooked_attribution import HookedModelAttribution
+
+    model = make_model("bert", seed=4)
+    batch = make_padded_batch(lengths=(5, 3), seed=4)
+    method = METHODS[name](model)
+    assert isinstance(method, HookedModelAttribution) and isinstance(DecompX(model), HookedModelAttribution)
+    empty_row = batch.attention_mask.clone()
+    empty_row[1] = 0
+    with pytest.raises(ValueError, match=r"Example\(s\) \[1\].*zeros only"):
+        method.attribute(batch.input_ids, additional_forward_args=(empty_row,))
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        method.attribute(batch.input_ids + 1000, additional_forward_args=(batch.attention_mask,))
+    with pytest.raises(ValueError, match=r"1-D tensor.*unsqueeze\(0\)"):
+        method.attribute(batch.input_ids[0], additional_forward_args=(batch.attention_mask[0],))
+    model.train()
+    with pytest.raises(ValueError, match=r"training mode.*model\.eval\(\)"):
+        method.attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,))
+    model.eval()
+    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    getattr(model, f"{prefix}_checkpointing_enable")()
+    with pytest.raises(ValueError, match="checkpointing"):
+        method.attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,))
+    getattr(model, f"{prefix}_checkpointing_disable")()
+    with torch.inference_mode():
+        scores = method.attribute(batch.input_ids.clone(), additional_forward_args=(batch.attention_mask.clone(),))
+    torch.testing.assert_close(scores, method.attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,)))
+
+
+def test_noise_tunnel_over_a_baseline_with_an_embeddings_forward():
+    from captum.attr import NoiseTunnel
+
+    model = make_model("bert", seed=4)
+    batch = make_padded_batch(lengths=(5, 3), seed=4)
+    embeds = model.get_input_embeddings()(batch.input_ids).detach()
+    method = GlobEnc(lambda e, mask: model(inputs_embeds=e, attention_mask=mask).logits, model=model)
+    direct = GlobEnc(model).attribute(batch.input_ids, additional_forward_args=(batch.attention_mask,))
+    smoothed = NoiseTunnel(method).attribute(embeds, nt_samples=2, stdevs=0.0, additional_forward_args=(batch.attention_mask,))
+    torch.testing.assert_close(smoothed, direct)

@@ -1,0 +1,418 @@
+"""What DecompX explains: the forward function's output, carried back to the model's own output.
+
+DecompX decomposes the model's own output (its logits at the pooled position) into one share per
+input token plus the biases' share. A Captum forward function often post-processes that output:
+it selects or reorders classes, scales them, takes one position, sums or subtracts logits, applies
+a softmax. This module works out, for one call, which combination of the model's logits the
+forward function's output for the target is, so that the explanation is of exactly that value.
+
+How it works:
+
+1. :func:`tap_model_output` hooks the model (a forward hook on the top module, removed on exit)
+   and replaces its output logits by a value-identical leaf tensor that requires grad, so that the
+   rest of the forward function (its *tail*) is recorded by autograd. The model's own forward pass
+   stays gradient-free.
+2. :func:`target_index` reads Captum's target forms for an output of any rank.
+3. :func:`explain_output` takes the vector-Jacobian product of the selected output with respect to
+   the leaf: ``weights[b, c] = d y[b][target_b] / d logits[b, c]``. The tail is *linear without
+   offset at this input* when the weights do not depend on the logits (a zero Hessian-vector
+   product) and ``weights . logits == y[target]`` to float precision. Then the contributions of the
+   classes, weighted by ``weights``, sum exactly to what the forward function returned.
+4. Otherwise (softmax, sigmoid, log-softmax, an added offset), the explanation falls back to the
+   logit of the class the output refers to (the one class whose logit raises the output, with a
+   warning that says so), or refuses with an error that says how to write the forward function.
+
+The examples of a batch are taken to be independent (Captum's convention for batched targets):
+the weights come from one product of ``sum_b y[b][target_b]``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import validation
+
+TargetType = Union[None, int, tuple, Sequence[Any], Tensor]
+
+#: Relative tolerance of the check ``weights . logits == y[target]`` (float32 tails).
+LINEAR_RTOL = 1e-4
+#: The same for tails computed in float16 or bfloat16.
+LINEAR_RTOL_HALF = 2e-2
+
+
+# --------------------------------------------------------------------------------------------
+# The model's own output, as a leaf
+
+
+def model_output_tensor(output: Any) -> Optional[Tensor]:
+    """The tensor DecompX decomposes from what the model returned: ``.logits``, the first element
+    of a tuple, the tensor itself, or a bare encoder's ``.last_hidden_state``."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    hidden = getattr(output, "last_hidden_state", None)
+    return hidden if isinstance(hidden, Tensor) else None
+
+
+def _with_model_output(output: Any, leaf: Tensor) -> Any:
+    """``output`` with its model-output tensor replaced by ``leaf`` (same structure)."""
+    if isinstance(output, Tensor):
+        return leaf
+    if isinstance(getattr(output, "logits", None), Tensor):
+        output["logits"] = leaf  # a transformers ModelOutput keeps the key and the attribute in sync
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+        return type(output)((leaf, *output[1:])) if type(output) is tuple else output
+    if isinstance(getattr(output, "last_hidden_state", None), Tensor):
+        output["last_hidden_state"] = leaf
+        return output
+    return output
+
+
+class ModelOutputTap:
+    """Holds what :func:`tap_model_output` saw.
+
+    Attributes:
+        leaf: the value-identical leaf that replaced the model's output in the forward function,
+            (batch, classes) or (batch, seq, classes); None when the model did not run or returned
+            no tensor.
+        calls: how many times the model ran in the tapping thread.
+    """
+
+    def __init__(self) -> None:
+        self.leaf: Optional[Tensor] = None
+        self.calls = 0
+
+
+@contextmanager
+def tap_model_output(model: nn.Module) -> Iterator[ModelOutputTap]:
+    """Replace the model's output by a leaf that requires grad, for one forward pass.
+
+    The hook runs after the model's own forward, which stays gradient-free; it then turns grad
+    mode on so that the forward function's tail is recorded. The caller restores grad mode by
+    running the forward function inside ``torch.no_grad()``; the hook is removed on exit, whatever
+    happens. Only calls from the entering thread are tapped.
+    """
+    tap = ModelOutputTap()
+    thread = threading.get_ident()
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        if threading.get_ident() != thread:
+            return None
+        tap.calls += 1
+        if tap.calls > 1:  # the capture refuses a second pass with its own message
+            return None
+        tensor = model_output_tensor(output)
+        if tensor is None or not tensor.dtype.is_floating_point:
+            return None
+        tap.leaf = tensor.detach().clone().requires_grad_(True)
+        torch.set_grad_enabled(True)
+        return _with_model_output(output, tap.leaf)
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield tap
+    finally:
+        handle.remove()
+
+
+def pooled_model_output(tensor: Tensor, pooling: Tensor) -> Tensor:
+    """The model's output at the pooled position: (batch, classes).
+
+    Args:
+        tensor: (batch, classes), returned as it is, or (batch, seq, classes) per position.
+        pooling: (batch, seq) pooling weights over the last layer's rows.
+    """
+    if tensor.dim() == 3:
+        return torch.einsum("bnc,bn->bc", tensor.detach(), pooling.to(tensor.dtype))
+    return tensor.detach()
+
+
+def forward_output_tensor(output: Any, batch: int) -> Tensor:
+    """The forward function's output as a tensor with one row per example.
+
+    Raises:
+        TypeError: not a tensor nor an object with ``.logits``.
+        ValueError: not one row per example.
+    """
+    tensor = output
+    if not isinstance(tensor, Tensor):
+        tensor = getattr(output, "logits", None)
+        if tensor is None and isinstance(output, (tuple, list)) and output:
+            tensor = output[0]
+    if not isinstance(tensor, Tensor):
+        raise TypeError(
+            f"The forward function returned {type(output).__name__}; DecompX needs a tensor with one "
+            "row per example (e.g. the logits, (batch, classes)) or an output object with `.logits`."
+        )
+    if tensor.dim() == 0 or tensor.shape[0] != batch:
+        rows = "a scalar" if tensor.dim() == 0 else f"{tensor.shape[0]} rows of logits"
+        raise ValueError(
+            f"The forward function returned {rows} for {batch} inputs; DecompX needs one row per "
+            "example, e.g. logits (batch, classes) or one value per example (batch,)."
+        )
+    return tensor
+
+
+# --------------------------------------------------------------------------------------------
+# Targets
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def target_index(target: TargetType, shape: Sequence[int], device: torch.device, labels: str = "") -> Tensor:
+    """The index into each example's output that ``target`` selects, as Captum reads it.
+
+    Args:
+        target: for a (batch,) output: None. For (batch, classes): None (one class only), an int,
+            a 1-tuple ``(class,)``, one class per example (list, tuple, 1-D tensor or array), or a
+            list of 1-tuples. For (batch, positions, classes) and higher: a tuple of indices, one
+            per dimension after the batch, the same for every example; a list of such tuples (one
+            per example); or a tensor (dims,) or (batch, dims).
+        shape: the shape of the forward function's output.
+        labels: a readable list of the classes, for messages (2-D outputs).
+
+    Returns:
+        (batch, len(shape) - 1) long tensor.
+
+    Raises:
+        ValueError: a form that does not select one value per example, or an index out of range.
+    """
+    batch, inner = int(shape[0]), tuple(int(s) for s in shape[1:])
+    dims = len(inner)
+    if dims == 0:
+        if target is None or target == () or (isinstance(target, list) and all(t == () for t in target)):
+            return torch.zeros(batch, 0, dtype=torch.long, device=device)
+        raise ValueError(
+            f"The forward function returns one value per example (shape ({batch},)); there is no class "
+            f"to choose: pass target=None (got target={target!r})."
+        )
+    if dims == 1:
+        if isinstance(target, tuple) and len(target) == 1 and (_is_int(target[0]) or isinstance(target[0], Tensor)):
+            target = int(target[0])  # Captum's index tuple (class,); for a batch of one also one class per example
+        elif isinstance(target, list) and target and all(isinstance(t, tuple) for t in target):
+            if not all(len(t) == 1 for t in target):
+                raise ValueError(
+                    f"target tuples index each example's output of shape {inner}: give one index per "
+                    f"dimension after the batch, (class,); got {target!r}."
+                )
+            target = [t[0] for t in target]
+        return validation.check_targets(target, batch, inner[0], device, labels).view(batch, 1)
+    return _index_of_higher_rank(target, batch, inner, device)
+
+
+def _index_of_higher_rank(target: TargetType, batch: int, inner: tuple[int, ...], device: torch.device) -> Tensor:
+    dims = len(inner)
+    shape = "(" + ", ".join(["batch", *map(str, inner)]) + ")"
+    advice = (
+        f"The forward function returns shape {shape}: target must pick one value per example, as a "
+        f"tuple of {dims} indices (e.g. target=(position, class)), a list of such tuples (one per "
+        f"example) or a long tensor of shape ({dims},) or (batch, {dims})."
+    )
+    if target is None or _is_int(target) or isinstance(target, bool):
+        raise ValueError(f"{advice} Got target={target!r}.")
+    if isinstance(target, tuple):
+        rows = [target] * batch
+    elif isinstance(target, list):
+        if len(target) != batch or not all(isinstance(t, tuple) for t in target):
+            raise ValueError(f"{advice} Got a list {target!r} for a batch of {batch}.")
+        rows = list(target)
+    elif isinstance(target, Tensor):
+        if target.dtype.is_floating_point or target.dtype == torch.bool:
+            raise ValueError(f"{advice} Got a {target.dtype} tensor.")
+        if target.shape == (dims,):
+            rows = [tuple(target.tolist())] * batch
+        elif target.shape == (batch, dims):
+            rows = [tuple(row) for row in target.tolist()]
+        else:
+            raise ValueError(f"{advice} Got a tensor of shape {tuple(target.shape)}.")
+    else:
+        raise ValueError(f"{advice} Got {type(target).__name__}.")
+    for row in rows:
+        if len(row) != dims or not all(_is_int(i) or (isinstance(i, Tensor) and i.dim() == 0) for i in row):
+            raise ValueError(f"{advice} Got {row!r}.")
+    index = torch.tensor([[int(i) for i in row] for row in rows], dtype=torch.long, device=device).view(batch, dims)
+    sizes = torch.tensor(inner, device=device)
+    outside = (index < -sizes) | (index >= sizes)
+    if bool(outside.any()):
+        example, dim = outside.nonzero()[0].tolist()
+        raise ValueError(
+            f"target index {int(index[example, dim])} (example {example}, dimension {dim + 1}) is out of "
+            f"range for the forward function's output of shape {shape}."
+        )
+    return torch.where(index < 0, index + sizes, index)
+
+
+def select(output: Tensor, index: Tensor) -> Tensor:
+    """``output[b][index[b]]`` for every example: (batch,)."""
+    rows = torch.arange(output.shape[0], device=output.device)
+    return output[(rows, *index.to(output.device).unbind(1))]
+
+
+# --------------------------------------------------------------------------------------------
+# The tail: linear at this input, or the class the output refers to
+
+
+@dataclass
+class ExplainedOutput:
+    """Which combination of the model's logits the explanation is of.
+
+    Attributes:
+        weights: (batch, classes): the explained value is ``sum_c weights[b, c] * logits[b, c]``
+            of the model's logits at the pooled position.
+        value: (batch,), the explained value: the forward function's output for the target when
+            the tail is linear, else the logit of ``referred_class``.
+        referred_class: (batch,) the class whose logit is explained in place of a non-linear
+            output; None when the tail is linear.
+    """
+
+    weights: Tensor
+    value: Tensor
+    referred_class: Optional[Tensor]
+
+
+def _unused(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"The forward function's output for the target {name} the model's output through "
+        "differentiable operations, so DecompX cannot tell which logits it is made of. Return a "
+        "tensor computed from the model's output without .detach(), .item(), numpy or "
+        "torch.no_grad(), e.g. lambda ids, mask: model(ids, attention_mask=mask).logits."
+    )
+
+
+def _pooled_position(jacobian: Tensor, pooling: Tensor) -> Tensor:
+    """The product at the one position the decomposition covers; refuse weight elsewhere."""
+    batch, seq, _ = jacobian.shape
+    positions = pooling.abs().argmax(dim=1)
+    one_hot = torch.zeros(batch, seq, dtype=torch.bool, device=jacobian.device)
+    one_hot[torch.arange(batch), positions] = True
+    single = bool((pooling != 0).sum(dim=1).le(1).all())
+    elsewhere = jacobian.detach().abs().masked_fill(one_hot.unsqueeze(-1), 0).amax(dim=-1)
+    if not single or bool((elsewhere > 0).any()):
+        example, position = (elsewhere > 0).nonzero()[0].tolist() if bool((elsewhere > 0).any()) else (0, -1)
+        raise NotImplementedError(
+            "The forward function's output depends on the model's output at position "
+            f"{position} of example {example}, but DecompX decomposes the model's output at one "
+            f"position only (here position {int(positions[example])}: the pooled token). Per-position "
+            "outputs (token classification, question answering spans, a language model's earlier "
+            "positions) are not supported yet: select the pooled position in the forward function, "
+            "e.g. model(ids).logits[:, -1, :] for a language model."
+        )
+    return jacobian[torch.arange(batch), positions]
+
+
+def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor) -> ExplainedOutput:
+    """Which combination of the model's logits ``selected`` is, or the class it refers to.
+
+    Args:
+        selected: (batch,), the forward function's output for the target, computed from ``leaf``.
+        leaf: the model's output as the forward function received it, (batch, classes) or
+            (batch, seq, classes).
+        pooling: (batch, seq), the pooled position's weights (only read for 3-D ``leaf``).
+
+    Returns:
+        The weights of the logits at the pooled position, and the explained value.
+
+    Raises:
+        RuntimeError: ``selected`` does not depend on the model's output through autograd.
+        NotImplementedError: it depends on the model's output at another position than the pooled one.
+        ValueError: the tail is not linear at this input and no single class is referred to.
+    """
+    if not selected.requires_grad:
+        raise _unused("does not depend on")
+    if leaf.dim() not in (2, 3):
+        raise NotImplementedError(
+            f"DecompX decomposes a model output of shape (batch, classes) or (batch, seq, classes); "
+            f"the model returned {tuple(leaf.shape)}."
+        )
+    with torch.enable_grad():
+        (jacobian,) = torch.autograd.grad(selected.sum(), leaf, create_graph=True, allow_unused=True)
+        if jacobian is None:
+            raise _unused("does not depend on")
+        curvature = 0.0
+        if jacobian.requires_grad:
+            generator = torch.Generator(device="cpu").manual_seed(0)
+            direction = torch.randn(leaf.shape, generator=generator, dtype=torch.float32).to(leaf)
+            (product,) = torch.autograd.grad((jacobian * direction).sum(), leaf, allow_unused=True)
+            if product is not None:
+                curvature = float(product.detach().abs().max())
+    jacobian = jacobian.detach()
+    logits = leaf.detach()
+    if leaf.dim() == 3:
+        jacobian = _pooled_position(jacobian, pooling)
+        logits = logits[torch.arange(logits.shape[0]), pooling.abs().argmax(dim=1)]
+    weights = jacobian.float()
+    value = selected.detach()
+    terms = weights * logits.float()
+    rtol = LINEAR_RTOL if selected.dtype in (torch.float32, torch.float64) else LINEAR_RTOL_HALF
+    scale = value.float().abs() + terms.abs().sum(-1)
+    offset_free = bool(((terms.sum(-1) - value.float()).abs() <= rtol * scale + 1e-6).all())
+    flat = curvature <= 1e-6 * (float(weights.abs().max()) + 1e-12)
+    if offset_free and flat:
+        return ExplainedOutput(weights, value, None)
+    raising = weights > 0
+    if bool((raising.sum(-1) == 1).all()):
+        referred = raising.float().argmax(-1)
+        rows = torch.arange(weights.shape[0], device=weights.device)
+        logit = logits[rows, referred]
+        one_hot = torch.zeros_like(weights)
+        one_hot[rows, referred] = 1.0
+        _warn_referred(referred, flat)
+        return ExplainedOutput(one_hot, logit, referred)
+    kind = "is not linear in the model's logits" if not flat else "adds an offset to the model's logits"
+    raise ValueError(
+        f"The forward function's output for the target {kind} at this input (e.g. a softmax, "
+        "sigmoid or log-softmax over a combination of classes), and no single class's logit raises "
+        "it, so DecompX cannot say which logit it refers to. DecompX explains the model's logits and "
+        "linear functions of them (a class, a slice or reordering of classes, a position, sums, "
+        "differences, scaling, masked mean pooling, dot products with fixed vectors). Return those "
+        "from the forward function, e.g. lambda ids, mask: model(ids, attention_mask=mask).logits, "
+        "and choose the class with target=."
+    )
+
+
+def _warn_referred(referred: Tensor, flat: bool) -> None:
+    classes = sorted(set(referred.tolist()))
+    shown = ", ".join(map(str, classes[:10])) + (" ..." if len(classes) > 10 else "")
+    kind = (
+        "probabilities or log-probabilities (softmax, sigmoid, log_softmax), not logits"
+        if not flat
+        else "the logits plus an offset, not logits"
+    )
+    warnings.warn(
+        f"The forward function returns {kind}: its output is not a linear function of the model's "
+        f"logits at this input. DecompX explains instead the logit of the class the output refers "
+        f"to (class {shown}, the one class whose logit raises the output); the attributions and the "
+        "bias share sum to that logit, and the convergence delta is measured against it. Return the "
+        "logits (e.g. model(...).logits, without softmax) and choose the class with target= to "
+        "explain exactly what the forward function returns.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+__all__ = [
+    "ExplainedOutput",
+    "ModelOutputTap",
+    "explain_output",
+    "forward_output_tensor",
+    "model_output_tensor",
+    "pooled_model_output",
+    "select",
+    "tap_model_output",
+    "target_index",
+]

@@ -1,0 +1,231 @@
+"""The Captum plumbing shared by every attribution that reads a hooked forward pass.
+
+:class:`HookedModelAttribution` is the base of :class:`~captum_decompx.DecompX` and of the
+baselines :class:`~captum_decompx.GlobEnc` and :class:`~captum_decompx.ALTI`. It owns what they
+have in common and nothing of their math:
+
+- the constructor: the forward function, the model whose modules are hooked (the forward function
+  itself when it is the model), and the architecture adapter;
+- the arguments: Captum's ``inputs`` (a tensor or a 1-tuple), ``additional_forward_args``;
+- the checks that run before any work (inputs, model mode, attention mask; see
+  :mod:`captum_decompx.validation`);
+- the grad and precision modes: a call works under ``torch.no_grad()`` and
+  ``torch.inference_mode()``, and the decomposition never runs under ``torch.autocast`` (the
+  forward pass that is explained does);
+- the one capture of the forward pass (:meth:`HookedModelAttribution._capture_forward`).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union, cast
+
+import torch
+from captum.attr import Attribution
+from torch import Tensor, nn
+
+from . import validation
+from .adapters import Adapter, adapter_for
+from .capture import Captured, capture_internals
+from .decomposition import padding_mask, pool_weights
+from .forward_contract import ModelOutputTap, model_output_tensor, pooled_model_output, tap_model_output
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The device types whose autocast state a call saves, turns off for the decomposition and turns
+#: back on for the forward pass.
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+_CALL_STATE = threading.local()
+
+
+def captum_entry_point(method: F) -> F:
+    """Mark a public ``attribute`` the way Captum's own are: the wrapper has ``__wrapped__``,
+    which Captum's wrappers (``NoiseTunnel``) call to skip Captum's usage logging."""
+
+    @functools.wraps(method)
+    def entry(*args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+    return cast(F, entry)
+
+
+def in_call_modes(method: F) -> F:
+    """Run a public method of a :class:`HookedModelAttribution` inside its ``_call_modes()``."""
+
+    @functools.wraps(method)
+    def call(self: "HookedModelAttribution", *args: Any, **kwargs: Any) -> Any:
+        with self._call_modes():
+            return method(self, *args, **kwargs)
+
+    return cast(F, call)
+
+
+def _outside_inference_mode(value: Any) -> Any:
+    """A tensor made under ``torch.inference_mode()`` cannot take part in autograd: clone it."""
+    if isinstance(value, Tensor) and value.is_inference():
+        with torch.inference_mode(False):
+            return value.clone()
+    return value
+
+
+@dataclass
+class ForwardCapture:
+    """One captured run of the forward function.
+
+    Attributes:
+        captured: the internals; ``captured.logits`` is the model's output at the pooled
+            position, (batch, classes), detached.
+        output: what the forward function returned.
+        model_output: the model's own output as the forward function received it, (batch,
+            classes) or (batch, seq, classes): a leaf that the forward function's output depends
+            on through autograd (None without ``tap``, or when the model returned no tensor).
+        pooling: (batch, seq) float32 weights of the pooled position.
+    """
+
+    captured: Captured
+    output: Any
+    model_output: Optional[Tensor]
+    pooling: Tensor
+
+
+class HookedModelAttribution(Attribution):
+    """A Captum attribution computed from one hooked forward pass of a Hugging Face model.
+
+    Args:
+        forward_func: the model, or any callable ``forward_func(inputs, *additional_forward_args)``
+            that runs it.
+        model: the model whose modules are hooked; defaults to ``forward_func`` when that is an
+            ``nn.Module``.
+        adapter: the architecture adapter; looked up by ``model.config.model_type`` when omitted.
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Any],
+        model: Optional[nn.Module] = None,
+        *,
+        adapter: Optional[Adapter] = None,
+    ) -> None:
+        name = type(self).__name__
+        if model is None:
+            if not isinstance(forward_func, nn.Module):
+                raise ValueError(
+                    f"{name} hooks a model's modules: pass the model as `model=` when forward_func is "
+                    f"not itself the model, e.g. {name}(forward_func, model=model)."
+                )
+            model = forward_func
+        if not callable(forward_func):
+            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}.")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        super().__init__(forward_func)
+        self.model = model
+        self.adapter = adapter if adapter is not None else adapter_for(model)
+
+    # ----------------------------------------------------------------------------------------
+    # Arguments
+
+    def _compute_dtype(self) -> torch.dtype:
+        """float64 for a float64 model, else float32 (never lower: half models decompose in float32)."""
+        parameter = next(self.model.parameters(), None)
+        return torch.float64 if parameter is not None and parameter.dtype == torch.float64 else torch.float32
+
+    @staticmethod
+    def _extra_args(additional_forward_args: Any) -> tuple:
+        if additional_forward_args is None:
+            return ()
+        if not isinstance(additional_forward_args, tuple):
+            additional_forward_args = (additional_forward_args,)
+        return tuple(_outside_inference_mode(arg) for arg in additional_forward_args)
+
+    def _input_ids(self, inputs: Union[Tensor, tuple[Tensor]]) -> tuple[Tensor, bool]:
+        """The checked input tensor (token ids, embeddings or pixels) and whether it came as a 1-tuple."""
+        tensor, as_tuple = validation.unpack_inputs(inputs)
+        if self.adapter.input_kind == "pixels":
+            validation.check_pixel_inputs(tensor, self.adapter.name)
+        else:
+            validation.check_token_inputs(tensor, self.model, self.forward_func)
+        return _outside_inference_mode(tensor), as_tuple
+
+    # ----------------------------------------------------------------------------------------
+    # Grad and precision modes
+
+    @contextmanager
+    def _call_modes(self) -> Iterator[None]:
+        """Run a public call outside inference mode and autocast, remembering the caller's autocast
+        for the forward pass (:meth:`_forward_precision`)."""
+        saved = [(device, torch.get_autocast_dtype(device)) for device in AUTOCAST_DEVICES if torch.is_autocast_enabled(device)]
+        outer = getattr(_CALL_STATE, "autocast", None)
+        _CALL_STATE.autocast = saved if outer is None else outer
+        try:
+            with ExitStack() as stack:
+                stack.enter_context(torch.inference_mode(False))
+                for device, _ in saved:
+                    stack.enter_context(torch.autocast(device_type=device, enabled=False))
+                yield
+        finally:
+            _CALL_STATE.autocast = outer
+
+    @contextmanager
+    def _forward_precision(self) -> Iterator[None]:
+        """The caller's autocast, back on for the forward pass being explained (with a warning)."""
+        saved = getattr(_CALL_STATE, "autocast", None) or []
+        with ExitStack() as stack:
+            for device, dtype in saved:
+                stack.enter_context(torch.autocast(device_type=device, dtype=dtype))
+            yield
+        for device, dtype in saved:
+            warnings.warn(
+                f"The forward pass ran under torch.autocast({device!r}, dtype={dtype}). "
+                f"{type(self).__name__} decomposes it in {self._compute_dtype()} (autocast is off for "
+                f"the decomposition), from the activations the autocast pass produced; the "
+                f"attributions sum to the logits of that pass only to within {dtype} precision. "
+                "Run the model outside autocast for an exact decomposition.",
+                UserWarning,
+                stacklevel=5,
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # The forward pass
+
+    def _pool_weights(self, captured: Captured) -> Tensor:
+        return pool_weights(self.adapter, padding_mask(captured), torch.float32)
+
+    def _capture_forward(self, input_ids: Tensor, additional_forward_args: Any, *, tap: bool = True) -> ForwardCapture:
+        """Check the model and the arguments, then run the forward function once with every hook.
+
+        Args:
+            input_ids: checked inputs (see :meth:`_input_ids`).
+            tap: also replace the model's output by a leaf that requires grad, so that what the
+                forward function does after the model can be read (see
+                :mod:`captum_decompx.forward_contract`).
+        """
+        validation.check_model(self.model)
+        args = self._extra_args(additional_forward_args)
+        validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
+        with ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            capture = stack.enter_context(capture_internals(self.model, self.adapter))
+            model_tap = stack.enter_context(tap_model_output(self.model)) if tap else ModelOutputTap()
+            with self._forward_precision():
+                output = self.forward_func(input_ids, *args)
+            raw = model_tap.leaf if model_tap.leaf is not None else model_output_tensor(output)
+            if raw is None:
+                raw = torch.zeros(input_ids.shape[0], 0, device=input_ids.device)
+            captured = capture.result(output, raw.detach())
+        pooling = self._pool_weights(captured)
+        per_position = raw.dim() == 3 and raw.shape[:2] == pooling.shape
+        captured.logits = pooled_model_output(raw, pooling) if per_position else raw.detach()
+        parameter = next(self.model.parameters(), None)
+        if getattr(_CALL_STATE, "autocast", None) and parameter is not None and parameter.dtype.is_floating_point:
+            # Results in the model's own dtype, not in the lower precision of the autocast pass.
+            captured.logits = captured.logits.to(torch.promote_types(captured.logits.dtype, parameter.dtype))
+        return ForwardCapture(captured, output, model_tap.leaf, pooling)
+
+
+__all__ = ["ForwardCapture", "HookedModelAttribution", "captum_entry_point", "in_call_modes"]
