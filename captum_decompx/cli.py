@@ -384,6 +384,7 @@ def write_class_contributions_png(explanation: Explanation, path: Path) -> Path:
         label_names=explanation.labels,
         path=destination,
         title=f"DecompX: per-class token contributions ({explanation.method})",
+        image_format="png",
     )
     return destination
 

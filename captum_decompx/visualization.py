@@ -419,10 +419,12 @@ def plot_class_contributions(
     width: float = 11.0,
     fontsize: float = 11.0,
     title: Optional[str] = None,
+    image_format: Optional[str] = None,
 ):
     """The per-class view as a matplotlib figure: one block per class, tokens on coloured boxes
-    (wrapped to ``width`` inches), a shared colour bar in logit units. Saved as PNG when ``path``
-    is given.
+    (wrapped to ``width`` inches), a shared colour bar in logit units, ★ marking the predicted
+    class. Saved when ``path`` is given, in ``image_format`` (default: from the file name's
+    extension, PNG without one).
 
     Returns:
         the matplotlib ``Figure`` (Agg canvas; pyplot is not used).
@@ -497,7 +499,7 @@ def plot_class_contributions(
     if any(row["predicted"] for row in rows):
         figure.text(margin, 0.55 + 0.08, "★ predicted class", fontsize=fontsize * 0.8, color="#555", transform=inches, va="center", parse_math=False)
     if path is not None:
-        figure.savefig(path, dpi=dpi * 1.5)
+        figure.savefig(path, dpi=dpi * 1.5, format=image_format)
     return figure
 
 
