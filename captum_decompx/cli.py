@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 
 from .demo import DemoError, LoadedClassifier, dataset_path, load_model_and_tokenizer, read_labelled_tsv
-from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text
+from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -253,7 +253,7 @@ def _coloured(token: str, share: float) -> str:
     if abs(share) < 0.05:
         return token
     red, green, blue = _rgb_for(share)
-    foreground = "97" if abs(share) > 0.55 else "30"
+    foreground = "97" if text_colour_on(share) == "white" else "30"
     return f"\x1b[{foreground};48;2;{red};{green};{blue}m{token}\x1b[0m"
 
 

@@ -14,8 +14,9 @@ import math
 TOWARDS_RGB: tuple[int, int, int] = (33, 102, 172)
 #: Full-strength colour of a contribution away from the class (negative), RGB 0-255.
 AWAY_RGB: tuple[int, int, int] = (230, 97, 1)
-#: Above this strength (|value| on the [-1, 1] scale) text on the colour is drawn white.
-LIGHT_TEXT_ABOVE = 0.55
+#: Above this value (towards the class, on the [-1, 1] scale) text on the blue is drawn white. Black
+#: text reads better on every strength of the orange.
+LIGHT_TEXT_ABOVE = 0.6
 
 
 def signed_rgb(value: float) -> tuple[int, int, int]:
@@ -32,8 +33,8 @@ def signed_hex(value: float) -> str:
 
 
 def text_colour_on(value: float) -> str:
-    """``"white"`` on strong colours, ``"black"`` on light ones."""
-    return "white" if abs(float(value)) > LIGHT_TEXT_ABOVE else "black"
+    """``"white"`` on strong blue, ``"black"`` on light blue, white and any orange (the higher contrast)."""
+    return "white" if float(value) > LIGHT_TEXT_ABOVE else "black"
 
 
 def probability_text(probability: float, decimals: int = 3) -> str:
