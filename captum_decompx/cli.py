@@ -130,7 +130,7 @@ def shortened(text: str, limit: int = ECHO_CHARACTERS) -> str:
 
 def print_input(classifier: LoadedClassifier, encoded: Encoded, text: str, pair: Optional[str], out: TextIO) -> None:
     """The model, the text (shortened when long) and, when the tokenizer cut it, how much was kept."""
-    print(f"model: {_shown_source(classifier)} ({classifier.model.config.model_type})", file=out)
+    print(f"model: {_shown_source(classifier)} ({classifier.model_type})", file=out)
     print(f"text: {shortened(text)}" + (f"\npair: {shortened(pair)}" if pair is not None else ""), file=out)
     if encoded.truncated:
         print(
@@ -509,7 +509,7 @@ def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     if not texts:
         raise CommandError(f"No examples in {args.data}.")
     classifier = _load(args.model)
-    print(f"model: {_shown_source(classifier)} ({classifier.model.config.model_type})", file=out)
+    print(f"model: {_shown_source(classifier)} ({classifier.model_type})", file=out)
     print(f"data: {args.data}, {len(texts)} examples; methods: {', '.join(methods)}", file=out, flush=True)
     specs = method_specs(classifier, methods)
     result = evaluate_faithfulness(

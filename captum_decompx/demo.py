@@ -156,6 +156,11 @@ class LoadedClassifier:
     source: str
 
     @property
+    def model_type(self) -> str:
+        """``config.model_type`` (e.g. ``"bert"``)."""
+        return str(getattr(getattr(self.model, "config", None), "model_type", ""))
+
+    @property
     def labels(self) -> list[str]:
         """The class names, by class index (``config.id2label``)."""
         id2label = getattr(self.model.config, "id2label", None) or {}

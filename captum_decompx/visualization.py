@@ -420,11 +420,12 @@ def plot_class_contributions(
     fontsize: float = 11.0,
     title: Optional[str] = None,
     image_format: Optional[str] = None,
+    save_dpi: float = 150.0,
 ):
     """The per-class view as a matplotlib figure: one block per class, tokens on coloured boxes
     (wrapped to ``width`` inches), a shared colour bar in logit units, ★ marking the predicted
     class. Saved when ``path`` is given, in ``image_format`` (default: from the file name's
-    extension, PNG without one).
+    extension, PNG without one) at ``save_dpi`` dots per inch.
 
     Returns:
         the matplotlib ``Figure`` (Agg canvas; pyplot is not used).
@@ -499,7 +500,7 @@ def plot_class_contributions(
     if any(row["predicted"] for row in rows):
         figure.text(margin, 0.55 + 0.08, "★ predicted class", fontsize=fontsize * 0.8, color="#555", transform=inches, va="center", parse_math=False)
     if path is not None:
-        figure.savefig(path, dpi=dpi * 1.5, format=image_format)
+        figure.savefig(path, dpi=save_dpi, format=image_format)
     return figure
 
 
@@ -517,6 +518,7 @@ def plot_token_map(
     attention_mask: Optional[Tensor] = None,
     path: Optional[PathLike] = None,
     title: Optional[str] = None,
+    save_dpi: float = 130.0,
 ):
     """Heatmap of ``||X_l[i, k]||``: how large input token ``k``'s piece is in token ``i``'s
     representation after layer ``l`` (rows ``i``, columns ``k``, padding dropped).
@@ -526,7 +528,7 @@ def plot_token_map(
         input_ids: (batch, seq).
         layer: which layer (Python indexing: -1 is the last).
         index: which example of the batch.
-        path: save the figure there as PNG.
+        path: save the figure there as PNG, at ``save_dpi`` dots per inch.
 
     Returns:
         the matplotlib ``Figure`` (Agg canvas; pyplot is not used).
@@ -553,7 +555,7 @@ def plot_token_map(
     colorbar = figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     colorbar.set_label("||X[i, k]||")
     if path is not None:
-        figure.savefig(path, dpi=130, bbox_inches="tight")
+        figure.savefig(path, dpi=save_dpi, bbox_inches="tight")
     return figure
 
 

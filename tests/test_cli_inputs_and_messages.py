@@ -122,6 +122,10 @@ def test_public_names_still_load_on_first_use():
     assert captum_decompx.DecompX.__name__ == "DecompX"
     assert captum_decompx.write_html is captum_decompx.write_records_html
     assert set(captum_decompx.__all__) <= set(dir(captum_decompx))
+    from captum_decompx import cli, demo
+
+    assert demo.load_classifier is demo.load_model_and_tokenizer  # former names kept
+    assert cli.write_html is cli.write_class_contributions_html and cli.write_png is cli.write_class_contributions_png
     with pytest.raises(AttributeError, match="no attribute 'decompx'"):
         captum_decompx.decompx  # noqa: B018
 
