@@ -26,7 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 
-from .demo import DemoError, LoadedClassifier, dataset_path, load_model_and_tokenizer, read_labelled_tsv
+from .demo import DemoError, LoadedClassifier, dataset_path, load_model_and_tokenizer, read_labelled_tsv, resolve_model_source
 from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def _quiet_transformers() -> None:
 
 
 def _load(model: Optional[str]) -> LoadedClassifier:
+    resolve_model_source(model)  # a missing folder or an unreachable hub fails before torch loads
     _quiet_transformers()
     return load_model_and_tokenizer(model)
 

@@ -184,24 +184,14 @@ def load_model_and_tokenizer(name_or_path: Union[None, str, Path] = None) -> Loa
         ModelLoadError: the folder or hub id cannot be read (or downloaded).
         UnsupportedModelError: DecompX has no adapter for the model's ``model_type``.
     """
+    location, options = resolve_model_source(name_or_path)
+    source = location if name_or_path is None else str(name_or_path)
+
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from .adapters import supported_model_types
 
-    path = demo_model_path() if name_or_path is None else Path(str(name_or_path)).expanduser()
-    source = str(path) if name_or_path is None else str(name_or_path)
-    local = path.exists()
-    if not local and _looks_like_a_path(source):
-        raise ModelLoadError(f"Cannot read the model at {source}: no such folder.")
-    if local and not path.is_dir():
-        raise ModelLoadError(f"Cannot read the model at {source}: it is a file, not a model folder.")
-    location = str(path) if local else source
-    if local or _in_hub_cache(source):
-        options = {"local_files_only": True}
-    else:
-        _check_hub_reachable(source)
-        options = {}
     try:
         config = AutoConfig.from_pretrained(location, **options)
     except Exception as error:  # transformers raises OSError, ValueError, JSON errors, ...
@@ -218,6 +208,32 @@ def load_model_and_tokenizer(name_or_path: Union[None, str, Path] = None) -> Loa
     except Exception as error:
         raise ModelLoadError(f"Cannot load the classifier at {source}: {_first_line(error)}") from error
     return LoadedClassifier(model=model.eval(), tokenizer=tokenizer, source=source)
+
+
+def resolve_model_source(name_or_path: Union[None, str, Path] = None) -> tuple[str, dict[str, bool]]:
+    """Where to load a model from, checked without loading torch or transformers.
+
+    Returns:
+        the folder or hub id to pass to ``from_pretrained``, and its options
+        (``local_files_only=True`` for folders and for hub ids already in the Hugging Face cache).
+
+    Raises:
+        DemoModelNotFoundError: ``name_or_path`` is None and the demo model is missing.
+        ModelLoadError: a missing folder, a file, or a hub id that is not cached and cannot be
+            downloaded (offline mode, or the hub not reachable): reported at once, in one line.
+    """
+    path = demo_model_path() if name_or_path is None else Path(str(name_or_path)).expanduser()
+    source = str(path) if name_or_path is None else str(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"Cannot read the model at {source}: it is a file, not a model folder.")
+        return str(path), {"local_files_only": True}
+    if _looks_like_a_path(source):
+        raise ModelLoadError(f"Cannot read the model at {source}: no such folder.")
+    if _in_hub_cache(source):
+        return source, {"local_files_only": True}
+    _check_hub_reachable(source)
+    return source, {}
 
 
 #: The former name of :func:`load_model_and_tokenizer` (it loads any supported model, not only the demo).

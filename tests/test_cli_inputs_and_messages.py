@@ -102,18 +102,21 @@ def test_shortened_keeps_short_texts_and_cuts_long_ones():
 # 4. --help and usage errors load neither torch nor transformers
 
 
-def test_help_and_usage_errors_do_not_load_torch_or_transformers():
+def test_help_and_usage_errors_do_not_load_torch_or_transformers(tmp_path):
+    """Also a missing model folder and an uncached hub id offline: refused before torch loads."""
     probe = (
         "import sys, contextlib, io\n"
         "from captum_decompx.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-        "    codes = [main(['--help']), main(['explain', '--help']), main(['explain']), main(['explain', 'x', '--method', 'slow'])]\n"
+        "    codes = [main(['--help']), main(['explain', '--help']), main(['explain']), main(['explain', 'x', '--method', 'slow']),\n"
+        "             main(['explain', 'x', '--model', './no-such-folder']), main(['explain', 'x', '--model', 'bert-base-uncased'])]\n"
         "heavy = sorted(name for name in ('torch', 'transformers', 'captum', 'matplotlib', 'numpy') if name in sys.modules)\n"
         "print(codes, heavy)\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=environment, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[0, 0, 2, 2] []"
+    assert done.stdout.strip() == "[0, 0, 2, 2, 2, 2] []"
 
 
 def test_public_names_still_load_on_first_use():
@@ -122,9 +125,10 @@ def test_public_names_still_load_on_first_use():
     assert captum_decompx.DecompX.__name__ == "DecompX"
     assert captum_decompx.write_html is captum_decompx.write_records_html
     assert set(captum_decompx.__all__) <= set(dir(captum_decompx))
-    from captum_decompx import cli, demo
+    from captum_decompx import cli
+    from captum_decompx import demo as demo_module
 
-    assert demo.load_classifier is demo.load_model_and_tokenizer  # former names kept
+    assert demo_module.load_classifier is demo_module.load_model_and_tokenizer  # former names kept
     assert cli.write_html is cli.write_class_contributions_html and cli.write_png is cli.write_class_contributions_png
     with pytest.raises(AttributeError, match="no attribute 'decompx'"):
         captum_decompx.decompx  # noqa: B018
