@@ -501,14 +501,14 @@ def run_compare(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
-    from .evaluation import evaluate_faithfulness
-
     methods = parse_methods(args.methods)
     if args.limit is not None and args.limit < 1:
         raise CommandError(f"--limit must be a positive number of examples, got {args.limit}.")
     texts, labels = read_labelled_tsv(dataset_path(args.data), limit=args.limit)
     if not texts:
         raise CommandError(f"No examples in {args.data}.")
+    from .evaluation import evaluate_faithfulness  # torch loads once the data file has been read
+
     classifier = _load(args.model)
     print(f"model: {_shown_source(classifier)} ({classifier.model_type})", file=out)
     print(f"data: {args.data}, {len(texts)} examples; methods: {', '.join(methods)}", file=out, flush=True)

@@ -103,20 +103,22 @@ def test_shortened_keeps_short_texts_and_cuts_long_ones():
 
 
 def test_help_and_usage_errors_do_not_load_torch_or_transformers(tmp_path):
-    """Also a missing model folder and an uncached hub id offline: refused before torch loads."""
+    """Also a missing model folder, an uncached hub id offline and a bad data file: refused before torch loads."""
     probe = (
         "import sys, contextlib, io\n"
         "from captum_decompx.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
         "    codes = [main(['--help']), main(['explain', '--help']), main(['explain']), main(['explain', 'x', '--method', 'slow']),\n"
-        "             main(['explain', 'x', '--model', './no-such-folder']), main(['explain', 'x', '--model', 'bert-base-uncased'])]\n"
+        "             main(['explain', 'x', '--model', './no-such-folder']), main(['explain', 'x', '--model', 'bert-base-uncased']),\n"
+        "             main(['evaluate', '--data', 'bad.tsv'])]\n"
         "heavy = sorted(name for name in ('torch', 'transformers', 'captum', 'matplotlib', 'numpy') if name in sys.modules)\n"
         "print(codes, heavy)\n"
     )
+    (tmp_path / "bad.tsv").write_text("label\tsentence\nfoo\ta film .\n", encoding="utf-8")
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=environment, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[0, 0, 2, 2, 2, 2] []"
+    assert done.stdout.strip() == "[0, 0, 2, 2, 2, 2, 2] []"
 
 
 def test_public_names_still_load_on_first_use():
