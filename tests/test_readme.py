@@ -93,7 +93,12 @@ def run_block(block: CodeBlock) -> None:
         pytest.fail(f"{block.name} failed:\n{traceback.format_exc()}", pytrace=False)
 
 
-@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[f"line{block.line}" for block in PYTHON_BLOCKS])
+def block_id(block: CodeBlock) -> str:
+    """``line108-from-integrated-gradients-to-decompx``: the test id names the line and the heading."""
+    return f"line{block.line}-" + re.sub(r"[^a-z0-9]+", "-", block.heading.lower()).strip("-")[:48]
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[block_id(block) for block in PYTHON_BLOCKS])
 def test_readme_python_block_runs_as_it_stands(block, in_scratch_folder, registry_restored):
     run_block(block)
 
