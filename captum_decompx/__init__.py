@@ -1,14 +1,52 @@
-"""captum-decompx: DecompX (Modarressi et al., ACL 2023) as a Captum attribution method."""
+"""captum-decompx: DecompX (Modarressi et al., ACL 2023) as a Captum attribution method.
 
-from .adapters import Activation, Adapter, LayerPaths, Linear, Norm, register_adapter, supported_model_types
-from .attribution import DecompX, DecompXOutput
-from .baselines import ALTI, GlobEnc
-from .components import Approximation, BiasRule, register_approximation, register_bias_rule
-from .decomposition import DecompXMemoryError
-from .evaluation import MethodSpec, evaluate_faithfulness
-from .image import patch_heatmap, plot_patch_attribution
-from .llm import LLMDecompX
-from .visualization import visualization_records, write_html
+The public names load their modules on first use (PEP 562), so that ``import captum_decompx`` and
+the command line's ``--help`` do not load torch, transformers or captum.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .adapters import Activation, Adapter, LayerPaths, Linear, Norm, register_adapter, supported_model_types
+    from .attribution import DecompX, DecompXOutput
+    from .baselines import ALTI, GlobEnc
+    from .components import Approximation, BiasRule, register_approximation, register_bias_rule
+    from .decomposition import DecompXMemoryError
+    from .evaluation import MethodSpec, evaluate_faithfulness
+    from .image import patch_heatmap, plot_patch_attribution
+    from .llm import LLMDecompX
+    from .visualization import visualization_records, write_html, write_records_html
+
+#: Public name -> the submodule that defines it (imported when the name is first used).
+_EXPORTS: dict[str, str] = {
+    "ALTI": "baselines",
+    "Activation": "adapters",
+    "Adapter": "adapters",
+    "Approximation": "components",
+    "BiasRule": "components",
+    "DecompX": "attribution",
+    "DecompXMemoryError": "decomposition",
+    "DecompXOutput": "attribution",
+    "GlobEnc": "baselines",
+    "LLMDecompX": "llm",
+    "LayerPaths": "adapters",
+    "Linear": "adapters",
+    "MethodSpec": "evaluation",
+    "Norm": "adapters",
+    "evaluate_faithfulness": "evaluation",
+    "patch_heatmap": "image",
+    "plot_patch_attribution": "image",
+    "register_adapter": "adapters",
+    "register_approximation": "components",
+    "register_bias_rule": "components",
+    "supported_model_types": "adapters",
+    "visualization_records": "visualization",
+    "write_html": "visualization",
+    "write_records_html": "visualization",
+}
 
 __all__ = [
     "ALTI",
@@ -34,6 +72,20 @@ __all__ = [
     "supported_model_types",
     "visualization_records",
     "write_html",
+    "write_records_html",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

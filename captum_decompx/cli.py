@@ -11,6 +11,9 @@ Examples::
 Without ``--model`` the demo sentiment classifier of the repository is used (``models/minilm-sst2``,
 or ``$CAPTUM_DECOMPX_DEMO_MODEL``); nothing is downloaded. Errors the user can fix are reported in
 one message with exit status 2.
+
+torch, transformers and the attribution code load only when a command runs, so that ``--help`` and
+usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -19,21 +22,25 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 
-import torch
-from torch import Tensor
+from .demo import DemoError, LoadedClassifier, dataset_path, load_model_and_tokenizer, read_labelled_tsv, resolve_model_source
+from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 
-from .attribution import DecompX, DecompXOutput
-from .decomposition import DecompXMemoryError
-from .demo import DemoError, LoadedClassifier, dataset_path, load_classifier, read_labelled_tsv
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .attribution import DecompXOutput
 
 #: Exit status of errors the user can act on (the same as argparse's usage errors).
 USAGE_ERROR = 2
 DEFAULT_COMPARE_METHODS = "decompx,ig,gxi"
 DEFAULT_EVALUATE_METHODS = "decompx,gxi,random"
 IG_STEPS = 50
+#: Texts longer than this many characters are echoed shortened (the explanation covers the tokens kept).
+ECHO_CHARACTERS = 200
 
 
 class CommandError(Exception):
@@ -53,11 +60,18 @@ class Encoded:
         extra_args: what the forward function takes after the ids: the attention mask (1, seq),
             and the token type ids (1, seq) for models that use them.
         tokens: the seq token strings, special tokens included.
+        untruncated_length: how many tokens the input has before truncation to the model's
+            maximum length (``seq`` when nothing was cut).
     """
 
     input_ids: Tensor
     extra_args: tuple[Tensor, ...]
     tokens: list[str]
+    untruncated_length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.untruncated_length > len(self.tokens)
 
 
 def _quiet_transformers() -> None:
@@ -69,8 +83,9 @@ def _quiet_transformers() -> None:
 
 
 def _load(model: Optional[str]) -> LoadedClassifier:
+    resolve_model_source(model)  # a missing folder or an unreachable hub fails before torch loads
     _quiet_transformers()
-    return load_classifier(model)
+    return load_model_and_tokenizer(model)
 
 
 def _shown_source(classifier: LoadedClassifier) -> str:
@@ -89,6 +104,8 @@ def _checked_text(text: str, what: str = "TEXT") -> str:
 
 def encode(classifier: LoadedClassifier, text: str, pair: Optional[str] = None) -> Encoded:
     """Tokenize ``text`` (and ``pair``) for ``classifier``, truncated to the model's maximum length."""
+    import torch
+
     tokenizer = classifier.tokenizer
     batch = tokenizer(text, pair, return_tensors="pt", truncation=True)
     input_ids = batch["input_ids"]
@@ -96,7 +113,32 @@ def encode(classifier: LoadedClassifier, text: str, pair: Optional[str] = None) 
     if "token_type_ids" in batch:
         extra.append(batch["token_type_ids"])
     tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
-    return Encoded(input_ids=input_ids, extra_args=tuple(extra), tokens=[_readable(t) for t in tokens])
+    untruncated_length = len(tokenizer(text, pair, truncation=False)["input_ids"])
+    return Encoded(
+        input_ids=input_ids,
+        extra_args=tuple(extra),
+        tokens=[_readable(t) for t in tokens],
+        untruncated_length=max(untruncated_length, input_ids.shape[1]),
+    )
+
+
+def shortened(text: str, limit: int = ECHO_CHARACTERS) -> str:
+    """``text`` itself, or its first ``limit`` characters and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit].rstrip()}... ({len(text):,} characters)"
+
+
+def print_input(classifier: LoadedClassifier, encoded: Encoded, text: str, pair: Optional[str], out: TextIO) -> None:
+    """The model, the text (shortened when long) and, when the tokenizer cut it, how much was kept."""
+    print(f"model: {_shown_source(classifier)} ({classifier.model_type})", file=out)
+    print(f"text: {shortened(text)}" + (f"\npair: {shortened(pair)}" if pair is not None else ""), file=out)
+    if encoded.truncated:
+        print(
+            f"truncated: {len(encoded.tokens):,} of {encoded.untruncated_length:,} tokens kept (the model's maximum "
+            "length); the tokens cut off are not explained",
+            file=out,
+        )
 
 
 def _readable(token: str) -> str:
@@ -172,7 +214,15 @@ def explain_text(classifier: LoadedClassifier, text: str, pair: Optional[str] = 
     ``method="exact"`` decomposes the biases too (the paper's DecompX, bias 0);
     ``method="fast"`` is the bias-free variant, whose bias share is reported in ``bias``.
     """
-    encoded = encode(classifier, text, pair)
+    return explain_encoded(classifier, encode(classifier, text, pair), method)
+
+
+def explain_encoded(classifier: LoadedClassifier, encoded: Encoded, method: str = "exact") -> Explanation:
+    """:func:`explain_text` for an input that is already tokenized."""
+    import torch
+
+    from .attribution import DecompX
+
     explainer = DecompX(forward_function(classifier), model=classifier.model, include_biases=method == "exact", method=method)
     output = explainer.decompose(encoded.input_ids, additional_forward_args=encoded.extra_args)
     logits = output.logits[0].detach().double()
@@ -191,9 +241,12 @@ def explain_text(classifier: LoadedClassifier, text: str, pair: Optional[str] = 
 
 
 def _rgb_for(share: float) -> tuple[int, int, int]:
-    """White to green for ``share`` in (0, 1], white to red for [-1, 0)."""
+    """White to blue for ``share`` in (0, 1] (towards the class), white to orange for [-1, 0) (away from it).
+
+    The same colour-blind-safe scale as the HTML and PNG views (:mod:`captum_decompx.visualization`).
+    """
     strength = min(1.0, abs(share))
-    base = (34, 139, 34) if share >= 0 else (200, 40, 40)
+    base = TOWARDS_RGB if share >= 0 else AWAY_RGB
     return tuple(round(255 + (channel - 255) * strength) for channel in base)  # type: ignore[return-value]
 
 
@@ -201,13 +254,13 @@ def _coloured(token: str, share: float) -> str:
     if abs(share) < 0.05:
         return token
     red, green, blue = _rgb_for(share)
-    foreground = "97" if abs(share) > 0.55 else "30"
+    foreground = "97" if text_colour_on(share) == "white" else "30"
     return f"\x1b[{foreground};48;2;{red};{green};{blue}m{token}\x1b[0m"
 
 
 def format_token_line(tokens: Sequence[str], scores: Sequence[float], scale: float, colour: bool) -> str:
     """``token:+0.123`` for every token; with ``colour``, the token on a background whose hue is the sign
-    (green for, red against) and whose strength is ``|score| / scale``."""
+    (blue towards the class, orange away from it) and whose strength is ``|score| / scale``."""
     parts = []
     for token, score in zip(tokens, scores):
         shown = _coloured(token, score / scale if scale > 0 else 0.0) if colour else token
@@ -220,8 +273,8 @@ def print_explanation(explanation: Explanation, classes: Sequence[int], colour: 
     labels = explanation.labels
     width = max(len(labels[c]) for c in classes)
     predicted = explanation.predicted
-    probabilities = ", ".join(f"{name} {float(p):.3f}" for name, p in zip(labels, explanation.probabilities))
-    print(f"prediction: {labels[predicted]} (p = {float(explanation.probabilities[predicted]):.3f})", file=out)
+    probabilities = ", ".join(f"{name} {probability_text(float(p))}" for name, p in zip(labels, explanation.probabilities))
+    print(f"prediction: {labels[predicted]} (p = {probability_text(float(explanation.probabilities[predicted]))})", file=out)
     print(f"probabilities: {probabilities}", file=out)
     print("", file=out)
     print(f"token contributions to each class logit (DecompX, {explanation.method}):", file=out)
@@ -230,16 +283,30 @@ def print_explanation(explanation: Explanation, classes: Sequence[int], colour: 
         line = format_token_line(explanation.tokens, explanation.contributions[:, c].tolist(), scale, colour)
         print(f"{labels[c]:>{width}}: {line}", file=out)
     if colour:
-        print(f"{'':>{width}}  (green: pushes towards the class, red: away from it; full colour = {scale:.3f})", file=out)
+        print(f"{'':>{width}}  (blue: pushes towards the class, orange: away from it; full colour = {scale:.3f})", file=out)
     print("", file=out)
-    print("sum check (contributions + bias = logit):", file=out)
+    print("sum check (token contributions + bias, against the model's logit):", file=out)
     for c in classes:
-        total = float(explanation.contributions[:, c].sum())
-        bias = float(explanation.bias[c])
-        logit = float(explanation.logits[c])
-        error = abs(total + bias - logit)
-        sign = "+" if bias >= 0 else "-"
-        print(f"{labels[c]:>{width}}: {total:+.6f} {sign} {abs(bias):.6f} = {logit:+.6f}   (|error| {error:.1e})", file=out)
+        line = format_sum_check(float(explanation.contributions[:, c].sum()), float(explanation.bias[c]), float(explanation.logits[c]))
+        print(f"{labels[c]:>{width}}: {line}", file=out)
+
+
+def format_sum_check(total: float, bias: float, logit: float, decimals: int = 6) -> str:
+    """``total + bias = sum   (logit L, |difference| d)``, the printed sum being the sum of the printed terms.
+
+    The terms are rounded first and added as decimals, so the printed equation adds up exactly; the
+    model's logit is printed next to it with the (float rounding) difference from the unrounded sum.
+    """
+    quantum = Decimal(1).scaleb(-decimals)
+    total_shown = Decimal(repr(total)).quantize(quantum)
+    bias_shown = Decimal(repr(abs(bias))).quantize(quantum)
+    sign = "-" if bias < 0 else "+"
+    sum_shown = total_shown - bias_shown if bias < 0 else total_shown + bias_shown
+    difference = abs(total + bias - logit)
+    return (
+        f"{total_shown:+.{decimals}f} {sign} {bias_shown:.{decimals}f} = {sum_shown:+.{decimals}f}   "
+        f"(logit {logit:+.{decimals}f}, |difference| {difference:.1e})"
+    )
 
 
 def _use_colour(choice: str, out: TextIO) -> bool:
@@ -257,17 +324,17 @@ def run_explain(args: argparse.Namespace, out: TextIO) -> int:
     png_path = _output_path(args.png) if args.png else None
     classifier = _load(args.model)
     target = resolve_label(classifier, args.target)
-    explanation = explain_text(classifier, text, pair, method=args.method)
+    encoded = encode(classifier, text, pair)
+    print_input(classifier, encoded, text, pair, out)
+    explanation = explain_encoded(classifier, encoded, method=args.method)
     classes = list(range(len(explanation.labels))) if target is None else [target]
-    print(f"model: {_shown_source(classifier)} ({classifier.model.config.model_type})", file=out)
-    print(f"text: {text}" + (f"\npair: {pair}" if pair is not None else ""), file=out)
     print_explanation(explanation, classes, _use_colour(args.color, out), out)
     if html_path or png_path:
         print("", file=out)
     if html_path:
-        print(f"wrote the HTML view to {write_html(explanation, html_path)}", file=out)
+        print(f"wrote the HTML view to {write_class_contributions_html(explanation, html_path)}", file=out)
     if png_path:
-        print(f"wrote the per-class figure to {write_png(explanation, png_path)}", file=out)
+        print(f"wrote the per-class figure to {write_class_contributions_png(explanation, png_path)}", file=out)
     return 0
 
 
@@ -281,8 +348,9 @@ def _output_path(path: str) -> Path:
     return target
 
 
-def write_html(explanation: Explanation, path: Path) -> Path:
-    """A standalone HTML page: one row per class, tokens coloured by their contribution to it."""
+def write_class_contributions_html(explanation: Explanation, path: Path) -> Path:
+    """Write the per-class view as a standalone HTML page: one row per class, tokens coloured by
+    their contribution to it. Returns the path written."""
     from .visualization import class_contributions_html
 
     destination = Path(path)
@@ -298,11 +366,17 @@ def write_html(explanation: Explanation, path: Path) -> Path:
     return destination
 
 
-def write_png(explanation: Explanation, path: Path) -> Path:
-    """The per-class figure: one row per class, tokens coloured by their signed contribution."""
+def write_class_contributions_png(explanation: Explanation, path: Path) -> Path:
+    """Write the per-class figure as PNG: one row per class, tokens coloured by their signed contribution.
+
+    A path without an extension gets ``.png`` (as matplotlib would add); any other name is written
+    as given, in PNG format. Returns the path actually written.
+    """
     from .visualization import plot_class_contributions
 
     destination = Path(path)
+    if not destination.suffix:
+        destination = destination.with_name(destination.name + ".png")
     plot_class_contributions(
         explanation.output,
         explanation.encoded.input_ids,
@@ -311,8 +385,14 @@ def write_png(explanation: Explanation, path: Path) -> Path:
         label_names=explanation.labels,
         path=destination,
         title=f"DecompX: per-class token contributions ({explanation.method})",
+        image_format="png",
     )
     return destination
+
+
+#: Former names of :func:`write_class_contributions_html` and :func:`write_class_contributions_png`.
+write_html = write_class_contributions_html
+write_png = write_class_contributions_png
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,6 +428,8 @@ def method_specs(classifier: LoadedClassifier, names: Sequence[str]) -> dict:
 
 
 def _batch_of(encoded: Encoded, classifier: LoadedClassifier):
+    import torch
+
     from .evaluation import Batch
 
     special = classifier.tokenizer.get_special_tokens_mask(encoded.input_ids[0].tolist(), already_has_special_tokens=True)
@@ -394,16 +476,17 @@ def run_compare(args: argparse.Namespace, out: TextIO) -> int:
     methods = parse_methods(args.methods)
     classifier = _load(args.model)
     target = resolve_label(classifier, args.target)
+    import torch
+
     encoded = encode(classifier, text, pair)
+    print_input(classifier, encoded, text, pair, out)
     with torch.no_grad():
         logits = forward_function(classifier)(encoded.input_ids, *encoded.extra_args)[0]
     probabilities = torch.softmax(logits.double(), -1)
     predicted = int(logits.argmax())
     target = predicted if target is None else target
     labels = classifier.labels
-    print(f"model: {_shown_source(classifier)} ({classifier.model.config.model_type})", file=out)
-    print(f"text: {text}" + (f"\npair: {pair}" if pair is not None else ""), file=out)
-    print(f"prediction: {labels[predicted]} (p = {float(probabilities[predicted]):.3f})", file=out)
+    print(f"prediction: {labels[predicted]} (p = {probability_text(float(probabilities[predicted]))})", file=out)
     print(f"explaining: {labels[target]}; each column divided by its method's max |score|", file=out)
     print("", file=out)
     batch = _batch_of(encoded, classifier)
@@ -418,16 +501,16 @@ def run_compare(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
-    from .evaluation import evaluate_faithfulness
-
     methods = parse_methods(args.methods)
     if args.limit is not None and args.limit < 1:
         raise CommandError(f"--limit must be a positive number of examples, got {args.limit}.")
     texts, labels = read_labelled_tsv(dataset_path(args.data), limit=args.limit)
     if not texts:
         raise CommandError(f"No examples in {args.data}.")
+    from .evaluation import evaluate_faithfulness  # torch loads once the data file has been read
+
     classifier = _load(args.model)
-    print(f"model: {_shown_source(classifier)} ({classifier.model.config.model_type})", file=out)
+    print(f"model: {_shown_source(classifier)} ({classifier.model_type})", file=out)
     print(f"data: {args.data}, {len(texts)} examples; methods: {', '.join(methods)}", file=out, flush=True)
     specs = method_specs(classifier, methods)
     result = evaluate_faithfulness(
@@ -501,12 +584,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (CommandError, DemoError) as error:
         print(f"captum-decompx {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    except DecompXMemoryError as error:
-        print(f"captum-decompx {args.command}: error: {error} On the command line: --method fast.", file=sys.stderr)
-        return USAGE_ERROR
     except BrokenPipeError:  # the output was piped into a command that stopped reading (e.g. head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as error:
+        from .decomposition import DecompXMemoryError  # loaded by then: the command has run
+
+        if isinstance(error, DecompXMemoryError):
+            print(f"captum-decompx {args.command}: error: {error} On the command line: --method fast.", file=sys.stderr)
+            return USAGE_ERROR
+        raise
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
+from urllib.parse import urlsplit
 
-import torch
-from torch import nn
-
-from .adapters import supported_model_types
+if TYPE_CHECKING:  # torch and transformers load when a model is loaded, not on import
+    from torch import nn
 
 #: Environment variable naming the folder of the demo model (overrides the repository's).
 DEMO_MODEL_ENV = "CAPTUM_DECOMPX_DEMO_MODEL"
@@ -49,6 +49,10 @@ class ModelLoadError(DemoError, OSError):
 
 class UnsupportedModelError(DemoError, ValueError):
     """A model whose ``config.model_type`` has no DecompX adapter."""
+
+
+class DataFileError(DemoError, ValueError):
+    """A data file with a row that cannot be read (e.g. a label that is not an integer)."""
 
 
 def repository_root() -> Path:
@@ -108,19 +112,32 @@ def read_labelled_tsv(path: Union[str, Path], limit: Optional[int] = None) -> tu
 
     Returns:
         The texts and their integer labels, in file order.
+
+    Raises:
+        DataFileError: a label is not an integer, or the file is not UTF-8 text; the message
+            names the file, the line and the value.
     """
     texts: list[str] = []
     labels: list[int] = []
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader, None)
-        for row in reader:
-            if len(row) < 2:
-                continue
-            if limit is not None and len(texts) >= limit:
-                break
-            labels.append(int(row[0]))
-            texts.append(row[1])
+        try:
+            next(reader, None)
+            for row in reader:
+                if len(row) < 2:
+                    continue
+                if limit is not None and len(texts) >= limit:
+                    break
+                try:
+                    labels.append(int(row[0]))
+                except ValueError:
+                    raise DataFileError(
+                        f"{path}, line {reader.line_num}: the label {row[0]!r} is not an integer class index. "
+                        "Each row after the header must be label<TAB>text with an integer label (e.g. 0 or 1)."
+                    ) from None
+                texts.append(row[1])
+        except UnicodeDecodeError as error:
+            raise DataFileError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
     return texts, labels
 
 
@@ -135,8 +152,13 @@ class LoadedClassifier:
     """
 
     model: nn.Module
-    tokenizer: object
+    tokenizer: Any
     source: str
+
+    @property
+    def model_type(self) -> str:
+        """``config.model_type`` (e.g. ``"bert"``)."""
+        return str(getattr(getattr(self.model, "config", None), "model_type", ""))
 
     @property
     def labels(self) -> list[str]:
@@ -146,29 +168,30 @@ class LoadedClassifier:
         return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(count)]
 
 
-def load_classifier(name_or_path: Union[None, str, Path] = None) -> LoadedClassifier:
-    """Load a sequence classifier and its tokenizer for DecompX, checking it is supported first.
+def load_model_and_tokenizer(name_or_path: Union[None, str, Path] = None) -> LoadedClassifier:
+    """Load any supported sequence classifier (a folder or a hub id) and its tokenizer, float32, eval mode.
+
+    The architecture is checked before the weights load. A hub id is read from the local Hugging
+    Face cache when it is there (no network); otherwise it is downloaded, after a quick check that
+    the hub can be reached, so that an offline machine gets one message at once instead of a
+    series of retries.
 
     Args:
-        name_or_path: a local folder or a hub id (used only from the local cache when
-            ``HF_HUB_OFFLINE=1``); None loads the demo model.
+        name_or_path: a local folder or a hub id; None loads the demo model.
 
     Raises:
         DemoModelNotFoundError: ``name_or_path`` is None and the demo model is missing.
-        ModelLoadError: the folder or hub id cannot be read.
+        ModelLoadError: the folder or hub id cannot be read (or downloaded).
         UnsupportedModelError: DecompX has no adapter for the model's ``model_type``.
     """
+    location, options = resolve_model_source(name_or_path)
+    source = location if name_or_path is None else str(name_or_path)
+
+    import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    path = demo_model_path() if name_or_path is None else Path(str(name_or_path)).expanduser()
-    source = str(path) if name_or_path is None else str(name_or_path)
-    local = path.exists()
-    if not local and _looks_like_a_path(source):
-        raise ModelLoadError(f"Cannot read the model at {source}: no such folder.")
-    if local and not path.is_dir():
-        raise ModelLoadError(f"Cannot read the model at {source}: it is a file, not a model folder.")
-    location = str(path) if local else source
-    options = {"local_files_only": True} if local else {}
+    from .adapters import supported_model_types
+
     try:
         config = AutoConfig.from_pretrained(location, **options)
     except Exception as error:  # transformers raises OSError, ValueError, JSON errors, ...
@@ -187,9 +210,81 @@ def load_classifier(name_or_path: Union[None, str, Path] = None) -> LoadedClassi
     return LoadedClassifier(model=model.eval(), tokenizer=tokenizer, source=source)
 
 
+def resolve_model_source(name_or_path: Union[None, str, Path] = None) -> tuple[str, dict[str, bool]]:
+    """Where to load a model from, checked without loading torch or transformers.
+
+    Returns:
+        the folder or hub id to pass to ``from_pretrained``, and its options
+        (``local_files_only=True`` for folders and for hub ids already in the Hugging Face cache).
+
+    Raises:
+        DemoModelNotFoundError: ``name_or_path`` is None and the demo model is missing.
+        ModelLoadError: a missing folder, a file, or a hub id that is not cached and cannot be
+            downloaded (offline mode, or the hub not reachable): reported at once, in one line.
+    """
+    path = demo_model_path() if name_or_path is None else Path(str(name_or_path)).expanduser()
+    source = str(path) if name_or_path is None else str(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"Cannot read the model at {source}: it is a file, not a model folder.")
+        return str(path), {"local_files_only": True}
+    if _looks_like_a_path(source):
+        raise ModelLoadError(f"Cannot read the model at {source}: no such folder.")
+    if _in_hub_cache(source):
+        return source, {"local_files_only": True}
+    _check_hub_reachable(source)
+    return source, {}
+
+
+#: The former name of :func:`load_model_and_tokenizer` (it loads any supported model, not only the demo).
+load_classifier = load_model_and_tokenizer
+
+
 def load_demo_model() -> LoadedClassifier:
     """The demo sentiment classifier (see :func:`demo_model_path`) and its tokenizer."""
-    return load_classifier(None)
+    return load_model_and_tokenizer(None)
+
+
+def _hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
+    return any(os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"} for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(hub_id: str) -> bool:
+    """The hub id's ``config.json`` is in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+    except Exception:  # an id the cache cannot even name: let the loader report it
+        return False
+
+
+def _check_hub_reachable(hub_id: str, timeout_s: float = 3.0) -> None:
+    """Raise :class:`ModelLoadError` at once when ``hub_id`` would have to be downloaded but cannot be.
+
+    Offline mode, or the hub's host not answering within ``timeout_s``, is reported in one line,
+    instead of the downloader's retries (about 30 s). Behind a proxy the check is left to the
+    downloader.
+    """
+    advice = "Pass a local model folder (saved with save_pretrained) with --model PATH, or run where the hub can be reached."
+    if _hub_offline():
+        raise ModelLoadError(f"{hub_id} is not a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set. {advice}")
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "", port), timeout=timeout_s):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ModelLoadError(
+            f"Cannot download {hub_id}: {constants.ENDPOINT} cannot be reached ({reason}) and the model is not in "
+            f"the Hugging Face cache. {advice}"
+        ) from None
 
 
 def _looks_like_a_path(name: str) -> bool:

@@ -3,21 +3,22 @@
 - :func:`visualization_records` turns a :class:`~captum_decompx.DecompXOutput` (or any
   ``(batch, seq)`` attributions with logits) into Captum ``VisualizationDataRecord`` s;
   :func:`visualize_records` renders them with Captum's ``visualize_text`` in a notebook, and
-  :func:`write_html` writes the same table as a standalone HTML file from any Python process
-  (no IPython needed). Token text is always HTML-escaped.
+  :func:`write_records_html` (formerly ``write_html``, still available) writes the same table as a
+  standalone HTML file from any Python process (no IPython needed). Token text is always HTML-escaped.
 - :func:`class_contributions_html` and :func:`plot_class_contributions`: one row per class, every
   token coloured by its signed contribution to that class (Figure A.1 of the DecompX paper).
 - :func:`plot_token_map`: the ``N x N`` norms ``||X_l[i, k]||`` of the propagated decomposition
   of one layer (``DecompX.decompose(..., return_token_maps=True)``) as a heatmap.
 
-Colours follow Captum's scale: green for positive, red for negative, white for zero, with the
-values of each example divided by their largest magnitude so that they lie in [-1, 1].
+Colours (:mod:`captum_decompx.formatting`) are a colour-blind-safe diverging scale: blue for
+contributions towards the explained class, orange for those away from it, white for zero, with the
+values of each example divided by their largest magnitude so that they lie in [-1, 1]. (Captum's own
+``visualize_text``, used by :func:`visualize_records`, keeps its green and red.)
 The figures use matplotlib's Agg canvas directly (pyplot and the global backend are untouched).
 """
 
 from __future__ import annotations
 
-import colorsys
 import html
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -27,6 +28,7 @@ from captum.attr import visualization as captum_visualization
 from torch import Tensor
 
 from .attribution import DecompXOutput
+from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, signed_hex, text_colour_on
 
 VisualizationDataRecord = captum_visualization.VisualizationDataRecord
 
@@ -41,6 +43,7 @@ th { background: #f4f4f4; }
 td.tokens { line-height: 2.1; max-width: 60em; }
 mark { color: black; padding: 2px 3px; margin: 0 1px; border-radius: 3px; }
 .legend { margin-top: 0.8em; }
+.legend .swatch { margin-left: 0.8em; }
 .swatch { display: inline-block; width: 12px; height: 12px; border: 1px solid #888; vertical-align: middle; }
 """.strip()
 
@@ -50,24 +53,18 @@ mark { color: black; padding: 2px 3px; margin: 0 1px; border-radius: 3px; }
 
 
 def attribution_color(value: float) -> str:
-    """CSS colour of a value in [-1, 1] (clipped): Captum's scale, green positive, red negative."""
-    value = max(-1.0, min(1.0, float(value)))
-    if value > 0:
-        return f"hsl(120, 75%, {100 - int(50 * value)}%)"
-    return f"hsl(0, 75%, {100 - int(-40 * value)}%)"
-
-
-def _rgb(hue: float, lightness: float) -> tuple[float, float, float]:
-    return colorsys.hls_to_rgb(hue / 360, lightness, 0.75)
+    """CSS colour (``#rrggbb``) of a value in [-1, 1] (clipped): blue towards the class (+), orange away (-)."""
+    return signed_hex(value)
 
 
 def _colormap():
-    """The same scale as a matplotlib colormap on [-1, 1]: red (-1), white (0), green (+1)."""
+    """The same scale as a matplotlib colormap on [-1, 1]: orange (-1), white (0), blue (+1)."""
     from matplotlib.colors import LinearSegmentedColormap
 
-    return LinearSegmentedColormap.from_list(
-        "decompx_signed", [(0.0, _rgb(0, 0.60)), (0.5, (1.0, 1.0, 1.0)), (1.0, _rgb(120, 0.50))]
-    )
+    def unit(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
+        return (rgb[0] / 255, rgb[1] / 255, rgb[2] / 255)
+
+    return LinearSegmentedColormap.from_list("decompx_signed", [(0.0, unit(AWAY_RGB)), (0.5, (1.0, 1.0, 1.0)), (1.0, unit(TOWARDS_RGB))])
 
 
 def _label(names: LabelNames, index: Optional[int]) -> Any:
@@ -209,7 +206,7 @@ def _escaped_copy(record: VisualizationDataRecord) -> VisualizationDataRecord:
 def visualize_records(records: Sequence[VisualizationDataRecord], legend: bool = True):
     """Render records with Captum's ``visualize_text`` (in a notebook), token text escaped.
 
-    Captum's renderer needs IPython; outside a notebook, use :func:`write_html`.
+    Captum's renderer needs IPython; outside a notebook, use :func:`write_records_html`.
 
     Returns:
         the ``IPython.display.HTML`` object Captum returns.
@@ -219,7 +216,7 @@ def visualize_records(records: Sequence[VisualizationDataRecord], legend: bool =
     except ImportError as error:
         raise ImportError(
             "Captum's visualize_text needs IPython (pip install ipython). Without it, write a "
-            "standalone page with captum_decompx.visualization.write_html(records, 'out.html')."
+            "standalone page with captum_decompx.visualization.write_records_html(records, 'out.html')."
         ) from error
     return captum_visualization.visualize_text([_escaped_copy(record) for record in records], legend=legend)
 
@@ -229,18 +226,19 @@ def _token_marks(tokens: Sequence[str], values: Sequence[float], raw: Optional[S
     for index, (token, value) in enumerate(zip(tokens, values)):
         shown = float(raw[index]) if raw is not None else float(value)
         marks.append(
-            f'<mark style="background-color: {attribution_color(value)}" title="{shown:+.4f}">'
+            f'<mark style="background-color: {attribution_color(value)}; color: {text_colour_on(value)}" title="{shown:+.4f}">'
             f"{html.escape(token, quote=True)}</mark>"
         )
     return " ".join(marks)
 
 
-def _legend() -> str:
+def _legend(the_class: str = "the class") -> str:
+    """What the colours mean, relative to the class of each row (not the class names)."""
     items = " ".join(
         f'<span class="swatch" style="background-color: {attribution_color(value)}"></span> {name}'
-        for value, name in ((-1, "Negative"), (0, "Neutral"), (1, "Positive"))
+        for value, name in ((1, f"towards {the_class}"), (0, "no contribution"), (-1, f"away from {the_class}"))
     )
-    return f'<div class="legend"><b>Legend:</b> {items}</div>'
+    return f'<div class="legend"><b>Colour:</b> {items} <span class="note">(stronger colour: larger contribution)</span></div>'
 
 
 def _document(title: str, body: str) -> str:
@@ -265,17 +263,17 @@ def records_html(records: Sequence[VisualizationDataRecord], *, legend: bool = T
         rows.append(
             "<tr>"
             f"<td><b>{escape(record.true_class)}</b></td>"
-            f"<td><b>{escape(record.pred_class)} ({record.pred_prob:.2f})</b></td>"
+            f"<td><b>{escape(record.pred_class)} ({probability_text(record.pred_prob)})</b></td>"
             f"<td><b>{escape(record.attr_class)}</b></td>"
             f"<td><b>{record.attr_score:.2f}</b></td>"
             f'<td class="tokens">{_token_marks(record.raw_input_ids, values)}</td>'
             "</tr>"
         )
-    body = "<table>\n" + "\n".join(rows) + "\n</table>" + ("\n" + _legend() if legend else "")
+    body = "<table>\n" + "\n".join(rows) + "\n</table>" + ("\n" + _legend("the attribution label") if legend else "")
     return _document(title, body)
 
 
-def write_html(
+def write_records_html(
     records_or_result: Union[Sequence[VisualizationDataRecord], DecompXOutput, Tensor],
     path: PathLike,
     *,
@@ -298,7 +296,7 @@ def write_html(
     if isinstance(records_or_result, (DecompXOutput, Tensor)):
         missing = [name for name in ("input_ids", "tokenizer") if name not in record_options]
         if missing:
-            raise ValueError(f"write_html needs {', '.join(missing)} to turn attributions into records.")
+            raise ValueError(f"write_records_html needs {', '.join(missing)} to turn attributions into records.")
         records = visualization_records(
             records_or_result, record_options.pop("input_ids"), record_options.pop("tokenizer"), **record_options
         )
@@ -309,6 +307,10 @@ def write_html(
     path = Path(path)
     path.write_text(records_html(records, legend=legend, title=title), encoding="utf-8")
     return path
+
+
+#: The former name of :func:`write_records_html` (kept working).
+write_html = write_records_html
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,18 +378,24 @@ def class_contributions_html(
     for row in rows:
         name = html.escape(row["name"]) + (" (predicted)" if row["predicted"] else "")
         lines.append(
-            f"<tr><td><b>{name}</b></td><td>{row['logit']:.3f}</td><td>{row['probability']:.3f}</td>"
+            f"<tr><td><b>{name}</b></td><td>{row['logit']:.3f}</td><td>{probability_text(row['probability'])}</td>"
             f"<td>{float(row['raw'].sum()):.3f}</td>"
             f'<td class="tokens">{_token_marks(tokens, row["normalized"].tolist(), row["raw"].tolist())}</td></tr>'
         )
     body = (
-        f"<p>Colour scale: &plusmn;{scale:.3f} logit units (the largest contribution of this example).</p>\n"
-        "<table>\n" + "\n".join(lines) + "\n</table>\n" + _legend()
+        "<p>Each row colours the tokens by their contribution to <em>that row's</em> class logit; all rows share "
+        f"one scale, full colour = &plusmn;{scale:.3f} logit units (the largest contribution of this example). "
+        "Hover a token for its value.</p>\n"
+        "<table>\n" + "\n".join(lines) + "\n</table>\n" + _legend("the row's class")
     )
     page = _document(title or "Per-class token contributions (DecompX)", body)
     if path is not None:
         Path(path).write_text(page, encoding="utf-8")
     return page
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def _new_figure(width: float, height: float):
@@ -411,10 +419,13 @@ def plot_class_contributions(
     width: float = 11.0,
     fontsize: float = 11.0,
     title: Optional[str] = None,
+    image_format: Optional[str] = None,
+    save_dpi: float = 150.0,
 ):
     """The per-class view as a matplotlib figure: one block per class, tokens on coloured boxes
-    (wrapped to ``width`` inches), a shared colour bar in logit units. Saved as PNG when ``path``
-    is given.
+    (wrapped to ``width`` inches), a shared colour bar in logit units, ★ marking the predicted
+    class. Saved when ``path`` is given, in ``image_format`` (default: from the file name's
+    extension, PNG without one) at ``save_dpi`` dots per inch.
 
     Returns:
         the matplotlib ``Figure`` (Agg canvas; pyplot is not used).
@@ -435,7 +446,7 @@ def plot_class_contributions(
         return extent.width / dpi
 
     labels = [f"{row['name']}{'  ★' if row['predicted'] else ''}" for row in rows]
-    details = [f"logit {row['logit']:.2f}, p {row['probability']:.2f}" for row in rows]
+    details = [f"logit {row['logit']:.2f}, p {probability_text(row['probability'])}" for row in rows]
     label_width = max(
         max(text_width(label, weight="bold") for label in labels),
         max(text_width(detail, fontsize * 0.8) for detail in details),
@@ -471,7 +482,7 @@ def plot_class_contributions(
         for token, (x, line), value in zip(tokens, positions, row["normalized"].tolist()):
             figure.text(
                 margin + label_width + x, top - line_height * (line + 0.5), token,
-                fontsize=fontsize, transform=inches, va="center", ha="left", parse_math=False,
+                fontsize=fontsize, transform=inches, va="center", ha="left", parse_math=False, color=text_colour_on(value),
                 bbox={"boxstyle": "round,pad=0.2", "facecolor": cmap(0.5 + 0.5 * value), "edgecolor": "#bbbbbb", "linewidth": 0.4},
             )
         if number < len(rows) - 1:
@@ -482,10 +493,14 @@ def plot_class_contributions(
     bar = figure.add_axes([(margin + label_width) / width, 0.55 / height, min(4.0, usable) / width, 0.16 / height])
     limit = scale if scale > 0 else 1.0
     figure.colorbar(ScalarMappable(Normalize(-limit, limit), cmap), cax=bar, orientation="horizontal")
-    bar.set_xlabel("contribution to the class logit", fontsize=fontsize * 0.8)
+    bar.set_xlabel("contribution to the row's class logit", fontsize=fontsize * 0.8)
     bar.tick_params(labelsize=fontsize * 0.75)
+    bar.text(0.0, 1.5, "← away from the class", transform=bar.transAxes, ha="left", va="bottom", fontsize=fontsize * 0.75, color=_hex(AWAY_RGB))
+    bar.text(1.0, 1.5, "towards the class →", transform=bar.transAxes, ha="right", va="bottom", fontsize=fontsize * 0.75, color=_hex(TOWARDS_RGB))
+    if any(row["predicted"] for row in rows):
+        figure.text(margin, 0.55 + 0.08, "★ predicted class", fontsize=fontsize * 0.8, color="#555", transform=inches, va="center", parse_math=False)
     if path is not None:
-        figure.savefig(path, dpi=dpi * 1.5)
+        figure.savefig(path, dpi=save_dpi, format=image_format)
     return figure
 
 
@@ -503,6 +518,7 @@ def plot_token_map(
     attention_mask: Optional[Tensor] = None,
     path: Optional[PathLike] = None,
     title: Optional[str] = None,
+    save_dpi: float = 130.0,
 ):
     """Heatmap of ``||X_l[i, k]||``: how large input token ``k``'s piece is in token ``i``'s
     representation after layer ``l`` (rows ``i``, columns ``k``, padding dropped).
@@ -512,7 +528,7 @@ def plot_token_map(
         input_ids: (batch, seq).
         layer: which layer (Python indexing: -1 is the last).
         index: which example of the batch.
-        path: save the figure there as PNG.
+        path: save the figure there as PNG, at ``save_dpi`` dots per inch.
 
     Returns:
         the matplotlib ``Figure`` (Agg canvas; pyplot is not used).
@@ -539,7 +555,7 @@ def plot_token_map(
     colorbar = figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     colorbar.set_label("||X[i, k]||")
     if path is not None:
-        figure.savefig(path, dpi=130, bbox_inches="tight")
+        figure.savefig(path, dpi=save_dpi, bbox_inches="tight")
     return figure
 
 
@@ -553,4 +569,5 @@ __all__ = [
     "visualization_records",
     "visualize_records",
     "write_html",
+    "write_records_html",
 ]

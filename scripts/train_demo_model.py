@@ -5,9 +5,9 @@ The result is the small binary sentiment classifier used by the captum-decompx
 demos and tutorials.  It is a ``BertForSequenceClassification`` model with two
 labels (``0 = negative``, ``1 = positive``), trained on ``data/sst2/train.tsv``
 and evaluated on ``data/sst2/dev.tsv`` (the GLUE validation split).  The weights
-are stored in float16 safetensors to keep the checkpoint small; load them with
-``AutoModelForSequenceClassification.from_pretrained(path)`` and call
-``.float()`` before use.
+are stored in float16 safetensors to keep the checkpoint small, while
+``config.json`` says ``"dtype": "float32"``, so that a plain
+``AutoModelForSequenceClassification.from_pretrained(path)`` returns a float32 model.
 
 Training runs on the CPU and is fully seeded: the same command reproduces the
 same data order and, with the same thread count and library versions, the same
@@ -276,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         save_kwargs["safe_serialization"] = True  # transformers < 5; v5 always writes safetensors
     model.save_pretrained(out, **save_kwargs)
     tokenizer.save_pretrained(out)
+    # The weights stay float16 on disk; the config asks for float32, so that a plain from_pretrained
+    # (which honours the config's dtype in transformers 5) gives a float32 model.
+    config_path = out / "config.json"
+    saved_config = json.loads(config_path.read_text())
+    saved_config["dtype"] = "float32"
+    saved_config.pop("torch_dtype", None)
+    config_path.write_text(json.dumps(saved_config, indent=2, sort_keys=True) + "\n")
 
     weights = out / "model.safetensors"
     if not weights.is_file():

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -59,12 +60,13 @@ class ExplainOutput:
     tokens: dict[str, list[str]]  # per class
     scores: dict[str, list[float]]  # per class
     sum_check: dict[str, tuple[float, float, float]]  # per class: contributions, bias, logit
+    printed_sums: dict[str, tuple[Decimal, Decimal, Decimal]]  # per class: contributions, bias, their printed sum
 
 
 def parse_explain(text: str) -> ExplainOutput:
     """Read the plain-text output of ``explain`` back into numbers."""
     lines = text.splitlines()
-    predicted = re.search(r"^prediction: (.+?) \(p = ([\d.]+)\)$", text, re.M).group(1)
+    predicted = re.search(r"^prediction: (.+?) \(p = ([\d.e -]+)\)$", text, re.M).group(1)
     probabilities = {
         name: float(value) for name, value in re.findall(r"(\S+) ([\d.]+)", re.search(r"^probabilities: (.*)$", text, re.M).group(1))
     }
@@ -78,14 +80,18 @@ def parse_explain(text: str) -> ExplainOutput:
         tokens[label] = [token for token, _ in pairs]
         scores[label] = [float(score) for _, score in pairs]
     check_start = next(i for i, line in enumerate(lines) if line.startswith("sum check"))
-    sum_check = {}
+    sum_check, printed_sums = {}, {}
     for line in lines[check_start + 1 :]:
-        match = re.match(rf"^\s*(.+?): ({NUMBER}) ([+-]) (\d+\.\d+) = ({NUMBER})\s+\(\|error\| (\S+)\)$", line)
+        match = re.match(
+            rf"^\s*(.+?): ({NUMBER}) ([+-]) (\d+\.\d+) = ({NUMBER})\s+\(logit ({NUMBER}), \|difference\| (\S+)\)$", line
+        )
         if not match:
             break
-        label, total, sign, bias, logit, _ = match.groups()
-        sum_check[label] = (float(total), float(bias) * (1 if sign == "+" else -1), float(logit))
-    return ExplainOutput(predicted, probabilities, tokens, scores, sum_check)
+        label, total, sign, bias, printed_sum, logit, _ = match.groups()
+        signed_bias = Decimal(bias) * (1 if sign == "+" else -1)
+        sum_check[label] = (float(total), float(signed_bias), float(logit))
+        printed_sums[label] = (Decimal(total), signed_bias, Decimal(printed_sum))
+    return ExplainOutput(predicted, probabilities, tokens, scores, sum_check, printed_sums)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -97,6 +103,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def assert_sum_check_holds(parsed: ExplainOutput, logits: torch.Tensor, labels: list[str]) -> None:
     """contributions + bias = logit in the printed numbers, and the logit is the model's own."""
     assert set(parsed.sum_check) == set(labels)
+    for label, (total, bias, printed_sum) in parsed.printed_sums.items():
+        assert total + bias == printed_sum, label  # the printed equation adds up, digit for digit
     for label, (total, bias, logit) in parsed.sum_check.items():
         # three numbers printed with 6 decimals (up to 5e-7 rounding each), plus float32 completeness
         # (measured up to 5.7e-7 of the logit scale on MiniLM)

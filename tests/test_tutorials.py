@@ -1,8 +1,10 @@
 """The tutorials run from a fresh kernel, offline, from the ``tutorials/`` folder, and show what they say.
 
 Each notebook is executed with ``nbclient`` in a ``python3`` kernel of this interpreter (the
-committed outputs, if any, are discarded first); a cell that raises fails the test. The printed
-checks are then read back from the fresh outputs.
+committed outputs are discarded first); a cell that raises fails the test. The printed checks are
+then read back from the fresh outputs, and from the stored ones: the notebooks are committed
+executed (``python scripts/execute_tutorials.py``), and their stored outputs must say the same
+things, without noise (warnings, progress bars of weight loading, object reprs, temporary paths).
 """
 
 from __future__ import annotations
@@ -74,21 +76,30 @@ def test_the_kernel_is_this_interpreter(monkeypatch):
     assert printed(notebook).strip() == sys.prefix
 
 
-def test_tutorial_1_swaps_integrated_gradients_for_decompx(monkeypatch):
-    notebook = execute("01_swap_integrated_gradients.ipynb", monkeypatch)
+def check_tutorial_1(notebook) -> None:
     text = printed(notebook)
     assert "predicted: positive" in text
     assert abs(number_after(text, "DecompX, convergence delta:")) < 1e-4
     logit = number_after(text, "logit of 'positive':")
     assert number_after(text, "DecompX contributions sum to:") == pytest.approx(logit, abs=1e-3)
+    # What the text says about IG's delta: float rounding with Captum's default rule, larger with cruder rules.
+    assert abs(number_after(text, "Integrated Gradients, convergence delta:")) < 1e-4
+    gauss_legendre = abs(number_after(text, "IG with gausslegendre, 50 steps: convergence delta"))
+    right_riemann = abs(number_after(text, "IG with riemann_right, 10 steps: convergence delta"))
+    assert gauss_legendre < 1e-4 and right_riemann > 100 * max(gauss_legendre, 1e-6)
+    markdown = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
+    assert "Gauss-Legendre" in markdown and "only approximately" not in markdown
     assert count_outputs(notebook, "text/html") >= 1  # Captum's visualize_text
     sources = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
-    assert "LayerIntegratedGradients(predict, model.bert.embeddings)" in sources
-    assert "DecompX(predict, model=model)" in sources
+    # Captum's BERT tutorial: predict(...) returns the model's output, a forward function is built on it
+    assert "def predict(inputs, token_type_ids=None, position_ids=None, attention_mask=None):" in sources
+    assert "return output.logits" in sources
+    assert "LayerIntegratedGradients(sentiment_forward_func, model.bert.embeddings)" in sources
+    assert "DecompX(sentiment_forward_func, model=model)" in sources
+    assert sources.count("additional_forward_args=(token_type_ids, position_ids, attention_mask)") >= 3
 
 
-def test_tutorial_2_per_class_views(monkeypatch):
-    notebook = execute("02_per_class_and_visualization.ipynb", monkeypatch)
+def check_tutorial_2(notebook) -> None:
     text = printed(notebook)
     assert number_after(text, "largest difference:") < 1e-4
     assert re.search(r"^positive \(0\.\d+\)  a good piece of work", text, re.M)
@@ -97,8 +108,7 @@ def test_tutorial_2_per_class_views(monkeypatch):
     assert count_outputs(notebook, "image/png") == 3  # per-class figure and two token maps
 
 
-def test_tutorial_3_faithfulness_study(monkeypatch):
-    notebook = execute("03_faithfulness_study.ipynb", monkeypatch)
+def check_tutorial_3(notebook) -> None:
     text = printed(notebook)
     assert "24 sentences" in text
     aopc = {name.strip(): float(value) for name, value in re.findall(r"^\s*(.+?): AOPC \(most important masked\) ([\d.]+)", text, re.M)}
@@ -106,6 +116,78 @@ def test_tutorial_3_faithfulness_study(monkeypatch):
     assert aopc["DecompX"] > aopc["random"]
     assert count_outputs(notebook, "text/markdown") == 1  # the results table
     assert count_outputs(notebook, "image/png") == 1  # the curves
+
+
+CHECKS = {
+    "01_swap_integrated_gradients.ipynb": check_tutorial_1,
+    "02_per_class_and_visualization.ipynb": check_tutorial_2,
+    "03_faithfulness_study.ipynb": check_tutorial_3,
+}
+
+#: Noise the tutorials themselves must not produce, on any supported transformers version.
+OWN_NOISE = ("IProgress not found", "torch._C.Generator", "requires_grad=True", "Loading weights", "/tmp/")
+#: Output text that is noise to a reader of a stored notebook (also library warnings of the day).
+NOISE = OWN_NOISE + ("TqdmWarning", "UserWarning", "FutureWarning", "Traceback")
+#: A stored notebook's size limit (the figures are saved at a modest resolution).
+MAX_STORED_BYTES = 200_000
+
+
+def output_texts(notebook) -> list[str]:
+    """The text of every output: streams, text/plain reprs and error tracebacks."""
+    texts = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        for output in cell.outputs:
+            texts.append(output.get("text", "") + output.get("data", {}).get("text/plain", "") + "\n".join(output.get("traceback", [])))
+    return texts
+
+
+def assert_no_noise(notebook, name: str, noise_list: tuple[str, ...] = NOISE) -> None:
+    for text in output_texts(notebook):
+        for noise in noise_list:
+            assert noise not in text, f"{name}: {noise!r} in an output: {text[:300]!r}"
+
+
+def test_tutorial_1_swaps_integrated_gradients_for_decompx(monkeypatch):
+    notebook = execute("01_swap_integrated_gradients.ipynb", monkeypatch)
+    check_tutorial_1(notebook)
+    assert_no_noise(notebook, "01 (fresh run)", OWN_NOISE)
+
+
+def test_tutorial_2_per_class_views(monkeypatch):
+    notebook = execute("02_per_class_and_visualization.ipynb", monkeypatch)
+    check_tutorial_2(notebook)
+    assert_no_noise(notebook, "02 (fresh run)", OWN_NOISE)
+
+
+def test_tutorial_3_faithfulness_study(monkeypatch):
+    notebook = execute("03_faithfulness_study.ipynb", monkeypatch)
+    check_tutorial_3(notebook)
+    assert_no_noise(notebook, "03 (fresh run)", OWN_NOISE)
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_stored_notebook_is_executed_in_order_and_says_the_same(name):
+    path = TUTORIALS / name
+    notebook = nbformat.read(path, as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code_cells] == list(range(1, len(code_cells) + 1)), "run it top to bottom"
+    assert all(output.output_type != "error" for cell in code_cells for output in cell.outputs)
+    CHECKS[name](notebook)  # the stored outputs show what the fresh run shows
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_stored_notebook_has_no_noise_and_stays_small(name):
+    path = TUTORIALS / name
+    notebook = nbformat.read(path, as_version=4)
+    assert_no_noise(notebook, name)
+    assert path.stat().st_size < MAX_STORED_BYTES, f"{name} is {path.stat().st_size} bytes"
+    assert not any("execution" in cell.metadata for cell in notebook.cells)  # no timings
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                assert "\r" not in output.text, "progress-bar updates: store the final state only"
 
 
 def test_notebooks_use_paths_relative_to_the_tutorials_folder():

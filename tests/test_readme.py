@@ -1,0 +1,141 @@
+"""Every ```python block of README.md runs as it stands, and the README's commands are the ones CI runs.
+
+Each Python block runs in its own fresh namespace (a reader copies one block, not the page), in a
+temporary working folder where ``models/`` and ``data/`` point to the repository's, so that the
+blocks load ``models/minilm-sst2`` as written and their output files land in the temporary folder.
+Blocks are run in README order; a failure names the block's line and the heading above it. A block
+that must not run (none today) can be fenced as ```text instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+README = REPOSITORY / "README.md"
+
+
+@dataclass
+class CodeBlock:
+    language: str
+    line: int  # of the opening fence, 1-based
+    heading: str  # the nearest heading above
+    source: str
+
+    @property
+    def name(self) -> str:
+        return f"README.md line {self.line} ({self.heading})"
+
+
+def code_blocks(text: str) -> list[CodeBlock]:
+    """The fenced code blocks of a markdown text, in order."""
+    blocks, heading, fence = [], "top of the file", None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if fence is None:
+            if line.startswith("#"):
+                heading = line.lstrip("#").strip()
+            match = re.match(r"^```(\w*)\s*$", line)
+            if match:
+                fence, lines = CodeBlock(match.group(1), number, heading, ""), []
+        elif line.startswith("```"):
+            fence.source = "\n".join(lines) + "\n"
+            blocks.append(fence)
+            fence = None
+        else:
+            lines.append(line)
+    assert fence is None, f"README.md line {fence.line}: a code fence is never closed"
+    return blocks
+
+
+PYTHON_BLOCKS = [block for block in code_blocks(README.read_text(encoding="utf-8")) if block.language == "python"]
+
+
+def test_readme_has_python_blocks():
+    assert len(PYTHON_BLOCKS) >= 4
+
+
+@pytest.fixture
+def in_scratch_folder(tmp_path, monkeypatch):
+    """cwd = a temporary folder with ``models`` and ``data`` linked to the repository's."""
+    for name in ("models", "data"):
+        (tmp_path / name).symlink_to(REPOSITORY / name, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    return tmp_path
+
+
+@pytest.fixture
+def registry_restored():
+    """Blocks may register adapters: the registry is put back afterwards."""
+    from captum_decompx import adapters
+
+    saved = dict(adapters._REGISTRY)
+    yield
+    adapters._REGISTRY.clear()
+    adapters._REGISTRY.update(saved)
+
+
+def run_block(block: CodeBlock) -> None:
+    """Run one block in a fresh namespace; a failure names the block's line and heading."""
+    code = compile(block.source, block.name, "exec")  # tracebacks point into "README.md line N (heading)"
+    try:
+        exec(code, {"__name__": "__readme__"})
+    except Exception:
+        pytest.fail(f"{block.name} failed:\n{traceback.format_exc()}", pytrace=False)
+
+
+def block_id(block: CodeBlock) -> str:
+    """``line108-from-integrated-gradients-to-decompx``: the test id names the line and the heading."""
+    return f"line{block.line}-" + re.sub(r"[^a-z0-9]+", "-", block.heading.lower()).strip("-")[:48]
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[block_id(block) for block in PYTHON_BLOCKS])
+def test_readme_python_block_runs_as_it_stands(block, in_scratch_folder, registry_restored):
+    run_block(block)
+
+
+def test_block_extraction_names_line_and_heading():
+    blocks = code_blocks("# A\n\ntext\n```python\nx = 1\n```\n## B\n```bash\nls\n```\n")
+    assert [(b.language, b.line, b.heading, b.source) for b in blocks] == [("python", 4, "A", "x = 1\n"), ("bash", 8, "B", "ls\n")]
+
+
+def test_a_failing_block_is_reported_with_its_line_and_heading():
+    (block,) = code_blocks("## Broken example\n\n```python\nx = 1\nundefined_name\n```\n")
+    with pytest.raises(pytest.fail.Exception, match=r"README.md line 3 \(Broken example\) failed:(.|\n)*NameError"):
+        run_block(block)
+
+
+# ------------------------------------------------------------------------------------------------
+# the two Quickstart commands and CI
+
+
+def quickstart_commands() -> list[str]:
+    return [block.source.strip() for block in code_blocks(README.read_text(encoding="utf-8")) if block.language == "bash"][:2]
+
+
+def test_quickstart_first_command_explains_and_second_runs_the_tests():
+    explain, tests = quickstart_commands()
+    assert "captum-decompx explain" in explain
+    assert tests.endswith("&& pytest -q")
+    setup = tests.removesuffix("&& pytest -q").strip()
+    assert explain.startswith('pip install torch==2.13.0 && pip install -e ".[dev]"')
+    assert setup.startswith('pip install torch==2.13.0 && pip install -e ".[dev]"')
+
+
+def test_ci_runs_the_readme_test_command():
+    _, tests = quickstart_commands()
+    setup = tests.removesuffix("&& pytest -q").strip()
+    ci = (REPOSITORY / ".ci" / "run").read_text(encoding="utf-8")
+    assert setup in ci.splitlines()  # the transformers 5 environment: the README's setup, line for line
+    assert re.search(r"^\s*pytest -q \|\| status=\$\?$", ci, re.M)
+    for command in setup.split("&&"):
+        assert shlex.split(command)[:2] == ["pip", "install"], command
