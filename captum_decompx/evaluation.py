@@ -68,7 +68,9 @@ Each row has ``method``, ``example`` (the id given), ``label``, ``predicted``, `
 in any order, refuses duplicates and methods evaluated on different examples, and returns
 per-example arrays in the order of the example ids.
 
-Attribution methods can also be built by key from a registry (:func:`build_methods`,
+In this module *method* always means an attribution method (DecompX, Integrated Gradients, ...);
+DecompX's own exact/fast choice is called its algorithm. Attribution methods can also be built by
+key from a registry (:func:`build_methods`,
 :func:`register_method`, :data:`METHOD_REGISTRY`), as a command line does.
 """
 
@@ -432,7 +434,7 @@ register_method(
     "decompx-fast",
     "DecompX w/o bias (fast)",
     _decompx(include_biases=False, method="fast"),
-    description="DecompX without biases, fast path",
+    description="DecompX without biases, fast algorithm",
 )
 register_method(
     "decompx-no-ffn", "DecompX w/o FFN", _decompx(include_ffn=False), description="DecompX ablation: FFNs not decomposed"
