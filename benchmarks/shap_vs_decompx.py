@@ -78,11 +78,13 @@ def main(argv=None) -> None:
     print(table)
 
     n = len(texts)
+    command_args = sys.argv[1:] if argv is None else list(argv)
+    command = "python " + " ".join(shlex.quote(part) for part in ["benchmarks/shap_vs_decompx.py", *command_args])
     shap_seconds = result.methods[shap_name].seconds
     lines = [
         "# SHAP's Partition explainer and DecompX on the same SST-2 dev sentences",
         "",
-        f"- Command (from the repository root): `{'python ' + ' '.join(shlex.quote(part) for part in [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])}`",
+        f"- Command (from the repository root): `{command}`",
         f"- Model: `{os.path.relpath(model_path, REPO)}` ({model.config.model_type}, {model.config.num_hidden_layers} layers)",
         f"- Data: the first {n} sentences of `{os.path.relpath(args.data, REPO)}`; model accuracy on them {100 * result.accuracy:.2f}%",
         f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; wall time {elapsed / 60:.1f} min",
