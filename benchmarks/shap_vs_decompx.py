@@ -72,7 +72,9 @@ def main(argv=None) -> None:
         shap_name: MethodSpec(ShapPartitionAttribution(model, tokenizer, max_evals=args.max_evals)),
     }
     started = time.perf_counter()
-    result = evaluate_faithfulness(model, tokenizer, texts, labels, methods, batch_size=args.batch_size, show_progress=not args.no_progress)
+    result = evaluate_faithfulness(
+        model, tokenizer, texts, labels, methods, batch_size=args.batch_size, show_progress=not args.no_progress
+    )
     elapsed = time.perf_counter() - started
     table = result.to_markdown(timings=True)
     print(table)

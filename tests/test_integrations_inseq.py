@@ -26,19 +26,33 @@ WORDS = ["<pad>", "<unk>", "<s>", "the", "cat", "sat", "on", "mat", "a", "dog", 
 def word_tokenizer():
     word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tf.PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="<s>")
+    return tf.PreTrainedTokenizerFast(
+        tokenizer_object=word_level, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="<s>"
+    )
 
 
 def tiny_gpt2():
     torch.manual_seed(1)
-    config = tf.GPT2Config(vocab_size=len(WORDS), n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=2, eos_token_id=2, pad_token_id=0)
+    config = tf.GPT2Config(
+        vocab_size=len(WORDS), n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=2, eos_token_id=2, pad_token_id=0
+    )
     return tf.GPT2LMHeadModel(config).eval()
 
 
 def tiny_llama():
     torch.manual_seed(0)
-    config = tf.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                            intermediate_size=40, max_position_embeddings=64, bos_token_id=2, eos_token_id=2, pad_token_id=0)
+    config = tf.LlamaConfig(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=40,
+        max_position_embeddings=64,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model = tf.LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -98,7 +112,10 @@ def test_batched_left_padded_prompts(architecture):
     attribution_model = inseq.load_model(model, "decompx", tokenizer=tokenizer)
     prompts = ["the cat sat on", "a dog"]
     out = attribution_model.attribute(
-        prompts, attributed_fn="logit", step_scores=["logit"], show_progress=False,
+        prompts,
+        attributed_fn="logit",
+        step_scores=["logit"],
+        show_progress=False,
         generation_args={"max_new_tokens": 2, "do_sample": False, "bad_words_ids": [[0], [1], [2]]},  # no special token generated
     )
     generated = out.info["generated_texts"]
@@ -125,7 +142,9 @@ def test_default_probability_target_warns_and_explains_the_logit():
     model, tokenizer = tiny_gpt2(), word_tokenizer()
     attribution_model = inseq.load_model(model, "decompx", tokenizer=tokenizer)
     with pytest.warns(UserWarning, match="explains the logit of each generated token, not its probability"):
-        out = attribution_model.attribute("the cat sat on", "the cat sat on the mat", step_scores=["logit", "probability"], show_progress=False)
+        out = attribution_model.attribute(
+            "the cat sat on", "the cat sat on the mat", step_scores=["logit", "probability"], show_progress=False
+        )
     (sequence,) = out.sequence_attributions
     sums = torch.nansum(sequence.target_attributions, 0)
     torch.testing.assert_close(sums, sequence.step_scores["logit"], atol=1e-5, rtol=1e-5)
@@ -142,20 +161,26 @@ def test_other_attributed_functions_are_refused(attributed_fn):
     attribution_model = inseq.load_model(model, "decompx", tokenizer=tokenizer)
     kwargs = {}
     if attributed_fn == "custom":
+
         def log_probability(args):
             return torch.log_softmax(args.forward_output.logits[:, -1], -1).gather(1, args.target_ids.view(-1, 1)).squeeze(1)
+
         attributed_fn = log_probability
     elif attributed_fn == "contrast_prob_diff":
         kwargs = {"contrast_targets": "the cat sat on a mat"}
     with pytest.raises(ValueError, match="cannot attribute .*attributed_fn='logit'"):
-        attribution_model.attribute("the cat sat on", "the cat sat on the mat", attributed_fn=attributed_fn, show_progress=False, **kwargs)
+        attribution_model.attribute(
+            "the cat sat on", "the cat sat on the mat", attributed_fn=attributed_fn, show_progress=False, **kwargs
+        )
 
 
 def test_options_pass_through_and_bias_share_is_a_step_score():
     model, tokenizer = tiny_llama(), word_tokenizer()
     attribution_model = inseq.load_model(model, "decompx", tokenizer=tokenizer, include_biases=False)
     assert attribution_model.attribution_method.decompx.method == "fast"
-    out = attribution_model.attribute("the cat sat on", "the cat sat on the mat", attributed_fn="logit", step_scores=["logit"], show_progress=False)
+    out = attribution_model.attribute(
+        "the cat sat on", "the cat sat on the mat", attributed_fn="logit", step_scores=["logit"], show_progress=False
+    )
     (sequence,) = out.sequence_attributions
     ids = torch.tensor([[token.id for token in sequence.target]])
     for step, length in enumerate((4, 5)):
@@ -177,8 +202,17 @@ def test_unknown_options_and_include_head_are_refused():
 
 
 def test_encoder_decoder_models_get_a_clear_error():
-    config = tf.T5Config(vocab_size=len(WORDS), d_model=16, d_kv=4, d_ff=16, num_layers=1, num_heads=2,
-                         decoder_start_token_id=0, pad_token_id=0, eos_token_id=2)
+    config = tf.T5Config(
+        vocab_size=len(WORDS),
+        d_model=16,
+        d_kv=4,
+        d_ff=16,
+        num_layers=1,
+        num_heads=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
     model = tf.T5ForConditionalGeneration(config).eval()
     with pytest.raises(ValueError, match="encoder-decoder model, for which captum-decompx has no adapter"):
         inseq.load_model(model, "decompx", tokenizer=word_tokenizer())

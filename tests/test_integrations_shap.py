@@ -59,7 +59,9 @@ def test_values_plus_base_values_are_the_logits_for_a_padded_batch(model, tokeni
     encoded = encode(tokenizer, TEXTS)
     decompx = DecompX(model, include_biases=include_biases)
     out = decompx.decompose(encoded["input_ids"], (encoded["attention_mask"], encoded["token_type_ids"]))
-    explanation = to_shap_explanation(out, encoded["input_ids"], tokenizer, attention_mask=encoded["attention_mask"], label_names=LABELS)
+    explanation = to_shap_explanation(
+        out, encoded["input_ids"], tokenizer, attention_mask=encoded["attention_mask"], label_names=LABELS
+    )
     logits = model_logits(model, encoded)  # an independent forward pass
     lengths = encoded["attention_mask"].sum(1).tolist()
     assert explanation.shape[0] == 3 and list(explanation.output_names) == ["negative", "positive", "neutral"]
@@ -87,14 +89,18 @@ def test_one_example_and_token_texts(model, tokenizer):
     explanation = to_shap_explanation(out, encoded["input_ids"][0], tokenizer, label_names=list(LABELS.values()))
     assert explanation.shape == (5, 3)
     assert list(explanation.data) == ["[CLS]", " the", " film", "s", " [SEP]"]
-    np.testing.assert_allclose(explanation.values.sum(0) + explanation.base_values, model_logits(model, encoded)[0].numpy(), atol=2e-5)
+    np.testing.assert_allclose(
+        explanation.values.sum(0) + explanation.base_values, model_logits(model, encoded)[0].numpy(), atol=2e-5
+    )
     assert token_strings(encoded["input_ids"][0].tolist(), tokenizer) == list(explanation.data)
 
 
 def test_shap_plots_accept_it(model, tokenizer, tmp_path):
     encoded = encode(tokenizer, TEXTS)
     out = DecompX(model).decompose(encoded["input_ids"], (encoded["attention_mask"], encoded["token_type_ids"]))
-    explanation = to_shap_explanation(out, encoded["input_ids"], tokenizer, attention_mask=encoded["attention_mask"], label_names=LABELS)
+    explanation = to_shap_explanation(
+        out, encoded["input_ids"], tokenizer, attention_mask=encoded["attention_mask"], label_names=LABELS
+    )
     html = shap.plots.text(explanation[:, :, "positive"], display=False)
     assert "very" in html and "dull" in html
     shap.plots.waterfall(explanation[0, :, "positive"], show=False)
@@ -109,7 +115,9 @@ def test_shap_plots_accept_it(model, tokenizer, tmp_path):
 def test_text_plot_html_has_css_colours(model, tokenizer, tmp_path):
     encoded = encode(tokenizer, TEXTS[:2])
     out = DecompX(model).decompose(encoded["input_ids"], (encoded["attention_mask"], encoded["token_type_ids"]))
-    explanation = to_shap_explanation(out, encoded["input_ids"], tokenizer, attention_mask=encoded["attention_mask"], label_names=LABELS)
+    explanation = to_shap_explanation(
+        out, encoded["input_ids"], tokenizer, attention_mask=encoded["attention_mask"], label_names=LABELS
+    )
     page = text_plot_html(explanation[:, :, "positive"], tmp_path / "plot.html", title="DecompX <positive>")
     assert (tmp_path / "plot.html").read_text(encoding="utf-8") == page
     assert "np.float" not in page and "&lt;positive&gt;" in page
@@ -123,7 +131,9 @@ def test_text_plot_html_has_css_colours(model, tokenizer, tmp_path):
 
 
 def test_fix_numpy_colour_reprs():
-    assert fix_numpy_colour_reprs("rgba(np.float64(255.0), np.float64(13.5), 0, np.float32(0.25))") == "rgba(255.0, 13.5, 0, 0.25)"
+    assert (
+        fix_numpy_colour_reprs("rgba(np.float64(255.0), np.float64(13.5), 0, np.float32(0.25))") == "rgba(255.0, 13.5, 0, 0.25)"
+    )
 
 
 def test_errors(model, tokenizer):

@@ -19,7 +19,12 @@ def test_tutorial_5_shap_and_inseq(monkeypatch):
     assert number_after(text, "largest difference:") < 1e-4  # SHAP values + base values = logits
     assert number_after(text, "largest step difference:") < 1e-4  # inseq steps = logit step scores
     assert count_outputs(notebook, "image/png") == 2  # waterfall and bar
-    html = [output["data"]["text/html"] for cell in notebook.cells if cell.cell_type == "code"
-            for output in cell.outputs if "text/html" in output.get("data", {})]
+    html = [
+        output["data"]["text/html"]
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if "text/html" in output.get("data", {})
+    ]
     assert any("background: rgba(" in page and "np.float" not in page for page in html)  # the coloured text plot
     assert len(html) >= 2  # the text plot and inseq's view

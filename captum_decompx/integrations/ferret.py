@@ -35,10 +35,9 @@ from __future__ import annotations
 from typing import Any, Union
 
 import torch
-from torch import Tensor, nn
-
 from ferret.explainers import BaseExplainer  # the third-party package (this module is captum_decompx.integrations.ferret)
 from ferret.explainers.explanation import Explanation
+from torch import Tensor, nn
 
 from ..attribution import DecompX
 
@@ -65,7 +64,9 @@ class DecompXExplainer(BaseExplainer):
         if score not in SCORES:
             raise ValueError(f"score={score!r} is not valid; choose one of {SCORES}.")
         if options.get("include_head") is False:
-            raise ValueError("include_head=False gives norms of hidden-state pieces, not shares of a class score; ferret needs the latter.")
+            raise ValueError(
+                "include_head=False gives norms of hidden-state pieces, not shares of a class score; ferret needs the latter."
+            )
         super().__init__(model, tokenizer)
         self.score = score
         self.options = dict(options)
@@ -103,7 +104,9 @@ class DecompXExplainer(BaseExplainer):
             logit margin (``"margin"``), up to the biases' share when ``include_biases=False``.
         """
         if explainer_args:
-            raise TypeError(f"DecompXExplainer takes no explainer arguments ({', '.join(sorted(explainer_args))}); pass DecompX options to the constructor.")
+            raise TypeError(
+                f"DecompXExplainer takes no explainer arguments ({', '.join(sorted(explainer_args))}); pass DecompX options to the constructor."
+            )
         item = self._tokenize(text)
         device = next(self.helper.model.parameters()).device
         input_ids = item["input_ids"].to(device)

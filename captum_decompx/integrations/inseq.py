@@ -32,12 +32,11 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable
 
-from torch import Tensor
-
 import inseq  # the third-party package (this module is captum_decompx.integrations.inseq)
 from inseq.attr import FeatureAttribution
 from inseq.attr.step_functions import get_step_function
 from inseq.data import CoarseFeatureAttributionStepOutput
+from torch import Tensor
 
 from ..attribution import DecompX
 
@@ -160,6 +159,7 @@ class DecompXInseqAttribution(FeatureAttribution):
             additional_forward_args=(attention_mask,),
             return_convergence_delta=True,
         )
+        assert isinstance(scores, Tensor)  # ids in, a tensor out (not a 1-tuple)
         step_scores = {}
         if not self.decompx.include_biases:
             step_scores[BIAS_STEP_SCORE] = (-delta).detach().float().cpu()

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import shap  # the third-party package: absolute import (this module is captum_decompx.integrations.shap)
 import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
-
-import shap  # the third-party package: absolute import (this module is captum_decompx.integrations.shap)
 
 from ..attribution import DecompXOutput
 
@@ -246,9 +245,7 @@ class ShapPartitionAttribution(Attribution):
         self.max_evals = int(max_evals)
         self.output = output
         super().__init__(self._predict)
-        self.explainer = shap.Explainer(
-            self._predict, shap.maskers.Text(tokenizer), algorithm="partition", batch_size=batch_size
-        )
+        self.explainer = shap.Explainer(self._predict, shap.maskers.Text(tokenizer), algorithm="partition", batch_size=batch_size)
 
     @classmethod
     def get_name(cls) -> str:
