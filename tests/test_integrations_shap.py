@@ -164,6 +164,11 @@ def test_partition_attribution_places_shap_values_on_the_tokens(model, tokenizer
         # SHAP's additivity, on an independent forward pass: values + SHAP's base value = the logit.
         total = float(scores[row].double().sum()) + float(reference.base_values[0][targets[row]])
         assert total == pytest.approx(float(logits[row, targets[row]]), abs=1e-4)
+    # SHAP's own explanation: its text plot carries numpy reprs under numpy 2; the helper's does not.
+    own = attribution.explainer([TEXTS[0]], max_evals=40, silent=True)[:, :, 1]
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        assert "np.float64(" in shap.plots.text(own, display=False)
+    assert "np.float" not in text_plot_html(own)
 
 
 def test_benchmark_script_runs_end_to_end(tmp_path):
