@@ -100,8 +100,9 @@ def test_every_step_is_complete_and_equals_decompx(architecture):
     assert sequence.target_attributions.shape == (6, 2)
     check_steps(sequence, model, tokenizer)
     assert out.info["attribution_method"] == "decompx" and out.info["attributed_fn"] == "logit_fn"
-    html = out.show(display=False, return_html=True)
+    html = decompx_inseq.show_html(out)
     assert "the" in html and "mat" in html
+    assert "np.float" not in html and "background:rgba(" in html  # colours a browser can read
     for module in model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
 

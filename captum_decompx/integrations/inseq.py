@@ -30,7 +30,8 @@ Needs the ``inseq`` extra: ``pip install "captum-decompx[inseq]"``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Union
 
 import inseq  # the third-party package (this module is captum_decompx.integrations.inseq)
 from inseq.attr import FeatureAttribution
@@ -39,8 +40,9 @@ from inseq.data import CoarseFeatureAttributionStepOutput
 from torch import Tensor
 
 from ..attribution import DecompX
+from ._html import fix_numpy_scalar_reprs
 
-__all__ = ["BIAS_STEP_SCORE", "METHOD_NAME", "DecompXInseqAttribution"]
+__all__ = ["BIAS_STEP_SCORE", "METHOD_NAME", "DecompXInseqAttribution", "show_html"]
 
 #: the name the method is registered under in inseq.
 METHOD_NAME = "decompx"
@@ -168,6 +170,28 @@ class DecompXInseqAttribution(FeatureAttribution):
             target_attributions=scores.detach().float().cpu(),
             step_scores=step_scores,
         )
+
+
+def show_html(output: Any, path: Union[None, str, Path] = None, **show_options: Any) -> str:
+    """inseq's ``output.show()`` heatmaps as HTML whose colours render under numpy 2.
+
+    inseq 0.7.1 writes its cell colours as ``rgba(np.float64(...), ...)`` under numpy 2, which
+    browsers ignore (every cell is white), for any attribution method.
+
+    Args:
+        output: an inseq ``FeatureAttributionOutput`` (or one sequence's output).
+        path: also write a standalone page there.
+        **show_options: passed to ``output.show`` (``min_val``, ``max_val``, ...).
+
+    Returns:
+        the HTML; in a notebook, ``IPython.display.HTML(show_html(out))``.
+    """
+    html = fix_numpy_scalar_reprs(output.show(display=False, return_html=True, **show_options))
+    if path is not None:
+        Path(path).write_text(
+            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'></head><body>\n{html}\n</body></html>\n", encoding="utf-8"
+        )
+    return html
 
 
 def _registered() -> bool:

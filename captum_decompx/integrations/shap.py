@@ -17,7 +17,6 @@ Needs the ``shap`` extra: ``pip install "captum-decompx[shap]"``.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -28,6 +27,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from ..attribution import DecompXOutput
+from ._html import fix_numpy_scalar_reprs
 
 __all__ = ["ShapPartitionAttribution", "fix_numpy_colour_reprs", "to_shap_explanation", "text_plot_html", "token_strings"]
 
@@ -165,12 +165,9 @@ def _ragged(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-_NUMPY_SCALAR_REPR = re.compile(r"np\.(?:float|int|uint)(?:16|32|64|128)?\(([^()]*)\)")
-
-
 def fix_numpy_colour_reprs(html: str) -> str:
     """Replace numpy 2's scalar reprs (``np.float64(255.0)``) in SHAP's HTML with plain numbers."""
-    return _NUMPY_SCALAR_REPR.sub(r"\1", html)
+    return fix_numpy_scalar_reprs(html)
 
 
 def text_plot_html(
