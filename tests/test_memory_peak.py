@@ -108,17 +108,6 @@ def test_the_budget_forces_chunking_and_changes_no_value(measurement):
     assert measurement["difference"] <= 1e-5 * max(1.0, measurement["logit_scale"]), measurement
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "Known bug: the planner counts one (rows, N, d_ff) feed-forward temporary per row chunk, "
-        "but engine.add_bias spreads b_1 with an out-of-place torch.addcmul while the matmul "
-        "output is alive, so two exist at once. Measured: max_memory 40 MiB, 49 rows per chunk, real "
-        "peak 51 MiB; with that addition done in place the peak is 34 MiB and this test passes. Remove "
-        "this marker when the engine is fixed."
-    ),
-)
 def test_real_peak_memory_of_the_exact_path_stays_under_max_memory(measurement):
     assert measurement["chunked_peak"] <= measurement["budget"], measurement["MiB"]
 

@@ -60,7 +60,7 @@ def register_linear_layout(layout: LinearLayout) -> None:
 
 def linear(pieces: Tensor, affine: Affine, settings: Settings) -> Tensor:
     """``W`` on every piece, then the bias by the settings. pieces: (..., in) -> (..., out)."""
-    return add_bias(pieces @ affine.weight.T, affine.bias, settings)
+    return add_bias(pieces @ affine.weight.T, affine.bias, settings, in_place=True)
 
 
 @dataclass(frozen=True)

@@ -37,23 +37,29 @@ class Settings:
     head_approximation: str = "zo"
 
 
-def add_bias(pieces: Tensor, bias: Optional[Tensor], settings: Settings) -> Tensor:
+def add_bias(pieces: Tensor, bias: Optional[Tensor], settings: Settings, *, in_place: bool = False) -> Tensor:
     """Add ``bias`` (dim,) or per row (..., rows, dim) to a decomposition, as the settings say.
 
     Args:
         pieces: (batch, rows, pieces, dim).
+        in_place: ``pieces`` is a temporary the caller no longer needs (a matmul's output): add
+            into it instead of allocating a second tensor of its size (the memory planner counts
+            one such temporary per feed-forward chunk).
     """
     if bias is None or settings.bias_mode is BiasMode.DROP:
         return pieces
     if bias.dim() > 1:
         bias = bias.unsqueeze(-2)
     if settings.bias_mode is BiasMode.PIECE:
-        pieces = pieces.clone()
+        pieces = pieces if in_place else pieces.clone()
         pieces[..., -1:, :] += bias
         return pieces
     if settings.bias_mode is BiasMode.ADD:
-        return pieces + bias
-    return torch.addcmul(pieces, bias_rule_weights(pieces, bias, settings.bias_rule).unsqueeze(-1), bias)
+        return pieces.add_(bias) if in_place else pieces + bias
+    weights = bias_rule_weights(pieces, bias, settings.bias_rule).unsqueeze(-1)
+    if in_place:
+        return pieces.addcmul_(weights, bias)
+    return torch.addcmul(pieces, weights, bias)
 
 
 def token_pieces(pieces: Tensor, settings: Settings) -> Tensor:
