@@ -446,6 +446,46 @@ def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# attribute (a whole data set, also under torchrun; see captum_decompx/dataset_attribution.py)
+
+
+def run_attribute(args: argparse.Namespace, out: TextIO) -> int:
+    from .dataset_attribution import DatasetAttributionError, run_attribute_command
+
+    try:
+        return run_attribute_command(args, out)
+    except DatasetAttributionError as error:
+        raise CommandError(str(error)) from error
+
+
+def add_attribute_command(commands) -> None:
+    """Register ``captum-decompx attribute``."""
+    attribute = commands.add_parser(
+        "attribute",
+        help="DecompX over a whole data file into Parquet parts (resumable; runs under torchrun)",
+        description=(
+            "Decompose every class logit of every row of a .tsv, .csv, .jsonl or .parquet file with DecompX and write "
+            "the rows to Parquet parts under --out (one table: pyarrow.parquet.read_table(DIR)). Runs unchanged under "
+            "torchrun --nproc_per_node K [--nnodes M ...] -m captum_decompx attribute ...; rerun the same command "
+            "after a crash to compute only what is missing."
+        ),
+    )
+    attribute.add_argument("--data", required=True, metavar="PATH", help="the input file (.tsv, .csv, .jsonl or .parquet)")
+    attribute.add_argument("--out", required=True, metavar="DIR", help="the output folder of Parquet parts (created when missing)")
+    attribute.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)")
+    attribute.add_argument("--text-column", metavar="NAME", help="column of the texts (default: text, sentence or content)")
+    attribute.add_argument("--text-pair-column", metavar="NAME", help="column of the second texts of sentence pairs")
+    attribute.add_argument("--label-column", metavar="NAME", help="column of integer labels (default: label, when present)")
+    attribute.add_argument("--method", choices=("exact", "fast"), default="exact", help="exact: biases decomposed too (default); fast: bias-free, O(N)")
+    attribute.add_argument("--batch-size", type=int, default=16, help="rows per DecompX call (default: 16)")
+    attribute.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: the model's limit)")
+    attribute.add_argument("--rows-per-part", type=int, help="rows per Parquet part (default: the folder's, or about 8 parts per process)")
+    attribute.add_argument("--no-bucketing", action="store_true", help="batch rows in input order instead of sorted by length within a part")
+    attribute.add_argument("--no-progress", action="store_true", help="no progress bar")
+    attribute.set_defaults(run=run_attribute)
+
+
+# ------------------------------------------------------------------------------------------------
 # The command line
 
 
@@ -486,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--methods", default=DEFAULT_EVALUATE_METHODS, help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_EVALUATE_METHODS})")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=run_evaluate)
+    add_attribute_command(commands)
     return parser
 
 
