@@ -13,6 +13,7 @@ from . import decomposition, validation
 from .adapters import Adapter, adapter_for
 from .capture import Captured, capture_internals
 from .decomposition import DEFAULT_MAX_MEMORY
+from .distributed import unwrap_for_decompx
 from .engine import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS, BiasMode, Settings
 
 METHODS = ("auto", "exact", "fast")
@@ -110,6 +111,9 @@ class DecompX(Attribution):
         max_memory: Optional[int] = None,
         adapter: Optional[Adapter] = None,
     ) -> None:
+        # Models wrapped in DistributedDataParallel / nn.DataParallel: their module is explained
+        # (captum_decompx/distributed.py, unwrap_for_decompx).
+        forward_func, model = unwrap_for_decompx(forward_func, model)
         if model is None:
             if not isinstance(forward_func, nn.Module):
                 raise ValueError(

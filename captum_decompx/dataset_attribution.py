@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .attribution import DecompX
 from .datasets import DataFileError, TextTable, read_text_table
-from .distributed import JobProgress, ProcessGroup, balance, join_process_group
+from .distributed import JobProgress, ProcessGroup, balance, join_process_group, unwrap_parallel
 from .parts import OutputFolderError, PartFolder, PartLayout
 
 METHODS = ("exact", "fast")
@@ -87,7 +87,8 @@ class DatasetAttributionResult:
         redone_parts: damaged parts found, deleted and computed again, with the reason.
         truncated_rows: rows longer than ``max_length`` tokens, explained truncated (all processes).
         world_size: processes of the job.
-        seconds: wall time of this run.
+        seconds: wall time of this run (reading, loading and checking included).
+        compute_seconds: wall time of the computing phase, until the slowest rank finished.
         padding_positions: padding positions in the batches computed by this run (all processes);
             length bucketing keeps them few.
     """
@@ -102,11 +103,13 @@ class DatasetAttributionResult:
     truncated_rows: int = 0
     world_size: int = 1
     seconds: float = 0.0
+    compute_seconds: float = 0.0
     padding_positions: int = 0
 
     @property
     def rows_per_second(self) -> float:
-        return self.computed_rows / self.seconds if self.seconds > 0 else float("nan")
+        """Rows computed per second of the computing phase (from the first part to the last rank's end)."""
+        return self.computed_rows / self.compute_seconds if self.compute_seconds > 0 else float("nan")
 
     def read_table(self) -> Any:
         """The whole output as one ``pyarrow.Table``, sorted by id."""
@@ -141,21 +144,6 @@ def output_schema(with_pairs: bool, with_labels: bool) -> Any:
 
 # --------------------------------------------------------------------------------------------
 # Model, fingerprints
-
-
-def unwrap_parallel(model: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` or ``nn.DataParallel`` (others unchanged).
-
-    DecompX records the forward pass of the calling thread, and ``DataParallel`` runs its replicas
-    in other threads; ``DistributedDataParallel`` synchronizes buffers in every forward pass, a
-    collective that ranks with different numbers of batches would never complete. The wrapped
-    module computes the same logits in the calling thread without either.
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    while isinstance(model, (DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -512,6 +500,8 @@ def _attribute_dataset(
         _forward(model), model=model, include_biases=method == "exact", method=method
     )
     truncated = padding = 0
+    group.barrier()
+    compute_began = time.perf_counter()
     with JobProgress(group, total=len(table), done=done_rows, show=show_progress, description=f"DecompX ({method})") as progress:
         for index in mine:
             start, end = layout.bounds(index)
@@ -523,6 +513,7 @@ def _attribute_dataset(
             truncated += part_truncated
             padding += part_padding
         group.barrier()
+        compute_seconds = time.perf_counter() - compute_began
         computed = progress.finish()
     totals = group.gather((truncated, padding))
     missing_after = folder.missing_parts(layout) if group.is_main else []
@@ -539,6 +530,7 @@ def _attribute_dataset(
         truncated_rows=sum(t for t, _ in totals),
         world_size=group.world_size,
         seconds=time.perf_counter() - began,
+        compute_seconds=compute_seconds,
         padding_positions=sum(p for _, p in totals),
     )
     return result
@@ -597,8 +589,8 @@ def run_attribute_command(args: Any, out: Any) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         log(
             f"wrote {result.rows} rows in {result.parts} parts to {result.out_dir} "
-            f"({result.computed_rows} computed in {result.seconds:.1f} s, {result.rows_per_second:.1f} rows/s on "
-            f"{result.world_size} process{'es' if result.world_size > 1 else ''})"
+            f"({result.computed_rows} computed in {result.compute_seconds:.1f} s, {result.rows_per_second:.1f} rows/s on "
+            f"{result.world_size} process{'es' if result.world_size > 1 else ''}; {result.seconds:.1f} s in all)"
         )
         if result.truncated_rows:
             log(f"note: {result.truncated_rows} rows were longer than the maximum length and were explained truncated (see their tokens).")

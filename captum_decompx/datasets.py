@@ -14,7 +14,8 @@ Decisions recorded here:
 - A TSV/CSV row with more fields than the header is refused: the text most likely contained the
   delimiter, and cutting it silently would explain another text.
 - Labels must be integers; ``"1"`` and ``1.0`` are read as 1, ``"pos"`` or ``1.5`` are refused.
-- Blank lines of a JSONL file are skipped (they are not rows).
+- Blank lines of a JSONL file are skipped (they are not rows); its columns are the fields of its
+  first record.
 """
 
 from __future__ import annotations
@@ -112,25 +113,25 @@ def _csv_rows(path: Path, delimiter: str) -> tuple[list[str], Iterator[_RawRow]]
     return header, rows()
 
 
-def _jsonl_rows(path: Path) -> tuple[Optional[list[str]], Iterator[_RawRow]]:
-    def rows() -> Iterator[_RawRow]:
-        with open(path, encoding="utf-8") as handle:
-            index = 0
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield _RawRow(index, line_number, {}, f"not valid JSON ({error.msg})")
-                else:
-                    if isinstance(record, dict):
-                        yield _RawRow(index, line_number, record)
-                    else:
-                        yield _RawRow(index, line_number, {}, f"a JSON {type(record).__name__}, not an object with named fields")
-                index += 1
-
-    return None, rows()
+def _jsonl_rows(path: Path) -> tuple[list[str], Iterator[_RawRow]]:
+    """The rows of a JSONL file; its columns are the fields of its first record."""
+    rows: list[_RawRow] = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            index = len(rows)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                rows.append(_RawRow(index, line_number, {}, f"not valid JSON ({error.msg})"))
+                continue
+            if isinstance(record, dict):
+                rows.append(_RawRow(index, line_number, record))
+            else:
+                rows.append(_RawRow(index, line_number, {}, f"a JSON {type(record).__name__}, not an object with named fields"))
+    header = next((list(row.values) for row in rows if row.problem is None), [])
+    return header, iter(rows)
 
 
 def _parquet_rows(path: Path, wanted: list[str]) -> tuple[list[str], Iterator[_RawRow]]:
@@ -152,14 +153,12 @@ def _parquet_rows(path: Path, wanted: list[str]) -> tuple[list[str], Iterator[_R
     return header, rows()
 
 
-def _pick_column(path: Path, header: Optional[list[str]], asked: Optional[str], defaults: tuple[str, ...], option: str, required: bool) -> Optional[str]:
+def _pick_column(path: Path, header: list[str], asked: Optional[str], defaults: tuple[str, ...], option: str, required: bool) -> Optional[str]:
     """The column to read: the one asked for (checked against the header), or the first default present."""
     if asked is not None:
-        if header is not None and asked not in header:
+        if asked not in header:
             raise DataFileError(f"{path} has no column {asked!r}; its columns are: {', '.join(header)}. Pass {option} NAME.")
         return asked
-    if header is None:  # JSONL: no header; the defaults are checked on the first row
-        return defaults[0] if required else None
     for name in defaults:
         if name in header:
             return name
@@ -212,7 +211,6 @@ def read_text_table(
     suffix = source.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataFileError(f"Cannot read {source}: the file name must end in {', '.join(SUPPORTED_SUFFIXES)}.")
-    header: Optional[list[str]]
     if suffix in (".tsv", ".csv"):
         header, rows = _csv_rows(source, "\t" if suffix == ".tsv" else ",")
     elif suffix == ".jsonl":
@@ -224,20 +222,13 @@ def read_text_table(
     assert text_name is not None
     pair_name = _pick_column(source, header, text_pair_column, (), "--text-pair-column", required=False)
     label_name = _pick_column(source, header, label_column, (DEFAULT_LABEL_COLUMN,), "--label-column", required=False)
-    label_from_default = label_column is None
 
     texts: list[str] = []
     pairs: Optional[list[str]] = [] if pair_name is not None else None
     labels: Optional[list[int]] = [] if label_name is not None else None
     problems: list[str] = []
     n_bad = 0
-    first = True
     for row in rows:
-        if first and header is None and label_from_default:
-            # JSONL: the default label column is used when the first record has it.
-            label_name = DEFAULT_LABEL_COLUMN if DEFAULT_LABEL_COLUMN in row.values else None
-            labels = [] if label_name is not None else None
-        first = False
         issues = [row.problem] if row.problem else []
         if not issues:
             for name, what in ((text_name, "text"), (pair_name, "second text")):
