@@ -592,6 +592,8 @@ def run_attribute_command(args: Any, out: Any) -> int:
             f"({result.computed_rows} computed in {result.compute_seconds:.1f} s, {result.rows_per_second:.1f} rows/s on "
             f"{result.world_size} process{'es' if result.world_size > 1 else ''}; {result.seconds:.1f} s in all)"
         )
+        if result.computed_rows:
+            log(f"padding: {result.padding_positions} padding positions computed ({'bucketed by length' if not args.no_bucketing else 'input order'})")
         if result.truncated_rows:
             log(f"note: {result.truncated_rows} rows were longer than the maximum length and were explained truncated (see their tokens).")
         log(f"read it with: pyarrow.parquet.read_table({str(result.out_dir)!r})")
