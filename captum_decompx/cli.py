@@ -418,6 +418,8 @@ def run_compare(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
+    if getattr(args, "out", None) is not None:  # Parquet parts, resumable, torchrun: dataset_evaluation.py
+        return run_evaluate_parts(args, out)
     from .evaluation import evaluate_faithfulness
 
     methods = parse_methods(args.methods)
@@ -454,6 +456,16 @@ def run_attribute(args: argparse.Namespace, out: TextIO) -> int:
 
     try:
         return run_attribute_command(args, out)
+    except DatasetAttributionError as error:
+        raise CommandError(str(error)) from error
+
+
+def run_evaluate_parts(args: argparse.Namespace, out: TextIO) -> int:
+    from .dataset_attribution import DatasetAttributionError
+    from .dataset_evaluation import run_evaluate_command
+
+    try:
+        return run_evaluate_command(args, out)
     except DatasetAttributionError as error:
         raise CommandError(str(error)) from error
 
@@ -525,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_option(evaluate)
     evaluate.add_argument("--methods", default=DEFAULT_EVALUATE_METHODS, help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_EVALUATE_METHODS})")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--out", metavar="DIR", help="write per-example metric rows to Parquet parts in DIR: resumable, runs under torchrun")
     evaluate.set_defaults(run=run_evaluate)
     add_attribute_command(commands)
     return parser

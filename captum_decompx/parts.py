@@ -99,15 +99,32 @@ class PartFolder:
         identity: what must be the same for a run to continue this folder: the model's, the
             options' and the input's fingerprints, as nested dicts of JSON values.
         about: descriptive values recorded in the manifest but not compared (paths, versions).
-        schema: the ``pyarrow.Schema`` of every part.
+        schema: the ``pyarrow.Schema`` of every part, or None to check only the column names.
+        columns: the column names of every part (default: the schema's).
+        id_column: the column holding the input row index.
+        rows_per_id: rows per input row (e.g. one per attribution method).
     """
 
-    def __init__(self, path: Union[str, Path], kind: str, identity: dict[str, Any], about: dict[str, Any], schema: Any) -> None:
+    def __init__(
+        self,
+        path: Union[str, Path],
+        kind: str,
+        identity: dict[str, Any],
+        about: dict[str, Any],
+        schema: Any = None,
+        *,
+        columns: Optional[Sequence[str]] = None,
+        id_column: str = "id",
+        rows_per_id: int = 1,
+    ) -> None:
         self.path = Path(path).expanduser()
         self.kind = kind
         self.identity = identity
         self.about = about
         self.schema = schema
+        self.columns = list(columns) if columns is not None else [field.name for field in schema]
+        self.id_column = id_column
+        self.rows_per_id = rows_per_id
 
     @property
     def manifest_path(self) -> Path:
@@ -204,7 +221,7 @@ class PartFolder:
             "identity": self.identity,
             "layout": {"n_rows": layout.n_rows, "rows_per_part": layout.rows_per_part},
             "about": self.about,
-            "columns": [field.name for field in self.schema],
+            "columns": self.columns,
         }
         text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
         _write_atomically(self.manifest_path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
@@ -231,12 +248,15 @@ class PartFolder:
             table = pq.read_table(path, page_checksum_verification=True)
         except Exception as error:  # truncated, corrupt, not Parquet: pyarrow raises several types
             return f"unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-        if not table.schema.remove_metadata().equals(self.schema.remove_metadata()):
+        if self.schema is not None and not table.schema.remove_metadata().equals(self.schema.remove_metadata()):
             return "other columns than this run writes"
-        if table.num_rows != end - start:
-            return f"{table.num_rows} rows instead of {end - start}"
-        ids = table.column("id").to_numpy()
-        if not np.array_equal(ids, np.arange(start, end)):
+        if sorted(table.schema.names) != sorted(self.columns):
+            return "other columns than this run writes"
+        expected = (end - start) * self.rows_per_id
+        if table.num_rows != expected:
+            return f"{table.num_rows} rows instead of {expected}"
+        ids = np.sort(table.column(self.id_column).to_numpy())
+        if not np.array_equal(ids, np.repeat(np.arange(start, end), self.rows_per_id)):
             return f"not exactly the ids {start}..{end - 1}"
         return None
 
@@ -261,10 +281,12 @@ class PartFolder:
         import pyarrow.parquet as pq
 
         start, end = layout.bounds(index)
-        if table.num_rows != end - start:
-            raise RuntimeError(f"Part {index} has {table.num_rows} rows, expected {end - start}; nothing was written.")
+        expected = (end - start) * self.rows_per_id
+        if table.num_rows != expected:
+            raise RuntimeError(f"Part {index} has {table.num_rows} rows, expected {expected}; nothing was written.")
         path = self.path / layout.file_name(index)
-        table = table.cast(self.schema)
+        if self.schema is not None:
+            table = table.cast(self.schema)
         _write_atomically(path, lambda temporary: pq.write_table(table, temporary, write_page_checksum=True))
         return path
 
@@ -277,7 +299,7 @@ class PartFolder:
         """The whole table (``pyarrow.Table``), sorted by id."""
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.path).sort_by("id")
+        return pq.read_table(self.path).sort_by(self.id_column)
 
 
 __all__ = ["MANIFEST_FILE", "OutputFolderError", "PartFolder", "PartLayout"]
