@@ -3,6 +3,7 @@
 from .adapters import Activation, Adapter, LayerPaths, Linear, Norm, register_adapter, supported_model_types
 from .attribution import DecompX, DecompXOutput
 from .baselines import ALTI, GlobEnc
+from .dataset_attribution import attribute_dataset
 from .decomposition import DecompXMemoryError
 from .evaluation import MethodSpec, evaluate_faithfulness
 from .image import patch_heatmap, plot_patch_attribution
@@ -22,6 +23,7 @@ __all__ = [
     "Linear",
     "MethodSpec",
     "Norm",
+    "attribute_dataset",
     "evaluate_faithfulness",
     "patch_heatmap",
     "plot_patch_attribution",
