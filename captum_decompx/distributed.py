@@ -244,7 +244,9 @@ def unwrap_parallel(model: nn.Module) -> nn.Module:
     The wrapped module computes the same logits in the calling thread without either.
     """
     while _is_parallel_wrapper(model):
-        model = model.module
+        inner = model.module
+        assert isinstance(inner, nn.Module)
+        model = inner
     return model
 
 
