@@ -1,17 +1,35 @@
-"""The DecompX paper's faithfulness protocol, for any Captum attribution method.
+"""The DecompX paper's faithfulness protocol and ERASER's metrics, for any Captum attribution method.
 
 For each example the non-special tokens are ranked by their attribution to the *predicted* class
-``y_hat``, and ``floor(K * n)`` of them (``n`` = number of non-special tokens) are replaced with
-the tokenizer's mask token, for ``K in {0.0, 0.1, ..., 0.9}``, once starting from the most
-important and once from the least important tokens. Reported per method:
+``y_hat`` and some of them are replaced with the tokenizer's mask token. Each metric is one
+:class:`FaithfulnessMetric` object; the defaults (:func:`default_metrics`) are:
 
-- AOPC = mean over K and examples of ``p(y_hat | x) - p(y_hat | x_K)``;
-- accuracy of the masked inputs against the gold labels, per K and averaged over K;
-- prediction performance: the accuracy when only the top 20% (single sentences) or 40% (sentence
-  pairs) of the non-special tokens are kept and the others masked.
+- :class:`AOPC`: ``floor(K * n)`` tokens (``n`` = number of non-special tokens) masked for
+  ``K in {0.0, 0.1, ..., 0.9}``, once starting from the most and once from the least important;
+  AOPC = mean over K and examples of ``p(y_hat | x) - p(y_hat | x_K)``;
+- :class:`MaskedAccuracy`: the accuracy of those masked inputs against the gold labels, per K;
+- :class:`KeepTopAccuracy`: the accuracy when only the top 20% (single sentences) or 40% (sentence
+  pairs) of the non-special tokens are kept and the others masked (the paper's prediction
+  performance);
+- :class:`Comprehensiveness` and :class:`Sufficiency`: ERASER's metrics (DeYoung et al., 2020) as
+  ferret reports them (``aopc_compr``, ``aopc_suff``): for ``k in {10%, ..., 100%}`` the rationale is
+  the top ``floor(k * n)`` tokens that have a positive score; comprehensiveness is
+  ``p(y_hat | x) - p(y_hat | x without the rationale)`` and sufficiency is
+  ``p(y_hat | x) - p(y_hat | the rationale only)``, each averaged over the distinct non-empty
+  rationales of the example, then over examples. Higher comprehensiveness and lower sufficiency are
+  better.
 
 Masking the most important tokens, higher AOPC and lower accuracy are better; masking the least
 important, the reverse.
+
+How ours relates to ferret's (``ferret.evaluators.faithfulness_measures``, 0.4.1): the thresholds,
+``floor``, the positive-score filter (ferret's ``only_pos=True``), skipping a threshold whose
+rationale equals the previous one, and the values for an example without any rationale
+(comprehensiveness 0, sufficiency 1) are ferret's. Differences: removed tokens are replaced with the
+mask token in place (ferret's default deletes them and re-tokenizes the decoded text); the class is
+the predicted one (ferret takes a ``target``); all special tokens are excluded from ranking (ferret
+drops the first and the last token only); ties are broken by position, earlier first (ferret's
+``argsort`` leaves their order unspecified).
 
 Example::
 
@@ -32,14 +50,38 @@ Example::
     )
     print(result)                  # a markdown table
     result.plot("curves.png")      # AOPC and accuracy against K
+
+Per-example rows and aggregation (for sharded or resumable runs): :func:`evaluate_faithfulness` is
+built on three public steps, which a distributed run can call itself::
+
+    metrics = default_metrics(pairs=False)
+    batch = encode_examples(tokenizer, texts[i:j], labels[i:j])
+    rows = example_rows(model, batch, {"DecompX": spec}, metrics,
+                        mask_token_id=tokenizer.mask_token_id, example_ids=range(i, j))
+    # ... write rows anywhere (one dict per example and method; values are str, int, float or
+    # lists of floats: pyarrow.Table.from_pylist(rows) works), read all parts back ...
+    result = aggregate_rows(all_rows, metrics)   # the same FaithfulnessResult
+
+Each row has ``method``, ``example`` (the id given), ``label``, ``predicted``, ``p_predicted``,
+``seconds`` (this example's share of its batch's attribution time) and the columns of every metric
+(:attr:`FaithfulnessMetric.columns`). :func:`aggregate_rows` accepts the rows of any number of parts
+in any order, refuses duplicates and methods evaluated on different examples, and returns
+per-example arrays in the order of the example ids.
+
+In this module *method* always means an attribution method (DecompX, Integrated Gradients, ...);
+DecompX's own exact/fast choice is called its algorithm. Attribution methods can also be built by
+key from a registry (:func:`build_methods`,
+:func:`register_method`, :data:`METHOD_REGISTRY`), as a command line does.
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -47,6 +89,8 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 DEFAULT_FRACTIONS: tuple[float, ...] = tuple(step / 10 for step in range(10))
+#: ferret's default thresholds for comprehensiveness and sufficiency: 10%, 20%, ..., 100%.
+ERASER_FRACTIONS: tuple[float, ...] = tuple(step / 10 for step in range(1, 11))
 KEEP_FRACTION_SINGLE = 0.2
 KEEP_FRACTION_PAIRS = 0.4
 _FLOOR_EPS = 1e-9
@@ -233,6 +277,211 @@ def classifier_forward(model: nn.Module) -> Callable[..., Tensor]:
     return forward
 
 
+# --------------------------------------------------------------------------------------------
+# A registry of attribution methods, keyed by name
+
+
+class MethodContext:
+    """What a registered factory builds its :class:`MethodSpec` from.
+
+    Attributes:
+        model: the classifier, in eval mode.
+        tokenizer: its tokenizer.
+        ig_steps: Integrated Gradients steps.
+        internal_batch_size: Integrated Gradients' ``internal_batch_size`` (None: all steps at once).
+        seed: the random baseline's seed.
+    """
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, *, ig_steps: int = 50, internal_batch_size: Optional[int] = None, seed: int = 0
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.ig_steps = ig_steps
+        self.internal_batch_size = internal_batch_size
+        self.seed = seed
+        self._shared: dict[str, Any] = {}
+
+    def shared(self, key: str, build: Callable[[], Any]) -> Any:
+        """One object per ``key`` for all factories of this context, e.g. one Integrated Gradients
+        instance reduced two ways, so that :func:`evaluate_faithfulness` calls it once."""
+        if key not in self._shared:
+            self._shared[key] = build()
+        return self._shared[key]
+
+    def input_embeddings(self) -> nn.Module:
+        """The model's word-embedding layer (where the gradient methods attribute)."""
+        get = getattr(self.model, "get_input_embeddings", None)
+        if get is None:
+            raise ValueError(
+                "The model has no get_input_embeddings(): gradient methods on the word embeddings need a Hugging Face model."
+            )
+        return get()
+
+    @property
+    def forward(self) -> Callable[..., Tensor]:
+        """:func:`classifier_forward` of the model (one per context)."""
+        return self.shared("forward", lambda: classifier_forward(self.model))
+
+
+@dataclass(frozen=True)
+class RegisteredMethod:
+    """A registry entry.
+
+    Attributes:
+        key: the short name a command line uses (``"ig"``).
+        label: the display name in tables and plots (``"IG (sum)"``).
+        build: ``context -> MethodSpec``.
+        description: one line for help texts.
+    """
+
+    key: str
+    label: str
+    build: Callable[[MethodContext], MethodSpec]
+    description: str = ""
+
+
+#: Registered attribution methods by key, in registration order (the paper's Table 1 order).
+METHOD_REGISTRY: dict[str, RegisteredMethod] = {}
+
+
+def register_method(
+    key: str, label: str, build: Callable[[MethodContext], MethodSpec], *, description: str = "", replace: bool = False
+) -> None:
+    """Register an attribution method under ``key`` so that :func:`build_methods` (and a command line)
+    can pick it by name.
+
+    Args:
+        key: lower-case short name, e.g. ``"lime"``.
+        label: display name, e.g. ``"LIME"``.
+        build: ``MethodContext -> MethodSpec``; use ``context.shared(...)`` to share one Captum
+            object between entries that only reduce its output differently.
+        description: one line for help texts.
+        replace: allow replacing an existing key.
+    """
+    if key in METHOD_REGISTRY and not replace:
+        raise ValueError(f"An attribution method is already registered as {key!r}; pass replace=True to replace it.")
+    METHOD_REGISTRY[key] = RegisteredMethod(key, label, build, description)
+
+
+def build_methods(keys: Sequence[str], model: nn.Module, tokenizer: Any, **context_options: Any) -> dict[str, MethodSpec]:
+    """The :class:`MethodSpec` of each registered ``key``, keyed by its display label.
+
+    Args:
+        keys: registry keys (see :data:`METHOD_REGISTRY`), e.g. ``["decompx", "ig", "random"]``.
+        model: the classifier.
+        tokenizer: its tokenizer.
+        **context_options: ``ig_steps``, ``internal_batch_size``, ``seed`` of :class:`MethodContext`.
+    """
+    unknown = [key for key in keys if key not in METHOD_REGISTRY]
+    if unknown:
+        raise ValueError(
+            f"Unknown attribution method(s) {', '.join(map(repr, unknown))}; registered: {', '.join(METHOD_REGISTRY)}."
+        )
+    context = MethodContext(model, tokenizer, **context_options)
+    return {METHOD_REGISTRY[key].label: METHOD_REGISTRY[key].build(context) for key in dict.fromkeys(keys)}
+
+
+def _decompx(**options: Any) -> Callable[[MethodContext], MethodSpec]:
+    def build(context: MethodContext) -> MethodSpec:
+        from .attribution import DecompX
+
+        return MethodSpec(DecompX(context.model, **options))
+
+    return build
+
+
+def _globenc(context: MethodContext) -> MethodSpec:
+    from .baselines import GlobEnc
+
+    return MethodSpec(GlobEnc(context.model))
+
+
+def _alti(context: MethodContext) -> MethodSpec:
+    from .baselines import ALTI
+
+    return MethodSpec(ALTI(context.model))
+
+
+def _integrated_gradients(reduce: Reduce) -> Callable[[MethodContext], MethodSpec]:
+    def build(context: MethodContext) -> MethodSpec:
+        from captum.attr import LayerIntegratedGradients
+
+        embeddings = context.input_embeddings()
+        return MethodSpec(
+            context.shared("ig", lambda: LayerIntegratedGradients(context.forward, embeddings)),
+            reduce=reduce,
+            baselines=context.shared("reference", lambda: reference_baselines(context.tokenizer)),
+            attribute_kwargs={"n_steps": context.ig_steps, "internal_batch_size": context.internal_batch_size},
+        )
+
+    return build
+
+
+def _layer_gradient(multiply_by_inputs: bool, reduce: Reduce) -> Callable[[MethodContext], MethodSpec]:
+    def build(context: MethodContext) -> MethodSpec:
+        from captum.attr import LayerGradientXActivation
+
+        embeddings = context.input_embeddings()
+        make = lambda: LayerGradientXActivation(context.forward, embeddings, multiply_by_inputs=multiply_by_inputs)  # noqa: E731
+        return MethodSpec(context.shared(f"layer_gradient_{multiply_by_inputs}", make), reduce=reduce)
+
+    return build
+
+
+register_method("decompx", "DecompX", _decompx(), description="DecompX, biases decomposed (exact)")
+register_method(
+    "decompx-fast",
+    "DecompX w/o bias (fast)",
+    _decompx(include_biases=False, method="fast"),
+    description="DecompX without biases, fast algorithm",
+)
+register_method(
+    "decompx-no-ffn", "DecompX w/o FFN", _decompx(include_ffn=False), description="DecompX ablation: FFNs not decomposed"
+)
+register_method(
+    "decompx-no-head",
+    "DecompX w/o head",
+    _decompx(include_head=False),
+    description="DecompX ablation: classification head not decomposed",
+)
+register_method("globenc", "GlobEnc", _globenc, description="GlobEnc (norm-based, no FFN)")
+register_method("alti", "ALTI", _alti, description="ALTI (norm-based aggregation)")
+register_method(
+    "ig-l2",
+    "IG (L2)",
+    _integrated_gradients(l2_over_embedding),
+    description="Integrated Gradients on the word embeddings, L2 norm",
+)
+register_method(
+    "ig",
+    "IG (sum)",
+    _integrated_gradients(sum_over_embedding),
+    description="Integrated Gradients on the word embeddings, signed sum",
+)
+register_method(
+    "gxi",
+    "Gradient x Input (sum)",
+    _layer_gradient(True, sum_over_embedding),
+    description="Gradient x Input on the word embeddings, signed sum",
+)
+register_method(
+    "gxi-l2",
+    "Gradient x Input (L2)",
+    _layer_gradient(True, l2_over_embedding),
+    description="Gradient x Input on the word embeddings, L2 norm",
+)
+register_method(
+    "saliency",
+    "Saliency (L2)",
+    _layer_gradient(False, l2_over_embedding),
+    description="L2 norm of the gradient with respect to the word embeddings",
+)
+register_method(
+    "random", "random", lambda context: random_method(context.seed), description="uniform random scores (chance level)"
+)
+
+
 def paper_methods(
     model: nn.Module,
     tokenizer: Any,
@@ -247,34 +496,14 @@ def paper_methods(
     GlobEnc, ALTI, Integrated Gradients on the word embeddings against the ``[CLS] [PAD]... [SEP]``
     reference (L2 norm and signed sum over the embedding), Gradient x Input on the word
     embeddings (signed sum: the dot product of gradient and embedding; and L2 norm), Saliency (L2
-    norm of the gradient with respect to the word embeddings) and random scores.
+    norm of the gradient with respect to the word embeddings) and random scores: the registry's
+    built-in entries, keyed by display label.
     """
-    from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
-
-    from .attribution import DecompX
-    from .baselines import ALTI, GlobEnc
-
-    forward = classifier_forward(model)
-    embeddings = model.get_input_embeddings()
-    reference = reference_baselines(tokenizer)
-    ig = LayerIntegratedGradients(forward, embeddings)
-    ig_kwargs: dict[str, Any] = {"n_steps": ig_steps, "internal_batch_size": internal_batch_size}
-    gradient_x_input = LayerGradientXActivation(forward, embeddings, multiply_by_inputs=True)
-    gradient = LayerGradientXActivation(forward, embeddings, multiply_by_inputs=False)
-    return {
-        "DecompX": MethodSpec(DecompX(model)),
-        "DecompX w/o bias (fast)": MethodSpec(DecompX(model, include_biases=False, method="fast")),
-        "DecompX w/o FFN": MethodSpec(DecompX(model, include_ffn=False)),
-        "DecompX w/o head": MethodSpec(DecompX(model, include_head=False)),
-        "GlobEnc": MethodSpec(GlobEnc(model)),
-        "ALTI": MethodSpec(ALTI(model)),
-        "IG (L2)": MethodSpec(ig, reduce=l2_over_embedding, baselines=reference, attribute_kwargs=ig_kwargs),
-        "IG (sum)": MethodSpec(ig, reduce=sum_over_embedding, baselines=reference, attribute_kwargs=ig_kwargs),
-        "Gradient x Input (sum)": MethodSpec(gradient_x_input, reduce=sum_over_embedding),
-        "Gradient x Input (L2)": MethodSpec(gradient_x_input, reduce=l2_over_embedding),
-        "Saliency (L2)": MethodSpec(gradient, reduce=l2_over_embedding),
-        "random": random_method(seed),
-    }
+    keys = [
+        "decompx", "decompx-fast", "decompx-no-ffn", "decompx-no-head", "globenc", "alti",
+        "ig-l2", "ig", "gxi", "gxi-l2", "saliency", "random",
+    ]  # fmt: skip
+    return build_methods(keys, model, tokenizer, ig_steps=ig_steps, internal_batch_size=internal_batch_size, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,6 +514,25 @@ def masked_counts(candidates: Tensor, fraction: float) -> Tensor:
     """``floor(fraction * n)`` per example, ``n`` = number of candidates: (batch,) long."""
     n = candidates.sum(dim=1).to(torch.float64)
     return torch.floor(n * fraction + _FLOOR_EPS).long()
+
+
+def importance_ranks(scores: Tensor, candidates: Tensor, *, most_important: bool = True) -> Tensor:
+    """Each candidate's rank (0 = first) when sorted by score; non-candidates come after all candidates.
+
+    Args:
+        scores: (batch, seq), larger = more important. Ties are broken by position (earlier first).
+        candidates: (batch, seq) bool.
+        most_important: rank the highest score first; False: the lowest first.
+
+    Returns:
+        (batch, seq) long.
+    """
+    fill = float("-inf") if most_important else float("inf")
+    keyed = torch.where(candidates, scores.float(), torch.full_like(scores, fill, dtype=torch.float32))
+    order = torch.sort(keyed, dim=1, descending=most_important, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return rank
 
 
 def mask_ranked_tokens(
@@ -310,13 +558,328 @@ def mask_ranked_tokens(
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}.")
-    fill = float("-inf") if most_important else float("inf")
-    keyed = torch.where(candidates, scores.float(), torch.full_like(scores, fill, dtype=torch.float32))
-    order = torch.sort(keyed, dim=1, descending=most_important, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    rank = importance_ranks(scores, candidates, most_important=most_important)
     chosen = candidates & (rank < masked_counts(candidates, fraction).unsqueeze(1))
     return torch.where(chosen, torch.full_like(input_ids, mask_token_id), input_ids)
+
+
+def top_rationale(scores: Tensor, candidates: Tensor, fraction: float, *, only_positive: bool = True) -> Tensor:
+    """ferret's discrete rationale: the top ``floor(fraction * n)`` candidates by score, of which
+    (``only_positive``) only those with a positive score.
+
+    Args:
+        scores: (batch, seq), larger = more important; ties broken by position (earlier first).
+        candidates: (batch, seq) bool.
+        fraction: k, in [0, 1].
+
+    Returns:
+        (batch, seq) bool, True on the rationale's tokens.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}.")
+    rank = importance_ranks(scores, candidates, most_important=True)
+    rationale = candidates & (rank < masked_counts(candidates, fraction).unsqueeze(1))
+    if only_positive:
+        rationale = rationale & (scores > 0)
+    return rationale
+
+
+# --------------------------------------------------------------------------------------------
+# The metric protocol
+
+
+@dataclass
+class MaskedPredictions:
+    """What a metric sees after its masked inputs went through the model.
+
+    Attributes:
+        batch: the examples.
+        reference: (batch, classes) probabilities of the unmasked inputs.
+        predicted: (batch,) the predicted classes, ``y_hat``.
+        masked: one (batch, classes) probability tensor per input the metric returned from
+            :meth:`FaithfulnessMetric.masked_inputs`, in the same order.
+        scores: (batch, seq) the token scores of the attribution method.
+    """
+
+    batch: Batch
+    reference: Tensor
+    predicted: Tensor
+    masked: list[Tensor]
+    scores: Tensor
+
+    def drop(self, index: int) -> Tensor:
+        """(batch,) float64 ``p(y_hat | x) - p(y_hat | masked input number index)``."""
+        column = self.predicted.view(-1, 1)
+        return (self.reference.gather(1, column) - self.masked[index].gather(1, column)).squeeze(1).double()
+
+    def correct(self, index: int) -> Tensor:
+        """(batch,) bool: the prediction on masked input number ``index`` equals the gold label."""
+        return self.masked[index].argmax(-1) == self.batch.labels
+
+
+class FaithfulnessMetric(ABC):
+    """One faithfulness metric: which masked inputs it needs, what it records per example and how it
+    aggregates. A new metric is one subclass; :func:`evaluate_faithfulness`, :func:`example_rows`,
+    :func:`aggregate_rows` and :meth:`FaithfulnessResult.to_markdown` need no change.
+
+    Attributes:
+        columns: the per-example row columns that :meth:`example_values` returns (plain floats or
+            lists of floats, so that rows can go to JSON or Parquet).
+    """
+
+    columns: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
+        """The inputs to run the model on.
+
+        Args:
+            batch: the examples.
+            scores: (batch, seq) float token scores for the predicted class.
+            mask_token_id: the id that replaces a removed token.
+
+        Returns:
+            a list of (batch, seq) id tensors (variants of ``batch.input_ids``); identical rows across
+            metrics run once.
+        """
+
+    @abstractmethod
+    def example_values(self, predictions: MaskedPredictions) -> dict[str, list[Any]]:
+        """Per-example values: ``{column: [value of example 0, value of example 1, ...]}``."""
+
+    @abstractmethod
+    def summarize(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Aggregates of one attribution method over all examples.
+
+        Args:
+            columns: each of :attr:`columns` stacked over the examples (examples first), float64.
+
+        Returns:
+            named floats or arrays; they become :attr:`MethodResult.summary` entries.
+        """
+
+    def table_cells(self, summary: Mapping[str, Any]) -> list[tuple[float, str, str]]:
+        """``(position, header, formatted value)`` per column of the markdown table; cells of all
+        metrics are sorted by position."""
+        return []
+
+
+class AOPC(FaithfulnessMetric):
+    """The DecompX paper's AOPC: mean over K of ``p(y_hat | x) - p(y_hat | x_K)``, where ``x_K`` has
+    ``floor(K * n)`` tokens masked, most (``aopc_most``) or least (``aopc_least``) important first.
+
+    Row columns ``aopc_most``, ``aopc_least``: (K,) probability drops. Summary: ``aopc_most`` (K,)
+    mean over examples, ``aopc_most_per_example`` (examples,) mean over K, and the same for least.
+    """
+
+    columns = ("aopc_most", "aopc_least")
+
+    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> None:
+        self.fractions = _check_fractions(fractions)
+
+    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
+        return _most_and_least_masked(batch, scores, mask_token_id, self.fractions)
+
+    def example_values(self, predictions: MaskedPredictions) -> dict[str, list[Any]]:
+        n_k = len(self.fractions)
+        drops = torch.stack([predictions.drop(index) for index in range(2 * n_k)], dim=1)  # (batch, 2K)
+        return {"aopc_most": drops[:, :n_k].tolist(), "aopc_least": drops[:, n_k:].tolist()}
+
+    def summarize(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {
+            "aopc_most": columns["aopc_most"].mean(axis=0),
+            "aopc_least": columns["aopc_least"].mean(axis=0),
+            "aopc_most_per_example": columns["aopc_most"].mean(axis=1),
+            "aopc_least_per_example": columns["aopc_least"].mean(axis=1),
+        }
+
+    def table_cells(self, summary: Mapping[str, Any]) -> list[tuple[float, str, str]]:
+        return [
+            (1, "AOPC most ↑", f"{float(summary['aopc_most'].mean()):.3f}"),
+            (3, "AOPC least ↓", f"{float(summary['aopc_least'].mean()):.3f}"),
+        ]
+
+
+class MaskedAccuracy(FaithfulnessMetric):
+    """Accuracy against the gold labels with ``floor(K * n)`` tokens masked, most or least important first.
+
+    Row columns ``correct_most``, ``correct_least``: (K,) 1.0 or 0.0. Summary: ``accuracy_most`` and
+    ``accuracy_least``, (K,) each.
+    """
+
+    columns = ("correct_most", "correct_least")
+
+    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> None:
+        self.fractions = _check_fractions(fractions)
+
+    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
+        return _most_and_least_masked(batch, scores, mask_token_id, self.fractions)
+
+    def example_values(self, predictions: MaskedPredictions) -> dict[str, list[Any]]:
+        n_k = len(self.fractions)
+        correct = torch.stack([predictions.correct(index) for index in range(2 * n_k)], dim=1).double()
+        return {"correct_most": correct[:, :n_k].tolist(), "correct_least": correct[:, n_k:].tolist()}
+
+    def summarize(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {"accuracy_most": columns["correct_most"].mean(axis=0), "accuracy_least": columns["correct_least"].mean(axis=0)}
+
+    def table_cells(self, summary: Mapping[str, Any]) -> list[tuple[float, str, str]]:
+        return [
+            (2, "Acc most ↓", f"{100 * float(summary['accuracy_most'].mean()):.2f}"),
+            (4, "Acc least ↑", f"{100 * float(summary['accuracy_least'].mean()):.2f}"),
+        ]
+
+
+class KeepTopAccuracy(FaithfulnessMetric):
+    """The paper's prediction performance: accuracy when only the top ``keep_fraction`` of the
+    tokens are kept (the lowest ``floor((1 - keep_fraction) * n)`` are masked).
+
+    Row column ``keep_top_correct``: 1.0 or 0.0. Summary: ``keep_top_accuracy``.
+    """
+
+    columns = ("keep_top_correct",)
+
+    def __init__(self, keep_fraction: float = KEEP_FRACTION_SINGLE) -> None:
+        if not 0.0 <= keep_fraction <= 1.0:
+            raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction}.")
+        self.keep_fraction = float(keep_fraction)
+
+    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
+        return [
+            mask_ranked_tokens(
+                batch.input_ids, scores, batch.candidates, 1.0 - self.keep_fraction, mask_token_id, most_important=False
+            )
+        ]
+
+    def example_values(self, predictions: MaskedPredictions) -> dict[str, list[Any]]:
+        return {"keep_top_correct": predictions.correct(0).double().tolist()}
+
+    def summarize(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {"keep_top_accuracy": float(columns["keep_top_correct"].mean())}
+
+    def table_cells(self, summary: Mapping[str, Any]) -> list[tuple[float, str, str]]:
+        return [(5, f"Acc keep top {round(self.keep_fraction * 100)}% ↑", f"{100 * summary['keep_top_accuracy']:.2f}")]
+
+
+class _EraserMetric(FaithfulnessMetric):
+    """Shared by comprehensiveness and sufficiency: rationales at every threshold, and ferret's mean
+    over the distinct non-empty ones."""
+
+    name: ClassVar[str]
+    empty_value: ClassVar[float]
+
+    def __init__(self, fractions: Sequence[float] = ERASER_FRACTIONS, *, only_positive: bool = True) -> None:
+        self.fractions = _check_fractions(fractions)
+        if list(self.fractions) != sorted(self.fractions):
+            raise ValueError(f"{type(self).__name__} needs increasing thresholds, got {self.fractions}.")
+        self.only_positive = only_positive
+
+    @abstractmethod
+    def _remove(self, batch: Batch, rationale: Tensor) -> Tensor:
+        """(batch, seq) bool: the tokens to mask, given the (batch, seq) rationale."""
+
+    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
+        variants = []
+        for fraction in self.fractions:
+            rationale = top_rationale(scores, batch.candidates, fraction, only_positive=self.only_positive)
+            variants.append(
+                torch.where(self._remove(batch, rationale), torch.full_like(batch.input_ids, mask_token_id), batch.input_ids)
+            )
+        return variants
+
+    def example_values(self, predictions: MaskedPredictions) -> dict[str, list[Any]]:
+        batch = predictions.batch
+        sizes = torch.stack(
+            [
+                top_rationale(predictions.scores, batch.candidates, k, only_positive=self.only_positive).sum(1)
+                for k in self.fractions
+            ],
+            dim=1,
+        )  # (batch, thresholds); rationales are nested, so a repeat has the size of the one before
+        previous = torch.cat([torch.zeros_like(sizes[:, :1]), sizes[:, :-1]], dim=1)
+        used = (sizes > 0) & (sizes != previous)
+        drops = torch.stack([predictions.drop(index) for index in range(len(self.fractions))], dim=1)
+        steps = used.sum(1)
+        mean = (drops * used).sum(1) / steps.clamp(min=1)
+        values = torch.where(steps > 0, mean, torch.full_like(mean, self.empty_value))
+        return {self.name: values.tolist(), f"{self.name}_steps": steps.double().tolist()}
+
+    def summarize(self, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {self.name: float(columns[self.name].mean()), f"{self.name}_per_example": columns[self.name]}
+
+
+class Comprehensiveness(_EraserMetric):
+    """ERASER's comprehensiveness as ferret reports it (``aopc_compr``): per example, the mean over
+    thresholds ``k`` of ``p(y_hat | x) - p(y_hat | x with the rationale masked)``, the rationale being
+    the top ``floor(k * n)`` tokens that have a positive score (:func:`top_rationale`); a threshold
+    whose rationale is empty or equals the previous one is skipped; an example without any rationale
+    scores 0. Higher is better.
+
+    Args:
+        fractions: the thresholds, increasing; ferret's 10%, ..., 100% by default.
+        only_positive: keep only positively scored tokens in the rationale (ferret's ``only_pos``).
+
+    Row columns ``comprehensiveness`` and ``comprehensiveness_steps`` (the number of thresholds
+    averaged). Summary: ``comprehensiveness`` (mean over examples), ``comprehensiveness_per_example``.
+    """
+
+    name = "comprehensiveness"
+    columns = ("comprehensiveness", "comprehensiveness_steps")
+    empty_value = 0.0
+
+    def _remove(self, batch: Batch, rationale: Tensor) -> Tensor:
+        return rationale
+
+    def table_cells(self, summary: Mapping[str, Any]) -> list[tuple[float, str, str]]:
+        return [(6, "Comp ↑", f"{summary['comprehensiveness']:.3f}")]
+
+
+class Sufficiency(_EraserMetric):
+    """ERASER's sufficiency as ferret reports it (``aopc_suff``): per example, the mean over thresholds
+    ``k`` of ``p(y_hat | x) - p(y_hat | only the rationale kept)``, every other non-special token
+    masked; rationales as in :class:`Comprehensiveness`; an example without any rationale scores 1.
+    Lower is better.
+
+    Row columns ``sufficiency`` and ``sufficiency_steps``. Summary: ``sufficiency``,
+    ``sufficiency_per_example``.
+    """
+
+    name = "sufficiency"
+    columns = ("sufficiency", "sufficiency_steps")
+    empty_value = 1.0
+
+    def _remove(self, batch: Batch, rationale: Tensor) -> Tensor:
+        return batch.candidates & ~rationale
+
+    def table_cells(self, summary: Mapping[str, Any]) -> list[tuple[float, str, str]]:
+        return [(7, "Suff ↓", f"{summary['sufficiency']:.3f}")]
+
+
+def default_metrics(
+    fractions: Sequence[float] = DEFAULT_FRACTIONS, keep_fraction: Optional[float] = None, *, pairs: bool = False
+) -> list[FaithfulnessMetric]:
+    """AOPC and accuracy over ``fractions``, the keep-top accuracy (``keep_fraction``, default 0.2,
+    or 0.4 with ``pairs``), comprehensiveness and sufficiency (ferret's thresholds)."""
+    if keep_fraction is None:
+        keep_fraction = KEEP_FRACTION_PAIRS if pairs else KEEP_FRACTION_SINGLE
+    return [AOPC(fractions), MaskedAccuracy(fractions), KeepTopAccuracy(keep_fraction), Comprehensiveness(), Sufficiency()]
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(k) for k in fractions)
+    if not values:
+        raise ValueError("Give at least one fraction of tokens to mask.")
+    if any(not 0.0 <= k <= 1.0 for k in values):
+        raise ValueError(f"Fractions must be in [0, 1], got {values}.")
+    return values
+
+
+def _most_and_least_masked(batch: Batch, scores: Tensor, mask_token_id: int, fractions: tuple[float, ...]) -> list[Tensor]:
+    return [
+        mask_ranked_tokens(batch.input_ids, scores, batch.candidates, k, mask_token_id, most_important=most)
+        for most in (True, False)
+        for k in fractions
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,30 +888,72 @@ def mask_ranked_tokens(
 
 @dataclass
 class MethodResult:
-    """The faithfulness of one method.
+    """The faithfulness of one attribution method.
 
     Attributes:
-        aopc_most: (K,) mean probability drop of the predicted class per K, most important masked.
-        accuracy_most: (K,) accuracy against the gold labels per K, most important masked.
-        aopc_least: (K,) as above, least important masked.
-        accuracy_least: (K,).
-        keep_top_accuracy: accuracy with only the top ``keep_fraction`` of the tokens kept.
-        aopc_most_per_example: (examples,) each example's probability drop averaged over K,
-            most important masked, in the order the examples were given.
-        aopc_least_per_example: (examples,) the same, least important masked.
+        summary: every metric's aggregates by name (see each metric's ``summarize``), e.g.
+            ``aopc_most`` (K,), ``accuracy_most`` (K,), ``keep_top_accuracy``, ``comprehensiveness``,
+            ``sufficiency``, ``aopc_most_per_example`` (examples,).
+        per_example: every row column stacked over the examples, in the order of the example ids:
+            (examples,) or (examples, K).
         seconds: wall time spent computing the attributions (not the masked forward passes); a
             call shared with an earlier method (same attribution and arguments, another
             ``reduce``) is counted for the earlier method only.
     """
 
-    aopc_most: np.ndarray
-    accuracy_most: np.ndarray
-    aopc_least: np.ndarray
-    accuracy_least: np.ndarray
-    keep_top_accuracy: float
-    aopc_most_per_example: np.ndarray
-    aopc_least_per_example: np.ndarray
+    summary: dict[str, Any]
+    per_example: dict[str, np.ndarray]
     seconds: float
+
+    def _get(self, key: str) -> Any:
+        if key not in self.summary:
+            raise KeyError(f"{key!r} was not measured; the metrics measured: {', '.join(self.summary)}.")
+        return self.summary[key]
+
+    @property
+    def aopc_most(self) -> np.ndarray:
+        """(K,) mean probability drop of the predicted class per K, most important masked."""
+        return self._get("aopc_most")
+
+    @property
+    def aopc_least(self) -> np.ndarray:
+        """(K,) as above, least important masked."""
+        return self._get("aopc_least")
+
+    @property
+    def accuracy_most(self) -> np.ndarray:
+        """(K,) accuracy against the gold labels per K, most important masked."""
+        return self._get("accuracy_most")
+
+    @property
+    def accuracy_least(self) -> np.ndarray:
+        """(K,) as above, least important masked."""
+        return self._get("accuracy_least")
+
+    @property
+    def keep_top_accuracy(self) -> float:
+        """Accuracy with only the top ``keep_fraction`` of the tokens kept."""
+        return self._get("keep_top_accuracy")
+
+    @property
+    def aopc_most_per_example(self) -> np.ndarray:
+        """(examples,) each example's probability drop averaged over K, most important masked."""
+        return self._get("aopc_most_per_example")
+
+    @property
+    def aopc_least_per_example(self) -> np.ndarray:
+        """(examples,) the same, least important masked."""
+        return self._get("aopc_least_per_example")
+
+    @property
+    def comprehensiveness(self) -> float:
+        """ERASER comprehensiveness (ferret's ``aopc_compr``), mean over examples; higher is better."""
+        return self._get("comprehensiveness")
+
+    @property
+    def sufficiency(self) -> float:
+        """ERASER sufficiency (ferret's ``aopc_suff``), mean over examples; lower is better."""
+        return self._get("sufficiency")
 
     @property
     def aopc_most_mean(self) -> float:
@@ -369,14 +974,17 @@ class MethodResult:
 
 @dataclass
 class FaithfulnessResult:
-    """What :func:`evaluate_faithfulness` measured.
+    """What :func:`evaluate_faithfulness` (or :func:`aggregate_rows`) measured.
 
     Attributes:
         methods: method name -> :class:`MethodResult`, in the order the methods were given.
-        fractions: the K values.
-        keep_fraction: the share of tokens kept for the prediction-performance column.
+        fractions: the K values of AOPC and accuracy (empty when neither was measured).
+        keep_fraction: the share of tokens kept for the prediction-performance column (NaN when
+            not measured).
         n_examples: number of examples evaluated.
         accuracy: the model's accuracy on the unmasked examples.
+        metrics: the metrics that were measured.
+        example_ids: the id of each example, in the order of the per-example arrays.
     """
 
     methods: dict[str, MethodResult]
@@ -384,63 +992,67 @@ class FaithfulnessResult:
     keep_fraction: float
     n_examples: int
     accuracy: float
+    metrics: tuple[FaithfulnessMetric, ...] = ()
+    example_ids: tuple[Any, ...] = ()
 
     def to_markdown(self, *, timings: bool = False) -> str:
-        """A markdown table: AOPC and accuracy (%) averaged over K, masking the most and the least
-        important tokens, and the accuracy (%) with only the top tokens kept."""
-        keep = f"Acc keep top {round(self.keep_fraction * 100)}% ↑"
-        header = ["Method", "AOPC most ↑", "Acc most ↓", "AOPC least ↓", "Acc least ↑", keep]
+        """A markdown table, one row per method: AOPC and accuracy (%) averaged over K, masking the
+        most and the least important tokens, the accuracy (%) with only the top tokens kept,
+        comprehensiveness and sufficiency (each metric contributes its own cells)."""
+        rows = []
+        header: list[str] = []
+        for name, result in self.methods.items():
+            cells = sorted(
+                (cell for metric in self.metrics for cell in metric.table_cells(result.summary)), key=lambda cell: cell[0]
+            )
+            header = ["Method"] + [cell[1] for cell in cells]
+            row = [name.replace("|", "\\|")] + [cell[2] for cell in cells]
+            if timings:
+                row.append(f"{result.seconds:.1f}")
+            rows.append(row)
         if timings:
             header.append("Attribution time (s)")
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-        for name, result in self.methods.items():
-            row = [
-                name.replace("|", "\\|"),
-                f"{result.aopc_most_mean:.3f}",
-                f"{100 * result.accuracy_most_mean:.2f}",
-                f"{result.aopc_least_mean:.3f}",
-                f"{100 * result.accuracy_least_mean:.2f}",
-                f"{100 * result.keep_top_accuracy:.2f}",
-            ]
-            if timings:
-                row.append(f"{result.seconds:.1f}")
-            lines.append("| " + " | ".join(row) + " |")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.to_markdown()
 
-    def paired_difference(self, first: str, second: str, *, most_important: bool = True) -> tuple[float, float]:
-        """AOPC of ``first`` minus AOPC of ``second`` and the standard error of that difference,
-        from the per-example differences (the same examples were masked for both methods).
+    def paired_difference(
+        self, first: str, second: str, *, most_important: bool = True, metric: Optional[str] = None
+    ) -> tuple[float, float]:
+        """A per-example metric of ``first`` minus that of ``second`` and the standard error of the
+        difference, from the per-example differences (the same examples were masked for both).
+
+        Args:
+            first, second: method names.
+            most_important: AOPC with the most (True) or the least (False) important masked; used
+                when ``metric`` is None.
+            metric: a per-example summary entry instead, e.g. ``"comprehensiveness"`` or
+                ``"sufficiency"`` (``"<name>_per_example"`` is looked up).
 
         Returns:
             ``(mean difference, standard error)``; ``mean +- 1.96 * se`` is a 95% interval.
         """
-        field_name = "aopc_most_per_example" if most_important else "aopc_least_per_example"
-        differences = getattr(self.methods[first], field_name) - getattr(self.methods[second], field_name)
+        if metric is None:
+            key = "aopc_most_per_example" if most_important else "aopc_least_per_example"
+        else:
+            key = metric if metric.endswith("_per_example") else f"{metric}_per_example"
+        differences = np.asarray(self.methods[first]._get(key)) - np.asarray(self.methods[second]._get(key))
         if differences.size < 2:
             return float(differences.mean()), float("nan")
         return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(differences.size))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python values (lists and floats), e.g. for ``json.dump``."""
+        """Plain Python values (lists and floats), e.g. for ``json.dump``: the summaries and times."""
         return {
             "fractions": list(self.fractions),
             "keep_fraction": self.keep_fraction,
             "n_examples": self.n_examples,
             "accuracy": self.accuracy,
             "methods": {
-                name: {
-                    "aopc_most": r.aopc_most.tolist(),
-                    "accuracy_most": r.accuracy_most.tolist(),
-                    "aopc_least": r.aopc_least.tolist(),
-                    "accuracy_least": r.accuracy_least.tolist(),
-                    "keep_top_accuracy": r.keep_top_accuracy,
-                    "aopc_most_per_example": r.aopc_most_per_example.tolist(),
-                    "aopc_least_per_example": r.aopc_least_per_example.tolist(),
-                    "seconds": r.seconds,
-                }
+                name: {**{key: _plain(value) for key, value in r.summary.items()}, "seconds": r.seconds}
                 for name, r in self.methods.items()
             },
         }
@@ -463,7 +1075,7 @@ class FaithfulnessResult:
         colors = [
             "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf", "#637939", "#843c39", "#3182bd", "#e6550d",
-        ]
+        ]  # fmt: skip
         panels = [
             (axes[0, 0], "aopc_most", 1.0, "AOPC (most important masked) ↑", "p(ŷ|x) − p(ŷ|x_K)"),
             (axes[0, 1], "aopc_least", 1.0, "AOPC (least important masked) ↓", "p(ŷ|x) − p(ŷ|x_K)"),
@@ -475,7 +1087,7 @@ class FaithfulnessResult:
                 dashed = name.lower().startswith("random")
                 ax.plot(
                     percent,
-                    scale * getattr(result, attribute),
+                    scale * result._get(attribute),
                     styles[index % len(styles)] if not dashed else "--",
                     color="black" if dashed else colors[index % len(colors)],
                     label=name,
@@ -495,8 +1107,15 @@ class FaithfulnessResult:
         return figure
 
 
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
 # --------------------------------------------------------------------------------------------
-# The protocol
+# Per-example rows and their aggregation
+
+#: The columns every row has besides the metrics' columns.
+ROW_KEYS: tuple[str, ...] = ("method", "example", "label", "predicted", "p_predicted", "seconds")
 
 
 def _encode(tokenizer: Any, examples: Sequence[Example], max_length: Optional[int], *, pad: bool = True):
@@ -508,15 +1127,48 @@ def _encode(tokenizer: Any, examples: Sequence[Example], max_length: Optional[in
     return tokenizer(*texts, **options)
 
 
-def _probabilities(model: nn.Module, input_ids: Tensor, batch: Batch, chunk: int) -> Tensor:
-    """Softmax probabilities (len(input_ids), classes) of variants of ``batch`` stacked along dim 0.
+def encode_examples(
+    tokenizer: Any,
+    examples: Sequence[Example],
+    labels: Sequence[int],
+    *,
+    max_length: Optional[int] = 128,
+    device: Union[str, torch.device, None] = None,
+) -> Batch:
+    """Tokenize texts or ``(text_a, text_b)`` pairs into a padded :class:`Batch`.
 
-    Identical rows (e.g. a K too small to mask any token of a short example) run once.
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        examples: the texts or pairs (not mixed).
+        labels: the gold label of every example.
+        max_length: truncate longer inputs (None: no truncation).
+        device: where the tensors go.
+
+    Returns:
+        a :class:`Batch`; its candidates are the real tokens the tokenizer did not add.
     """
-    repeats = input_ids.shape[0] // batch.input_ids.shape[0]
-    columns = [input_ids, batch.attention_mask.repeat(repeats, 1)]
-    if batch.token_type_ids is not None:
-        columns.append(batch.token_type_ids.repeat(repeats, 1))
+    if len(examples) == 0:
+        raise ValueError("No examples to encode.")
+    if len(examples) != len(labels):
+        raise ValueError(f"{len(examples)} examples but {len(labels)} labels.")
+    encoded = _encode(tokenizer, examples, max_length)
+    attention_mask = encoded["attention_mask"].to(device)
+    token_type_ids = encoded.get("token_type_ids")
+    special = encoded["special_tokens_mask"].to(device).bool()
+    return Batch(
+        input_ids=encoded["input_ids"].to(device),
+        attention_mask=attention_mask,
+        token_type_ids=None if token_type_ids is None else token_type_ids.to(device),
+        candidates=attention_mask.bool() & ~special,
+        labels=torch.as_tensor([int(label) for label in labels], device=device),
+    )
+
+
+def _probabilities(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Optional[Tensor], chunk: int
+) -> Tensor:
+    """Softmax probabilities (rows, classes); identical rows run once."""
+    columns = [input_ids, attention_mask] + ([] if token_type_ids is None else [token_type_ids])
     unique, inverse = torch.unique(torch.cat(columns, dim=1), dim=0, return_inverse=True)
     seq = input_ids.shape[1]
     out = []
@@ -524,10 +1176,187 @@ def _probabilities(model: nn.Module, input_ids: Tensor, batch: Batch, chunk: int
         for start in range(0, unique.shape[0], chunk):
             part = unique[start : start + chunk]
             kwargs = {"attention_mask": part[:, seq : 2 * seq]}
-            if batch.token_type_ids is not None:
+            if token_type_ids is not None:
                 kwargs["token_type_ids"] = part[:, 2 * seq :]
             out.append(torch.softmax(model(input_ids=part[:, :seq], **kwargs).logits.float(), dim=-1))
     return torch.cat(out)[inverse]
+
+
+def _variant_probabilities(model: nn.Module, batch: Batch, variants: list[Tensor], reference: Tensor, chunk: int) -> Tensor:
+    """(variants, batch, classes) probabilities of masked copies of ``batch``; unchanged rows reuse
+    ``reference`` (batch, classes) and identical rows run once."""
+    if not variants:
+        return reference.new_zeros((0,) + tuple(reference.shape))
+    repeats = len(variants)
+    stacked = torch.cat(variants)
+    out = reference.repeat(repeats, 1)
+    changed = (stacked != batch.input_ids.repeat(repeats, 1)).any(1)
+    if bool(changed.any()):
+        token_type_ids = None if batch.token_type_ids is None else batch.token_type_ids.repeat(repeats, 1)[changed]
+        out[changed] = _probabilities(
+            model, stacked[changed], batch.attention_mask.repeat(repeats, 1)[changed], token_type_ids, chunk
+        )
+    return out.view(repeats, *reference.shape)
+
+
+def _check_model_and_tokens(model: nn.Module, mask_token_id: Optional[int]) -> int:
+    if model.training:
+        raise ValueError("The model is in training mode: call model.eval() before evaluating.")
+    if mask_token_id is None:
+        raise ValueError("The protocol replaces tokens with the mask token, but the tokenizer has none.")
+    return int(mask_token_id)
+
+
+def _as_spec(spec: Union[MethodSpec, tuple]) -> MethodSpec:
+    return spec if isinstance(spec, MethodSpec) else MethodSpec(*spec)
+
+
+def example_rows(
+    model: nn.Module,
+    batch: Batch,
+    methods: Mapping[str, Union[MethodSpec, tuple]],
+    metrics: Sequence[FaithfulnessMetric],
+    *,
+    mask_token_id: Optional[int],
+    example_ids: Optional[Iterable[Any]] = None,
+    forward_batch_size: int = 128,
+    on_method_done: Optional[Callable[[str, int], None]] = None,
+) -> list[dict[str, Any]]:
+    """Per-example metric rows of a batch, for each attribution method.
+
+    Args:
+        model: the classifier, in eval mode.
+        batch: the examples (:func:`encode_examples`).
+        methods: name -> :class:`MethodSpec` (or the tuple form of :func:`evaluate_faithfulness`).
+        metrics: the metrics to measure (e.g. :func:`default_metrics`).
+        mask_token_id: the tokenizer's mask token id.
+        example_ids: one id per example (int or str), recorded in the rows; default 0, 1, ...
+        forward_batch_size: sequences per forward pass when scoring the masked inputs.
+        on_method_done: called as ``on_method_done(name, number_of_examples)`` after each method
+            (e.g. to advance a progress bar).
+
+    Returns:
+        one dict per (method, example), methods in the given order: the keys :data:`ROW_KEYS` and
+        every metric's columns, with str, int, float or list-of-float values.
+    """
+    mask_id = _check_model_and_tokens(model, mask_token_id)
+    size = batch.input_ids.shape[0]
+    ids = list(range(size)) if example_ids is None else list(example_ids)
+    if len(ids) != size:
+        raise ValueError(f"{len(ids)} example ids for a batch of {size} examples.")
+    specs = {name: _as_spec(spec) for name, spec in methods.items()}
+    reference = _probabilities(model, batch.input_ids, batch.attention_mask, batch.token_type_ids, forward_batch_size)
+    predicted = reference.argmax(-1)
+    p_predicted = reference.gather(1, predicted.view(-1, 1)).squeeze(1)
+    rows: list[dict[str, Any]] = []
+    raw_outputs: dict[tuple, Tensor] = {}
+    for name, spec in specs.items():
+        key = spec._call_key()
+        seconds = 0.0
+        if key not in raw_outputs:  # e.g. IG reduced by L2 and by sum: one attribute call
+            began = time.perf_counter()
+            raw_outputs[key] = spec.raw(batch, predicted)
+            seconds = time.perf_counter() - began
+        scores = spec.reduced(raw_outputs[key], batch)
+        inputs = [metric.masked_inputs(batch, scores, mask_id) for metric in metrics]
+        probabilities = _variant_probabilities(
+            model, batch, [variant for group in inputs for variant in group], reference, forward_batch_size
+        )
+        columns: dict[str, list[Any]] = {}
+        position = 0
+        for metric, group in zip(metrics, inputs):
+            masked = list(probabilities[position : position + len(group)])
+            position += len(group)
+            values = metric.example_values(MaskedPredictions(batch, reference, predicted, masked, scores))
+            for column in metric.columns:
+                if column not in values or len(values[column]) != size:
+                    raise ValueError(f"{type(metric).__name__}.example_values must return {size} values for column {column!r}.")
+                if column in columns or column in ROW_KEYS:
+                    raise ValueError(f"Two metrics (or a metric and the row keys) use the column {column!r}.")
+                columns[column] = values[column]
+        for row in range(size):
+            entry: dict[str, Any] = {
+                "method": name,
+                "example": ids[row],
+                "label": int(batch.labels[row]),
+                "predicted": int(predicted[row]),
+                "p_predicted": float(p_predicted[row]),
+                "seconds": seconds / size,
+            }
+            entry.update({column: values[row] for column, values in columns.items()})
+            rows.append(entry)
+        if on_method_done is not None:
+            on_method_done(name, size)
+    return rows
+
+
+def aggregate_rows(
+    rows: Iterable[Mapping[str, Any]],
+    metrics: Sequence[FaithfulnessMetric],
+    *,
+    methods: Optional[Sequence[str]] = None,
+) -> FaithfulnessResult:
+    """The :class:`FaithfulnessResult` of per-example rows from :func:`example_rows`.
+
+    Args:
+        rows: the rows of any number of parts, in any order (dicts, e.g. from
+            ``pyarrow.parquet.read_table(path).to_pylist()``).
+        metrics: the metrics the rows were measured with.
+        methods: the order of the methods in the result; default: order of first appearance.
+
+    Returns:
+        the result; per-example arrays follow the sorted example ids.
+
+    Raises:
+        ValueError: no rows, a missing column, an (example, method) pair twice, methods measured on
+            different examples, or ``methods`` naming a method without rows.
+    """
+    by_method: dict[str, dict[Any, Mapping[str, Any]]] = {}
+    for row in rows:
+        missing = [key for key in ROW_KEYS + tuple(c for metric in metrics for c in metric.columns) if key not in row]
+        if missing:
+            raise ValueError(f"A row lacks the column(s) {', '.join(missing)}: were these rows measured with other metrics?")
+        per_example = by_method.setdefault(str(row["method"]), {})
+        if row["example"] in per_example:
+            raise ValueError(
+                f"Example {row['example']!r} of method {row['method']!r} appears twice (a part read twice, or a resumed "
+                "run that repeated work): drop the duplicate rows before aggregating."
+            )
+        per_example[row["example"]] = row
+    if not by_method:
+        raise ValueError("No rows to aggregate.")
+    order = list(by_method) if methods is None else list(methods)
+    absent = [name for name in order if name not in by_method]
+    if absent:
+        raise ValueError(
+            f"No rows for method(s) {', '.join(map(repr, absent))}; the rows have {', '.join(map(repr, by_method))}."
+        )
+    example_ids = sorted(by_method[order[0]])
+    for name in order:
+        if sorted(by_method[name]) != example_ids:
+            raise ValueError(
+                f"Method {name!r} has {len(by_method[name])} examples and {order[0]!r} has {len(example_ids)}, or other ones: "
+                "every method must be measured on the same examples (a part missing?)."
+            )
+    results = {}
+    for name in order:
+        ordered = [by_method[name][example] for example in example_ids]
+        columns = {c: np.asarray([row[c] for row in ordered], dtype=np.float64) for metric in metrics for c in metric.columns}
+        summary: dict[str, Any] = {}
+        for metric in metrics:
+            summary.update(metric.summarize(columns))
+        results[name] = MethodResult(summary, columns, float(sum(float(row["seconds"]) for row in ordered)))
+    first = [by_method[order[0]][example] for example in example_ids]
+    accuracy = float(np.mean([int(row["predicted"]) == int(row["label"]) for row in first]))
+    fractions = next((m.fractions for m in metrics if isinstance(m, (AOPC, MaskedAccuracy))), ())
+    keep_fraction = next((m.keep_fraction for m in metrics if isinstance(m, KeepTopAccuracy)), float("nan"))
+    return FaithfulnessResult(
+        results, tuple(fractions), keep_fraction, len(example_ids), accuracy, tuple(metrics), tuple(example_ids)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The protocol
 
 
 def evaluate_faithfulness(
@@ -537,8 +1366,9 @@ def evaluate_faithfulness(
     labels: Sequence[int],
     methods: Mapping[str, Union[MethodSpec, tuple]],
     *,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    fractions: Optional[Sequence[float]] = None,
     keep_fraction: Optional[float] = None,
+    metrics: Optional[Sequence[FaithfulnessMetric]] = None,
     batch_size: int = 16,
     forward_batch_size: int = 128,
     max_length: Optional[int] = 128,
@@ -554,9 +1384,12 @@ def evaluate_faithfulness(
         labels: the gold label of every example.
         methods: name -> :class:`MethodSpec`, or a tuple ``(attribution, reduce)`` or
             ``(attribution, reduce, baselines, attribute_kwargs)``, the fields of a MethodSpec.
-        fractions: the K values (shares of the non-special tokens masked).
+        fractions: the K values of AOPC and accuracy (shares of the non-special tokens masked);
+            default 0.0, 0.1, ..., 0.9.
         keep_fraction: the share of top tokens kept for the prediction-performance column;
             default 0.2 for single texts and 0.4 for pairs.
+        metrics: the metrics to measure instead of :func:`default_metrics` (then ``fractions`` and
+            ``keep_fraction`` must not be given).
         batch_size: examples per attribution call.
         forward_batch_size: sequences per forward pass when scoring the masked variants.
         max_length: truncate longer inputs (None: no truncation).
@@ -564,130 +1397,91 @@ def evaluate_faithfulness(
 
     Returns:
         a :class:`FaithfulnessResult`; ``print`` it for the markdown table, ``.plot(path)`` for
-        the curves.
+        the curves. The same as :func:`aggregate_rows` of the :func:`example_rows` of every batch.
     """
-    if model.training:
-        raise ValueError("The model is in training mode: call model.eval() before evaluating.")
+    mask_id = _check_model_and_tokens(model, getattr(tokenizer, "mask_token_id", None))
     if len(examples) == 0:
         raise ValueError("No examples to evaluate.")
     if len(examples) != len(labels):
         raise ValueError(f"{len(examples)} examples but {len(labels)} labels.")
-    mask_id = getattr(tokenizer, "mask_token_id", None)
-    if mask_id is None:
-        raise ValueError("The protocol replaces tokens with the mask token, but the tokenizer has none.")
-    fractions = tuple(float(k) for k in fractions)
-    pairs = isinstance(examples[0], (tuple, list))
-    if keep_fraction is None:
-        keep_fraction = KEEP_FRACTION_PAIRS if pairs else KEEP_FRACTION_SINGLE
-    specs = {name: spec if isinstance(spec, MethodSpec) else MethodSpec(*spec) for name, spec in methods.items()}
+    specs = {name: _as_spec(spec) for name, spec in methods.items()}
     if not specs:
         raise ValueError("Give at least one method.")
+    if metrics is None:
+        pairs = isinstance(examples[0], (tuple, list))
+        metrics = default_metrics(DEFAULT_FRACTIONS if fractions is None else fractions, keep_fraction, pairs=pairs)
+    elif fractions is not None or keep_fraction is not None:
+        raise ValueError("Give either `metrics` or `fractions`/`keep_fraction` (which configure the default metrics), not both.")
+    if not metrics:
+        raise ValueError("Give at least one metric.")
     device = next(model.parameters()).device
-    n_k = len(fractions)
-    drops = {name: {"most": np.zeros(n_k), "least": np.zeros(n_k)} for name in specs}
-    correct = {name: {"most": np.zeros(n_k), "least": np.zeros(n_k)} for name in specs}
-    keep_correct = {name: 0 for name in specs}
-    per_example = {name: {"most": np.zeros(len(examples)), "least": np.zeros(len(examples))} for name in specs}
-    seconds = {name: 0.0 for name in specs}
-    base_correct = 0
 
     bar = None
     if show_progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(examples) * len(specs), desc="faithfulness", unit="attribution")
-    # Batches of similar lengths waste less work on padding; the metrics are means, so order is free.
+    # Batches of similar lengths waste less work on padding; rows are aggregated by example id.
     lengths = [len(ids) for ids in _encode(tokenizer, list(examples), max_length, pad=False)["input_ids"]]
     order = sorted(range(len(examples)), key=lambda index: lengths[index])
+    rows: list[dict[str, Any]] = []
     try:
         for start in range(0, len(examples), batch_size):
             indices = order[start : start + batch_size]
-            chunk = [examples[index] for index in indices]
-            encoded = _encode(tokenizer, chunk, max_length)
-            input_ids = encoded["input_ids"].to(device)
-            attention_mask = encoded["attention_mask"].to(device)
-            token_type_ids = encoded.get("token_type_ids")
-            special = encoded["special_tokens_mask"].to(device).bool()
-            batch = Batch(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=None if token_type_ids is None else token_type_ids.to(device),
-                candidates=attention_mask.bool() & ~special,
-                labels=torch.as_tensor([int(labels[index]) for index in indices], device=device),
+            batch = encode_examples(
+                tokenizer, [examples[i] for i in indices], [labels[i] for i in indices], max_length=max_length, device=device
             )
-            rows = input_ids.shape[0]
-            probabilities = _probabilities(model, input_ids, batch, forward_batch_size)
-            predicted = probabilities.argmax(-1)
-            p_hat = probabilities.gather(1, predicted.view(-1, 1)).squeeze(1)
-            base_correct += int((predicted == batch.labels).sum())
-            raw_outputs: dict[tuple, Tensor] = {}
-            for name, spec in specs.items():
-                if bar is not None:
-                    bar.set_postfix_str(name)
-                key = spec._call_key()
-                if key not in raw_outputs:  # e.g. IG reduced by L2 and by sum: one attribute call
-                    began = time.perf_counter()
-                    raw_outputs[key] = spec.raw(batch, predicted)
-                    seconds[name] += time.perf_counter() - began
-                scores = spec.reduced(raw_outputs[key], batch)
-                variants = []
-                for direction in ("most", "least"):
-                    for k in fractions:
-                        if k > 0:
-                            variants.append(mask_ranked_tokens(input_ids, scores, batch.candidates, k, mask_id, most_important=direction == "most"))
-                variants.append(mask_ranked_tokens(input_ids, scores, batch.candidates, 1.0 - keep_fraction, mask_id, most_important=False))
-                masked_probs = _probabilities(model, torch.cat(variants), batch, forward_batch_size).view(len(variants), rows, -1)
-                position = 0
-                for direction in ("most", "least"):
-                    for index, k in enumerate(fractions):
-                        if k > 0:
-                            variant = masked_probs[position]
-                            position += 1
-                        else:
-                            variant = probabilities
-                        drop = (p_hat - variant.gather(1, predicted.view(-1, 1)).squeeze(1)).double().cpu().numpy()
-                        drops[name][direction][index] += float(drop.sum())
-                        per_example[name][direction][indices] += drop / n_k
-                        correct[name][direction][index] += int((variant.argmax(-1) == batch.labels).sum())
-                keep_correct[name] += int((masked_probs[position].argmax(-1) == batch.labels).sum())
-                if bar is not None:
-                    bar.update(rows)
+            rows += example_rows(
+                model,
+                batch,
+                specs,
+                metrics,
+                mask_token_id=mask_id,
+                example_ids=indices,
+                forward_batch_size=forward_batch_size,
+                on_method_done=None if bar is None else lambda name, count: bar.update(count),
+            )
     finally:
         if bar is not None:
             bar.close()
-
-    total = len(examples)
-    results = {
-        name: MethodResult(
-            aopc_most=drops[name]["most"] / total,
-            accuracy_most=correct[name]["most"] / total,
-            aopc_least=drops[name]["least"] / total,
-            accuracy_least=correct[name]["least"] / total,
-            keep_top_accuracy=keep_correct[name] / total,
-            aopc_most_per_example=per_example[name]["most"],
-            aopc_least_per_example=per_example[name]["least"],
-            seconds=seconds[name],
-        )
-        for name in specs
-    }
-    return FaithfulnessResult(results, fractions, keep_fraction, total, base_correct / total)
+    return aggregate_rows(rows, metrics, methods=list(specs))
 
 
 __all__ = [
+    "AOPC",
     "DEFAULT_FRACTIONS",
+    "ERASER_FRACTIONS",
+    "METHOD_REGISTRY",
+    "ROW_KEYS",
     "Batch",
+    "Comprehensiveness",
+    "FaithfulnessMetric",
     "FaithfulnessResult",
+    "KeepTopAccuracy",
+    "MaskedAccuracy",
+    "MaskedPredictions",
+    "MethodContext",
     "MethodResult",
     "MethodSpec",
     "RandomAttribution",
+    "RegisteredMethod",
+    "Sufficiency",
+    "aggregate_rows",
+    "build_methods",
     "classifier_forward",
+    "default_metrics",
+    "encode_examples",
     "evaluate_faithfulness",
+    "example_rows",
     "identity",
+    "importance_ranks",
     "l2_over_embedding",
     "mask_ranked_tokens",
     "masked_counts",
     "paper_methods",
     "random_method",
     "reference_baselines",
+    "register_method",
     "sum_over_embedding",
+    "top_rationale",
 ]

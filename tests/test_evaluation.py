@@ -6,24 +6,34 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from captum.attr import LayerIntegratedGradients
+from conftest import make_word_tokenizer
 from torch import Tensor, nn
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-from conftest import make_word_tokenizer
 
 from captum_decompx import DecompX
 from captum_decompx.evaluation import (
     DEFAULT_FRACTIONS,
+    METHOD_REGISTRY,
+    Comprehensiveness,
+    FaithfulnessMetric,
     FaithfulnessResult,
     MethodSpec,
+    Sufficiency,
+    aggregate_rows,
+    build_methods,
     classifier_forward,
+    default_metrics,
+    encode_examples,
     evaluate_faithfulness,
+    example_rows,
     l2_over_embedding,
     mask_ranked_tokens,
     masked_counts,
+    paper_methods,
     random_method,
     reference_baselines,
     sum_over_embedding,
@@ -342,3 +352,229 @@ def test_plot_writes_a_png(tmp_path):
     figure = small_result().plot(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(figure.axes) == 4
+
+
+# --------------------------------------------------------------------------------------------
+# ERASER comprehensiveness and sufficiency (ferret's definitions)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_comprehensiveness_and_sufficiency_match_hand_computed_values():
+    tokenizer = make_tokenizer(list(WEIGHTS))
+    model = CountingClassifier(tokenizer).eval()
+    sentences = ["good fine bad good x", "bad fine", "x x"]
+    result = evaluate_faithfulness(
+        model, tokenizer, sentences, [1, 0, 1], {"weights": MethodSpec(WordWeightAttribution(model))}, show_progress=False
+    )
+    scores = result.methods["weights"]
+    # "good fine bad good x": logit 1.5, y_hat = 1; scores good 1.5, good 1.5, fine 0.5, x 0, bad -2.
+    # floor(k * 5) for k = 10%..100%: 0 1 1 2 2 3 3 4 4 5. Rationales {good}, {good, good},
+    # {good, good, fine}; the top 4 and 5 add only non-positive tokens: skipped as repeats.
+    # Masking them leaves logits 0, -1.5, -2.0; keeping only them gives 1.5, 3.0, 3.5.
+    p_hat = sigmoid(1.5)
+    comprehensiveness_0 = p_hat - (sigmoid(0.0) + sigmoid(-1.5) + sigmoid(-2.0)) / 3
+    sufficiency_0 = p_hat - (sigmoid(1.5) + sigmoid(3.0) + sigmoid(3.5)) / 3
+    # "bad fine": logit -1.5, y_hat = 0, scores for class 0: bad 2, fine -0.5. floor(k * 2): the
+    # rationale {bad} from 50% on; 100% adds only "fine" (negative): one rationale.
+    comprehensiveness_1 = sigmoid(1.5) - (1 - sigmoid(0.5))  # "bad" masked: logit 0.5
+    sufficiency_1 = sigmoid(1.5) - (1 - sigmoid(-2.0))  # only "bad" kept: logit -2
+    # "x x": no positive score, no rationale: ferret's values 0 and 1.
+    assert scores.per_example["comprehensiveness"].tolist() == pytest.approx([comprehensiveness_0, comprehensiveness_1, 0.0], abs=1e-6)
+    assert scores.per_example["sufficiency"].tolist() == pytest.approx([sufficiency_0, sufficiency_1, 1.0], abs=1e-6)
+    assert scores.per_example["comprehensiveness_steps"].tolist() == [3, 1, 0]
+    assert scores.comprehensiveness == pytest.approx((comprehensiveness_0 + comprehensiveness_1) / 3, abs=1e-6)
+    assert scores.sufficiency == pytest.approx((sufficiency_0 + sufficiency_1 + 1.0) / 3, abs=1e-6)
+    assert sufficiency_0 < 0 < comprehensiveness_0  # signs matter: a flipped difference fails
+    table = result.to_markdown().splitlines()
+    assert table[0].endswith("| Comp ↑ | Suff ↓ |")
+    assert table[2].endswith(f"| {scores.comprehensiveness:.3f} | {scores.sufficiency:.3f} |")
+
+
+class FerretCountingClassifier(CountingClassifier):
+    """The counting classifier with what ferret's ModelHelper expects of a Hugging Face model."""
+
+    device = torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, output_hidden_states=False):
+        return super().forward(input_ids, attention_mask, token_type_ids)
+
+
+def test_comprehensiveness_and_sufficiency_equal_ferrets_own_evaluators():
+    """ferret deletes tokens where we mask them; the counting classifier gives [MASK] weight 0, so
+    deleting and masking give the same logit and the two must agree exactly."""
+    faithfulness_measures = pytest.importorskip("ferret.evaluators.faithfulness_measures")
+    from ferret.explainers.explanation import Explanation
+
+    tokenizer = make_tokenizer(list(WEIGHTS))
+    model = FerretCountingClassifier(tokenizer).eval()
+    sentences = ["good fine bad meh x good", "bad fine meh", "meh x bad x bad fine good", "fine"]
+    result = evaluate_faithfulness(
+        model, tokenizer, sentences, [1, 0, 0, 1], {"weights": MethodSpec(WordWeightAttribution(model))}, show_progress=False
+    )
+    comprehensiveness = faithfulness_measures.AOPC_Comprehensiveness_Evaluation(model, tokenizer)
+    sufficiency = faithfulness_measures.AOPC_Sufficiency_Evaluation(model, tokenizer)
+    for index, sentence in enumerate(sentences):
+        encoded = tokenizer(sentence, return_tensors="pt")
+        with torch.no_grad():
+            predicted = int(model(**encoded).logits.argmax(-1))
+        scores = WordWeightAttribution(model).attribute(encoded["input_ids"], target=torch.tensor([predicted]))[0]
+        tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])
+        explanation = Explanation(sentence, tokens, scores.numpy(), "weights", predicted)
+        ours = result.methods["weights"].per_example
+        assert float(ours["comprehensiveness"][index]) == pytest.approx(comprehensiveness.compute_evaluation(explanation, target=predicted).score, abs=1e-6)
+        assert float(ours["sufficiency"][index]) == pytest.approx(sufficiency.compute_evaluation(explanation, target=predicted).score, abs=1e-6)
+
+
+class PositionalScores:
+    """Deterministic scores with both signs and no ties: a function of token id and position."""
+
+    def attribute(self, inputs, target=None, additional_forward_args=None):
+        positions = torch.arange(inputs.shape[1], dtype=torch.float32)
+        return torch.sin(inputs.float() * 1.7 + positions * 0.9 + 0.3)
+
+
+def slow_eraser(model, tokenizer, text: str, thresholds: list[float]) -> tuple[float, float]:
+    """Comprehensiveness and sufficiency of one unpadded text, one forward pass per variant, ranking
+    with Python's sorted: a literal reading of ferret's definition with masking instead of deletion."""
+    encoded = tokenizer(text, return_special_tokens_mask=True)
+    ids, special = encoded["input_ids"], encoded["special_tokens_mask"]
+
+    def p_of(token_ids: list[int], label: int | None = None):
+        with torch.no_grad():
+            probabilities = torch.softmax(model(input_ids=torch.tensor([token_ids])).logits[0].float(), -1)
+        return probabilities, probabilities[label].item() if label is not None else None
+
+    probabilities, _ = p_of(ids)
+    y_hat = int(probabilities.argmax())
+    p_hat = probabilities[y_hat].item()
+    scores = PositionalScores().attribute(torch.tensor([ids]))[0].tolist()
+    candidates = [position for position in range(len(ids)) if not special[position]]
+    ranked = sorted(candidates, key=lambda position: -scores[position])
+    comprehensiveness, sufficiency, previous = [], [], None
+    for k in thresholds:
+        count = (round(k * 10) * len(candidates)) // 10
+        rationale = {position for position in ranked[:count] if scores[position] > 0}
+        if not rationale or rationale == previous:
+            continue
+        previous = rationale
+        removed = [tokenizer.mask_token_id if position in rationale else token for position, token in enumerate(ids)]
+        kept = [token if position in rationale or special[position] else tokenizer.mask_token_id for position, token in enumerate(ids)]
+        comprehensiveness.append(p_hat - p_of(removed, y_hat)[1])
+        sufficiency.append(p_hat - p_of(kept, y_hat)[1])
+    if not comprehensiveness:
+        return 0.0, 1.0
+    return sum(comprehensiveness) / len(comprehensiveness), sum(sufficiency) / len(sufficiency)
+
+
+def test_eraser_metrics_on_a_tiny_bert_match_a_slow_unbatched_computation(key_classifier):
+    model, tokenizer, texts, labels = key_classifier
+    texts, labels = texts[:12], labels[:12]
+    result = evaluate_faithfulness(model, tokenizer, texts, labels, {"positional": MethodSpec(PositionalScores())}, batch_size=5, show_progress=False)
+    ours = result.methods["positional"].per_example
+    thresholds = [step / 10 for step in range(1, 11)]
+    for index, text in enumerate(texts):
+        comprehensiveness, sufficiency = slow_eraser(model, tokenizer, text, thresholds)
+        assert float(ours["comprehensiveness"][index]) == pytest.approx(comprehensiveness, abs=2e-5), text
+        assert float(ours["sufficiency"][index]) == pytest.approx(sufficiency, abs=2e-5), text
+
+
+def test_decompx_is_more_comprehensive_and_sufficient_than_random_on_the_known_task(key_classifier):
+    model, tokenizer, texts, labels = key_classifier
+    metrics = [Comprehensiveness(), Sufficiency()]
+    methods = {"DecompX": MethodSpec(DecompX(model)), "random": random_method(seed=1)}
+    result = evaluate_faithfulness(model, tokenizer, texts[:30], labels[:30], methods, metrics=metrics, show_progress=False)
+    decompx, random = result.methods["DecompX"], result.methods["random"]
+    assert decompx.comprehensiveness > random.comprehensiveness + 0.05
+    assert decompx.sufficiency < random.sufficiency - 0.05
+    mean, se = result.paired_difference("DecompX", "random", metric="comprehensiveness")
+    assert mean == pytest.approx(decompx.comprehensiveness - random.comprehensiveness)
+    assert se > 0
+    with pytest.raises(KeyError, match="aopc_most"):
+        decompx.aopc_most  # noqa: B018  (not measured with these metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# The metric protocol, per-example rows and their aggregation
+
+
+class TopTokenDrop(FaithfulnessMetric):
+    """A metric defined in a test: the probability drop when only the single top token is masked."""
+
+    columns = ("top_drop",)
+
+    def masked_inputs(self, batch, scores, mask_token_id):
+        top = torch.where(batch.candidates, scores, torch.tensor(float("-inf"))).argmax(1, keepdim=True)
+        return [batch.input_ids.scatter(1, top, mask_token_id)]
+
+    def example_values(self, predictions):
+        return {"top_drop": predictions.drop(0).tolist()}
+
+    def summarize(self, columns):
+        return {"top_drop": float(columns["top_drop"].mean())}
+
+    def table_cells(self, summary):
+        return [(10, "Top drop", f"{summary['top_drop']:.4f}")]
+
+
+def test_a_new_metric_is_one_class():
+    tokenizer = make_tokenizer(list(WEIGHTS))
+    model = CountingClassifier(tokenizer).eval()
+    sentences = ["good fine x", "bad meh"]
+    result = evaluate_faithfulness(
+        model, tokenizer, sentences, [1, 0], {"weights": MethodSpec(WordWeightAttribution(model))}, metrics=[TopTokenDrop()], show_progress=False
+    )
+    # "good fine x": logit 2 -> 0.5 without "good"; "bad meh": logit -1.8 -> 0.2 without "bad", class 0.
+    expected = [sigmoid(2.0) - sigmoid(0.5), (1 - sigmoid(-1.8)) - (1 - sigmoid(0.2))]
+    assert result.methods["weights"].per_example["top_drop"].tolist() == pytest.approx(expected, abs=1e-6)
+    assert result.to_markdown().splitlines()[0] == "| Method | Top drop |"
+    with pytest.raises(ValueError, match="either"):
+        evaluate_faithfulness(model, tokenizer, sentences, [1, 0], {"w": MethodSpec(WordWeightAttribution(model))}, metrics=[TopTokenDrop()], fractions=[0.5])
+
+
+def test_rows_from_shuffled_parquet_parts_aggregate_to_the_same_result(tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as parquet
+
+    tokenizer = make_tokenizer(list(WEIGHTS))
+    model = CountingClassifier(tokenizer).eval()
+    sentences = ["good fine x bad good meh", "bad meh x x", "fine x x", "meh bad fine good x good bad", "good"]
+    labels = [1, 0, 0, 1, 1]
+    methods = {"weights": MethodSpec(WordWeightAttribution(model)), "random": random_method()}
+    whole = evaluate_faithfulness(model, tokenizer, sentences, labels, methods, show_progress=False)
+    metrics = default_metrics()
+    for part, ids in enumerate([[3, 0], [4, 2, 1]]):
+        batch = encode_examples(tokenizer, [sentences[i] for i in ids], [labels[i] for i in ids])
+        methods = {"weights": MethodSpec(WordWeightAttribution(model)), "random": random_method()}
+        rows = example_rows(model, batch, methods, metrics, mask_token_id=tokenizer.mask_token_id, example_ids=ids)
+        assert {key for row in rows for key in row} >= {"method", "example", "comprehensiveness", "aopc_most"}
+        parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / f"part-{part}.parquet")
+    read = [row for part in (1, 0) for row in parquet.read_table(tmp_path / f"part-{part}.parquet").to_pylist()]
+    merged = aggregate_rows(read, metrics, methods=["weights", "random"])
+    assert merged.example_ids == (0, 1, 2, 3, 4) and merged.n_examples == 5
+    assert merged.accuracy == whole.accuracy
+    for key, value in whole.methods["weights"].summary.items():
+        assert np.asarray(merged.methods["weights"].summary[key]) == pytest.approx(np.asarray(value), abs=1e-9), key
+    # The random scores depend on how examples were batched, the deterministic method's do not.
+    assert merged.to_markdown().splitlines()[:3] == whole.to_markdown().splitlines()[:3]
+    with pytest.raises(ValueError, match="appears twice"):
+        aggregate_rows(read + read[:1], metrics)
+    with pytest.raises(ValueError, match="same examples"):
+        aggregate_rows([row for row in read if not (row["method"] == "random" and row["example"] == 4)], metrics)
+    with pytest.raises(ValueError, match="lacks the column"):
+        aggregate_rows([{key: value for key, value in row.items() if key != "sufficiency"} for row in read], metrics)
+
+
+def test_registry_builds_methods_by_key_and_paper_methods_keeps_its_labels():
+    tokenizer = make_tokenizer(list(WEIGHTS))
+    config = BertConfig(vocab_size=len(tokenizer.get_vocab()), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20)
+    model = BertForSequenceClassification(config).eval()
+    specs = build_methods(["ig", "ig-l2", "random"], model, tokenizer, ig_steps=4)
+    assert list(specs) == ["IG (sum)", "IG (L2)", "random"]
+    assert specs["IG (sum)"]._call_key() == specs["IG (L2)"]._call_key()  # one attribute call, two reductions
+    assert specs["IG (sum)"].attribute_kwargs["n_steps"] == 4
+    assert list(paper_methods(model, tokenizer)) == [METHOD_REGISTRY[key].label for key in METHOD_REGISTRY]
+    with pytest.raises(ValueError, match="Unknown attribution method"):
+        build_methods(["lime"], model, tokenizer)
