@@ -488,7 +488,7 @@ def _attribute_dataset(
     mine = [missing[i] for i in balance(costs, group.world_size)[group.rank]]
     done_rows = sum(layout.bounds(index)[1] - layout.bounds(index)[0] for index in kept)
     say(
-        f"output: {out_dir}: {layout.n_parts} parts of up to {layout.rows_per_part} rows; {len(kept)} complete"
+        f"output: {out_dir}: {layout.n_parts} part{'s' if layout.n_parts != 1 else ''} of up to {layout.rows_per_part} rows; {len(kept)} complete"
         + (f", {len(damaged)} damaged (computed again)" if damaged else "")
         + f"; computing {len(table) - done_rows} rows on {group.world_size} process{'es' if group.world_size > 1 else ''}"
     )

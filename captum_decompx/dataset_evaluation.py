@@ -187,7 +187,7 @@ def _evaluate_dataset(
     mine = [missing[i] for i in balance(costs, group.world_size)[group.rank]]
     done = sum(layout.bounds(i)[1] - layout.bounds(i)[0] for i in kept)
     say(
-        f"output: {out_dir}: {layout.n_parts} parts of up to {layout.rows_per_part} examples; {len(kept)} complete"
+        f"output: {out_dir}: {layout.n_parts} part{'s' if layout.n_parts != 1 else ''} of up to {layout.rows_per_part} examples; {len(kept)} complete"
         + (f", {len(damaged)} damaged (computed again)" if damaged else "")
         + f"; evaluating {n_examples - done} examples x {len(specs)} methods on {group.world_size} process{'es' if group.world_size > 1 else ''}"
     )
