@@ -379,3 +379,15 @@ def test_wrapped_models_are_explained_through_their_module(workspace, tmp_path):
     finally:
         dist.destroy_process_group()
     assert_same_table(result.read_table(), workspace["reference"])
+
+
+def test_data_parallel_over_several_devices_behind_a_forward_function_is_refused(workspace):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(workspace["root"] / "model").eval()
+    wrapper = nn.DataParallel(model)
+    wrapper.device_ids = [0, 1]  # as on a machine with two GPUs (replicas run in other threads)
+    with pytest.raises(ValueError, match=r"nn.DataParallel over 2 devices.*model\.module"):
+        DecompX(lambda ids, mask: wrapper(input_ids=ids, attention_mask=mask).logits, model=wrapper)
+    explainer = DecompX(wrapper)  # the wrapper itself: its module is explained in this thread
+    assert explainer.model is model and explainer.forward_func is model
