@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .attribution import DecompX, DecompXOutput
     from .baselines import ALTI, GlobEnc
     from .components import Approximation, BiasRule, register_approximation, register_bias_rule
+    from .dataset_attribution import attribute_dataset
     from .decomposition import DecompXMemoryError
     from .evaluation import MethodSpec, evaluate_faithfulness
     from .image import patch_heatmap, plot_patch_attribution
@@ -26,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "Activation": "adapters",
     "Adapter": "adapters",
     "Approximation": "components",
+    "attribute_dataset": "dataset_attribution",
     "BiasRule": "components",
     "DecompX": "attribution",
     "DecompXMemoryError": "decomposition",
@@ -63,6 +65,7 @@ __all__ = [
     "Linear",
     "MethodSpec",
     "Norm",
+    "attribute_dataset",
     "evaluate_faithfulness",
     "patch_heatmap",
     "plot_patch_attribution",

@@ -501,6 +501,8 @@ def run_compare(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
+    if getattr(args, "out", None) is not None:  # Parquet parts, resumable, torchrun: dataset_evaluation.py
+        return run_evaluate_parts(args, out)
     methods = parse_methods(args.methods)
     if args.limit is not None and args.limit < 1:
         raise CommandError(f"--limit must be a positive number of examples, got {args.limit}.")
@@ -526,6 +528,56 @@ def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     print("", file=out)
     print(result.to_markdown(timings=True), file=out)
     return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# attribute (a whole data set, also under torchrun; see captum_decompx/dataset_attribution.py)
+
+
+def run_attribute(args: argparse.Namespace, out: TextIO) -> int:
+    from .dataset_attribution import DatasetAttributionError, run_attribute_command
+
+    try:
+        return run_attribute_command(args, out)
+    except DatasetAttributionError as error:
+        raise CommandError(str(error)) from error
+
+
+def run_evaluate_parts(args: argparse.Namespace, out: TextIO) -> int:
+    from .dataset_attribution import DatasetAttributionError
+    from .dataset_evaluation import run_evaluate_command
+
+    try:
+        return run_evaluate_command(args, out)
+    except DatasetAttributionError as error:
+        raise CommandError(str(error)) from error
+
+
+def add_attribute_command(commands) -> None:
+    """Register ``captum-decompx attribute``."""
+    attribute = commands.add_parser(
+        "attribute",
+        help="DecompX over a whole data file into Parquet parts (resumable; runs under torchrun)",
+        description=(
+            "Decompose every class logit of every row of a .tsv, .csv, .jsonl or .parquet file with DecompX and write "
+            "the rows to Parquet parts under --out (one table: pyarrow.parquet.read_table(DIR)). Runs unchanged under "
+            "torchrun --nproc_per_node K [--nnodes M ...] -m captum_decompx attribute ...; rerun the same command "
+            "after a crash to compute only what is missing."
+        ),
+    )
+    attribute.add_argument("--data", required=True, metavar="PATH", help="the input file (.tsv, .csv, .jsonl or .parquet)")
+    attribute.add_argument("--out", required=True, metavar="DIR", help="the output folder of Parquet parts (created when missing)")
+    attribute.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)")
+    attribute.add_argument("--text-column", metavar="NAME", help="column of the texts (default: text, sentence or content)")
+    attribute.add_argument("--text-pair-column", metavar="NAME", help="column of the second texts of sentence pairs")
+    attribute.add_argument("--label-column", metavar="NAME", help="column of integer labels (default: label, when present)")
+    attribute.add_argument("--method", choices=("exact", "fast"), default="exact", help="exact: biases decomposed too (default); fast: bias-free, O(N)")
+    attribute.add_argument("--batch-size", type=int, default=16, help="rows per DecompX call (default: 16)")
+    attribute.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: the model's limit)")
+    attribute.add_argument("--rows-per-part", type=int, help="rows per Parquet part (default: the folder's, or about 8 parts per process)")
+    attribute.add_argument("--no-bucketing", action="store_true", help="batch rows in input order instead of sorted by length within a part")
+    attribute.add_argument("--no-progress", action="store_true", help="no progress bar")
+    attribute.set_defaults(run=run_attribute)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -568,7 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_option(evaluate)
     evaluate.add_argument("--methods", default=DEFAULT_EVALUATE_METHODS, help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_EVALUATE_METHODS})")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--out", metavar="DIR", help="write per-example metric rows to Parquet parts in DIR: resumable, runs under torchrun")
     evaluate.set_defaults(run=run_evaluate)
+    add_attribute_command(commands)
     return parser
 
 

@@ -32,6 +32,7 @@ from . import validation
 from .adapters import Adapter, adapter_for
 from .capture import Captured, capture_internals
 from .decomposition import padding_mask, pool_weights
+from .distributed import unwrap_for_decompx
 from .forward_contract import ModelOutputTap, model_output_tensor, pooled_model_output, tap_model_output
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,6 +113,8 @@ class HookedModelAttribution(Attribution):
         adapter: Optional[Adapter] = None,
     ) -> None:
         name = type(self).__name__
+        # A model wrapped in DistributedDataParallel / nn.DataParallel: its module is explained.
+        forward_func, model = unwrap_for_decompx(forward_func, model)
         if model is None:
             if not isinstance(forward_func, nn.Module):
                 raise ValueError(
