@@ -22,6 +22,12 @@ peft = pytest.importorskip("peft", reason="peft is not installed (pip install pe
 from captum_decompx import DecompX  # noqa: E402
 from captum_decompx.components import UnsupportedLinearMap  # noqa: E402
 
+pytestmark = [
+    # Raised by PEFT itself when it wraps a model, and when it sets fan_in_fan_out for GPT-2's Conv1D.
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning"),
+]
+
 VOCAB = 60
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=40, num_labels=3, max_position_embeddings=64)
