@@ -23,7 +23,7 @@ them (:class:`~.linear.UnsupportedLinearMap`).
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,7 @@ def _add(bias: Optional[Tensor], term: Optional[Tensor]) -> Optional[Tensor]:
     return term if bias is None else bias + term
 
 
-def _low_rank(module: nn.Module, name: str, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+def _low_rank(module: Any, name: str, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
     """``s B A`` (out, in) and ``s b_B`` (out,) or None, of adapter ``name``."""
     lora_a, lora_b = module.lora_A[name], module.lora_B[name]
     scaling = module.scaling[name]
@@ -67,8 +67,11 @@ def _low_rank(module: nn.Module, name: str, dtype: torch.dtype) -> tuple[Tensor,
     return delta, delta_bias
 
 
-def lora_affine(module: nn.Module) -> Affine:
+def lora_affine(module: Any) -> Affine:
     """The map a LoRA layer computes in eval mode in its current state (see the module docstring).
+
+    Args:
+        module: a LoRA layer on a linear map (``peft.tuners.lora.Linear``).
 
     Returns:
         weight (out, in) and bias (out,) or None, in float32 or wider.
