@@ -29,8 +29,15 @@ pytestmark = [
 ]
 
 VOCAB = 60
-COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-              intermediate_size=40, num_labels=3, max_position_embeddings=64)
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=40,
+    num_labels=3,
+    max_position_embeddings=64,
+)
 TOLERANCE = 1e-5
 # An adapter must move the attributions by at least this (relative to their scale) for a case to count.
 VISIBLE = 1e-2
@@ -38,12 +45,23 @@ VISIBLE = 1e-2
 BUILDERS = {
     "bert": lambda: tf.BertForSequenceClassification(tf.BertConfig(**COMMON)),
     "roberta": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**COMMON, pad_token_id=1)),
-    "gpt2": lambda: tf.GPT2ForSequenceClassification(tf.GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=3, pad_token_id=0,
-        bos_token_id=1, eos_token_id=1)),
+    "gpt2": lambda: tf.GPT2ForSequenceClassification(
+        tf.GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            num_labels=3,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+    ),
     "llama": lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**COMMON, num_key_value_heads=2, pad_token_id=0)),
-    "gpt2-lm": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)),
+    "gpt2-lm": lambda: tf.GPT2LMHeadModel(
+        tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)
+    ),
     "llama-lm": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
 }
 
@@ -87,8 +105,9 @@ def task_of(name: str) -> str:
 
 
 def with_lora(model: nn.Module, name: str, targets, seed: int = 1, adapter: str = "default", **options) -> nn.Module:
-    config = peft.LoraConfig(task_type=task_of(name), target_modules=targets, r=4, lora_alpha=8, lora_dropout=0.1,
-                             init_lora_weights=False, **options)
+    config = peft.LoraConfig(
+        task_type=task_of(name), target_modules=targets, r=4, lora_alpha=8, lora_dropout=0.1, init_lora_weights=False, **options
+    )
     if isinstance(model, peft.PeftModel):
         model.add_adapter(adapter, config)
     else:
@@ -250,7 +269,9 @@ def test_merge_adapter_in_place_is_not_added_twice(name):
     assert_state_unchanged(model, state)
 
 
-@pytest.mark.parametrize("options", [dict(use_dora=True), dict(use_rslora=True, lora_bias=True)], ids=["dora", "rslora-lora_bias"])
+@pytest.mark.parametrize(
+    "options", [dict(use_dora=True), dict(use_rslora=True, lora_bias=True)], ids=["dora", "rslora-lora_bias"]
+)
 def test_lora_variants_equal_the_merged_model(options):
     model = with_lora(base_model("bert"), "bert", ["value", "intermediate.dense", "pooler.dense"], **options)
     merged = copy.deepcopy(model).merge_and_unload()
@@ -279,3 +300,18 @@ def test_other_peft_methods_are_refused_with_their_name():
     ids, mask = batch()
     with pytest.raises(UnsupportedLinearMap, match=r"attention\.self\.value.*ia3.*decomposes LoRA layers"):
         explainer.attribute(ids, target=0, additional_forward_args=(mask,))
+
+
+def test_mixed_adapter_batches_are_refused():
+    model = with_lora(base_model("llama"), "llama", ["v_proj"], seed=1)
+    model = with_lora(model, "llama", ["v_proj"], seed=2, adapter="other")
+    ids, mask = batch()
+    state = peft_state(model)
+
+    def mixed(input_ids, attention_mask):
+        names = ["default", "other", "__base__"][: input_ids.shape[0]]
+        return model(input_ids=input_ids, attention_mask=attention_mask, adapter_names=names).logits
+
+    with pytest.raises(UnsupportedLinearMap, match=r"adapter_names.*set_adapter"):
+        DecompX(mixed, model=model).attribute(ids, target=0, additional_forward_args=(mask,))
+    assert_state_unchanged(model, state)

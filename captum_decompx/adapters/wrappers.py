@@ -27,10 +27,7 @@ from torch import nn
 SUPPORTED_PEFT_TYPES = ("LORA",)
 
 _SUPPORTED = "DecompX supports LoRA adapters (with rsLoRA, lora_bias or DoRA) and modules_to_save"
-_MERGE = (
-    "to explain another PEFT method, merge it into a copy of the model first: "
-    "copy.deepcopy(peft_model).merge_and_unload()"
-)
+_MERGE = "to explain another PEFT method, merge it into a copy of the model first: copy.deepcopy(peft_model).merge_and_unload()"
 
 
 def _peft_imported() -> bool:

@@ -7,6 +7,7 @@ LoRA layers are one (:mod:`.lora`: their effective map, read without merging).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -36,12 +37,16 @@ class LinearLayout:
         matches: whether a module is stored this way.
         out_in_weight: the module's weight as (out, in); may raise :class:`UnsupportedLinearMap`.
         bias: the module's bias (out,) or None; by default its ``bias`` attribute.
+        check_call: optional ``(module, args, kwargs) -> exception or None``, run after each call of
+            the module in the captured pass; the exception (raised after the pass) refuses a call
+            whose map is not the one resolved.
     """
 
     name: str
     matches: Callable[[nn.Module], bool]
     out_in_weight: Callable[[nn.Module], Tensor]
     bias: Callable[[nn.Module], Optional[Tensor]] = lambda module: _bias(module)
+    check_call: Optional[Callable[[nn.Module, tuple, dict], Optional[Exception]]] = None
 
 
 class UnsupportedLinearMap(TypeError):
@@ -87,6 +92,17 @@ def module_affine(module: nn.Module) -> Affine:
         raise UnsupportedLinearMap(f"found {type(module).__name__}, which is not a linear map DecompX knows")
     bias = layout.bias(module)
     return Affine(layout.out_in_weight(module).detach(), None if bias is None else bias.detach())
+
+
+def install_call_checks(recorder: Recorder, model: nn.Module) -> None:
+    """Give every module of ``model`` whose layout has a ``check_call`` that check, for the captured
+    pass (all of them: a map changed per call matters wherever it is, also where only its effect
+    on the attention probabilities is read)."""
+    for module in model.modules():
+        layout = layout_of(module)
+        check = None if layout is None else layout.check_call
+        if check is not None:
+            recorder.check_call(module, "call_check", functools.partial(check, module))
 
 
 def linear(pieces: Tensor, affine: Affine, settings: Settings) -> Tensor:

@@ -115,13 +115,25 @@ def lora_affine(module: Any) -> Affine:
             scale = magnitude / torch.linalg.vector_norm(base_weight + delta, dim=1)
             shifted = None if bias is None else (bias if base_bias is None else bias - base_bias)
             weight = scale[:, None] * (weight + delta)
-            bias = _add(_add(bias, None if shifted is None else (scale - 1) * shifted), None if delta_bias is None else scale * delta_bias)
+            bias = _add(
+                _add(bias, None if shifted is None else (scale - 1) * shifted), None if delta_bias is None else scale * delta_bias
+            )
         else:
             raise UnsupportedLinearMap(
-                f"adapter {name!r} is a LoRA variant ({type(variant).__name__}) whose map DecompX does not "
-                f"decompose. {SUPPORTED}"
+                f"adapter {name!r} is a LoRA variant ({type(variant).__name__}) whose map DecompX does not decompose. {SUPPORTED}"
             )
     return Affine(weight, bias)
+
+
+def _single_adapter_batch(module: nn.Module, args: tuple, kwargs: dict) -> Optional[Exception]:
+    """Refuse PEFT's mixed-batch inference, where each example runs its own adapter."""
+    if kwargs.get("adapter_names") is None:
+        return None
+    return UnsupportedLinearMap(
+        "The forward function ran the model with adapter_names=... (PEFT's mixed-batch inference): "
+        "each example used its own adapter, while DecompX reads one map per layer. Explain one "
+        "adapter at a time: peft_model.set_adapter(name), and call the model without adapter_names."
+    )
 
 
 def _refuse(module: nn.Module) -> Tensor:
@@ -140,6 +152,7 @@ LORA = LinearLayout(
     is_lora_linear,
     lambda module: lora_affine(module).weight,
     bias=lambda module: lora_affine(module).bias,
+    check_call=_single_adapter_batch,
 )
 
 register_linear_layout(PEFT_REFUSED)
