@@ -315,3 +315,19 @@ def test_mixed_adapter_batches_are_refused():
     with pytest.raises(UnsupportedLinearMap, match=r"adapter_names.*set_adapter"):
         DecompX(mixed, model=model).attribute(ids, target=0, additional_forward_args=(mask,))
     assert_state_unchanged(model, state)
+
+
+def test_disabled_merged_layer_reads_as_its_base_map():
+    """A merged layer whose adapters are disabled runs its base map (its forward unmerges first)."""
+    from captum_decompx.components import lora_affine
+
+    model = with_lora(base_model("gpt2"), "gpt2", ["c_attn"], lora_bias=True)
+    layer = model.base_model.model.transformer.h[0].attn.c_attn
+    base_weight, base_bias = layer.base_layer.weight.detach().T.clone(), layer.base_layer.bias.detach().clone()
+    enabled = lora_affine(layer)
+    model.merge_adapter()
+    layer.enable_adapters(False)
+    disabled = lora_affine(layer)
+    assert_close(disabled.weight, base_weight, "weight")
+    assert_close(disabled.bias, base_bias, "bias")
+    assert_visible(enabled.weight, base_weight, "the LoRA term")
