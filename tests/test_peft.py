@@ -269,17 +269,25 @@ def test_merge_adapter_in_place_is_not_added_twice(name):
     assert_state_unchanged(model, state)
 
 
-@pytest.mark.parametrize(
-    "options", [dict(use_dora=True), dict(use_rslora=True, lora_bias=True)], ids=["dora", "rslora-lora_bias"]
-)
-def test_lora_variants_equal_the_merged_model(options):
-    model = with_lora(base_model("bert"), "bert", ["value", "intermediate.dense", "pooler.dense"], **options)
+VARIANTS = {
+    "bert-dora": ("bert", ["value", "intermediate.dense", "pooler.dense"], dict(use_dora=True)),
+    "gpt2-dora-conv1d": ("gpt2", ["c_attn", "c_fc"], dict(use_dora=True)),
+    "bert-rslora-lora_bias": ("bert", ["value", "intermediate.dense", "pooler.dense"], dict(use_rslora=True, lora_bias=True)),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_lora_variants_equal_the_merged_model(variant):
+    name, targets, options = VARIANTS[variant]
+    model = with_lora(base_model(name), name, targets, **options)
     merged = copy.deepcopy(model).merge_and_unload()
     for include_biases in (True, False):
-        attributions, logits = explain(model, "bert", include_biases)
-        assert_close(attributions, explain(merged, "bert", include_biases)[0], f"{options}, biases={include_biases}")
+        attributions, logits = explain(model, name, include_biases)
+        assert_close(attributions, explain(merged, name, include_biases)[0], f"{variant}, biases={include_biases}")
         if include_biases:
             assert_close(attributions.sum(-1), logits[:, 1], "completeness")
+    with model.disable_adapter():
+        assert_visible(attributions, explain(model, name, include_biases=False)[0], f"the {variant} adapter")
 
 
 def test_prompt_learning_is_refused_with_its_name():
