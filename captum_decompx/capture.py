@@ -121,6 +121,7 @@ class Capture:
 
     def result(self, output: Any, logits: torch.Tensor) -> Captured:
         """The records of the forward pass that returned ``output`` (``logits``: (batch, classes))."""
+        self.recorder.raise_refusals()
         self._check_single_forward()
         record = self.network.read(Reader(self.recorder), self.model, self.layers)
         return Captured(output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs)

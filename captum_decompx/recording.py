@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -44,6 +44,7 @@ class Recorder:
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.thread = threading.get_ident()
         self._installed: set[tuple[int, str]] = set()
+        self.refusals: list[Exception] = []
 
     def _first_time(self, module: nn.Module, role: str) -> bool:
         key = (id(module), role)
@@ -104,6 +105,28 @@ class Recorder:
             return transform(output)
 
         self.handles.append(module.register_forward_hook(hook))
+
+    def check_call(self, module: nn.Module, role: str, check: Callable[[tuple, dict], Optional[Exception]]) -> None:
+        """Run ``check(args, kwargs)`` after every call of ``module``, with the arguments it ran with
+        (after other pre-hooks). ``check`` returns an exception for a call DecompX cannot explain; it
+        is kept, not raised inside the model's forward (which may hold its own hooks then), and
+        :meth:`raise_refusals` raises it after the pass."""
+        if not self._first_time(module, role):
+            return
+        thread = self.thread
+
+        def hook(_module, args, kwargs, _output):
+            if threading.get_ident() == thread:
+                refusal = check(args, kwargs)
+                if refusal is not None:
+                    self.refusals.append(refusal)
+
+        self.handles.append(module.register_forward_hook(hook, with_kwargs=True))
+
+    def raise_refusals(self) -> None:
+        """Raise the first exception a :meth:`check_call` check returned during the pass, if any."""
+        if self.refusals:
+            raise self.refusals[0]
 
     def calls(self, module: nn.Module, role: str) -> list:
         """Everything recorded for ``(module, role)``, in call order."""

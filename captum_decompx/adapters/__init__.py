@@ -16,6 +16,7 @@ from .deberta import deberta_v2
 from .decoders import gpt2, llama_family
 from .modernbert import modernbert
 from .vision import vit
+from .wrappers import unwrap_model
 
 AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
 
@@ -59,7 +60,7 @@ def model_type_of(model: nn.Module) -> str | None:
 
 def adapter_for(model: nn.Module) -> Adapter:
     """The adapter registered for ``model.config.model_type``; a clear error when there is none."""
-    model_type = model_type_of(model)
+    model_type = model_type_of(unwrap_model(model))
     entry = _REGISTRY.get(model_type) if model_type is not None else None
     if entry is None:
         found = f"model_type {model_type!r}" if model_type else f"a {type(model).__name__} without config.model_type"
@@ -69,7 +70,7 @@ def adapter_for(model: nn.Module) -> Adapter:
             "components live with captum_decompx.Adapter and call "
             "captum_decompx.register_adapter(model_type, adapter) (see the README)."
         )
-    adapter = entry if isinstance(entry, Adapter) else entry(model)
+    adapter = entry if isinstance(entry, Adapter) else entry(unwrap_model(model))
     if not isinstance(adapter, Adapter):
         raise TypeError(f"The adapter factory for {model_type!r} returned {adapter!r}, not an Adapter.")
     return adapter

@@ -9,13 +9,14 @@ output features, e.g. ``"attn.Wqkv[2/3]"`` for the values of a fused query-key-v
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
+
+from .wrappers import running_module, unwrap_model
 
 POOLING_MODES = ("first", "last", "mean")
 NORM_POSITIONS = ("post", "pre")
@@ -132,7 +133,7 @@ class Adapter:
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
         """The layers in execution order (a shared module may appear several times)."""
         if callable(self.layers):
-            return list(self.layers(model))
+            return list(self.layers(unwrap_model(model)))
         return list(resolve(model, self.layers))
 
 
@@ -156,11 +157,19 @@ def take_block(tensor: torch.Tensor, block: Optional[tuple[int, int]], dim: int 
 
 
 def resolve(root: nn.Module, path: str):
-    """Follow a dotted attribute path (``"bert.encoder.layer"``) from ``root``."""
-    try:
-        return functools.reduce(getattr, path.split("."), root)
-    except AttributeError as error:
-        raise AttributeError(
-            f"{type(root).__name__} has no attribute path {path!r} ({error}); the adapter does not "
-            "match this model."
-        ) from None
+    """Follow a dotted attribute path (``"bert.encoder.layer"``) from ``root``.
+
+    PEFT's wrappers are seen through (:mod:`.wrappers`): a ``PeftModel`` root stands for the
+    Hugging Face model inside it, and a ``ModulesToSaveWrapper`` met on the way for the module its
+    forward runs now (the active adapter's copy, or the original when the adapters are disabled).
+    """
+    current = unwrap_model(root)
+    for name in path.split("."):
+        try:
+            current = running_module(getattr(current, name))
+        except AttributeError as error:
+            raise AttributeError(
+                f"{type(root).__name__} has no attribute path {path!r} ({error}); the adapter does not "
+                "match this model."
+            ) from None
+    return current

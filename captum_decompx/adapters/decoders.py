@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from .base import Adapter, LayerPaths, Linear
+from .wrappers import base_layer, running_module
 
 GPT2_LAYER = LayerPaths(
     attention="attn",
@@ -36,10 +37,15 @@ LLAMA_LAYER = LayerPaths(
 )
 
 
+def _is_linear(module: object) -> bool:
+    """An ``nn.Linear``, also inside PEFT's wrappers (``modules_to_save``, a LoRA layer)."""
+    return isinstance(base_layer(running_module(module)), nn.Linear)
+
+
 def _output_head(model: nn.Module) -> tuple[Linear, ...]:
-    if isinstance(getattr(model, "score", None), nn.Linear):
+    if _is_linear(getattr(model, "score", None)):
         return (Linear("score"),)
-    if isinstance(getattr(model, "lm_head", None), nn.Linear):
+    if _is_linear(getattr(model, "lm_head", None)):
         return (Linear("lm_head"),)
     raise ValueError(
         f"{type(model).__name__} has neither a `score` (sequence classification) nor an `lm_head` "

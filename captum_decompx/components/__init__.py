@@ -6,6 +6,7 @@ resolves to parameters and how pieces propagate through it (see :mod:`.base`).
 - :mod:`.pieces`: the decomposition tensor, :class:`BiasMode`, adding a bias;
 - :mod:`.bias_rules`: how a bias is spread over the pieces (registered :class:`BiasRule` objects);
 - :mod:`.linear`: linear maps (``nn.Linear``, ``Conv1D``, fused blocks ``[i/n]``);
+- :mod:`.lora`: PEFT's LoRA layers as a linear layout (their effective map, nothing merged);
 - :mod:`.norms`: LayerNorm, RMSNorm (registered :class:`NormKind` objects);
 - :mod:`.activations`: pointwise activations and their registered approximations (ZO, LA, ReLU);
 - :mod:`.attention`: attention, with grouped-query heads;
@@ -22,7 +23,8 @@ from .bias_rules import BIAS_RULES, BiasRule, bias_rule, bias_rule_weights, regi
 from .feed_forward import FeedForward, feed_forward
 from .head import Head, HeadStepKind, propagate_head, register_head_step
 from .layer import LayerParams, LayerRecord, TransformerLayer, layer_attention_bias, transformer_layer
-from .linear import Affine, LinearLayout, LinearMap, affine, linear, register_linear_layout
+from .linear import Affine, LinearLayout, LinearMap, UnsupportedLinearMap, affine, linear, register_linear_layout
+from .lora import lora_affine
 from .network import ModelParts, Network, NetworkRecord
 from .norms import NORM_KINDS, Normalization, NormKind, NormParams, norm_params, normalize, register_norm_kind
 from .pieces import BiasMode, Settings, add_bias, add_to_own_pieces, token_pieces
@@ -53,6 +55,7 @@ __all__ = [
     "Normalization",
     "Settings",
     "TransformerLayer",
+    "UnsupportedLinearMap",
     "activation",
     "add_bias",
     "add_to_own_pieces",
@@ -64,6 +67,7 @@ __all__ = [
     "feed_forward",
     "layer_attention_bias",
     "linear",
+    "lora_affine",
     "mix_heads",
     "norm_params",
     "normalize",

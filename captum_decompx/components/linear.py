@@ -1,11 +1,13 @@
 """Linear maps: ``nn.Linear``, GPT-2's ``Conv1D`` (weights stored (in, out)), and one block
 ``[i/n]`` of a fused projection's output features (e.g. ``"attn.Wqkv[2/3]"``, the values).
 
-A new storage layout is one :class:`LinearLayout` passed to :func:`register_linear_layout`.
+A new storage layout is one :class:`LinearLayout` passed to :func:`register_linear_layout`; PEFT's
+LoRA layers are one (:mod:`.lora`: their effective map, read without merging).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -33,18 +35,34 @@ class LinearLayout:
     Attributes:
         name: a readable name.
         matches: whether a module is stored this way.
-        out_in_weight: the module's weight as (out, in).
+        out_in_weight: the module's weight as (out, in); may raise :class:`UnsupportedLinearMap`.
+        bias: the module's bias (out,) or None; by default its ``bias`` attribute.
+        check_call: optional ``(module, args, kwargs) -> exception or None``, run after each call of
+            the module in the captured pass; the exception (raised after the pass) refuses a call
+            whose map is not the one resolved.
     """
 
     name: str
     matches: Callable[[nn.Module], bool]
     out_in_weight: Callable[[nn.Module], Tensor]
+    bias: Callable[[nn.Module], Optional[Tensor]] = lambda module: _bias(module)
+    check_call: Optional[Callable[[nn.Module, tuple, dict], Optional[Exception]]] = None
+
+
+class UnsupportedLinearMap(TypeError):
+    """Raised by a layout for a module of its kind whose map DecompX does not decompose (the
+    message says why and what is supported; the path is added where it is raised)."""
 
 
 def _weight(module: nn.Module) -> Tensor:
     weight = module.weight
     assert isinstance(weight, Tensor)
     return weight
+
+
+def _bias(module: nn.Module) -> Optional[Tensor]:
+    bias = getattr(module, "bias", None)
+    return bias if isinstance(bias, Tensor) else None
 
 
 _LAYOUTS: list[LinearLayout] = [
@@ -56,6 +74,35 @@ _LAYOUTS: list[LinearLayout] = [
 def register_linear_layout(layout: LinearLayout) -> None:
     """Teach the linear kind another module class (tried before the built-in ones)."""
     _LAYOUTS.insert(0, layout)
+
+
+def layout_of(module: nn.Module) -> Optional[LinearLayout]:
+    """The first registered layout that matches ``module``, or None."""
+    return next((layout for layout in _LAYOUTS if layout.matches(module)), None)
+
+
+def module_affine(module: nn.Module) -> Affine:
+    """The map of a module of a registered layout, detached, in the module's own dtype.
+
+    Raises:
+        UnsupportedLinearMap: no layout matches, or the layout refuses the module.
+    """
+    layout = layout_of(module)
+    if layout is None:
+        raise UnsupportedLinearMap(f"found {type(module).__name__}, which is not a linear map DecompX knows")
+    bias = layout.bias(module)
+    return Affine(layout.out_in_weight(module).detach(), None if bias is None else bias.detach())
+
+
+def install_call_checks(recorder: Recorder, model: nn.Module) -> None:
+    """Give every module of ``model`` whose layout has a ``check_call`` that check, for the captured
+    pass (all of them: a map changed per call matters wherever it is, also where only its effect
+    on the attention probabilities is read)."""
+    for module in model.modules():
+        layout = layout_of(module)
+        check = None if layout is None else layout.check_call
+        if check is not None:
+            recorder.check_call(module, "call_check", functools.partial(check, module))
 
 
 def linear(pieces: Tensor, affine: Affine, settings: Settings) -> Tensor:
@@ -94,15 +141,21 @@ class LinearMap(Component):
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> Affine:
         module = self.module(root)
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise TypeError(f"{self.module_path} ({type(module).__name__}) is not a linear map; check the adapter's paths.")
-        layout = next((layout for layout in _LAYOUTS if layout.matches(module)), None)
+        layout = layout_of(module)
         if layout is None:
-            raise TypeError(f"Expected a linear map at {self.module_path}, found {type(module).__name__}.")
-        bias = getattr(module, "bias", None)
-        weight = take_block(layout.out_in_weight(module).detach(), self.block, dim=0).to(dtype)
-        bias = None if bias is None else take_block(bias.detach(), self.block, dim=0).to(dtype)
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+                raise TypeError(f"{self.module_path} ({type(module).__name__}) is not a linear map; check the adapter's paths.")
+            raise TypeError(
+                f"Expected a linear map at {self.module_path}, found {type(module).__name__}; teach DecompX its "
+                "storage with register_linear_layout."
+            )
+        try:
+            whole = module_affine(module)
+        except UnsupportedLinearMap as error:
+            raise UnsupportedLinearMap(f"The linear map at {self.module_path}: {error}") from None
+        weight = take_block(whole.weight, self.block, dim=0).to(dtype)
+        bias = None if whole.bias is None else take_block(whole.bias, self.block, dim=0).to(dtype)
         return Affine(weight, bias)
 
     propagate = staticmethod(linear)

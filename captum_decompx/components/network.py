@@ -12,6 +12,7 @@ from ..adapters.base import Adapter, Linear
 from ..recording import Reader, Recorder
 from .head import Head, ResolvedHeadStep
 from .layer import LayerParams, LayerRecord, TransformerLayer
+from .linear import install_call_checks
 from .norms import Normalization, NormParams
 
 
@@ -67,6 +68,7 @@ class Network:
         return layers
 
     def install(self, recorder: Recorder, model: nn.Module, layers: list[nn.Module]) -> None:
+        install_call_checks(recorder, model)
         recorder.record_input(layers[0], "layer_input", "hidden_states")
         for layer in layers:
             self.layer.install(recorder, layer)
