@@ -225,6 +225,7 @@ def explain_encoded(classifier: LoadedClassifier, encoded: Encoded, method: str 
 
     explainer = DecompX(forward_function(classifier), model=classifier.model, include_biases=method == "exact", method=method)
     output = explainer.decompose(encoded.input_ids, additional_forward_args=encoded.extra_args)
+    assert output.bias is not None  # the head is decomposed, so the bias share exists
     logits = output.logits[0].detach().double()
     return Explanation(
         tokens=encoded.tokens,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
 from torch import Tensor
 
 
@@ -55,7 +54,8 @@ def plot_patch_attribution(
     import matplotlib.pyplot as plt
 
     image = image.detach().float().cpu()
-    heat = patch_heatmap(attributions.detach().float().cpu(), tuple(image.shape[-2:]), patch_size)
+    height, width = image.shape[-2:]
+    heat = patch_heatmap(attributions.detach().float().cpu(), (int(height), int(width)), patch_size)
     shown = (image - image.min()) / (image.max() - image.min() + 1e-12)
     limit = float(heat.abs().max()) or 1.0
     figure, axes = plt.subplots(1, 2, figsize=(8, 4))

@@ -347,6 +347,6 @@ def check_max_memory(max_memory: Any) -> None:
     """``max_memory`` is a positive number of bytes (an int, or a float with an integral value)."""
     if isinstance(max_memory, bool) or not isinstance(max_memory, numbers.Real):
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}.")
-    if not math.isfinite(max_memory) or max_memory <= 0 or int(max_memory) != max_memory:
+    if not math.isfinite(float(max_memory)) or max_memory <= 0 or float(max_memory) != math.floor(float(max_memory)):
         raise ValueError(f"max_memory must be a positive whole number of bytes, got {max_memory!r}.")
 
