@@ -9,13 +9,14 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from . import decomposition, validation
+from . import decomposition, freezing, validation
 from .adapters import Adapter, adapter_for
 from .capture import Captured, capture_internals
 from .decomposition import DEFAULT_MAX_MEMORY
 from .engine import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS, BiasMode, Settings
 
 METHODS = ("auto", "exact", "fast")
+_ALL_CLASSES = object()
 TargetType = Union[None, int, Sequence[int], Tensor]
 
 
@@ -43,6 +44,17 @@ class DecompXOutput:
     pooled: Optional[Tensor]
     token_maps: Optional[list[Tensor]]
     method: str
+
+
+@dataclass
+class _FastRun:
+    """One run of the fast path: the real logits (batch, classes), the explained classes (batch,)
+    or None, the (batch, seq) real-token mask and the decomposition."""
+
+    logits: Tensor
+    classes: Optional[Tensor]
+    real_tokens: Tensor
+    result: decomposition.FastResult
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -208,20 +220,25 @@ class DecompX(Attribution):
                 "The convergence delta compares attributions with a logit; with include_head=False the "
                 "attributions are norms of hidden-state pieces, not logit shares."
             )
-        captured = self._capture(input_ids, additional_forward_args)
-        if self.include_head:
-            classes = self._targets(target, captured.logits)
-            if self.method == "fast":
-                scores = self._fast(captured, classes).contributions
-            else:
+        if self.method == "fast":  # one frozen forward pass and one backward pass
+            run = self._fast(input_ids, additional_forward_args, target=target)
+            logits, classes = run.logits, run.classes
+            contributions = run.result.contributions
+            scores = contributions if self.include_head else torch.linalg.vector_norm(contributions, dim=-1)
+            scores = self._zero_padding(scores, run.real_tokens).to(logits.dtype)
+        else:
+            captured = self._capture(input_ids, additional_forward_args)
+            logits = captured.logits
+            if self.include_head:
+                classes = self._targets(target, captured.logits)
                 result = self._exact(captured, show_progress=show_progress)
                 scores = result.contributions.gather(2, classes.view(-1, 1, 1).expand(-1, result.contributions.shape[1], 1)).squeeze(-1)
-        else:
-            scores = self._pooled_norms(captured, show_progress=show_progress)
-        scores = self._zero_padding(scores, captured).to(captured.logits.dtype)
+            else:
+                scores = self._pooled_norms(captured, show_progress=show_progress)
+            scores = self._zero_padding(scores, captured).to(captured.logits.dtype)
         attributions = (scores,) if as_tuple else scores
         if return_convergence_delta:
-            delta = scores.sum(-1) - captured.logits.gather(1, classes.view(-1, 1)).squeeze(1)
+            delta = scores.sum(-1) - logits.gather(1, classes.view(-1, 1)).squeeze(1)
             return attributions, delta
         return attributions
 
@@ -262,26 +279,20 @@ class DecompX(Attribution):
             show_progress: show a progress bar over the examples (exact path).
         """
         input_ids, _ = self._input_ids(inputs)
+        if self.method == "fast":
+            return self._decompose_fast(input_ids, additional_forward_args, return_token_maps, show_progress)
         captured = self._capture(input_ids, additional_forward_args)
         logits = captured.logits
         token_maps, pooled = None, None
         if self.method == "exact" or return_token_maps:
             result = self._exact(captured, show_progress=show_progress, token_maps=return_token_maps)
             pooled, token_maps = result.pooled, result.token_maps
-        if self.method == "fast" and not self.include_head:
-            pooled = self._fast_pooled(captured)
         if self.include_head:
-            if self.method == "fast":
-                fast = self._fast(captured, None)
-                attributions = self._zero_padding(fast.contributions, captured)
-                # The frozen network's logits minus the token shares: what its biases carry.
-                bias = (fast.outputs - attributions.sum(1)).to(logits.dtype)
+            attributions = self._zero_padding(result.contributions, captured)
+            if self.include_biases:
+                bias = torch.zeros_like(logits)
             else:
-                attributions = self._zero_padding(result.contributions, captured)
-                if self.include_biases:
-                    bias = torch.zeros_like(logits)
-                else:
-                    bias = result.bias.to(logits.dtype)
+                bias = result.bias.to(logits.dtype)
         else:
             attributions = self._zero_padding(torch.linalg.vector_norm(pooled, dim=-1), captured)
             bias = None
@@ -382,29 +393,62 @@ class DecompX(Attribution):
             if bar is not None:
                 bar.close()
 
-    def _fast(self, captured: Captured, classes: Optional[Tensor], *, include_head: bool = True) -> decomposition.FastResult:
-        return decomposition.fast(
-            captured,
-            self._parts(),
-            self._settings(),
-            self._pooling(captured),
-            include_head=include_head,
-            dtype=self._compute_dtype(),
-            classes=classes,
+    def _fast(self, input_ids: Tensor, additional_forward_args: Any, *, target: Any = _ALL_CLASSES) -> "_FastRun":
+        """The fast path: one frozen forward pass of the real model, then one backward pass for
+        the ``target`` classes (all classes by default; ignored without the head)."""
+        validation.check_model(self.model)
+        args = self._extra_args(additional_forward_args)
+        validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
+        with freezing.frozen_forward(self.model, self.adapter, self._settings()) as frozen:
+            logits = _logits_of(self.forward_func(input_ids, *args))
+            validation.check_batch_rows(logits, input_ids.shape[0])
+            validation.warn_if_not_logits(logits.detach())
+        real = frozen.real_tokens
+        if real is None:
+            raise RuntimeError(
+                "The first layer's attention module returned no attention probabilities; the fast path "
+                "reads the padding from them. Set the adapter's force_output_attentions."
+            )
+        classes = None
+        if self.include_head and target is not _ALL_CLASSES:
+            classes = self._targets(target, logits.detach())
+        dtype = self._compute_dtype()
+        pooling = decomposition.pool_weights(self.adapter, real, dtype)
+        result = decomposition.fast(frozen, logits, pooling, include_head=self.include_head, dtype=dtype, classes=classes)
+        return _FastRun(logits.detach(), classes, real, result)
+
+    def _decompose_fast(self, input_ids: Tensor, additional_forward_args: Any, return_token_maps: bool, show_progress: bool) -> DecompXOutput:
+        token_maps = None
+        if return_token_maps:  # the maps are the exact propagation's
+            captured = self._capture(input_ids, additional_forward_args)
+            token_maps = self._exact(captured, show_progress=show_progress, token_maps=True).token_maps
+        run = self._fast(input_ids, additional_forward_args)
+        logits = run.logits
+        if self.include_head:
+            attributions = self._zero_padding(run.result.contributions, run.real_tokens)
+            assert run.result.outputs is not None
+            # The frozen network's logits minus the token shares: what its biases carry.
+            bias: Optional[Tensor] = (run.result.outputs - attributions.sum(1)).to(logits.dtype)
+            pooled = None
+        else:
+            pooled = run.result.contributions
+            attributions = self._zero_padding(torch.linalg.vector_norm(pooled, dim=-1), run.real_tokens)
+            bias = None
+        return DecompXOutput(
+            logits=logits,
+            attributions=attributions.to(logits.dtype),
+            bias=bias,
+            pooled=None if pooled is None else pooled.to(logits.dtype),
+            token_maps=token_maps,
+            method=self.method,
         )
 
-    def _fast_pooled(self, captured: Captured) -> Tensor:
-        return self._fast(captured, None, include_head=False).contributions
-
     def _pooled_norms(self, captured: Captured, *, show_progress: bool) -> Tensor:
-        if self.method == "fast":
-            pooled = self._fast_pooled(captured)
-        else:
-            pooled = self._exact(captured, show_progress=show_progress).pooled
+        pooled = self._exact(captured, show_progress=show_progress).pooled
         return torch.linalg.vector_norm(pooled, dim=-1)
 
     @staticmethod
-    def _zero_padding(scores: Tensor, captured: Captured) -> Tensor:
-        real = decomposition.padding_mask(captured)
+    def _zero_padding(scores: Tensor, captured: Union[Captured, Tensor]) -> Tensor:
+        real = captured if isinstance(captured, Tensor) else decomposition.padding_mask(captured)
         shape = real.shape + (1,) * (scores.dim() - 2)
         return scores * real.view(shape).to(scores.dtype)
