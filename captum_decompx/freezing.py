@@ -207,6 +207,21 @@ def norm_freezing(module: nn.Module) -> Optional[Any]:
 # The frozen forward pass
 
 
+_FORCED_ARGUMENTS: dict[type, Optional[tuple[int, str]]] = {}
+
+
+def _forced_argument(module: nn.Module) -> Optional[tuple[int, str]]:
+    """``capture._output_attentions_parameter``, remembered per module class (it inspects the
+    signature, which costs more than the rest of a small model's hook installation)."""
+    kind = type(module)
+    if kind not in _FORCED_ARGUMENTS or "forward" in vars(module):
+        found = _output_attentions_parameter(module)
+        if "forward" in vars(module):  # an instance-level forward: do not remember
+            return found
+        _FORCED_ARGUMENTS[kind] = found
+    return _FORCED_ARGUMENTS[kind]
+
+
 _SOFTMAXES = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, torch.special.softmax}
 
 
@@ -370,7 +385,7 @@ class _Installer:
         if not self.once(module, "attention"):
             return
         mode = _DetachSoftmax(FREEZING_RULES["attention_probabilities"]())
-        force = self.adapter.force_output_attentions or _output_attentions_parameter(module)
+        force = self.adapter.force_output_attentions or _forced_argument(module)
         state = self.state
         where = f"{type(module).__name__} ({self.adapter.layer.attention})"
 
