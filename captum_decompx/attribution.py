@@ -238,6 +238,7 @@ class DecompX(Attribution):
             scores = self._zero_padding(scores, captured).to(captured.logits.dtype)
         attributions = (scores,) if as_tuple else scores
         if return_convergence_delta:
+            assert classes is not None  # the delta needs the head (checked above)
             delta = scores.sum(-1) - logits.gather(1, classes.view(-1, 1)).squeeze(1)
             return attributions, delta
         return attributions

@@ -38,7 +38,7 @@ from torch.overrides import TorchFunctionMode
 from .adapters import Activation, Adapter, Linear, resolve
 from .adapters.base import Norm as HeadNorm
 from .adapters.base import split_block, take_block
-from .capture import _model_lock, _output_attentions_parameter, eager_attention
+from .capture import _configs_of, _model_lock
 from .engine import ZERO_ORIGIN_EPS, Settings
 
 # --------------------------------------------------------------------------------------------
@@ -207,38 +207,86 @@ def norm_freezing(module: nn.Module) -> Optional[Any]:
 # The frozen forward pass
 
 
-_FORCED_ARGUMENTS: dict[type, Optional[tuple[int, str]]] = {}
-
-
-def _forced_argument(module: nn.Module) -> Optional[tuple[int, str]]:
-    """``capture._output_attentions_parameter``, remembered per module class (it inspects the
-    signature, which costs more than the rest of a small model's hook installation)."""
-    kind = type(module)
-    if kind not in _FORCED_ARGUMENTS or "forward" in vars(module):
-        found = _output_attentions_parameter(module)
-        if "forward" in vars(module):  # an instance-level forward: do not remember
-            return found
-        _FORCED_ARGUMENTS[kind] = found
-    return _FORCED_ARGUMENTS[kind]
-
-
 _SOFTMAXES = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, torch.special.softmax}
+_FUSED_ATTENTION = torch.nn.functional.scaled_dot_product_attention
+# Attention implementations whose probabilities the pass can freeze: "eager" (a softmax call) and
+# "sdpa" (the fused kernel, called with query and key cut from the graph: its probabilities are
+# then constants, and it keeps its O(N) memory). Others are switched to eager for the call.
+FREEZABLE_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
-class _DetachSoftmax(TorchFunctionMode):
-    """Inside an attention module: every softmax output is frozen (its value unchanged)."""
+class _FreezeAttention(TorchFunctionMode):
+    """Active inside an attention module's forward: freezes its probabilities, whichever of the
+    freezable implementations computes them, and counts that it did."""
 
     def __init__(self, rule: AttentionProbabilityFreezing) -> None:
         super().__init__()
         self.rule = rule
         self.count = 0
+        self.real_tokens: Optional[Tensor] = None
+        self.watch = False  # record the attended keys of this call (the first layer's)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        result = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if func is _FUSED_ATTENTION:
+            self.count += 1
+            args, kwargs = _detach_query_key(args, kwargs)
+            if self.watch:
+                self.real_tokens = _attended_by_mask(args, kwargs)
+                self.watch = False
+            return func(*args, **kwargs)
+        result = func(*args, **kwargs)
         if func in _SOFTMAXES:
             self.count += 1
+            if self.watch:
+                self.real_tokens = (result != 0).flatten(1, -2).any(1)
+                self.watch = False
             return self.rule.freeze(result)
         return result
+
+
+def _detach_query_key(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``scaled_dot_product_attention``'s query and key, cut from the graph."""
+    args = list(args)
+    for position, name in ((0, "query"), (1, "key")):
+        if len(args) > position:
+            args[position] = args[position].detach()
+        elif name in kwargs:
+            kwargs = {**kwargs, name: kwargs[name].detach()}
+    return tuple(args), kwargs
+
+
+def _attended_by_mask(args: tuple, kwargs: dict) -> Optional[Tensor]:
+    """(batch, keys) bool: keys some query may attend to, from a fused attention call's mask."""
+    query = args[0] if args else kwargs["query"]
+    key = args[1] if len(args) > 1 else kwargs["key"]
+    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+    batch, keys = query.shape[0], key.shape[-2]
+    if mask is None:
+        return torch.ones(batch, keys, dtype=torch.bool, device=query.device)
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    allowed = allowed.reshape(allowed.shape[0], -1, allowed.shape[-1]).any(1)
+    return allowed.expand(batch, keys)
+
+
+@contextmanager
+def freezable_attention(model: nn.Module) -> Iterator[None]:
+    """Switch configs whose attention implementation cannot be frozen (flash, flex, ...) to
+    ``"eager"`` for the call; eager and sdpa stay as they are. Restored afterwards."""
+    saved = []
+    for config in _configs_of(model):
+        if "_attn_implementation_internal" not in vars(config):
+            continue
+        value = vars(config)["_attn_implementation_internal"]
+        if value is not None and value not in FREEZABLE_IMPLEMENTATIONS:
+            saved.append((config, value))
+    try:
+        for config, _ in saved:
+            config._attn_implementation_internal = "eager"
+        yield
+    finally:
+        for config, value in saved:
+            config._attn_implementation_internal = value
 
 
 @dataclass
@@ -297,7 +345,7 @@ class _Installer:
         if not self.layers:
             raise ValueError(f"The adapter {adapter.name!r} found no layers at {adapter.layers!r}.")
         self.done: set[tuple[int, str]] = set()
-        self.modes: list[_DetachSoftmax] = []
+        self.modes: list[_FreezeAttention] = []
 
     def mine(self) -> bool:
         return threading.get_ident() == self.thread
@@ -384,8 +432,7 @@ class _Installer:
     def attention(self, module: nn.Module, first: bool) -> None:
         if not self.once(module, "attention"):
             return
-        mode = _DetachSoftmax(FREEZING_RULES["attention_probabilities"]())
-        force = self.adapter.force_output_attentions or _forced_argument(module)
+        mode = _FreezeAttention(FREEZING_RULES["attention_probabilities"]())
         state = self.state
         where = f"{type(module).__name__} ({self.adapter.layer.attention})"
 
@@ -393,16 +440,10 @@ class _Installer:
             if not self.mine():
                 return None
             mode.count = 0
+            mode.watch = first and state.real_tokens is None
             mode.__enter__()
             self.modes.append(mode)
-            if force is None:
-                return None
-            position, name = force
-            if name in kwargs or len(args) <= position:
-                kwargs = {**kwargs, name: True}
-            else:
-                args = args[:position] + (True,) + args[position + 1 :]
-            return args, kwargs
+            return None
 
         def after(_module, args, output):
             if not self.mine():
@@ -412,14 +453,13 @@ class _Installer:
                 mode.__exit__(None, None, None)
             if mode.count == 0:
                 raise RuntimeError(
-                    f"The attention module {where} computed no softmax even with eager attention, so the "
-                    "fast path cannot freeze its probabilities. Use method='exact', or an adapter whose "
-                    "attention module computes its probabilities with a softmax."
+                    f"The attention module {where} computed its probabilities neither with a softmax nor "
+                    "with torch's scaled_dot_product_attention, so the fast path cannot freeze them. Use "
+                    "method='exact', or run the model with attn_implementation='eager' or 'sdpa'."
                 )
-            if first and state.real_tokens is None and isinstance(output, tuple) and len(output) > 1:
-                probs = output[1]
-                if isinstance(probs, Tensor):
-                    state.real_tokens = (probs != 0).any(dim=1).any(dim=1)
+            if mode.real_tokens is not None and state.real_tokens is None:
+                state.real_tokens = mode.real_tokens
+            mode.real_tokens = None
             return None
 
         self.pre_hook(module, before)
@@ -514,7 +554,7 @@ class _Installer:
                 following = steps[index + 1] if index + 1 < len(steps) else None
                 if not previous or not isinstance(following, (Linear, HeadNorm)):
                     raise ValueError(f"The head activation at step {index} of adapter {self.adapter.name!r} must sit between a Linear step and a Linear or Norm step.")
-                function = step.function if step.function is not None else resolve(self.model, step.path)
+                function = step.function if step.function is not None else resolve(self.model, str(step.path))
                 if isinstance(function, nn.Module):
                     function = function.forward  # the slope's evaluation runs no hooks
                 rule = FREEZING_RULES["head_activation"](self.settings.head_approximation)
@@ -580,7 +620,7 @@ def frozen_forward(model: nn.Module, adapter: Adapter, settings: Settings) -> It
     installer = _Installer(model, adapter, settings, state)
     with ExitStack() as stack:
         stack.enter_context(_model_lock(model))
-        stack.enter_context(eager_attention(model))
+        stack.enter_context(freezable_attention(model))
         stack.enter_context(torch.enable_grad())
         stack.callback(installer.close)
         installer.install()

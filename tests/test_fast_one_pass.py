@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from captum_decompx import DecompX
 from test_architectures import ENCODERS, forward_of, padded_batch, redraw
 from test_model_unchanged import assert_unchanged, snapshot
+
+from captum_decompx import DecompX
 
 ARCHITECTURES = ("bert", "deberta-v2", "albert", "modernbert-cls", "gpt2", "llama")
 CALLS = {
