@@ -100,7 +100,8 @@ class DecompX(Attribution):
             the attribution is then the L2 norm of each token's piece of the pooled representation).
         head_approximation: how the head's activation is frozen: ``"zo"`` or ``"la"``.
         method: ``"exact"`` propagates one vector per token (O(N^2) memory); ``"fast"`` needs
-            ``include_biases=False`` and takes one linearized forward and backward pass; ``"auto"``
+            ``include_biases=False`` and takes one forward pass of the real model with its
+            nonlinear coefficients frozen, and one backward pass (all classes at once); ``"auto"``
             picks fast when biases are excluded, exact otherwise.
         max_memory: bytes the exact path may use for its decomposition; it works in chunks to stay
             under it and raises before starting when even that cannot fit.
@@ -407,8 +408,8 @@ class DecompX(Attribution):
         real = frozen.real_tokens
         if real is None:
             raise RuntimeError(
-                "The first layer's attention module returned no attention probabilities; the fast path "
-                "reads the padding from them. Set the adapter's force_output_attentions."
+                "The fast path saw no attention computed in the first layer's attention module, so it "
+                "cannot tell the padding from the tokens. Check the adapter's attention path."
             )
         classes = None
         if self.include_head and target is not _ALL_CLASSES:

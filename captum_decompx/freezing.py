@@ -16,6 +16,14 @@ The module has two parts:
   the modules an :class:`~captum_decompx.adapters.Adapter` names, and removes them (and restores
   the attention implementation) whatever happens.
 
+Attention probabilities are frozen inside each attention module's forward call by a
+``TorchFunctionMode`` entered by the module's pre-hook and left by its forward hook: an eager
+implementation's softmax output is detached; torch's fused ``scaled_dot_product_attention`` (the
+``"sdpa"`` implementation) is called with its query and key detached, which freezes the
+probabilities while the kernel keeps its O(N) memory. This works whichever code dispatches the
+attention (transformers' attention interface or a model's own, e.g. DeBERTa-v2's), on transformers
+4.57 and 5. Other implementations (flash, flex) are switched to eager for the call.
+
 Besides the embeddings, the pass creates two more leaves: ``own_scale`` (batch, seq, 1) multiplies
 (by exactly one) the biases a token owns before the first attention mixes tokens (the first
 layer's value bias, a pre-LN model's first norm bias), so its gradient is each token's share of

@@ -118,3 +118,20 @@ def test_a_forward_function_without_gradients_is_refused():
 
     with pytest.raises(RuntimeError, match="no_grad"):
         DecompX(no_grad_forward, model=model, include_biases=False).attribute(ids, target=0, additional_forward_args=(mask,))
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_fast_path_on_eager_and_sdpa_attention_equals_exact(implementation):
+    """Both freezable attention implementations (a softmax; the fused kernel with query and key cut
+    from the graph) give the exact decomposition; the model keeps its implementation."""
+    model = _model("bert")
+    model.config._attn_implementation = implementation
+    ids, mask = padded_batch(0)
+    forward = forward_of(model)
+    fast = DecompX(forward, model=model, include_biases=False).decompose(ids, additional_forward_args=(mask,))
+    exact = DecompX(forward, model=model, include_biases=False, method="exact").decompose(ids, additional_forward_args=(mask,))
+    scale = float(exact.logits.abs().max())
+    assert float((fast.attributions - exact.attributions).abs().max()) <= 2e-6 * scale
+    assert float((fast.bias - exact.bias).abs().max()) <= 4e-6 * scale
+    assert torch.all(fast.attributions[mask == 0] == 0)
+    assert model.config._attn_implementation == implementation
