@@ -280,9 +280,9 @@ def write_report(rows: Sequence[dict], lxt_notes: dict[int, str], args: argparse
         lxt = row.get("lxt")
         met = ratio <= row["target"] and (memory is None or memory <= MEMORY_TARGET)
         lines.append(
-            f"| {row['model']} | {row['batch']} | {row['seq']} | {row['fast_s']:.3f} | {row['gxa_s']:.3f} | {ratio:.2f} | "
+            f"| {row['model']} | {row['batch']} | {row['seq']} | {row['fast_s']:.4g} | {row['gxa_s']:.4g} | {ratio:.2f} | "
             f"{row['target']:.2f} | {_mib(row['fast_bytes'])} | {_mib(row['gxa_bytes'])} | {_cell(memory)} | "
-            f"{_cell(lxt['lxt_s'], 3) if lxt else 'n/a'} | {_cell(_ratio(lxt['lxt_s'], lxt['gxa_s'])) if lxt else 'n/a'} | "
+            f"{format(lxt['lxt_s'], '.4g') if lxt else 'n/a'} | {_cell(_ratio(lxt['lxt_s'], lxt['gxa_s'])) if lxt else 'n/a'} | "
             f"{'yes' if met else '**no**'} |"
         )
     lines.append("")
