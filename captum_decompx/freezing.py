@@ -255,13 +255,13 @@ class _FreezeAttention(TorchFunctionMode):
 
 def _detach_query_key(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """``scaled_dot_product_attention``'s query and key, cut from the graph."""
-    args = list(args)
+    positional = list(args)
     for position, name in ((0, "query"), (1, "key")):
-        if len(args) > position:
-            args[position] = args[position].detach()
+        if len(positional) > position:
+            positional[position] = positional[position].detach()
         elif name in kwargs:
             kwargs = {**kwargs, name: kwargs[name].detach()}
-    return tuple(args), kwargs
+    return tuple(positional), kwargs
 
 
 def _attended_by_mask(args: tuple, kwargs: dict) -> Optional[Tensor]:
@@ -618,11 +618,11 @@ def frozen_forward(model: nn.Module, adapter: Adapter, settings: Settings) -> It
 
         with frozen_forward(model, adapter, settings) as frozen:
             logits = forward_func(*inputs)  # the real logits; their graph is the frozen linear map
-        frozen.check()  # one forward pass ran
-        grads = torch.autograd.grad(logits, frozen.leaves(), ...)
+        grads = torch.autograd.grad(logits, frozen.leaves(), ...)  # hooks are gone by now
 
     Hooks are removed, modes exited and the attention implementation restored when the block ends,
-    also when it raises. Passes on the same model are serialized (see ``capture_internals``).
+    also when it raises; a forward function that ran the model's layers more than once (or never)
+    is refused. Passes on the same model are serialized (see ``capture_internals``).
     """
     state = FrozenForward()
     installer = _Installer(model, adapter, settings, state)
