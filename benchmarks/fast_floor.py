@@ -268,7 +268,7 @@ def write_report(rows: Sequence[dict], lxt_notes: dict[int, str], args: argparse
         f"- Targets: fast/GxA <= {TARGET_AT_64} at N >= 64, <= {TARGET_BELOW_64} below; peak memory <= "
         f"{MEMORY_TARGET} x GxA's.",
         "- AttnLRP: LXT 2.1 (`lxt.efficient`, `attnLRP` patch of transformers' BERT) in a worker process with "
-        "transformers 4.57 (LXT does not import with transformers 5); gradient x input at the embeddings. Its "
+        "transformers 4.57 (LXT 2.1 targets transformers 4; the issue reports it fails to import with 5.24); gradient x input at the embeddings. Its "
         "worker times GxA on the unpatched model first: `LXT/GxA` is measured in that process.",
         "",
         "| model | batch | N | fast (s) | GxA (s) | fast / GxA | target | fast peak (MiB) | GxA peak (MiB) | memory fast / GxA | AttnLRP (s) | AttnLRP / GxA | met |",
