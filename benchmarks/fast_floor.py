@@ -83,10 +83,7 @@ def peak_bytes(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, O
 def encoder_calls(model, batch: int, seq: int, model_name: str) -> dict[str, Callable[[], Any]]:
     spec = speed.MODEL_SPECS[model_name]
     ids, mask, baselines = speed.make_inputs(spec, model.config.vocab_size, batch, seq, "cpu")
-    return {
-        method: speed.make_call(method, model, ids, mask, baselines, lig_internal_batch=1)
-        for method in ("fast", "gxa")
-    }
+    return {method: speed.make_call(method, model, ids, mask, baselines, lig_internal_batch=1) for method in ("fast", "gxa")}
 
 
 def build_llama():
@@ -96,8 +93,13 @@ def build_llama():
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=32000, hidden_size=1024, num_hidden_layers=8, num_attention_heads=16,
-        num_key_value_heads=8, intermediate_size=2816, max_position_embeddings=4096,
+        vocab_size=32000,
+        hidden_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        intermediate_size=2816,
+        max_position_embeddings=4096,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -165,7 +167,14 @@ def lxt_worker(args: argparse.Namespace) -> int:
 
         seconds = time_interleaved({"lxt": attnlrp}, args.repeats)["lxt"]
         memory = peak_bytes({"lxt": attnlrp}, 1)["lxt"]
-        payload = {"seq": seq, "batch": args.batch, "lxt_s": seconds, "lxt_bytes": memory, "gxa_s": gxa[seq][0], "gxa_bytes": gxa[seq][1]}
+        payload = {
+            "seq": seq,
+            "batch": args.batch,
+            "lxt_s": seconds,
+            "lxt_bytes": memory,
+            "gxa_s": gxa[seq][0],
+            "gxa_bytes": gxa[seq][1],
+        }
         print(LXT_PREFIX + json.dumps(payload), flush=True)
     return 0
 
@@ -199,14 +208,27 @@ def run_lxt(args: argparse.Namespace, batch: int) -> tuple[dict[int, dict], str]
         return {}, "not run (--lxt-python '')"
     if not os.path.exists(python):
         return {}, f"not run: {python} does not exist (make an environment with transformers 4.57 and lxt)"
-    command = [python, os.path.abspath(__file__), "--lxt-worker", "--model", args.model, "--batch", str(batch),
-               "--lengths", ",".join(map(str, args.lengths)), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    command = [
+        python,
+        os.path.abspath(__file__),
+        "--lxt-worker",
+        "--model",
+        args.model,
+        "--batch",
+        str(batch),
+        "--lengths",
+        ",".join(map(str, args.lengths)),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ]
     environment = {**os.environ, "PYTHONPATH": os.path.dirname(HERE)}
     done = subprocess.run(command, capture_output=True, text=True, env=environment)
     rows = {}
     for line in done.stdout.splitlines():
         if line.startswith(LXT_PREFIX):
-            row = json.loads(line[len(LXT_PREFIX):])
+            row = json.loads(line[len(LXT_PREFIX) :])
             rows[row["seq"]] = row
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -241,11 +263,15 @@ def verdicts(rows: Sequence[dict]) -> list[str]:
             misses.append(f"{row['model']} batch {row['batch']} N={row['seq']}: fast/GxA {ratio:.2f} > {row['target']:.2f}")
         memory = _ratio(row["fast_bytes"], row["gxa_bytes"])
         if memory is not None and memory > MEMORY_TARGET:
-            misses.append(f"{row['model']} batch {row['batch']} N={row['seq']}: peak memory fast/GxA {memory:.2f} > {MEMORY_TARGET}")
+            misses.append(
+                f"{row['model']} batch {row['batch']} N={row['seq']}: peak memory fast/GxA {memory:.2f} > {MEMORY_TARGET}"
+            )
     return misses
 
 
-def write_report(rows: Sequence[dict], lxt_notes: dict[int, str], args: argparse.Namespace, load: tuple[str, str], path: str) -> str:
+def write_report(
+    rows: Sequence[dict], lxt_notes: dict[int, str], args: argparse.Namespace, load: tuple[str, str], path: str
+) -> str:
     import torch
     import transformers
 
@@ -265,8 +291,7 @@ def write_report(rows: Sequence[dict], lxt_notes: dict[int, str], args: argparse
         "word embeddings, summed over the embedding (as in `speed.py`). Peak memory: growth of the process's "
         "peak resident set over one call (median of "
         f"{args.memory_repeats}).",
-        f"- Targets: fast/GxA <= {TARGET_AT_64} at N >= 64, <= {TARGET_BELOW_64} below; peak memory <= "
-        f"{MEMORY_TARGET} x GxA's.",
+        f"- Targets: fast/GxA <= {TARGET_AT_64} at N >= 64, <= {TARGET_BELOW_64} below; peak memory <= {MEMORY_TARGET} x GxA's.",
         "- AttnLRP: LXT 2.1 (`lxt.efficient`, `attnLRP` patch of transformers' BERT) in a worker process with "
         "transformers 4.57 (LXT 2.1 targets transformers 4; the issue reports it fails to import with 5.24); gradient x input at the embeddings. Its "
         "worker times GxA on the unpatched model first: `LXT/GxA` is measured in that process.",
@@ -315,7 +340,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--lxt-python", default=DEFAULT_LXT_PYTHON, help="interpreter with transformers 4.57 and lxt; '' skips AttnLRP")
+    parser.add_argument(
+        "--lxt-python", default=DEFAULT_LXT_PYTHON, help="interpreter with transformers 4.57 and lxt; '' skips AttnLRP"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model, N in {16, 32}, batch 1, no decoder, no AttnLRP")
     parser.add_argument("--out", default=None, help="the report (default results/fast_floor.md; --quick: a temporary file)")
     parser.add_argument("--lxt-worker", action="store_true", help=argparse.SUPPRESS)
@@ -346,10 +373,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             calls = encoder_calls(model, batch, seq, args.model)
             times = time_interleaved(calls, args.repeats)
             peaks = peak_bytes(calls, args.memory_repeats)
-            rows.append({"model": args.model, "batch": batch, "seq": seq, "fast_s": times["fast"], "gxa_s": times["gxa"],
-                         "fast_bytes": peaks["fast"], "gxa_bytes": peaks["gxa"], "target": target_for(seq)})
-            print(f"{args.model} batch {batch} N={seq}: fast {times['fast']:.3f} s, GxA {times['gxa']:.3f} s, "
-                  f"ratio {times['fast'] / times['gxa']:.2f}; peak MiB {_mib(peaks['fast'])} / {_mib(peaks['gxa'])}", flush=True)
+            rows.append(
+                {
+                    "model": args.model,
+                    "batch": batch,
+                    "seq": seq,
+                    "fast_s": times["fast"],
+                    "gxa_s": times["gxa"],
+                    "fast_bytes": peaks["fast"],
+                    "gxa_bytes": peaks["gxa"],
+                    "target": target_for(seq),
+                }
+            )
+            print(
+                f"{args.model} batch {batch} N={seq}: fast {times['fast']:.3f} s, GxA {times['gxa']:.3f} s, "
+                f"ratio {times['fast'] / times['gxa']:.2f}; peak MiB {_mib(peaks['fast'])} / {_mib(peaks['gxa'])}",
+                flush=True,
+            )
         lxt_rows, note = run_lxt(args, batch)
         lxt_notes[batch] = note
         for row in rows:
@@ -363,10 +403,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             calls = decoder_calls(llama, seq)
             times = time_interleaved(calls, args.repeats)
             peaks = peak_bytes(calls, args.memory_repeats)
-            rows.append({"model": "llama-decoder", "batch": 1, "seq": seq, "fast_s": times["fast"], "gxa_s": times["gxa"],
-                         "fast_bytes": peaks["fast"], "gxa_bytes": peaks["gxa"], "target": target_for(seq)})
-            print(f"llama N={seq}: fast {times['fast']:.3f} s, GxA {times['gxa']:.3f} s, ratio {times['fast'] / times['gxa']:.2f}; "
-                  f"peak MiB {_mib(peaks['fast'])} / {_mib(peaks['gxa'])}", flush=True)
+            rows.append(
+                {
+                    "model": "llama-decoder",
+                    "batch": 1,
+                    "seq": seq,
+                    "fast_s": times["fast"],
+                    "gxa_s": times["gxa"],
+                    "fast_bytes": peaks["fast"],
+                    "gxa_bytes": peaks["gxa"],
+                    "target": target_for(seq),
+                }
+            )
+            print(
+                f"llama N={seq}: fast {times['fast']:.3f} s, GxA {times['gxa']:.3f} s, ratio {times['fast'] / times['gxa']:.2f}; "
+                f"peak MiB {_mib(peaks['fast'])} / {_mib(peaks['gxa'])}",
+                flush=True,
+            )
     report = write_report(rows, lxt_notes, args, (load_before, _uptime()), args.out)
     print(report)
     return 1 if verdicts(rows) else 0

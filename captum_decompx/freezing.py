@@ -141,7 +141,9 @@ class PointwiseFreezing:
     approximation: str
     kind: str = "activation"
 
-    def freeze(self, function: Callable[[Tensor], Tensor], pre_activation: Tensor, value: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def freeze(
+        self, function: Callable[[Tensor], Tensor], pre_activation: Tensor, value: Tensor
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """Returns the frozen output (equal to ``value``) and what the approximation drops, or None."""
         a = pre_activation.detach()
         dropped = None
@@ -509,7 +511,9 @@ class _Installer:
 
                 self.forward_hook(activation, hook)
             return
-        self._between(resolve(layer, split_block(paths.ffn_in)[0]), resolve(layer, split_block(paths.ffn_out)[0]), rule, activation)
+        self._between(
+            resolve(layer, split_block(paths.ffn_in)[0]), resolve(layer, split_block(paths.ffn_out)[0]), rule, activation
+        )
 
     def _apply_pointwise(self, rule: PointwiseFreezing, function: Callable, pre_activation: Tensor, value: Tensor) -> Tensor:
         frozen, dropped = rule.freeze(function, pre_activation, value)
@@ -561,7 +565,9 @@ class _Installer:
                 previous = [s for s in steps[:index] if isinstance(s, Linear)]
                 following = steps[index + 1] if index + 1 < len(steps) else None
                 if not previous or not isinstance(following, (Linear, HeadNorm)):
-                    raise ValueError(f"The head activation at step {index} of adapter {self.adapter.name!r} must sit between a Linear step and a Linear or Norm step.")
+                    raise ValueError(
+                        f"The head activation at step {index} of adapter {self.adapter.name!r} must sit between a Linear step and a Linear or Norm step."
+                    )
                 function = step.function if step.function is not None else resolve(self.model, str(step.path))
                 if isinstance(function, nn.Module):
                     function = function.forward  # the slope's evaluation runs no hooks

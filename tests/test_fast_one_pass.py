@@ -52,7 +52,9 @@ def test_decompose_gets_every_class_from_one_backward_pass(monkeypatch):
     assert out.attributions.shape[-1] == 3
     assert backward_calls == [True]  # three classes, one batched backward pass
     backward_calls.clear()
-    DecompX(forward_of(model), model=model, include_biases=False).attribute(ids, target=[0, 2, 1], additional_forward_args=(mask,))
+    DecompX(forward_of(model), model=model, include_biases=False).attribute(
+        ids, target=[0, 2, 1], additional_forward_args=(mask,)
+    )
     assert backward_calls == [False]  # one class per example: one plain backward pass
 
 
