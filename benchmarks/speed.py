@@ -3,8 +3,8 @@
 Every method explains the same target class of the same inputs in one run:
 
 * ``exact``: ``DecompX(forward_func, model=model)`` (biases decomposed, the exact propagation);
-* ``fast``: ``DecompX(forward_func, model=model, include_biases=False)`` (the linearized
-  forward and backward pass);
+* ``fast``: ``DecompX(forward_func, model=model, include_biases=False)`` (one forward pass of
+  the real model with its nonlinear coefficients frozen, and one backward pass);
 * ``lig``: ``LayerIntegratedGradients`` on the word embeddings, ``n_steps=50``, baselines of pad
   ids that keep the first and last tokens ([CLS]/[SEP]) as in Captum's BERT tutorial;
 * ``gxa``: ``LayerGradientXActivation`` on the word embeddings;
@@ -20,7 +20,9 @@ on CUDA. The script prints a table, writes it with the machine description to
 
 The code is split into measuring (``speed_measure.py``: models, calls, peak memory, worker
 processes), reporting (``speed_report.py``: tables, targets, plot, results file) and the decoder
-section (``speed_decoder.py``); this file is the command line. Memory estimates of DecompX's own
+section (``speed_decoder.py``); this file is the command line. The fast path against Gradient x
+Activation (and AttnLRP), interleaved in one process with peak memory, is the section
+``fast_floor.py`` (``python benchmarks/speed.py --fast-floor [its options]``). Memory estimates of DecompX's own
 paths come from ``captum_decompx.memory``.
 
 Usage::
@@ -30,6 +32,7 @@ Usage::
     python benchmarks/speed.py --max-point-seconds 0    # every point (estimated 90 min)
     python benchmarks/speed.py --quick              # CI-sized: tiny model, N in {16, 32}, batch 1
     python benchmarks/speed.py --models bert-base --lengths 64,128 --batches 1 --methods fast,gxa
+    python benchmarks/speed.py --fast-floor --threads 1   # fast DecompX vs GxA (and AttnLRP), issue targets
 """
 
 from __future__ import annotations
@@ -188,6 +191,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; returns the process exit code (1 if a point failed)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["--fast-floor"]:  # the fast path's section, with its own options
+        import fast_floor
+
+        return fast_floor.main(arguments[1:])
     args = parse_args(argv)
     if args.worker:  # the measuring side's worker (also reachable as `python benchmarks/speed_measure.py`)
         run_worker(json.load(sys.stdin))

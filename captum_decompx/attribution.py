@@ -13,11 +13,19 @@ from typing import Any, Callable, Literal, Optional, Sequence, Union, overload
 import torch
 from torch import Tensor, nn
 
-from . import decomposition, validation
+from . import decomposition, freezing, validation
 from .adapters import Adapter
 from .capture import Captured
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
-from .forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, target_index
+from .forward_contract import (
+    ExplainedOutput,
+    explain_output,
+    forward_output_tensor,
+    model_output_tensor,
+    select,
+    tap_model_output,
+    target_index,
+)
 from .hooked_attribution import ForwardCapture, HookedModelAttribution, captum_entry_point, in_call_modes
 from .memory import DEFAULT_MAX_MEMORY
 
@@ -26,12 +34,32 @@ ALGORITHMS = ("auto", "exact", "fast")
 METHODS = ALGORITHMS  # the former name, kept
 TargetType = Union[None, int, tuple, Sequence[Any], Tensor]
 
-#: On the fast path, one linearized backward pass per class the explained output combines; above
-#: this many classes per example all classes are decomposed at once.
-FAST_CLASSES_PER_PASS_LIMIT = 16
-#: Above this many outputs, a combination of more than FAST_CLASSES_PER_PASS_LIMIT of them is
-#: refused on the fast path (one backward pass per output would take too long).
-FAST_ALL_CLASSES_LIMIT = 256
+
+
+@dataclass
+class FrozenRun:
+    """One run of the forward function with the model's nonlinear coefficients frozen (fast path).
+
+    Attributes:
+        output: what the forward function returned (computed from ``model_output``).
+        model_output: the model's own output as the forward function received it: a leaf that
+            requires grad, (batch, classes) or (batch, seq, classes).
+        logits: (batch, classes), the model's output at the pooled position, in the frozen graph
+            (its gradient with respect to ``frozen``'s leaves is the decomposition).
+        pooling: (batch, seq) weights of the pooled position.
+        frozen: what the frozen forward pass left for the backward pass.
+    """
+
+    output: Any
+    model_output: Optional[Tensor]
+    logits: Tensor
+    pooling: Tensor
+    frozen: freezing.FrozenForward
+
+    @property
+    def real_tokens(self) -> Tensor:
+        assert self.frozen.real_tokens is not None
+        return self.frozen.real_tokens
 
 
 @dataclass
@@ -120,8 +148,10 @@ class DecompX(HookedModelAttribution):
             stay under it and raises before starting when even that cannot fit.
         adapter: the architecture adapter; looked up by ``model.config.model_type`` when omitted.
         algorithm: ``"exact"`` propagates one vector per token (O(N^2) memory); ``"fast"`` needs
-            ``include_biases=False`` and takes one linearized forward and backward pass;
-            ``"auto"`` (default) picks fast when biases are excluded, exact otherwise.
+            ``include_biases=False`` and takes one forward pass of the real model with its
+            nonlinear coefficients frozen and one backward pass (all classes at once in
+            :meth:`decompose`); ``"auto"`` (default) picks fast when biases are excluded, exact
+            otherwise.
     """
 
     def __init__(
@@ -244,15 +274,26 @@ class DecompX(HookedModelAttribution):
                     "The convergence delta compares attributions with a logit; with include_head=False the "
                     "attributions are norms of hidden-state pieces, not logit shares."
                 )
-            run = self._capture_forward(input_ids, additional_forward_args)
-            captured = run.captured
-            if not self.include_head:
-                scores = self._pooled_norms(captured, show_progress=show_progress)
-                explained = None
+            explained: Optional[ExplainedOutput] = None
+            if self.method == "fast":  # one frozen forward pass, one backward pass
+                frozen_run = self._frozen_run(input_ids, additional_forward_args)
+                if not self.include_head:
+                    pooled = self._fast(frozen_run, include_head=False).contributions
+                    scores = torch.linalg.vector_norm(pooled, dim=-1)
+                else:
+                    explained = self._explained_output(frozen_run, target)
+                    scores = self._fast(frozen_run, weights=explained.weights).contributions
+                scores = self._zero_padding(scores, frozen_run.real_tokens).to(frozen_run.logits.dtype)
             else:
-                explained = self._explained_output(run, target)
-                scores = self._scores_of(captured, explained.weights, show_progress=show_progress)
-            scores = self._zero_padding(scores, captured).to(captured.logits.dtype)
+                run = self._capture_forward(input_ids, additional_forward_args)
+                captured = run.captured
+                if not self.include_head:
+                    scores = self._pooled_norms(captured, show_progress=show_progress)
+                else:
+                    explained = self._explained_output(run, target)
+                    contributions = self._exact(captured, show_progress=show_progress).contributions
+                    scores = torch.einsum("bnc,bc->bn", contributions, explained.weights.to(contributions.dtype))
+                scores = self._zero_padding(scores, captured).to(captured.logits.dtype)
         attributions = (scores,) if as_tuple else scores
         if return_convergence_delta:
             assert explained is not None
@@ -325,6 +366,8 @@ class DecompX(HookedModelAttribution):
             show_progress: show a progress bar over the examples (exact path).
         """
         input_ids, _ = self._input_ids(inputs)
+        if self.method == "fast":
+            return self._decompose_fast(input_ids, additional_forward_args, return_token_maps, show_progress)
         captured = self._capture(input_ids, additional_forward_args)
         logits = captured.logits
         result = self._decompose(captured, token_maps=return_token_maps, show_progress=show_progress)
@@ -366,9 +409,9 @@ class DecompX(HookedModelAttribution):
         """The internals of one forward pass; ``logits`` is the model's output at the pooled position."""
         return self._capture_forward(input_ids, additional_forward_args).captured
 
-    def _explained_output(self, run: ForwardCapture, target: TargetType) -> ExplainedOutput:
+    def _explained_output(self, run: Union[ForwardCapture, FrozenRun], target: TargetType) -> ExplainedOutput:
         """Which combination of the model's logits the forward function returned for the target."""
-        batch = run.captured.layer_input.shape[0]
+        batch = run.pooling.shape[0]
         output = forward_output_tensor(run.output, batch)
         model_output = run.model_output
         if model_output is None and validation.is_the_model_itself(self.forward_func, self.model):
@@ -386,37 +429,6 @@ class DecompX(HookedModelAttribution):
         labels = validation.class_labels(self.model, classes) if classes else ""
         index = target_index(target, output.shape, output.device, labels)
         return explain_output(select(output, index), model_output, run.pooling)
-
-    def _scores_of(self, captured: Captured, weights: Tensor, *, show_progress: bool) -> Tensor:
-        """(batch, seq): each token's share of ``sum_c weights[b, c] * logits[b, c]``.
-
-        Args:
-            weights: (batch, classes), from :meth:`_explained_output`.
-        """
-        if self.algorithm == "fast":
-            support = weights != 0
-            per_example = int(support.sum(1).max())
-            if per_example <= FAST_CLASSES_PER_PASS_LIMIT:
-                # One linearized backward per class slot; a plain target is one pass of one class.
-                order = torch.argsort(support.to(torch.int8), dim=1, descending=True, stable=True)
-                total: Optional[Tensor] = None
-                for column in order[:, : max(per_example, 1)].unbind(1):
-                    share = self._fast(captured, column).contributions
-                    part = share * weights.gather(1, column.view(-1, 1)).to(share.dtype)
-                    total = part if total is None else total + part
-                assert total is not None
-                return total
-            if weights.shape[1] > FAST_ALL_CLASSES_LIMIT:
-                raise ValueError(
-                    f"The forward function's output combines up to {per_example} of the model's "
-                    f"{weights.shape[1]} outputs; the fast algorithm takes one backward pass per "
-                    "output it combines. Use algorithm='exact' (with include_biases=False for the "
-                    "same quantity), or return fewer classes from the forward function."
-                )
-            contributions = self._fast(captured, None).contributions
-        else:
-            contributions = self._exact(captured, show_progress=show_progress).contributions
-        return torch.einsum("bnc,bc->bn", contributions, weights.to(contributions.dtype))
 
     def _decompose(
         self,
@@ -439,7 +451,7 @@ class DecompX(HookedModelAttribution):
                 self.model,
                 self.adapter,
                 self._settings(),
-                path=path or self.method,
+                path=path or "exact",
                 dtype=self._compute_dtype(),
                 max_memory=self.max_memory,
                 targets=targets,
@@ -454,21 +466,92 @@ class DecompX(HookedModelAttribution):
         """The exact path, whatever ``method`` says (contributions (batch, seq, classes))."""
         return self._decompose(captured, path="exact", token_maps=token_maps, show_progress=show_progress)
 
-    def _fast(self, captured: Captured, classes: Optional[Tensor]) -> decomposition.FastResult:
-        """The fast path: ``.contributions`` (batch, seq) for ``classes``, else (batch, seq, classes)."""
-        result = self._decompose(captured, path="fast", targets=classes)
-        contributions = result.contributions if classes is None else result.target_contributions
-        assert contributions is not None
-        return decomposition.FastResult(contributions, None)
-
     def _pooled_norms(self, captured: Captured, *, show_progress: bool) -> Tensor:
-        """(batch, seq) norms of each token's piece of the pooled state."""
-        pooled = self._decompose(captured, show_progress=show_progress).pooled
+        """(batch, seq) norms of each token's piece of the pooled state (exact path)."""
+        pooled = self._decompose(captured, path="exact", show_progress=show_progress).pooled
         assert pooled is not None
         return torch.linalg.vector_norm(pooled, dim=-1)
 
+    def _frozen_run(self, input_ids: Tensor, additional_forward_args: Any) -> FrozenRun:
+        """Run the forward function once with the model's nonlinear coefficients frozen for
+        autograd (:func:`~captum_decompx.freezing.frozen_forward`) and its output tapped."""
+        validation.check_model(self.model)
+        args = self._extra_args(additional_forward_args)
+        validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
+        settings = decomposition.settings_for(self._settings(), "fast")
+        with freezing.frozen_forward(self.model, self.adapter, settings) as frozen:
+            with tap_model_output(self.model, keep_graph=True) as tap, self._forward_precision():
+                output = self.forward_func(input_ids, *args)
+        if frozen.real_tokens is None:
+            raise RuntimeError(
+                "The fast path saw no attention computed in the first layer's attention module, so it "
+                "cannot tell the padding from the tokens. Check the adapter's attention path."
+            )
+        real = tap.real if tap.real is not None else model_output_tensor(output)
+        if real is None:
+            raise RuntimeError(
+                "The forward function's model returned no floating-point tensor: DecompX explains the "
+                "model's logits (or hidden states); return them, e.g. lambda ids, mask: "
+                "model(ids, attention_mask=mask).logits."
+            )
+        pooling = decomposition.pool_weights(self.adapter, frozen.real_tokens, self._compute_dtype())
+        logits = torch.einsum("bnc,bn->bc", real, pooling.to(real.dtype)) if real.dim() == 3 else real
+        if logits.dim() != 2:
+            raise ValueError(f"DecompX explains a model output of shape (batch, classes); the model returned {tuple(real.shape)}.")
+        return FrozenRun(output, tap.leaf, logits, pooling, frozen)
+
+    def _fast(
+        self,
+        run: FrozenRun,
+        *,
+        include_head: bool = True,
+        weights: Optional[Tensor] = None,
+    ) -> decomposition.FastResult:
+        """The fast path's backward pass over one frozen run.
+
+        Args:
+            weights: (batch, classes): contributions (batch, seq) to ``sum_c weights[:, c] *
+                logits[:, c]``. None: every class, (batch, seq, classes), and the frozen logits.
+        """
+        return decomposition.fast(
+            run.frozen, run.logits, run.pooling, include_head=include_head, dtype=self._compute_dtype(), weights=weights
+        )
+
+    def _decompose_fast(
+        self, input_ids: Tensor, additional_forward_args: Any, return_token_maps: bool, show_progress: bool
+    ) -> DecompXOutput:
+        token_maps = None
+        if return_token_maps:  # the maps are the exact propagation's
+            captured = self._capture(input_ids, additional_forward_args)
+            token_maps = self._decompose(captured, path="exact", token_maps=True, show_progress=show_progress).token_maps
+        run = self._frozen_run(input_ids, additional_forward_args)
+        logits = run.logits.detach()
+        parameter = next(self.model.parameters(), None)
+        if parameter is not None and parameter.dtype.is_floating_point:
+            logits = logits.to(torch.promote_types(logits.dtype, parameter.dtype))
+        bias: Optional[Tensor] = None
+        pooled: Optional[Tensor] = None
+        if self.include_head:
+            result = self._fast(run)
+            attributions = self._zero_padding(result.contributions, run.real_tokens)
+            assert result.outputs is not None
+            # The frozen network's logits minus the token shares: what its biases carry.
+            bias = (result.outputs - attributions.sum(1)).to(logits.dtype)
+        else:
+            pooled = self._zero_padding(self._fast(run, include_head=False).contributions, run.real_tokens)
+            attributions = torch.linalg.vector_norm(pooled, dim=-1)
+        return DecompXOutput(
+            logits=logits,
+            attributions=attributions.to(logits.dtype),
+            bias=bias,
+            pooled=None if pooled is None else pooled.to(logits.dtype),
+            token_maps=token_maps,
+            method=self.method,
+        )
+
     @staticmethod
-    def _zero_padding(scores: Tensor, captured: Captured) -> Tensor:
-        real = decomposition.padding_mask(captured)
+    def _zero_padding(scores: Tensor, captured: Union[Captured, Tensor]) -> Tensor:
+        """``scores`` (batch, seq, ...) with padding positions zeroed; ``captured`` or a (batch, seq) mask."""
+        real = captured if isinstance(captured, Tensor) else decomposition.padding_mask(captured)
         shape = real.shape + (1,) * (scores.dim() - 2)
         return scores * real.view(shape).to(scores.dtype)

@@ -1,22 +1,22 @@
-"""From a captured forward pass to per-token contributions: the exact and the fast path.
+"""From a forward pass to per-token contributions: the exact and the fast path.
 
-:func:`decompose` is the one entry point. It chooses the path's :class:`BiasMode` itself, runs the
-path, and reduces the result to the target classes when asked:
-
-- the exact path propagates one piece per input token (plus a bias piece when the biases are left
-  out) through every component of the network (:mod:`captum_decompx.components`);
-- the fast path (biases left out) differentiates the network frozen at the real forward pass.
+- :func:`decompose` is the exact path's entry point: it chooses the :class:`BiasMode` itself,
+  propagates one piece per input token (plus a bias piece when the biases are left out) through
+  every component of the network (:mod:`captum_decompx.components`) of a captured forward pass,
+  and reduces the result to the target classes when asked.
+- :func:`fast` is the fast path (biases left out): the gradient, by one backward pass, of the one
+  forward pass of the real model in which every nonlinear coefficient was frozen
+  (:mod:`captum_decompx.freezing`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from . import engine  # the fast path's propagation functions under their old names
 from .adapters import Adapter
 from .capture import Captured
 from .components import BiasMode, ModelParts, Network, Settings, normalize, propagate_head, token_pieces, transformer_layer
@@ -46,6 +46,9 @@ __all__ = [
     "pool_weights",
     "resolve_parts",
 ]
+
+if TYPE_CHECKING:
+    from .freezing import FrozenForward
 
 PATHS = ("exact", "fast")
 
@@ -236,8 +239,13 @@ def decompose(
         raise ValueError(f"path={path!r} is not one of {PATHS}.")
     parts = resolve_parts(model, adapter, dtype)
     pooling = pool_weights(adapter, padding_mask(captured), dtype)
-    run = _exact_path if path == "exact" else _fast_path
-    result = run(
+    if path == "fast":
+        raise ValueError(
+            "The fast path runs a forward pass of its own (the model with its nonlinear coefficients "
+            "frozen, captum_decompx.freezing) instead of decomposing a captured one: use "
+            "DecompX(..., algorithm='fast'), or decomposition.fast on a freezing.frozen_forward run."
+        )
+    result = _exact_path(
         captured,
         parts,
         pooling,
@@ -311,25 +319,6 @@ def _exact_path(
         token_maps=result.token_maps,
         path="exact",
     )
-
-
-def _fast_path(
-    captured, parts, pooling, options: Options, *, dtype, max_memory, targets, pooled, token_maps, progress
-) -> Decomposition:
-    settings = settings_for(options, "fast")
-    pooled_pieces = None
-    if pooled or not options.include_head:
-        pooled_pieces = fast(captured, parts, settings, pooling, include_head=False, dtype=dtype).contributions
-    if not options.include_head:
-        return Decomposition(None, None, None, pooled_pieces, None, "fast")
-    result = fast(captured, parts, settings, pooling, include_head=True, dtype=dtype, classes=targets)
-    contributions = _zero_padding(result.contributions, captured)
-    if targets is not None:
-        return Decomposition(None, contributions, None, pooled_pieces, None, "fast")
-    assert result.outputs is not None
-    # The frozen network's logits minus the token shares: what its biases carry.
-    bias = (result.outputs - contributions.sum(1)).to(captured.logits.dtype)
-    return Decomposition(contributions, None, bias, pooled_pieces, None, "fast")
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,22 +414,9 @@ def exact(
 # --------------------------------------------------------------------------------------------
 # Fast path
 
-
-def _linearized_forward(
-    captured: Captured,
-    parts: ModelParts,
-    settings: Settings,
-    pooling: Tensor,
-    embeddings: Tensor,
-    own_scale: Tensor,
-    dtype: torch.dtype,
-) -> Tensor:
-    """The frozen model applied to the embeddings: (batch, hidden) pooled state."""
-    pooled = propagate_and_pool(
-        embeddings.unsqueeze(2), captured, parts, settings, pooling, slice(None), dtype,
-        rows_per_chunk=embeddings.shape[1], own_scale=own_scale,
-    )
-    return pooled.squeeze(1)
+# The batched backward pass of the fast path holds one embedding-sized gradient per output it
+# differentiates at once; outputs are taken in groups that keep these gradients under this size.
+FAST_GRADIENT_BYTES = 2**28
 
 
 @dataclass
@@ -450,8 +426,11 @@ class FastResult:
     Attributes:
         contributions: (batch, seq) for one class per example, (batch, seq, classes) for every
             class, or, without the head, the pooled decomposition (batch, seq, hidden).
-        outputs: (batch, classes), the frozen network's logits with its biases; minus the summed
-            contributions, this is the biases' share. None without the head.
+        outputs: (batch, classes), the frozen network's logits with its biases (the real logits
+            less what the decomposition leaves out: the feed-forward outputs with
+            ``include_ffn=False``, what the ``"relu"`` approximation drops); minus the summed
+            contributions, this is the biases' share. None for one class per example and without
+            the head.
     """
 
     contributions: Tensor
@@ -459,62 +438,106 @@ class FastResult:
 
 
 def fast(
-    captured: Captured,
-    parts: ModelParts,
-    settings: Settings,
-    pooling: Tensor,
+    frozen: "FrozenForward",
+    logits: Tensor,
+    pooling: Optional[Tensor],
     *,
     include_head: bool,
     dtype: torch.dtype,
     classes: Optional[Tensor] = None,
+    weights: Optional[Tensor] = None,
 ) -> FastResult:
-    """The bias-free decomposition by one linearized forward and one backward per output.
+    """The bias-free decomposition from the one frozen forward pass, by one backward pass.
 
-    The frozen network (every nonlinearity at its real value) is affine in the embeddings ``e``;
-    its linear part gives token ``k`` the share ``<dF/de_k, e_k>``, plus the token's share of its
-    own pre-mixing biases (the first layer's value bias; a pre-LN model's first norm bias),
-    obtained through a unit scale on those biases. Its biases are added to the single piece
-    (``BiasMode.ADD``), so the frozen logits minus the shares is the biases' share.
+    The frozen network (every nonlinear coefficient cut from the graph, see
+    :mod:`captum_decompx.freezing`) is affine in the embeddings ``e``; its linear part gives token
+    ``k`` the share ``<dF/de_k, e_k>``, plus the token's share of its own pre-mixing biases (the
+    gradient of the ``own_scale`` leaf). All outputs are differentiated in one batched backward
+    pass (``is_grads_batched``), in groups when their gradients would not fit
+    :data:`FAST_GRADIENT_BYTES`.
 
     Args:
-        classes: (batch,) one class per example: contributions (batch, seq). None: every class,
-            (batch, seq, classes). Ignored without the head.
+        frozen: the state the frozen forward pass left (its leaves and the head's input).
+        logits: (batch, classes), the forward function's output, with the frozen graph.
+        pooling: (batch, seq) pooling weights; used without the head when the head's first step
+            reads every position (decoders), else ignored.
+        classes: (batch,) one class per example: contributions (batch, seq) from one backward
+            pass. None: every class, (batch, seq, classes). Ignored without the head.
+        weights: (batch, classes), instead of ``classes``: contributions (batch, seq) to
+            ``sum_c weights[:, c] * logits[:, c]`` from one backward pass (what a forward
+            function that combines the logits linearly returns).
     """
-    assert settings.bias_mode is BiasMode.ADD
-    embeddings_real = captured.layer_input
-    batch, seq, hidden = embeddings_real.shape
-    with torch.enable_grad():
-        embeddings = embeddings_real.detach().to(dtype).requires_grad_(True)
-        own_scale = torch.ones(batch, seq, dtype=dtype, device=embeddings.device, requires_grad=True)
-        pooled = _linearized_forward(captured, parts, settings, pooling, embeddings, own_scale, dtype)
-        if include_head:
-            pre = _head_inputs(parts, captured, slice(None), dtype)
-            outputs = engine.head(pooled.unsqueeze(1), parts.head, pre, settings).squeeze(1)  # (batch, classes)
-            if classes is not None:
-                selected = outputs.gather(1, classes.view(-1, 1)).sum()
-                return FastResult(_token_shares(selected, embeddings, own_scale, retain=False), outputs.detach())
-            columns = [
-                _token_shares(outputs[:, c].sum(), embeddings, own_scale, retain=c < outputs.shape[1] - 1)
-                for c in range(outputs.shape[1])
-            ]
-            return FastResult(torch.stack(columns, dim=-1), outputs.detach())
-        # Without the head: the pooled vector's decomposition, one backward per hidden unit.
-        basis = torch.eye(hidden, dtype=dtype, device=embeddings.device)
-        grads_e, grads_scale = torch.autograd.grad(
-            pooled,
-            (embeddings, own_scale),
-            grad_outputs=basis.unsqueeze(1).expand(hidden, batch, hidden),
-            is_grads_batched=True,
-            allow_unused=True,
+    if frozen.embeddings is None:
+        raise RuntimeError("The frozen forward pass did not reach the first layer.")
+    if include_head:
+        if not logits.requires_grad:
+            raise RuntimeError(
+                "The forward function's logits carry no gradient: it runs the model under torch.no_grad() "
+                "or inference_mode. The fast path differentiates them; run the model with gradients enabled."
+            )
+        if classes is not None:
+            weights = torch.zeros_like(logits).scatter_(1, classes.view(-1, 1), 1.0)
+        if weights is not None:
+            shares, _ = _shares(logits, weights.to(logits.dtype).unsqueeze(0), frozen, dtype, retain=False)
+            return FastResult(shares[0], None)
+        n_classes = logits.shape[1]
+        basis = torch.eye(n_classes, dtype=logits.dtype, device=logits.device)
+        grad_outputs = basis.unsqueeze(1).expand(n_classes, logits.shape[0], n_classes)
+        shares, dropped = _grouped_shares(logits, grad_outputs, frozen, dtype)
+        outputs = logits.detach().to(dtype) - dropped.T
+        return FastResult(shares.permute(1, 2, 0), outputs)
+    pooled = frozen.head_input
+    if pooled is None:
+        raise RuntimeError("The frozen forward pass did not reach the classification head.")
+    if pooled.dim() == 3:  # the head reads every position: pool here
+        assert pooling is not None
+        pooled = torch.einsum("bs,bsh->bh", pooling.to(pooled.dtype), pooled)
+    hidden = pooled.shape[-1]
+    basis = torch.eye(hidden, dtype=pooled.dtype, device=pooled.device)
+    grad_outputs = basis.unsqueeze(1).expand(hidden, pooled.shape[0], hidden)
+    vectors, _ = _grouped_shares(pooled, grad_outputs, frozen, dtype)  # (hidden_out, batch, seq)
+    return FastResult(vectors.permute(1, 2, 0), None)
+
+
+def _grouped_shares(output: Tensor, grad_outputs: Tensor, frozen: "FrozenForward", dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """:func:`_shares` over the leading axis of ``grad_outputs`` in groups that fit the budget."""
+    embeddings = frozen.embeddings
+    assert embeddings is not None
+    per_output = embeddings.numel() * embeddings.element_size()
+    group = max(1, min(grad_outputs.shape[0], FAST_GRADIENT_BYTES // max(per_output, 1)))
+    parts = []
+    for start in range(0, grad_outputs.shape[0], group):
+        last = start + group >= grad_outputs.shape[0]
+        parts.append(_shares(output, grad_outputs[start : start + group], frozen, dtype, retain=not last))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _shares(output: Tensor, grad_outputs: Tensor, frozen: "FrozenForward", dtype: torch.dtype, *, retain: bool) -> tuple[Tensor, Tensor]:
+    """Token shares of ``G`` weighted outputs, by one batched backward pass.
+
+    Args:
+        grad_outputs: (G, *output.shape), one weighting of the output per row.
+
+    Returns:
+        (G, batch, seq) shares ``<dF/de_k, e_k>`` plus the own-bias shares, and (G, batch) the
+        share of what the decomposition leaves out (``dropped``), in ``dtype``.
+    """
+    embeddings, own_scale, dropped = frozen.embeddings, frozen.own_scale, frozen.dropped
+    assert embeddings is not None and own_scale is not None and dropped is not None
+    groups = grad_outputs.shape[0]
+    leaves = (embeddings, own_scale, dropped)
+    if groups == 1:  # one weighting: a plain backward pass (no vmap)
+        grads = torch.autograd.grad(output, leaves, grad_outputs=grad_outputs[0], retain_graph=retain, allow_unused=True)
+        grad_e, grad_own, grad_dropped = (None if g is None else g.unsqueeze(0) for g in grads)
+    else:
+        grad_e, grad_own, grad_dropped = torch.autograd.grad(
+            output, leaves, grad_outputs=grad_outputs, is_grads_batched=True, retain_graph=retain, allow_unused=True
         )
-        if grads_scale is None:  # the model has no bias that belongs to a token
-            grads_scale = torch.zeros(hidden, batch, seq, dtype=dtype, device=embeddings.device)
-        # grads_e: (hidden_out, batch, seq, hidden_in); grads_scale: (hidden_out, batch, seq)
-        vectors = torch.einsum("obsi,bsi->bso", grads_e, embeddings.detach()) + grads_scale.permute(1, 2, 0)
-        return FastResult(vectors, None)
-
-
-def _token_shares(score: Tensor, embeddings: Tensor, own_scale: Tensor, *, retain: bool) -> Tensor:
-    grad_e, grad_scale = torch.autograd.grad(score, (embeddings, own_scale), retain_graph=retain, allow_unused=True)
-    shares = (grad_e * embeddings.detach()).sum(-1)
-    return shares if grad_scale is None else shares + grad_scale
+    assert grad_e is not None, "the output does not depend on the embeddings"
+    batch, seq = embeddings.shape[:2]
+    shares = torch.einsum("gbsh,bsh->gbs", grad_e.to(dtype), embeddings.detach().to(dtype))
+    if grad_own is not None:
+        shares = shares + grad_own.squeeze(-1).to(dtype)
+    if grad_dropped is None:
+        grad_dropped = torch.zeros(groups, batch, dtype=dtype, device=embeddings.device)
+    return shares, grad_dropped.to(dtype)

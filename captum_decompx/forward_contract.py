@@ -88,17 +88,23 @@ class ModelOutputTap:
         leaf: the value-identical leaf that replaced the model's output in the forward function,
             (batch, classes) or (batch, seq, classes); None when the model did not run or returned
             no tensor.
+        real: with ``keep_graph=True``, the model's output itself, still in the graph of the
+            forward pass (the fast path differentiates it); else None.
         calls: how many times the model ran in the tapping thread.
     """
 
     def __init__(self) -> None:
         self.leaf: Optional[Tensor] = None
+        self.real: Optional[Tensor] = None
         self.calls = 0
 
 
 @contextmanager
-def tap_model_output(model: nn.Module) -> Iterator[ModelOutputTap]:
+def tap_model_output(model: nn.Module, *, keep_graph: bool = False) -> Iterator[ModelOutputTap]:
     """Replace the model's output by a leaf that requires grad, for one forward pass.
+
+    With ``keep_graph`` the model's real output is kept in ``tap.real`` too (the fast path's frozen
+    forward pass records the model's graph; the forward function's tail still sees the leaf).
 
     The hook runs after the model's own forward, which stays gradient-free; it then turns grad
     mode on so that the forward function's tail is recorded. The caller restores grad mode by
@@ -118,6 +124,8 @@ def tap_model_output(model: nn.Module) -> Iterator[ModelOutputTap]:
         if tensor is None or not tensor.dtype.is_floating_point:
             return None
         tap.leaf = tensor.detach().clone().requires_grad_(True)
+        if keep_graph:
+            tap.real = tensor
         torch.set_grad_enabled(True)
         return _with_model_output(output, tap.leaf)
 
