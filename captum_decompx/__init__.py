@@ -1,10 +1,20 @@
 """captum-decompx: DecompX (Modarressi et al., ACL 2023) as a Captum attribution method."""
 
-from .adapters import Activation, Adapter, LayerPaths, Linear, Norm, register_adapter, supported_model_types
+from .adapters import (
+    Activation,
+    Adapter,
+    LayerPaths,
+    Linear,
+    Norm,
+    UnsupportedTaskError,
+    register_adapter,
+    supported_model_types,
+)
 from .attribution import DecompX, DecompXOutput
 from .baselines import ALTI, GlobEnc
 from .components import Approximation, BiasRule, register_approximation, register_bias_rule
 from .decomposition import DecompXMemoryError
+from .forward_contract import cosine_similarity_frozen_norm
 from .evaluation import MethodSpec, evaluate_faithfulness
 from .image import patch_heatmap, plot_patch_attribution
 from .llm import LLMDecompX
@@ -25,6 +35,8 @@ __all__ = [
     "Linear",
     "MethodSpec",
     "Norm",
+    "UnsupportedTaskError",
+    "cosine_similarity_frozen_norm",
     "evaluate_faithfulness",
     "patch_heatmap",
     "plot_patch_attribution",

@@ -162,6 +162,8 @@ class DecompX(HookedModelAttribution):
         self.include_head = include_head
         self.head_approximation = head_approximation
         self.algorithm = chosen if chosen != "auto" else ("exact" if include_biases else "fast")
+        if chosen == "auto" and self.adapter.pooling == "each":
+            self.algorithm = "exact"  # the fast path does not cover per-position heads yet
         self.max_memory = int(max_memory) if max_memory is not None else DEFAULT_MAX_MEMORY
 
     @property
@@ -251,12 +253,22 @@ class DecompX(HookedModelAttribution):
                 explained = None
             else:
                 explained = self._explained_output(run, target)
-                scores = self._scores_of(captured, explained.weights, show_progress=show_progress)
-            scores = self._zero_padding(scores, captured).to(captured.logits.dtype)
+                weights = explained.weights
+                if run.choices is not None:
+                    weights = weights.reshape(-1, 1)  # one logit per flattened (example, choice)
+                if run.per_position:
+                    scores = self._per_position_scores(captured, weights, show_progress=show_progress)
+                else:
+                    scores = self._scores_of(captured, weights, show_progress=show_progress)
+            if not run.per_position:  # a padding position's own output keeps its own share
+                scores = self._zero_padding(scores, captured)
+            scores = scores.to(captured.logits.dtype)
+            if run.choices is not None:
+                scores = scores.view(-1, run.choices, scores.shape[-1])  # the inputs' shape
         attributions = (scores,) if as_tuple else scores
         if return_convergence_delta:
             assert explained is not None
-            return attributions, scores.sum(-1) - explained.value.to(scores.dtype)
+            return attributions, scores.flatten(1).sum(-1) - explained.value.to(scores.dtype)
         return attributions
 
     def compute_convergence_delta(
@@ -297,7 +309,7 @@ class DecompX(HookedModelAttribution):
             explained = self._explained_output(self._capture_forward(input_ids, additional_forward_args), target)
         if isinstance(attributions, tuple):
             (attributions,) = attributions
-        return attributions.sum(-1) - explained.value.to(attributions.dtype)
+        return attributions.flatten(1).sum(-1) - explained.value.to(attributions.dtype)
 
     # ----------------------------------------------------------------------------------------
     # Full decomposition
@@ -325,20 +337,26 @@ class DecompX(HookedModelAttribution):
             show_progress: show a progress bar over the examples (exact path).
         """
         input_ids, _ = self._input_ids(inputs)
-        captured = self._capture(input_ids, additional_forward_args)
+        run = self._capture_forward(input_ids, additional_forward_args)
+        captured = run.captured
         logits = captured.logits
         result = self._decompose(captured, token_maps=return_token_maps, show_progress=show_progress)
+        bias = result.bias
         if self.include_head:
             assert result.contributions is not None
             attributions = result.contributions
         else:
             assert result.pooled is not None
             attributions = self._zero_padding(torch.linalg.vector_norm(result.pooled, dim=-1), captured)
+        if run.choices is not None:  # (batch, choices, seq) and (batch, choices)
+            attributions = attributions.reshape(-1, run.choices, attributions.shape[1])
+            logits = logits.reshape(-1, run.choices)
+            bias = None if bias is None else bias.reshape(-1, run.choices)
         out_dtype = logits.dtype
         return DecompXOutput(
             logits=logits,
             attributions=attributions.to(out_dtype),
-            bias=result.bias,
+            bias=bias,
             pooled=None if result.pooled is None else result.pooled.to(out_dtype),
             token_maps=result.token_maps,
             method=self.method,
@@ -368,7 +386,7 @@ class DecompX(HookedModelAttribution):
 
     def _explained_output(self, run: ForwardCapture, target: TargetType) -> ExplainedOutput:
         """Which combination of the model's logits the forward function returned for the target."""
-        batch = run.captured.layer_input.shape[0]
+        batch = run.captured.layer_input.shape[0] // (run.choices or 1)
         output = forward_output_tensor(run.output, batch)
         model_output = run.model_output
         if model_output is None and validation.is_the_model_itself(self.forward_func, self.model):
@@ -382,10 +400,23 @@ class DecompX(HookedModelAttribution):
                 "return a tensor computed from its output, e.g. lambda ids, mask: "
                 "model(ids, attention_mask=mask).logits."
             )
-        classes = output.shape[1] if output.dim() == 2 else 0
+        classes = output.shape[1] if output.dim() == 2 and run.choices is None else 0
         labels = validation.class_labels(self.model, classes) if classes else ""
         index = target_index(target, output.shape, output.device, labels)
-        return explain_output(select(output, index), model_output, run.pooling)
+        return explain_output(select(output, index), model_output, run.pooling, per_position=run.per_position)
+
+    def _per_position_scores(self, captured: Captured, weights: Tensor, *, show_progress: bool) -> Tensor:
+        """(batch, seq): each token's share of ``sum_{p,c} weights[b, p, c] * logits[b, p, c]``
+        for a head applied at every position; only the positions with a weight are decomposed.
+
+        Args:
+            weights: (batch, positions, classes), from :meth:`_explained_output`.
+        """
+        positions = torch.nonzero(weights.abs().sum(dim=(0, 2)) > 0).flatten()
+        result = self._decompose(captured, positions=positions, show_progress=show_progress)
+        assert result.contributions is not None  # (batch, rows, seq, classes)
+        rows = weights[:, positions].to(result.contributions.dtype)
+        return torch.einsum("brnc,brc->bn", result.contributions, rows)
 
     def _scores_of(self, captured: Captured, weights: Tensor, *, show_progress: bool) -> Tensor:
         """(batch, seq): each token's share of ``sum_c weights[b, c] * logits[b, c]``.
@@ -426,6 +457,7 @@ class DecompX(HookedModelAttribution):
         targets: Optional[Tensor] = None,
         token_maps: bool = False,
         show_progress: bool = False,
+        positions: Optional[Tensor] = None,
     ) -> decomposition.Decomposition:
         """The decomposition's one entry point on this object's model, adapter and options."""
         bar = None
@@ -445,6 +477,7 @@ class DecompX(HookedModelAttribution):
                 targets=targets,
                 token_maps=token_maps,
                 progress=bar.update if bar is not None else None,
+                positions=positions,
             )
         finally:
             if bar is not None:
