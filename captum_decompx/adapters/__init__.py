@@ -16,7 +16,9 @@ from .deberta import deberta_v2
 from .decoders import gpt2, llama_family
 from .modernbert import modernbert
 from .tasks import (
+    ALBERT_MLM_HEAD,
     BERT_MLM_HEAD,
+    MODERNBERT_TOKEN_HEAD,
     DISTILBERT_MLM_HEAD,
     ELECTRA_MLM_HEAD,
     ROBERTA_MLM_HEAD,
@@ -123,9 +125,17 @@ register_adapter(
 )
 register_adapter("electra", bert_family_tasks(ELECTRA, masked_lm=ELECTRA_MLM_HEAD))
 register_adapter("distilbert", bert_family_tasks(DISTILBERT, multiple_choice=DISTILBERT.head, masked_lm=DISTILBERT_MLM_HEAD))
-register_adapter("deberta-v2", deberta_v2)
-register_adapter("albert", ALBERT)
-register_adapter("modernbert", modernbert)
+register_adapter("deberta-v2", bert_family_tasks(deberta_v2, family="deberta-v2"))
+register_adapter("albert", bert_family_tasks(ALBERT, masked_lm=ALBERT_MLM_HEAD))
+register_adapter(
+    "modernbert",
+    bert_family_tasks(
+        modernbert,
+        question_answering=MODERNBERT_TOKEN_HEAD,
+        token_classification=MODERNBERT_TOKEN_HEAD,
+        family="modernbert",
+    ),
+)
 register_adapter("vit", vit)
 register_adapter("gpt2", gpt2)
 register_adapter(("llama", "qwen2", "mistral"), llama_family)

@@ -14,7 +14,7 @@ for that task, or raises an error that names the task and lists the supported on
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -71,54 +71,79 @@ class TaskHeads:
     """One family's encoder adapter and its head per task.
 
     Attributes:
-        base: the family's sequence-classification adapter (the encoder's layout).
-        heads: per task (a value of :data:`TASK_SUFFIXES`), the head steps; tasks in
-            :data:`PER_POSITION_TASKS` get ``pooling="each"``, the others keep ``base.pooling``.
+        base: the family's sequence-classification adapter (the encoder's layout), or a function
+            ``model -> Adapter`` for families whose layout depends on the config.
+        heads: per task (a value of :data:`TASK_SUFFIXES`), the head steps (None: the base's own
+            head); tasks in
+            :data:`PER_POSITION_TASKS` get ``pooling="each"``, the others keep the base's pooling.
+        family: the family's name, for messages (defaults to ``base.name``).
     """
 
-    base: Adapter
-    heads: Mapping[str, Sequence[HeadStep]]
+    base: Union[Adapter, Callable[[nn.Module], Adapter]]
+    heads: Mapping[str, Optional[Sequence[HeadStep]]]
+    family: Optional[str] = None
 
     @property
     def supported(self) -> list[str]:
         return list(self.heads)
 
-    def for_task(self, task: str) -> Adapter | None:
-        steps = self.heads.get(task)
-        if steps is None:
+    def for_task(self, task: str, model: Optional[nn.Module] = None) -> Optional[Adapter]:
+        """The adapter of ``task`` (``model`` builds a callable base), or None when unsupported."""
+        if task not in self.heads:
             return None
-        pooling = "each" if task in PER_POSITION_TASKS else self.base.pooling
-        name = self.base.name if task == "sequence classification" else f"{self.base.name} ({task})"
-        return dataclasses.replace(self.base, name=name, head=tuple(steps), pooling=pooling)
+        steps = self.heads[task]
+        if isinstance(self.base, Adapter):
+            base = self.base
+        elif model is not None:
+            base = self.base(model)
+        else:
+            raise ValueError("This family's adapter depends on the model: pass model=.")
+        pooling = "each" if task in PER_POSITION_TASKS else base.pooling
+        name = base.name if task == "sequence classification" else f"{base.name} ({task})"
+        head = tuple(base.head) if steps is None else tuple(steps)
+        return dataclasses.replace(base, name=name, head=head, pooling=pooling)
 
     def __call__(self, model: nn.Module) -> Adapter:
         """The adapter for ``model``'s task head (usable as a :func:`register_adapter` factory)."""
-        adapter = self.for_task(task_of(model))
-        if adapter is None:
-            raise unsupported_task(model, self.base.name, self.supported)
+        task = task_of(model)
+        if task not in self.heads:
+            family = self.family or (self.base.name if isinstance(self.base, Adapter) else "this family")
+            raise unsupported_task(model, family, self.supported)
+        adapter = self.for_task(task, model)
+        assert adapter is not None
         return adapter
 
 
 def bert_family_tasks(
-    base: Adapter,
+    base: Union[Adapter, Callable[[nn.Module], Adapter]],
     *,
-    question_answering: str = "qa_outputs",
-    token_classification: str = "classifier",
-    multiple_choice: Sequence[HeadStep] | None = None,
-    masked_lm: Sequence[HeadStep] | None = None,
+    sequence_classification: Optional[Sequence[HeadStep]] = None,
+    question_answering: Sequence[HeadStep] = (Linear("qa_outputs"),),
+    token_classification: Sequence[HeadStep] = (Linear("classifier"),),
+    multiple_choice: Optional[Sequence[HeadStep]] = None,
+    masked_lm: Optional[Sequence[HeadStep]] = None,
+    family: Optional[str] = None,
 ) -> TaskHeads:
-    """The task heads of a BERT-like family whose QA and token heads are one linear map."""
-    heads: dict[str, Sequence[HeadStep]] = {
-        "sequence classification": tuple(base.head),
-        "question answering": (Linear(question_answering),),
-        "token classification": (Linear(token_classification),),
-        "bare encoder": (),
+    """The task heads of a BERT-like family (by default its QA and token heads are one linear map).
+
+    Args:
+        sequence_classification: the classifier's head; None keeps the base's own head.
+    """
+    heads: dict[str, Optional[Sequence[HeadStep]]] = {
+        "sequence classification": None if sequence_classification is None else tuple(sequence_classification)
     }
+    heads.update(
+        {
+            "question answering": tuple(question_answering),
+            "token classification": tuple(token_classification),
+            "bare encoder": (),
+        }
+    )
     if multiple_choice is not None:
         heads["multiple choice"] = tuple(multiple_choice)
     if masked_lm is not None:
         heads["masked LM"] = tuple(masked_lm)
-    return TaskHeads(base, heads)
+    return TaskHeads(base, heads, family)
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
@@ -143,6 +168,13 @@ ELECTRA_MLM_HEAD = (
     Norm("generator_predictions.LayerNorm"),
     Linear("generator_lm_head"),
 )
+ALBERT_MLM_HEAD = (
+    Linear("predictions.dense"),
+    Activation(path="predictions.activation"),
+    Norm("predictions.LayerNorm"),
+    Linear("predictions.decoder"),
+)
+MODERNBERT_TOKEN_HEAD = (Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("classifier"))
 DISTILBERT_MLM_HEAD = (
     Linear("vocab_transform"),
     Activation(path="activation"),
