@@ -397,7 +397,7 @@ def _linear_or_referred(
     selected: Tensor, jacobian: Tensor, logits: Tensor, curvature: float, classes: int = 0
 ) -> ExplainedOutput:
     """The check and the fallback of :func:`explain_output` on (batch, outputs) weights."""
-    weights = jacobian.float()
+    weights = jacobian.to(torch.promote_types(jacobian.dtype, torch.float32))  # float64 models keep float64
     value = selected.detach()
     terms = weights * logits.float()
     rtol = LINEAR_RTOL if selected.dtype in (torch.float32, torch.float64) else LINEAR_RTOL_HALF
