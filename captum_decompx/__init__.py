@@ -14,8 +14,8 @@ from .attribution import DecompX, DecompXOutput
 from .baselines import ALTI, GlobEnc
 from .components import Approximation, BiasRule, register_approximation, register_bias_rule
 from .decomposition import DecompXMemoryError
-from .forward_contract import cosine_similarity_frozen_norm
 from .evaluation import MethodSpec, evaluate_faithfulness
+from .forward_contract import cosine_similarity_frozen_norm
 from .image import patch_heatmap, plot_patch_attribution
 from .llm import LLMDecompX
 from .visualization import visualization_records, write_html

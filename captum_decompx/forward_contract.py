@@ -58,9 +58,9 @@ SPAN_FIELDS = ("start_logits", "end_logits")
 
 def _span_logits(output: Any) -> Optional[tuple[Tensor, Tensor]]:
     """A question-answering output's start and end logits, each (batch, seq), or None."""
-    pair = tuple(getattr(output, name, None) for name in SPAN_FIELDS)
-    if all(isinstance(t, Tensor) for t in pair) and pair[0].shape == pair[1].shape and pair[0].dim() == 2:
-        return pair  # type: ignore[return-value]
+    start, end = (getattr(output, name, None) for name in SPAN_FIELDS)
+    if isinstance(start, Tensor) and isinstance(end, Tensor) and start.shape == end.shape and start.dim() == 2:
+        return start, end
     return None
 
 

@@ -18,9 +18,9 @@ from .modernbert import modernbert
 from .tasks import (
     ALBERT_MLM_HEAD,
     BERT_MLM_HEAD,
-    MODERNBERT_TOKEN_HEAD,
     DISTILBERT_MLM_HEAD,
     ELECTRA_MLM_HEAD,
+    MODERNBERT_TOKEN_HEAD,
     ROBERTA_MLM_HEAD,
     TaskHeads,
     UnsupportedTaskError,
