@@ -41,8 +41,12 @@ class DecompXOutput:
     Attributes:
         logits: (batch, classes), the model's own logits at the pooled position (what the forward
             function received from the model, before any post-processing it does).
+            For a head applied at every position (question answering, token classification,
+            masked LM, a bare encoder): (batch, seq, classes); multiple choice: (batch, choices).
         attributions: (batch, seq, classes), the contribution of every input token to every class
             logit; without the head, (batch, seq) L2 norms of the pooled token's decomposition.
+            Per-position heads: (batch, positions, seq, classes), row ``p`` decomposing the output
+            at position ``p``; multiple choice: (batch, choices, seq).
         bias: (batch, classes), the part of each logit not assigned to any token: zero when the
             biases are decomposed, the biases' share when they are left out. None without the head.
         pooled: (batch, seq, hidden), the pooled token's decomposition after the last layer (the
@@ -238,6 +242,7 @@ class DecompX(HookedModelAttribution):
         Returns:
             (batch, seq) contributions to the explained output (the inputs' format: a 1-tuple in,
             a 1-tuple out); without the head, the L2 norms of each token's piece of the pooled state.
+            Multiple-choice ids (batch, choices, seq) give (batch, choices, seq).
         """
         with self._call_modes():
             input_ids, as_tuple = self._input_ids(inputs)
