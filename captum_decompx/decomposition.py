@@ -361,6 +361,15 @@ def _per_position(
     ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
     width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
     itemsize = torch.finfo(dtype).bits // 8
+    classes = next((step.params.weight.shape[0] for step in reversed(parts.head) if hasattr(step.params, "weight")), hidden)
+    result_bytes = batch * rows.numel() * n_pieces * int(classes) * itemsize
+    if result_bytes > max_memory:
+        raise DecompXMemoryError(
+            f"Decomposing {rows.numel()} positions x {classes} outputs of {what} for {batch} example(s) "
+            f"needs {result_bytes / 2**30:.2f} GiB for the result alone, more than max_memory="
+            f"{max_memory / 2**30:.2f} GiB. Explain one output with DecompX.attribute(..., target=(position, "
+            "class)) (only the positions the target uses are decomposed), pass fewer examples, or raise max_memory."
+        )
     plan = plan_memory(batch, seq, n_pieces, width, ffn if settings.include_ffn else 0, itemsize, max_memory)
     contributions_all, bias_all = [], []
     for start in range(0, batch, plan.examples_per_group):

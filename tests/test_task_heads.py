@@ -129,7 +129,9 @@ def test_squad_tutorial_forward_is_exact_for_start_and_end_and_matches_the_liter
             if p >= n:
                 continue  # the tutorial's max may pick a padding position; checked for completeness above
             expected = literal[b][p].contributions[:, position]
-            spec.assert_matches(attributions[b, :n], expected, float(value.abs().max()), f"{('start', 'end')[position]} example {b}")
+            spec.assert_matches(
+                attributions[b, :n], expected, float(value.abs().max()), f"{('start', 'end')[position]} example {b}"
+            )
             assert float(attributions[b, n:].abs().sum()) == 0.0
     assert_unchanged(model, before)
 
@@ -176,7 +178,9 @@ def test_token_classification_target_position_label_matches_the_literal_spec():
     literal = literal_rows(model.bert, [spec.affine_of(model.classifier)], ids, mask, logits)
     dx = DecompX(model)
     for position, label in ((2, 3), (4, 0)):
-        scores, delta = dx.attribute(ids, target=(position, label), additional_forward_args=(mask,), return_convergence_delta=True)
+        scores, delta = dx.attribute(
+            ids, target=(position, label), additional_forward_args=(mask,), return_convergence_delta=True
+        )
         assert float(delta.abs().max()) < 1e-9
         for b, n in enumerate(LENGTHS):
             expected = literal[b][position].contributions[:, label]
@@ -190,14 +194,21 @@ def test_masked_lm_vocabulary_logit_at_the_mask_matches_the_literal_spec():
     with torch.no_grad():
         logits = model(ids, attention_mask=mask).logits
     transform = model.cls.predictions.transform
-    head = [spec.affine_of(transform.dense), spec.GELU, spec.norm_of(transform.LayerNorm), spec.affine_of(model.cls.predictions.decoder)]
+    head = [
+        spec.affine_of(transform.dense),
+        spec.GELU,
+        spec.norm_of(transform.LayerNorm),
+        spec.affine_of(model.cls.predictions.decoder),
+    ]
     literal = literal_rows(model.bert, head, ids, mask, logits)
     dx = DecompX(lambda i, m: model(i, attention_mask=m).logits, model=model)
     for word in (5, 17):
         scores, delta = dx.attribute(ids, target=(2, word), additional_forward_args=(mask,), return_convergence_delta=True)
         assert float(delta.abs().max()) < 1e-9
         for b, n in enumerate(LENGTHS):
-            spec.assert_matches(scores[b, :n], literal[b][2].contributions[:, word], float(logits.abs().max()), f"example {b} word {word}")
+            spec.assert_matches(
+                scores[b, :n], literal[b][2].contributions[:, word], float(logits.abs().max()), f"example {b} word {word}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +304,9 @@ def test_multiple_choice_equals_the_sequence_classifier_with_the_same_weights():
     torch.testing.assert_close(out.attributions.sum(-1), out.logits, rtol=1e-5, atol=1e-5)
     # Fast = exact without biases where the fast path applies (the pooled multiple-choice head).
     fast = DecompX(choice_model, include_biases=False, algorithm="fast").attribute(ids, target=1, additional_forward_args=(mask,))
-    exact = DecompX(choice_model, include_biases=False, algorithm="exact").attribute(ids, target=1, additional_forward_args=(mask,))
+    exact = DecompX(choice_model, include_biases=False, algorithm="exact").attribute(
+        ids, target=1, additional_forward_args=(mask,)
+    )
     torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
     assert_unchanged(choice_model, before)
 
@@ -394,8 +407,32 @@ def test_regression_and_multi_label_heads_are_exact(problem):
     [
         (lambda: tf.BertForNextSentencePrediction(_bert_config()), "next sentence prediction"),
         (lambda: tf.BertForPreTraining(_bert_config()), "pre-training"),
-        (lambda: tf.ElectraForMultipleChoice(tf.ElectraConfig(vocab_size=VOCAB, hidden_size=16, embedding_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24)), "multiple choice"),
-        (lambda: tf.AlbertForMultipleChoice(tf.AlbertConfig(vocab_size=VOCAB, hidden_size=16, embedding_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24)), "multiple choice"),
+        (
+            lambda: tf.ElectraForMultipleChoice(
+                tf.ElectraConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=16,
+                    embedding_size=16,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=24,
+                )
+            ),
+            "multiple choice",
+        ),
+        (
+            lambda: tf.AlbertForMultipleChoice(
+                tf.AlbertConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=16,
+                    embedding_size=8,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=24,
+                )
+            ),
+            "multiple choice",
+        ),
     ],
     ids=["bert-nsp", "bert-pretraining", "electra-multiple-choice", "albert-multiple-choice"],
 )
@@ -404,3 +441,21 @@ def test_an_unsupported_task_head_is_named_with_the_supported_ones(build, task):
     with pytest.raises(UnsupportedTaskError, match=f"does not support the {task} head of {type(model).__name__}") as error:
         DecompX(model)
     assert "question answering" in str(error.value) and "sequence classification" in str(error.value)
+
+
+def test_norm_based_baselines_refuse_per_position_heads():
+    from captum_decompx import ALTI, GlobEnc
+
+    model = _qa_model()
+    for baseline in (GlobEnc, ALTI):
+        with pytest.raises(NotImplementedError, match="head at every position"):
+            baseline(model)
+
+
+def test_decomposing_every_position_of_a_large_vocabulary_is_refused_before_the_work():
+    from captum_decompx import DecompXMemoryError
+
+    model = spec.randomize(tf.BertForMaskedLM(_bert_config()), 15)
+    ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=15)
+    with pytest.raises(DecompXMemoryError, match="target=\\(position"):
+        DecompX(lambda i, m: model(i, attention_mask=m).logits, model=model, max_memory=20_000).decompose(ids, (mask,))

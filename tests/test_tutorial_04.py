@@ -11,13 +11,19 @@ def test_tutorial_4_question_answering_and_ner(monkeypatch):
     notebook = execute("04_question_answering_and_ner.ipynb", monkeypatch)
     text = printed(notebook)
     for name in ("start", "end"):
-        line = re.search(rf"^{name}: forward output ([-+][\d.]+), sum of the contributions ([-+][\d.]+), convergence delta (\S+)$", text, re.M)
+        line = re.search(
+            rf"^{name}: forward output ([-+][\d.]+), sum of the contributions ([-+][\d.]+), convergence delta (\S+)$", text, re.M
+        )
         assert line, f"{name} line not printed"
         assert abs(float(line.group(1)) - float(line.group(2))) <= 2e-6
         assert abs(float(line.group(3))) < 1e-4
     line = re.search(r"^start logit at position 3: ([-+][\d.]+), sum of the contributions ([-+][\d.]+)$", text, re.M)
     assert line and abs(float(line.group(1)) - float(line.group(2))) <= 2e-6
-    line = re.search(r"^explained: \S+ at position \d+ \(london\), logit ([-+][\d.]+), sum of the contributions ([-+][\d.]+), convergence delta (\S+)$", text, re.M)
+    line = re.search(
+        r"^explained: \S+ at position \d+ \(london\), logit ([-+][\d.]+), sum of the contributions ([-+][\d.]+), convergence delta (\S+)$",
+        text,
+        re.M,
+    )
     assert line, "the token-classification line was not printed"
     assert abs(float(line.group(1)) - float(line.group(2))) <= 2e-6
     assert abs(float(line.group(3))) < 1e-4
