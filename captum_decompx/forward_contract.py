@@ -164,14 +164,18 @@ def pooled_model_output(tensor: Tensor, pooling: Tensor) -> Tensor:
 
 
 def forward_output_tensor(output: Any, batch: int) -> Tensor:
-    """The forward function's output as a tensor with one row per example.
+    """The forward function's output as a tensor with one row per example (a question-answering
+    output object: its start and end logits stacked, (batch, seq, 2)).
 
     Raises:
         TypeError: not a tensor nor an object with ``.logits``.
         ValueError: not one row per example.
     """
     tensor = output
-    if not isinstance(tensor, Tensor):
+    span = None if isinstance(output, Tensor) else _span_logits(output)
+    if span is not None:  # a question-answering output: (batch, seq, 2), start and end per position
+        tensor = torch.stack(span, dim=-1)
+    elif not isinstance(tensor, Tensor):
         tensor = getattr(output, "logits", None)
         if tensor is None and isinstance(output, (tuple, list)) and output:
             tensor = output[0]

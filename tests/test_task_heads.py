@@ -459,3 +459,29 @@ def test_decomposing_every_position_of_a_large_vocabulary_is_refused_before_the_
     ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=15)
     with pytest.raises(DecompXMemoryError, match="target=\\(position"):
         DecompX(lambda i, m: model(i, attention_mask=m).logits, model=model, max_memory=20_000).decompose(ids, (mask,))
+
+
+def test_the_qa_model_itself_as_forward_function_takes_position_and_start_or_end():
+    model = _qa_model(seed=16)
+    ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=16)
+    dx = DecompX(model)
+    with torch.no_grad():
+        output = model(ids, attention_mask=mask)
+    for target, expected in (((2, 0), output.start_logits[:, 2]), ((4, 1), output.end_logits[:, 4])):
+        scores = dx.attribute(ids, target=target, additional_forward_args=(mask,))
+        torch.testing.assert_close(scores.sum(-1), expected, rtol=0, atol=1e-9)
+
+
+def test_one_position_views_frame_the_token_and_escape_text(tmp_path):
+    from captum_decompx.visualization import plot_position_contributions, position_contributions_html
+
+    tokens = ["[CLS]", "<b>x</b>", "paris", "[SEP]"]
+    scores = torch.tensor([0.1, -0.4, 0.9, 0.0])
+    page = position_contributions_html(scores, tokens, 2, label="B-LOC", path=tmp_path / "p.html")
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page.replace("<b>paris</b>", "")
+    assert page.count("outline: 2px solid") == 1 and "B-LOC at position 2" in page
+    assert 'title="+0.9000"' in page
+    plot_position_contributions(scores, tokens, 2, label="B-LOC", path=tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="one example's attributions"):
+        position_contributions_html(torch.zeros(3), tokens, 1)
