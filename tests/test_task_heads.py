@@ -339,6 +339,8 @@ HEADS = {
     "bert-token": (_tiny(tf.BertConfig, tf.BertForTokenClassification, num_labels=3), "logits"),
     "distilbert-mlm": (_tiny(tf.DistilBertConfig, tf.DistilBertForMaskedLM), "logits"),
     "roberta-mlm": (_tiny(tf.RobertaConfig, tf.RobertaForMaskedLM, pad_token_id=1), "logits"),
+    "bert-bare": (_tiny(tf.BertConfig, tf.BertModel), "last_hidden_state"),
+    "deberta-v2-bare": (_tiny(tf.DebertaV2Config, tf.DebertaV2Model), "last_hidden_state"),
 }
 
 
@@ -350,7 +352,8 @@ def test_battery_completeness_padding_invariance_model_unchanged(name):
     short = torch.randint(4, VOCAB, (1, 6), generator=generator)
     padded = torch.cat([short, torch.full((1, 3), 0 if "roberta" not in name else 1)], dim=1)
     padded_mask = torch.cat([torch.ones(1, 6, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long)], dim=1)
-    target = 3 if field != "logits" else (3, 2)
+    per_class = field in ("logits", "last_hidden_state")
+    target = (3, 2) if per_class else 3
 
     def forward(ids, mask):
         return getattr(model(ids, attention_mask=mask), field)
@@ -359,7 +362,7 @@ def test_battery_completeness_padding_invariance_model_unchanged(name):
     dx = DecompX(forward, model=model)
     scores, delta = dx.attribute(padded, target=target, additional_forward_args=(padded_mask,), return_convergence_delta=True)
     value = forward(padded, padded_mask).detach()
-    explained = value[0, 3] if field != "logits" else value[0, 3, 2]
+    explained = value[0, 3, 2] if per_class else value[0, 3]
     assert abs(float(scores.sum()) - float(explained)) < 1e-4 * max(1.0, abs(float(explained)))
     assert float(delta.abs().max()) < 1e-4
     alone = dx.attribute(short, target=target, additional_forward_args=(torch.ones_like(short),))
