@@ -64,6 +64,20 @@ def _span_logits(output: Any) -> Optional[tuple[Tensor, Tensor]]:
     return None
 
 
+def _is_span_tuple(output: Any) -> bool:
+    """A plain tuple starting with two float (batch, seq) tensors of one shape (start, end logits)."""
+    if type(output) is not tuple or len(output) < 2:
+        return False
+    start, end = output[0], output[1]
+    return (
+        isinstance(start, Tensor)
+        and isinstance(end, Tensor)
+        and start.shape == end.shape
+        and start.dim() == 2
+        and start.dtype.is_floating_point
+    )
+
+
 def model_output_tensor(output: Any) -> Optional[Tensor]:
     """The tensor DecompX decomposes from what the model returned: ``.logits``, the first element
     of a tuple, the tensor itself, or a bare encoder's ``.last_hidden_state``; for a
@@ -120,13 +134,17 @@ class ModelOutputTap:
 
 
 @contextmanager
-def tap_model_output(model: nn.Module) -> Iterator[ModelOutputTap]:
+def tap_model_output(model: nn.Module, *, span_tuple: bool = False) -> Iterator[ModelOutputTap]:
     """Replace the model's output by a leaf that requires grad, for one forward pass.
 
     The hook runs after the model's own forward, which stays gradient-free; it then turns grad
     mode on so that the forward function's tail is recorded. The caller restores grad mode by
     running the forward function inside ``torch.no_grad()``; the hook is removed on exit, whatever
     happens. Only calls from the entering thread are tapped.
+
+    Args:
+        span_tuple: the model is a question-answering model: a plain tuple output (``return_dict=False``)
+            starts with its start and end logits, which are tapped together as (batch, seq, 2).
     """
     tap = ModelOutputTap()
     thread = threading.get_ident()
@@ -137,6 +155,10 @@ def tap_model_output(model: nn.Module) -> Iterator[ModelOutputTap]:
         tap.calls += 1
         if tap.calls > 1:  # the capture refuses a second pass with its own message
             return None
+        if span_tuple and _is_span_tuple(output):
+            tap.leaf = torch.stack(output[:2], dim=-1).detach().clone().requires_grad_(True)
+            torch.set_grad_enabled(True)
+            return type(output)((tap.leaf[..., 0], tap.leaf[..., 1], *output[2:])) if type(output) is tuple else output
         tensor = model_output_tensor(output)
         if tensor is None or not tensor.dtype.is_floating_point:
             return None

@@ -225,7 +225,8 @@ class HookedModelAttribution(Attribution):
         with ExitStack() as stack:
             stack.enter_context(torch.no_grad())
             capture = stack.enter_context(capture_internals(self.model, self.adapter))
-            model_tap = stack.enter_context(tap_model_output(self.model)) if tap else ModelOutputTap()
+            span_tuple = task_of(self.model) == "question answering"
+            model_tap = stack.enter_context(tap_model_output(self.model, span_tuple=span_tuple)) if tap else ModelOutputTap()
             with self._forward_precision():
                 output = self.forward_func(input_ids, *args)
             raw = model_tap.leaf if model_tap.leaf is not None else model_output_tensor(output)

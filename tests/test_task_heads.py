@@ -488,3 +488,17 @@ def test_one_position_views_frame_the_token_and_escape_text(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="one example's attributions"):
         position_contributions_html(torch.zeros(3), tokens, 1)
+
+
+def test_qa_tuple_outputs_return_dict_false_are_tapped_as_start_and_end():
+    model = _qa_model(seed=17)
+    ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=17)
+    dx = DecompX(lambda i, m: model(i, attention_mask=m, return_dict=False)[1], model=model)
+    with torch.no_grad():
+        end = model(ids, attention_mask=mask).end_logits
+    scores, delta = dx.attribute(ids, target=3, additional_forward_args=(mask,), return_convergence_delta=True)
+    torch.testing.assert_close(scores.sum(-1), end[:, 3], rtol=0, atol=1e-9)
+    dict_scores = DecompX(lambda i, m: model(i, attention_mask=m).end_logits, model=model).attribute(
+        ids, target=3, additional_forward_args=(mask,)
+    )
+    torch.testing.assert_close(scores, dict_scores, rtol=0, atol=1e-12)
