@@ -10,13 +10,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .adapters import Activation, Adapter, LayerPaths, Linear, Norm, register_adapter, supported_model_types
+    from .adapters import (
+        Activation,
+        Adapter,
+        LayerPaths,
+        Linear,
+        Norm,
+        UnsupportedTaskError,
+        register_adapter,
+        supported_model_types,
+    )
     from .attribution import DecompX, DecompXOutput
     from .baselines import ALTI, GlobEnc
     from .components import Approximation, BiasRule, register_approximation, register_bias_rule
     from .dataset_attribution import attribute_dataset
     from .decomposition import DecompXMemoryError
     from .evaluation import MethodSpec, evaluate_faithfulness
+    from .forward_contract import cosine_similarity_frozen_norm
     from .image import patch_heatmap, plot_patch_attribution
     from .llm import LLMDecompX
     from .visualization import visualization_records, write_html, write_records_html
@@ -45,6 +55,8 @@ _EXPORTS: dict[str, str] = {
     "register_approximation": "components",
     "register_bias_rule": "components",
     "supported_model_types": "adapters",
+    "UnsupportedTaskError": "adapters",
+    "cosine_similarity_frozen_norm": "forward_contract",
     "visualization_records": "visualization",
     "write_html": "visualization",
     "write_records_html": "visualization",
@@ -66,6 +78,8 @@ __all__ = [
     "MethodSpec",
     "Norm",
     "attribute_dataset",
+    "UnsupportedTaskError",
+    "cosine_similarity_frozen_norm",
     "evaluate_faithfulness",
     "patch_heatmap",
     "plot_patch_attribution",

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import decomposition, freezing, validation
-from .adapters import Adapter
+from .adapters import Adapter, task_of
 from .capture import Captured
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
 from .forward_contract import (
@@ -48,6 +48,8 @@ class FrozenRun:
             (its gradient with respect to ``frozen``'s leaves is the decomposition).
         pooling: (batch, seq) weights of the pooled position.
         frozen: what the frozen forward pass left for the backward pass.
+        choices: for a multiple-choice model given ids (batch, choices, seq), the number of
+            choices; ``logits`` is then (batch * choices, 1), one per flattened sequence.
     """
 
     output: Any
@@ -55,6 +57,8 @@ class FrozenRun:
     logits: Tensor
     pooling: Tensor
     frozen: freezing.FrozenForward
+    choices: Optional[int] = None
+    per_position: bool = False  # the fast path decomposes pooled outputs only
 
     @property
     def real_tokens(self) -> Tensor:
@@ -69,8 +73,12 @@ class DecompXOutput:
     Attributes:
         logits: (batch, classes), the model's own logits at the pooled position (what the forward
             function received from the model, before any post-processing it does).
+            For a head applied at every position (question answering, token classification,
+            masked LM, a bare encoder): (batch, seq, classes); multiple choice: (batch, choices).
         attributions: (batch, seq, classes), the contribution of every input token to every class
             logit; without the head, (batch, seq) L2 norms of the pooled token's decomposition.
+            Per-position heads: (batch, positions, seq, classes), row ``p`` decomposing the output
+            at position ``p``; multiple choice: (batch, choices, seq).
         bias: (batch, classes), the part of each logit not assigned to any token: zero when the
             biases are decomposed, the biases' share when they are left out. None without the head.
         pooled: (batch, seq, hidden), the pooled token's decomposition after the last layer (the
@@ -192,6 +200,8 @@ class DecompX(HookedModelAttribution):
         self.include_head = include_head
         self.head_approximation = head_approximation
         self.algorithm = chosen if chosen != "auto" else ("exact" if include_biases else "fast")
+        if chosen == "auto" and self.adapter.pooling == "each":
+            self.algorithm = "exact"  # the fast path does not cover per-position heads yet
         self.max_memory = int(max_memory) if max_memory is not None else DEFAULT_MAX_MEMORY
 
     @property
@@ -266,6 +276,7 @@ class DecompX(HookedModelAttribution):
         Returns:
             (batch, seq) contributions to the explained output (the inputs' format: a 1-tuple in,
             a 1-tuple out); without the head, the L2 norms of each token's piece of the pooled state.
+            Multiple-choice ids (batch, choices, seq) give (batch, choices, seq).
         """
         with self._call_modes():
             input_ids, as_tuple = self._input_ids(inputs)
@@ -277,27 +288,39 @@ class DecompX(HookedModelAttribution):
             explained: Optional[ExplainedOutput] = None
             if self.method == "fast":  # one frozen forward pass, one backward pass
                 frozen_run = self._frozen_run(input_ids, additional_forward_args)
+                choices, out_dtype = frozen_run.choices, frozen_run.logits.dtype
                 if not self.include_head:
                     pooled = self._fast(frozen_run, include_head=False).contributions
                     scores = torch.linalg.vector_norm(pooled, dim=-1)
                 else:
                     explained = self._explained_output(frozen_run, target)
-                    scores = self._fast(frozen_run, weights=explained.weights).contributions
-                scores = self._zero_padding(scores, frozen_run.real_tokens).to(frozen_run.logits.dtype)
+                    scores = self._fast(frozen_run, weights=explained.weights.reshape(frozen_run.logits.shape)).contributions
+                scores = self._zero_padding(scores, frozen_run.real_tokens)
             else:
                 run = self._capture_forward(input_ids, additional_forward_args)
                 captured = run.captured
+                choices, out_dtype = run.choices, captured.logits.dtype
                 if not self.include_head:
                     scores = self._pooled_norms(captured, show_progress=show_progress)
                 else:
                     explained = self._explained_output(run, target)
-                    contributions = self._exact(captured, show_progress=show_progress).contributions
-                    scores = torch.einsum("bnc,bc->bn", contributions, explained.weights.to(contributions.dtype))
-                scores = self._zero_padding(scores, captured).to(captured.logits.dtype)
+                    weights = explained.weights
+                    if run.choices is not None:
+                        weights = weights.reshape(-1, 1)  # one logit per flattened (example, choice)
+                    if run.per_position:
+                        scores = self._per_position_scores(captured, weights, show_progress=show_progress)
+                    else:
+                        contributions = self._exact(captured, show_progress=show_progress).contributions
+                        scores = torch.einsum("bnc,bc->bn", contributions, weights.to(contributions.dtype))
+                if not run.per_position:  # a padding position's own output keeps its own share
+                    scores = self._zero_padding(scores, captured)
+            scores = scores.to(out_dtype)
+            if choices is not None:
+                scores = scores.view(-1, choices, scores.shape[-1])  # the inputs' shape
         attributions = (scores,) if as_tuple else scores
         if return_convergence_delta:
             assert explained is not None
-            return attributions, scores.sum(-1) - explained.value.to(scores.dtype)
+            return attributions, scores.flatten(1).sum(-1) - explained.value.to(scores.dtype)
         return attributions
 
     def compute_convergence_delta(
@@ -338,7 +361,7 @@ class DecompX(HookedModelAttribution):
             explained = self._explained_output(self._capture_forward(input_ids, additional_forward_args), target)
         if isinstance(attributions, tuple):
             (attributions,) = attributions
-        return attributions.sum(-1) - explained.value.to(attributions.dtype)
+        return attributions.flatten(1).sum(-1) - explained.value.to(attributions.dtype)
 
     # ----------------------------------------------------------------------------------------
     # Full decomposition
@@ -368,20 +391,26 @@ class DecompX(HookedModelAttribution):
         input_ids, _ = self._input_ids(inputs)
         if self.method == "fast":
             return self._decompose_fast(input_ids, additional_forward_args, return_token_maps, show_progress)
-        captured = self._capture(input_ids, additional_forward_args)
+        run = self._capture_forward(input_ids, additional_forward_args)
+        captured = run.captured
         logits = captured.logits
         result = self._decompose(captured, token_maps=return_token_maps, show_progress=show_progress)
+        bias = result.bias
         if self.include_head:
             assert result.contributions is not None
             attributions = result.contributions
         else:
             assert result.pooled is not None
             attributions = self._zero_padding(torch.linalg.vector_norm(result.pooled, dim=-1), captured)
+        if run.choices is not None:  # (batch, choices, seq) and (batch, choices)
+            attributions = attributions.reshape(-1, run.choices, attributions.shape[1])
+            logits = logits.reshape(-1, run.choices)
+            bias = None if bias is None else bias.reshape(-1, run.choices)
         out_dtype = logits.dtype
         return DecompXOutput(
             logits=logits,
             attributions=attributions.to(out_dtype),
-            bias=result.bias,
+            bias=bias,
             pooled=None if result.pooled is None else result.pooled.to(out_dtype),
             token_maps=result.token_maps,
             method=self.method,
@@ -411,7 +440,7 @@ class DecompX(HookedModelAttribution):
 
     def _explained_output(self, run: Union[ForwardCapture, FrozenRun], target: TargetType) -> ExplainedOutput:
         """Which combination of the model's logits the forward function returned for the target."""
-        batch = run.pooling.shape[0]
+        batch = run.pooling.shape[0] // (run.choices or 1)
         output = forward_output_tensor(run.output, batch)
         model_output = run.model_output
         if model_output is None and validation.is_the_model_itself(self.forward_func, self.model):
@@ -425,10 +454,23 @@ class DecompX(HookedModelAttribution):
                 "return a tensor computed from its output, e.g. lambda ids, mask: "
                 "model(ids, attention_mask=mask).logits."
             )
-        classes = output.shape[1] if output.dim() == 2 else 0
+        classes = output.shape[1] if output.dim() == 2 and run.choices is None else 0
         labels = validation.class_labels(self.model, classes) if classes else ""
         index = target_index(target, output.shape, output.device, labels)
-        return explain_output(select(output, index), model_output, run.pooling)
+        return explain_output(select(output, index), model_output, run.pooling, per_position=run.per_position)
+
+    def _per_position_scores(self, captured: Captured, weights: Tensor, *, show_progress: bool) -> Tensor:
+        """(batch, seq): each token's share of ``sum_{p,c} weights[b, p, c] * logits[b, p, c]``
+        for a head applied at every position; only the positions with a weight are decomposed.
+
+        Args:
+            weights: (batch, positions, classes), from :meth:`_explained_output`.
+        """
+        positions = torch.nonzero(weights.abs().sum(dim=(0, 2)) > 0).flatten()
+        result = self._decompose(captured, positions=positions, show_progress=show_progress)
+        assert result.contributions is not None  # (batch, rows, seq, classes)
+        rows = weights[:, positions].to(result.contributions.dtype)
+        return torch.einsum("brnc,brc->bn", result.contributions, rows)
 
     def _decompose(
         self,
@@ -438,6 +480,7 @@ class DecompX(HookedModelAttribution):
         targets: Optional[Tensor] = None,
         token_maps: bool = False,
         show_progress: bool = False,
+        positions: Optional[Tensor] = None,
     ) -> decomposition.Decomposition:
         """The decomposition's one entry point on this object's model, adapter and options."""
         bar = None
@@ -457,6 +500,7 @@ class DecompX(HookedModelAttribution):
                 targets=targets,
                 token_maps=token_maps,
                 progress=bar.update if bar is not None else None,
+                positions=positions,
             )
         finally:
             if bar is not None:
@@ -475,12 +519,19 @@ class DecompX(HookedModelAttribution):
     def _frozen_run(self, input_ids: Tensor, additional_forward_args: Any) -> FrozenRun:
         """Run the forward function once with the model's nonlinear coefficients frozen for
         autograd (:func:`~captum_decompx.freezing.frozen_forward`) and its output tapped."""
+        if self.adapter.pooling == "each":
+            raise NotImplementedError(
+                f"The fast path does not support the per-position head of {self.adapter.name!r} (question "
+                "answering, token classification, masked LM, hidden states) yet: use algorithm='exact' (with "
+                "include_biases=False for the bias-free variant the fast path computes)."
+            )
         validation.check_model(self.model)
         args = self._extra_args(additional_forward_args)
         validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
         settings = decomposition.settings_for(self._settings(), "fast")
         with freezing.frozen_forward(self.model, self.adapter, settings) as frozen:
-            with tap_model_output(self.model, keep_graph=True) as tap, self._forward_precision():
+            span_tuple = task_of(self.model) == "question answering"
+            with tap_model_output(self.model, span_tuple=span_tuple, keep_graph=True) as tap, self._forward_precision():
                 output = self.forward_func(input_ids, *args)
         if frozen.real_tokens is None:
             raise RuntimeError(
@@ -495,10 +546,18 @@ class DecompX(HookedModelAttribution):
                 "model(ids, attention_mask=mask).logits."
             )
         pooling = decomposition.pool_weights(self.adapter, frozen.real_tokens, self._compute_dtype())
-        logits = torch.einsum("bnc,bn->bc", real, pooling.to(real.dtype)) if real.dim() == 3 else real
+        flattened = pooling.shape[0]
+        choices = None
+        if real.dim() == 2 and real.shape[0] != flattened and real.shape[0] * real.shape[1] == flattened:
+            choices = int(real.shape[1])  # multiple choice: one logit per flattened (example, choice)
+            logits = real.reshape(flattened, 1)
+        elif real.dim() == 3:
+            logits = torch.einsum("bnc,bn->bc", real, pooling.to(real.dtype))
+        else:
+            logits = real
         if logits.dim() != 2:
             raise ValueError(f"DecompX explains a model output of shape (batch, classes); the model returned {tuple(real.shape)}.")
-        return FrozenRun(output, tap.leaf, logits, pooling, frozen)
+        return FrozenRun(output, tap.leaf, logits, pooling, frozen, choices=choices)
 
     def _fast(
         self,
@@ -540,6 +599,10 @@ class DecompX(HookedModelAttribution):
         else:
             pooled = self._zero_padding(self._fast(run, include_head=False).contributions, run.real_tokens)
             attributions = torch.linalg.vector_norm(pooled, dim=-1)
+        if run.choices is not None:  # (batch, choices, seq) and (batch, choices)
+            attributions = attributions.reshape(-1, run.choices, attributions.shape[1])
+            logits = logits.reshape(-1, run.choices)
+            bias = None if bias is None else bias.reshape(-1, run.choices)
         return DecompXOutput(
             logits=logits,
             attributions=attributions.to(logits.dtype),

@@ -80,6 +80,12 @@ class _RolloutAttribution(HookedModelAttribution):
                 f"{type(self).__name__} is defined for post-LN encoders (BERT, RoBERTa, ELECTRA, "
                 f"DistilBERT); the adapter {self.adapter.name!r} describes a pre-LN model."
             )
+        if self.adapter.pooling == "each":
+            raise NotImplementedError(
+                f"{type(self).__name__} scores the tokens by the pooled token's row of the rollout; the "
+                f"adapter {self.adapter.name!r} has a head at every position (question answering, token "
+                "classification, masked LM, a bare encoder). Use DecompX for these models."
+            )
 
     # Captum contract -------------------------------------------------------------------------
 

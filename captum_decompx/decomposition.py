@@ -19,7 +19,17 @@ from torch import Tensor, nn
 
 from .adapters import Adapter
 from .capture import Captured
-from .components import BiasMode, ModelParts, Network, Settings, normalize, propagate_head, token_pieces, transformer_layer
+from .components import (
+    BiasMode,
+    ModelParts,
+    Network,
+    Settings,
+    normalize,
+    propagate_head,
+    propagate_head_rows,
+    token_pieces,
+    transformer_layer,
+)
 from .components.linear import affine
 from .components.norms import norm_params
 from .components.pooling import pool, pool_weights
@@ -75,6 +85,50 @@ def _final_norm(pieces: Tensor, parts: ModelParts, captured: Captured, batch: sl
     return normalize(pieces, captured.final_norm_input[batch][:, rows].to(dtype), parts.final_norm, settings)
 
 
+def propagate_rows(
+    pieces: Tensor,
+    captured: Captured,
+    parts: ModelParts,
+    settings: Settings,
+    batch: slice,
+    dtype: torch.dtype,
+    *,
+    rows_per_chunk: int,
+    last_rows: Optional[Tensor] = None,
+    own_scale: Optional[Tensor] = None,
+    on_layer: Optional[Callable[[int, Tensor], None]] = None,
+) -> Tensor:
+    """Propagate a decomposition of the embeddings through every layer and the final norm.
+
+    Args:
+        pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
+        batch: which examples of ``captured`` these are.
+        last_rows: (rows,) the rows of the last layer to compute, ascending; None: every row.
+        on_layer: called with each layer's index and output decomposition.
+
+    Returns:
+        (batch, rows, pieces, hidden): the last layer's rows ``last_rows`` (every row for None).
+    """
+    seq = pieces.shape[1]
+    everything = torch.arange(seq, device=pieces.device)
+    rows = everything
+    for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
+        if index == len(parts.layers) - 1 and last_rows is not None:
+            rows = last_rows.to(pieces.device)
+        pieces = transformer_layer(
+            pieces,
+            record.select(batch, dtype),
+            params,
+            settings,
+            first=index == 0,
+            row_chunks=_chunks(rows, rows_per_chunk),
+            own_scale=own_scale,
+        )
+        if on_layer is not None:
+            on_layer(index, pieces)
+    return _final_norm(pieces, parts, captured, batch, rows, settings, dtype)
+
+
 def propagate_and_pool(
     pieces: Tensor,
     captured: Captured,
@@ -103,24 +157,13 @@ def propagate_and_pool(
         (batch, pieces, hidden), the pooled decomposition.
     """
     seq = pieces.shape[1]
-    everything = torch.arange(seq, device=pieces.device)
-    pooled_rows = torch.nonzero(pooling.abs().sum(0) > 0).flatten()
-    rows = everything
-    for index, (record, params) in enumerate(zip(captured.layers, parts.layers)):
-        if index == len(parts.layers) - 1 and not all_rows:
-            rows = pooled_rows
-        pieces = transformer_layer(
-            pieces,
-            record.select(batch, dtype),
-            params,
-            settings,
-            first=index == 0,
-            row_chunks=_chunks(rows, rows_per_chunk),
-            own_scale=own_scale,
-        )
-        if on_layer is not None:
-            on_layer(index, pieces)
-    pieces = _final_norm(pieces, parts, captured, batch, rows, settings, dtype)
+    rows = torch.arange(seq, device=pieces.device)
+    if not all_rows:
+        rows = torch.nonzero(pooling.abs().sum(0) > 0).flatten()
+    pieces = propagate_rows(
+        pieces, captured, parts, settings, batch, dtype,
+        rows_per_chunk=rows_per_chunk, last_rows=None if all_rows else rows, own_scale=own_scale, on_layer=on_layer,
+    )
     return pool(pieces, pooling[:, rows])
 
 
@@ -196,6 +239,10 @@ class Decomposition:
             (final norm included); None when not asked for on the fast path with the head.
         token_maps: per layer the (batch, seq, seq) norms ``||X_l[i, k]||``, when asked for.
         path: ``"exact"`` or ``"fast"``.
+        positions: for a per-position adapter (``pooling="each"``), the (rows,) positions whose
+            outputs were decomposed; ``contributions`` is then (batch, rows, seq, classes) (row
+            ``r`` explains the model's output at ``positions[r]``) and ``bias`` (batch, rows,
+            classes). None for a pooled adapter.
     """
 
     contributions: Optional[Tensor]
@@ -204,6 +251,7 @@ class Decomposition:
     pooled: Optional[Tensor]
     token_maps: Optional[list[Tensor]]
     path: str
+    positions: Optional[Tensor] = None
 
 
 def decompose(
@@ -219,6 +267,7 @@ def decompose(
     pooled: bool = False,
     token_maps: bool = False,
     progress: Optional[Callable[[int], None]] = None,
+    positions: Optional[Tensor] = None,
 ) -> Decomposition:
     """Decompose a captured forward pass: the one entry point of the decomposition.
 
@@ -234,10 +283,17 @@ def decompose(
             one backward pass per hidden unit).
         token_maps: also return the per-layer token maps (computed by the exact path).
         progress: called with the number of examples finished (exact path).
+        positions: per-position adapters (``pooling="each"``) only: the (rows,) output positions
+            to decompose, ascending (None: every position). See :class:`Decomposition`.
     """
     if path not in PATHS:
         raise ValueError(f"path={path!r} is not one of {PATHS}.")
     parts = resolve_parts(model, adapter, dtype)
+    if adapter.pooling == "each":
+        return _per_position(
+            captured, parts, adapter, options, path=path, dtype=dtype, max_memory=max_memory,
+            targets=targets, pooled=pooled, token_maps=token_maps, progress=progress, positions=positions,
+        )
     pooling = pool_weights(adapter, padding_mask(captured), dtype)
     if path == "fast":
         raise ValueError(
@@ -273,6 +329,86 @@ def decompose(
         result.token_maps = maps.token_maps
         result.pooled = maps.pooled if result.pooled is None else result.pooled
     return result
+
+
+def _per_position(
+    captured: Captured,
+    parts: ModelParts,
+    adapter: Adapter,
+    options: Options,
+    *,
+    path: str,
+    dtype: torch.dtype,
+    max_memory: int,
+    targets: Optional[Tensor],
+    pooled: bool,
+    token_maps: bool,
+    progress: Optional[Callable[[int], None]],
+    positions: Optional[Tensor],
+) -> Decomposition:
+    """A head applied at every position: every asked-for row of the last layer, then the head on
+    each row (with that row's frozen nonlinearities)."""
+    what = f"the per-position head of {adapter.name!r} (question answering, token classification, masked LM, hidden states)"
+    if path != "exact":
+        raise NotImplementedError(
+            f"The fast path does not support {what} yet: use algorithm='exact' (with include_biases=False "
+            "for the bias-free variant the fast path computes)."
+        )
+    if not options.include_head:
+        raise ValueError(
+            f"include_head=False scores the norms of the pooled token's decomposition; {what} has no pooled "
+            "token. Keep include_head=True (an adapter with an empty head explains the hidden states)."
+        )
+    if targets is not None or pooled or token_maps:
+        raise NotImplementedError(f"targets=, pooled= and token_maps= are not available for {what}.")
+    settings = settings_for(options, "exact")
+    embeddings = captured.layer_input
+    batch, seq, hidden = embeddings.shape
+    rows = torch.arange(seq, device=embeddings.device) if positions is None else positions.to(embeddings.device)
+    n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
+    ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
+    width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
+    itemsize = torch.finfo(dtype).bits // 8
+    classes = next((step.params.weight.shape[0] for step in reversed(parts.head) if hasattr(step.params, "weight")), hidden)
+    result_bytes = batch * rows.numel() * n_pieces * int(classes) * itemsize
+    if result_bytes > max_memory:
+        raise DecompXMemoryError(
+            f"Decomposing {rows.numel()} positions x {classes} outputs of {what} for {batch} example(s) "
+            f"needs {result_bytes / 2**30:.2f} GiB for the result alone, more than max_memory="
+            f"{max_memory / 2**30:.2f} GiB. Explain one output with DecompX.attribute(..., target=(position, "
+            "class)) (only the positions the target uses are decomposed), pass fewer examples, or raise max_memory."
+        )
+    plan = plan_memory(batch, seq, n_pieces, width, ffn if settings.include_ffn else 0, itemsize, max_memory)
+    contributions_all, bias_all = [], []
+    for start in range(0, batch, plan.examples_per_group):
+        group = slice(start, min(start + plan.examples_per_group, batch))
+        last = propagate_rows(
+            _diagonal_pieces(embeddings[group], n_pieces, dtype),
+            captured,
+            parts,
+            settings,
+            group,
+            dtype,
+            rows_per_chunk=plan.rows_per_chunk,
+            last_rows=rows,
+        )  # (group, rows, pieces, hidden)
+        inputs = [None if x is None else x[:, rows] for x in _head_inputs(parts, captured, group, dtype)]
+        scores = propagate_head_rows(last, parts.head, inputs, settings)  # (group, rows, pieces, classes)
+        contributions_all.append(token_pieces(scores, settings))
+        if settings.bias_mode is BiasMode.PIECE:
+            bias_all.append(scores[:, :, -1])
+        if progress is not None:
+            progress(group.stop - group.start)
+    # (batch, rows, seq, classes). Not zeroed at padding tokens: a padding token gives nothing to
+    # the rows of real tokens (no query attends to it), but a padding position's own output row
+    # keeps its own embedding (the residual), and that share is part of the output.
+    contributions = torch.cat(contributions_all)
+    logits_dtype = captured.logits.dtype if captured.logits.dtype.is_floating_point else contributions.dtype
+    if options.include_biases:
+        bias = torch.zeros(contributions.shape[:2] + contributions.shape[3:], dtype=logits_dtype, device=contributions.device)
+    else:
+        bias = torch.cat(bias_all).to(logits_dtype)
+    return Decomposition(contributions, None, bias, None, None, "exact", positions=rows)
 
 
 def _zero_padding(scores: Tensor, captured: Captured) -> Tensor:

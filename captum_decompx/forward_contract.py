@@ -52,14 +52,45 @@ LINEAR_RTOL_HALF = 2e-2
 # The model's own output, as a leaf
 
 
+#: The fields of a question-answering output, in the order of the classes of its model output.
+SPAN_FIELDS = ("start_logits", "end_logits")
+
+
+def _span_logits(output: Any) -> Optional[tuple[Tensor, Tensor]]:
+    """A question-answering output's start and end logits, each (batch, seq), or None."""
+    start, end = (getattr(output, name, None) for name in SPAN_FIELDS)
+    if isinstance(start, Tensor) and isinstance(end, Tensor) and start.shape == end.shape and start.dim() == 2:
+        return start, end
+    return None
+
+
+def _is_span_tuple(output: Any) -> bool:
+    """A plain tuple starting with two float (batch, seq) tensors of one shape (start, end logits)."""
+    if type(output) is not tuple or len(output) < 2:
+        return False
+    start, end = output[0], output[1]
+    return (
+        isinstance(start, Tensor)
+        and isinstance(end, Tensor)
+        and start.shape == end.shape
+        and start.dim() == 2
+        and start.dtype.is_floating_point
+    )
+
+
 def model_output_tensor(output: Any) -> Optional[Tensor]:
     """The tensor DecompX decomposes from what the model returned: ``.logits``, the first element
-    of a tuple, the tensor itself, or a bare encoder's ``.last_hidden_state``."""
+    of a tuple, the tensor itself, or a bare encoder's ``.last_hidden_state``; for a
+    question-answering output, its start and end logits stacked as two classes per position,
+    (batch, seq, 2) (what the QA head's linear map computes)."""
     if isinstance(output, Tensor):
         return output
     logits = getattr(output, "logits", None)
     if isinstance(logits, Tensor):
         return logits
+    span = _span_logits(output)
+    if span is not None:
+        return torch.stack(span, dim=-1)
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
         return output[0]
     hidden = getattr(output, "last_hidden_state", None)
@@ -72,6 +103,12 @@ def _with_model_output(output: Any, leaf: Tensor) -> Any:
         return leaf
     if isinstance(getattr(output, "logits", None), Tensor):
         output["logits"] = leaf  # a transformers ModelOutput keeps the key and the attribute in sync
+        return output
+    if _span_logits(output) is not None:
+        # Both fields become views of the one leaf, so output.start_logits, output[0] and
+        # output.to_tuple() all lead back to it.
+        for index, name in enumerate(SPAN_FIELDS):
+            output[name] = leaf[..., index]
         return output
     if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
         return type(output)((leaf, *output[1:])) if type(output) is tuple else output
@@ -100,7 +137,7 @@ class ModelOutputTap:
 
 
 @contextmanager
-def tap_model_output(model: nn.Module, *, keep_graph: bool = False) -> Iterator[ModelOutputTap]:
+def tap_model_output(model: nn.Module, *, span_tuple: bool = False, keep_graph: bool = False) -> Iterator[ModelOutputTap]:
     """Replace the model's output by a leaf that requires grad, for one forward pass.
 
     With ``keep_graph`` the model's real output is kept in ``tap.real`` too (the fast path's frozen
@@ -110,6 +147,10 @@ def tap_model_output(model: nn.Module, *, keep_graph: bool = False) -> Iterator[
     mode on so that the forward function's tail is recorded. The caller restores grad mode by
     running the forward function inside ``torch.no_grad()``; the hook is removed on exit, whatever
     happens. Only calls from the entering thread are tapped.
+
+    Args:
+        span_tuple: the model is a question-answering model: a plain tuple output (``return_dict=False``)
+            starts with its start and end logits, which are tapped together as (batch, seq, 2).
     """
     tap = ModelOutputTap()
     thread = threading.get_ident()
@@ -120,6 +161,13 @@ def tap_model_output(model: nn.Module, *, keep_graph: bool = False) -> Iterator[
         tap.calls += 1
         if tap.calls > 1:  # the capture refuses a second pass with its own message
             return None
+        if span_tuple and _is_span_tuple(output):
+            spans = torch.stack(output[:2], dim=-1)
+            tap.leaf = spans.detach().clone().requires_grad_(True)
+            if keep_graph:
+                tap.real = spans
+            torch.set_grad_enabled(True)
+            return type(output)((tap.leaf[..., 0], tap.leaf[..., 1], *output[2:])) if type(output) is tuple else output
         tensor = model_output_tensor(output)
         if tensor is None or not tensor.dtype.is_floating_point:
             return None
@@ -149,14 +197,18 @@ def pooled_model_output(tensor: Tensor, pooling: Tensor) -> Tensor:
 
 
 def forward_output_tensor(output: Any, batch: int) -> Tensor:
-    """The forward function's output as a tensor with one row per example.
+    """The forward function's output as a tensor with one row per example (a question-answering
+    output object: its start and end logits stacked, (batch, seq, 2)).
 
     Raises:
         TypeError: not a tensor nor an object with ``.logits``.
         ValueError: not one row per example.
     """
     tensor = output
-    if not isinstance(tensor, Tensor):
+    span = None if isinstance(output, Tensor) else _span_logits(output)
+    if span is not None:  # a question-answering output: (batch, seq, 2), start and end per position
+        tensor = torch.stack(span, dim=-1)
+    elif not isinstance(tensor, Tensor):
         tensor = getattr(output, "logits", None)
         if tensor is None and isinstance(output, (tuple, list)) and output:
             tensor = output[0]
@@ -323,7 +375,7 @@ def _pooled_position(jacobian: Tensor, pooling: Tensor) -> Tensor:
     return jacobian[torch.arange(batch), positions]
 
 
-def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor) -> ExplainedOutput:
+def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor, *, per_position: bool = False) -> ExplainedOutput:
     """Which combination of the model's logits ``selected`` is, or the class it refers to.
 
     Args:
@@ -331,9 +383,12 @@ def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor) -> Explained
         leaf: the model's output as the forward function received it, (batch, classes) or
             (batch, seq, classes).
         pooling: (batch, seq), the pooled position's weights (only read for 3-D ``leaf``).
+        per_position: the decomposition covers every position (a per-position head): a 3-D
+            ``leaf`` then gives weights (batch, seq, classes) over every position's logits.
 
     Returns:
-        The weights of the logits at the pooled position, and the explained value.
+        The weights of the logits at the pooled position (at every position when
+        ``per_position``), and the explained value.
 
     Raises:
         RuntimeError: ``selected`` does not depend on the model's output through autograd.
@@ -360,10 +415,26 @@ def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor) -> Explained
                 curvature = float(product.detach().abs().max())
     jacobian = jacobian.detach()
     logits = leaf.detach()
-    if leaf.dim() == 3:
+    per_position_shape = None
+    if leaf.dim() == 3 and per_position:
+        # Every position's logits are decomposed: check and weigh them as one flat vector.
+        per_position_shape = leaf.shape
+        jacobian, logits = jacobian.flatten(1), logits.flatten(1)
+    elif leaf.dim() == 3:
         jacobian = _pooled_position(jacobian, pooling)
         logits = logits[torch.arange(logits.shape[0]), pooling.abs().argmax(dim=1)]
-    weights = jacobian.float()
+    classes = int(per_position_shape[-1]) if per_position_shape is not None else 0
+    explained = _linear_or_referred(selected, jacobian, logits, curvature, classes)
+    if per_position_shape is not None:
+        explained.weights = explained.weights.view(per_position_shape)
+    return explained
+
+
+def _linear_or_referred(
+    selected: Tensor, jacobian: Tensor, logits: Tensor, curvature: float, classes: int = 0
+) -> ExplainedOutput:
+    """The check and the fallback of :func:`explain_output` on (batch, outputs) weights."""
+    weights = jacobian.to(torch.promote_types(jacobian.dtype, torch.float32))  # float64 models keep float64
     value = selected.detach()
     terms = weights * logits.float()
     rtol = LINEAR_RTOL if selected.dtype in (torch.float32, torch.float64) else LINEAR_RTOL_HALF
@@ -372,6 +443,16 @@ def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor) -> Explained
     flat = curvature <= 1e-6 * (float(weights.abs().max()) + 1e-12)
     if offset_free and flat:
         return ExplainedOutput(weights, value, None)
+    if not flat and not offset_free and bool((terms.sum(-1).abs() <= 1e-5 * (terms.abs().sum(-1) + 1e-12)).all()):
+        # Scale invariant (the product with the output is zero): a normalized output, e.g. cosine.
+        raise ValueError(
+            "The forward function's output for the target does not change when the model's output is "
+            "scaled (e.g. cosine similarity, or a normalized embedding): it is not linear in the model's "
+            "output, and DecompX does not choose silently how to linearize it. To explain a cosine "
+            "similarity with the norms frozen at their values in this forward pass (as DecompX freezes "
+            "LayerNorm's scale), compute it with captum_decompx.cosine_similarity_frozen_norm(embedding, "
+            "other); or explain the dot product with a fixed vector."
+        )
     raising = weights > 0
     if bool((raising.sum(-1) == 1).all()):
         referred = raising.float().argmax(-1)
@@ -379,7 +460,7 @@ def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor) -> Explained
         logit = logits[rows, referred]
         one_hot = torch.zeros_like(weights)
         one_hot[rows, referred] = 1.0
-        _warn_referred(referred, flat)
+        _warn_referred(referred, flat, classes)
         return ExplainedOutput(one_hot, logit, referred)
     kind = "is not linear in the model's logits" if not flat else "adds an offset to the model's logits"
     raise ValueError(
@@ -393,9 +474,15 @@ def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor) -> Explained
     )
 
 
-def _warn_referred(referred: Tensor, flat: bool) -> None:
+def _warn_referred(referred: Tensor, flat: bool, per_position_classes: int = 0) -> None:
+    """``per_position_classes``: the classes per position when ``referred`` indexes flattened
+    (position, class) pairs."""
     classes = sorted(set(referred.tolist()))
-    shown = ", ".join(map(str, classes[:10])) + (" ..." if len(classes) > 10 else "")
+    if per_position_classes:
+        shown = ", ".join(f"(position {c // per_position_classes}, class {c % per_position_classes})" for c in classes[:10])
+    else:
+        shown = ", ".join(map(str, classes[:10]))
+    shown += " ..." if len(classes) > 10 else ""
     kind = (
         "probabilities or log-probabilities (softmax, sigmoid, log_softmax), not logits"
         if not flat
@@ -413,8 +500,32 @@ def _warn_referred(referred: Tensor, flat: bool) -> None:
     )
 
 
+def cosine_similarity_frozen_norm(embedding: Tensor, other: Tensor, dim: int = -1, eps: float = 1e-8) -> Tensor:
+    """Cosine similarity with both norms frozen at their values: DecompX explains it exactly.
+
+    Cosine similarity is not linear in the embedding (it does not change when the embedding is
+    scaled), so DecompX refuses it. This function has the same value, ``<a, b> / (|a| |b|)``, but
+    takes the norms as constants (detached), as DecompX freezes LayerNorm's scale at its value in
+    the forward pass: the explained quantity is then the dot product of the embedding with the
+    fixed vector ``b / (|a| |b|)``, and the attributions sum to the cosine similarity. Use it in
+    the forward function in place of ``torch.nn.functional.cosine_similarity``; ``other`` must be
+    fixed (not computed from the same forward pass), else the output is quadratic in the model's
+    output and DecompX refuses it.
+
+    Args:
+        embedding: (batch, dim) embeddings computed from the model's output.
+        other: (dim,) or (batch, dim), a fixed vector to compare with.
+
+    Returns:
+        (batch,) cosine similarities.
+    """
+    norms = (embedding.norm(dim=dim) * other.norm(dim=dim)).detach().clamp(min=eps)
+    return (embedding * other).sum(dim=dim) / norms
+
+
 __all__ = [
     "ExplainedOutput",
+    "cosine_similarity_frozen_norm",
     "ModelOutputTap",
     "explain_output",
     "forward_output_tensor",

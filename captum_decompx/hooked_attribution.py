@@ -29,7 +29,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from . import validation
-from .adapters import Adapter, adapter_for
+from .adapters import Adapter, adapter_for, task_of
 from .capture import Captured, capture_internals
 from .decomposition import padding_mask, pool_weights
 from .distributed import unwrap_for_decompx
@@ -86,12 +86,19 @@ class ForwardCapture:
             classes) or (batch, seq, classes): a leaf that the forward function's output depends
             on through autograd (None without ``tap``, or when the model returned no tensor).
         pooling: (batch, seq) float32 weights of the pooled position.
+        per_position: the adapter's head is applied at every position (``pooling="each"``):
+            ``captured.logits`` is then the model's output at every position, (batch, seq, classes).
+        choices: for a multiple-choice model given ids (batch, choices, seq), the number of
+            choices: the captured examples are then the batch * choices flattened sequences and
+            ``captured.logits`` is (batch * choices, 1). None otherwise.
     """
 
     captured: Captured
     output: Any
     model_output: Optional[Tensor]
     pooling: Tensor
+    per_position: bool = False
+    choices: Optional[int] = None
 
 
 class HookedModelAttribution(Attribution):
@@ -151,9 +158,16 @@ class HookedModelAttribution(Attribution):
         tensor, as_tuple = validation.unpack_inputs(inputs)
         if self.adapter.input_kind == "pixels":
             validation.check_pixel_inputs(tensor, self.adapter.name)
+        elif self._multiple_choice_ids(tensor):
+            # (batch, choices, seq): the model runs the batch * choices sequences as one batch.
+            validation.check_token_inputs(tensor.flatten(0, 1), self.model, self.forward_func)
         else:
             validation.check_token_inputs(tensor, self.model, self.forward_func)
         return _outside_inference_mode(tensor), as_tuple
+
+    def _multiple_choice_ids(self, tensor: Tensor) -> bool:
+        """Integer ids (batch, choices, seq) for a multiple-choice model."""
+        return tensor.dim() == 3 and not tensor.dtype.is_floating_point and task_of(self.model) == "multiple choice"
 
     # ----------------------------------------------------------------------------------------
     # Grad and precision modes
@@ -214,7 +228,8 @@ class HookedModelAttribution(Attribution):
         with ExitStack() as stack:
             stack.enter_context(torch.no_grad())
             capture = stack.enter_context(capture_internals(self.model, self.adapter))
-            model_tap = stack.enter_context(tap_model_output(self.model)) if tap else ModelOutputTap()
+            span_tuple = task_of(self.model) == "question answering"
+            model_tap = stack.enter_context(tap_model_output(self.model, span_tuple=span_tuple)) if tap else ModelOutputTap()
             with self._forward_precision():
                 output = self.forward_func(input_ids, *args)
             raw = model_tap.leaf if model_tap.leaf is not None else model_output_tensor(output)
@@ -222,13 +237,28 @@ class HookedModelAttribution(Attribution):
                 raw = torch.zeros(input_ids.shape[0], 0, device=input_ids.device)
             captured = capture.result(output, raw.detach())
         pooling = self._pool_weights(captured)
-        per_position = raw.dim() == 3 and raw.shape[:2] == pooling.shape
-        captured.logits = pooled_model_output(raw, pooling) if per_position else raw.detach()
+        flattened = captured.layer_input.shape[0]
+        choices = None
+        each = self.adapter.pooling == "each"
+        if each:
+            if raw.dim() != 3 or raw.shape[:2] != pooling.shape:
+                raise ValueError(
+                    f"The adapter {self.adapter.name!r} decomposes an output at every position, (batch, seq, "
+                    f"classes), but the model returned a tensor of shape {tuple(raw.shape)}."
+                )
+            captured.logits = raw.detach()
+        elif raw.dim() == 2 and raw.shape[0] != flattened and raw.shape[0] * raw.shape[1] == flattened:
+            # A multiple-choice model: one logit per flattened (example, choice) sequence.
+            choices = int(raw.shape[1])
+            captured.logits = raw.detach().reshape(flattened, 1)
+        else:
+            per_position = raw.dim() == 3 and raw.shape[:2] == pooling.shape
+            captured.logits = pooled_model_output(raw, pooling) if per_position else raw.detach()
         parameter = next(self.model.parameters(), None)
         if getattr(_CALL_STATE, "autocast", None) and parameter is not None and parameter.dtype.is_floating_point:
             # Results in the model's own dtype, not in the lower precision of the autocast pass.
             captured.logits = captured.logits.to(torch.promote_types(captured.logits.dtype, parameter.dtype))
-        return ForwardCapture(captured, output, model_tap.leaf, pooling)
+        return ForwardCapture(captured, output, model_tap.leaf, pooling, per_position=each, choices=choices)
 
 
 __all__ = ["ForwardCapture", "HookedModelAttribution", "captum_entry_point", "in_call_modes"]

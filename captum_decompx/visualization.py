@@ -7,6 +7,9 @@
   standalone HTML file from any Python process (no IPython needed). Token text is always HTML-escaped.
 - :func:`class_contributions_html` and :func:`plot_class_contributions`: one row per class, every
   token coloured by its signed contribution to that class (Figure A.1 of the DecompX paper).
+- :func:`position_contributions_html` and :func:`plot_position_contributions`: one position's
+  explanation (a token's label, a start or end logit, a masked word): every input token's
+  contribution to the output at that position, the position marked.
 - :func:`plot_token_map`: the ``N x N`` norms ``||X_l[i, k]||`` of the propagated decomposition
   of one layer (``DecompX.decompose(..., return_token_maps=True)``) as a heatmap.
 
@@ -571,3 +574,108 @@ __all__ = [
     "write_html",
     "write_records_html",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# One position's explanation (token classification, question answering, masked LM)
+
+
+def _position_values(scores: Tensor, tokens: Sequence[str], position: int) -> Tensor:
+    values = scores.detach().float().cpu().flatten()
+    if values.shape[0] != len(tokens):
+        raise ValueError(
+            f"scores has {values.shape[0]} values but tokens has {len(tokens)}: pass one example's "
+            "attributions (seq,) and its tokens (e.g. tokenizer.convert_ids_to_tokens(input_ids[0]))."
+        )
+    if not 0 <= position < len(tokens):
+        raise ValueError(f"position {position} is outside the {len(tokens)} tokens.")
+    return values
+
+
+def position_contributions_html(
+    scores: Tensor,
+    tokens: Sequence[str],
+    position: int,
+    *,
+    label: str = "",
+    path: Optional[PathLike] = None,
+    title: Optional[str] = None,
+) -> str:
+    """One position's explanation as HTML: each input token coloured by its contribution to the
+    output at ``position`` (a token's label, a start or end logit, a masked word's logit); the
+    explained token is framed.
+
+    Args:
+        scores: (seq,), one example's attributions from :meth:`DecompX.attribute` with
+            ``target=(position, label)`` (or a start/end position).
+        tokens: the example's tokens, one per score.
+        position: the position whose output is explained.
+        label: what is explained there, e.g. ``"B-PER"`` or ``"start"``.
+        path: also write the page there.
+
+    Returns:
+        the standalone HTML page.
+    """
+    values = _position_values(scores, tokens, position)
+    scale = float(values.abs().max()) if values.numel() else 0.0
+    normalized = values / scale if scale > 0 else torch.zeros_like(values)
+    marks = [_token_marks([token], [n], [v]) for token, n, v in zip(tokens, normalized.tolist(), values.tolist())]
+    marks[position] = f'<span style="outline: 2px solid #333; border-radius: 3px; padding: 1px">{marks[position]}</span>'
+    what = f"{html.escape(label)} at " if label else ""
+    body = (
+        f"<p>Explained: {what}position {position} (<b>{html.escape(tokens[position])}</b>, framed); "
+        f"sum of the contributions {float(values.sum()):+.4f}. Colour scale: &plusmn;{scale:.3f}.</p>\n"
+        f'<div class="tokens" style="line-height: 2.1">{" ".join(marks)}</div>\n' + _legend()
+    )
+    page = _document(title or "One position's explanation (DecompX)", body)
+    if path is not None:
+        Path(path).write_text(page, encoding="utf-8")
+    return page
+
+
+def plot_position_contributions(
+    scores: Tensor,
+    tokens: Sequence[str],
+    position: int,
+    *,
+    label: str = "",
+    path: Optional[PathLike] = None,
+    title: Optional[str] = None,
+    fontsize: float = 10.0,
+):
+    """One position's explanation as a bar chart: one bar per input token (green raises the
+    output at ``position``, red lowers it); the explained token is marked. Saved as PNG when
+    ``path`` is given.
+
+    Args:
+        scores: (seq,), one example's attributions (see :func:`position_contributions_html`).
+        tokens: the example's tokens.
+        position: the position whose output is explained.
+        label: what is explained there, e.g. ``"B-PER"`` or ``"start"``.
+
+    Returns:
+        the matplotlib ``Figure`` (Agg canvas; pyplot is not used).
+    """
+    values = _position_values(scores, tokens, position)
+    cmap = _colormap()
+    scale = float(values.abs().max()) or 1.0
+    figure = _new_figure(max(5.0, 0.45 * len(tokens) + 1.5), 3.6)
+    axes = figure.add_subplot(1, 1, 1)
+    colors = [cmap(0.5 + 0.5 * float(v) / scale) for v in values]
+    axes.bar(range(len(tokens)), values.tolist(), color=colors, edgecolor="#555555", linewidth=0.6)
+    axes.axhline(0, color="#333333", linewidth=0.8)
+    axes.axvspan(position - 0.5, position + 0.5, color="#cccccc", alpha=0.45, zorder=0)
+    axes.set_xticks(range(len(tokens)))
+    axes.set_xticklabels(tokens, rotation=60, ha="right", fontsize=fontsize)
+    axes.get_xticklabels()[position].set_fontweight("bold")
+    axes.set_xlim(-0.6, len(tokens) - 0.4)
+    axes.set_ylabel("contribution", fontsize=fontsize)
+    what = f"{label} at " if label else ""
+    axes.set_title(
+        title or f"DecompX: {what}position {position} ({tokens[position]}), sum {float(values.sum()):+.3f}",
+        fontsize=fontsize + 1,
+    )
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=150)
+    return figure

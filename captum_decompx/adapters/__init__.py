@@ -10,11 +10,23 @@ from typing import Callable, Iterable, Union
 from torch import nn
 
 from .albert import ALBERT
-from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve
+from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve, split_block
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA
 from .deberta import deberta_v2
 from .decoders import gpt2, llama_family
 from .modernbert import modernbert
+from .tasks import (
+    ALBERT_MLM_HEAD,
+    BERT_MLM_HEAD,
+    DISTILBERT_MLM_HEAD,
+    ELECTRA_MLM_HEAD,
+    MODERNBERT_TOKEN_HEAD,
+    ROBERTA_MLM_HEAD,
+    TaskHeads,
+    UnsupportedTaskError,
+    bert_family_tasks,
+    task_of,
+)
 from .vision import vit
 from .wrappers import unwrap_model
 
@@ -73,16 +85,58 @@ def adapter_for(model: nn.Module) -> Adapter:
     adapter = entry if isinstance(entry, Adapter) else entry(unwrap_model(model))
     if not isinstance(adapter, Adapter):
         raise TypeError(f"The adapter factory for {model_type!r} returned {adapter!r}, not an Adapter.")
+    _check_head_paths(model, adapter, model_type)
     return adapter
 
 
-register_adapter("bert", BERT)
-register_adapter(("roberta", "xlm-roberta", "camembert"), ROBERTA)
-register_adapter("electra", ELECTRA)
-register_adapter("distilbert", DISTILBERT)
-register_adapter("deberta-v2", deberta_v2)
-register_adapter("albert", ALBERT)
-register_adapter("modernbert", modernbert)
+def _check_head_paths(model: nn.Module, adapter: Adapter, model_type: str | None) -> None:
+    """Refuse, naming the task, a model whose head is not where the adapter says (e.g. an
+    ``AlbertForQuestionAnswering`` under the ALBERT classifier's adapter)."""
+    for step in adapter.head:
+        path = getattr(step, "path", None)
+        if not isinstance(path, str):
+            continue
+        module_path, _ = split_block(path)
+        try:
+            resolve(model, module_path)
+        except AttributeError:
+            entry = _REGISTRY.get(model_type) if model_type is not None else None
+            supported = entry.supported if isinstance(entry, TaskHeads) else ["sequence classification"]
+            raise UnsupportedTaskError(
+                f"DecompX does not support the {task_of(model)} head of {type(model).__name__} "
+                f"(model_type {model_type!r}): the adapter {adapter.name!r} expects its head at {path!r}, "
+                f"which this model does not have. Supported tasks for {model_type!r}: "
+                f"{', '.join(supported)}. For another head, describe it with "
+                "captum_decompx.Adapter(head=...) and pass adapter= (see the README)."
+            ) from None
+
+
+register_adapter("bert", bert_family_tasks(BERT, multiple_choice=BERT.head, masked_lm=BERT_MLM_HEAD))
+register_adapter(
+    ("roberta", "xlm-roberta", "camembert"),
+    bert_family_tasks(
+        ROBERTA,
+        multiple_choice=(
+            Linear("base_model.pooler.dense"),
+            Activation(path="base_model.pooler.activation"),
+            Linear("classifier"),
+        ),
+        masked_lm=ROBERTA_MLM_HEAD,
+    ),
+)
+register_adapter("electra", bert_family_tasks(ELECTRA, masked_lm=ELECTRA_MLM_HEAD))
+register_adapter("distilbert", bert_family_tasks(DISTILBERT, multiple_choice=DISTILBERT.head, masked_lm=DISTILBERT_MLM_HEAD))
+register_adapter("deberta-v2", bert_family_tasks(deberta_v2, family="deberta-v2"))
+register_adapter("albert", bert_family_tasks(ALBERT, masked_lm=ALBERT_MLM_HEAD))
+register_adapter(
+    "modernbert",
+    bert_family_tasks(
+        modernbert,
+        question_answering=MODERNBERT_TOKEN_HEAD,
+        token_classification=MODERNBERT_TOKEN_HEAD,
+        family="modernbert",
+    ),
+)
 register_adapter("vit", vit)
 register_adapter("gpt2", gpt2)
 register_adapter(("llama", "qwen2", "mistral"), llama_family)
@@ -94,8 +148,11 @@ __all__ = [
     "LayerPaths",
     "Linear",
     "Norm",
+    "TaskHeads",
+    "UnsupportedTaskError",
     "adapter_for",
     "register_adapter",
     "resolve",
     "supported_model_types",
+    "task_of",
 ]

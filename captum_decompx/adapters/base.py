@@ -18,7 +18,7 @@ from torch import nn
 
 from .wrappers import running_module, unwrap_model
 
-POOLING_MODES = ("first", "last", "mean")
+POOLING_MODES = ("first", "last", "mean", "each")
 NORM_POSITIONS = ("post", "pre")
 INPUT_KINDS = ("tokens", "pixels")
 
@@ -99,7 +99,9 @@ class Adapter:
         head: the classification head after pooling, as :class:`Linear`, :class:`Activation`
             and :class:`Norm` steps; its last step produces the logits.
         pooling: which hidden state the head reads: the ``"first"`` token, the ``"last"``
-            non-padding token, or the ``"mean"`` of the non-padding tokens.
+            non-padding token, the ``"mean"`` of the non-padding tokens, or ``"each"``: the head is
+            applied at every position (question answering, token classification, masked LM, a bare
+            encoder with an empty head), and the model's output is (batch, seq, classes).
         norm_position: ``"post"`` (BERT: norm after each residual) or ``"pre"`` (GPT-2, Llama,
             ViT, ModernBERT: norm on each block's input).
         final_norm: path of a normalization applied to the last layer's output (pre-LN models).

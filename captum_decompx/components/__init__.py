@@ -21,7 +21,7 @@ from .attention import Attention, attention_bias, attention_values, mix_heads, s
 from .base import Component
 from .bias_rules import BIAS_RULES, BiasRule, bias_rule, bias_rule_weights, register_bias_rule
 from .feed_forward import FeedForward, feed_forward
-from .head import Head, HeadStepKind, propagate_head, register_head_step
+from .head import Head, HeadStepKind, propagate_head, propagate_head_rows, register_head_step
 from .layer import LayerParams, LayerRecord, TransformerLayer, layer_attention_bias, transformer_layer
 from .linear import Affine, LinearLayout, LinearMap, UnsupportedLinearMap, affine, linear, register_linear_layout
 from .lora import lora_affine
@@ -72,6 +72,7 @@ __all__ = [
     "norm_params",
     "normalize",
     "propagate_head",
+    "propagate_head_rows",
     "register_approximation",
     "register_bias_rule",
     "register_head_step",

@@ -183,6 +183,25 @@ def propagate_head(
     return pieces.squeeze(1)
 
 
+def propagate_head_rows(
+    pieces: Tensor, steps: Sequence[ResolvedHeadStep], step_inputs: Sequence[Optional[Tensor]], settings: Settings
+) -> Tensor:
+    """Propagate a decomposition of several rows through the head, each row with its own frozen
+    nonlinearities (a head applied at every position: question answering, token classification,
+    masked LM).
+
+    Args:
+        pieces: (batch, rows, pieces, dim).
+        step_inputs: for each step, its real input (batch, rows, dim) at these rows, or None.
+
+    Returns:
+        (batch, rows, pieces, classes); an empty head returns ``pieces``.
+    """
+    for step, real_input in zip(steps, step_inputs):
+        pieces = step.kind.propagate(pieces, step.params, real_input, settings)
+    return pieces
+
+
 def as_resolved_step(step: Any) -> ResolvedHeadStep:
     """A resolved step from bare parameters: an :class:`Affine`, :class:`NormParams` or a function."""
     if isinstance(step, ResolvedHeadStep):

@@ -88,7 +88,11 @@ class Network:
         """Read the parameters the adapter points to (the model itself is not touched)."""
         layers = [self.layer.resolve(layer, dtype) for layer in self.layer_modules(model)]
         final_norm = None if self.final_norm is None else self.final_norm.resolve(model, dtype)
-        if not self.head.steps or not isinstance(self.head.steps[-1], Linear):
-            raise ValueError(f"The adapter {self.adapter.name!r} must end its head with a Linear step.")
+        per_position = self.adapter.pooling == "each"
+        if not (per_position and not self.head.steps) and (not self.head.steps or not isinstance(self.head.steps[-1], Linear)):
+            raise ValueError(
+                f"The adapter {self.adapter.name!r} must end its head with a Linear step (only a per-position "
+                "adapter, pooling='each', may have no head: it then explains the hidden states)."
+            )
         head = self.head.resolve(model, dtype)
         return ModelParts(layers, final_norm, head, [index if step.kind.reads_input else None for index, step in enumerate(head)])

@@ -10,7 +10,8 @@ from ..adapters.base import Adapter
 
 
 def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype) -> Tensor:
-    """(batch, seq) weights of the pooled state over the last layer's rows.
+    """(batch, seq) weights of the pooled state over the last layer's rows; for a per-position
+    adapter (``pooling="each"``), where every row is an output, 1 at every non-padding position.
 
     Args:
         real_tokens: (batch, seq) bool, False at padding positions.
@@ -23,6 +24,8 @@ def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype) -> T
         positions = torch.arange(seq, device=real_tokens.device).expand(batch, seq)
         last = torch.where(real_tokens, positions, -1).max(dim=1).values.clamp(min=0)
         weights[torch.arange(batch), last] = 1.0
+    elif adapter.pooling == "each":
+        weights = real_tokens.to(dtype)
     else:
         real = real_tokens.to(dtype)
         weights = real / real.sum(dim=1, keepdim=True).clamp(min=1)

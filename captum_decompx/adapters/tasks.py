@@ -1,0 +1,193 @@
+"""Task heads: which head a Hugging Face model class puts after the encoder, as adapter data.
+
+A model type (``config.model_type``) has one encoder layout and several task heads, told apart
+by the model class (``BertForQuestionAnswering``, ``BertForTokenClassification``, ...). Heads
+that read one pooled state (sequence classification, multiple choice) keep the adapter's
+``pooling``; heads applied to every position (question answering, token classification, masked
+LM, a bare encoder's hidden states) use ``pooling="each"``: the decomposition then covers every
+position's row and applies the head to each.
+
+:func:`task_of` names the task of a model class; :func:`task_adapter` builds a family's adapter
+for that task, or raises an error that names the task and lists the supported ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .base import Activation, Adapter, HeadStep, Linear, Norm
+
+#: Hugging Face class-name endings and the task each names (longest ending first).
+TASK_SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("ForSequenceClassification", "sequence classification"),
+    ("ForQuestionAnswering", "question answering"),
+    ("ForTokenClassification", "token classification"),
+    ("ForMultipleChoice", "multiple choice"),
+    ("ForMaskedLM", "masked LM"),
+    ("ForCausalLM", "causal LM"),
+    ("LMHeadModel", "causal LM"),
+    ("ForImageClassification", "image classification"),
+    ("ForNextSentencePrediction", "next sentence prediction"),
+    ("ForPreTraining", "pre-training"),
+    ("ForMaskedImageModeling", "masked image modeling"),
+    ("Model", "bare encoder"),
+)
+
+#: The tasks whose head is applied at every position (``pooling="each"``).
+PER_POSITION_TASKS = ("question answering", "token classification", "masked LM", "bare encoder")
+
+
+def task_of(model: nn.Module) -> str:
+    """The task a Hugging Face model class is for, from its name or its nearest base class's
+    (e.g. ``"question answering"``); the class name itself when none ends in :data:`TASK_SUFFIXES`."""
+    for cls in type(model).__mro__:
+        for suffix, task in TASK_SUFFIXES:
+            if cls.__name__.endswith(suffix) and cls.__name__ != "PreTrainedModel":
+                return task
+    return type(model).__name__
+
+
+class UnsupportedTaskError(ValueError):
+    """A model whose task head DecompX does not support (yet)."""
+
+
+def unsupported_task(model: nn.Module, family: str, supported: Sequence[str]) -> UnsupportedTaskError:
+    """The error for a model whose task head has no adapter: names the class and the task, and
+    lists the tasks supported for the family."""
+    task = task_of(model)
+    return UnsupportedTaskError(
+        f"DecompX does not support the {task} head of {type(model).__name__} ({family!r} models). "
+        f"Supported tasks for {family!r}: {', '.join(supported)}. For another head, describe it "
+        "with captum_decompx.Adapter(head=...) and pass adapter= (see the README)."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskHeads:
+    """One family's encoder adapter and its head per task.
+
+    Attributes:
+        base: the family's sequence-classification adapter (the encoder's layout), or a function
+            ``model -> Adapter`` for families whose layout depends on the config.
+        heads: per task (a value of :data:`TASK_SUFFIXES`), the head steps (None: the base's own
+            head); tasks in
+            :data:`PER_POSITION_TASKS` get ``pooling="each"``, the others keep the base's pooling.
+        family: the family's name, for messages (defaults to ``base.name``).
+    """
+
+    base: Union[Adapter, Callable[[nn.Module], Adapter]]
+    heads: Mapping[str, Optional[Sequence[HeadStep]]]
+    family: Optional[str] = None
+
+    @property
+    def supported(self) -> list[str]:
+        return list(self.heads)
+
+    def for_task(self, task: str, model: Optional[nn.Module] = None) -> Optional[Adapter]:
+        """The adapter of ``task`` (``model`` builds a callable base), or None when unsupported."""
+        if task not in self.heads:
+            return None
+        steps = self.heads[task]
+        if isinstance(self.base, Adapter):
+            base = self.base
+        elif model is not None:
+            base = self.base(model)
+        else:
+            raise ValueError("This family's adapter depends on the model: pass model=.")
+        pooling = "each" if task in PER_POSITION_TASKS else base.pooling
+        name = base.name if task == "sequence classification" else f"{base.name} ({task})"
+        head = tuple(base.head) if steps is None else tuple(steps)
+        return dataclasses.replace(base, name=name, head=head, pooling=pooling)
+
+    def __call__(self, model: nn.Module) -> Adapter:
+        """The adapter for ``model``'s task head (usable as a :func:`register_adapter` factory)."""
+        task = task_of(model)
+        if task not in self.heads:
+            family = self.family or (self.base.name if isinstance(self.base, Adapter) else "this family")
+            raise unsupported_task(model, family, self.supported)
+        adapter = self.for_task(task, model)
+        assert adapter is not None
+        return adapter
+
+
+def bert_family_tasks(
+    base: Union[Adapter, Callable[[nn.Module], Adapter]],
+    *,
+    sequence_classification: Optional[Sequence[HeadStep]] = None,
+    question_answering: Sequence[HeadStep] = (Linear("qa_outputs"),),
+    token_classification: Sequence[HeadStep] = (Linear("classifier"),),
+    multiple_choice: Optional[Sequence[HeadStep]] = None,
+    masked_lm: Optional[Sequence[HeadStep]] = None,
+    family: Optional[str] = None,
+) -> TaskHeads:
+    """The task heads of a BERT-like family (by default its QA and token heads are one linear map).
+
+    Args:
+        sequence_classification: the classifier's head; None keeps the base's own head.
+    """
+    heads: dict[str, Optional[Sequence[HeadStep]]] = {
+        "sequence classification": None if sequence_classification is None else tuple(sequence_classification)
+    }
+    heads.update(
+        {
+            "question answering": tuple(question_answering),
+            "token classification": tuple(token_classification),
+            "bare encoder": (),
+        }
+    )
+    if multiple_choice is not None:
+        heads["multiple choice"] = tuple(multiple_choice)
+    if masked_lm is not None:
+        heads["masked LM"] = tuple(masked_lm)
+    return TaskHeads(base, heads, family)
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.gelu(x)
+
+
+BERT_MLM_HEAD = (
+    Linear("cls.predictions.transform.dense"),
+    Activation(path="cls.predictions.transform.transform_act_fn"),
+    Norm("cls.predictions.transform.LayerNorm"),
+    Linear("cls.predictions.decoder"),
+)
+ROBERTA_MLM_HEAD = (
+    Linear("lm_head.dense"),
+    Activation(function=_gelu),
+    Norm("lm_head.layer_norm"),
+    Linear("lm_head.decoder"),
+)
+ELECTRA_MLM_HEAD = (
+    Linear("generator_predictions.dense"),
+    Activation(path="generator_predictions.activation"),
+    Norm("generator_predictions.LayerNorm"),
+    Linear("generator_lm_head"),
+)
+ALBERT_MLM_HEAD = (
+    Linear("predictions.dense"),
+    Activation(path="predictions.activation"),
+    Norm("predictions.LayerNorm"),
+    Linear("predictions.decoder"),
+)
+MODERNBERT_TOKEN_HEAD = (Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("classifier"))
+DISTILBERT_MLM_HEAD = (
+    Linear("vocab_transform"),
+    Activation(path="activation"),
+    Norm("vocab_layer_norm"),
+    Linear("vocab_projector"),
+)
+
+__all__ = [
+    "PER_POSITION_TASKS",
+    "TASK_SUFFIXES",
+    "TaskHeads",
+    "UnsupportedTaskError",
+    "bert_family_tasks",
+    "task_of",
+    "unsupported_task",
+]
