@@ -44,6 +44,7 @@ __all__ = [
     "padding_mask",
     "plan_memory",
     "pool_weights",
+    "pooling_of",
     "resolve_parts",
 ]
 
@@ -58,6 +59,11 @@ def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> Mod
 def padding_mask(captured: Captured) -> Tensor:
     """(batch, seq) bool: True where some query attends to the token in the first layer."""
     return (captured.layers[0].attention_probs != 0).any(dim=1).any(dim=1)
+
+
+def pooling_of(captured: Captured, adapter: Adapter, dtype: torch.dtype) -> Tensor:
+    """(batch, seq) pooling weights of a captured forward pass: the row(s) the model's head read."""
+    return pool_weights(adapter, padding_mask(captured), dtype, captured.pooling)
 
 
 def _head_inputs(parts: ModelParts, captured: Captured, batch: slice, dtype) -> list[Optional[Tensor]]:
@@ -235,7 +241,7 @@ def decompose(
     if path not in PATHS:
         raise ValueError(f"path={path!r} is not one of {PATHS}.")
     parts = resolve_parts(model, adapter, dtype)
-    pooling = pool_weights(adapter, padding_mask(captured), dtype)
+    pooling = pooling_of(captured, adapter, dtype)
     run = _exact_path if path == "exact" else _fast_path
     result = run(
         captured,

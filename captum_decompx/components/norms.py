@@ -1,8 +1,9 @@
-"""Normalizations: LayerNorm, RMSNorm, and ``nn.Identity`` (no normalization).
+"""Normalizations: LayerNorm, RMSNorm, Gemma's RMSNorm, and ``nn.Identity`` (no normalization).
 
 A norm is frozen at the real statistics of its captured input: ``(x - mean) / sqrt(var + eps)``
-(LayerNorm) or ``x / sqrt(mean(x^2) + eps)`` (RMSNorm) is then linear in the pieces. A new kind is
-one :class:`NormKind` passed to :func:`register_norm_kind`.
+(LayerNorm) or ``x / sqrt(mean(x^2) + eps)`` (RMSNorm) is then linear in the pieces, and scaled by
+the kind's gain (``weight``, or ``1 + weight`` for Gemma). A new kind is one :class:`NormKind`
+passed to :func:`register_norm_kind`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class NormKind(abc.ABC):
     def centre(self, pieces: Tensor) -> Tensor:
         """The pieces (..., dim) after the linear part that precedes the scaling (e.g. centring)."""
 
+    def gain(self, module: nn.Module) -> Optional[Tensor]:
+        """(dim,): what the normalized vector is multiplied by; the module's ``weight`` by default."""
+        weight = getattr(module, "weight", None)
+        return weight if isinstance(weight, Tensor) else None
+
 
 class LayerNormKind(NormKind):
     def matches(self, module: nn.Module) -> bool:
@@ -75,9 +81,24 @@ class RMSNormKind(NormKind):
         return pieces
 
 
+class GemmaRMSNormKind(RMSNormKind):
+    """Gemma's RMSNorm (Gemma 1, 2, 3): the gain is ``1 + weight`` (its weight is stored as an
+    offset from one)."""
+
+    CLASSES = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm")
+
+    def matches(self, module: nn.Module) -> bool:
+        return type(module).__name__ in self.CLASSES and self._eps(module) is not None
+
+    def gain(self, module: nn.Module) -> Optional[Tensor]:
+        weight = super().gain(module)
+        # in float64, so that a half-precision offset keeps its precision (the model adds in float32)
+        return None if weight is None else 1.0 + weight.detach().to(torch.float64)
+
+
 _NORM_KINDS: Registry[NormKind] = Registry("norm kind")
 NORM_KINDS = Names(_NORM_KINDS)
-"""The registered norm kinds' names (``"layer"``, ``"rms"``), a live view."""
+"""The registered norm kinds' names (``"layer"``, ``"gemma-rms"``, ``"rms"``), a live view."""
 
 
 def register_norm_kind(name: str, kind: NormKind, *, overwrite: bool = False) -> None:
@@ -91,12 +112,14 @@ def unregister_norm_kind(name: str) -> None:
 
 
 register_norm_kind("layer", LayerNormKind())
+register_norm_kind("gemma-rms", GemmaRMSNormKind())  # before "rms", which would also match it
 register_norm_kind("rms", RMSNormKind())
 
 
 @dataclass(frozen=True)
 class NormParams:
-    """A normalization's parameters; ``weight``/``bias`` are (dim,) or None; ``kind`` a registered name."""
+    """A normalization's parameters; ``weight`` (the gain) and ``bias`` are (dim,) or None;
+    ``kind`` a registered name."""
 
     weight: Optional[Tensor]
     bias: Optional[Tensor]
@@ -110,7 +133,7 @@ def norm_params(module: nn.Module, dtype: torch.dtype) -> Optional[NormParams]:
         return None
     for name, kind in _NORM_KINDS.items():
         if kind.matches(module):
-            weight = getattr(module, "weight", None)
+            weight = kind.gain(module)
             bias = getattr(module, "bias", None)
             return NormParams(
                 None if weight is None else weight.detach().to(dtype),
