@@ -22,7 +22,7 @@ from .capture import Captured
 from .components import BiasMode, ModelParts, Network, Settings, normalize, propagate_head, token_pieces, transformer_layer
 from .components.linear import affine
 from .components.norms import norm_params
-from .components.pooling import pool, pool_weights
+from .components.pooling import last_non_pad_token, pool, pool_weights
 from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory
 
 __all__ = [
@@ -57,8 +57,14 @@ def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> Mod
 
 
 def padding_mask(captured: Captured) -> Tensor:
-    """(batch, seq) bool: True where some query attends to the token in the first layer."""
-    return (captured.layers[0].attention_probs != 0).any(dim=1).any(dim=1)
+    """(batch, seq) bool: True where some query attends to the token in the first layer, and at
+    the token a decoder classifier pools by id (Hugging Face reads the last position when given
+    embeddings, even a masked one: its own state then carries its share)."""
+    real = (captured.layers[0].attention_probs != 0).any(dim=1).any(dim=1)
+    if captured.pooling is not None:
+        batch, seq = real.shape
+        real[torch.arange(batch, device=real.device), last_non_pad_token(captured.pooling, batch, seq, real.device)] = True
+    return real
 
 
 def pooling_of(captured: Captured, adapter: Adapter, dtype: torch.dtype) -> Tensor:

@@ -35,6 +35,10 @@ def redraw(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+# Newer decoders: grouped-query attention, an explicit head size (their defaults are large).
+DECODER = dict(**COMMON, num_key_value_heads=2, head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+PHI3 = {key: value for key, value in DECODER.items() if key != "head_dim"}  # fused qkv_proj, gate_up_proj
+
 ENCODERS = {
     "bert": lambda: tf.BertForSequenceClassification(tf.BertConfig(**COMMON)),
     "roberta": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**COMMON)),
@@ -57,6 +61,11 @@ ENCODERS = {
     "llama": lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**COMMON, num_key_value_heads=2, pad_token_id=0)),
     "qwen2": lambda: tf.Qwen2ForSequenceClassification(tf.Qwen2Config(**COMMON, num_key_value_heads=2, pad_token_id=0)),
     "mistral": lambda: tf.MistralForSequenceClassification(tf.MistralConfig(**COMMON, num_key_value_heads=1, pad_token_id=0)),
+    "qwen3": lambda: tf.Qwen3ForSequenceClassification(tf.Qwen3Config(**DECODER)),
+    "gemma": lambda: tf.GemmaForSequenceClassification(tf.GemmaConfig(**DECODER)),
+    "gemma2": lambda: tf.Gemma2ForSequenceClassification(tf.Gemma2Config(**DECODER, sliding_window=4)),
+    "gemma3_text": lambda: tf.Gemma3TextForSequenceClassification(tf.Gemma3TextConfig(**DECODER, sliding_window=4)),
+    "phi3": lambda: tf.Phi3ForSequenceClassification(tf.Phi3Config(**PHI3)),
 }
 
 CAUSAL_LMS = {
@@ -64,6 +73,12 @@ CAUSAL_LMS = {
                                                         bos_token_id=1, eos_token_id=1)),
     "llama-lm": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
     "qwen2-lm": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**COMMON, num_key_value_heads=2)),
+    "qwen3-lm": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**DECODER)),
+    "gemma-lm": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**DECODER)),
+    # without the final-logit soft-cap (test_gemma_logit_softcap_is_warned_and_not_decomposed has it)
+    "gemma2-lm": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(**DECODER, sliding_window=4, final_logit_softcapping=None)),
+    "gemma3_text-lm": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**DECODER, sliding_window=4)),
+    "phi3-lm": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**PHI3)),
 }
 
 
@@ -117,7 +132,8 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 
 def test_every_listed_architecture_has_an_adapter():
     listed = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta-v2", "albert",
-              "modernbert", "vit", "gpt2", "llama", "qwen2", "mistral"}
+              "modernbert", "vit", "gpt2", "llama", "qwen2", "mistral", "qwen3", "gemma", "gemma2", "gemma3_text",
+              "phi3"}
     assert listed <= set(supported_model_types())
 
 
@@ -180,6 +196,26 @@ def test_causal_lm_next_token_battery(name):
     fast = DecompX(next_token, model=model, include_biases=False, method="fast").attribute(ids, target=target)
     assert_close(fast, exact, scale)
     assert_unchanged(model, before)
+
+
+def test_gemma_logit_softcap_is_warned_and_not_decomposed():
+    """Gemma 2's causal LM returns cap * tanh(z / cap): DecompX explains z (the logits before the
+    cap) with a warning; the attributions equal those of the same model without the cap."""
+    config = tf.Gemma2Config(**DECODER, sliding_window=4, final_logit_softcapping=3.0)
+    model = redraw(tf.Gemma2ForCausalLM(config), 3)
+    ids, _ = padded_batch(3, lengths=(7,))
+    next_token = lambda input_ids: model(input_ids=input_ids).logits[:, -1, :]
+    with torch.no_grad():
+        capped = next_token(ids)
+    uncapped = 3.0 * torch.atanh(capped / 3.0)
+    target = int(capped.argmax())
+    with pytest.warns(UserWarning, match=r"soft-caps its logits.*BEFORE the cap"):
+        attributions = DecompX(next_token, model=model).attribute(ids, target=target)
+    assert_close(attributions.sum(-1), uncapped[:, target], uncapped.abs().max(), tol=1e-4)
+    assert float((attributions.sum(-1) - capped[:, target]).abs().max()) > 1e-2  # the cap is not decomposed
+    plain = redraw(tf.Gemma2ForCausalLM(tf.Gemma2Config(**DECODER, sliding_window=4, final_logit_softcapping=None)), 3)
+    plain_forward = lambda input_ids: plain(input_ids=input_ids).logits[:, -1, :]
+    assert_close(attributions, DecompX(plain_forward, model=plain).attribute(ids, target=target), uncapped.abs().max())
 
 
 def test_vit_battery():
