@@ -63,7 +63,8 @@ ENCODERS = {
     "mistral": lambda: tf.MistralForSequenceClassification(tf.MistralConfig(**COMMON, num_key_value_heads=1, pad_token_id=0)),
     "qwen3": lambda: tf.Qwen3ForSequenceClassification(tf.Qwen3Config(**DECODER)),
     "gemma": lambda: tf.GemmaForSequenceClassification(tf.GemmaConfig(**DECODER)),
-    "gemma2": lambda: tf.Gemma2ForSequenceClassification(tf.Gemma2Config(**DECODER, sliding_window=4)),
+    # eager: transformers 4.57 would run sdpa, which skips Gemma 2's attention soft-capping
+    "gemma2": lambda: tf.Gemma2ForSequenceClassification(tf.Gemma2Config(**DECODER, sliding_window=4, attn_implementation="eager")),
     "gemma3_text": lambda: tf.Gemma3TextForSequenceClassification(tf.Gemma3TextConfig(**DECODER, sliding_window=4)),
     "phi3": lambda: tf.Phi3ForSequenceClassification(tf.Phi3Config(**PHI3)),
 }
@@ -76,7 +77,8 @@ CAUSAL_LMS = {
     "qwen3-lm": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**DECODER)),
     "gemma-lm": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**DECODER)),
     # without the final-logit soft-cap (test_gemma_logit_softcap_is_warned_and_not_decomposed has it)
-    "gemma2-lm": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(**DECODER, sliding_window=4, final_logit_softcapping=None)),
+    "gemma2-lm": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(
+        **DECODER, sliding_window=4, final_logit_softcapping=None, attn_implementation="eager")),
     "gemma3_text-lm": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**DECODER, sliding_window=4)),
     "phi3-lm": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**PHI3)),
 }
@@ -201,10 +203,12 @@ def test_causal_lm_next_token_battery(name):
 def test_gemma_logit_softcap_is_warned_and_not_decomposed():
     """Gemma 2's causal LM returns cap * tanh(z / cap): DecompX explains z (the logits before the
     cap) with a warning; the attributions equal those of the same model without the cap."""
-    config = tf.Gemma2Config(**DECODER, sliding_window=4, final_logit_softcapping=3.0)
+    config = tf.Gemma2Config(**DECODER, sliding_window=4, final_logit_softcapping=3.0, attn_implementation="eager")
     model = redraw(tf.Gemma2ForCausalLM(config), 3)
     ids, _ = padded_batch(3, lengths=(7,))
-    next_token = lambda input_ids: model(input_ids=input_ids).logits[:, -1, :]
+    def next_token(input_ids):
+        return model(input_ids=input_ids).logits[:, -1, :]
+
     with torch.no_grad():
         capped = next_token(ids)
     uncapped = 3.0 * torch.atanh(capped / 3.0)
@@ -213,9 +217,26 @@ def test_gemma_logit_softcap_is_warned_and_not_decomposed():
         attributions = DecompX(next_token, model=model).attribute(ids, target=target)
     assert_close(attributions.sum(-1), uncapped[:, target], uncapped.abs().max(), tol=1e-4)
     assert float((attributions.sum(-1) - capped[:, target]).abs().max()) > 1e-2  # the cap is not decomposed
-    plain = redraw(tf.Gemma2ForCausalLM(tf.Gemma2Config(**DECODER, sliding_window=4, final_logit_softcapping=None)), 3)
-    plain_forward = lambda input_ids: plain(input_ids=input_ids).logits[:, -1, :]
+    plain = redraw(tf.Gemma2ForCausalLM(tf.Gemma2Config(
+        **DECODER, sliding_window=4, final_logit_softcapping=None, attn_implementation="eager")), 3)
+
+    def plain_forward(input_ids):
+        return plain(input_ids=input_ids).logits[:, -1, :]
+
     assert_close(attributions, DecompX(plain_forward, model=plain).attribute(ids, target=target), uncapped.abs().max())
+
+
+def test_gemma2_under_sdpa_is_warned():
+    """transformers 4.57 runs Gemma 2 with sdpa, which skips the attention soft-capping that the
+    eager attention DecompX reads applies: the explained logits then differ from the model's."""
+    try:
+        model = tf.Gemma2ForSequenceClassification(tf.Gemma2Config(**DECODER, attn_implementation="sdpa")).eval()
+    except (ValueError, ImportError) as error:
+        pytest.skip(f"this transformers version has no sdpa attention for Gemma 2 ({error})")
+    if model.config._attn_implementation != "sdpa":
+        pytest.skip("this transformers version has no sdpa attention for Gemma 2")
+    with pytest.warns(UserWarning, match="skips its attention soft-capping"):
+        DecompX(forward_of(model), model=model)
 
 
 def test_vit_battery():

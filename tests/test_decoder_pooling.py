@@ -24,8 +24,17 @@ EOS = PAD = 1  # pad == eos, as GPT-2 and Llama tokenizers are often set up
 
 def classifier(name: str, pad_token_id=PAD) -> torch.nn.Module:
     if name == "gpt2":
-        config = tf.GPT2Config(vocab_size=60, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=3,
-                               pad_token_id=pad_token_id, bos_token_id=EOS, eos_token_id=EOS)
+        config = tf.GPT2Config(
+            vocab_size=60,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            num_labels=3,
+            pad_token_id=pad_token_id,
+            bos_token_id=EOS,
+            eos_token_id=EOS,
+        )
         return redraw(tf.GPT2ForSequenceClassification(config), 11)
     if name == "llama":
         config = tf.LlamaConfig(**COMMON, num_key_value_heads=2, pad_token_id=pad_token_id, bos_token_id=EOS, eos_token_id=EOS)
@@ -56,7 +65,9 @@ def mask_of(ids: torch.Tensor, kind):
 
 def check_complete(model, ids, mask, expected_rows, forward=None) -> None:
     if forward is None:
-        forward = (lambda i: model(input_ids=i).logits) if mask is None else (lambda i, m: model(input_ids=i, attention_mask=m).logits)
+        forward = (
+            (lambda i: model(input_ids=i).logits) if mask is None else (lambda i, m: model(input_ids=i, attention_mask=m).logits)
+        )
     args = () if mask is None else (mask,)
     with torch.no_grad():
         logits = forward(ids, *args)
@@ -99,7 +110,10 @@ def test_embeddings_instead_of_ids_pool_the_last_position(name):
     ids = torch.tensor([[5, 6, 7, PAD, PAD], [8, 9, 10, 11, 12]])
     mask = (ids != PAD).long()
     embeddings = model.get_input_embeddings()(ids).detach()
-    forward = lambda e, m: model(inputs_embeds=e, attention_mask=m).logits
+
+    def forward(e, m):
+        return model(inputs_embeds=e, attention_mask=m).logits
+
     with torch.no_grad():
         logits = forward(embeddings, mask)
     out = DecompX(forward, model=model).decompose(embeddings, (mask,))

@@ -8,6 +8,7 @@ picks the position, the decomposition covers the last token the attention mask k
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -98,7 +99,20 @@ def gemma_sandwich(model: nn.Module) -> Adapter:
     head, _ = _output_head(model)
     # Only the causal LMs apply the cap; the sequence classifiers return the score's output.
     cap = getattr(config, "final_logit_softcapping", None) if head[0].path == "lm_head" else None
-    return _decoder(model, GEMMA2_LAYER, "base_model.layers", "base_model.norm", logit_softcap=cap)
+    implementation = getattr(config, "_attn_implementation", None)
+    if getattr(config, "attn_logit_softcapping", None) is not None and implementation == "sdpa":
+        warnings.warn(
+            f"This {config.model_type} model runs sdpa attention, which skips its attention soft-capping "
+            f"(attn_logit_softcapping={config.attn_logit_softcapping}); DecompX reads the probabilities of "
+            "eager attention, which applies it, so it explains logits that differ from this model's sdpa "
+            "output. Load the model with attn_implementation='eager' (as transformers recommends for "
+            "Gemma 2) to explain what it returns.",
+            UserWarning,
+            stacklevel=4,
+        )
+    # transformers 4.57's Gemma3ForCausalLM has no `base_model` (its prefix names a missing module)
+    base = "base_model" if hasattr(getattr(model, "base_model", None), "layers") else "model"
+    return _decoder(model, GEMMA2_LAYER, f"{base}.layers", f"{base}.norm", logit_softcap=cap, input_ids_at=base)
 
 
 def phi3(model: nn.Module) -> Adapter:

@@ -155,9 +155,7 @@ def transformer_layer(
             ffn_output = feed_forward(ffn_input, record.ffn_pre_activation[:, rows], params, settings)
             del ffn_input
             if params.ffn_output_norm is not None:
-                ffn_output = normalize(
-                    ffn_output, _rows_of(record.ffn_output_norm_input, rows), params.ffn_output_norm, settings
-                )
+                ffn_output = normalize(ffn_output, _rows_of(record.ffn_output_norm_input, rows), params.ffn_output_norm, settings)
             hidden = hidden + ffn_output
         if params.pre_norm:
             return hidden
@@ -258,7 +256,9 @@ class TransformerLayer(Component):
             attention_norm_input=self.attention_norm.read(reader, root, f"{where}'s attention norm"),
             ffn_pre_activation=self.feed_forward.read(reader, root, f"{where}'s feed-forward network"),
             ffn_norm_input=self.ffn_norm.read(reader, root, f"{where}'s feed-forward norm"),
-            attention_output_norm_input=_read_optional(self.attention_output_norm, reader, root, f"{where}'s attention output norm"),
+            attention_output_norm_input=_read_optional(
+                self.attention_output_norm, reader, root, f"{where}'s attention output norm"
+            ),
             ffn_output_norm_input=_read_optional(self.ffn_output_norm, reader, root, f"{where}'s feed-forward output norm"),
         )
 

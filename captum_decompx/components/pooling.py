@@ -88,9 +88,7 @@ def last_non_pad_token(record: PoolingRecord, batch: int, seq: int, device: torc
     return (positions * not_pad).argmax(-1)
 
 
-def pool_weights(
-    adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype, record: Optional[PoolingRecord] = None
-) -> Tensor:
+def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype, record: Optional[PoolingRecord] = None) -> Tensor:
     """(batch, seq) weights of the pooled state over the last layer's rows.
 
     Args:
