@@ -355,3 +355,21 @@ def check_tiny_classifier(model: nn.Module) -> None:
     exact = DecompX(model, include_biases=False, method="exact").decompose(ids)
     assert_close(fast.attributions, exact.attributions, scale)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_feature_range_paths_select_the_values_of_a_fused_projection():
+    """Phi-3's ``qkv_proj`` holds queries, then the key-value heads' keys and values: with
+    grouped-query attention the blocks differ in size, and the values are a feature range."""
+    from captum_decompx.adapters.base import FeatureRange, split_block
+    from captum_decompx.components import LinearMap
+
+    model = redraw(tf.Phi3ForSequenceClassification(tf.Phi3Config(**PHI3)), 2)
+    attention = model.model.layers[0].self_attn
+    queries, kv_width = 4 * 8, 2 * 8  # heads * head_dim, kv_heads * head_dim
+    assert split_block(f"qkv_proj[{queries + kv_width}:{queries + 2 * kv_width}]") == ("qkv_proj", FeatureRange(48, 64))
+    values = LinearMap.at("qkv_proj[48:64]").resolve(attention, torch.float32)
+    assert torch.equal(values.weight, attention.qkv_proj.weight[48:64])
+    with pytest.raises(ValueError, match="empty"):
+        split_block("qkv_proj[8:8]")
+    with pytest.raises(ValueError, match="outside the map's 64 output features"):
+        LinearMap.at("qkv_proj[48:65]").resolve(attention, torch.float32)
