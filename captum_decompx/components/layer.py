@@ -1,8 +1,8 @@
 """A transformer layer: attention and a feed-forward unit, each in a residual block whose norms
 sit where the adapter says (the norm placement is data, not code).
 
-A residual block is ``x -> after(x + on_output(sublayer(before(x))))``, with each of the three
-norms present or not:
+A residual block is ``x -> after(x + on_output(sublayer(before(x))))`` (:class:`BlockNorms`),
+with each of the three norms present or not:
 
 - post-LN (BERT): ``after`` only: ``h = norm1(x + attn(x))``, ``norm2(h + ffn(h))``;
 - pre-LN (GPT-2, Llama, ViT): ``before`` only: ``h = x + attn(norm1(x))``, ``h + ffn(norm2(h))``;
@@ -73,6 +73,16 @@ class LayerRecord:
 
 
 @dataclass(frozen=True)
+class BlockNorms:
+    """Where one residual block normalizes: ``x -> after(x + on_output(sublayer(before(x))))``;
+    None: no norm there."""
+
+    before: Optional[NormParams] = None
+    on_output: Optional[NormParams] = None
+    after: Optional[NormParams] = None
+
+
+@dataclass(frozen=True)
 class LayerParams:
     """The parameters of one layer, in the compute dtype.
 
@@ -94,6 +104,21 @@ class LayerParams:
     pre_norm: bool = False
     attention_output_norm: Optional[NormParams] = None
     ffn_output_norm: Optional[NormParams] = None
+
+    @property
+    def attention_norms(self) -> BlockNorms:
+        """The attention block's norm placement."""
+        return _placement(self.attention_norm, self.attention_output_norm, self.pre_norm)
+
+    @property
+    def ffn_norms(self) -> BlockNorms:
+        """The feed-forward block's norm placement."""
+        return _placement(self.ffn_norm, self.ffn_output_norm, self.pre_norm)
+
+
+def _placement(main: Optional[NormParams], on_output: Optional[NormParams], pre_norm: bool) -> BlockNorms:
+    """A block's main norm sits before it (pre-LN) or after its residual (post-LN)."""
+    return BlockNorms(before=main if pre_norm else None, on_output=on_output, after=None if pre_norm else main)
 
 
 def layer_attention_bias(params: LayerParams, first: bool, heads: int) -> Optional[Tensor]:
@@ -125,11 +150,11 @@ def transformer_layer(
     """
     heads = record.attention_probs.shape[1]
     n_pieces = pieces.shape[2]
-    attention_input = pieces
-    if params.pre_norm:
-        attention_input = normalize(
-            pieces, record.attention_norm_input, params.attention_norm, settings, own_bias=first, own_scale=own_scale
-        )
+    attention, ffn = params.attention_norms, params.ffn_norms
+    # The attention block's `before` norm acts before any mixing: its bias belongs to each token.
+    attention_input = normalize(
+        pieces, record.attention_norm_input, attention.before, settings, own_bias=first, own_scale=own_scale
+    )
     head_values = attention_values(
         attention_input, params.value, params.attention_output, heads, first=first, own_scale=own_scale
     )
@@ -138,28 +163,21 @@ def transformer_layer(
 
     def output_rows(rows) -> Tensor:
         mixed = mix_heads(record.attention_probs[:, :, rows], head_values, n_pieces)
-        if params.attention_output_norm is None:
+        if attention.on_output is None:  # the bias is spread over the pieces of the residual sum
             hidden = add_bias(torch.add(mixed @ params.attention_output.weight.T, pieces[:, rows]), block_bias, settings)
-        else:
+        else:  # the bias is part of the sublayer's output, before its norm
             attended = add_bias(mixed @ params.attention_output.weight.T, block_bias, settings)
             hidden = pieces[:, rows] + normalize(
-                attended, _rows_of(record.attention_output_norm_input, rows), params.attention_output_norm, settings
+                attended, _rows(record.attention_output_norm_input, rows), attention.on_output, settings
             )
         del mixed
-        if not params.pre_norm:
-            hidden = normalize(hidden, record.attention_norm_input[:, rows], params.attention_norm, settings)
+        hidden = normalize(hidden, record.attention_norm_input[:, rows], attention.after, settings)
         if settings.include_ffn:
-            ffn_input = hidden
-            if params.pre_norm:
-                ffn_input = normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings)
+            ffn_input = normalize(hidden, record.ffn_norm_input[:, rows], ffn.before, settings)
             ffn_output = feed_forward(ffn_input, record.ffn_pre_activation[:, rows], params, settings)
             del ffn_input
-            if params.ffn_output_norm is not None:
-                ffn_output = normalize(ffn_output, _rows_of(record.ffn_output_norm_input, rows), params.ffn_output_norm, settings)
-            hidden = hidden + ffn_output
-        if params.pre_norm:
-            return hidden
-        return normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings)
+            hidden = hidden + normalize(ffn_output, _rows(record.ffn_output_norm_input, rows), ffn.on_output, settings)
+        return normalize(hidden, record.ffn_norm_input[:, rows], ffn.after, settings)
 
     if len(row_chunks) == 1:
         return output_rows(row_chunks[0])
@@ -184,10 +202,9 @@ def transformer_layer(
     return output
 
 
-def _rows_of(norm_input: Optional[Tensor], rows) -> Tensor:
-    """These rows of a recorded norm input that a norm in the layer's parameters needs."""
-    assert norm_input is not None, "a norm without its recorded input"
-    return norm_input[:, rows]
+def _rows(norm_input: Optional[Tensor], rows) -> Optional[Tensor]:
+    """These rows of a recorded norm input; None where the layer has no such norm."""
+    return None if norm_input is None else norm_input[:, rows]
 
 
 def _row_count(rows) -> int:
@@ -290,4 +307,12 @@ def _read_optional(norm: Optional[Normalization], reader: Reader, root: nn.Modul
     return None if norm is None else norm.read(reader, root, where)
 
 
-__all__ = ["ActivationFunction", "LayerParams", "LayerRecord", "TransformerLayer", "layer_attention_bias", "transformer_layer"]
+__all__ = [
+    "ActivationFunction",
+    "BlockNorms",
+    "LayerParams",
+    "LayerRecord",
+    "TransformerLayer",
+    "layer_attention_bias",
+    "transformer_layer",
+]

@@ -150,7 +150,7 @@ def norm_params(module: nn.Module, dtype: torch.dtype) -> Optional[NormParams]:
 
 def normalize(
     pieces: Tensor,
-    norm_input: Tensor,
+    norm_input: Optional[Tensor],
     norm: Optional[NormParams],
     settings: Settings,
     *,
@@ -161,7 +161,8 @@ def normalize(
 
     Args:
         pieces: (batch, rows, pieces, dim).
-        norm_input: (batch, rows, dim), the real input of the normalization.
+        norm_input: (batch, rows, dim), the real input of the normalization (unused, and may be
+            None, when ``norm`` is None).
         norm: the parameters; None means no normalization (identity).
         own_bias: the norm acts before any token mixing (a pre-LN model's first norm): its bias
             belongs to each row's own token (see :func:`~.pieces.add_to_own_pieces`).
@@ -169,6 +170,7 @@ def normalize(
     """
     if norm is None:
         return pieces
+    assert norm_input is not None, "a normalization needs its recorded input"
     kind = _NORM_KINDS.get(norm.kind)
     factor = 1.0 / (kind.statistic(norm_input) + norm.eps).sqrt().unsqueeze(-2)  # (batch, rows, 1, 1)
     if norm.weight is not None:
