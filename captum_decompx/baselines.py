@@ -120,7 +120,7 @@ class _RolloutAttribution(HookedModelAttribution):
         with self._call_modes():
             matrices, captured = self._layer_matrices(inputs, additional_forward_args)
         real = padding_mask(captured)
-        weights = pool_weights(self.adapter, real, matrices[0].dtype)
+        weights = pool_weights(self.adapter, real, matrices[0].dtype, captured.pooling)
         scores = torch.einsum("bi,bik->bk", weights, attention_rollout(matrices))
         scores = scores * real.to(scores.dtype)
         scores = scores.to(captured.logits.dtype)

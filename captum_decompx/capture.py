@@ -9,6 +9,7 @@ also when the forward pass raises.
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from torch import nn
 from .adapters import Adapter
 from .components.layer import LayerRecord
 from .components.network import Network
+from .components.pooling import PoolingRecord
 from .recording import Reader, Recorder
 
 __all__ = ["Capture", "Captured", "LayerRecord", "capture_internals", "eager_attention"]
@@ -38,6 +40,8 @@ class Captured:
         head_inputs: per head step index, the real input (batch, dim) of an
             :class:`~captum_decompx.adapters.Activation` step (its pre-activation) or a
             :class:`~captum_decompx.adapters.Norm` step.
+        pooling: what the pooling recorded: the ids the model received and its pad token id,
+            for adapters that pool the last token that is not padding by id; else None.
     """
 
     output: Any
@@ -46,6 +50,7 @@ class Captured:
     layers: list[LayerRecord]
     final_norm_input: Optional[torch.Tensor]
     head_inputs: dict[int, torch.Tensor]
+    pooling: Optional[PoolingRecord] = None
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -124,7 +129,26 @@ class Capture:
         self.recorder.raise_refusals()
         self._check_single_forward()
         record = self.network.read(Reader(self.recorder), self.model, self.layers)
-        return Captured(output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs)
+        return Captured(
+            output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs, record.pooling
+        )
+
+
+def warn_if_logits_are_capped(adapter: Adapter) -> None:
+    """Warn that a final-logit soft-cap (``cap * tanh(z / cap)``) is not decomposed."""
+    cap = adapter.logit_softcap
+    if cap is None:
+        return
+    warnings.warn(
+        f"This {adapter.name} model soft-caps its logits: it returns {cap:g} * tanh(z / {cap:g}) of the "
+        "head's output z (config.final_logit_softcapping). The cap is nonlinear and DecompX does "
+        "not decompose it: the attributions explain z, the logits BEFORE the cap, and sum to z, not to "
+        f"the capped logits the model returns (z = {cap:g} * atanh(logit / {cap:g})). To explain "
+        "uncapped logits consistently, build DecompX on a model whose config.final_logit_softcapping "
+        "is None.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 @contextmanager
@@ -140,6 +164,7 @@ def capture_internals(model: nn.Module, adapter: Adapter) -> Iterator[Capture]:
     Captures on the same model are serialized, so two ``DecompX`` objects (or threads) never see
     each other's hooks or attention setting.
     """
+    warn_if_logits_are_capped(adapter)
     capture = Capture(model, adapter)
     with ExitStack() as stack:
         stack.enter_context(_model_lock(model))

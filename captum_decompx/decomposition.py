@@ -32,7 +32,7 @@ from .components import (
 )
 from .components.linear import affine
 from .components.norms import norm_params
-from .components.pooling import pool, pool_weights
+from .components.pooling import last_non_pad_token, pool, pool_weights
 from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "padding_mask",
     "plan_memory",
     "pool_weights",
+    "pooling_of",
     "resolve_parts",
 ]
 
@@ -69,8 +70,19 @@ def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> Mod
 
 
 def padding_mask(captured: Captured) -> Tensor:
-    """(batch, seq) bool: True where some query attends to the token in the first layer."""
-    return (captured.layers[0].attention_probs != 0).any(dim=1).any(dim=1)
+    """(batch, seq) bool: True where some query attends to the token in the first layer, and at
+    the token a decoder classifier pools by id (Hugging Face reads the last position when given
+    embeddings, even a masked one: its own state then carries its share)."""
+    real = (captured.layers[0].attention_probs != 0).any(dim=1).any(dim=1)
+    if captured.pooling is not None:
+        batch, seq = real.shape
+        real[torch.arange(batch, device=real.device), last_non_pad_token(captured.pooling, batch, seq, real.device)] = True
+    return real
+
+
+def pooling_of(captured: Captured, adapter: Adapter, dtype: torch.dtype) -> Tensor:
+    """(batch, seq) pooling weights of a captured forward pass: the row(s) the model's head read."""
+    return pool_weights(adapter, padding_mask(captured), dtype, captured.pooling)
 
 
 def _head_inputs(parts: ModelParts, captured: Captured, batch: slice, dtype) -> list[Optional[Tensor]]:
@@ -294,7 +306,7 @@ def decompose(
             captured, parts, adapter, options, path=path, dtype=dtype, max_memory=max_memory,
             targets=targets, pooled=pooled, token_maps=token_maps, progress=progress, positions=positions,
         )
-    pooling = pool_weights(adapter, padding_mask(captured), dtype)
+    pooling = pooling_of(captured, adapter, dtype)
     if path == "fast":
         raise ValueError(
             "The fast path runs a forward pass of its own (the model with its nonlinear coefficients "

@@ -50,6 +50,7 @@ from .capture import _configs_of, _model_lock
 from .components import Settings
 from .components.activations import ZERO_ORIGIN_EPS
 from .components.linear import affine
+from .components.norms import NormKind, norm_kind_of
 
 # --------------------------------------------------------------------------------------------
 # Autograd functions: the real value forward, the frozen linear map backward
@@ -71,23 +72,21 @@ class _FrozenSlope(torch.autograd.Function):
 
 class _FrozenNorm(torch.autograd.Function):
     """Returns ``value`` (the real norm output); the gradient to the norm's input is that of
-    ``weight * (u - mean(u)) * inv_scale`` (LayerNorm, ``centre=True``) or ``weight * u * inv_scale``
-    (RMSNorm) with ``inv_scale`` a constant."""
+    ``gain * centre(u) * inv_scale`` with ``inv_scale`` a constant: ``centre`` is the norm kind's
+    linear part (LayerNorm subtracts the mean, RMSNorm nothing), a symmetric projection, so it is
+    its own adjoint."""
 
     @staticmethod
-    def forward(ctx: Any, norm_input: Tensor, value: Tensor, inv_scale: Tensor, weight: Optional[Tensor], centre: bool) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(inv_scale, weight)
+    def forward(ctx: Any, norm_input: Tensor, value: Tensor, inv_scale: Tensor, gain: Optional[Tensor], centre: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(inv_scale, gain)
         ctx.centre = centre
         return value.view_as(value)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
-        inv_scale, weight = ctx.saved_tensors
-        scaled = grad * weight if weight is not None else grad
-        scaled = scaled * inv_scale
-        if ctx.centre:
-            scaled = scaled - scaled.mean(-1, keepdim=True)
-        return scaled, None, None, None, None
+        inv_scale, gain = ctx.saved_tensors
+        scaled = grad * gain if gain is not None else grad
+        return ctx.centre(scaled * inv_scale), None, None, None, None
 
 
 def _zero_with_gradient(leaf: Tensor, vector: Tensor) -> Tensor:
@@ -101,34 +100,20 @@ def _zero_with_gradient(leaf: Tensor, vector: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class LayerNormFreezing:
-    """LayerNorm: the standard deviation of the real input is a constant; the mean stays linear."""
+class NormFreezing:
+    """A normalization, read through its registered norm kind
+    (:mod:`captum_decompx.components.norms`: LayerNorm, RMSNorm, Gemma's RMSNorm, a user's): the
+    kind's statistic of the real input is a constant; its linear part (centring) and its gain stay."""
 
-    kind: str = "layer_norm"
-
-    def freeze(self, module: nn.Module, norm_input: Tensor, value: Tensor) -> Tensor:
-        eps = float(getattr(module, "eps", getattr(module, "variance_epsilon", 1e-5)))
-        statistic = norm_input.detach().float().var(-1, unbiased=False, keepdim=True)
-        inv_scale = (statistic + eps).rsqrt().to(value.dtype)
-        return _FrozenNorm.apply(norm_input, value.detach(), inv_scale, _weight(module, value), True)
-
-
-@dataclass(frozen=True)
-class RMSNormFreezing:
-    """RMSNorm: the root mean square of the real input is a constant."""
-
-    kind: str = "rms_norm"
+    norm_kind: NormKind
+    kind: str = "norm"
 
     def freeze(self, module: nn.Module, norm_input: Tensor, value: Tensor) -> Tensor:
-        eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
-        statistic = norm_input.detach().float().pow(2).mean(-1, keepdim=True)
-        inv_scale = (statistic + eps).rsqrt().to(value.dtype)
-        return _FrozenNorm.apply(norm_input, value.detach(), inv_scale, _weight(module, value), False)
-
-
-def _weight(module: nn.Module, like: Tensor) -> Optional[Tensor]:
-    weight = getattr(module, "weight", None)
-    return None if weight is None else weight.detach().to(like.dtype)
+        statistic = self.norm_kind.statistic(norm_input.detach().to(torch.promote_types(norm_input.dtype, torch.float32)))
+        inv_scale = (statistic + self.norm_kind.eps(module)).rsqrt().to(value.dtype)
+        gain = self.norm_kind.gain(module)
+        gain = None if gain is None else gain.detach().to(value.dtype)
+        return _FrozenNorm.apply(norm_input, value.detach(), inv_scale, gain, self.norm_kind.centre)
 
 
 @dataclass(frozen=True)
@@ -191,28 +176,21 @@ class HeadActivationFreezing(PointwiseFreezing):
 
 
 FREEZING_RULES: dict[str, Callable[..., Any]] = {
-    "layer_norm": LayerNormFreezing,
-    "rms_norm": RMSNormFreezing,
+    "norm": NormFreezing,
     "activation": PointwiseFreezing,
     "gated_unit": GatedUnitFreezing,
     "attention_probabilities": AttentionProbabilityFreezing,
     "head_activation": HeadActivationFreezing,
 }
-"""Component kind -> the class of its freezing rule (activations take the approximation)."""
+"""Component kind -> the class of its freezing rule (activations take the approximation, norms
+their registered norm kind)."""
 
 
-def norm_freezing(module: nn.Module) -> Optional[Any]:
-    """The freezing rule of a normalization module; None for ``nn.Identity``."""
+def norm_freezing(module: nn.Module) -> Optional[NormFreezing]:
+    """The freezing rule of a normalization module (by its registered norm kind); None for ``nn.Identity``."""
     if isinstance(module, nn.Identity):
         return None
-    if isinstance(module, nn.LayerNorm):
-        return FREEZING_RULES["layer_norm"]()
-    if "rms" in type(module).__name__.lower():
-        return FREEZING_RULES["rms_norm"]()
-    raise TypeError(
-        f"Expected nn.LayerNorm, an RMSNorm or nn.Identity, found {type(module).__name__}; DecompX does "
-        "not know how this module normalizes."
-    )
+    return FREEZING_RULES["norm"](norm_kind_of(module))
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,6 +571,9 @@ class _Installer:
             pre_norm = self.adapter.norm_position == "pre"
             self.norm(resolve(layer, paths.attention_norm), own_bias=first and pre_norm)
             self.norm(resolve(layer, paths.ffn_norm))
+            for output_norm in (paths.attention_output_norm, paths.ffn_output_norm):  # sandwich norms
+                if output_norm is not None:
+                    self.norm(resolve(layer, output_norm))
             if first:
                 self.value_bias(layer)
             self.feed_forward(layer)

@@ -211,7 +211,7 @@ class HookedModelAttribution(Attribution):
     # The forward pass
 
     def _pool_weights(self, captured: Captured) -> Tensor:
-        return pool_weights(self.adapter, padding_mask(captured), torch.float32)
+        return pool_weights(self.adapter, padding_mask(captured), torch.float32, captured.pooling)
 
     def _capture_forward(self, input_ids: Tensor, additional_forward_args: Any, *, tap: bool = True) -> ForwardCapture:
         """Check the model and the arguments, then run the forward function once with every hook.

@@ -75,6 +75,19 @@ class Recorder:
 
         self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
+    def record_argument(self, module: nn.Module, role: str, position: int, name: str) -> None:
+        """Record the argument ``name`` (at ``position``, or a keyword; None when not given) of
+        every call of ``module`` under ``role``."""
+        if not self._first_time(module, role):
+            return
+
+        def hook(_module, args, kwargs):
+            if threading.get_ident() == self.thread:
+                value = args[position] if len(args) > position else kwargs.get(name)
+                self.by_module[id(module)][role].append(_detach(value))
+
+        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
     def set_argument(self, module: nn.Module, role: str, position: int, name: str, value: Any) -> None:
         """Call ``module`` with the argument ``name`` (at ``position``) set to ``value``."""
         if not self._first_time(module, role):

@@ -55,6 +55,15 @@ class NormWeights:
     # Llama's RMSNorm normalizes in float32, also in a float64 model; the real forward pass must
     # do the same to reproduce it (the decomposition uses float64 statistics of the real input).
     real_in_float32: bool = False
+    # Gemma's RMSNorm stores its gain as an offset from one: it multiplies by ``1 + weight``, in
+    # float32 (the real forward pass does the same to reproduce it).
+    gain_is_one_plus_weight: bool = False
+
+    def gain(self) -> Optional[Tensor]:
+        """What the normalized vector is multiplied by."""
+        if self.weight is None:
+            return None
+        return 1.0 + self.weight if self.gain_is_one_plus_weight else self.weight
 
     def scale(self, u: Tensor) -> float:
         """``s = sqrt(statistic(u) + eps)`` of one real input vector ``u`` (d,)."""
@@ -70,14 +79,19 @@ class NormWeights:
         """The real normalization of (rows, d)."""
         out = torch.zeros_like(u)
         for i in range(u.shape[0]):
-            if self.real_in_float32:
+            if self.gain_is_one_plus_weight:
+                assert self.kind == "rms" and self.weight is not None
+                x = u[i].to(torch.float32)
+                gain32 = 1.0 + self.weight.to(torch.float32)
+                out[i] = (x * torch.rsqrt(x.pow(2).mean() + self.eps) * gain32).to(DTYPE)
+            elif self.real_in_float32:
                 assert self.kind == "rms"
                 x = u[i].to(torch.float32)
                 out[i] = (x * torch.rsqrt(x.pow(2).mean() + self.eps)).to(DTYPE)
             else:
                 centred = u[i] if self.kind == "rms" else u[i] - u[i].mean()
                 out[i] = centred / self.scale(u[i])
-            if self.weight is not None:
+            if self.weight is not None and not self.gain_is_one_plus_weight:
                 out[i] = out[i] * self.weight
             if self.bias is not None:
                 out[i] = out[i] + self.bias
@@ -112,6 +126,8 @@ class LayerWeights:
     activation: Activation
     ffn_out: Affine
     ffn_gate: Optional[Affine] = None
+    norm1_output: Optional[NormWeights] = None
+    norm2_output: Optional[NormWeights] = None
 
 
 @dataclass
@@ -148,13 +164,16 @@ class LayerTrace:
 
     alpha: (heads, N, N) attention probabilities; norm1_input, norm2_input: (N, d) inputs of the
     attention block's and the feed-forward block's norms; pre_activation: (N, ffn) input of the
-    activation (of the gate's activation in a gated unit).
+    activation (of the gate's activation in a gated unit); norm1_output_input, norm2_output_input:
+    (N, d) inputs of the sandwich norms (None without them).
     """
 
     alpha: Tensor
     norm1_input: Tensor
     pre_activation: Tensor
     norm2_input: Tensor
+    norm1_output_input: Optional[Tensor] = None
+    norm2_output_input: Optional[Tensor] = None
 
 
 @dataclass
@@ -169,8 +188,12 @@ def _head_block(weight_or_bias: Tensor, head: int, head_dim: int) -> Tensor:
     return weight_or_bias[head * head_dim : (head + 1) * head_dim]
 
 
-def real_attention(layer: LayerWeights, x: Tensor, model: ModelWeights) -> tuple[Tensor, Tensor]:
-    """Multi-head attention on (N, d): returns the block's output (N, d) and alpha (heads, N, N)."""
+def real_attention(
+    layer: LayerWeights, x: Tensor, model: ModelWeights, given_alpha: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor]:
+    """Multi-head attention on (N, d): returns the block's output (N, d) and alpha (heads, N, N).
+    ``given_alpha`` (heads, N, N): probabilities taken as given (e.g. the model's own, for an
+    attention whose scores this file does not recompute: Gemma's soft-capping, query/key norms)."""
     seq = x.shape[0]
     head_dim = layer.output.weight.shape[1] // layer.heads
     group = layer.heads // layer.kv_heads
@@ -184,27 +207,51 @@ def real_attention(layer: LayerWeights, x: Tensor, model: ModelWeights) -> tuple
         v_h = v[:, kv * head_dim : (kv + 1) * head_dim]
         if model.rotary is not None:
             q_h, k_h = model.rotary(q_h), model.rotary(k_h)
-        scores = q_h @ k_h.T / math.sqrt(head_dim)
-        if model.causal:
-            scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
-        alpha[h] = model.softmax(scores)
+        if given_alpha is not None:
+            alpha[h] = given_alpha[h]
+        else:
+            scores = q_h @ k_h.T / math.sqrt(head_dim)
+            if model.causal:
+                scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+            alpha[h] = model.softmax(scores)
         context[:, h * head_dim : (h + 1) * head_dim] = alpha[h] @ v_h
     return layer.output(context), alpha
 
 
-def real_forward(model: ModelWeights, embeddings: Tensor, pooled_row: int) -> Trace:
-    """The model's forward pass on one example's embeddings (N, d), recording the spec's captures."""
+def real_forward(
+    model: ModelWeights, embeddings: Tensor, pooled_row: int, alphas: Optional[list[Tensor]] = None
+) -> Trace:
+    """The model's forward pass on one example's embeddings (N, d), recording the spec's captures.
+    ``alphas``: per layer the attention probabilities to take as given (see :func:`real_attention`)."""
     x = embeddings
     traces = []
-    for layer in model.layers:
+    for index, layer in enumerate(model.layers):
+        given = None if alphas is None else alphas[index]
+        if layer.norm1_output is not None:
+            # sandwich: h = x + norm1o(attn(norm1(x))), then h + norm2o(ffn(norm2(h)))
+            assert model.pre_norm and layer.norm2_output is not None
+            norm1_input = x
+            attended, alpha = real_attention(layer, layer.norm1(x), model, given)
+            x = x + layer.norm1_output(attended)
+            norm2_input = x
+            normed = layer.norm2(x)
+            pre_activation = layer.ffn_gate(normed) if layer.ffn_gate is not None else layer.ffn_in(normed)
+            if layer.ffn_gate is not None:
+                hidden = layer.activation.function(pre_activation) * layer.ffn_in(normed)
+            else:
+                hidden = layer.activation.function(pre_activation)
+            ffn_output = layer.ffn_out(hidden)
+            x = x + layer.norm2_output(ffn_output)
+            traces.append(LayerTrace(alpha, norm1_input, pre_activation, norm2_input, attended, ffn_output))
+            continue
         if model.pre_norm:
             norm1_input = x
-            attended, alpha = real_attention(layer, layer.norm1(x), model)
+            attended, alpha = real_attention(layer, layer.norm1(x), model, given)
             x = x + attended
             norm2_input = x
             normed = layer.norm2(x)
         else:
-            attended, alpha = real_attention(layer, x, model)
+            attended, alpha = real_attention(layer, x, model, given)
             norm1_input = x + attended
             normed = layer.norm1(norm1_input)
         if layer.ffn_gate is not None:
@@ -311,7 +358,8 @@ def normalize(pieces: Tensor, real_input: Tensor, norm: NormWeights, mode: str, 
         for k in range(tokens):
             piece = pieces[i, k]
             centred = piece if norm.kind == "rms" else piece - piece.mean()
-            out[i, k] = centred / s_i if norm.weight is None else norm.weight * centred / s_i
+            gain = norm.gain()
+            out[i, k] = centred / s_i if gain is None else gain * centred / s_i
     if own_bias:
         return add_to_own_token(out, norm.bias)
     return add_bias(out, norm.bias, mode, rule)
@@ -418,7 +466,17 @@ def decompose(
     layer_outputs = []
     for index, (layer, real) in enumerate(zip(model.layers, trace.layers)):
         first = index == 0
-        if model.pre_norm:
+        if layer.norm1_output is not None:
+            # sandwich: x -> h = x + norm1o(attn(norm1(x))) -> h + norm2o(ffn(norm2(h))). The
+            # attention bias is part of the sublayer's output, before its norm: it is spread with
+            # weights from the attention's own pieces Z (no residual in the sum yet).
+            normed = normalize(x, real.norm1_input, layer.norm1, mode, rule, own_bias=first)
+            z = attention(normed, torch.zeros_like(x), layer, real.alpha, first, mode, rule)
+            h = x + normalize(z, real.norm1_output_input, layer.norm1_output, mode, rule)
+            normed2 = normalize(h, real.norm2_input, layer.norm2, mode, rule)
+            f = feed_forward(normed2, layer, real.pre_activation, ffn_approximation, mode, rule)
+            x = h + normalize(f, real.norm2_output_input, layer.norm2_output, mode, rule)
+        elif model.pre_norm:
             # x -> h = x + attn(norm1(x)) -> h + ffn(norm2(h)); the first norm acts before any
             # mixing, so its bias belongs to each token.
             normed = normalize(x, real.norm1_input, layer.norm1, mode, rule, own_bias=first)

@@ -35,6 +35,10 @@ def redraw(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+# Newer decoders: grouped-query attention, an explicit head size (their defaults are large).
+DECODER = dict(**COMMON, num_key_value_heads=2, head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+PHI3 = {key: value for key, value in DECODER.items() if key != "head_dim"}  # fused qkv_proj, gate_up_proj
+
 ENCODERS = {
     "bert": lambda: tf.BertForSequenceClassification(tf.BertConfig(**COMMON)),
     "roberta": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**COMMON)),
@@ -57,6 +61,12 @@ ENCODERS = {
     "llama": lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**COMMON, num_key_value_heads=2, pad_token_id=0)),
     "qwen2": lambda: tf.Qwen2ForSequenceClassification(tf.Qwen2Config(**COMMON, num_key_value_heads=2, pad_token_id=0)),
     "mistral": lambda: tf.MistralForSequenceClassification(tf.MistralConfig(**COMMON, num_key_value_heads=1, pad_token_id=0)),
+    "qwen3": lambda: tf.Qwen3ForSequenceClassification(tf.Qwen3Config(**DECODER)),
+    "gemma": lambda: tf.GemmaForSequenceClassification(tf.GemmaConfig(**DECODER)),
+    # eager: transformers 4.57 would run sdpa, which skips Gemma 2's attention soft-capping
+    "gemma2": lambda: tf.Gemma2ForSequenceClassification(tf.Gemma2Config(**DECODER, sliding_window=4, attn_implementation="eager")),
+    "gemma3_text": lambda: tf.Gemma3TextForSequenceClassification(tf.Gemma3TextConfig(**DECODER, sliding_window=4)),
+    "phi3": lambda: tf.Phi3ForSequenceClassification(tf.Phi3Config(**PHI3)),
 }
 
 CAUSAL_LMS = {
@@ -64,6 +74,13 @@ CAUSAL_LMS = {
                                                         bos_token_id=1, eos_token_id=1)),
     "llama-lm": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
     "qwen2-lm": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**COMMON, num_key_value_heads=2)),
+    "qwen3-lm": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**DECODER)),
+    "gemma-lm": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**DECODER)),
+    # without the final-logit soft-cap (test_gemma_logit_softcap_is_warned_and_not_decomposed has it)
+    "gemma2-lm": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(
+        **DECODER, sliding_window=4, final_logit_softcapping=None, attn_implementation="eager")),
+    "gemma3_text-lm": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**DECODER, sliding_window=4)),
+    "phi3-lm": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**PHI3)),
 }
 
 
@@ -117,7 +134,8 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 
 def test_every_listed_architecture_has_an_adapter():
     listed = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta-v2", "albert",
-              "modernbert", "vit", "gpt2", "llama", "qwen2", "mistral"}
+              "modernbert", "vit", "gpt2", "llama", "qwen2", "mistral", "qwen3", "gemma", "gemma2", "gemma3_text",
+              "phi3"}
     assert listed <= set(supported_model_types())
 
 
@@ -180,6 +198,49 @@ def test_causal_lm_next_token_battery(name):
     fast = DecompX(next_token, model=model, include_biases=False, method="fast").attribute(ids, target=target)
     assert_close(fast, exact, scale)
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("algorithm", ["exact", "fast"])
+def test_gemma_logit_softcap_is_warned_and_not_decomposed(algorithm):
+    """Gemma 2's causal LM returns cap * tanh(z / cap): DecompX explains z (the logits before the
+    cap) with a warning; the attributions equal those of the same model without the cap. Both
+    algorithms (the fast one without biases, whose bias share is then part of z)."""
+    options = {"algorithm": algorithm, "include_biases": algorithm == "exact"}
+    config = tf.Gemma2Config(**DECODER, sliding_window=4, final_logit_softcapping=3.0, attn_implementation="eager")
+    model = redraw(tf.Gemma2ForCausalLM(config), 3)
+    ids, _ = padded_batch(3, lengths=(7,))
+    def next_token(input_ids):
+        return model(input_ids=input_ids).logits[:, -1, :]
+
+    with torch.no_grad():
+        capped = next_token(ids)
+    uncapped = 3.0 * torch.atanh(capped / 3.0)
+    target = int(capped.argmax())
+    with pytest.warns(UserWarning, match=r"soft-caps its logits.*BEFORE the cap"):
+        attributions = DecompX(next_token, model=model, **options).attribute(ids, target=target)
+    if algorithm == "exact":  # biases decomposed: the attributions add up to z
+        assert_close(attributions.sum(-1), uncapped[:, target], uncapped.abs().max(), tol=1e-4)
+        assert float((attributions.sum(-1) - capped[:, target]).abs().max()) > 1e-2  # the cap is not decomposed
+    plain = redraw(tf.Gemma2ForCausalLM(tf.Gemma2Config(
+        **DECODER, sliding_window=4, final_logit_softcapping=None, attn_implementation="eager")), 3)
+
+    def plain_forward(input_ids):
+        return plain(input_ids=input_ids).logits[:, -1, :]
+
+    assert_close(attributions, DecompX(plain_forward, model=plain, **options).attribute(ids, target=target), uncapped.abs().max())
+
+
+def test_gemma2_under_sdpa_is_warned():
+    """transformers 4.57 runs Gemma 2 with sdpa, which skips the attention soft-capping that the
+    eager attention DecompX reads applies: the explained logits then differ from the model's."""
+    try:
+        model = tf.Gemma2ForSequenceClassification(tf.Gemma2Config(**DECODER, attn_implementation="sdpa")).eval()
+    except (ValueError, ImportError) as error:
+        pytest.skip(f"this transformers version has no sdpa attention for Gemma 2 ({error})")
+    if model.config._attn_implementation != "sdpa":
+        pytest.skip("this transformers version has no sdpa attention for Gemma 2")
+    with pytest.warns(UserWarning, match="skips its attention soft-capping"):
+        DecompX(forward_of(model), model=model)
 
 
 def test_vit_battery():
@@ -298,3 +359,21 @@ def check_tiny_classifier(model: nn.Module) -> None:
     exact = DecompX(model, include_biases=False, method="exact").decompose(ids)
     assert_close(fast.attributions, exact.attributions, scale)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_feature_range_paths_select_the_values_of_a_fused_projection():
+    """Phi-3's ``qkv_proj`` holds queries, then the key-value heads' keys and values: with
+    grouped-query attention the blocks differ in size, and the values are a feature range."""
+    from captum_decompx.adapters.base import FeatureRange, split_block
+    from captum_decompx.components import LinearMap
+
+    model = redraw(tf.Phi3ForSequenceClassification(tf.Phi3Config(**PHI3)), 2)
+    attention = model.model.layers[0].self_attn
+    queries, kv_width = 4 * 8, 2 * 8  # heads * head_dim, kv_heads * head_dim
+    assert split_block(f"qkv_proj[{queries + kv_width}:{queries + 2 * kv_width}]") == ("qkv_proj", FeatureRange(48, 64))
+    values = LinearMap.at("qkv_proj[48:64]").resolve(attention, torch.float32)
+    assert torch.equal(values.weight, attention.qkv_proj.weight[48:64])
+    with pytest.raises(ValueError, match="empty"):
+        split_block("qkv_proj[8:8]")
+    with pytest.raises(ValueError, match="outside the map's 64 output features"):
+        LinearMap.at("qkv_proj[48:65]").resolve(attention, torch.float32)

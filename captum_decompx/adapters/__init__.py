@@ -13,7 +13,7 @@ from .albert import ALBERT
 from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve, split_block
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA
 from .deberta import deberta_v2
-from .decoders import gpt2, llama_family
+from .decoders import gemma_sandwich, gpt2, llama_family, phi3
 from .modernbert import modernbert
 from .tasks import (
     ALBERT_MLM_HEAD,
@@ -139,7 +139,9 @@ register_adapter(
 )
 register_adapter("vit", vit)
 register_adapter("gpt2", gpt2)
-register_adapter(("llama", "qwen2", "mistral"), llama_family)
+register_adapter(("llama", "qwen2", "qwen3", "mistral", "gemma"), llama_family)
+register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)
+register_adapter("phi3", phi3)
 
 __all__ = [
     "Activation",

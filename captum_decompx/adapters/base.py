@@ -4,7 +4,9 @@ An adapter holds dotted attribute paths and a few flags. It installs nothing and
 the component kinds in :mod:`captum_decompx.components` say what to record and how to propagate.
 
 A path may end in ``[i/n]`` to name the ``i``-th of ``n`` equal blocks of a fused projection's
-output features, e.g. ``"attn.Wqkv[2/3]"`` for the values of a fused query-key-value map.
+output features, e.g. ``"attn.Wqkv[2/3]"`` for the values of a fused query-key-value map, or in
+``[start:stop]`` for the output features ``start`` to ``stop - 1`` (blocks of unequal sizes, e.g.
+the values of a fused map with grouped-query attention).
 """
 
 from __future__ import annotations
@@ -18,11 +20,24 @@ from torch import nn
 
 from .wrappers import running_module, unwrap_model
 
-POOLING_MODES = ("first", "last", "mean", "each")
+POOLING_MODES = ("first", "last", "mean", "each", "last_non_pad_token")
 NORM_POSITIONS = ("post", "pre")
 INPUT_KINDS = ("tokens", "pixels")
 
 _BLOCK = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<count>\d+)\]$")
+_RANGE = re.compile(r"^(?P<path>.+)\[(?P<start>\d+):(?P<stop>\d+)\]$")
+
+
+@dataclass(frozen=True)
+class FeatureRange:
+    """The output features ``start`` to ``stop - 1`` of a linear map (a path ending in ``[start:stop]``)."""
+
+    start: int
+    stop: int
+
+
+Block = Union[tuple[int, int], FeatureRange]
+"""``(index, count)``: the ``index``-th of ``count`` equal blocks; or a :class:`FeatureRange`."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,9 @@ class LayerPaths:
         ffn_out: last linear map of the feed-forward network.
         ffn_norm: normalization of the feed-forward block (after its residual, or on its input).
         ffn_gate: for gated units ``act(gate(x)) * ffn_in(x)``, the gate's linear map.
+        attention_output_norm: a normalization of the attention block's output before its
+            residual is added (Gemma 2/3's sandwich ``post_attention_layernorm``); None: none.
+        ffn_output_norm: the same for the feed-forward block (``post_feedforward_layernorm``).
     """
 
     attention: str
@@ -52,6 +70,8 @@ class LayerPaths:
     ffn_out: str
     ffn_norm: str
     ffn_gate: Optional[str] = None
+    attention_output_norm: Optional[str] = None
+    ffn_output_norm: Optional[str] = None
 
 
 class HeadStep:
@@ -99,15 +119,23 @@ class Adapter:
         head: the classification head after pooling, as :class:`Linear`, :class:`Activation`
             and :class:`Norm` steps; its last step produces the logits.
         pooling: which hidden state the head reads: the ``"first"`` token, the ``"last"``
-            non-padding token, the ``"mean"`` of the non-padding tokens, or ``"each"``: the head is
-            applied at every position (question answering, token classification, masked LM, a bare
-            encoder with an empty head), and the model's output is (batch, seq, classes).
+            non-padding token (by the attention mask), the ``"mean"`` of the non-padding tokens,
+            the ``"last_non_pad_token"``: the rightmost token whose id is not
+            ``config.pad_token_id``, as Hugging Face's decoder sequence classifiers pool (the
+            mask plays no part; the last token when the model got embeddings), or ``"each"``: the
+            head is applied at every position (question answering, token classification, masked
+            LM, a bare encoder with an empty head), and the model's output is (batch, seq, classes).
+        input_ids_at: for ``"last_non_pad_token"``, the module (relative to the top model) whose
+            input ids are read: its first argument or ``input_ids``.
         norm_position: ``"post"`` (BERT: norm after each residual) or ``"pre"`` (GPT-2, Llama,
             ViT, ModernBERT: norm on each block's input).
         final_norm: path of a normalization applied to the last layer's output (pre-LN models).
         force_output_attentions: ``(position, name)`` of an argument of the attention module
             that must be True for it to return its probabilities (DeBERTa); set for the call only.
         input_kind: ``"tokens"`` (input ids) or ``"pixels"`` (image tensors, e.g. ViT).
+        logit_softcap: the model returns ``cap * tanh(z / cap)`` of the head's output ``z`` (the
+            final-logit soft-cap of Gemma 2/3 causal LMs). This is nonlinear and not decomposed:
+            DecompX explains ``z``, the logits before the cap, and warns on every capture.
     """
 
     name: str
@@ -115,10 +143,12 @@ class Adapter:
     layer: LayerPaths
     head: Sequence[HeadStep] = field(default_factory=tuple)
     pooling: str = "first"
+    input_ids_at: str = "base_model"
     norm_position: str = "post"
     final_norm: Optional[str] = None
     force_output_attentions: Optional[tuple[int, str]] = None
     input_kind: str = "tokens"
+    logit_softcap: Optional[float] = None
 
     def __post_init__(self) -> None:
         for name, value, choices in (
@@ -139,8 +169,15 @@ class Adapter:
         return list(resolve(model, self.layers))
 
 
-def split_block(path: str) -> tuple[str, Optional[tuple[int, int]]]:
-    """``"attn.Wqkv[2/3]"`` -> ``("attn.Wqkv", (2, 3))``; a plain path -> ``(path, None)``."""
+def split_block(path: str) -> tuple[str, Optional[Block]]:
+    """``"attn.Wqkv[2/3]"`` -> ``("attn.Wqkv", (2, 3))``; ``"qkv[40:48]"`` -> ``("qkv",
+    FeatureRange(40, 48))``; a plain path -> ``(path, None)``."""
+    ranged = _RANGE.match(path)
+    if ranged is not None:
+        start, stop = int(ranged["start"]), int(ranged["stop"])
+        if not start < stop:
+            raise ValueError(f"Feature range [{start}:{stop}] in {path!r} is empty.")
+        return ranged["path"], FeatureRange(start, stop)
     match = _BLOCK.match(path)
     if match is None:
         return path, None
@@ -150,10 +187,15 @@ def split_block(path: str) -> tuple[str, Optional[tuple[int, int]]]:
     return match["path"], (index, count)
 
 
-def take_block(tensor: torch.Tensor, block: Optional[tuple[int, int]], dim: int = -1) -> torch.Tensor:
-    """The ``index``-th of ``count`` equal blocks of ``tensor`` along ``dim``."""
+def take_block(tensor: torch.Tensor, block: Optional[Block], dim: int = -1) -> torch.Tensor:
+    """The ``index``-th of ``count`` equal blocks of ``tensor`` along ``dim``, or a feature range."""
     if block is None:
         return tensor
+    if isinstance(block, FeatureRange):
+        size = tensor.shape[dim]
+        if block.stop > size:
+            raise ValueError(f"Feature range [{block.start}:{block.stop}] is outside the map's {size} output features.")
+        return tensor.narrow(dim, block.start, block.stop - block.start)
     index, count = block
     return tensor.chunk(count, dim=dim)[index]
 

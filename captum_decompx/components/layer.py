@@ -1,7 +1,19 @@
-"""A transformer layer: attention, two normalizations and a feed-forward unit, post-LN or pre-LN.
+"""A transformer layer: attention and a feed-forward unit, each in a residual block whose norms
+sit where the adapter says (the norm placement is data, not code).
 
-Post-LN (BERT): ``x -> h = norm1(x + attn(x)) -> norm2(h + ffn(h))``.
-Pre-LN (GPT-2, Llama, ViT): ``x -> h = x + attn(norm1(x)) -> h + ffn(norm2(h))``.
+A residual block is ``x -> after(x + on_output(sublayer(before(x))))`` (:class:`BlockNorms`),
+with each of the three norms present or not:
+
+- post-LN (BERT): ``after`` only: ``h = norm1(x + attn(x))``, ``norm2(h + ffn(h))``;
+- pre-LN (GPT-2, Llama, ViT): ``before`` only: ``h = x + attn(norm1(x))``, ``h + ffn(norm2(h))``;
+- sandwich (Gemma 2 and 3): ``before`` and ``on_output``:
+  ``h = x + norm1o(attn(norm1(x)))``, ``h + norm2o(ffn(norm2(h)))``.
+
+The adapter's ``attention_norm``/``ffn_norm`` are ``before`` (``norm_position="pre"``) or
+``after`` (``"post"``); ``attention_output_norm``/``ffn_output_norm`` are ``on_output``. A bias
+of the attention block is spread over the pieces of its sum with the residual, as the spec's
+step 2 says; with a norm on the block's output it belongs to the sublayer's output (before that
+norm) and is spread over the sublayer's pieces.
 """
 
 from __future__ import annotations
@@ -33,21 +45,41 @@ class LayerRecord:
         ffn_pre_activation: (batch, seq, ffn), input of the feed-forward activation (for a gated
             unit, of the gate's activation).
         ffn_norm_input: (batch, seq, hidden), input of the feed-forward block's norm.
+        attention_output_norm_input, ffn_output_norm_input: (batch, seq, hidden), inputs of the
+            norms on the blocks' outputs (sandwich norms); None where there is none.
     """
 
     attention_probs: Tensor
     attention_norm_input: Tensor
     ffn_pre_activation: Tensor
     ffn_norm_input: Tensor
+    attention_output_norm_input: Optional[Tensor] = None
+    ffn_output_norm_input: Optional[Tensor] = None
 
     def select(self, batch: slice, dtype: torch.dtype) -> "LayerRecord":
         """These examples, in ``dtype``."""
+
+        def take(tensor: Optional[Tensor]) -> Optional[Tensor]:
+            return None if tensor is None else tensor[batch].to(dtype)
+
         return LayerRecord(
             attention_probs=self.attention_probs[batch].to(dtype),
             attention_norm_input=self.attention_norm_input[batch].to(dtype),
             ffn_pre_activation=self.ffn_pre_activation[batch].to(dtype),
             ffn_norm_input=self.ffn_norm_input[batch].to(dtype),
+            attention_output_norm_input=take(self.attention_output_norm_input),
+            ffn_output_norm_input=take(self.ffn_output_norm_input),
         )
+
+
+@dataclass(frozen=True)
+class BlockNorms:
+    """Where one residual block normalizes: ``x -> after(x + on_output(sublayer(before(x))))``;
+    None: no norm there."""
+
+    before: Optional[NormParams] = None
+    on_output: Optional[NormParams] = None
+    after: Optional[NormParams] = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +87,10 @@ class LayerParams:
     """The parameters of one layer, in the compute dtype.
 
     ``attention_norm``/``ffn_norm`` are None where the model has no normalization there;
-    ``ffn_gated`` means the feed-forward unit is ``act(gate) * ffn_in(x)``; ``pre_norm`` that the
-    norms act on each block's input (pre-LN) rather than after its residual (post-LN).
+    ``ffn_gated`` means the feed-forward unit is ``act(gate) * ffn_in(x)``; ``pre_norm`` that
+    ``attention_norm``/``ffn_norm`` act on each block's input (pre-LN) rather than after its
+    residual (post-LN); ``attention_output_norm``/``ffn_output_norm`` act on each block's output
+    before its residual (sandwich norms), None where there is none.
     """
 
     value: Affine
@@ -68,6 +102,23 @@ class LayerParams:
     ffn_norm: Optional[NormParams]
     ffn_gated: bool = False
     pre_norm: bool = False
+    attention_output_norm: Optional[NormParams] = None
+    ffn_output_norm: Optional[NormParams] = None
+
+    @property
+    def attention_norms(self) -> BlockNorms:
+        """The attention block's norm placement."""
+        return _placement(self.attention_norm, self.attention_output_norm, self.pre_norm)
+
+    @property
+    def ffn_norms(self) -> BlockNorms:
+        """The feed-forward block's norm placement."""
+        return _placement(self.ffn_norm, self.ffn_output_norm, self.pre_norm)
+
+
+def _placement(main: Optional[NormParams], on_output: Optional[NormParams], pre_norm: bool) -> BlockNorms:
+    """A block's main norm sits before it (pre-LN) or after its residual (post-LN)."""
+    return BlockNorms(before=main if pre_norm else None, on_output=on_output, after=None if pre_norm else main)
 
 
 def layer_attention_bias(params: LayerParams, first: bool, heads: int) -> Optional[Tensor]:
@@ -85,7 +136,7 @@ def transformer_layer(
     row_chunks: list,
     own_scale: Optional[Tensor] = None,
 ) -> Tensor:
-    """Propagate a decomposition through one transformer layer (post-LN or pre-LN).
+    """Propagate a decomposition through one transformer layer (post-LN, pre-LN or sandwich).
 
     Args:
         pieces: (batch, seq, pieces, dim), the decomposition of the layer's input. With several
@@ -99,11 +150,11 @@ def transformer_layer(
     """
     heads = record.attention_probs.shape[1]
     n_pieces = pieces.shape[2]
-    attention_input = pieces
-    if params.pre_norm:
-        attention_input = normalize(
-            pieces, record.attention_norm_input, params.attention_norm, settings, own_bias=first, own_scale=own_scale
-        )
+    attention, ffn = params.attention_norms, params.ffn_norms
+    # The attention block's `before` norm acts before any mixing: its bias belongs to each token.
+    attention_input = normalize(
+        pieces, record.attention_norm_input, attention.before, settings, own_bias=first, own_scale=own_scale
+    )
     head_values = attention_values(
         attention_input, params.value, params.attention_output, heads, first=first, own_scale=own_scale
     )
@@ -112,17 +163,21 @@ def transformer_layer(
 
     def output_rows(rows) -> Tensor:
         mixed = mix_heads(record.attention_probs[:, :, rows], head_values, n_pieces)
-        hidden = add_bias(torch.add(mixed @ params.attention_output.weight.T, pieces[:, rows]), block_bias, settings)
+        if attention.on_output is None:  # the bias is spread over the pieces of the residual sum
+            hidden = add_bias(torch.add(mixed @ params.attention_output.weight.T, pieces[:, rows]), block_bias, settings)
+        else:  # the bias is part of the sublayer's output, before its norm
+            attended = add_bias(mixed @ params.attention_output.weight.T, block_bias, settings)
+            hidden = pieces[:, rows] + normalize(
+                attended, _rows(record.attention_output_norm_input, rows), attention.on_output, settings
+            )
         del mixed
-        if params.pre_norm:
-            if settings.include_ffn:
-                normed = normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings)
-                hidden = hidden + feed_forward(normed, record.ffn_pre_activation[:, rows], params, settings)
-            return hidden
-        hidden = normalize(hidden, record.attention_norm_input[:, rows], params.attention_norm, settings)
+        hidden = normalize(hidden, record.attention_norm_input[:, rows], attention.after, settings)
         if settings.include_ffn:
-            hidden = hidden + feed_forward(hidden, record.ffn_pre_activation[:, rows], params, settings)
-        return normalize(hidden, record.ffn_norm_input[:, rows], params.ffn_norm, settings)
+            ffn_input = normalize(hidden, record.ffn_norm_input[:, rows], ffn.before, settings)
+            ffn_output = feed_forward(ffn_input, record.ffn_pre_activation[:, rows], params, settings)
+            del ffn_input
+            hidden = hidden + normalize(ffn_output, _rows(record.ffn_output_norm_input, rows), ffn.on_output, settings)
+        return normalize(hidden, record.ffn_norm_input[:, rows], ffn.after, settings)
 
     if len(row_chunks) == 1:
         return output_rows(row_chunks[0])
@@ -145,6 +200,11 @@ def transformer_layer(
         del chunk
     assert output is not None
     return output
+
+
+def _rows(norm_input: Optional[Tensor], rows) -> Optional[Tensor]:
+    """These rows of a recorded norm input; None where the layer has no such norm."""
+    return None if norm_input is None else norm_input[:, rows]
 
 
 def _row_count(rows) -> int:
@@ -171,6 +231,8 @@ class TransformerLayer(Component):
     feed_forward: FeedForward
     ffn_norm: Normalization
     pre_norm: bool
+    attention_output_norm: Optional[Normalization] = None
+    ffn_output_norm: Optional[Normalization] = None
 
     @classmethod
     def from_adapter(cls, adapter: Adapter) -> "TransformerLayer":
@@ -191,12 +253,18 @@ class TransformerLayer(Component):
             ),
             ffn_norm=Normalization(paths.ffn_norm),
             pre_norm=adapter.norm_position == "pre",
+            attention_output_norm=_optional_norm(paths.attention_output_norm),
+            ffn_output_norm=_optional_norm(paths.ffn_output_norm),
         )
+
+    def _norms(self) -> tuple[Normalization, ...]:
+        optional = (self.attention_output_norm, self.ffn_output_norm)
+        return (self.attention_norm, self.ffn_norm) + tuple(norm for norm in optional if norm is not None)
 
     def install(self, recorder: Recorder, root: nn.Module) -> None:
         self.attention.install(recorder, root)
-        self.attention_norm.install(recorder, root)
-        self.ffn_norm.install(recorder, root)
+        for norm in self._norms():
+            norm.install(recorder, root)
         self.feed_forward.install(recorder, root)
 
     def read(self, reader: Reader, root: nn.Module, where: str) -> LayerRecord:
@@ -205,6 +273,10 @@ class TransformerLayer(Component):
             attention_norm_input=self.attention_norm.read(reader, root, f"{where}'s attention norm"),
             ffn_pre_activation=self.feed_forward.read(reader, root, f"{where}'s feed-forward network"),
             ffn_norm_input=self.ffn_norm.read(reader, root, f"{where}'s feed-forward norm"),
+            attention_output_norm_input=_read_optional(
+                self.attention_output_norm, reader, root, f"{where}'s attention output norm"
+            ),
+            ffn_output_norm_input=_read_optional(self.ffn_output_norm, reader, root, f"{where}'s feed-forward output norm"),
         )
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> LayerParams:
@@ -220,9 +292,27 @@ class TransformerLayer(Component):
             ffn_norm=self.ffn_norm.resolve(root, dtype),
             ffn_gated=feed_forward_params.ffn_gated,
             pre_norm=self.pre_norm,
+            attention_output_norm=None if self.attention_output_norm is None else self.attention_output_norm.resolve(root, dtype),
+            ffn_output_norm=None if self.ffn_output_norm is None else self.ffn_output_norm.resolve(root, dtype),
         )
 
     propagate = staticmethod(transformer_layer)
 
 
-__all__ = ["ActivationFunction", "LayerParams", "LayerRecord", "TransformerLayer", "layer_attention_bias", "transformer_layer"]
+def _optional_norm(path: Optional[str]) -> Optional[Normalization]:
+    return None if path is None else Normalization(path)
+
+
+def _read_optional(norm: Optional[Normalization], reader: Reader, root: nn.Module, where: str) -> Optional[Tensor]:
+    return None if norm is None else norm.read(reader, root, where)
+
+
+__all__ = [
+    "ActivationFunction",
+    "BlockNorms",
+    "LayerParams",
+    "LayerRecord",
+    "TransformerLayer",
+    "layer_attention_bias",
+    "transformer_layer",
+]

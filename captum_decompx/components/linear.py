@@ -1,5 +1,6 @@
 """Linear maps: ``nn.Linear``, GPT-2's ``Conv1D`` (weights stored (in, out)), and one block
-``[i/n]`` of a fused projection's output features (e.g. ``"attn.Wqkv[2/3]"``, the values).
+``[i/n]`` of a fused projection's output features (e.g. ``"attn.Wqkv[2/3]"``, the values) or a
+feature range ``[start:stop]`` of it.
 
 A new storage layout is one :class:`LinearLayout` passed to :func:`register_linear_layout`; PEFT's
 LoRA layers are one (:mod:`.lora`: their effective map, read without merging).
@@ -14,7 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import resolve, split_block, take_block
+from ..adapters.base import Block, resolve, split_block, take_block
 from ..recording import Reader, Recorder
 from .base import Component
 from .pieces import Settings, add_bias
@@ -116,11 +117,11 @@ class LinearMap(Component):
 
     Attributes:
         module_path: the module's dotted path.
-        block: ``(index, count)`` of the block, or None for the whole map.
+        block: ``(index, count)`` of the block, a feature range, or None for the whole map.
     """
 
     module_path: str
-    block: Optional[tuple[int, int]] = None
+    block: Optional[Block] = None
 
     @classmethod
     def at(cls, path: str) -> "LinearMap":

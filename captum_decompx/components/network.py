@@ -14,6 +14,7 @@ from .head import Head, ResolvedHeadStep
 from .layer import LayerParams, LayerRecord, TransformerLayer
 from .linear import install_call_checks
 from .norms import Normalization, NormParams
+from .pooling import Pooling, PoolingRecord
 
 
 @dataclass
@@ -25,12 +26,14 @@ class NetworkRecord:
         layers: one :class:`LayerRecord` per layer, in execution order.
         final_norm_input: (batch, seq, hidden), input of the final norm of pre-LN models.
         head_inputs: per head step index, the real input (batch, dim) of the steps that need it.
+        pooling: what the pooling recorded (the input ids, for ``"last_non_pad_token"``).
     """
 
     layer_input: Tensor
     layers: list[LayerRecord]
     final_norm_input: Optional[Tensor]
     head_inputs: dict[int, Tensor]
+    pooling: Optional[PoolingRecord] = None
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Network:
     layer: TransformerLayer
     final_norm: Optional[Normalization]
     head: Head
+    pooling: Pooling
 
     @classmethod
     def of(cls, adapter: Adapter) -> "Network":
@@ -59,6 +63,7 @@ class Network:
             TransformerLayer.from_adapter(adapter),
             None if adapter.final_norm is None else Normalization(adapter.final_norm),
             Head(tuple(adapter.head)),
+            Pooling.of(adapter),
         )
 
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
@@ -75,6 +80,7 @@ class Network:
         if self.final_norm is not None:
             self.final_norm.install(recorder, model)
         self.head.install(recorder, model)
+        self.pooling.install(recorder, model)
 
     def read(self, reader: Reader, model: nn.Module, layers: list[nn.Module]) -> NetworkRecord:
         layer_input = reader.take(layers[0], "layer_input", "the first layer")
@@ -82,7 +88,8 @@ class Network:
         final_norm_input = None
         if self.final_norm is not None:
             final_norm_input = self.final_norm.read(reader, model, "the final norm")
-        return NetworkRecord(layer_input, records, final_norm_input, self.head.read(reader, model))
+        pooling = self.pooling.read(reader, model, "the model (for its input ids)")
+        return NetworkRecord(layer_input, records, final_norm_input, self.head.read(reader, model), pooling)
 
     def resolve(self, model: nn.Module, dtype: torch.dtype) -> ModelParts:
         """Read the parameters the adapter points to (the model itself is not touched)."""

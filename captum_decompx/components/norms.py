@@ -1,8 +1,9 @@
-"""Normalizations: LayerNorm, RMSNorm, and ``nn.Identity`` (no normalization).
+"""Normalizations: LayerNorm, RMSNorm, Gemma's RMSNorm, and ``nn.Identity`` (no normalization).
 
 A norm is frozen at the real statistics of its captured input: ``(x - mean) / sqrt(var + eps)``
-(LayerNorm) or ``x / sqrt(mean(x^2) + eps)`` (RMSNorm) is then linear in the pieces. A new kind is
-one :class:`NormKind` passed to :func:`register_norm_kind`.
+(LayerNorm) or ``x / sqrt(mean(x^2) + eps)`` (RMSNorm) is then linear in the pieces, and scaled by
+the kind's gain (``weight``, or ``1 + weight`` for Gemma). A new kind is one :class:`NormKind`
+passed to :func:`register_norm_kind`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class NormKind(abc.ABC):
     def centre(self, pieces: Tensor) -> Tensor:
         """The pieces (..., dim) after the linear part that precedes the scaling (e.g. centring)."""
 
+    def gain(self, module: nn.Module) -> Optional[Tensor]:
+        """(dim,): what the normalized vector is multiplied by; the module's ``weight`` by default."""
+        weight = getattr(module, "weight", None)
+        return weight if isinstance(weight, Tensor) else None
+
 
 class LayerNormKind(NormKind):
     def matches(self, module: nn.Module) -> bool:
@@ -75,9 +81,24 @@ class RMSNormKind(NormKind):
         return pieces
 
 
+class GemmaRMSNormKind(RMSNormKind):
+    """Gemma's RMSNorm (Gemma 1, 2, 3): the gain is ``1 + weight`` (its weight is stored as an
+    offset from one)."""
+
+    CLASSES = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm")
+
+    def matches(self, module: nn.Module) -> bool:
+        return type(module).__name__ in self.CLASSES and self._eps(module) is not None
+
+    def gain(self, module: nn.Module) -> Optional[Tensor]:
+        weight = super().gain(module)
+        # in float64, so that a half-precision offset keeps its precision (the model adds in float32)
+        return None if weight is None else 1.0 + weight.detach().to(torch.float64)
+
+
 _NORM_KINDS: Registry[NormKind] = Registry("norm kind")
 NORM_KINDS = Names(_NORM_KINDS)
-"""The registered norm kinds' names (``"layer"``, ``"rms"``), a live view."""
+"""The registered norm kinds' names (``"layer"``, ``"gemma-rms"``, ``"rms"``), a live view."""
 
 
 def register_norm_kind(name: str, kind: NormKind, *, overwrite: bool = False) -> None:
@@ -91,12 +112,14 @@ def unregister_norm_kind(name: str) -> None:
 
 
 register_norm_kind("layer", LayerNormKind())
+register_norm_kind("gemma-rms", GemmaRMSNormKind())  # before "rms", which would also match it
 register_norm_kind("rms", RMSNormKind())
 
 
 @dataclass(frozen=True)
 class NormParams:
-    """A normalization's parameters; ``weight``/``bias`` are (dim,) or None; ``kind`` a registered name."""
+    """A normalization's parameters; ``weight`` (the gain) and ``bias`` are (dim,) or None;
+    ``kind`` a registered name."""
 
     weight: Optional[Tensor]
     bias: Optional[Tensor]
@@ -108,16 +131,26 @@ def norm_params(module: nn.Module, dtype: torch.dtype) -> Optional[NormParams]:
     """A normalization module's parameters; None for ``nn.Identity``."""
     if isinstance(module, nn.Identity):
         return None
+    name, kind = _kind_of(module)
+    weight = kind.gain(module)
+    bias = getattr(module, "bias", None)
+    return NormParams(
+        None if weight is None else weight.detach().to(dtype),
+        None if bias is None else bias.detach().to(dtype),
+        kind.eps(module),
+        name,
+    )
+
+
+def norm_kind_of(module: nn.Module) -> NormKind:
+    """The registered norm kind that ``module`` normalizes by (a TypeError when none matches)."""
+    return _kind_of(module)[1]
+
+
+def _kind_of(module: nn.Module) -> tuple[str, NormKind]:
     for name, kind in _NORM_KINDS.items():
         if kind.matches(module):
-            weight = getattr(module, "weight", None)
-            bias = getattr(module, "bias", None)
-            return NormParams(
-                None if weight is None else weight.detach().to(dtype),
-                None if bias is None else bias.detach().to(dtype),
-                kind.eps(module),
-                name,
-            )
+            return name, kind
     raise TypeError(
         f"Expected nn.LayerNorm, an RMSNorm or nn.Identity, found {type(module).__name__}; "
         "DecompX does not know how this module normalizes. Describe it with a NormKind and "
@@ -127,7 +160,7 @@ def norm_params(module: nn.Module, dtype: torch.dtype) -> Optional[NormParams]:
 
 def normalize(
     pieces: Tensor,
-    norm_input: Tensor,
+    norm_input: Optional[Tensor],
     norm: Optional[NormParams],
     settings: Settings,
     *,
@@ -138,7 +171,8 @@ def normalize(
 
     Args:
         pieces: (batch, rows, pieces, dim).
-        norm_input: (batch, rows, dim), the real input of the normalization.
+        norm_input: (batch, rows, dim), the real input of the normalization (unused, and may be
+            None, when ``norm`` is None).
         norm: the parameters; None means no normalization (identity).
         own_bias: the norm acts before any token mixing (a pre-LN model's first norm): its bias
             belongs to each row's own token (see :func:`~.pieces.add_to_own_pieces`).
@@ -146,6 +180,7 @@ def normalize(
     """
     if norm is None:
         return pieces
+    assert norm_input is not None, "a normalization needs its recorded input"
     kind = _NORM_KINDS.get(norm.kind)
     factor = 1.0 / (kind.statistic(norm_input) + norm.eps).sqrt().unsqueeze(-2)  # (batch, rows, 1, 1)
     if norm.weight is not None:
