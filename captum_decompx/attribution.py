@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from . import decomposition, freezing, validation
-from .adapters import Adapter, resolve, task_of
+from .adapters import Adapter, Linear, resolve, task_of
 from .adapters.base import split_block
 from .capture import Captured, warn_if_logits_are_capped
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
@@ -542,7 +542,9 @@ class DecompX(HookedModelAttribution):
                 # The model returns cap * tanh(z / cap); as on the exact path, z (the head's output,
                 # before the cap) is decomposed, with a warning.
                 warn_if_logits_are_capped(self.adapter)
-                head_output = resolve(self.model, split_block(self.adapter.head[-1].path)[0])
+                last_step = self.adapter.head[-1]
+                assert isinstance(last_step, Linear), "a soft-capped head ends in a linear map"
+                head_output = resolve(self.model, split_block(last_step.path)[0])
                 handle = head_output.register_forward_hook(lambda _module, _args, out: uncapped.append(out))
                 stack.callback(handle.remove)
             span_tuple = task_of(self.model) == "question answering"

@@ -28,12 +28,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from captum.attr import visualization as captum_visualization
+from captum.attr.visualization import VisualizationDataRecord
 from torch import Tensor
 
 from .attribution import DecompXOutput
 from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, signed_hex, text_colour_on
 
-VisualizationDataRecord = captum_visualization.VisualizationDataRecord
 
 LabelNames = Union[Sequence[str], Mapping[int, str], None]
 PathLike = Union[str, Path]
@@ -76,7 +76,8 @@ def _label(names: LabelNames, index: Optional[int]) -> Any:
     if names is None:
         return index
     if isinstance(names, Mapping):
-        return names.get(index, names.get(str(index), index))
+        by_key: Mapping[Any, Any] = names  # config.id2label has int keys; JSON-loaded ones may be str
+        return by_key.get(index, by_key.get(str(index), index))
     return names[index] if 0 <= index < len(names) else index
 
 
@@ -155,7 +156,7 @@ def visualization_records(
     probabilities = torch.softmax(logits.float(), dim=-1) if logits is not None else None
     predicted = probabilities.argmax(-1) if probabilities is not None else None
     if target is None:
-        targets: list[Optional[int]] = [None if predicted is None else int(p) for p in predicted]
+        targets: list[Optional[int]] = [None] * batch if predicted is None else [int(p) for p in predicted]
     elif isinstance(target, int):
         targets = [target] * batch
     else:
@@ -172,11 +173,12 @@ def visualization_records(
         logit_units = per_class or (
             isinstance(explanation, DecompXOutput) and explanation.attributions.dim() == 3
         )
-        delta = score - float(logits[row, targets[row]]) if (logits is not None and logit_units and targets[row] is not None) else 0.0
+        target_row = targets[row]
+        delta = score - float(logits[row, target_row]) if (logits is not None and logit_units and target_row is not None) else 0.0
         records.append(
             VisualizationDataRecord(
                 word_attributions=_normalized(values),
-                pred_prob=float(probabilities[row, predicted[row]]) if probabilities is not None else float("nan"),
+                pred_prob=float(probabilities[row, predicted[row]]) if probabilities is not None and predicted is not None else float("nan"),
                 pred_class=_label(label_names, None if predicted is None else int(predicted[row])),
                 true_class=_label(label_names, None if true_labels is None else int(true_labels[row])),
                 attr_class=_label(label_names, targets[row]),
