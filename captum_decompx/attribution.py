@@ -39,7 +39,6 @@ METHODS = ALGORITHMS  # the former name, kept
 TargetType = Union[None, int, tuple, Sequence[Any], Tensor]
 
 
-
 @dataclass
 class FrozenRun:
     """One run of the forward function with the model's nonlinear coefficients frozen (fast path).
@@ -576,7 +575,9 @@ class DecompX(HookedModelAttribution):
         else:
             logits = real
         if logits.dim() != 2:
-            raise ValueError(f"DecompX explains a model output of shape (batch, classes); the model returned {tuple(real.shape)}.")
+            raise ValueError(
+                f"DecompX explains a model output of shape (batch, classes); the model returned {tuple(real.shape)}."
+            )
         return FrozenRun(output, tap.leaf, logits, pooling, frozen, choices=choices)
 
     def _fast(

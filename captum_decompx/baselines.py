@@ -226,7 +226,9 @@ class GlobEnc(_RolloutAttribution):
         return "GlobEnc"
 
     def _layer_matrix(self, layer, paths, pieces, record, dtype):
-        first = normalize(pieces, record.attention_norm_input.to(dtype), norm_params(resolve(layer, paths.attention_norm), dtype), _NO_BIAS)
+        first = normalize(
+            pieces, record.attention_norm_input.to(dtype), norm_params(resolve(layer, paths.attention_norm), dtype), _NO_BIAS
+        )
         second = normalize(first, record.ffn_norm_input.to(dtype), norm_params(resolve(layer, paths.ffn_norm), dtype), _NO_BIAS)
         return _normalize_rows(torch.linalg.vector_norm(second, dim=-1))
 

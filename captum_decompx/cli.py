@@ -98,7 +98,7 @@ def _shown_source(classifier: LoadedClassifier) -> str:
 
 def _checked_text(text: str, what: str = "TEXT") -> str:
     if text is None or not text.strip():
-        raise CommandError(f"{what} is empty: pass the sentence to explain, e.g. captum-decompx explain \"a fine film.\"")
+        raise CommandError(f'{what} is empty: pass the sentence to explain, e.g. captum-decompx explain "a fine film."')
     return text
 
 
@@ -288,7 +288,9 @@ def print_explanation(explanation: Explanation, classes: Sequence[int], colour: 
     print("", file=out)
     print("sum check (token contributions + bias, against the model's logit):", file=out)
     for c in classes:
-        line = format_sum_check(float(explanation.contributions[:, c].sum()), float(explanation.bias[c]), float(explanation.logits[c]))
+        line = format_sum_check(
+            float(explanation.contributions[:, c].sum()), float(explanation.bias[c]), float(explanation.logits[c])
+        )
         print(f"{labels[c]:>{width}}: {line}", file=out)
 
 
@@ -567,16 +569,29 @@ def add_attribute_command(commands) -> None:
         ),
     )
     attribute.add_argument("--data", required=True, metavar="PATH", help="the input file (.tsv, .csv, .jsonl or .parquet)")
-    attribute.add_argument("--out", required=True, metavar="DIR", help="the output folder of Parquet parts (created when missing)")
-    attribute.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)")
+    attribute.add_argument(
+        "--out", required=True, metavar="DIR", help="the output folder of Parquet parts (created when missing)"
+    )
+    attribute.add_argument(
+        "--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)"
+    )
     attribute.add_argument("--text-column", metavar="NAME", help="column of the texts (default: text, sentence or content)")
     attribute.add_argument("--text-pair-column", metavar="NAME", help="column of the second texts of sentence pairs")
     attribute.add_argument("--label-column", metavar="NAME", help="column of integer labels (default: label, when present)")
-    attribute.add_argument("--method", choices=("exact", "fast"), default="exact", help="exact: biases decomposed too (default); fast: bias-free, O(N)")
+    attribute.add_argument(
+        "--method",
+        choices=("exact", "fast"),
+        default="exact",
+        help="exact: biases decomposed too (default); fast: bias-free, O(N)",
+    )
     attribute.add_argument("--batch-size", type=int, default=16, help="rows per DecompX call (default: 16)")
     attribute.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: the model's limit)")
-    attribute.add_argument("--rows-per-part", type=int, help="rows per Parquet part (default: the folder's, or about 8 parts per process)")
-    attribute.add_argument("--no-bucketing", action="store_true", help="batch rows in input order instead of sorted by length within a part")
+    attribute.add_argument(
+        "--rows-per-part", type=int, help="rows per Parquet part (default: the folder's, or about 8 parts per process)"
+    )
+    attribute.add_argument(
+        "--no-bucketing", action="store_true", help="batch rows in input order instead of sorted by length within a part"
+    )
     attribute.add_argument("--no-progress", action="store_true", help="no progress bar")
     attribute.set_defaults(run=run_attribute)
 
@@ -594,34 +609,71 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def model_option(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)")
+        sub.add_argument(
+            "--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)"
+        )
 
-    explain = commands.add_parser("explain", help="explain one prediction with DecompX", description="Explain one prediction with DecompX.")
+    explain = commands.add_parser(
+        "explain", help="explain one prediction with DecompX", description="Explain one prediction with DecompX."
+    )
     explain.add_argument("text", metavar="TEXT", help="the sentence to explain")
     model_option(explain)
     explain.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
-    explain.add_argument("--target", metavar="LABEL", help="print only this class (a label name or index; default: every class; the HTML/PNG views show every class)")
-    explain.add_argument("--method", choices=("exact", "fast"), default="exact", help="exact: biases decomposed too (default); fast: bias-free, O(N)")
+    explain.add_argument(
+        "--target",
+        metavar="LABEL",
+        help="print only this class (a label name or index; default: every class; the HTML/PNG views show every class)",
+    )
+    explain.add_argument(
+        "--method",
+        choices=("exact", "fast"),
+        default="exact",
+        help="exact: biases decomposed too (default); fast: bias-free, O(N)",
+    )
     explain.add_argument("--html", metavar="FILE", help="write a standalone HTML view")
     explain.add_argument("--png", metavar="FILE", help="write the per-class figure as PNG")
-    explain.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="ANSI colours (auto: on a terminal)")
+    explain.add_argument(
+        "--color", choices=("auto", "always", "never"), default="auto", help="ANSI colours (auto: on a terminal)"
+    )
     explain.set_defaults(run=run_explain)
 
-    compare = commands.add_parser("compare", help="one text explained by several methods, side by side", description="One text explained by several attribution methods, each normalized by its max |score|.")
+    compare = commands.add_parser(
+        "compare",
+        help="one text explained by several methods, side by side",
+        description="One text explained by several attribution methods, each normalized by its max |score|.",
+    )
     compare.add_argument("text", metavar="TEXT", help="the sentence to explain")
     model_option(compare)
     compare.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
     compare.add_argument("--target", metavar="LABEL", help="the class to explain (default: the predicted one)")
-    compare.add_argument("--methods", default=DEFAULT_COMPARE_METHODS, help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_COMPARE_METHODS})")
+    compare.add_argument(
+        "--methods",
+        default=DEFAULT_COMPARE_METHODS,
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_COMPARE_METHODS})",
+    )
     compare.set_defaults(run=run_compare)
 
-    evaluate = commands.add_parser("evaluate", help="the paper's faithfulness protocol (AOPC, accuracy) on a data set", description="Mask the most important tokens by each method and measure AOPC and accuracy (DecompX paper, Table 1).")
-    evaluate.add_argument("--data", default="sst2-dev", help="sst2-dev, sst2-train or a TSV file with a header and label<TAB>text rows (default: sst2-dev)")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="the paper's faithfulness protocol (AOPC, accuracy) on a data set",
+        description="Mask the most important tokens by each method and measure AOPC and accuracy (DecompX paper, Table 1).",
+    )
+    evaluate.add_argument(
+        "--data",
+        default="sst2-dev",
+        help="sst2-dev, sst2-train or a TSV file with a header and label<TAB>text rows (default: sst2-dev)",
+    )
     evaluate.add_argument("--limit", type=int, help="use the first N examples")
     model_option(evaluate)
-    evaluate.add_argument("--methods", default=DEFAULT_EVALUATE_METHODS, help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_EVALUATE_METHODS})")
+    evaluate.add_argument(
+        "--methods",
+        default=DEFAULT_EVALUATE_METHODS,
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_EVALUATE_METHODS})",
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
-    evaluate.add_argument("--out", metavar="DIR", help="write per-example metric rows to Parquet parts in DIR: resumable, runs under torchrun")
+    evaluate.add_argument(
+        "--out", metavar="DIR", help="write per-example metric rows to Parquet parts in DIR: resumable, runs under torchrun"
+    )
     evaluate.set_defaults(run=run_evaluate)
     add_attribute_command(commands)
     return parser

@@ -201,7 +201,9 @@ def _load(model: Union[None, str, Path, nn.Module], tokenizer: Any, device: torc
     """The model (float32 when loaded here, on ``device``), its tokenizer and a description of the source."""
     if isinstance(model, nn.Module):
         if tokenizer is None:
-            raise DatasetAttributionError("Pass the model's tokenizer too: attribute_dataset(data, out_dir, model=model, tokenizer=tokenizer).")
+            raise DatasetAttributionError(
+                "Pass the model's tokenizer too: attribute_dataset(data, out_dir, model=model, tokenizer=tokenizer)."
+            )
         unwrapped = unwrap_parallel(model)
         return unwrapped, tokenizer, type(unwrapped).__name__
     from transformers.utils import logging as hf_logging
@@ -399,9 +401,22 @@ def attribute_dataset(
 
     try:
         return _attribute_dataset(
-            group, began, say, Path(data).expanduser(), Path(out_dir).expanduser(), model, tokenizer,
-            text_column, text_pair_column, label_column, method, batch_size, max_length, rows_per_part,
-            bucket_by_length, show_progress,
+            group,
+            began,
+            say,
+            Path(data).expanduser(),
+            Path(out_dir).expanduser(),
+            model,
+            tokenizer,
+            text_column,
+            text_pair_column,
+            label_column,
+            method,
+            batch_size,
+            max_length,
+            rows_per_part,
+            bucket_by_length,
+            show_progress,
         )
     finally:
         group.close()
@@ -444,7 +459,10 @@ def _attribute_dataset(
         out_dir,
         kind="captum-decompx attribute",
         identity={
-            "model": {"fingerprint": model_fingerprint(model) if group.is_main else None, "type": getattr(model.config, "model_type", None)},
+            "model": {
+                "fingerprint": model_fingerprint(model) if group.is_main else None,
+                "type": getattr(model.config, "model_type", None),
+            },
             "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer) if group.is_main else None},
             "input": {"sha256": file_fingerprint(table.path) if group.is_main else None, "rows": len(table)},
             "options": {
@@ -496,9 +514,7 @@ def _attribute_dataset(
         say(f"  part {layout.file_name(index)}: {reason}; computing it again")
 
     # 4. Each rank computes and writes its parts.
-    explainer = DecompX(
-        _forward(model), model=model, include_biases=method == "exact", method=method
-    )
+    explainer = DecompX(_forward(model), model=model, include_biases=method == "exact", method=method)
     truncated = padding = 0
     group.barrier()
     compute_began = time.perf_counter()
@@ -506,8 +522,17 @@ def _attribute_dataset(
         for index in mine:
             start, end = layout.bounds(index)
             part, part_truncated, part_padding = attribute_part(
-                explainer, tokenizer, table, start, end, schema=schema, batch_size=batch_size, max_length=limit,
-                bucket_by_length=bucket_by_length, device=next(model.parameters()).device, on_batch=progress.add,
+                explainer,
+                tokenizer,
+                table,
+                start,
+                end,
+                schema=schema,
+                batch_size=batch_size,
+                max_length=limit,
+                bucket_by_length=bucket_by_length,
+                device=next(model.parameters()).device,
+                on_batch=progress.add,
             )
             folder.write_part(layout, index, part)
             truncated += part_truncated
@@ -593,8 +618,12 @@ def run_attribute_command(args: Any, out: Any) -> int:
             f"{result.world_size} process{'es' if result.world_size > 1 else ''}; {result.seconds:.1f} s in all)"
         )
         if result.computed_rows:
-            log(f"padding: {result.padding_positions} padding positions computed ({'bucketed by length' if not args.no_bucketing else 'input order'})")
+            log(
+                f"padding: {result.padding_positions} padding positions computed ({'bucketed by length' if not args.no_bucketing else 'input order'})"
+            )
         if result.truncated_rows:
-            log(f"note: {result.truncated_rows} rows were longer than the maximum length and were explained truncated (see their tokens).")
+            log(
+                f"note: {result.truncated_rows} rows were longer than the maximum length and were explained truncated (see their tokens)."
+            )
         log(f"read it with: pyarrow.parquet.read_table({str(result.out_dir)!r})")
     return 0

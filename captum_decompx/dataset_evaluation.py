@@ -93,8 +93,22 @@ def evaluate_dataset(
     group = join_process_group(device)
     try:
         return _evaluate_dataset(
-            group, log, Path(data).expanduser(), Path(out_dir).expanduser(), model, tokenizer, list(dict.fromkeys(methods)),
-            text_column, text_pair_column, label_column, limit, batch_size, max_length, ig_steps, rows_per_part, show_progress,
+            group,
+            log,
+            Path(data).expanduser(),
+            Path(out_dir).expanduser(),
+            model,
+            tokenizer,
+            list(dict.fromkeys(methods)),
+            text_column,
+            text_pair_column,
+            label_column,
+            limit,
+            batch_size,
+            max_length,
+            ig_steps,
+            rows_per_part,
+            show_progress,
         )
     finally:
         group.close()
@@ -131,7 +145,9 @@ def _evaluate_dataset(
     try:
         table = read_text_table(data, text_column, text_pair_column, label_column)
         if table.labels is None:
-            raise DatasetAttributionError(f"{data} has no label column: the protocol scores masked inputs against gold labels. Pass --label-column NAME.")
+            raise DatasetAttributionError(
+                f"{data} has no label column: the protocol scores masked inputs against gold labels. Pass --label-column NAME."
+            )
         model, tokenizer, source = _load(model_source, tokenizer, group.device)
         specs = evaluation.build_methods(methods, model, tokenizer, ig_steps=ig_steps)
     except (DataFileError, DatasetAttributionError, ValueError) as problem:
@@ -146,7 +162,10 @@ def _evaluate_dataset(
         out_dir,
         kind="captum-decompx evaluate",
         identity={
-            "model": {"fingerprint": model_fingerprint(model) if group.is_main else None, "type": getattr(model.config, "model_type", None)},
+            "model": {
+                "fingerprint": model_fingerprint(model) if group.is_main else None,
+                "type": getattr(model.config, "model_type", None),
+            },
             "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer) if group.is_main else None},
             "input": {"sha256": file_fingerprint(table.path) if group.is_main else None, "rows": n_examples},
             "options": {
@@ -192,18 +211,32 @@ def _evaluate_dataset(
         + f"; evaluating {n_examples - done} examples x {len(specs)} methods on {group.world_size} process{'es' if group.world_size > 1 else ''}"
     )
     device = next(model.parameters()).device
-    with JobProgress(group, total=n_examples * len(specs), done=done * len(specs), show=show_progress, description="faithfulness") as progress:
+    with JobProgress(
+        group, total=n_examples * len(specs), done=done * len(specs), show=show_progress, description="faithfulness"
+    ) as progress:
         for index in mine:
             start, end = layout.bounds(index)
             rows: list[dict[str, Any]] = []
             # Examples of similar lengths share a batch (less padding); the rows carry their ids.
-            order = sorted(range(start, end), key=lambda i: (len(table.texts[i]) + (len(table.text_pairs[i]) if table.text_pairs else 0), i))
+            order = sorted(
+                range(start, end), key=lambda i: (len(table.texts[i]) + (len(table.text_pairs[i]) if table.text_pairs else 0), i)
+            )
             for first in range(0, len(order), batch_size):
                 ids = order[first : first + batch_size]
-                examples: list[Any] = [table.texts[i] for i in ids] if not pairs else [(table.texts[i], table.text_pairs[i]) for i in ids]  # type: ignore[index]
-                batch = evaluation.encode_examples(tokenizer, examples, [table.labels[i] for i in ids], max_length=max_length, device=device)
+                second = table.text_pairs if pairs else None
+                examples: list[Any] = (
+                    [table.texts[i] for i in ids] if second is None else [(table.texts[i], second[i]) for i in ids]
+                )
+                batch = evaluation.encode_examples(
+                    tokenizer, examples, [table.labels[i] for i in ids], max_length=max_length, device=device
+                )
                 rows += evaluation.example_rows(
-                    model, batch, specs, metrics, mask_token_id=getattr(tokenizer, "mask_token_id", None), example_ids=ids,
+                    model,
+                    batch,
+                    specs,
+                    metrics,
+                    mask_token_id=getattr(tokenizer, "mask_token_id", None),
+                    example_ids=ids,
                     on_method_done=lambda _name, size: progress.add(size),
                 )
             import pyarrow as pa

@@ -153,7 +153,9 @@ def _parquet_rows(path: Path, wanted: list[str]) -> tuple[list[str], Iterator[_R
     return header, rows()
 
 
-def _pick_column(path: Path, header: list[str], asked: Optional[str], defaults: tuple[str, ...], option: str, required: bool) -> Optional[str]:
+def _pick_column(
+    path: Path, header: list[str], asked: Optional[str], defaults: tuple[str, ...], option: str, required: bool
+) -> Optional[str]:
     """The column to read: the one asked for (checked against the header), or the first default present."""
     if asked is not None:
         if asked not in header:
@@ -163,7 +165,9 @@ def _pick_column(path: Path, header: list[str], asked: Optional[str], defaults: 
         if name in header:
             return name
     if required:
-        raise DataFileError(f"{path} has none of the columns {', '.join(defaults)}; its columns are: {', '.join(header)}. Pass {option} NAME.")
+        raise DataFileError(
+            f"{path} has none of the columns {', '.join(defaults)}; its columns are: {', '.join(header)}. Pass {option} NAME."
+        )
     return None
 
 

@@ -173,8 +173,16 @@ def propagate_and_pool(
     if not all_rows:
         rows = torch.nonzero(pooling.abs().sum(0) > 0).flatten()
     pieces = propagate_rows(
-        pieces, captured, parts, settings, batch, dtype,
-        rows_per_chunk=rows_per_chunk, last_rows=None if all_rows else rows, own_scale=own_scale, on_layer=on_layer,
+        pieces,
+        captured,
+        parts,
+        settings,
+        batch,
+        dtype,
+        rows_per_chunk=rows_per_chunk,
+        last_rows=None if all_rows else rows,
+        own_scale=own_scale,
+        on_layer=on_layer,
     )
     return pool(pieces, pooling[:, rows])
 
@@ -303,8 +311,18 @@ def decompose(
     parts = resolve_parts(model, adapter, dtype)
     if adapter.pooling == "each":
         return _per_position(
-            captured, parts, adapter, options, path=path, dtype=dtype, max_memory=max_memory,
-            targets=targets, pooled=pooled, token_maps=token_maps, progress=progress, positions=positions,
+            captured,
+            parts,
+            adapter,
+            options,
+            path=path,
+            dtype=dtype,
+            max_memory=max_memory,
+            targets=targets,
+            pooled=pooled,
+            token_maps=token_maps,
+            progress=progress,
+            positions=positions,
         )
     pooling = pooling_of(captured, adapter, dtype)
     if path == "fast":
@@ -660,7 +678,9 @@ def _grouped_shares(output: Tensor, grad_outputs: Tensor, frozen: "FrozenForward
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _shares(output: Tensor, grad_outputs: Tensor, frozen: "FrozenForward", dtype: torch.dtype, *, retain: bool) -> tuple[Tensor, Tensor]:
+def _shares(
+    output: Tensor, grad_outputs: Tensor, frozen: "FrozenForward", dtype: torch.dtype, *, retain: bool
+) -> tuple[Tensor, Tensor]:
     """Token shares of ``G`` weighted outputs, by one batched backward pass.
 
     Args:

@@ -162,7 +162,9 @@ class JobProgress:
         description: the bar's label.
     """
 
-    def __init__(self, group: ProcessGroup, total: int, done: int = 0, *, show: bool = True, description: str = "DecompX") -> None:
+    def __init__(
+        self, group: ProcessGroup, total: int, done: int = 0, *, show: bool = True, description: str = "DecompX"
+    ) -> None:
         self.group = group
         self.total = total
         self.done = done
@@ -274,4 +276,12 @@ def unwrap_for_decompx(forward_func: Any, model: Optional[nn.Module]) -> tuple[A
     return forward_func, None if model is None else unwrap_parallel(model)
 
 
-__all__ = ["COLLECTIVE_TIMEOUT", "JobProgress", "ProcessGroup", "balance", "join_process_group", "unwrap_for_decompx", "unwrap_parallel"]
+__all__ = [
+    "COLLECTIVE_TIMEOUT",
+    "JobProgress",
+    "ProcessGroup",
+    "balance",
+    "join_process_group",
+    "unwrap_for_decompx",
+    "unwrap_parallel",
+]

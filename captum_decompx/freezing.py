@@ -77,7 +77,9 @@ class _FrozenNorm(torch.autograd.Function):
     its own adjoint."""
 
     @staticmethod
-    def forward(ctx: Any, norm_input: Tensor, value: Tensor, inv_scale: Tensor, gain: Optional[Tensor], centre: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any, norm_input: Tensor, value: Tensor, inv_scale: Tensor, gain: Optional[Tensor], centre: Callable[[Tensor], Tensor]
+    ) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(inv_scale, gain)
         ctx.centre = centre
         return value.view_as(value)

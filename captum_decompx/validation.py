@@ -130,8 +130,7 @@ def check_token_inputs(inputs: Tensor, model: nn.Module, forward_func: Any = Non
         )
     if inputs.dim() != 2:
         raise ValueError(
-            f"inputs must be token ids of shape (batch, seq); got shape {shape}. "
-            "For one sequence use input_ids.unsqueeze(0)."
+            f"inputs must be token ids of shape (batch, seq); got shape {shape}. For one sequence use input_ids.unsqueeze(0)."
         )
     _check_not_empty(shape, "token ids")
     if embedding is not None:
@@ -242,9 +241,7 @@ def class_labels(model: nn.Module, classes: int) -> str:
     if classes > 20:
         return f"0 to {classes - 1}"
     names = getattr(getattr(model, "config", None), "id2label", None) or {}
-    return ", ".join(
-        f"{i} ({names.get(i, names.get(str(i), i))})" if names else str(i) for i in range(classes)
-    )
+    return ", ".join(f"{i} ({names.get(i, names.get(str(i), i))})" if names else str(i) for i in range(classes))
 
 
 def check_targets(target: TargetType, batch: int, classes: int, device: torch.device, labels: str = "") -> Tensor:
@@ -292,8 +289,7 @@ def check_targets(target: TargetType, batch: int, classes: int, device: torch.de
         target_tensor = target_tensor.long()
     else:
         raise ValueError(
-            f"target must be an int, or a list or 1-D tensor of class indices (one per example); "
-            f"got {type(target).__name__}."
+            f"target must be an int, or a list or 1-D tensor of class indices (one per example); got {type(target).__name__}."
         )
     outside = (target_tensor < 0) | (target_tensor >= classes)
     if bool(outside.any()):
@@ -302,9 +298,7 @@ def check_targets(target: TargetType, batch: int, classes: int, device: torch.de
         else:
             bad = outside.nonzero().flatten().tolist()
             found = ", ".join(f"target[{i}]={int(target_tensor[i])}" for i in bad[:5]) + (" are" if len(bad) > 1 else " is")
-        raise ValueError(
-            f"{found} out of range: the model has {classes} output(s), the labels are {labels}."
-        )
+        raise ValueError(f"{found} out of range: the model has {classes} output(s), the labels are {labels}.")
     return target_tensor
 
 
@@ -349,4 +343,3 @@ def check_max_memory(max_memory: Any) -> None:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}.")
     if not math.isfinite(float(max_memory)) or max_memory <= 0 or float(max_memory) != math.floor(float(max_memory)):
         raise ValueError(f"max_memory must be a positive whole number of bytes, got {max_memory!r}.")
-

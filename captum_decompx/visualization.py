@@ -34,7 +34,6 @@ from torch import Tensor
 from .attribution import DecompXOutput
 from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, signed_hex, text_colour_on
 
-
 LabelNames = Union[Sequence[str], Mapping[int, str], None]
 PathLike = Union[str, Path]
 
@@ -67,7 +66,9 @@ def _colormap():
     def unit(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
         return (rgb[0] / 255, rgb[1] / 255, rgb[2] / 255)
 
-    return LinearSegmentedColormap.from_list("decompx_signed", [(0.0, unit(AWAY_RGB)), (0.5, (1.0, 1.0, 1.0)), (1.0, unit(TOWARDS_RGB))])
+    return LinearSegmentedColormap.from_list(
+        "decompx_signed", [(0.0, unit(AWAY_RGB)), (0.5, (1.0, 1.0, 1.0)), (1.0, unit(TOWARDS_RGB))]
+    )
 
 
 def _label(names: LabelNames, index: Optional[int]) -> Any:
@@ -170,15 +171,15 @@ def visualization_records(
         values = values[keep].detach().float().cpu()
         tokens = list(tokenizer.convert_ids_to_tokens(input_ids[row][keep].tolist()))
         score = float(values.sum())
-        logit_units = per_class or (
-            isinstance(explanation, DecompXOutput) and explanation.attributions.dim() == 3
-        )
+        logit_units = per_class or (isinstance(explanation, DecompXOutput) and explanation.attributions.dim() == 3)
         target_row = targets[row]
         delta = score - float(logits[row, target_row]) if (logits is not None and logit_units and target_row is not None) else 0.0
         records.append(
             VisualizationDataRecord(
                 word_attributions=_normalized(values),
-                pred_prob=float(probabilities[row, predicted[row]]) if probabilities is not None and predicted is not None else float("nan"),
+                pred_prob=float(probabilities[row, predicted[row]])
+                if probabilities is not None and predicted is not None
+                else float("nan"),
                 pred_class=_label(label_names, None if predicted is None else int(predicted[row])),
                 true_class=_label(label_names, None if true_labels is None else int(true_labels[row])),
                 attr_class=_label(label_names, targets[row]),
@@ -325,8 +326,7 @@ write_html = write_records_html
 def _class_rows(output: DecompXOutput, input_ids: Tensor, tokenizer: Any, index: int, attention_mask, label_names):
     if output.attributions.dim() != 3:
         raise ValueError(
-            "The per-class view needs per-class attributions (batch, seq, classes): decompose with "
-            "include_head=True."
+            "The per-class view needs per-class attributions (batch, seq, classes): decompose with include_head=True."
         )
     keep = real_positions(input_ids[index], tokenizer, _mask_row(attention_mask, index))
     tokens = list(tokenizer.convert_ids_to_tokens(input_ids[index][keep].tolist()))
@@ -452,10 +452,13 @@ def plot_class_contributions(
 
     labels = [f"{row['name']}{'  ★' if row['predicted'] else ''}" for row in rows]
     details = [f"logit {row['logit']:.2f}, p {probability_text(row['probability'])}" for row in rows]
-    label_width = max(
-        max(text_width(label, weight="bold") for label in labels),
-        max(text_width(detail, fontsize * 0.8) for detail in details),
-    ) + 0.3
+    label_width = (
+        max(
+            max(text_width(label, weight="bold") for label in labels),
+            max(text_width(detail, fontsize * 0.8) for detail in details),
+        )
+        + 0.3
+    )
     token_widths = [text_width(token) + 0.12 for token in tokens]
     margin, gap, line_height = 0.25, 0.07, fontsize / 72 * 2.0
     usable = width - margin - label_width - margin
@@ -477,18 +480,54 @@ def plot_class_contributions(
     inches = figure.dpi_scale_trans
     cmap = _colormap()
     figure.text(
-        margin, height - 0.35, title or "Per-class token contributions (DecompX)", fontsize=fontsize + 2,
-        weight="bold", transform=inches, va="center", parse_math=False,
+        margin,
+        height - 0.35,
+        title or "Per-class token contributions (DecompX)",
+        fontsize=fontsize + 2,
+        weight="bold",
+        transform=inches,
+        va="center",
+        parse_math=False,
     )
     for number, (row, label, detail) in enumerate(zip(rows, labels, details)):
         top = height - header - number * block
-        figure.text(margin, top - line_height * 0.5, label, weight="bold", fontsize=fontsize, transform=inches, va="center", parse_math=False)
-        figure.text(margin, top - line_height * 1.3, detail, fontsize=fontsize * 0.8, color="#555", transform=inches, va="center", parse_math=False)
+        figure.text(
+            margin,
+            top - line_height * 0.5,
+            label,
+            weight="bold",
+            fontsize=fontsize,
+            transform=inches,
+            va="center",
+            parse_math=False,
+        )
+        figure.text(
+            margin,
+            top - line_height * 1.3,
+            detail,
+            fontsize=fontsize * 0.8,
+            color="#555",
+            transform=inches,
+            va="center",
+            parse_math=False,
+        )
         for token, (x, line), value in zip(tokens, positions, row["normalized"].tolist()):
             figure.text(
-                margin + label_width + x, top - line_height * (line + 0.5), token,
-                fontsize=fontsize, transform=inches, va="center", ha="left", parse_math=False, color=text_colour_on(value),
-                bbox={"boxstyle": "round,pad=0.2", "facecolor": cmap(0.5 + 0.5 * value), "edgecolor": "#bbbbbb", "linewidth": 0.4},
+                margin + label_width + x,
+                top - line_height * (line + 0.5),
+                token,
+                fontsize=fontsize,
+                transform=inches,
+                va="center",
+                ha="left",
+                parse_math=False,
+                color=text_colour_on(value),
+                bbox={
+                    "boxstyle": "round,pad=0.2",
+                    "facecolor": cmap(0.5 + 0.5 * value),
+                    "edgecolor": "#bbbbbb",
+                    "linewidth": 0.4,
+                },
             )
         if number < len(rows) - 1:
             separator = top - block + 0.08
@@ -500,10 +539,37 @@ def plot_class_contributions(
     figure.colorbar(ScalarMappable(Normalize(-limit, limit), cmap), cax=bar, orientation="horizontal")
     bar.set_xlabel("contribution to the row's class logit", fontsize=fontsize * 0.8)
     bar.tick_params(labelsize=fontsize * 0.75)
-    bar.text(0.0, 1.5, "← away from the class", transform=bar.transAxes, ha="left", va="bottom", fontsize=fontsize * 0.75, color=_hex(AWAY_RGB))
-    bar.text(1.0, 1.5, "towards the class →", transform=bar.transAxes, ha="right", va="bottom", fontsize=fontsize * 0.75, color=_hex(TOWARDS_RGB))
+    bar.text(
+        0.0,
+        1.5,
+        "← away from the class",
+        transform=bar.transAxes,
+        ha="left",
+        va="bottom",
+        fontsize=fontsize * 0.75,
+        color=_hex(AWAY_RGB),
+    )
+    bar.text(
+        1.0,
+        1.5,
+        "towards the class →",
+        transform=bar.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=fontsize * 0.75,
+        color=_hex(TOWARDS_RGB),
+    )
     if any(row["predicted"] for row in rows):
-        figure.text(margin, 0.55 + 0.08, "★ predicted class", fontsize=fontsize * 0.8, color="#555", transform=inches, va="center", parse_math=False)
+        figure.text(
+            margin,
+            0.55 + 0.08,
+            "★ predicted class",
+            fontsize=fontsize * 0.8,
+            color="#555",
+            transform=inches,
+            va="center",
+            parse_math=False,
+        )
     if path is not None:
         figure.savefig(path, dpi=save_dpi, format=image_format)
     return figure

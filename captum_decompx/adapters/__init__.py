@@ -35,9 +35,7 @@ AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
 _REGISTRY: dict[str, AdapterOrFactory] = {}
 
 
-def register_adapter(
-    model_types: Union[str, Iterable[str]], adapter: AdapterOrFactory, *, overwrite: bool = False
-) -> None:
+def register_adapter(model_types: Union[str, Iterable[str]], adapter: AdapterOrFactory, *, overwrite: bool = False) -> None:
     """Make DecompX support the models whose ``config.model_type`` is in ``model_types``.
 
     Args:
@@ -53,9 +51,7 @@ def register_adapter(
         raise TypeError(f"adapter must be an Adapter or a callable returning one, got {adapter!r}.")
     for name in names:
         if name in _REGISTRY and not overwrite:
-            raise ValueError(
-                f"An adapter for model_type {name!r} is registered already; pass overwrite=True to replace it."
-            )
+            raise ValueError(f"An adapter for model_type {name!r} is registered already; pass overwrite=True to replace it.")
     for name in names:
         _REGISTRY[name] = adapter
 

@@ -213,7 +213,6 @@ def resolve(root: nn.Module, path: str):
             current = running_module(getattr(current, name))
         except AttributeError as error:
             raise AttributeError(
-                f"{type(root).__name__} has no attribute path {path!r} ({error}); the adapter does not "
-                "match this model."
+                f"{type(root).__name__} has no attribute path {path!r} ({error}); the adapter does not match this model."
             ) from None
     return current

@@ -50,6 +50,7 @@ GEMMA2_LAYER = replace(
     ffn_output_norm="post_feedforward_layernorm",
 )
 
+
 def _is_linear(module: object) -> bool:
     """An ``nn.Linear``, also inside PEFT's wrappers (``modules_to_save``, a LoRA layer)."""
     return isinstance(base_layer(running_module(module)), nn.Linear)

@@ -65,7 +65,6 @@ class Pooling(Component):
             ids = None
         return PoolingRecord(ids, pad_token_id_of(root))
 
-
     def freeze(self, root: nn.Module, recorder: Recorder) -> None:
         """Pooling selects rows linearly: nothing to freeze."""
 
