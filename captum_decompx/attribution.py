@@ -7,6 +7,7 @@ and reduce the decomposition to what the forward function returned for the targe
 
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Sequence, Union, overload
@@ -238,6 +239,7 @@ class DecompX(HookedModelAttribution):
         additional_forward_args: Any = None,
         return_convergence_delta: Literal[False] = False,
         show_progress: bool = False,
+        baselines: Any = None,
     ) -> Union[Tensor, tuple[Tensor]]: ...
 
     @overload
@@ -249,6 +251,7 @@ class DecompX(HookedModelAttribution):
         *,
         return_convergence_delta: Literal[True],
         show_progress: bool = False,
+        baselines: Any = None,
     ) -> tuple[Union[Tensor, tuple[Tensor]], Tensor]: ...
 
     @captum_entry_point
@@ -259,6 +262,7 @@ class DecompX(HookedModelAttribution):
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
         show_progress: bool = False,
+        baselines: Any = None,
     ):
         """Attribute what the forward function returns for the target to the input tokens.
 
@@ -275,12 +279,24 @@ class DecompX(HookedModelAttribution):
                 softmax-like output, the logit it refers to). Zero up to float error when the
                 biases are decomposed; minus the biases' share when they are left out.
             show_progress: show a progress bar over the examples (exact algorithm).
+            baselines: accepted so that a call written for Captum's gradient methods (e.g.
+                ``LayerIntegratedGradients.attribute(inputs, baselines=..., ...)``) runs as it
+                is; DecompX decomposes the forward pass at the input itself and uses no baseline,
+                so given baselines are ignored, with a warning.
 
         Returns:
             (batch, seq) contributions to the explained output (the inputs' format: a 1-tuple in,
             a 1-tuple out); without the head, the L2 norms of each token's piece of the pooled state.
             Multiple-choice ids (batch, choices, seq) give (batch, choices, seq).
         """
+        if baselines is not None:
+            warnings.warn(
+                "DecompX decomposes the forward pass at the input itself and takes no baselines: the "
+                "baselines passed are ignored (the attributions sum to the explained output, not to "
+                "its difference from a baseline's).",
+                UserWarning,
+                stacklevel=2,
+            )
         with self._call_modes():
             input_ids, as_tuple = self._input_ids(inputs)
             if return_convergence_delta and not self.include_head:

@@ -294,14 +294,13 @@ def decompose(
     Args:
         captured: the records of the forward pass (:func:`~captum_decompx.capture.capture_internals`).
         model, adapter: the model that was captured and its adapter (for the parameters).
-        path: ``"exact"`` or ``"fast"`` (which needs ``options.include_biases=False``).
+        path: ``"exact"``; ``"fast"`` is refused with a pointer to :func:`fast`, which needs a
+            frozen forward pass of its own rather than a captured one.
         dtype: the compute dtype.
         max_memory: bytes the exact path may use for its decomposition.
-        targets: (batch,) one class per example: also reduce to ``target_contributions``; the
-            fast path then computes those classes only.
-        pooled: also return the pooled decomposition (on the fast path with the head this costs
-            one backward pass per hidden unit).
-        token_maps: also return the per-layer token maps (computed by the exact path).
+        targets: (batch,) one class per example: also reduce to ``target_contributions``.
+        pooled: also return the pooled decomposition.
+        token_maps: also return the per-layer token maps.
         progress: called with the number of examples finished (exact path).
         positions: per-position adapters (``pooling="each"``) only: the (rows,) output positions
             to decompose, ascending (None: every position). See :class:`Decomposition`.
@@ -331,7 +330,7 @@ def decompose(
             "frozen, captum_decompx.freezing) instead of decomposing a captured one: use "
             "DecompX(..., algorithm='fast'), or decomposition.fast on a freezing.frozen_forward run."
         )
-    result = _exact_path(
+    return _exact_path(
         captured,
         parts,
         pooling,
@@ -343,22 +342,6 @@ def decompose(
         token_maps=token_maps,
         progress=progress,
     )
-    if token_maps and result.token_maps is None:  # token maps come from the exact path
-        maps = _exact_path(
-            captured,
-            parts,
-            pooling,
-            options,
-            dtype=dtype,
-            max_memory=max_memory,
-            targets=None,
-            pooled=True,
-            token_maps=True,
-            progress=progress,
-        )
-        result.token_maps = maps.token_maps
-        result.pooled = maps.pooled if result.pooled is None else result.pooled
-    return result
 
 
 def _per_position(

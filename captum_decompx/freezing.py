@@ -48,7 +48,7 @@ from .adapters.base import Norm as HeadNorm
 from .adapters.base import split_block, take_block
 from .capture import _configs_of, _model_lock
 from .components import Settings
-from .components.activations import ZERO_ORIGIN_EPS
+from .components.activations import _APPROXIMATIONS
 from .components.linear import affine
 from .components.norms import NormKind, norm_kind_of
 
@@ -120,12 +120,11 @@ class NormFreezing:
 
 @dataclass(frozen=True)
 class PointwiseFreezing:
-    """A pointwise activation ``y = f(a)`` frozen by one of the approximations.
-
-    ``"zo"``: slope ``f(a) / (a + 1e-12)``; ``"la"``: slope ``f'(a)`` (the intercept is a bias);
-    ``"relu"``: slope ``a > 0``, and ``f(a) - a * (a > 0)`` is left out of the decomposition
-    (returned as ``dropped``, see :func:`frozen_forward`).
-    """
+    """A pointwise activation ``y = f(a)`` frozen by its registered approximation's
+    :meth:`~captum_decompx.components.activations.Approximation.frozen_slope`: ``"zo"`` slope
+    ``f(a) / (a + 1e-12)``; ``"la"`` slope ``f'(a)`` (the intercept is a bias); ``"relu"`` slope
+    ``a > 0``, and ``f(a) - a * (a > 0)`` is left out of the decomposition (returned as
+    ``dropped``, see :func:`frozen_forward`)."""
 
     approximation: str
     kind: str = "activation"
@@ -134,19 +133,8 @@ class PointwiseFreezing:
         self, function: Callable[[Tensor], Tensor], pre_activation: Tensor, value: Tensor
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Returns the frozen output (equal to ``value``) and what the approximation drops, or None."""
-        a = pre_activation.detach()
-        dropped = None
-        if self.approximation == "zo":
-            slope = value.detach() / (a + ZERO_ORIGIN_EPS)
-        elif self.approximation == "relu":
-            slope = (a > 0).to(value.dtype)
-            dropped = value.detach() - a * slope
-        elif self.approximation == "la":
-            with torch.enable_grad():
-                point = a.clone().requires_grad_(True)
-                (slope,) = torch.autograd.grad(function(point).sum(), point)
-        else:
-            raise ValueError(f"Unknown approximation {self.approximation!r}.")
+        approximation = _APPROXIMATIONS.get(self.approximation)  # the registered component kind's rule
+        slope, dropped = approximation.frozen_slope(function, pre_activation.detach(), value.detach())
         return _FrozenSlope.apply(pre_activation, value.detach(), slope), dropped
 
 

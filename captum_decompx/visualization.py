@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import torch
 from captum.attr import visualization as captum_visualization
-from captum.attr.visualization import VisualizationDataRecord
 from torch import Tensor
 
 from .attribution import DecompXOutput
 from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, signed_hex, text_colour_on
+
+if TYPE_CHECKING:  # the record class's home module is private; Captum exports it as visualization.VisualizationDataRecord
+    from captum.attr._utils.visualization import VisualizationDataRecord
+else:
+    VisualizationDataRecord = captum_visualization.VisualizationDataRecord
 
 LabelNames = Union[Sequence[str], Mapping[int, str], None]
 PathLike = Union[str, Path]

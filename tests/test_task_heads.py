@@ -112,12 +112,15 @@ def test_squad_tutorial_forward_is_exact_for_start_and_end_and_matches_the_liter
         output = model(ids, attention_mask=attention_mask)
     logits = torch.stack([output.start_logits, output.end_logits], dim=-1)  # (batch, seq, 2)
     literal = literal_rows(model.bert, [spec.affine_of(model.qa_outputs)], ids, attention_mask, logits)
+    ref_input_ids = torch.zeros_like(ids)  # the tutorial's reference ids, for LayerIntegratedGradients
     for position in (0, 1):
-        attributions, delta = dx.attribute(
-            inputs=ids,
-            additional_forward_args=(token_type_ids, position_ids, attention_mask, position),
-            return_convergence_delta=True,
-        )
+        with pytest.warns(UserWarning, match="takes no baselines"):  # the tutorial's call, unchanged
+            attributions, delta = dx.attribute(
+                inputs=ids,
+                baselines=ref_input_ids,
+                additional_forward_args=(token_type_ids, position_ids, attention_mask, position),
+                return_convergence_delta=True,
+            )
         with torch.no_grad():
             value = squad_pos_forward_func(ids, token_type_ids, position_ids, attention_mask, position)
         assert attributions.shape == ids.shape

@@ -41,10 +41,21 @@ class Approximation(abc.ABC):
         """Pieces (batch, rows, pieces, dim) through ``function`` frozen at ``pre_activation``
         (batch, rows, dim); ``inplace`` allows overwriting ``pieces``."""
 
-    def freeze(self, function: ActivationFunction, pre_activation: Tensor) -> Tensor:
-        """The activation's real output with its coefficient detached from autograd (the slot of
-        the one-pass fast path); not defined yet."""
-        raise NotImplementedError(f"{type(self).__name__} has no freeze rule yet.")
+    def frozen_slope(
+        self, function: ActivationFunction, pre_activation: Tensor, value: Tensor
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """The fast path's freezing rule (:mod:`captum_decompx.freezing`): the coefficient of the
+        pre-activation that the one frozen forward pass differentiates through, and what the
+        approximation leaves out of the decomposition (None when nothing).
+
+        Args:
+            pre_activation: (..., dim), the real pre-activation, detached.
+            value: (..., dim), the activation's real output, detached.
+        """
+        raise NotImplementedError(
+            f"The approximation {type(self).__name__} has no rule for the fast path: implement "
+            "Approximation.frozen_slope, or use algorithm='exact'."
+        )
 
 
 class ZeroOrigin(Approximation):
@@ -52,6 +63,9 @@ class ZeroOrigin(Approximation):
         a = pre_activation
         theta = (function(a) / (a + ZERO_ORIGIN_EPS)).unsqueeze(-2)
         return pieces.mul_(theta) if inplace and not pieces.requires_grad else pieces * theta
+
+    def frozen_slope(self, function, pre_activation, value):
+        return value / (pre_activation + ZERO_ORIGIN_EPS), None
 
 
 class TangentLine(Approximation):
@@ -64,12 +78,22 @@ class TangentLine(Approximation):
         intercept = value.detach() - slope * a
         return add_bias(pieces * slope.unsqueeze(-2), intercept, settings)
 
+    def frozen_slope(self, function, pre_activation, value):
+        with torch.enable_grad():  # the intercept is a bias: the fast path's bias share carries it
+            point = pre_activation.clone().requires_grad_(True)
+            (slope,) = torch.autograd.grad(function(point).sum(), point)
+        return slope, None
+
 
 class ReLUGate(Approximation):
     in_head = False
 
     def propagate(self, pieces, pre_activation, function, settings, *, inplace):
         return pieces * (pre_activation > 0).to(pieces.dtype).unsqueeze(-2)
+
+    def frozen_slope(self, function, pre_activation, value):
+        slope = (pre_activation > 0).to(value.dtype)
+        return slope, value - pre_activation * slope  # f(a) - a * (a > 0) is left out
 
 
 _APPROXIMATIONS: Registry[Approximation] = Registry("approximation")

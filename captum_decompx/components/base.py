@@ -12,8 +12,11 @@ built from adapter data (dotted paths). It answers four questions:
 - **propagated**: how a decomposition passes through it (its ``propagate`` function, with the
   recorded values frozen).
 
-:meth:`Component.freeze` is the slot for the one-pass fast path: make the real module's output
-value-identical while its nonlinear coefficient is detached from autograd.
+The one-pass fast path freezes the real modules instead (:mod:`captum_decompx.freezing`); its
+rules read the kinds' own definitions: a normalization's statistic, linear part and gain from its
+registered norm kind, an activation's slope from its registered approximation
+(:meth:`~captum_decompx.components.activations.Approximation.frozen_slope`), a linear map's bias
+from the linear kind (fused blocks and LoRA included).
 """
 
 from __future__ import annotations
@@ -39,8 +42,3 @@ class Component:
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> Any:
         """The parameters, detached and converted to ``dtype``; the model is not touched."""
         raise NotImplementedError
-
-    def freeze(self, root: nn.Module, recorder: Recorder) -> None:
-        """Hooks that keep the real output's value and detach its nonlinear coefficient (for a
-        one-pass fast path). Linear components have nothing to freeze."""
-        raise NotImplementedError(f"{type(self).__name__} has no freeze rule yet.")

@@ -49,10 +49,6 @@ class HeadStepKind(abc.ABC):
     def propagate(self, pieces: Tensor, params: Any, real_input: Optional[Tensor], settings: Settings) -> Tensor:
         """pieces (batch, 1, pieces, dim) -> (batch, 1, pieces, out); ``real_input`` (batch, 1, dim)."""
 
-    def freeze(self, model: nn.Module, step: HeadStep, recorder: Recorder) -> None:
-        """Slot for the one-pass fast path (see :meth:`~.base.Component.freeze`)."""
-        raise NotImplementedError(f"{type(self).__name__} has no freeze rule yet.")
-
 
 class LinearStep(HeadStepKind):
     def resolve(self, model, step, dtype) -> Affine:
@@ -60,9 +56,6 @@ class LinearStep(HeadStepKind):
 
     def propagate(self, pieces, params, real_input, settings):
         return linear(pieces, params, settings)
-
-    def freeze(self, model, step, recorder) -> None:
-        """Linear: nothing to freeze."""
 
 
 def _linear_before(steps: Sequence[HeadStep], index: int) -> Linear:

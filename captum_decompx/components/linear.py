@@ -161,9 +161,6 @@ class LinearMap(Component):
 
     propagate = staticmethod(linear)
 
-    def freeze(self, root: nn.Module, recorder: Recorder) -> None:
-        """A linear map has no nonlinear coefficient: nothing to freeze."""
-
 
 def affine(root: nn.Module, path: str, dtype: torch.dtype) -> Affine:
     """The parameters of the linear map at ``path`` (which may end in ``[i/n]``)."""

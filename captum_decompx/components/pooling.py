@@ -65,9 +65,6 @@ class Pooling(Component):
             ids = None
         return PoolingRecord(ids, pad_token_id_of(root))
 
-    def freeze(self, root: nn.Module, recorder: Recorder) -> None:
-        """Pooling selects rows linearly: nothing to freeze."""
-
 
 def last_non_pad_token(record: PoolingRecord, batch: int, seq: int, device: torch.device) -> Tensor:
     """(batch,) the row Hugging Face's decoder sequence classifiers pool (transformers 4.57 and 5.x):
