@@ -353,7 +353,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.model, args.lengths, args.batches, args.decoder_lengths, args.lxt_python = "bert-tiny", [16, 32], [1], [], ""
         args.repeats = min(args.repeats, 3)
     if args.out is None:
-        folder = tempfile.gettempdir() if args.quick else speed.DEFAULT_OUT
+        folder = tempfile.gettempdir() if args.quick else measure.DEFAULT_OUT
         args.out = os.path.join(folder, "fast_floor.md")
     return args
 
