@@ -283,10 +283,9 @@ def write_report(
         f"- Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; torch {torch.__version__}, "
         f"transformers {transformers.__version__}, torch threads {torch.get_num_threads()}, CPU",
         f"- Load (`uptime`) before: `{load[0]}`; after: `{load[1]}`",
-        "- **The machine was shared** with other developers' jobs during this run: absolute times are "
-        "disturbed; the ratios are of medians of interleaved calls in one process (fast, GxA, fast, GxA, "
-        f"...; {args.repeats} each after a warm-up), which load hits alike. Rerun on a quiet machine with "
-        "`python benchmarks/fast_floor.py --threads 1`.",
+        "- Ratios are of medians of interleaved calls in one process (fast, GxA, fast, GxA, "
+        f"...; {args.repeats} each after a warm-up), which other load on the machine (see the load "
+        "average above) hits alike; absolute times depend on that load.",
         "- fast: `DecompX(forward_func, model=model, include_biases=False).attribute(ids, target=1)` (one frozen "
         "forward pass of the real model, one backward pass); GxA: Captum's `LayerGradientXActivation` on the "
         "word embeddings, summed over the embedding (as in `speed.py`). Peak memory: growth of the process's "
