@@ -3,7 +3,8 @@ LM, multiple choice, bare encoders (sentence embeddings), regression and multi-l
 
 Values are checked against independent computations: the literal spec (``literal_spec.py``, which
 never imports the engine) decomposing the output row of one position through the task's head, and
-for multiple choice the sequence classifier with the same weights. The battery checks completeness
+for multiple choice (BERT, ALBERT, ELECTRA) the sequence classifier with the same weights, for
+ModernBERT's masked LM its token classifier with the same weights. The battery checks completeness
 against what the forward function returns, padding invariance and that the model is left as found.
 """
 
@@ -212,6 +213,41 @@ def test_masked_lm_vocabulary_logit_at_the_mask_matches_the_literal_spec():
             spec.assert_matches(
                 scores[b, :n], literal[b][2].contributions[:, word], float(logits.abs().max()), f"example {b} word {word}"
             )
+
+
+def test_modernbert_masked_lm_equals_the_token_classifier_with_the_same_weights():
+    """ModernBERT's MLM head (dense, act, norm, decoder) is its token classifier's head with the
+    decoder as classifier: the same weights must give the same attributions per (position, word)."""
+    config = tf.ModernBertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        num_labels=VOCAB,
+    )
+    torch.manual_seed(0)
+    masked_lm = reinit_parameters(tf.ModernBertForMaskedLM(config), seed=20).eval()
+    classifier = tf.ModernBertForTokenClassification(config).eval()
+    renamed = {k.replace("decoder.", "classifier.", 1): v for k, v in masked_lm.state_dict().items()}
+    missing, unexpected = classifier.load_state_dict(renamed, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=20)
+    with torch.no_grad():
+        logits = masked_lm(ids, attention_mask=mask).logits
+        torch.testing.assert_close(classifier(ids, attention_mask=mask).logits, logits, rtol=1e-5, atol=1e-6)
+    before = snapshot(masked_lm)
+    dx = DecompX(lambda i, m: masked_lm(i, attention_mask=m).logits, model=masked_lm)
+    by_hand = DecompX(lambda i, m: classifier(i, attention_mask=m).logits, model=classifier)
+    for target in ((2, 5), (4, 17)):
+        scores, delta = dx.attribute(ids, target=target, additional_forward_args=(mask,), return_convergence_delta=True)
+        assert float(delta.abs().max()) < 1e-5
+        torch.testing.assert_close(scores.sum(-1), logits[:, target[0], target[1]], rtol=1e-5, atol=1e-5)
+        expected = by_hand.attribute(ids, target=target, additional_forward_args=(mask,))
+        torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    assert_unchanged(masked_lm, before)
 
 
 # --------------------------------------------------------------------------------------------
