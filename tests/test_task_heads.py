@@ -469,10 +469,29 @@ def test_electra_multiple_choice_matches_the_literal_spec():
             spec.assert_matches(scores[b, choice, :n], expected, scale, f"example {b} choice {choice}")
 
 
+@pytest.mark.parametrize(
+    "options",
+    [dict(summary_activation=""), dict(summary_use_proj=False, summary_activation="")],
+    ids=["no-activation", "neither-projection-nor-activation"],
+)
+def test_electra_multiple_choice_summary_without_activation_or_projection_is_exact(options):
+    model = reinit_parameters(tf.ElectraForMultipleChoice(_electra_config(num_labels=1, **options)), seed=21).eval()
+    ids = torch.randint(4, VOCAB, (2, 2, 5), generator=torch.Generator().manual_seed(21))
+    mask = torch.ones_like(ids)
+    mask[0, 1, 3:] = 0
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+    scores = DecompX(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    torch.testing.assert_close(scores.sum((1, 2)), logits[:, 1], rtol=1e-5, atol=1e-5)
+
+
 def test_electra_multiple_choice_with_another_summary_is_refused_by_name():
     model = tf.ElectraForMultipleChoice(_electra_config(num_labels=1, summary_type="mean"))
     with pytest.raises(UnsupportedTaskError, match="summary_type='mean'.*only 'first'"):
         DecompX(model)
+    activation_only = tf.ElectraForMultipleChoice(_electra_config(num_labels=1, summary_use_proj=False))
+    with pytest.raises(UnsupportedTaskError, match="summary_use_proj=False and a summary activation"):
+        DecompX(activation_only)
 
 
 # --------------------------------------------------------------------------------------------

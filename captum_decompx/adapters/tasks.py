@@ -191,7 +191,8 @@ DEBERTA_V2_LEGACY_MLM_HEAD = BERT_MLM_HEAD
 def electra_multiple_choice_head(model: nn.Module) -> tuple[HeadStep, ...]:
     """ELECTRA's multiple-choice head: its sequence summary of the first token (summary linear map,
     then the summary activation), then the classifier. Summaries of another token (``"last"``,
-    ``"mean"``, ``"cls_index"``) read positions the adapter's pooling does not, and are refused."""
+    ``"mean"``, ``"cls_index"``) read positions the adapter's pooling does not, and an activation
+    without the projection has no linear map before it: both are refused."""
     config = model.config
     summary_type = getattr(config, "summary_type", "last")
     if summary_type != "first":
@@ -201,10 +202,19 @@ def electra_multiple_choice_head(model: nn.Module) -> tuple[HeadStep, ...]:
             "supported. For another summary, describe the head with captum_decompx.Adapter(head=..., "
             "pooling=...) and pass adapter=."
         )
+    projected = bool(getattr(config, "summary_use_proj", False))
+    activated = bool(getattr(config, "summary_activation", None))
+    if activated and not projected:
+        raise UnsupportedTaskError(
+            f"DecompX does not support the multiple choice head of {type(model).__name__} with "
+            "config.summary_use_proj=False and a summary activation: the activation would act on the "
+            "encoder's output directly, which no head step describes. Supported: a projected summary "
+            "(the default), or neither projection nor activation."
+        )
     steps: list[HeadStep] = []
-    if getattr(config, "summary_use_proj", False):
+    if projected:
         steps.append(Linear("sequence_summary.summary"))
-    if getattr(config, "summary_activation", None):
+    if activated:
         steps.append(Activation(path="sequence_summary.activation"))
     steps.append(Linear("classifier"))
     return tuple(steps)
