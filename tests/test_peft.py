@@ -339,3 +339,71 @@ def test_disabled_merged_layer_reads_as_its_base_map():
     assert_close(disabled.weight, base_weight, "weight")
     assert_close(disabled.bias, base_bias, "bias")
     assert_visible(enabled.weight, base_weight, "the LoRA term")
+
+
+# Per-position heads: token classification and question answering (PEFT wraps the head in modules_to_save).
+PER_POSITION_CASES = {
+    # name: (builder, PEFT task type, LoRA targets, the head PEFT saves, targets (position, label or start/end))
+    "bert-token-classification": (
+        lambda: tf.BertForTokenClassification(tf.BertConfig(**COMMON)),
+        "TOKEN_CLS",
+        ["query", "value", "dense"],
+        "classifier",
+        [(3, 2), (1, 0)],
+    ),
+    "bert-question-answering": (
+        lambda: tf.BertForQuestionAnswering(tf.BertConfig(**{**COMMON, "num_labels": 2})),
+        "QUESTION_ANS",
+        ["value", "dense"],
+        "qa_outputs",
+        [(3, 0), (1, 1)],
+    ),
+}
+
+
+def per_position_output(model: nn.Module, ids, mask) -> torch.Tensor:
+    """(batch, seq, labels): token-classification logits, or the start and end logits stacked."""
+    output = model(input_ids=ids, attention_mask=mask)
+    if hasattr(output, "start_logits"):
+        return torch.stack([output.start_logits, output.end_logits], dim=-1)
+    return output.logits
+
+
+def explain_per_position(model: nn.Module, target, include_biases: bool = True):
+    """(attributions (batch, seq), explained values (batch,)) of ``target=(position, label)``, exact algorithm."""
+    ids, mask = batch()
+    explainer = DecompX(
+        lambda i, m: per_position_output(model, i, m), model=model, include_biases=include_biases, algorithm="exact"
+    )
+    attributions = explainer.attribute(ids, target=target, additional_forward_args=(mask,))
+    with torch.no_grad():
+        values = per_position_output(model, ids, mask)[:, target[0], target[1]]
+    return attributions, values
+
+
+@pytest.mark.parametrize("case", list(PER_POSITION_CASES))
+def test_lora_token_classification_and_qa_are_explained_as_the_merged_model(case):
+    build, task_type, targets, head, positions = PER_POSITION_CASES[case]
+    torch.manual_seed(0)
+    plain = redraw(build(), 0)
+    before_lora = copy.deepcopy(plain)
+    config = peft.LoraConfig(task_type=task_type, target_modules=targets, r=4, lora_alpha=8, init_lora_weights=False)
+    model = peft.get_peft_model(plain, config)
+    adapter_parameters(model, seed=1)
+    model.eval()
+    saved = [name for name, m in model.named_modules() if isinstance(m, peft.utils.other.ModulesToSaveWrapper)]
+    assert saved and all(name.endswith(head) for name in saved), saved  # PEFT put the head in modules_to_save
+    merged = copy.deepcopy(model).merge_and_unload()
+    assert not any(isinstance(m, peft.tuners.tuners_utils.BaseTunerLayer) for m in merged.modules())
+    state = peft_state(model)
+    for target in positions:
+        for include_biases in (True, False):
+            attributions, values = explain_per_position(model, target, include_biases)
+            expected, merged_values = explain_per_position(merged, target, include_biases)
+            assert_close(values, merged_values, f"{case} {target}: forward outputs")
+            assert_close(attributions, expected, f"{case} {target} biases={include_biases}: PEFT against merged")
+            if include_biases:
+                assert_close(attributions.sum(-1), values, f"{case} {target}: completeness")
+        base_attributions, _ = explain_per_position(before_lora, target, include_biases=False)
+        assert_visible(attributions, base_attributions, f"{case} {target}: the LoRA adapter and saved head")
+    assert_state_unchanged(model, state)

@@ -3,7 +3,8 @@ LM, multiple choice, bare encoders (sentence embeddings), regression and multi-l
 
 Values are checked against independent computations: the literal spec (``literal_spec.py``, which
 never imports the engine) decomposing the output row of one position through the task's head, and
-for multiple choice the sequence classifier with the same weights. The battery checks completeness
+for multiple choice (BERT, ALBERT, ELECTRA) the sequence classifier with the same weights, for
+ModernBERT's masked LM its token classifier with the same weights. The battery checks completeness
 against what the forward function returns, padding invariance and that the model is left as found.
 """
 
@@ -214,6 +215,41 @@ def test_masked_lm_vocabulary_logit_at_the_mask_matches_the_literal_spec():
             )
 
 
+def test_modernbert_masked_lm_equals_the_token_classifier_with_the_same_weights():
+    """ModernBERT's MLM head (dense, act, norm, decoder) is its token classifier's head with the
+    decoder as classifier: the same weights must give the same attributions per (position, word)."""
+    config = tf.ModernBertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        num_labels=VOCAB,
+    )
+    torch.manual_seed(0)
+    masked_lm = reinit_parameters(tf.ModernBertForMaskedLM(config), seed=20).eval()
+    classifier = tf.ModernBertForTokenClassification(config).eval()
+    renamed = {k.replace("decoder.", "classifier.", 1): v for k, v in masked_lm.state_dict().items()}
+    missing, unexpected = classifier.load_state_dict(renamed, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=20)
+    with torch.no_grad():
+        logits = masked_lm(ids, attention_mask=mask).logits
+        torch.testing.assert_close(classifier(ids, attention_mask=mask).logits, logits, rtol=1e-5, atol=1e-6)
+    before = snapshot(masked_lm)
+    dx = DecompX(lambda i, m: masked_lm(i, attention_mask=m).logits, model=masked_lm)
+    by_hand = DecompX(lambda i, m: classifier(i, attention_mask=m).logits, model=classifier)
+    for target in ((2, 5), (4, 17)):
+        scores, delta = dx.attribute(ids, target=target, additional_forward_args=(mask,), return_convergence_delta=True)
+        assert float(delta.abs().max()) < 1e-5
+        torch.testing.assert_close(scores.sum(-1), logits[:, target[0], target[1]], rtol=1e-5, atol=1e-5)
+        expected = by_hand.attribute(ids, target=target, additional_forward_args=(mask,))
+        torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    assert_unchanged(masked_lm, before)
+
+
 # --------------------------------------------------------------------------------------------
 # Bare encoders and sentence embeddings
 
@@ -314,6 +350,150 @@ def test_multiple_choice_equals_the_sequence_classifier_with_the_same_weights():
     assert_unchanged(choice_model, before)
 
 
+def _electra_config(**extra) -> tf.ElectraConfig:
+    return tf.ElectraConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        embedding_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        **extra,
+    )
+
+
+def _albert_config(**extra) -> tf.AlbertConfig:
+    return tf.AlbertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        embedding_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        **extra,
+    )
+
+
+def _electra_choices_as_classifier(state: dict) -> dict:
+    """ElectraForMultipleChoice's weights renamed for ElectraForSequenceClassification: the summary
+    linear map is the classification head's dense map (both followed by GELU), its classifier the out_proj."""
+    renamed = {}
+    for key, value in state.items():
+        key = key.replace("sequence_summary.summary.", "classifier.dense.")
+        if key.startswith("classifier.") and not key.startswith("classifier.dense."):
+            key = key.replace("classifier.", "classifier.out_proj.", 1)
+        renamed[key] = value
+    return renamed
+
+
+MULTIPLE_CHOICE = {
+    # name: (multiple-choice model, the sequence classifier with the same head, renaming of the weights)
+    "albert": (
+        lambda: tf.AlbertForMultipleChoice(_albert_config(num_labels=1)),
+        lambda: tf.AlbertForSequenceClassification(_albert_config(num_labels=1)),
+        dict,
+    ),
+    "electra": (
+        lambda: tf.ElectraForMultipleChoice(_electra_config(num_labels=1)),
+        lambda: tf.ElectraForSequenceClassification(_electra_config(num_labels=1)),
+        _electra_choices_as_classifier,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MULTIPLE_CHOICE))
+def test_albert_and_electra_multiple_choice_equal_their_sequence_classifiers(name):
+    build_choices, build_classifier, rename = MULTIPLE_CHOICE[name]
+    torch.manual_seed(0)
+    choice_model = reinit_parameters(build_choices(), seed=18).eval()
+    classifier = build_classifier().eval()
+    missing, unexpected = classifier.load_state_dict(rename(choice_model.state_dict()), strict=False)
+    assert not unexpected and all("position_ids" in key for key in missing), (missing, unexpected)
+    ids = torch.randint(4, VOCAB, (2, 3, 6), generator=torch.Generator().manual_seed(18))
+    mask = torch.ones_like(ids)
+    mask[0, 1, 4:] = 0
+    mask[1, 2, 3:] = 0
+    with torch.no_grad():
+        logits = choice_model(ids, attention_mask=mask).logits
+        for choice in range(3):  # the renamed classifier is the same function as the choice head
+            same = classifier(ids[:, choice], attention_mask=mask[:, choice]).logits[:, 0]
+            torch.testing.assert_close(same, logits[:, choice], rtol=1e-5, atol=1e-6)
+    before = snapshot(choice_model)
+    dx = DecompX(choice_model)
+    for choice in (0, 2):
+        scores, delta = dx.attribute(ids, target=choice, additional_forward_args=(mask,), return_convergence_delta=True)
+        assert scores.shape == ids.shape
+        torch.testing.assert_close(scores.sum((1, 2)), logits[:, choice], rtol=1e-5, atol=1e-5)
+        assert float(delta.abs().max()) < 1e-5
+        by_hand = DecompX(classifier).attribute(ids[:, choice], target=0, additional_forward_args=(mask[:, choice],))
+        torch.testing.assert_close(scores[:, choice], by_hand, rtol=1e-5, atol=1e-6)
+        others = [c for c in range(3) if c != choice]
+        assert float(scores[:, others].abs().max()) == 0.0
+    fast = DecompX(choice_model, include_biases=False, algorithm="fast").attribute(ids, target=1, additional_forward_args=(mask,))
+    exact = DecompX(choice_model, include_biases=False, algorithm="exact").attribute(
+        ids, target=1, additional_forward_args=(mask,)
+    )
+    torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
+    assert_unchanged(choice_model, before)
+
+
+def test_electra_multiple_choice_matches_the_literal_spec():
+    """The summary (first token, linear map, GELU) and the classifier, decomposed literally per choice."""
+    model = spec.randomize(tf.ElectraForMultipleChoice(_electra_config(num_labels=1)), 19)
+    ids = torch.randint(4, VOCAB, (2, 2, 5), generator=torch.Generator().manual_seed(19))
+    mask = torch.ones_like(ids)
+    mask[1, 0, 3:] = 0
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+    head = [spec.affine_of(model.sequence_summary.summary), spec.GELU, spec.affine_of(model.classifier)]
+    weights = literal_bert_weights(model.electra, head)
+    embeddings_module = model.electra.embeddings
+    dx = DecompX(model)
+    scale = float(logits.abs().max())
+    for choice in range(2):
+        scores = dx.attribute(ids, target=choice, additional_forward_args=(mask,))
+        for b in range(2):
+            real = ids[b, choice][mask[b, choice].bool()]
+            n = real.shape[0]
+            summed = (
+                embeddings_module.word_embeddings.weight[real]
+                + embeddings_module.position_embeddings.weight[:n]
+                + embeddings_module.token_type_embeddings.weight[0]
+            )
+            embeddings = spec.norm_of(embeddings_module.LayerNorm)(summed.detach().to(spec.DTYPE))
+            trace = spec.real_forward(weights, embeddings, pooled_row=0)
+            spec.assert_matches(trace.logits, logits[b, choice : choice + 1], scale, f"literal forward {b} {choice}", 1e-9)
+            expected = spec.decompose(weights, embeddings, trace, 0).contributions[:, 0]
+            spec.assert_matches(scores[b, choice, :n], expected, scale, f"example {b} choice {choice}")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(summary_activation=""), dict(summary_use_proj=False, summary_activation="")],
+    ids=["no-activation", "neither-projection-nor-activation"],
+)
+def test_electra_multiple_choice_summary_without_activation_or_projection_is_exact(options):
+    model = reinit_parameters(tf.ElectraForMultipleChoice(_electra_config(num_labels=1, **options)), seed=21).eval()
+    ids = torch.randint(4, VOCAB, (2, 2, 5), generator=torch.Generator().manual_seed(21))
+    mask = torch.ones_like(ids)
+    mask[0, 1, 3:] = 0
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+    scores = DecompX(model).attribute(ids, target=1, additional_forward_args=(mask,))
+    torch.testing.assert_close(scores.sum((1, 2)), logits[:, 1], rtol=1e-5, atol=1e-5)
+
+
+def test_electra_multiple_choice_with_another_summary_is_refused_by_name():
+    model = tf.ElectraForMultipleChoice(_electra_config(num_labels=1, summary_type="mean"))
+    with pytest.raises(UnsupportedTaskError, match="summary_type='mean'.*only 'first'"):
+        DecompX(model)
+    activation_only = tf.ElectraForMultipleChoice(_electra_config(num_labels=1, summary_use_proj=False))
+    with pytest.raises(UnsupportedTaskError, match="summary_use_proj=False and a summary activation"):
+        DecompX(activation_only)
+
+
 # --------------------------------------------------------------------------------------------
 # The battery over the families' per-position heads
 
@@ -342,6 +522,8 @@ HEADS = {
     "bert-token": (_tiny(tf.BertConfig, tf.BertForTokenClassification, num_labels=3), "logits"),
     "distilbert-mlm": (_tiny(tf.DistilBertConfig, tf.DistilBertForMaskedLM), "logits"),
     "roberta-mlm": (_tiny(tf.RobertaConfig, tf.RobertaForMaskedLM, pad_token_id=1), "logits"),
+    "deberta-v2-mlm": (_tiny(tf.DebertaV2Config, tf.DebertaV2ForMaskedLM), "logits"),
+    "modernbert-mlm": (_tiny(tf.ModernBertConfig, tf.ModernBertForMaskedLM, pad_token_id=0), "logits"),
     "bert-bare": (_tiny(tf.BertConfig, tf.BertModel), "last_hidden_state"),
     "deberta-v2-bare": (_tiny(tf.DebertaV2Config, tf.DebertaV2Model), "last_hidden_state"),
 }
@@ -414,39 +596,28 @@ def test_regression_and_multi_label_heads_are_exact(problem):
         (lambda: tf.BertForNextSentencePrediction(_bert_config()), "next sentence prediction"),
         (lambda: tf.BertForPreTraining(_bert_config()), "pre-training"),
         (
-            lambda: tf.ElectraForMultipleChoice(
-                tf.ElectraConfig(
-                    vocab_size=VOCAB,
-                    hidden_size=16,
-                    embedding_size=16,
-                    num_hidden_layers=1,
-                    num_attention_heads=2,
-                    intermediate_size=24,
-                )
-            ),
-            "multiple choice",
-        ),
-        (
-            lambda: tf.AlbertForMultipleChoice(
-                tf.AlbertConfig(
-                    vocab_size=VOCAB,
-                    hidden_size=16,
-                    embedding_size=8,
-                    num_hidden_layers=1,
-                    num_attention_heads=2,
-                    intermediate_size=24,
-                )
+            lambda: tf.DebertaV2ForMultipleChoice(
+                tf.DebertaV2Config(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
             ),
             "multiple choice",
         ),
     ],
-    ids=["bert-nsp", "bert-pretraining", "electra-multiple-choice", "albert-multiple-choice"],
+    ids=["bert-nsp", "bert-pretraining", "deberta-v2-multiple-choice"],
 )
 def test_an_unsupported_task_head_is_named_with_the_supported_ones(build, task):
     model = build()
     with pytest.raises(UnsupportedTaskError, match=f"does not support the {task} head of {type(model).__name__}") as error:
         DecompX(model)
     assert "question answering" in str(error.value) and "sequence classification" in str(error.value)
+
+
+def test_deberta_v2_masked_lm_without_the_legacy_head_is_refused_by_name():
+    config = tf.DebertaV2Config(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24, legacy=False
+    )
+    model = tf.DebertaV2ForMaskedLM(config)
+    with pytest.raises(UnsupportedTaskError, match="masked LM head of DebertaV2ForMaskedLM with config.legacy=False"):
+        DecompX(model)
 
 
 def test_norm_based_baselines_refuse_per_position_heads():

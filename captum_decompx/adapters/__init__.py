@@ -20,11 +20,14 @@ from .tasks import (
     BERT_MLM_HEAD,
     DISTILBERT_MLM_HEAD,
     ELECTRA_MLM_HEAD,
+    MODERNBERT_MLM_HEAD,
     MODERNBERT_TOKEN_HEAD,
     ROBERTA_MLM_HEAD,
     TaskHeads,
     UnsupportedTaskError,
     bert_family_tasks,
+    deberta_v2_masked_lm_head,
+    electra_multiple_choice_head,
     task_of,
 )
 from .vision import vit
@@ -120,16 +123,17 @@ register_adapter(
         masked_lm=ROBERTA_MLM_HEAD,
     ),
 )
-register_adapter("electra", bert_family_tasks(ELECTRA, masked_lm=ELECTRA_MLM_HEAD))
+register_adapter("electra", bert_family_tasks(ELECTRA, multiple_choice=electra_multiple_choice_head, masked_lm=ELECTRA_MLM_HEAD))
 register_adapter("distilbert", bert_family_tasks(DISTILBERT, multiple_choice=DISTILBERT.head, masked_lm=DISTILBERT_MLM_HEAD))
-register_adapter("deberta-v2", bert_family_tasks(deberta_v2, family="deberta-v2"))
-register_adapter("albert", bert_family_tasks(ALBERT, masked_lm=ALBERT_MLM_HEAD))
+register_adapter("deberta-v2", bert_family_tasks(deberta_v2, masked_lm=deberta_v2_masked_lm_head, family="deberta-v2"))
+register_adapter("albert", bert_family_tasks(ALBERT, multiple_choice=ALBERT.head, masked_lm=ALBERT_MLM_HEAD))
 register_adapter(
     "modernbert",
     bert_family_tasks(
         modernbert,
         question_answering=MODERNBERT_TOKEN_HEAD,
         token_classification=MODERNBERT_TOKEN_HEAD,
+        masked_lm=MODERNBERT_MLM_HEAD,
         family="modernbert",
     ),
 )

@@ -51,6 +51,10 @@ def task_of(model: nn.Module) -> str:
     return type(model).__name__
 
 
+#: A task's head: its steps, or a function ``model -> steps`` when they depend on the config.
+HeadSpec = Union[Sequence[HeadStep], Callable[[nn.Module], Sequence[HeadStep]]]
+
+
 class UnsupportedTaskError(ValueError):
     """A model whose task head DecompX does not support (yet)."""
 
@@ -73,14 +77,15 @@ class TaskHeads:
     Attributes:
         base: the family's sequence-classification adapter (the encoder's layout), or a function
             ``model -> Adapter`` for families whose layout depends on the config.
-        heads: per task (a value of :data:`TASK_SUFFIXES`), the head steps (None: the base's own
+        heads: per task (a value of :data:`TASK_SUFFIXES`), the head steps, or a function
+            ``model -> steps`` for heads whose layout depends on the config (None: the base's own
             head); tasks in
             :data:`PER_POSITION_TASKS` get ``pooling="each"``, the others keep the base's pooling.
         family: the family's name, for messages (defaults to ``base.name``).
     """
 
     base: Union[Adapter, Callable[[nn.Module], Adapter]]
-    heads: Mapping[str, Optional[Sequence[HeadStep]]]
+    heads: Mapping[str, Optional[HeadSpec]]
     family: Optional[str] = None
 
     @property
@@ -98,6 +103,10 @@ class TaskHeads:
             base = self.base(model)
         else:
             raise ValueError("This family's adapter depends on the model: pass model=.")
+        if callable(steps):
+            if model is None:
+                raise ValueError(f"This family's {task} head depends on the model: pass model=.")
+            steps = steps(model)
         pooling = "each" if task in PER_POSITION_TASKS else base.pooling
         name = base.name if task == "sequence classification" else f"{base.name} ({task})"
         head = tuple(base.head) if steps is None else tuple(steps)
@@ -120,8 +129,8 @@ def bert_family_tasks(
     sequence_classification: Optional[Sequence[HeadStep]] = None,
     question_answering: Sequence[HeadStep] = (Linear("qa_outputs"),),
     token_classification: Sequence[HeadStep] = (Linear("classifier"),),
-    multiple_choice: Optional[Sequence[HeadStep]] = None,
-    masked_lm: Optional[Sequence[HeadStep]] = None,
+    multiple_choice: Optional[HeadSpec] = None,
+    masked_lm: Optional[HeadSpec] = None,
     family: Optional[str] = None,
 ) -> TaskHeads:
     """The task heads of a BERT-like family (by default its QA and token heads are one linear map).
@@ -129,7 +138,7 @@ def bert_family_tasks(
     Args:
         sequence_classification: the classifier's head; None keeps the base's own head.
     """
-    heads: dict[str, Optional[Sequence[HeadStep]]] = {
+    heads: dict[str, Optional[HeadSpec]] = {
         "sequence classification": None if sequence_classification is None else tuple(sequence_classification)
     }
     heads.update(
@@ -140,9 +149,9 @@ def bert_family_tasks(
         }
     )
     if multiple_choice is not None:
-        heads["multiple choice"] = tuple(multiple_choice)
+        heads["multiple choice"] = multiple_choice if callable(multiple_choice) else tuple(multiple_choice)
     if masked_lm is not None:
-        heads["masked LM"] = tuple(masked_lm)
+        heads["masked LM"] = masked_lm if callable(masked_lm) else tuple(masked_lm)
     return TaskHeads(base, heads, family)
 
 
@@ -174,6 +183,57 @@ ALBERT_MLM_HEAD = (
     Norm("predictions.LayerNorm"),
     Linear("predictions.decoder"),
 )
+MODERNBERT_MLM_HEAD = (Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("decoder"))
+#: DeBERTa-v2's legacy masked-LM head (``config.legacy=True``, the default): the same layout as BERT's.
+DEBERTA_V2_LEGACY_MLM_HEAD = BERT_MLM_HEAD
+
+
+def electra_multiple_choice_head(model: nn.Module) -> tuple[HeadStep, ...]:
+    """ELECTRA's multiple-choice head: its sequence summary of the first token (summary linear map,
+    then the summary activation), then the classifier. Summaries of another token (``"last"``,
+    ``"mean"``, ``"cls_index"``) read positions the adapter's pooling does not, and an activation
+    without the projection has no linear map before it: both are refused."""
+    config = model.config
+    summary_type = getattr(config, "summary_type", "last")
+    if summary_type != "first":
+        raise UnsupportedTaskError(
+            f"DecompX does not support the multiple choice head of {type(model).__name__} with "
+            f"config.summary_type={summary_type!r}: only 'first' (the default, the first token) is "
+            "supported. For another summary, describe the head with captum_decompx.Adapter(head=..., "
+            "pooling=...) and pass adapter=."
+        )
+    projected = bool(getattr(config, "summary_use_proj", False))
+    activated = bool(getattr(config, "summary_activation", None))
+    if activated and not projected:
+        raise UnsupportedTaskError(
+            f"DecompX does not support the multiple choice head of {type(model).__name__} with "
+            "config.summary_use_proj=False and a summary activation: the activation would act on the "
+            "encoder's output directly, which no head step describes. Supported: a projected summary "
+            "(the default), or neither projection nor activation."
+        )
+    steps: list[HeadStep] = []
+    if projected:
+        steps.append(Linear("sequence_summary.summary"))
+    if activated:
+        steps.append(Activation(path="sequence_summary.activation"))
+    steps.append(Linear("classifier"))
+    return tuple(steps)
+
+
+def deberta_v2_masked_lm_head(model: nn.Module) -> tuple[HeadStep, ...]:
+    """DeBERTa-v2's masked-LM head. The legacy head (``config.legacy=True``) is BERT's layout; the
+    newer one multiplies by the word embeddings and adds a separate bias, which no head step
+    describes yet, and is refused."""
+    if getattr(model.config, "legacy", True):
+        return DEBERTA_V2_LEGACY_MLM_HEAD
+    raise UnsupportedTaskError(
+        f"DecompX does not support the masked LM head of {type(model).__name__} with config.legacy=False: "
+        "it multiplies by the word embeddings and adds a separate bias, which no head step describes. "
+        "Models with legacy=True (the default) are supported; for this one, describe the head with "
+        "captum_decompx.Adapter(head=...) and pass adapter=."
+    )
+
+
 MODERNBERT_TOKEN_HEAD = (Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("classifier"))
 DISTILBERT_MLM_HEAD = (
     Linear("vocab_transform"),
@@ -183,11 +243,14 @@ DISTILBERT_MLM_HEAD = (
 )
 
 __all__ = [
+    "HeadSpec",
     "PER_POSITION_TASKS",
     "TASK_SUFFIXES",
     "TaskHeads",
     "UnsupportedTaskError",
     "bert_family_tasks",
+    "deberta_v2_masked_lm_head",
+    "electra_multiple_choice_head",
     "task_of",
     "unsupported_task",
 ]
