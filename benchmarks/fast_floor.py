@@ -87,24 +87,6 @@ def encoder_calls(model, batch: int, seq: int, model_name: str) -> dict[str, Cal
     return {method: measure.make_call(method, model, ids, mask, baselines, lig_internal_batch=1) for method in ("fast", "gxa")}
 
 
-def build_llama():
-    """The decoder section's model of ``speed.py``: a random Llama causal LM of realistic width."""
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=32000,
-        hidden_size=1024,
-        num_hidden_layers=8,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        intermediate_size=2816,
-        max_position_embeddings=4096,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
-
-
 def decoder_calls(model, seq: int) -> dict[str, Callable[[], Any]]:
     import torch
     from captum.attr import LayerGradientXActivation
@@ -398,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"AttnLRP batch {batch}: {note}", flush=True)
     del model
     if args.decoder_lengths:
-        llama = build_llama()
+        llama = measure.build_decoder()
         for seq in args.decoder_lengths:
             calls = decoder_calls(llama, seq)
             times = time_interleaved(calls, args.repeats)

@@ -11,7 +11,7 @@ import statistics
 import sys
 import time
 
-from speed_measure import _uptime
+from speed_measure import _uptime, build_decoder
 
 DECODER_PROMPT = 1024
 
@@ -25,24 +25,14 @@ def run_decoder_section(args: argparse.Namespace) -> int:
     ``--repeats`` calls after one warm-up, measured in this process, alternating the methods.
     """
     import torch
-    import transformers
     from captum.attr import LayerGradientXActivation
 
     from captum_decompx import DecompX
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=32000,
-        hidden_size=1024,
-        num_hidden_layers=8,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        intermediate_size=2816,
-        max_position_embeddings=4096,
-    )
-    model = transformers.LlamaForCausalLM(config).eval().to(args.device)
+    model = build_decoder().to(args.device)
+    config = model.config
     rows = []
     for seq in args.lengths:
         ids = torch.randint(0, config.vocab_size, (1, seq), generator=torch.Generator().manual_seed(seq)).to(args.device)

@@ -165,6 +165,25 @@ def build_model(name: str):
 Shape = ModelShape  # the sizes the cost and memory estimates need
 
 
+def build_decoder():
+    """The decoder sections' model: a random Llama-family causal LM of realistic width (hidden 1024,
+    8 layers, 16 heads and 8 key-value heads, intermediate 2816, vocabulary 32000), in eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=32000,
+        hidden_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        intermediate_size=2816,
+        max_position_embeddings=4096,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
 def shape_of(model) -> ModelShape:
     """The model's sizes, from its config."""
     config = model.config
