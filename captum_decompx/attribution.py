@@ -295,7 +295,7 @@ class DecompX(HookedModelAttribution):
                 "baselines passed are ignored (the attributions sum to the explained output, not to "
                 "its difference from a baseline's).",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of attribute, past the entry-point wrapper
             )
         with self._call_modes():
             input_ids, as_tuple = self._input_ids(inputs)
