@@ -556,15 +556,81 @@ def test_battery_completeness_padding_invariance_model_unchanged(name):
     assert_unchanged(model, before)
 
 
-def test_the_fast_path_refuses_per_position_heads_clearly():
+@pytest.mark.parametrize("name", list(HEADS))
+def test_fast_equals_exact_without_biases_for_every_per_position_head(name):
+    build, field = HEADS[name]
+    model = build()
+    generator = torch.Generator().manual_seed(17)
+    pad = 0 if "roberta" not in name else 1
+    ids = torch.randint(4, VOCAB, (2, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    ids[1, 6:], mask[1, 6:] = pad, 0  # the second example ends in padding
+
+    def forward(i, m):
+        return getattr(model(i, attention_mask=m), field)
+
+    with torch.no_grad():
+        value = forward(ids, mask)
+    scale = max(1.0, float(value.abs().max()))
+    before = snapshot(model)
+    fast = DecompX(forward, model=model, include_biases=False, algorithm="fast")
+    exact = DecompX(forward, model=model, include_biases=False, algorithm="exact")
+    assert DecompX(forward, model=model, include_biases=False).algorithm == "fast"  # "auto"
+    classes = value.shape[-1] if value.dim() == 3 else 0
+    # (position, class) targets, one per example too, a padding position's own output included.
+    targets = [(3, 1), [(0, classes - 1), (7, 0)], (8, 2)] if classes else [2, [0, 7], 8]
+    for target in targets:
+        got = fast.attribute(ids, target=target, additional_forward_args=(mask,))
+        want = exact.attribute(ids, target=target, additional_forward_args=(mask,))
+        assert got.shape == ids.shape
+        assert float((got - want).abs().max()) <= 1e-6 * scale, f"{name} target {target}"
+        assert float(want.abs().max()) > 1e-3 * scale  # not trivially zero
+    assert_unchanged(model, before)
+
+
+def test_fast_equals_exact_for_the_squad_tutorial_forward():
+    model = _qa_model()
+    ids, attention_mask = spec.padded_tokens(LENGTHS, VOCAB, seed=3)
+    token_type_ids = torch.zeros_like(ids)
+    position_ids = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
+
+    def squad_pos_forward_func(inputs, token_type_ids=None, position_ids=None, attention_mask=None, position=0):
+        pred = model(inputs, token_type_ids=token_type_ids, position_ids=position_ids, attention_mask=attention_mask)
+        return pred[position].max(1).values
+
+    fast = DecompX(squad_pos_forward_func, model=model, include_biases=False, algorithm="fast")
+    exact = DecompX(squad_pos_forward_func, model=model, include_biases=False, algorithm="exact")
+    for position in (0, 1):
+        args = (token_type_ids, position_ids, attention_mask, position)
+        got, delta = fast.attribute(ids, additional_forward_args=args, return_convergence_delta=True)
+        want, want_delta = exact.attribute(ids, additional_forward_args=args, return_convergence_delta=True)
+        with torch.no_grad():
+            scale = max(1.0, float(squad_pos_forward_func(ids, *args).abs().max()))
+        assert float((got - want).abs().max()) <= 1e-6 * scale
+        torch.testing.assert_close(delta, want_delta, rtol=0, atol=1e-6 * scale)  # minus the biases' share
+
+
+def test_the_fast_path_refuses_per_position_heads_clearly_where_it_does_not_apply():
     model = _qa_model()
     ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=3)
-    dx = DecompX(lambda i, m: model(i, attention_mask=m).start_logits, model=model, include_biases=False, algorithm="fast")
-    with pytest.raises(NotImplementedError, match="fast path does not support .*per-position head"):
-        dx.attribute(ids, target=2, additional_forward_args=(mask,))
-    # "auto" without biases picks the exact path for these heads.
-    auto = DecompX(lambda i, m: model(i, attention_mask=m).start_logits, model=model, include_biases=False)
-    assert auto.algorithm == "exact"
+
+    def forward(i, m):
+        return model(i, attention_mask=m).start_logits
+
+    dx = DecompX(forward, model=model, include_biases=False, algorithm="fast")
+    # decompose() of every position's every output is not one backward pass: refused with the way out.
+    with pytest.raises(NotImplementedError, match="per-position head.*algorithm='exact'.*with a target"):
+        dx.decompose(ids, (mask,))
+    no_head = DecompX(forward, model=model, include_biases=False, include_head=False, algorithm="fast")
+    with pytest.raises(NotImplementedError, match="include_head=False.*algorithm='exact'"):
+        no_head.attribute(ids, target=2, additional_forward_args=(mask,))
+    # "auto" without biases: attribute() runs fast, decompose() exact (every position, every class).
+    auto = DecompX(forward, model=model, include_biases=False)
+    assert auto.algorithm == "fast"
+    out = auto.decompose(ids, (mask,))
+    reference = DecompX(forward, model=model, include_biases=False, algorithm="exact").decompose(ids, (mask,))
+    torch.testing.assert_close(out.attributions, reference.attributions, rtol=0, atol=0)
+    assert DecompX(forward, model=model, include_biases=False, include_head=False).algorithm == "exact"
 
 
 # --------------------------------------------------------------------------------------------
