@@ -388,6 +388,25 @@ def _electra_choices_as_classifier(state: dict) -> dict:
     return renamed
 
 
+def _deberta_v2_config(**extra) -> tf.DebertaV2Config:
+    return tf.DebertaV2Config(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, **extra
+    )
+
+
+def _modernbert_config(**extra) -> tf.ModernBertConfig:
+    return tf.ModernBertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        **extra,
+    )
+
+
 MULTIPLE_CHOICE = {
     # name: (multiple-choice model, the sequence classifier with the same head, renaming of the weights)
     "albert": (
@@ -400,11 +419,26 @@ MULTIPLE_CHOICE = {
         lambda: tf.ElectraForSequenceClassification(_electra_config(num_labels=1)),
         _electra_choices_as_classifier,
     ),
+    "deberta-v2": (
+        lambda: tf.DebertaV2ForMultipleChoice(_deberta_v2_config(num_labels=1)),
+        lambda: tf.DebertaV2ForSequenceClassification(_deberta_v2_config(num_labels=1)),
+        dict,
+    ),
+    "modernbert-cls": (
+        lambda: tf.ModernBertForMultipleChoice(_modernbert_config(num_labels=1, classifier_pooling="cls")),
+        lambda: tf.ModernBertForSequenceClassification(_modernbert_config(num_labels=1, classifier_pooling="cls")),
+        dict,
+    ),
+    "modernbert-mean": (
+        lambda: tf.ModernBertForMultipleChoice(_modernbert_config(num_labels=1, classifier_pooling="mean")),
+        lambda: tf.ModernBertForSequenceClassification(_modernbert_config(num_labels=1, classifier_pooling="mean")),
+        dict,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(MULTIPLE_CHOICE))
-def test_albert_and_electra_multiple_choice_equal_their_sequence_classifiers(name):
+def test_albert_electra_deberta_modernbert_multiple_choice_equal_their_sequence_classifiers(name):
     build_choices, build_classifier, rename = MULTIPLE_CHOICE[name]
     torch.manual_seed(0)
     choice_model = reinit_parameters(build_choices(), seed=18).eval()
@@ -437,6 +471,29 @@ def test_albert_and_electra_multiple_choice_equal_their_sequence_classifiers(nam
     )
     torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
     assert_unchanged(choice_model, before)
+
+
+def test_modernbert_multiple_choice_reads_the_first_real_token_under_left_padding():
+    torch.manual_seed(0)
+    config = _modernbert_config(num_labels=1, classifier_pooling="cls")
+    model = reinit_parameters(tf.ModernBertForMultipleChoice(config), seed=3).eval()
+    ids = torch.randint(4, VOCAB, (2, 2, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    ids[0, 1, :2], mask[0, 1, :2] = 0, 0  # left padding: Hugging Face pools attention_mask.argmax
+    ids[1, 0, :3], mask[1, 0, :3] = 0, 0
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+    dx = DecompX(model)
+    for choice in (0, 1):
+        scores = dx.attribute(ids, target=choice, additional_forward_args=(mask,))
+        torch.testing.assert_close(scores.sum((1, 2)), logits[:, choice], rtol=1e-5, atol=1e-5)
+        fast = DecompX(model, include_biases=False, algorithm="fast").attribute(
+            ids, target=choice, additional_forward_args=(mask,)
+        )
+        exact = DecompX(model, include_biases=False, algorithm="exact").attribute(
+            ids, target=choice, additional_forward_args=(mask,)
+        )
+        torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
 
 
 def test_electra_multiple_choice_matches_the_literal_spec():
@@ -661,14 +718,9 @@ def test_regression_and_multi_label_heads_are_exact(problem):
     [
         (lambda: tf.BertForNextSentencePrediction(_bert_config()), "next sentence prediction"),
         (lambda: tf.BertForPreTraining(_bert_config()), "pre-training"),
-        (
-            lambda: tf.DebertaV2ForMultipleChoice(
-                tf.DebertaV2Config(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
-            ),
-            "multiple choice",
-        ),
+        (lambda: tf.AlbertForPreTraining(_albert_config()), "pre-training"),
     ],
-    ids=["bert-nsp", "bert-pretraining", "deberta-v2-multiple-choice"],
+    ids=["bert-nsp", "bert-pretraining", "albert-pretraining"],
 )
 def test_an_unsupported_task_head_is_named_with_the_supported_ones(build, task):
     model = build()

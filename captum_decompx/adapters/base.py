@@ -20,7 +20,7 @@ from torch import nn
 
 from .wrappers import running_module, unwrap_model
 
-POOLING_MODES = ("first", "last", "mean", "each", "last_non_pad_token")
+POOLING_MODES = ("first", "last", "mean", "each", "last_non_pad_token", "first_real")
 NORM_POSITIONS = ("post", "pre")
 INPUT_KINDS = ("tokens", "pixels")
 
@@ -118,7 +118,8 @@ class Adapter:
         layer: paths inside each layer (see :class:`LayerPaths`).
         head: the classification head after pooling, as :class:`Linear`, :class:`Activation`
             and :class:`Norm` steps; its last step produces the logits.
-        pooling: which hidden state the head reads: the ``"first"`` token, the ``"last"``
+        pooling: which hidden state the head reads: the ``"first"`` token, the ``"first_real"``
+            (first non-padding) token by the attention mask, the ``"last"``
             non-padding token (by the attention mask), the ``"mean"`` of the non-padding tokens,
             the ``"last_non_pad_token"``: the rightmost token whose id is not
             ``config.pad_token_id``, as Hugging Face's decoder sequence classifiers pool (the

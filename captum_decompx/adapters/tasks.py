@@ -132,11 +132,14 @@ def bert_family_tasks(
     multiple_choice: Optional[HeadSpec] = None,
     masked_lm: Optional[HeadSpec] = None,
     family: Optional[str] = None,
+    multiple_choice_as_classifier: bool = False,
 ) -> TaskHeads:
     """The task heads of a BERT-like family (by default its QA and token heads are one linear map).
 
     Args:
         sequence_classification: the classifier's head; None keeps the base's own head.
+        multiple_choice_as_classifier: the multiple-choice head is the sequence classifier's
+            head (the same steps, one logit per choice), whatever the base builds for the model.
     """
     heads: dict[str, Optional[HeadSpec]] = {
         "sequence classification": None if sequence_classification is None else tuple(sequence_classification)
@@ -150,6 +153,8 @@ def bert_family_tasks(
     )
     if multiple_choice is not None:
         heads["multiple choice"] = multiple_choice if callable(multiple_choice) else tuple(multiple_choice)
+    elif multiple_choice_as_classifier:
+        heads["multiple choice"] = heads["sequence classification"]
     if masked_lm is not None:
         heads["masked LM"] = masked_lm if callable(masked_lm) else tuple(masked_lm)
     return TaskHeads(base, heads, family)
