@@ -729,13 +729,45 @@ def test_an_unsupported_task_head_is_named_with_the_supported_ones(build, task):
     assert "question answering" in str(error.value) and "sequence classification" in str(error.value)
 
 
-def test_deberta_v2_masked_lm_without_the_legacy_head_is_refused_by_name():
-    config = tf.DebertaV2Config(
-        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24, legacy=False
-    )
-    model = tf.DebertaV2ForMaskedLM(config)
-    with pytest.raises(UnsupportedTaskError, match="masked LM head of DebertaV2ForMaskedLM with config.legacy=False"):
-        DecompX(model)
+def test_deberta_v2_masked_lm_with_the_tied_head_equals_the_legacy_head_with_the_same_weights():
+    # legacy=False: dense, act, LayerNorm, then hidden @ word_embeddings.weight.T + a separate bias.
+    torch.manual_seed(0)
+    # (transformers 4.57 ties lm_head.dense itself to the embeddings when tie_word_embeddings=True,
+    # which breaks that model's forward; the head reads the embeddings anyway.)
+    config = _deberta_v2_config(legacy=False, tie_word_embeddings=False)
+    model = reinit_parameters(tf.DebertaV2ForMaskedLM(config), seed=21).eval()
+    legacy = tf.DebertaV2ForMaskedLM(_deberta_v2_config(legacy=True)).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("lm_predictions.")}
+    head = "lm_predictions.lm_head."
+    for new_name, old_name in (("transform.dense", "dense"), ("transform.LayerNorm", "LayerNorm")):
+        for part in ("weight", "bias"):
+            state[f"cls.predictions.{new_name}.{part}"] = model.state_dict()[f"{head}{old_name}.{part}"]
+    state["cls.predictions.decoder.weight"] = model.deberta.embeddings.word_embeddings.weight.detach().clone()
+    state["cls.predictions.bias"] = state["cls.predictions.decoder.bias"] = model.state_dict()[f"{head}bias"]
+    legacy.load_state_dict(state, strict=False)
+    ids = torch.randint(4, VOCAB, (2, 7), generator=torch.Generator().manual_seed(21))
+    mask = torch.ones_like(ids)
+    ids[1, 5:], mask[1, 5:] = 0, 0
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+        torch.testing.assert_close(legacy(ids, attention_mask=mask).logits, logits, rtol=1e-5, atol=1e-5)
+    assert float(model.lm_predictions.lm_head.bias.detach().abs().max()) > 0  # the separate bias is decomposed
+    before = snapshot(model)
+    for target in ((3, 11), [(1, 40), (6, 2)]):
+        scores, delta = DecompX(model).attribute(
+            ids, target=target, additional_forward_args=(mask,), return_convergence_delta=True
+        )
+        assert float(delta.abs().max()) < 1e-5  # completeness against the model's logits
+        by_legacy = DecompX(legacy).attribute(ids, target=target, additional_forward_args=(mask,))
+        torch.testing.assert_close(scores, by_legacy, rtol=1e-5, atol=1e-5)
+        fast = DecompX(model, include_biases=False, algorithm="fast").attribute(
+            ids, target=target, additional_forward_args=(mask,)
+        )
+        exact = DecompX(model, include_biases=False, algorithm="exact").attribute(
+            ids, target=target, additional_forward_args=(mask,)
+        )
+        torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+    assert_unchanged(model, before)
 
 
 def test_norm_based_baselines_refuse_per_position_heads():

@@ -86,6 +86,15 @@ class Linear(HeadStep):
 
 
 @dataclass(frozen=True)
+class TiedLinear(Linear):
+    """A head step: ``x @ weight.T + bias`` with the weight of the module at ``path`` (a tied input
+    embedding, ``(vocab, hidden)``) and the bias the parameter at ``bias`` (paths relative to the
+    top model), as DeBERTa-v2's masked-LM head computes it outside any linear module."""
+
+    bias: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Activation(HeadStep):
     """A head step: a pointwise activation, given as a path to a module/function or a function."""
 

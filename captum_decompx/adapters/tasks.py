@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .base import Activation, Adapter, HeadStep, Linear, Norm
+from .base import Activation, Adapter, HeadStep, Linear, Norm, TiedLinear
 
 #: Hugging Face class-name endings and the task each names (longest ending first).
 TASK_SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -227,16 +227,20 @@ def electra_multiple_choice_head(model: nn.Module) -> tuple[HeadStep, ...]:
 
 def deberta_v2_masked_lm_head(model: nn.Module) -> tuple[HeadStep, ...]:
     """DeBERTa-v2's masked-LM head. The legacy head (``config.legacy=True``) is BERT's layout; the
-    newer one multiplies by the word embeddings and adds a separate bias, which no head step
-    describes yet, and is refused."""
+    newer one (:data:`DEBERTA_V2_MLM_HEAD`) multiplies by the word embeddings and adds its bias."""
     if getattr(model.config, "legacy", True):
         return DEBERTA_V2_LEGACY_MLM_HEAD
-    raise UnsupportedTaskError(
-        f"DecompX does not support the masked LM head of {type(model).__name__} with config.legacy=False: "
-        "it multiplies by the word embeddings and adds a separate bias, which no head step describes. "
-        "Models with legacy=True (the default) are supported; for this one, describe the head with "
-        "captum_decompx.Adapter(head=...) and pass adapter=."
-    )
+    return DEBERTA_V2_MLM_HEAD
+
+
+#: DeBERTa-v2's masked-LM head with ``config.legacy=False``: dense, activation, LayerNorm, then
+#: ``hidden @ word_embeddings.weight.T + bias``.
+DEBERTA_V2_MLM_HEAD = (
+    Linear("lm_predictions.lm_head.dense"),
+    Activation(path="lm_predictions.lm_head.transform_act_fn"),
+    Norm("lm_predictions.lm_head.LayerNorm"),
+    TiedLinear("base_model.embeddings.word_embeddings", bias="lm_predictions.lm_head.bias"),
+)
 
 
 MODERNBERT_TOKEN_HEAD = (Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("classifier"))
