@@ -62,7 +62,7 @@ class FrozenRun:
     pooling: Tensor
     frozen: freezing.FrozenForward
     choices: Optional[int] = None
-    per_position: bool = False  # the fast path decomposes pooled outputs only
+    per_position: bool = False  # a head at every position: logits (batch, seq, classes)
 
     @property
     def real_tokens(self) -> Tensor:
@@ -163,7 +163,10 @@ class DecompX(HookedModelAttribution):
             ``include_biases=False`` and takes one forward pass of the real model with its
             nonlinear coefficients frozen and one backward pass (all classes at once in
             :meth:`decompose`); ``"auto"`` (default) picks fast when biases are excluded, exact
-            otherwise.
+            otherwise. Per-position heads (question answering, token classification, masked LM,
+            bare encoders): fast explains :meth:`attribute`'s target by one backward pass;
+            :meth:`decompose` of every output there runs exact under ``"auto"`` and is refused
+            under ``"fast"``.
     """
 
     def __init__(
@@ -204,9 +207,11 @@ class DecompX(HookedModelAttribution):
         self.include_head = include_head
         self.head_approximation = head_approximation
         self.algorithm = chosen if chosen != "auto" else ("exact" if include_biases else "fast")
-        if chosen == "auto" and self.adapter.pooling == "each":
-            self.algorithm = "exact"  # the fast path does not cover per-position heads yet
+        if chosen == "auto" and self.adapter.pooling == "each" and not include_head:
+            self.algorithm = "exact"  # the fast path decomposes per-position heads with the head only
         self.max_memory = int(max_memory) if max_memory is not None else DEFAULT_MAX_MEMORY
+        # "auto" on a per-position head: attribute() runs fast, decompose() (every output) exact.
+        self._auto_per_position = chosen == "auto" and self.adapter.pooling == "each"
 
     @property
     def method(self) -> str:
@@ -306,6 +311,8 @@ class DecompX(HookedModelAttribution):
                 )
             explained: Optional[ExplainedOutput] = None
             if self.method == "fast":  # one frozen forward pass, one backward pass
+                if not self.include_head and self.adapter.pooling == "each":
+                    raise NotImplementedError(self._no_fast_per_position("with include_head=False"))
                 frozen_run = self._frozen_run(input_ids, additional_forward_args)
                 choices, out_dtype = frozen_run.choices, frozen_run.logits.dtype
                 if not self.include_head:
@@ -313,8 +320,11 @@ class DecompX(HookedModelAttribution):
                     scores = torch.linalg.vector_norm(pooled, dim=-1)
                 else:
                     explained = self._explained_output(frozen_run, target)
+                    # Per-position heads: weights (batch, seq, classes), one backward pass of their
+                    # weighted sum over every position's logits.
                     scores = self._fast(frozen_run, weights=explained.weights.reshape(frozen_run.logits.shape)).contributions
-                scores = self._zero_padding(scores, frozen_run.real_tokens)
+                if not frozen_run.per_position:  # as on the exact path: a padding position's own output keeps its share
+                    scores = self._zero_padding(scores, frozen_run.real_tokens)
             else:
                 run = self._capture_forward(input_ids, additional_forward_args)
                 captured = run.captured
@@ -408,7 +418,7 @@ class DecompX(HookedModelAttribution):
             show_progress: show a progress bar over the examples (exact path).
         """
         input_ids, _ = self._input_ids(inputs)
-        if self.method == "fast":
+        if self.method == "fast" and not getattr(self, "_auto_per_position", False):
             return self._decompose_fast(input_ids, additional_forward_args, return_token_maps, show_progress)
         run = self._capture_forward(input_ids, additional_forward_args)
         captured = run.captured
@@ -538,12 +548,6 @@ class DecompX(HookedModelAttribution):
     def _frozen_run(self, input_ids: Tensor, additional_forward_args: Any) -> FrozenRun:
         """Run the forward function once with the model's nonlinear coefficients frozen for
         autograd (:func:`~captum_decompx.freezing.frozen_forward`) and its output tapped."""
-        if self.adapter.pooling == "each":
-            raise NotImplementedError(
-                f"The fast path does not support the per-position head of {self.adapter.name!r} (question "
-                "answering, token classification, masked LM, hidden states) yet: use algorithm='exact' (with "
-                "include_biases=False for the bias-free variant the fast path computes)."
-            )
         validation.check_model(self.model)
         args = self._extra_args(additional_forward_args)
         validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
@@ -583,18 +587,21 @@ class DecompX(HookedModelAttribution):
         pooling = decomposition.pool_weights(self.adapter, frozen.real_tokens, self._compute_dtype(), pooling_record)
         flattened = pooling.shape[0]
         choices = None
-        if real.dim() == 2 and real.shape[0] != flattened and real.shape[0] * real.shape[1] == flattened:
+        per_position = self.adapter.pooling == "each"
+        if per_position:  # a head at every position: (batch, seq, classes), decomposed as it is
+            logits = real
+        elif real.dim() == 2 and real.shape[0] != flattened and real.shape[0] * real.shape[1] == flattened:
             choices = int(real.shape[1])  # multiple choice: one logit per flattened (example, choice)
             logits = real.reshape(flattened, 1)
         elif real.dim() == 3:
             logits = torch.einsum("bnc,bn->bc", real, pooling.to(real.dtype))
         else:
             logits = real
-        if logits.dim() != 2:
+        if logits.dim() != (3 if per_position else 2):
             raise ValueError(
                 f"DecompX explains a model output of shape (batch, classes); the model returned {tuple(real.shape)}."
             )
-        return FrozenRun(output, tap.leaf, logits, pooling, frozen, choices=choices)
+        return FrozenRun(output, tap.leaf, logits, pooling, frozen, choices=choices, per_position=per_position)
 
     def _fast(
         self,
@@ -616,6 +623,8 @@ class DecompX(HookedModelAttribution):
     def _decompose_fast(
         self, input_ids: Tensor, additional_forward_args: Any, return_token_maps: bool, show_progress: bool
     ) -> DecompXOutput:
+        if self.adapter.pooling == "each":
+            raise NotImplementedError(self._no_fast_per_position("in decompose()"))
         token_maps = None
         if return_token_maps:  # the maps are the exact propagation's
             captured = self._capture(input_ids, additional_forward_args)
@@ -647,6 +656,16 @@ class DecompX(HookedModelAttribution):
             pooled=None if pooled is None else pooled.to(logits.dtype),
             token_maps=token_maps,
             method=self.method,
+        )
+
+    def _no_fast_per_position(self, where: str) -> str:
+        """The refusal of the fast path for a per-position head where it does not apply."""
+        return (
+            f"The fast path does not decompose the per-position head of {self.adapter.name!r} (question "
+            f"answering, token classification, masked LM, hidden states) {where}: it decomposes one "
+            "weighted sum of the outputs per backward pass, so it explains attribute(..., target=...) "
+            "only. Use algorithm='exact' (with include_biases=False for the bias-free variant the fast "
+            "path computes), or attribute() with a target."
         )
 
     @staticmethod

@@ -523,6 +523,8 @@ class _Installer:
     def head(self) -> None:
         steps = list(self.adapter.head)
         state = self.state
+        if not steps:  # a bare encoder: its hidden states are the output
+            return
         first_module = resolve(self.model, split_block(steps[0].path)[0]) if isinstance(steps[0], (Linear, HeadNorm)) else None
         if first_module is not None:
 

@@ -388,6 +388,25 @@ def _electra_choices_as_classifier(state: dict) -> dict:
     return renamed
 
 
+def _deberta_v2_config(**extra) -> tf.DebertaV2Config:
+    return tf.DebertaV2Config(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, **extra
+    )
+
+
+def _modernbert_config(**extra) -> tf.ModernBertConfig:
+    return tf.ModernBertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        **extra,
+    )
+
+
 MULTIPLE_CHOICE = {
     # name: (multiple-choice model, the sequence classifier with the same head, renaming of the weights)
     "albert": (
@@ -400,11 +419,26 @@ MULTIPLE_CHOICE = {
         lambda: tf.ElectraForSequenceClassification(_electra_config(num_labels=1)),
         _electra_choices_as_classifier,
     ),
+    "deberta-v2": (
+        lambda: tf.DebertaV2ForMultipleChoice(_deberta_v2_config(num_labels=1)),
+        lambda: tf.DebertaV2ForSequenceClassification(_deberta_v2_config(num_labels=1)),
+        dict,
+    ),
+    "modernbert-cls": (
+        lambda: tf.ModernBertForMultipleChoice(_modernbert_config(num_labels=1, classifier_pooling="cls")),
+        lambda: tf.ModernBertForSequenceClassification(_modernbert_config(num_labels=1, classifier_pooling="cls")),
+        dict,
+    ),
+    "modernbert-mean": (
+        lambda: tf.ModernBertForMultipleChoice(_modernbert_config(num_labels=1, classifier_pooling="mean")),
+        lambda: tf.ModernBertForSequenceClassification(_modernbert_config(num_labels=1, classifier_pooling="mean")),
+        dict,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(MULTIPLE_CHOICE))
-def test_albert_and_electra_multiple_choice_equal_their_sequence_classifiers(name):
+def test_albert_electra_deberta_modernbert_multiple_choice_equal_their_sequence_classifiers(name):
     build_choices, build_classifier, rename = MULTIPLE_CHOICE[name]
     torch.manual_seed(0)
     choice_model = reinit_parameters(build_choices(), seed=18).eval()
@@ -437,6 +471,29 @@ def test_albert_and_electra_multiple_choice_equal_their_sequence_classifiers(nam
     )
     torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
     assert_unchanged(choice_model, before)
+
+
+def test_modernbert_multiple_choice_reads_the_first_real_token_under_left_padding():
+    torch.manual_seed(0)
+    config = _modernbert_config(num_labels=1, classifier_pooling="cls")
+    model = reinit_parameters(tf.ModernBertForMultipleChoice(config), seed=3).eval()
+    ids = torch.randint(4, VOCAB, (2, 2, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    ids[0, 1, :2], mask[0, 1, :2] = 0, 0  # left padding: Hugging Face pools attention_mask.argmax
+    ids[1, 0, :3], mask[1, 0, :3] = 0, 0
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+    dx = DecompX(model)
+    for choice in (0, 1):
+        scores = dx.attribute(ids, target=choice, additional_forward_args=(mask,))
+        torch.testing.assert_close(scores.sum((1, 2)), logits[:, choice], rtol=1e-5, atol=1e-5)
+        fast = DecompX(model, include_biases=False, algorithm="fast").attribute(
+            ids, target=choice, additional_forward_args=(mask,)
+        )
+        exact = DecompX(model, include_biases=False, algorithm="exact").attribute(
+            ids, target=choice, additional_forward_args=(mask,)
+        )
+        torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-5)
 
 
 def test_electra_multiple_choice_matches_the_literal_spec():
@@ -556,15 +613,81 @@ def test_battery_completeness_padding_invariance_model_unchanged(name):
     assert_unchanged(model, before)
 
 
-def test_the_fast_path_refuses_per_position_heads_clearly():
+@pytest.mark.parametrize("name", list(HEADS))
+def test_fast_equals_exact_without_biases_for_every_per_position_head(name):
+    build, field = HEADS[name]
+    model = build()
+    generator = torch.Generator().manual_seed(17)
+    pad = 0 if "roberta" not in name else 1
+    ids = torch.randint(4, VOCAB, (2, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    ids[1, 6:], mask[1, 6:] = pad, 0  # the second example ends in padding
+
+    def forward(i, m):
+        return getattr(model(i, attention_mask=m), field)
+
+    with torch.no_grad():
+        value = forward(ids, mask)
+    scale = max(1.0, float(value.abs().max()))
+    before = snapshot(model)
+    fast = DecompX(forward, model=model, include_biases=False, algorithm="fast")
+    exact = DecompX(forward, model=model, include_biases=False, algorithm="exact")
+    assert DecompX(forward, model=model, include_biases=False).algorithm == "fast"  # "auto"
+    classes = value.shape[-1] if value.dim() == 3 else 0
+    # (position, class) targets, one per example too, a padding position's own output included.
+    targets = [(3, 1), [(0, classes - 1), (7, 0)], (8, 2)] if classes else [2, [0, 7], 8]
+    for target in targets:
+        got = fast.attribute(ids, target=target, additional_forward_args=(mask,))
+        want = exact.attribute(ids, target=target, additional_forward_args=(mask,))
+        assert got.shape == ids.shape
+        assert float((got - want).abs().max()) <= 1e-6 * scale, f"{name} target {target}"
+        assert float(want.abs().max()) > 1e-3 * scale  # not trivially zero
+    assert_unchanged(model, before)
+
+
+def test_fast_equals_exact_for_the_squad_tutorial_forward():
+    model = _qa_model()
+    ids, attention_mask = spec.padded_tokens(LENGTHS, VOCAB, seed=3)
+    token_type_ids = torch.zeros_like(ids)
+    position_ids = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
+
+    def squad_pos_forward_func(inputs, token_type_ids=None, position_ids=None, attention_mask=None, position=0):
+        pred = model(inputs, token_type_ids=token_type_ids, position_ids=position_ids, attention_mask=attention_mask)
+        return pred[position].max(1).values
+
+    fast = DecompX(squad_pos_forward_func, model=model, include_biases=False, algorithm="fast")
+    exact = DecompX(squad_pos_forward_func, model=model, include_biases=False, algorithm="exact")
+    for position in (0, 1):
+        args = (token_type_ids, position_ids, attention_mask, position)
+        got, delta = fast.attribute(ids, additional_forward_args=args, return_convergence_delta=True)
+        want, want_delta = exact.attribute(ids, additional_forward_args=args, return_convergence_delta=True)
+        with torch.no_grad():
+            scale = max(1.0, float(squad_pos_forward_func(ids, *args).abs().max()))
+        assert float((got - want).abs().max()) <= 1e-6 * scale
+        torch.testing.assert_close(delta, want_delta, rtol=0, atol=1e-6 * scale)  # minus the biases' share
+
+
+def test_the_fast_path_refuses_per_position_heads_clearly_where_it_does_not_apply():
     model = _qa_model()
     ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=3)
-    dx = DecompX(lambda i, m: model(i, attention_mask=m).start_logits, model=model, include_biases=False, algorithm="fast")
-    with pytest.raises(NotImplementedError, match="fast path does not support .*per-position head"):
-        dx.attribute(ids, target=2, additional_forward_args=(mask,))
-    # "auto" without biases picks the exact path for these heads.
-    auto = DecompX(lambda i, m: model(i, attention_mask=m).start_logits, model=model, include_biases=False)
-    assert auto.algorithm == "exact"
+
+    def forward(i, m):
+        return model(i, attention_mask=m).start_logits
+
+    dx = DecompX(forward, model=model, include_biases=False, algorithm="fast")
+    # decompose() of every position's every output is not one backward pass: refused with the way out.
+    with pytest.raises(NotImplementedError, match="per-position head.*algorithm='exact'.*with a target"):
+        dx.decompose(ids, (mask,))
+    no_head = DecompX(forward, model=model, include_biases=False, include_head=False, algorithm="fast")
+    with pytest.raises(NotImplementedError, match="include_head=False.*algorithm='exact'"):
+        no_head.attribute(ids, target=2, additional_forward_args=(mask,))
+    # "auto" without biases: attribute() runs fast, decompose() exact (every position, every class).
+    auto = DecompX(forward, model=model, include_biases=False)
+    assert auto.algorithm == "fast"
+    out = auto.decompose(ids, (mask,))
+    reference = DecompX(forward, model=model, include_biases=False, algorithm="exact").decompose(ids, (mask,))
+    torch.testing.assert_close(out.attributions, reference.attributions, rtol=0, atol=0)
+    assert DecompX(forward, model=model, include_biases=False, include_head=False).algorithm == "exact"
 
 
 # --------------------------------------------------------------------------------------------
@@ -595,14 +718,9 @@ def test_regression_and_multi_label_heads_are_exact(problem):
     [
         (lambda: tf.BertForNextSentencePrediction(_bert_config()), "next sentence prediction"),
         (lambda: tf.BertForPreTraining(_bert_config()), "pre-training"),
-        (
-            lambda: tf.DebertaV2ForMultipleChoice(
-                tf.DebertaV2Config(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
-            ),
-            "multiple choice",
-        ),
+        (lambda: tf.AlbertForPreTraining(_albert_config()), "pre-training"),
     ],
-    ids=["bert-nsp", "bert-pretraining", "deberta-v2-multiple-choice"],
+    ids=["bert-nsp", "bert-pretraining", "albert-pretraining"],
 )
 def test_an_unsupported_task_head_is_named_with_the_supported_ones(build, task):
     model = build()
@@ -611,13 +729,45 @@ def test_an_unsupported_task_head_is_named_with_the_supported_ones(build, task):
     assert "question answering" in str(error.value) and "sequence classification" in str(error.value)
 
 
-def test_deberta_v2_masked_lm_without_the_legacy_head_is_refused_by_name():
-    config = tf.DebertaV2Config(
-        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24, legacy=False
-    )
-    model = tf.DebertaV2ForMaskedLM(config)
-    with pytest.raises(UnsupportedTaskError, match="masked LM head of DebertaV2ForMaskedLM with config.legacy=False"):
-        DecompX(model)
+def test_deberta_v2_masked_lm_with_the_tied_head_equals_the_legacy_head_with_the_same_weights():
+    # legacy=False: dense, act, LayerNorm, then hidden @ word_embeddings.weight.T + a separate bias.
+    torch.manual_seed(0)
+    # (transformers 4.57 ties lm_head.dense itself to the embeddings when tie_word_embeddings=True,
+    # which breaks that model's forward; the head reads the embeddings anyway.)
+    config = _deberta_v2_config(legacy=False, tie_word_embeddings=False)
+    model = reinit_parameters(tf.DebertaV2ForMaskedLM(config), seed=21).eval()
+    legacy = tf.DebertaV2ForMaskedLM(_deberta_v2_config(legacy=True)).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("lm_predictions.")}
+    head = "lm_predictions.lm_head."
+    for new_name, old_name in (("transform.dense", "dense"), ("transform.LayerNorm", "LayerNorm")):
+        for part in ("weight", "bias"):
+            state[f"cls.predictions.{new_name}.{part}"] = model.state_dict()[f"{head}{old_name}.{part}"]
+    state["cls.predictions.decoder.weight"] = model.deberta.embeddings.word_embeddings.weight.detach().clone()
+    state["cls.predictions.bias"] = state["cls.predictions.decoder.bias"] = model.state_dict()[f"{head}bias"]
+    legacy.load_state_dict(state, strict=False)
+    ids = torch.randint(4, VOCAB, (2, 7), generator=torch.Generator().manual_seed(21))
+    mask = torch.ones_like(ids)
+    ids[1, 5:], mask[1, 5:] = 0, 0
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+        torch.testing.assert_close(legacy(ids, attention_mask=mask).logits, logits, rtol=1e-5, atol=1e-5)
+    assert float(model.lm_predictions.lm_head.bias.detach().abs().max()) > 0  # the separate bias is decomposed
+    before = snapshot(model)
+    for target in ((3, 11), [(1, 40), (6, 2)]):
+        scores, delta = DecompX(model).attribute(
+            ids, target=target, additional_forward_args=(mask,), return_convergence_delta=True
+        )
+        assert float(delta.abs().max()) < 1e-5  # completeness against the model's logits
+        by_legacy = DecompX(legacy).attribute(ids, target=target, additional_forward_args=(mask,))
+        torch.testing.assert_close(scores, by_legacy, rtol=1e-5, atol=1e-5)
+        fast = DecompX(model, include_biases=False, algorithm="fast").attribute(
+            ids, target=target, additional_forward_args=(mask,)
+        )
+        exact = DecompX(model, include_biases=False, algorithm="exact").attribute(
+            ids, target=target, additional_forward_args=(mask,)
+        )
+        torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+    assert_unchanged(model, before)
 
 
 def test_norm_based_baselines_refuse_per_position_heads():

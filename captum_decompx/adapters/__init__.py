@@ -125,7 +125,10 @@ register_adapter(
 )
 register_adapter("electra", bert_family_tasks(ELECTRA, multiple_choice=electra_multiple_choice_head, masked_lm=ELECTRA_MLM_HEAD))
 register_adapter("distilbert", bert_family_tasks(DISTILBERT, multiple_choice=DISTILBERT.head, masked_lm=DISTILBERT_MLM_HEAD))
-register_adapter("deberta-v2", bert_family_tasks(deberta_v2, masked_lm=deberta_v2_masked_lm_head, family="deberta-v2"))
+register_adapter(
+    "deberta-v2",
+    bert_family_tasks(deberta_v2, masked_lm=deberta_v2_masked_lm_head, family="deberta-v2", multiple_choice_as_classifier=True),
+)
 register_adapter("albert", bert_family_tasks(ALBERT, multiple_choice=ALBERT.head, masked_lm=ALBERT_MLM_HEAD))
 register_adapter(
     "modernbert",
@@ -135,6 +138,7 @@ register_adapter(
         token_classification=MODERNBERT_TOKEN_HEAD,
         masked_lm=MODERNBERT_MLM_HEAD,
         family="modernbert",
+        multiple_choice_as_classifier=True,
     ),
 )
 register_adapter("vit", vit)

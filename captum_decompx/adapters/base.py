@@ -20,7 +20,7 @@ from torch import nn
 
 from .wrappers import running_module, unwrap_model
 
-POOLING_MODES = ("first", "last", "mean", "each", "last_non_pad_token")
+POOLING_MODES = ("first", "last", "mean", "each", "last_non_pad_token", "first_real")
 NORM_POSITIONS = ("post", "pre")
 INPUT_KINDS = ("tokens", "pixels")
 
@@ -86,6 +86,15 @@ class Linear(HeadStep):
 
 
 @dataclass(frozen=True)
+class TiedLinear(Linear):
+    """A head step: ``x @ weight.T + bias`` with the weight of the module at ``path`` (a tied input
+    embedding, ``(vocab, hidden)``) and the bias the parameter at ``bias`` (paths relative to the
+    top model), as DeBERTa-v2's masked-LM head computes it outside any linear module."""
+
+    bias: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Activation(HeadStep):
     """A head step: a pointwise activation, given as a path to a module/function or a function."""
 
@@ -118,7 +127,8 @@ class Adapter:
         layer: paths inside each layer (see :class:`LayerPaths`).
         head: the classification head after pooling, as :class:`Linear`, :class:`Activation`
             and :class:`Norm` steps; its last step produces the logits.
-        pooling: which hidden state the head reads: the ``"first"`` token, the ``"last"``
+        pooling: which hidden state the head reads: the ``"first"`` token, the ``"first_real"``
+            (first non-padding) token by the attention mask, the ``"last"``
             non-padding token (by the attention mask), the ``"mean"`` of the non-padding tokens,
             the ``"last_non_pad_token"``: the rightmost token whose id is not
             ``config.pad_token_id``, as Hugging Face's decoder sequence classifiers pool (the

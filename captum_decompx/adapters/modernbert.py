@@ -15,6 +15,8 @@ def modernbert(model: nn.Module) -> Adapter:
     and a dense + activation + norm head."""
     config: Any = model.config
     pooling = {"cls": "first", "mean": "mean"}[config.classifier_pooling]
+    if pooling == "first" and type(model).__name__.endswith("ForMultipleChoice"):
+        pooling = "first_real"  # its CLS is the first token the attention mask keeps (left padding)
     return Adapter(
         name="modernbert",
         layers="base_model.layers",

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .base import Activation, Adapter, HeadStep, Linear, Norm
+from .base import Activation, Adapter, HeadStep, Linear, Norm, TiedLinear
 
 #: Hugging Face class-name endings and the task each names (longest ending first).
 TASK_SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -132,11 +132,14 @@ def bert_family_tasks(
     multiple_choice: Optional[HeadSpec] = None,
     masked_lm: Optional[HeadSpec] = None,
     family: Optional[str] = None,
+    multiple_choice_as_classifier: bool = False,
 ) -> TaskHeads:
     """The task heads of a BERT-like family (by default its QA and token heads are one linear map).
 
     Args:
         sequence_classification: the classifier's head; None keeps the base's own head.
+        multiple_choice_as_classifier: the multiple-choice head is the sequence classifier's
+            head (the same steps, one logit per choice), whatever the base builds for the model.
     """
     heads: dict[str, Optional[HeadSpec]] = {
         "sequence classification": None if sequence_classification is None else tuple(sequence_classification)
@@ -150,6 +153,8 @@ def bert_family_tasks(
     )
     if multiple_choice is not None:
         heads["multiple choice"] = multiple_choice if callable(multiple_choice) else tuple(multiple_choice)
+    elif multiple_choice_as_classifier:
+        heads["multiple choice"] = heads["sequence classification"]
     if masked_lm is not None:
         heads["masked LM"] = masked_lm if callable(masked_lm) else tuple(masked_lm)
     return TaskHeads(base, heads, family)
@@ -222,16 +227,20 @@ def electra_multiple_choice_head(model: nn.Module) -> tuple[HeadStep, ...]:
 
 def deberta_v2_masked_lm_head(model: nn.Module) -> tuple[HeadStep, ...]:
     """DeBERTa-v2's masked-LM head. The legacy head (``config.legacy=True``) is BERT's layout; the
-    newer one multiplies by the word embeddings and adds a separate bias, which no head step
-    describes yet, and is refused."""
+    newer one (:data:`DEBERTA_V2_MLM_HEAD`) multiplies by the word embeddings and adds its bias."""
     if getattr(model.config, "legacy", True):
         return DEBERTA_V2_LEGACY_MLM_HEAD
-    raise UnsupportedTaskError(
-        f"DecompX does not support the masked LM head of {type(model).__name__} with config.legacy=False: "
-        "it multiplies by the word embeddings and adds a separate bias, which no head step describes. "
-        "Models with legacy=True (the default) are supported; for this one, describe the head with "
-        "captum_decompx.Adapter(head=...) and pass adapter=."
-    )
+    return DEBERTA_V2_MLM_HEAD
+
+
+#: DeBERTa-v2's masked-LM head with ``config.legacy=False``: dense, activation, LayerNorm, then
+#: ``hidden @ word_embeddings.weight.T + bias``.
+DEBERTA_V2_MLM_HEAD = (
+    Linear("lm_predictions.lm_head.dense"),
+    Activation(path="lm_predictions.lm_head.transform_act_fn"),
+    Norm("lm_predictions.lm_head.LayerNorm"),
+    TiedLinear("base_model.embeddings.word_embeddings", bias="lm_predictions.lm_head.bias"),
+)
 
 
 MODERNBERT_TOKEN_HEAD = (Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("classifier"))

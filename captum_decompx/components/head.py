@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Activation, HeadStep, Linear, Norm
+from ..adapters.base import Activation, HeadStep, Linear, Norm, TiedLinear, resolve
 from ..recording import Reader, Recorder
 from .activations import ActivationFunctionAt, activation
 from .linear import Affine, LinearMap, linear
@@ -53,6 +53,18 @@ class HeadStepKind(abc.ABC):
 class LinearStep(HeadStepKind):
     def resolve(self, model, step, dtype) -> Affine:
         return LinearMap.at(step.path).resolve(model, dtype)
+
+    def propagate(self, pieces, params, real_input, settings):
+        return linear(pieces, params, settings)
+
+
+class TiedLinearStep(HeadStepKind):
+    """A linear map whose weight is another module's (a tied embedding) and whose bias is a bare parameter."""
+
+    def resolve(self, model, step, dtype) -> Affine:
+        weight = resolve(model, step.path).weight.detach().to(dtype)
+        bias = None if step.bias is None else resolve(model, step.bias).detach().to(dtype)
+        return Affine(weight, bias)
 
     def propagate(self, pieces, params, real_input, settings):
         return linear(pieces, params, settings)
@@ -115,6 +127,7 @@ def register_head_step(step_class: type, kind: HeadStepKind) -> None:
 register_head_step(Linear, LinearStep())
 register_head_step(Activation, ActivationStep())
 register_head_step(Norm, NormStep())
+register_head_step(TiedLinear, TiedLinearStep())
 
 
 def head_step_kind(step: HeadStep) -> HeadStepKind:

@@ -100,6 +100,8 @@ def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype, reco
     weights = torch.zeros(batch, seq, dtype=dtype, device=real_tokens.device)
     if adapter.pooling == "first":
         weights[:, 0] = 1.0
+    elif adapter.pooling == "first_real":  # the first position the attention mask keeps
+        weights[torch.arange(batch), real_tokens.to(torch.int8).argmax(dim=1)] = 1.0
     elif adapter.pooling == "last":
         positions = torch.arange(seq, device=real_tokens.device).expand(batch, seq)
         last = torch.where(real_tokens, positions, -1).max(dim=1).values.clamp(min=0)
