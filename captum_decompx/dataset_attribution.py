@@ -400,7 +400,7 @@ def attribute_dataset(
             log(message)
 
     try:
-        return _attribute_dataset(
+        result = _attribute_dataset(
             group,
             began,
             say,
@@ -418,6 +418,10 @@ def attribute_dataset(
             bucket_by_length,
             show_progress,
         )
+        # Every rank leaves together: none tears the process group down while another still
+        # uses it (rank 0 reads and aggregates the parts after the others are done).
+        group.barrier()
+        return result
     finally:
         group.close()
 

@@ -92,7 +92,7 @@ def evaluate_dataset(
         raise DatasetAttributionError(f"limit must be a positive number of examples, got {limit}.")
     group = join_process_group(device)
     try:
-        return _evaluate_dataset(
+        result = _evaluate_dataset(
             group,
             log,
             Path(data).expanduser(),
@@ -110,6 +110,10 @@ def evaluate_dataset(
             rows_per_part,
             show_progress,
         )
+        # Every rank leaves together: none tears the process group down while another still
+        # uses it (rank 0 reads and aggregates the parts after the others are done).
+        group.barrier()
+        return result
     finally:
         group.close()
 
