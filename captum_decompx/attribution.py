@@ -459,10 +459,6 @@ class DecompX(HookedModelAttribution):
             head_approximation=self.head_approximation,
         )
 
-    def _compute_dtype(self) -> torch.dtype:
-        parameter = next(self.model.parameters(), None)
-        return torch.float64 if parameter is not None and parameter.dtype == torch.float64 else torch.float32
-
     def _capture(self, input_ids: Tensor, additional_forward_args: Any) -> Captured:
         """The internals of one forward pass; ``logits`` is the model's output at the pooled position."""
         return self._capture_forward(input_ids, additional_forward_args).captured

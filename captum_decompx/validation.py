@@ -1,9 +1,9 @@
 """Input checks that run before any work, each with a message that says what was wrong and what to do.
 
 Every function here either returns a normalized value, returns nothing, or raises
-``ValueError``/``TypeError`` (one exception: :func:`warn_if_not_logits` only warns; DecompX itself
-no longer calls it, :mod:`captum_decompx.forward_contract` reads what the forward function does
-with the logits instead). None of them changes the model.
+``ValueError``/``TypeError``. What the forward function does with the logits (a softmax, say) is
+read by :mod:`captum_decompx.forward_contract`, not guessed from the returned values. None of
+them changes the model.
 
 Decisions recorded here:
 
@@ -27,15 +27,10 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-import warnings
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
-
-#: How far the rows of a forward function's output may be from summing to one (or their
-#: log-sum-exp from zero) for the output to be taken for probabilities.
-PROBABILITY_TOLERANCE = 1e-3
 
 TargetType = Union[None, int, Sequence[int], Tensor]
 
@@ -304,37 +299,6 @@ def check_targets(target: TargetType, batch: int, classes: int, device: torch.de
 
 # --------------------------------------------------------------------------------------------
 # Outputs
-
-
-def warn_if_not_logits(logits: Tensor) -> None:
-    """Warn when the forward function seems to return probabilities or log-probabilities.
-
-    DecompX decomposes the model's logits: with a softmax after them, the attributions do not sum
-    to the returned values and the convergence delta is meaningless. Taken for probabilities: at
-    least two classes, every value in [0, 1] and every row summing to one; for log-probabilities:
-    every value at most 0 and every row's log-sum-exp zero.
-    """
-    if logits.dim() != 2 or logits.shape[1] < 2 or logits.numel() == 0 or not logits.dtype.is_floating_point:
-        return
-    values = logits.detach().float()
-    if not bool(torch.isfinite(values).all()):
-        return
-    ones = torch.ones(values.shape[0], device=values.device)
-    zeros = torch.zeros_like(ones)
-    if bool(((values >= 0) & (values <= 1)).all()) and torch.allclose(values.sum(1), ones, atol=PROBABILITY_TOLERANCE, rtol=0):
-        kind = "probabilities (every row is in [0, 1] and sums to 1)"
-    elif bool((values <= 0).all()) and torch.allclose(torch.logsumexp(values, 1), zeros, atol=PROBABILITY_TOLERANCE, rtol=0):
-        kind = "log-probabilities (every row's log-sum-exp is 0)"
-    else:
-        return
-    warnings.warn(
-        f"The forward function seems to return {kind}, not logits. DecompX decomposes the model's "
-        "logits: the attributions sum to the logits, not to these values, and the convergence "
-        "delta compares them with the wrong numbers. Return the logits (e.g. model(...).logits, "
-        "without softmax).",
-        UserWarning,
-        stacklevel=4,
-    )
 
 
 def check_max_memory(max_memory: Any) -> None:

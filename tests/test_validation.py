@@ -12,13 +12,13 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
+from conftest import NUM_LABELS, VOCAB_SIZE, cached_model, make_model, make_padded_batch
 from torch import nn
 from transformers import PreTrainedModel
 
 import captum_decompx
 from captum_decompx import DecompX
-from captum_decompx.validation import check_targets, warn_if_not_logits
-from conftest import NUM_LABELS, VOCAB_SIZE, cached_model, make_model, make_padded_batch, padding_id
+from captum_decompx.validation import check_targets
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
@@ -346,16 +346,6 @@ def test_logits_do_not_warn(bert, batch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         DecompX(CountingForward(bert), model=bert).attribute(batch.input_ids, target=0, additional_forward_args=(batch.attention_mask,))
-
-
-def test_the_probability_heuristic():
-    with pytest.warns(UserWarning):
-        warn_if_not_logits(torch.tensor([[0.2, 0.8], [0.5, 0.5]]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        warn_if_not_logits(torch.tensor([[0.2, 0.7], [0.5, 0.5]]))  # a row not summing to one
-        warn_if_not_logits(torch.tensor([[1.0], [1.0]]))  # one class: a score, not a distribution
-        warn_if_not_logits(torch.tensor([[-0.1, 1.1], [0.5, 0.5]]))  # outside [0, 1]
 
 
 # --------------------------------------------------------------------------------------------
