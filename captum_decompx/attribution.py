@@ -23,6 +23,7 @@ from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
 from .components.pooling import Pooling
 from .forward_contract import (
     ExplainedOutput,
+    decomposed_model_output,
     explain_output,
     forward_output_tensor,
     model_output_tensor,
@@ -581,18 +582,8 @@ class DecompX(HookedModelAttribution):
                 "model(ids, attention_mask=mask).logits."
             )
         pooling = decomposition.pool_weights(self.adapter, frozen.real_tokens, self._compute_dtype(), pooling_record)
-        flattened = pooling.shape[0]
-        choices = None
         per_position = self.adapter.pooling == "each"
-        if per_position:  # a head at every position: (batch, seq, classes), decomposed as it is
-            logits = real
-        elif real.dim() == 2 and real.shape[0] != flattened and real.shape[0] * real.shape[1] == flattened:
-            choices = int(real.shape[1])  # multiple choice: one logit per flattened (example, choice)
-            logits = real.reshape(flattened, 1)
-        elif real.dim() == 3:
-            logits = torch.einsum("bnc,bn->bc", real, pooling.to(real.dtype))
-        else:
-            logits = real
+        logits, choices = decomposed_model_output(real, pooling, each=per_position, adapter_name=self.adapter.name)
         if logits.dim() != (3 if per_position else 2):
             raise ValueError(
                 f"DecompX explains a model output of shape (batch, classes); the model returned {tuple(real.shape)}."

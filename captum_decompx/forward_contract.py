@@ -184,6 +184,35 @@ def tap_model_output(model: nn.Module, *, span_tuple: bool = False, keep_graph: 
         handle.remove()
 
 
+def decomposed_model_output(raw: Tensor, pooling: Tensor, *, each: bool, adapter_name: str) -> tuple[Tensor, Optional[int]]:
+    """The part of the model's output the decomposition covers, graph kept (both paths use it).
+
+    Args:
+        raw: the model's output, (batch, classes), (batch, seq, classes), or (batch, choices) for a
+            multiple-choice model given ids (batch, choices, seq).
+        pooling: (rows, seq) weights of the pooled position; rows = batch (x choices).
+        each: the adapter's head is applied at every position (``pooling="each"``).
+
+    Returns:
+        (batch, seq, classes) with ``each``; else (rows, classes) at the pooled position, or
+        (batch * choices, 1) for multiple choice; and the number of choices (None otherwise).
+    """
+    flattened = pooling.shape[0]
+    if each:
+        if raw.dim() != 3 or raw.shape[:2] != pooling.shape:
+            raise ValueError(
+                f"The adapter {adapter_name!r} decomposes an output at every position, (batch, seq, "
+                f"classes), but the model returned a tensor of shape {tuple(raw.shape)}."
+            )
+        return raw, None
+    if raw.dim() == 2 and raw.shape[0] != flattened and raw.shape[0] * raw.shape[1] == flattened:
+        # A multiple-choice model: one logit per flattened (example, choice) sequence.
+        return raw.reshape(flattened, 1), int(raw.shape[1])
+    if raw.dim() == 3 and raw.shape[:2] == pooling.shape:
+        return torch.einsum("bnc,bn->bc", raw, pooling.to(raw.dtype)), None
+    return raw, None
+
+
 def pooled_model_output(tensor: Tensor, pooling: Tensor) -> Tensor:
     """The model's output at the pooled position: (batch, classes).
 
@@ -530,6 +559,7 @@ __all__ = [
     "explain_output",
     "forward_output_tensor",
     "model_output_tensor",
+    "decomposed_model_output",
     "pooled_model_output",
     "select",
     "tap_model_output",

@@ -33,7 +33,7 @@ from .adapters import Adapter, adapter_for, task_of
 from .capture import Captured, capture_internals
 from .decomposition import padding_mask, pool_weights
 from .distributed import unwrap_for_decompx
-from .forward_contract import ModelOutputTap, model_output_tensor, pooled_model_output, tap_model_output
+from .forward_contract import ModelOutputTap, decomposed_model_output, model_output_tensor, tap_model_output
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -237,23 +237,9 @@ class HookedModelAttribution(Attribution):
                 raw = torch.zeros(input_ids.shape[0], 0, device=input_ids.device)
             captured = capture.result(output, raw.detach())
         pooling = self._pool_weights(captured)
-        flattened = captured.layer_input.shape[0]
-        choices = None
         each = self.adapter.pooling == "each"
-        if each:
-            if raw.dim() != 3 or raw.shape[:2] != pooling.shape:
-                raise ValueError(
-                    f"The adapter {self.adapter.name!r} decomposes an output at every position, (batch, seq, "
-                    f"classes), but the model returned a tensor of shape {tuple(raw.shape)}."
-                )
-            captured.logits = raw.detach()
-        elif raw.dim() == 2 and raw.shape[0] != flattened and raw.shape[0] * raw.shape[1] == flattened:
-            # A multiple-choice model: one logit per flattened (example, choice) sequence.
-            choices = int(raw.shape[1])
-            captured.logits = raw.detach().reshape(flattened, 1)
-        else:
-            per_position = raw.dim() == 3 and raw.shape[:2] == pooling.shape
-            captured.logits = pooled_model_output(raw, pooling) if per_position else raw.detach()
+        covered, choices = decomposed_model_output(raw, pooling, each=each, adapter_name=self.adapter.name)
+        captured.logits = covered.detach()
         parameter = next(self.model.parameters(), None)
         if getattr(_CALL_STATE, "autocast", None) and parameter is not None and parameter.dtype.is_floating_point:
             # Results in the model's own dtype, not in the lower precision of the autocast pass.
