@@ -30,9 +30,17 @@ def tokenizer():
 
 
 def llama_with_biases(vocab_size: int = len(WORDS)) -> nn.Module:
-    config = tf.LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=2, intermediate_size=40, max_position_embeddings=64,
-                            attention_bias=True, mlp_bias=True)
+    config = tf.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=40,
+        max_position_embeddings=64,
+        attention_bias=True,
+        mlp_bias=True,
+    )
     torch.manual_seed(0)
     return reinit_parameters(tf.LlamaForCausalLM(config), seed=3).double().eval()
 
@@ -170,12 +178,22 @@ def test_the_full_vocabulary_head_is_chunked_over_rows(tokenizer):
     kept = target_ids.numel() * seq * 32 * 8  # the last layer's rows
     per_row = 2 * seq * vocab_size * 8  # one row through the head, every class
     budget = kept + 2 * per_row + 100
-    plan, head_rows = decomposition.plan_rows(model, explainer.adapter, options, batch=1, seq=seq, rows=target_ids.numel(),
-                                              dtype=torch.float64, max_memory=budget)
-    one_chunk = decomposition.decompose_rows(captured, model, explainer.adapter, options, positions=positions,
-                                             classes=target_ids, dtype=torch.float64)
-    chunks = decomposition.decompose_rows(captured, model, explainer.adapter, options, positions=positions,
-                                          classes=target_ids, dtype=torch.float64, max_memory=budget)
+    plan, head_rows = decomposition.plan_rows(
+        model, explainer.adapter, options, batch=1, seq=seq, rows=target_ids.numel(), dtype=torch.float64, max_memory=budget
+    )
+    one_chunk = decomposition.decompose_rows(
+        captured, model, explainer.adapter, options, positions=positions, classes=target_ids, dtype=torch.float64
+    )
+    chunks = decomposition.decompose_rows(
+        captured,
+        model,
+        explainer.adapter,
+        options,
+        positions=positions,
+        classes=target_ids,
+        dtype=torch.float64,
+        max_memory=budget,
+    )
     assert head_rows == 2
     torch.testing.assert_close(chunks.contributions, one_chunk.contributions)
 
@@ -201,3 +219,39 @@ def test_a_soft_capped_or_nonlinear_head_is_explained_step_by_step(tokenizer, mo
     monkeypatch.setattr(LLMDecompXClass, "_one_pass", lambda self, *args: None)  # e.g. a non-causal model
     result, step_runs = explain_counting_steps(model, tokenizer, PROMPT, "mat and", one_pass=True)
     assert step_runs == 1 and result.token_attr.shape == (2, 6)
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark (benchmarks/llm_one_pass.py)
+
+
+def _benchmark():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import llm_one_pass
+
+    return llm_one_pass
+
+
+def test_the_benchmark_checks_the_issues_targets():
+    bench = _benchmark()
+    assert bench.RATIO_TARGETS == (("exact", 8, 2.0), ("exact", 32, 3.0), ("fast", 32, 25.0))
+    medians = {("exact", 1): 1.0, ("exact", 8): 2.5, ("exact", 32): 2.9, ("fast", 1): 0.1, ("fast", 32): 2.0}
+    rows = {(m, t): (ratio, limit) for m, t, ratio, limit in bench.ratio_rows(medians)}
+    assert rows[("exact", 8)] == (2.5, 2.0) and rows[("exact", 32)] == (2.9, 3.0)
+    assert abs(rows[("fast", 32)][0] - 20.0) < 1e-9
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_end_to_end_and_writes_its_report(tmp_path):
+    bench = _benchmark()
+    out = tmp_path / "llm_one_pass.md"
+    assert bench.main(["--quick", "--repeats", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "medians of interleaved calls" in text and "machine was shared" in text
+    for label in bench.METHOD_LABELS.values():
+        assert f"| {label} | " in text
+    assert "exact, T = 32" not in text  # only measured targets are judged
+    assert (tmp_path / "llm_one_pass.png").stat().st_size > 1000
