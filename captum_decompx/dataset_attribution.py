@@ -45,8 +45,10 @@ import torch
 from torch import Tensor, nn
 
 from .attribution import DecompX
+from .dataset_llm import attribute_causal_part, causal_output_schema, is_causal_lm, load_causal_lm
 from .datasets import DataFileError, TextTable, read_text_table
 from .distributed import JobProgress, ProcessGroup, balance, join_process_group, unwrap_parallel
+from .llm import LLMDecompX
 from .parts import OutputFolderError, PartFolder, PartLayout
 
 METHODS = ("exact", "fast")
@@ -212,6 +214,9 @@ def _load(model: Union[None, str, Path, nn.Module], tokenizer: Any, device: torc
 
     hf_logging.set_verbosity_error()
     try:
+        causal = load_causal_lm(model)
+        if causal is not None:
+            return causal[0].to(device), tokenizer if tokenizer is not None else causal[1], causal[2]
         classifier = load_classifier(model)
     except DemoError as error:
         raise DatasetAttributionError(str(error)) from error
@@ -316,6 +321,26 @@ def attribute_part(
 # The whole data set
 
 
+def _check_causal_options(
+    causal: bool, target_column: Optional[str], generate: Optional[int], pair_column: Optional[str]
+) -> None:
+    """A causal LM needs exactly one of a target column and a generation length; a classifier neither."""
+    if causal and (target_column is None) == (generate is None):
+        raise DatasetAttributionError(
+            "A causal LM explains a target after each prompt: give the column of the targets "
+            "(--target-column / target_column=) or the number of tokens to generate (--generate / generate=), not both."
+        )
+    if causal and pair_column is not None:
+        raise DatasetAttributionError(
+            "A causal LM reads one prompt per row: drop --text-pair-column (the target column is --target-column)."
+        )
+    if not causal and (target_column is not None or generate is not None):
+        raise DatasetAttributionError(
+            "--target-column and --generate are for causal LMs (*ForCausalLM, *LMHeadModel); this model is a "
+            "classifier, whose every class logit is explained."
+        )
+
+
 def default_rows_per_part(n_rows: int, world_size: int) -> int:
     """About :data:`PARTS_PER_PROCESS` parts per process, within [MIN_ROWS_PER_PART, MAX_ROWS_PER_PART]."""
     wanted = math.ceil(n_rows / (PARTS_PER_PROCESS * world_size))
@@ -341,6 +366,8 @@ def attribute_dataset(
     label_column: Optional[str] = None,
     method: str = "exact",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    target_column: Optional[str] = None,
+    generate: Optional[int] = None,
     max_length: Optional[int] = None,
     rows_per_part: Optional[int] = None,
     bucket_by_length: bool = True,
@@ -375,6 +402,10 @@ def attribute_dataset(
         device: where to compute (default ``cuda:LOCAL_RANK`` with CUDA, else the CPU); a loaded
             model stays on its own device.
         log: where rank 0 writes short status lines (default: nowhere).
+        target_column, generate: for a causal LM (``*ForCausalLM``, ``*LMHeadModel``) exactly one:
+            the column of each prompt's target text, or the number of tokens to generate greedily
+            and explain. Each row is then explained by :class:`~captum_decompx.LLMDecompX` in one
+            pass; the parts' columns are those of :mod:`captum_decompx.dataset_llm`.
 
     Returns:
         A :class:`DatasetAttributionResult`; ``.read_table()`` gives the whole table.
@@ -393,6 +424,8 @@ def attribute_dataset(
         raise DatasetAttributionError(f"rows_per_part must be a positive integer, got {rows_per_part!r}.")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
         raise DatasetAttributionError(f"max_length must be an integer of at least 2, got {max_length!r}.")
+    if generate is not None and (not isinstance(generate, int) or isinstance(generate, bool) or generate < 1):
+        raise DatasetAttributionError(f"generate must be a positive number of tokens, got {generate!r}.")
     group = join_process_group(device)
 
     def say(message: str) -> None:
@@ -417,6 +450,8 @@ def attribute_dataset(
             rows_per_part,
             bucket_by_length,
             show_progress,
+            target_column,
+            generate,
         )
         # Every rank leaves together: none tears the process group down while another still
         # uses it (rank 0 reads and aggregates the parts after the others are done).
@@ -443,22 +478,32 @@ def _attribute_dataset(
     rows_per_part: Optional[int],
     bucket_by_length: bool,
     show_progress: bool,
+    target_column: Optional[str] = None,
+    generate: Optional[int] = None,
 ) -> DatasetAttributionResult:
     # 1. Every rank reads and checks the input and loads the model; rank 0 checks the output folder.
     error: Optional[str] = None
     table: Optional[TextTable] = None
     model: Optional[nn.Module] = None
+    causal = False
     try:
-        table = read_text_table(data, text_column, text_pair_column, label_column)
         model, tokenizer, source = _load(model_source, tokenizer, group.device)
         if model.training:
             raise DatasetAttributionError("The model is in training mode: call model.eval() first.")
+        causal = is_causal_lm(model)
+        _check_causal_options(causal, target_column, generate, text_pair_column)
+        # A causal LM's target column is read where a classifier's second texts are.
+        table = read_text_table(data, text_column, target_column if causal else text_pair_column, label_column)
     except (DataFileError, DatasetAttributionError) as problem:
         error = str(problem)
     _first_error(group, error)
     assert table is not None and model is not None
     limit = max_length if max_length is not None else model_max_length(model, tokenizer)
-    schema = output_schema(table.text_pairs is not None, table.labels is not None)
+    if causal:
+        schema = causal_output_schema(table.labels is not None)
+    else:
+        schema = output_schema(table.text_pairs is not None, table.labels is not None)
+    causal_options = {"target_column": target_column, "generate": generate} if causal else {}
     folder = PartFolder(
         out_dir,
         kind="captum-decompx attribute",
@@ -475,6 +520,7 @@ def _attribute_dataset(
                 "text_column": table.text_column,
                 "text_pair_column": table.text_pair_column,
                 "label_column": table.label_column,
+                **causal_options,
             },
         },
         about={"model": source, "input": str(table.path.resolve())},
@@ -519,12 +565,29 @@ def _attribute_dataset(
 
     # 4. Each rank computes and writes its parts.
     explainer = DecompX(_forward(model), model=model, include_biases=method == "exact", method=method)
+    llm_explainer = LLMDecompX(model, tokenizer, include_biases=method == "exact", algorithm=method) if causal else None
     truncated = padding = 0
     group.barrier()
     compute_began = time.perf_counter()
     with JobProgress(group, total=len(table), done=done_rows, show=show_progress, description=f"DecompX ({method})") as progress:
         for index in mine:
             start, end = layout.bounds(index)
+            if llm_explainer is not None:  # a causal LM: one pass per row
+                part, part_truncated, part_padding = attribute_causal_part(
+                    llm_explainer,
+                    tokenizer,
+                    table,
+                    start,
+                    end,
+                    schema=schema,
+                    max_length=limit,
+                    generate=generate,
+                    device=next(model.parameters()).device,
+                    on_batch=progress.add,
+                )
+                folder.write_part(layout, index, part)
+                truncated += part_truncated
+                continue
             part, part_truncated, part_padding = attribute_part(
                 explainer,
                 tokenizer,
@@ -603,6 +666,8 @@ def run_attribute_command(args: Any, out: Any) -> int:
             text_column=args.text_column,
             text_pair_column=args.text_pair_column,
             label_column=args.label_column,
+            target_column=getattr(args, "target_column", None),
+            generate=getattr(args, "generate", None),
             method=args.method,
             batch_size=args.batch_size,
             max_length=args.max_length,

@@ -49,12 +49,14 @@ class LLMDecompXResult(LLMAttributionResult):
             features (skipped tokens, a template's fixed text).
         bias: (targets,), the biases' share of each logit (zero when the biases are decomposed).
         logits: (targets,), each target token's next-token logit.
+        target_ids: (targets,), the target tokens' ids.
     """
 
     generated_attr: Tensor
     skipped_attr: Tensor
     bias: Tensor
     logits: Tensor
+    target_ids: Tensor
 
 
 class _Prompt:
@@ -245,6 +247,7 @@ class LLMDecompX:
         result.skipped_attr = skipped.cpu()
         result.bias = steps.bias.cpu()
         result.logits = steps.logits.cpu()
+        result.target_ids = target_ids.cpu()
         return result
 
     def _step_by_step(self, prompt_ids: Tensor, target_ids: Tensor, *, show_progress: bool) -> "_Steps":
