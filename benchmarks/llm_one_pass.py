@@ -199,7 +199,7 @@ def write_report(out: str, sections: list[dict], command: str, threads: int) -> 
     lines = [
         "# Generation attribution: one pass against step by step and Captum's LLM methods",
         "",
-        f"Command: `{command}` ({datetime.date.today().isoformat()}, torch threads: {threads}).",
+        f"Command{'s' if ';' in command else ''}: `{command}` ({datetime.date.today().isoformat()}, torch threads: {threads}).",
         "Seconds per explained (prompt, target): medians of interleaved calls in one process "
         "(see `benchmarks/llm_one_pass.py`); the machine was shared with other processes "
         "(load at the start and end of each model below).",
@@ -234,6 +234,26 @@ def write_report(out: str, sections: list[dict], command: str, threads: int) -> 
     with open(out, "w") as handle:
         handle.write("\n".join(lines))
     _plot(os.path.splitext(out)[0] + ".png", sections)
+
+
+def save_sections(path: str, sections: list[dict], command: str, threads: int) -> None:
+    """The measured medians as JSON (``--combine`` renders several runs as one report)."""
+    import json
+
+    records = [{**section, "medians": [[m, c, v] for (m, c), v in section["medians"].items()]} for section in sections]
+    with open(path, "w") as handle:
+        json.dump({"command": command, "threads": threads, "sections": records}, handle, indent=1)
+
+
+def load_sections(path: str) -> tuple[list[dict], str, int]:
+    import json
+
+    with open(path) as handle:
+        saved = json.load(handle)
+    sections = [
+        {**section, "medians": {(m, int(c)): float(v) for m, c, v in section["medians"]}} for section in saved["sections"]
+    ]
+    return sections, saved["command"], int(saved["threads"])
 
 
 def _plot(path: str, sections: list[dict]) -> None:
@@ -290,8 +310,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians are reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="a tiny model, T = 1, 2, a few seconds")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="the Markdown report (the plot is written beside it)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="the Markdown report (the plot and the JSON medians beside it)")
+    parser.add_argument(
+        "--combine", metavar="JSON,...", help="render the saved medians of earlier runs as one report, measure nothing"
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        loaded = [load_sections(path) for path in args.combine.split(",")]
+        sections = [section for run in loaded for section in run[0]]
+        write_report(args.out, sections, "; ".join(run[1] for run in loaded), loaded[0][2])
+        print(f"wrote {args.out}", flush=True)
+        return 0
     import torch
 
     torch.set_num_threads(args.threads)
@@ -326,6 +355,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     write_report(args.out, sections, command.strip(), args.threads)
+    save_sections(os.path.splitext(args.out)[0] + ".json", sections, command.strip(), args.threads)
     print(f"wrote {args.out}", flush=True)
     return 0
 
