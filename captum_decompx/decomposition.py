@@ -846,18 +846,31 @@ def decompose_rows(
     return RowsDecomposition(torch.cat(contributions_all), torch.cat(bias_all))
 
 
-def fast_rows(frozen: "FrozenForward", output: Tensor, grad_outputs: Tensor, dtype: torch.dtype) -> Tensor:
-    """Token shares of several weightings of one frozen pass's output, by one batched backward pass
-    (in groups that fit :data:`FAST_GRADIENT_BYTES`).
+def fast_rows(frozen: "FrozenForward", output: Tensor, positions: Tensor, vectors: Tensor, dtype: torch.dtype) -> Tensor:
+    """Token shares of ``<vectors[g], output[:, positions[g]]>`` for every ``g``, from one frozen pass
+    by batched backward passes (``is_grads_batched``), in groups whose gradients fit
+    :data:`FAST_GRADIENT_BYTES`.
 
     Args:
         frozen: the state a frozen forward pass left (its leaves).
-        output: a tensor of that pass's graph, e.g. the head's input (batch, seq, hidden).
-        grad_outputs: (G, *output.shape), one weighting of ``output`` per row.
+        output: (batch, seq, dim), a tensor of that pass's graph, e.g. the head's input.
+        positions: (G,) the position each weighting reads.
+        vectors: (G, dim) the weights, e.g. a linear head's row of each explained class.
 
     Returns:
-        (G, batch, seq): row ``g`` holds each token's share ``<d(sum grad_outputs[g] * output)/de_k, e_k>``
-        plus its share of its own biases.
+        (G, batch, seq): row ``g`` holds each token's share ``<dF_g/de_k, e_k>`` of
+        ``F_g = <vectors[g], output[:, positions[g]]>``, plus its share of its own biases.
     """
-    shares, _ = _grouped_shares(output, grad_outputs, frozen, dtype)
-    return shares
+    embeddings = frozen.embeddings
+    assert embeddings is not None
+    per_output = embeddings.numel() * embeddings.element_size() + output.numel() * output.element_size()
+    group = max(1, min(positions.numel(), FAST_GRADIENT_BYTES // max(per_output, 1)))
+    vectors = vectors.to(output.dtype)
+    shares = []
+    for start in range(0, positions.numel(), group):
+        rows = torch.arange(start, min(start + group, positions.numel()), device=output.device)
+        grad_outputs = torch.zeros((rows.numel(),) + tuple(output.shape), dtype=output.dtype, device=output.device)
+        grad_outputs[torch.arange(rows.numel(), device=output.device), :, positions[rows]] = vectors[rows].unsqueeze(1)
+        last = int(rows[-1]) == positions.numel() - 1
+        shares.append(_shares(output, grad_outputs, frozen, dtype, retain=not last)[0])
+    return torch.cat(shares)

@@ -305,12 +305,7 @@ class LLMDecompX:
                 if head_input is None or head_input.dim() != 3:
                     return None
                 weight = decomposition.resolve_parts(self.model, decompx.adapter, dtype).head[0].params.weight
-                grad_outputs = torch.zeros(
-                    (n_targets,) + tuple(head_input.shape), dtype=head_input.dtype, device=head_input.device
-                )
-                steps = torch.arange(n_targets, device=context.device)
-                grad_outputs[steps, 0, positions] = weight[target_ids].to(head_input.dtype)
-                scores = decomposition.fast_rows(run.frozen, head_input, grad_outputs, dtype)[:, 0]  # (targets, seq)
+                scores = decomposition.fast_rows(run.frozen, head_input, positions, weight[target_ids], dtype)[:, 0]
                 bias = None
             else:
                 decomposition.plan_rows(

@@ -164,6 +164,15 @@ def test_rows_are_chunked_under_max_memory_with_equal_results(tokenizer, monkeyp
     torch.testing.assert_close(chunked.generated_attr, whole.generated_attr, rtol=1e-6, atol=1e-8)
 
 
+def test_the_fast_paths_backward_passes_run_in_groups_with_equal_results(tokenizer, monkeypatch):
+    model = llama_with_biases()
+    whole = LLMDecompX(model, tokenizer, include_biases=False).attribute(PROMPT, target=TARGET)
+    monkeypatch.setattr(decomposition, "FAST_GRADIENT_BYTES", 1)  # one target row per backward pass
+    grouped = LLMDecompX(model, tokenizer, include_biases=False).attribute(PROMPT, target=TARGET)
+    torch.testing.assert_close(grouped.token_attr, whole.token_attr, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(grouped.generated_attr, whole.generated_attr, rtol=1e-6, atol=1e-8)
+
+
 def test_the_full_vocabulary_head_is_chunked_over_rows(tokenizer):
     """A head bias spread by the rule needs every class of each row; rows go through the head in chunks."""
     vocab_size = 2000  # a head output much wider than the hidden states
