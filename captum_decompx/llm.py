@@ -15,6 +15,11 @@ it (DecompX explains logits, not log-probabilities). At every step the shares ad
 ``skipped_attr`` the prompt tokens that are not features (``skip_tokens``, a template's fixed
 text), ``generated_attr[t, s]`` the share of the earlier generated token ``s < t``, and ``bias``
 the biases' share (zero when the biases are decomposed).
+
+A whole target costs about one step: in a causal model the last layer's row at position ``p``
+depends on the tokens up to ``p`` only, so one decomposition of the prompt and the target holds
+every step's (:func:`captum_decompx.decomposition.decompose_rows` on the exact path,
+:func:`~captum_decompx.decomposition.fast_rows` after one frozen forward pass on the fast path).
 """
 
 from __future__ import annotations

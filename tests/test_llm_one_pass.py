@@ -19,7 +19,7 @@ from captum_decompx import DecompX, DecompXMemoryError, LLMDecompX, decompositio
 from captum_decompx.llm import LLMDecompX as LLMDecompXClass
 
 PROMPT = "the cat sat on a big"
-TARGET = "mat and the dog ran fast"
+TARGET = "mat and the dog ran the"  # "the" twice: one class explained at two positions
 
 
 @pytest.fixture(scope="module")
