@@ -12,7 +12,9 @@ batched backward pass. This benchmark times it for T = 1, 8, 32, 128 after a 96-
 against the same explanation, step by step (``one_pass=False``), and against Captum's
 ``LLMGradientAttribution`` with ``LayerGradientXActivation`` on the embeddings and
 ``LLMAttribution`` with ``FeatureAblation`` (one feature per prompt token), on the same prompts
-and targets. The targets checked, as ratios in one process: exact T = 8 at most 2x and T = 32 at
+and targets. Feature ablation (about 14 s per target token on ``llama-4l`` with one thread) runs
+for ``--fa-targets`` only (T = 1, 8), the step-by-step DecompX for ``--step-targets`` (T = 1, 8),
+and ``gpt2`` for ``--gpt2-targets`` (T = 1, 8, 32) with ``--gpt2-methods`` (exact, fast, GxA). The targets checked, as ratios in one process: exact T = 8 at most 2x and T = 32 at
 most 3x the cost of T = 1; fast T = 32 at most 25x T = 1.
 
 Every call runs in one process with ``torch.set_num_threads(--threads)``; after one warm-up per
@@ -46,6 +48,7 @@ PROMPT_TOKENS = 96
 TARGETS = (1, 8, 32, 128)
 GPT2_TARGETS = (1, 8, 32)
 STEP_TARGETS = (1, 8)  # the step-by-step reference runs only where it is affordable
+FA_TARGETS = (1, 8)  # feature ablation: about 14 s per target token on llama-4l (one thread)
 METHODS = ("exact", "fast", "exact-steps", "fast-steps", "lgxa", "fa")
 METHOD_LABELS = {
     "exact": "DecompX exact (one pass)",
@@ -110,7 +113,13 @@ def word_tokenizer(vocab_size: int) -> Any:
 
 
 def make_calls(
-    model: Any, tokenizer: Any, prompt_tokens: int, targets: Sequence[int], methods: Sequence[str], step_targets: Sequence[int]
+    model: Any,
+    tokenizer: Any,
+    prompt_tokens: int,
+    targets: Sequence[int],
+    methods: Sequence[str],
+    step_targets: Sequence[int],
+    fa_targets: Sequence[int] = FA_TARGETS,
 ) -> dict[tuple[str, int], Callable[[], Any]]:
     """One call per (method, T): every method explains the same prompt and the first T tokens of
     the same target."""
@@ -136,7 +145,7 @@ def make_calls(
     for count in targets:
         target = target_ids[:count]
         for method in methods:
-            if method.endswith("-steps") and count not in step_targets:
+            if (method.endswith("-steps") and count not in step_targets) or (method == "fa" and count not in fa_targets):
                 continue
             if method in explainers:
                 calls[method, count] = lambda e=explainers[method], t=target: e.attribute(prompt_ids, target=t)
@@ -302,6 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--targets", default=",".join(map(str, TARGETS)), help="target lengths T")
     parser.add_argument("--gpt2-targets", default=",".join(map(str, GPT2_TARGETS)), help="target lengths T for gpt2")
     parser.add_argument("--step-targets", default=",".join(map(str, STEP_TARGETS)), help="T values of the step-by-step runs")
+    parser.add_argument("--fa-targets", default=",".join(map(str, FA_TARGETS)), help="T values of feature ablation")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
     parser.add_argument(
         "--gpt2-methods", default="exact,fast,lgxa", help="methods for gpt2 (feature ablation takes minutes there)"
@@ -325,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.models, args.targets, args.step_targets, args.prompt = "llama-tiny", "1,2", "1,2", 8
+        args.models, args.targets, args.step_targets, args.fa_targets, args.prompt = "llama-tiny", "1,2", "1,2", "1,2", 8
     sections = []
     for name in [m for m in args.models.split(",") if m]:
         is_gpt2 = name == "gpt2"
@@ -333,7 +343,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         methods = (args.gpt2_methods if is_gpt2 else args.methods).split(",")
         model = build_model(name)
         tokenizer = word_tokenizer(model.config.vocab_size)
-        calls = make_calls(model, tokenizer, args.prompt, targets, methods, _ints(args.step_targets))
+        calls = make_calls(model, tokenizer, args.prompt, targets, methods, _ints(args.step_targets), _ints(args.fa_targets))
         print(f"{name}: {len(calls)} points, {args.repeats} rounds", flush=True)
         load_before = _load()
         times = time_interleaved(calls, args.repeats, lambda line: print(line, flush=True))
