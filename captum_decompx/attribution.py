@@ -20,7 +20,7 @@ from .adapters import Adapter, Linear, resolve, task_of
 from .adapters.base import split_block
 from .capture import Captured, warn_if_logits_are_capped
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
-from .components.pooling import Pooling
+from .components.pooling import Pooling, kept_positions
 from .forward_contract import (
     ExplainedOutput,
     decomposed_model_output,
@@ -69,6 +69,12 @@ class FrozenRun:
     def real_tokens(self) -> Tensor:
         assert self.frozen.real_tokens is not None
         return self.frozen.real_tokens
+
+    @property
+    def kept(self) -> Tensor:
+        """(batch, seq) bool: the positions whose shares are reported (the real tokens and a
+        padding position the head reads)."""
+        return kept_positions(self.real_tokens, self.pooling)
 
 
 @dataclass
@@ -325,7 +331,7 @@ class DecompX(HookedModelAttribution):
                     # weighted sum over every position's logits.
                     scores = self._fast(frozen_run, weights=explained.weights.reshape(frozen_run.logits.shape)).contributions
                 if not frozen_run.per_position:  # as on the exact path: a padding position's own output keeps its share
-                    scores = self._zero_padding(scores, frozen_run.real_tokens)
+                    scores = self._zero_padding(scores, frozen_run.kept)
             else:
                 run = self._capture_forward(input_ids, additional_forward_args)
                 captured = run.captured
@@ -343,7 +349,8 @@ class DecompX(HookedModelAttribution):
                         contributions = self._exact(captured, show_progress=show_progress).contributions
                         scores = torch.einsum("bnc,bc->bn", contributions, weights.to(contributions.dtype))
                 if not run.per_position:  # a padding position's own output keeps its own share
-                    scores = self._zero_padding(scores, captured)
+                    kept = kept_positions(decomposition.padding_mask(captured), run.pooling)
+                    scores = self._zero_padding(scores, kept)
             scores = scores.to(out_dtype)
             if choices is not None:
                 scores = scores.view(-1, choices, scores.shape[-1])  # the inputs' shape
@@ -431,7 +438,8 @@ class DecompX(HookedModelAttribution):
             attributions = result.contributions
         else:
             assert result.pooled is not None
-            attributions = self._zero_padding(torch.linalg.vector_norm(result.pooled, dim=-1), captured)
+            kept = kept_positions(decomposition.padding_mask(captured), run.pooling)
+            attributions = self._zero_padding(torch.linalg.vector_norm(result.pooled, dim=-1), kept)
         if run.choices is not None:  # (batch, choices, seq) and (batch, choices)
             attributions = attributions.reshape(-1, run.choices, attributions.shape[1])
             logits = logits.reshape(-1, run.choices)
@@ -625,12 +633,12 @@ class DecompX(HookedModelAttribution):
         pooled: Optional[Tensor] = None
         if self.include_head:
             result = self._fast(run)
-            attributions = self._zero_padding(result.contributions, run.real_tokens)
+            attributions = self._zero_padding(result.contributions, run.kept)
             assert result.outputs is not None
             # The frozen network's logits minus the token shares: what its biases carry.
             bias = (result.outputs - attributions.sum(1)).to(logits.dtype)
         else:
-            pooled = self._zero_padding(self._fast(run, include_head=False).contributions, run.real_tokens)
+            pooled = self._zero_padding(self._fast(run, include_head=False).contributions, run.kept)
             attributions = torch.linalg.vector_norm(pooled, dim=-1)
         if run.choices is not None:  # (batch, choices, seq) and (batch, choices)
             attributions = attributions.reshape(-1, run.choices, attributions.shape[1])
@@ -656,8 +664,8 @@ class DecompX(HookedModelAttribution):
         )
 
     @staticmethod
-    def _zero_padding(scores: Tensor, captured: Union[Captured, Tensor]) -> Tensor:
-        """``scores`` (batch, seq, ...) with padding positions zeroed; ``captured`` or a (batch, seq) mask."""
-        real = captured if isinstance(captured, Tensor) else decomposition.padding_mask(captured)
-        shape = real.shape + (1,) * (scores.dim() - 2)
-        return scores * real.view(shape).to(scores.dtype)
+    def _zero_padding(scores: Tensor, kept: Tensor) -> Tensor:
+        """``scores`` (batch, seq, ...) zeroed where the (batch, seq) bool mask ``kept`` is False
+        (:func:`~captum_decompx.components.pooling.kept_positions`)."""
+        shape = kept.shape + (1,) * (scores.dim() - 2)
+        return scores * kept.view(shape).to(scores.dtype)
