@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .adapters import Adapter, resolve
+from .adapters import Adapter, Linear, resolve
+from .adapters.base import split_block
 from .components.layer import LayerRecord
 from .components.network import Network
 from .components.pooling import PoolingRecord
@@ -198,6 +199,9 @@ class Capture:
 
     def install(self) -> None:
         self.network.install(self.recorder, self.model, self.layers)
+        head_output = uncapped_head_output(self.model, self.adapter)
+        if head_output is not None:
+            self.recorder.record_output(head_output, "uncapped logits")
 
     def _check_single_forward(self) -> None:
         """DecompX explains one forward pass: refuse a forward function that ran the model twice."""
@@ -211,13 +215,39 @@ class Capture:
             )
 
     def result(self, output: Any, logits: torch.Tensor) -> Captured:
-        """The records of the forward pass that returned ``output`` (``logits``: (batch, classes))."""
+        """The records of the forward pass that returned ``output`` (``logits``: (batch, classes)).
+
+        For a model that soft-caps its logits, ``logits`` is replaced by the head's output ``z``
+        before the cap, the value the decomposition explains (:func:`warn_if_logits_are_capped`).
+        """
         self.recorder.raise_refusals()
         self._check_single_forward()
+        head_output = uncapped_head_output(self.model, self.adapter)
+        if head_output is not None:
+            uncapped = self.recorder.calls(head_output, "uncapped logits")
+            if len(uncapped) != 1 or uncapped[0].shape != logits.shape:
+                raise RuntimeError(
+                    f"The {self.adapter.name} model soft-caps its logits, and DecompX explains its head's output "
+                    "before the cap; but the head ran "
+                    f"{len(uncapped)} time(s) or returned another shape than the model's logits "
+                    f"{tuple(logits.shape)}. Make the forward function call the model once and return its logits."
+                )
+            logits = uncapped[0]
         record = self.network.read(Reader(self.recorder), self.model, self.layers)
         return Captured(
             output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs, record.pooling
         )
+
+
+def uncapped_head_output(model: nn.Module, adapter: Adapter) -> Optional[nn.Module]:
+    """The module whose output is the logits before a final-logit soft-cap (the head's last linear
+    map); None when the adapter's model does not cap its logits."""
+    if adapter.logit_softcap is None:
+        return None
+    last_step = adapter.head[-1]
+    if not isinstance(last_step, Linear):
+        raise ValueError(f"The adapter {adapter.name!r} soft-caps its logits: its head must end in a Linear step.")
+    return resolve(model, split_block(last_step.path)[0])
 
 
 def warn_if_logits_are_capped(adapter: Adapter) -> None:
@@ -229,9 +259,10 @@ def warn_if_logits_are_capped(adapter: Adapter) -> None:
         f"This {adapter.name} model soft-caps its logits: it returns {cap:g} * tanh(z / {cap:g}) of the "
         "head's output z (config.final_logit_softcapping). The cap is nonlinear and DecompX does "
         "not decompose it: the attributions explain z, the logits BEFORE the cap, and sum to z, not to "
-        f"the capped logits the model returns (z = {cap:g} * atanh(logit / {cap:g})). To explain "
-        "uncapped logits consistently, build DecompX on a model whose config.final_logit_softcapping "
-        "is None.",
+        f"the capped logits the model returns (z = {cap:g} * atanh(logit / {cap:g})). The explained "
+        "values reported (DecompXOutput.logits, the convergence delta, LLMDecompX's result.logits) are "
+        "z too, and the bias share is the biases' share of z. To explain uncapped logits consistently, "
+        "build DecompX on a model whose config.final_logit_softcapping is None.",
         UserWarning,
         stacklevel=3,
     )

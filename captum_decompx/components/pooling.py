@@ -121,23 +121,6 @@ def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype, reco
     return weights
 
 
-def kept_positions(real_tokens: Tensor, pool_weights: Tensor) -> Tensor:
-    """(batch, seq) bool: the positions whose shares are reported, the others being set to zero.
-
-    These are the tokens some query attends to and every position the head reads. A padding
-    position that the model itself pools (position 0 of a left-padded encoder classifier, whose
-    head reads the first position) is a piece like any other token: its row keeps its own
-    embedding through the residuals, and that share is part of the logit. Every other padding
-    position gives nothing to the pooled row (no query attends to it), so zeroing it changes no
-    sum.
-
-    Args:
-        real_tokens: (batch, seq) bool, False at padding positions.
-        pool_weights: (batch, seq), from :func:`pool_weights`.
-    """
-    return real_tokens.to(torch.bool) | (pool_weights != 0)
-
-
 def pool(pieces: Tensor, pool_weights: Tensor) -> Tensor:
     """Pooling as a linear selection of rows.
 
