@@ -223,7 +223,8 @@ def check_finite(output: Tensor) -> Tensor:
     """
     if not output.dtype.is_floating_point or bool(torch.isfinite(output).all()):
         return output
-    examples = (~torch.isfinite(output.detach())).flatten(1).any(1).nonzero().flatten().tolist()
+    bad = ~torch.isfinite(output.detach())
+    examples = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten().tolist() if bad.dim() else [0]
     shown = ", ".join(map(str, examples[:10])) + (" ..." if len(examples) > 10 else "")
     raise ValueError(
         f"The model's output is not finite (NaN or infinity) for example(s) {shown}: there is no value "

@@ -54,6 +54,12 @@ FAMILIES = {
         tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=3, pad_token_id=0)
     ),
     "llama": lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**DECODER)),
+    # sliding windows of 2: padding rows whose window holds only padding, on both sides
+    "mistral": lambda: tf.MistralForSequenceClassification(tf.MistralConfig(**DECODER, sliding_window=2)),
+    "gemma3_text": lambda: tf.Gemma3TextForSequenceClassification(tf.Gemma3TextConfig(**DECODER, sliding_window=2)),
+    "phi3": lambda: tf.Phi3ForSequenceClassification(
+        tf.Phi3Config(**{key: value for key, value in DECODER.items() if key != "head_dim"})
+    ),
 }
 
 
