@@ -16,9 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from . import decomposition, freezing, validation
-from .adapters import Adapter, Linear, resolve, task_of
-from .adapters.base import split_block
-from .capture import Captured, warn_if_logits_are_capped
+from .adapters import Adapter, task_of
+from .capture import Captured, uncapped_head_output, warn_if_logits_are_capped
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
 from .components.pooling import Pooling
 from .forward_contract import (
@@ -324,8 +323,6 @@ class DecompX(HookedModelAttribution):
                     # Per-position heads: weights (batch, seq, classes), one backward pass of their
                     # weighted sum over every position's logits.
                     scores = self._fast(frozen_run, weights=explained.weights.reshape(frozen_run.logits.shape)).contributions
-                if not frozen_run.per_position:  # as on the exact path: a padding position's own output keeps its share
-                    scores = self._zero_padding(scores, frozen_run.real_tokens)
             else:
                 run = self._capture_forward(input_ids, additional_forward_args)
                 captured = run.captured
@@ -342,8 +339,6 @@ class DecompX(HookedModelAttribution):
                     else:
                         contributions = self._exact(captured, show_progress=show_progress).contributions
                         scores = torch.einsum("bnc,bc->bn", contributions, weights.to(contributions.dtype))
-                if not run.per_position:  # a padding position's own output keeps its own share
-                    scores = self._zero_padding(scores, captured)
             scores = scores.to(out_dtype)
             if choices is not None:
                 scores = scores.view(-1, choices, scores.shape[-1])  # the inputs' shape
@@ -431,7 +426,7 @@ class DecompX(HookedModelAttribution):
             attributions = result.contributions
         else:
             assert result.pooled is not None
-            attributions = self._zero_padding(torch.linalg.vector_norm(result.pooled, dim=-1), captured)
+            attributions = torch.linalg.vector_norm(result.pooled, dim=-1)
         if run.choices is not None:  # (batch, choices, seq) and (batch, choices)
             attributions = attributions.reshape(-1, run.choices, attributions.shape[1])
             logits = logits.reshape(-1, run.choices)
@@ -483,7 +478,13 @@ class DecompX(HookedModelAttribution):
         classes = output.shape[1] if output.dim() == 2 and run.choices is None else 0
         labels = validation.class_labels(self.model, classes) if classes else ""
         index = target_index(target, output.shape, output.device, labels)
-        return explain_output(select(output, index), model_output, run.pooling, per_position=run.per_position)
+        explained = explain_output(select(output, index), model_output, run.pooling, per_position=run.per_position)
+        if self.adapter.logit_softcap is not None:
+            # The forward function's output is a function of the capped logits; what is explained
+            # is the same combination of the logits before the cap (warned at the capture).
+            logits = run.captured.logits if isinstance(run, ForwardCapture) else run.logits
+            explained.value = (explained.weights * logits.detach().to(explained.weights.dtype)).sum(-1)
+        return explained
 
     def _per_position_scores(self, captured: Captured, weights: Tensor, *, show_progress: bool) -> Tensor:
         """(batch, seq): each token's share of ``sum_{p,c} weights[b, p, c] * logits[b, p, c]``
@@ -554,13 +555,11 @@ class DecompX(HookedModelAttribution):
         with freezing.frozen_forward(self.model, self.adapter, settings) as frozen, ExitStack() as stack:
             stack.callback(recorder.remove)
             pooling_component.install(recorder, self.model)  # the ids a decoder classifier pools by
-            if self.adapter.logit_softcap is not None:
+            head_output = uncapped_head_output(self.model, self.adapter)
+            if head_output is not None:
                 # The model returns cap * tanh(z / cap); as on the exact path, z (the head's output,
                 # before the cap) is decomposed, with a warning.
                 warn_if_logits_are_capped(self.adapter)
-                last_step = self.adapter.head[-1]
-                assert isinstance(last_step, Linear), "a soft-capped head ends in a linear map"
-                head_output = resolve(self.model, split_block(last_step.path)[0])
                 handle = head_output.register_forward_hook(lambda _module, _args, out: uncapped.append(out))
                 stack.callback(handle.remove)
             span_tuple = task_of(self.model) == "question answering"
@@ -625,12 +624,12 @@ class DecompX(HookedModelAttribution):
         pooled: Optional[Tensor] = None
         if self.include_head:
             result = self._fast(run)
-            attributions = self._zero_padding(result.contributions, run.real_tokens)
+            attributions = result.contributions
             assert result.outputs is not None
             # The frozen network's logits minus the token shares: what its biases carry.
             bias = (result.outputs - attributions.sum(1)).to(logits.dtype)
         else:
-            pooled = self._zero_padding(self._fast(run, include_head=False).contributions, run.real_tokens)
+            pooled = self._fast(run, include_head=False).contributions
             attributions = torch.linalg.vector_norm(pooled, dim=-1)
         if run.choices is not None:  # (batch, choices, seq) and (batch, choices)
             attributions = attributions.reshape(-1, run.choices, attributions.shape[1])
@@ -654,10 +653,3 @@ class DecompX(HookedModelAttribution):
             "only. Use algorithm='exact' (with include_biases=False for the bias-free variant the fast "
             "path computes), or attribute() with a target."
         )
-
-    @staticmethod
-    def _zero_padding(scores: Tensor, captured: Union[Captured, Tensor]) -> Tensor:
-        """``scores`` (batch, seq, ...) with padding positions zeroed; ``captured`` or a (batch, seq) mask."""
-        real = captured if isinstance(captured, Tensor) else decomposition.padding_mask(captured)
-        shape = real.shape + (1,) * (scores.dim() - 2)
-        return scores * real.view(shape).to(scores.dtype)

@@ -245,7 +245,13 @@ def settings_for(options: Options, path: str) -> Settings:
 
 @dataclass
 class Decomposition:
-    """What :func:`decompose` returns. Contributions of padding positions are exactly zero.
+    """What :func:`decompose` returns.
+
+    Padding positions are not zeroed: a padding token's share is what the decomposition gives it,
+    exactly zero where no row the output reads attends to it (a masked key), and its real share
+    where the model itself reads it (a padding position the head pools, e.g. position 0 of a
+    left-padded encoder classifier, keeps its own embedding through the residuals; a query
+    row whose eager attention spreads over every key reads the padding tokens too).
 
     Attributes:
         contributions: (batch, seq, classes), every token's contribution to every class logit;
@@ -424,12 +430,6 @@ def _per_position(
     return Decomposition(contributions, None, bias, None, None, "exact", positions=rows)
 
 
-def _zero_padding(scores: Tensor, captured: Captured) -> Tensor:
-    """``scores`` (batch, seq, ...) with the padding positions set to zero."""
-    real = padding_mask(captured)
-    return scores * real.view(real.shape + (1,) * (scores.dim() - 2)).to(scores.dtype)
-
-
 def _targets_of(contributions: Tensor, targets: Optional[Tensor]) -> Optional[Tensor]:
     if targets is None:
         return None
@@ -453,7 +453,7 @@ def _exact_path(
     contributions, bias = None, None
     if options.include_head:
         assert result.contributions is not None
-        contributions = _zero_padding(result.contributions, captured)
+        contributions = result.contributions
         logits = captured.logits
         if options.include_biases:
             bias = torch.zeros_like(logits)  # every bias was spread over the tokens

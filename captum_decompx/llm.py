@@ -53,7 +53,9 @@ class LLMDecompXResult(LLMAttributionResult):
         skipped_attr: (targets,), the share of the prompt tokens that are not interpretable
             features (skipped tokens, a template's fixed text).
         bias: (targets,), the biases' share of each logit (zero when the biases are decomposed).
-        logits: (targets,), each target token's next-token logit.
+        logits: (targets,), each target token's next-token logit. For a model that soft-caps its
+            logits (Gemma 2/3's ``final_logit_softcapping``), the logit ``z`` before the cap, which
+            is the value explained (with a warning); ``output_probs`` stay the model's own.
         target_ids: (targets,), the target tokens' ids.
     """
 
@@ -266,6 +268,7 @@ class LLMDecompX:
         scores = torch.zeros(n_targets, n_prompt + n_targets - 1, device=prompt_ids.device)
         bias, logits, probs = [], [], []
         context = prompt_ids
+        capped = self.decompx.adapter.logit_softcap is not None
         for step in steps:
             token = int(target_ids[step])
             row, delta = self.decompx.attribute(context, target=token, return_convergence_delta=True)
@@ -273,7 +276,10 @@ class LLMDecompX:
             with torch.no_grad():
                 step_logits = self._next_token_logits(context)[0].float()
             bias.append(-delta[0].detach().float())
-            logits.append(step_logits[token])
+            if capped:  # the explained value: the logit before the cap (attributions plus bias)
+                logits.append(row[0].detach().float().sum() - delta[0].detach().float())
+            else:
+                logits.append(step_logits[token])
             probs.append(torch.softmax(step_logits, -1)[token])
             context = torch.cat([context, target_ids[step : step + 1].view(1, 1)], dim=1)
         return _Steps(scores, torch.stack(bias), torch.stack(logits), torch.stack(probs))
