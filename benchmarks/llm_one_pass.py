@@ -278,14 +278,15 @@ def _plot(path: str, sections: list[dict]) -> None:
             points = sorted((count, value) for (m, count), value in medians.items() if m == method)
             if points:
                 style = "-o" if not method.endswith("-steps") else "--x"
-                axis.plot([p[0] for p in points], [p[1] for p in points], style, label=METHOD_LABELS[method])
+                color = f"C{METHODS.index(method)}"  # one colour per method in every panel
+                axis.plot([p[0] for p in points], [p[1] for p in points], style, color=color, label=METHOD_LABELS[method])
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xlabel("target tokens T")
         axis.set_ylabel("seconds (median)")
         axis.set_title(f"{section['model']}, prompt {section['prompt']} tokens")
         axis.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
