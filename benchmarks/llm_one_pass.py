@@ -12,7 +12,7 @@ batched backward pass. This benchmark times it for T = 1, 8, 32, 128 after a 96-
 against the same explanation, step by step (``one_pass=False``), and against Captum's
 ``LLMGradientAttribution`` with ``LayerGradientXActivation`` on the embeddings and
 ``LLMAttribution`` with ``FeatureAblation`` (one feature per prompt token), on the same prompts
-and targets. Feature ablation (about 14 s per target token on ``llama-4l`` with one thread) runs
+and targets. Feature ablation (8 to 14 s per target token on ``llama-4l`` with one thread) runs
 for ``--fa-targets`` only (T = 1, 8), the step-by-step DecompX for ``--step-targets`` (T = 1, 8),
 and ``gpt2`` for ``--gpt2-targets`` (T = 1, 8, 32) with ``--gpt2-methods`` (exact, fast, GxA). The targets checked, as ratios in one process: exact T = 8 at most 2x and T = 32 at
 most 3x the cost of T = 1; fast T = 32 at most 25x T = 1.
@@ -48,7 +48,7 @@ PROMPT_TOKENS = 96
 TARGETS = (1, 8, 32, 128)
 GPT2_TARGETS = (1, 8, 32)
 STEP_TARGETS = (1, 8)  # the step-by-step reference runs only where it is affordable
-FA_TARGETS = (1, 8)  # feature ablation: about 14 s per target token on llama-4l (one thread)
+FA_TARGETS = (1, 8)  # feature ablation: 8 to 14 s per target token on llama-4l (one thread)
 METHODS = ("exact", "fast", "exact-steps", "fast-steps", "lgxa", "fa")
 METHOD_LABELS = {
     "exact": "DecompX exact (one pass)",
