@@ -11,7 +11,7 @@ from torch import nn
 
 from .albert import ALBERT
 from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve, split_block
-from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA
+from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
 from .modernbert import modernbert
@@ -64,6 +64,14 @@ def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def position_offset(model_type: str | None) -> int:
+    """Position embeddings that no token uses, for models of ``model_type`` (2 for RoBERTa's family, else 0).
+
+    The longest input a model takes is ``config.max_position_embeddings - position_offset(...)``.
+    """
+    return ROBERTA_POSITION_OFFSET if model_type in ROBERTA_MODEL_TYPES else 0
+
+
 def model_type_of(model: nn.Module) -> str | None:
     config = getattr(model, "config", None)
     return getattr(config, "model_type", None)
@@ -112,7 +120,7 @@ def _check_head_paths(model: nn.Module, adapter: Adapter, model_type: str | None
 
 register_adapter("bert", bert_family_tasks(BERT, multiple_choice=BERT.head, masked_lm=BERT_MLM_HEAD))
 register_adapter(
-    ("roberta", "xlm-roberta", "camembert"),
+    ROBERTA_MODEL_TYPES,
     bert_family_tasks(
         ROBERTA,
         multiple_choice=(
@@ -159,6 +167,7 @@ __all__ = [
     "adapter_for",
     "register_adapter",
     "resolve",
+    "position_offset",
     "supported_model_types",
     "task_of",
 ]
