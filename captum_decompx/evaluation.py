@@ -88,6 +88,8 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
+from .components.registry import Registry
+
 DEFAULT_FRACTIONS: tuple[float, ...] = tuple(step / 10 for step in range(10))
 #: ferret's default thresholds for comprehensiveness and sufficiency: 10%, 20%, ..., 100%.
 ERASER_FRACTIONS: tuple[float, ...] = tuple(step / 10 for step in range(1, 11))
@@ -342,11 +344,11 @@ class RegisteredMethod:
 
 
 #: Registered attribution methods by key, in registration order (the paper's Table 1 order).
-METHOD_REGISTRY: dict[str, RegisteredMethod] = {}
+METHOD_REGISTRY: Registry[RegisteredMethod] = Registry("attribution method")
 
 
 def register_method(
-    key: str, label: str, build: Callable[[MethodContext], MethodSpec], *, description: str = "", replace: bool = False
+    key: str, label: str, build: Callable[[MethodContext], MethodSpec], *, description: str = "", overwrite: bool = False
 ) -> None:
     """Register an attribution method under ``key`` so that :func:`build_methods` (and a command line)
     can pick it by name.
@@ -357,11 +359,14 @@ def register_method(
         build: ``MethodContext -> MethodSpec``; use ``context.shared(...)`` to share one Captum
             object between entries that only reduce its output differently.
         description: one line for help texts.
-        replace: allow replacing an existing key.
+        overwrite: replace the method registered before under ``key``.
     """
-    if key in METHOD_REGISTRY and not replace:
-        raise ValueError(f"An attribution method is already registered as {key!r}; pass replace=True to replace it.")
-    METHOD_REGISTRY[key] = RegisteredMethod(key, label, build, description)
+    METHOD_REGISTRY.register(key, RegisteredMethod(key, label, build, description), overwrite=overwrite)
+
+
+def unregister_method(key: str) -> None:
+    """Remove a method registered with :func:`register_method`."""
+    METHOD_REGISTRY.unregister(key)
 
 
 def build_methods(keys: Sequence[str], model: nn.Module, tokenizer: Any, **context_options: Any) -> dict[str, MethodSpec]:
@@ -376,7 +381,7 @@ def build_methods(keys: Sequence[str], model: nn.Module, tokenizer: Any, **conte
     unknown = [key for key in keys if key not in METHOD_REGISTRY]
     if unknown:
         raise ValueError(
-            f"Unknown attribution method(s) {', '.join(map(repr, unknown))}; registered: {', '.join(METHOD_REGISTRY)}."
+            f"Unknown attribution method(s) {', '.join(map(repr, unknown))}; registered: {', '.join(map(str, METHOD_REGISTRY))}."
         )
     context = MethodContext(model, tokenizer, **context_options)
     return {METHOD_REGISTRY[key].label: METHOD_REGISTRY[key].build(context) for key in dict.fromkeys(keys)}
@@ -1482,6 +1487,7 @@ __all__ = [
     "random_method",
     "reference_baselines",
     "register_method",
+    "unregister_method",
     "sum_over_embedding",
     "top_rationale",
 ]
