@@ -412,6 +412,32 @@ def _text_cost(table: TextTable, exponent: int, start: int, end: int) -> float:
     return sum((len(text) + len(pair) + 8) ** exponent for text, pair in zip(table.texts[start:end], pairs))
 
 
+def _output_folder(
+    group: ProcessGroup,
+    out_dir: Path,
+    model: nn.Module,
+    tokenizer: Any,
+    source: str,
+    table: TextTable,
+    schema: Any,
+    *,
+    method: str,
+    max_length: int,
+) -> PartFolder:
+    """The output folder of an attribute run: what must match to resume it, and the parts' schema."""
+    options = {
+        "method": method,
+        "max_length": max_length,
+        "text_column": table.text_column,
+        "text_pair_column": table.text_pair_column,
+        "label_column": table.label_column,
+    }
+    identity = run_identity(group, model, tokenizer, table.path, len(table), options)
+    return PartFolder(
+        out_dir, "captum-decompx attribute", identity, {"model": source, "input": str(table.path.resolve())}, schema
+    )
+
+
 def _attribute_dataset(
     group: ProcessGroup,
     began: float,
@@ -426,23 +452,7 @@ def _attribute_dataset(
     method = options.method
     limit = options.max_length if options.max_length is not None else model_max_length(model, tokenizer)
     schema = output_schema(table.text_pairs is not None, table.labels is not None)
-    identity = run_identity(
-        group,
-        model,
-        tokenizer,
-        table.path,
-        len(table),
-        {
-            "method": method,
-            "max_length": limit,
-            "text_column": table.text_column,
-            "text_pair_column": table.text_pair_column,
-            "label_column": table.label_column,
-        },
-    )
-    folder = PartFolder(
-        out_dir, "captum-decompx attribute", identity, {"model": source, "input": str(table.path.resolve())}, schema
-    )
+    folder = _output_folder(group, out_dir, model, tokenizer, source, table, schema, method=method, max_length=limit)
     explainer = DecompX(_forward(model), model=model, include_biases=method == "exact", method=method)
 
     def compute(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, tuple[int, int]]:
