@@ -891,6 +891,16 @@ def _most_and_least_masked(batch: Batch, scores: Tensor, mask_token_id: int, fra
 # Results
 
 
+def _measured(key: str, doc: str) -> Any:
+    """A read-only property: ``summary[key]`` of a :class:`MethodResult` (a KeyError naming the measured ones)."""
+    return property(lambda result: result._get(key), doc=doc)
+
+
+def _mean_of(key: str) -> Any:
+    """A read-only property: the mean of ``summary[key]`` as a float."""
+    return property(lambda result: float(result._get(key).mean()), doc=f"The mean of ``{key}`` over K.")
+
+
 @dataclass
 class MethodResult:
     """The faithfulness of one attribution method.
@@ -915,66 +925,24 @@ class MethodResult:
             raise KeyError(f"{key!r} was not measured; the metrics measured: {', '.join(self.summary)}.")
         return self.summary[key]
 
-    @property
-    def aopc_most(self) -> np.ndarray:
-        """(K,) mean probability drop of the predicted class per K, most important masked."""
-        return self._get("aopc_most")
+    aopc_most = _measured("aopc_most", "(K,) mean probability drop of the predicted class per K, most important masked.")
+    aopc_least = _measured("aopc_least", "(K,) as above, least important masked.")
+    accuracy_most = _measured("accuracy_most", "(K,) accuracy against the gold labels per K, most important masked.")
+    accuracy_least = _measured("accuracy_least", "(K,) as above, least important masked.")
+    keep_top_accuracy = _measured("keep_top_accuracy", "Accuracy with only the top ``keep_fraction`` of the tokens kept.")
+    aopc_most_per_example = _measured(
+        "aopc_most_per_example", "(examples,) each example's probability drop averaged over K, most important masked."
+    )
+    aopc_least_per_example = _measured("aopc_least_per_example", "(examples,) the same, least important masked.")
+    comprehensiveness = _measured(
+        "comprehensiveness", "ERASER comprehensiveness (ferret's ``aopc_compr``), mean over examples; higher is better."
+    )
+    sufficiency = _measured("sufficiency", "ERASER sufficiency (ferret's ``aopc_suff``), mean over examples; lower is better.")
 
-    @property
-    def aopc_least(self) -> np.ndarray:
-        """(K,) as above, least important masked."""
-        return self._get("aopc_least")
-
-    @property
-    def accuracy_most(self) -> np.ndarray:
-        """(K,) accuracy against the gold labels per K, most important masked."""
-        return self._get("accuracy_most")
-
-    @property
-    def accuracy_least(self) -> np.ndarray:
-        """(K,) as above, least important masked."""
-        return self._get("accuracy_least")
-
-    @property
-    def keep_top_accuracy(self) -> float:
-        """Accuracy with only the top ``keep_fraction`` of the tokens kept."""
-        return self._get("keep_top_accuracy")
-
-    @property
-    def aopc_most_per_example(self) -> np.ndarray:
-        """(examples,) each example's probability drop averaged over K, most important masked."""
-        return self._get("aopc_most_per_example")
-
-    @property
-    def aopc_least_per_example(self) -> np.ndarray:
-        """(examples,) the same, least important masked."""
-        return self._get("aopc_least_per_example")
-
-    @property
-    def comprehensiveness(self) -> float:
-        """ERASER comprehensiveness (ferret's ``aopc_compr``), mean over examples; higher is better."""
-        return self._get("comprehensiveness")
-
-    @property
-    def sufficiency(self) -> float:
-        """ERASER sufficiency (ferret's ``aopc_suff``), mean over examples; lower is better."""
-        return self._get("sufficiency")
-
-    @property
-    def aopc_most_mean(self) -> float:
-        return float(self.aopc_most.mean())
-
-    @property
-    def accuracy_most_mean(self) -> float:
-        return float(self.accuracy_most.mean())
-
-    @property
-    def aopc_least_mean(self) -> float:
-        return float(self.aopc_least.mean())
-
-    @property
-    def accuracy_least_mean(self) -> float:
-        return float(self.accuracy_least.mean())
+    aopc_most_mean = _mean_of("aopc_most")
+    accuracy_most_mean = _mean_of("accuracy_most")
+    aopc_least_mean = _mean_of("aopc_least")
+    accuracy_least_mean = _mean_of("accuracy_least")
 
 
 @dataclass
@@ -1216,6 +1184,40 @@ def _as_spec(spec: Union[MethodSpec, tuple]) -> MethodSpec:
     return spec if isinstance(spec, MethodSpec) else MethodSpec(*spec)
 
 
+def _metric_columns(
+    model: nn.Module,
+    batch: Batch,
+    scores: Tensor,
+    metrics: Sequence[FaithfulnessMetric],
+    mask_id: int,
+    reference: Tensor,
+    predicted: Tensor,
+    forward_batch_size: int,
+) -> dict[str, list[Any]]:
+    """Every metric's per-example columns for one method's ``scores`` (batch, seq).
+
+    The masked inputs of all metrics are scored in one series of forward passes.
+    """
+    size = batch.input_ids.shape[0]
+    inputs = [metric.masked_inputs(batch, scores, mask_id) for metric in metrics]
+    probabilities = _variant_probabilities(
+        model, batch, [variant for group in inputs for variant in group], reference, forward_batch_size
+    )
+    columns: dict[str, list[Any]] = {}
+    position = 0
+    for metric, group in zip(metrics, inputs):
+        masked = list(probabilities[position : position + len(group)])
+        position += len(group)
+        values = metric.example_values(MaskedPredictions(batch, reference, predicted, masked, scores))
+        for column in metric.columns:
+            if column not in values or len(values[column]) != size:
+                raise ValueError(f"{type(metric).__name__}.example_values must return {size} values for column {column!r}.")
+            if column in columns or column in ROW_KEYS:
+                raise ValueError(f"Two metrics (or a metric and the row keys) use the column {column!r}.")
+            columns[column] = values[column]
+    return columns
+
+
 def example_rows(
     model: nn.Module,
     batch: Batch,
@@ -1263,22 +1265,7 @@ def example_rows(
             raw_outputs[key] = spec.raw(batch, predicted)
             seconds = time.perf_counter() - began
         scores = spec.reduced(raw_outputs[key], batch)
-        inputs = [metric.masked_inputs(batch, scores, mask_id) for metric in metrics]
-        probabilities = _variant_probabilities(
-            model, batch, [variant for group in inputs for variant in group], reference, forward_batch_size
-        )
-        columns: dict[str, list[Any]] = {}
-        position = 0
-        for metric, group in zip(metrics, inputs):
-            masked = list(probabilities[position : position + len(group)])
-            position += len(group)
-            values = metric.example_values(MaskedPredictions(batch, reference, predicted, masked, scores))
-            for column in metric.columns:
-                if column not in values or len(values[column]) != size:
-                    raise ValueError(f"{type(metric).__name__}.example_values must return {size} values for column {column!r}.")
-                if column in columns or column in ROW_KEYS:
-                    raise ValueError(f"Two metrics (or a metric and the row keys) use the column {column!r}.")
-                columns[column] = values[column]
+        columns = _metric_columns(model, batch, scores, metrics, mask_id, reference, predicted, forward_batch_size)
         for row in range(size):
             entry: dict[str, Any] = {
                 "method": name,
@@ -1364,6 +1351,32 @@ def aggregate_rows(
 # The protocol
 
 
+def _protocol_inputs(
+    examples: Sequence[Example],
+    labels: Sequence[int],
+    methods: Mapping[str, Union[MethodSpec, tuple]],
+    fractions: Optional[Sequence[float]],
+    keep_fraction: Optional[float],
+    metrics: Optional[Sequence[FaithfulnessMetric]],
+) -> tuple[dict[str, MethodSpec], Sequence[FaithfulnessMetric]]:
+    """Check :func:`evaluate_faithfulness`'s inputs; the methods as :class:`MethodSpec` and the metrics to measure."""
+    if len(examples) == 0:
+        raise ValueError("No examples to evaluate.")
+    if len(examples) != len(labels):
+        raise ValueError(f"{len(examples)} examples but {len(labels)} labels.")
+    specs = {name: _as_spec(spec) for name, spec in methods.items()}
+    if not specs:
+        raise ValueError("Give at least one method.")
+    if metrics is None:
+        pairs = isinstance(examples[0], (tuple, list))
+        metrics = default_metrics(DEFAULT_FRACTIONS if fractions is None else fractions, keep_fraction, pairs=pairs)
+    elif fractions is not None or keep_fraction is not None:
+        raise ValueError("Give either `metrics` or `fractions`/`keep_fraction` (which configure the default metrics), not both.")
+    if not metrics:
+        raise ValueError("Give at least one metric.")
+    return specs, metrics
+
+
 def evaluate_faithfulness(
     model: nn.Module,
     tokenizer: Any,
@@ -1405,20 +1418,7 @@ def evaluate_faithfulness(
         the curves. The same as :func:`aggregate_rows` of the :func:`example_rows` of every batch.
     """
     mask_id = _check_model_and_tokens(model, getattr(tokenizer, "mask_token_id", None))
-    if len(examples) == 0:
-        raise ValueError("No examples to evaluate.")
-    if len(examples) != len(labels):
-        raise ValueError(f"{len(examples)} examples but {len(labels)} labels.")
-    specs = {name: _as_spec(spec) for name, spec in methods.items()}
-    if not specs:
-        raise ValueError("Give at least one method.")
-    if metrics is None:
-        pairs = isinstance(examples[0], (tuple, list))
-        metrics = default_metrics(DEFAULT_FRACTIONS if fractions is None else fractions, keep_fraction, pairs=pairs)
-    elif fractions is not None or keep_fraction is not None:
-        raise ValueError("Give either `metrics` or `fractions`/`keep_fraction` (which configure the default metrics), not both.")
-    if not metrics:
-        raise ValueError("Give at least one metric.")
+    specs, metrics = _protocol_inputs(examples, labels, methods, fractions, keep_fraction, metrics)
     device = next(model.parameters()).device
 
     bar = None
