@@ -48,8 +48,8 @@ from .attribution import DecompX
 from .dataset_jobs import MAX_ROWS_PER_PART as MAX_ROWS_PER_PART
 from .dataset_jobs import MIN_ROWS_PER_PART as MIN_ROWS_PER_PART
 from .dataset_jobs import PARTS_PER_PROCESS as PARTS_PER_PROCESS
-from .dataset_jobs import DatasetAttributionError as DatasetAttributionError
 from .dataset_jobs import (
+    Columns,
     PartJob,
     first_error,
     in_process_group,
@@ -58,11 +58,12 @@ from .dataset_jobs import (
     run_identity,
     run_parts,
 )
+from .dataset_jobs import DatasetAttributionError as DatasetAttributionError
 from .dataset_jobs import default_rows_per_part as default_rows_per_part
 from .dataset_jobs import file_fingerprint as file_fingerprint
 from .dataset_jobs import model_fingerprint as model_fingerprint
 from .dataset_jobs import tokenizer_fingerprint as tokenizer_fingerprint
-from .datasets import DataFileError, TextTable, read_text_table
+from .datasets import DataFileError, TextTable
 from .distributed import ProcessGroup, unwrap_parallel
 from .parts import PartFolder
 
@@ -337,37 +338,19 @@ def attribute_dataset(
     """
     began = time.perf_counter()
     _check_options(method, batch_size, rows_per_part, max_length)
-    options = _Options(
-        text_column,
-        text_pair_column,
-        label_column,
-        method,
-        batch_size,
-        max_length,
-        rows_per_part,
-        bucket_by_length,
-        show_progress,
+    columns = Columns(text_column, text_pair_column, label_column)
+    options = _Options(columns, method, batch_size, max_length, rows_per_part, bucket_by_length, show_progress)
+    source, out = Path(data).expanduser(), Path(out_dir).expanduser()
+    return in_process_group(
+        device, log, lambda group, say: _attribute_dataset(group, began, say, source, out, model, tokenizer, options)
     )
-
-    def job(group: ProcessGroup) -> DatasetAttributionResult:
-        def say(message: str) -> None:
-            if log is not None and group.is_main:
-                log(message)
-
-        return _attribute_dataset(
-            group, began, say, Path(data).expanduser(), Path(out_dir).expanduser(), model, tokenizer, options
-        )
-
-    return in_process_group(device, job)
 
 
 @dataclass
 class _Options:
     """The options of one :func:`attribute_dataset` call, after checking."""
 
-    text_column: Optional[str]
-    text_pair_column: Optional[str]
-    label_column: Optional[str]
+    columns: Columns
     method: str
     batch_size: int
     max_length: Optional[int]
@@ -394,7 +377,7 @@ def _read_and_load(
     error: Optional[str] = None
     loaded: Optional[tuple[TextTable, nn.Module, Any, str]] = None
     try:
-        table = read_text_table(data, options.text_column, options.text_pair_column, options.label_column)
+        table = options.columns.read(data)
         model, tokenizer, source = load_classifier(model_source, tokenizer, group.device)
         if model.training:
             raise DatasetAttributionError("The model is in training mode: call model.eval() first.")
@@ -530,21 +513,11 @@ def run_attribute_command(args: Any, out: Any) -> int:
     def log(message: str) -> None:
         print(message, file=out, flush=True)
 
+    passed = ("model", "text_column", "text_pair_column", "label_column", "method", "batch_size", "max_length", "rows_per_part")
+    options = {name: getattr(args, name) for name in passed}
     outcome = report_on_one_rank(
         lambda: attribute_dataset(
-            args.data,
-            args.out,
-            model=args.model,
-            text_column=args.text_column,
-            text_pair_column=args.text_pair_column,
-            label_column=args.label_column,
-            method=args.method,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            rows_per_part=args.rows_per_part,
-            bucket_by_length=not args.no_bucketing,
-            show_progress=not args.no_progress,
-            log=log,
+            args.data, args.out, bucket_by_length=not args.no_bucketing, show_progress=not args.no_progress, log=log, **options
         )
     )
     if isinstance(outcome, int):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .dataset_jobs import (
+    Columns,
     DatasetAttributionError,
     PartJob,
     first_error,
@@ -34,7 +35,7 @@ from .dataset_jobs import (
     run_identity,
     run_parts,
 )
-from .datasets import DataFileError, TextTable, read_text_table
+from .datasets import DataFileError, TextTable
 from .distributed import ProcessGroup
 from .parts import PartFolder
 
@@ -91,27 +92,12 @@ def evaluate_dataset(
         raise DatasetAttributionError("Give at least one attribution method.")
     if limit is not None and limit < 1:
         raise DatasetAttributionError(f"limit must be a positive number of examples, got {limit}.")
+    columns = Columns(text_column, text_pair_column, label_column)
     options = _Options(
-        list(dict.fromkeys(methods)),
-        text_column,
-        text_pair_column,
-        label_column,
-        limit,
-        batch_size,
-        max_length,
-        ig_steps,
-        rows_per_part,
-        show_progress,
+        list(dict.fromkeys(methods)), columns, limit, batch_size, max_length, ig_steps, rows_per_part, show_progress
     )
-
-    def job(group: ProcessGroup) -> Any:
-        def say(message: str) -> None:
-            if log is not None and group.is_main:
-                log(message)
-
-        return _evaluate_dataset(group, say, Path(data).expanduser(), Path(out_dir).expanduser(), model, tokenizer, options)
-
-    return in_process_group(device, job)
+    source, out = Path(data).expanduser(), Path(out_dir).expanduser()
+    return in_process_group(device, log, lambda group, say: _evaluate_dataset(group, say, source, out, model, tokenizer, options))
 
 
 @dataclass
@@ -119,9 +105,7 @@ class _Options:
     """The options of one :func:`evaluate_dataset` call."""
 
     methods: list[str]
-    text_column: Optional[str]
-    text_pair_column: Optional[str]
-    label_column: Optional[str]
+    columns: Columns
     limit: Optional[int]
     batch_size: int
     max_length: Optional[int]
@@ -139,7 +123,7 @@ def _read_and_load(
     error: Optional[str] = None
     loaded: Optional[tuple[TextTable, nn.Module, Any, str, dict[str, Any]]] = None
     try:
-        table = read_text_table(data, options.text_column, options.text_pair_column, options.label_column)
+        table = options.columns.read(data)
         if table.labels is None:
             raise DatasetAttributionError(
                 f"{data} has no label column: the protocol scores masked inputs against gold labels. Pass --label-column NAME."

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import torch
 from torch import nn
 
+from .datasets import TextTable, read_text_table
 from .distributed import JobProgress, ProcessGroup, balance, join_process_group, unwrap_parallel
 from .parts import OutputFolderError, PartFolder, PartLayout
 
@@ -68,19 +69,42 @@ def first_error(group: ProcessGroup, local: Optional[str]) -> None:
             raise DatasetAttributionError(message if rank == 0 else f"(rank {rank}) {message}", reported_by=rank)
 
 
-def in_process_group(device: Union[None, str, torch.device], job: Callable[[ProcessGroup], T]) -> T:
-    """Run ``job(group)`` as this process's share of the job, then leave the process group.
+def in_process_group(
+    device: Union[None, str, torch.device],
+    log: Optional[Callable[[str], None]],
+    job: Callable[[ProcessGroup, Callable[[str], None]], T],
+) -> T:
+    """Run ``job(group, say)`` as this process's share of the job, then leave the process group.
 
-    Every rank leaves together: none tears the process group down while another still uses it
-    (rank 0 reads and aggregates the parts after the others are done).
+    ``say(line)`` writes a status line to ``log`` on rank 0 (and nothing elsewhere). Every rank
+    leaves together: none tears the process group down while another still uses it (rank 0 reads
+    and aggregates the parts after the others are done).
     """
     group = join_process_group(device)
+
+    def say(message: str) -> None:
+        if log is not None and group.is_main:
+            log(message)
+
     try:
-        result = job(group)
+        result = job(group, say)
         group.barrier()
         return result
     finally:
         group.close()
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns of a data file to read (None: the default, see :func:`~captum_decompx.datasets.read_text_table`)."""
+
+    text: Optional[str] = None
+    text_pair: Optional[str] = None
+    label: Optional[str] = None
+
+    def read(self, data: Path) -> TextTable:
+        """Read and check every row of ``data``."""
+        return read_text_table(data, self.text, self.text_pair, self.label)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,6 +355,7 @@ def report_on_one_rank(run: Callable[[], T]) -> Union[T, int]:
 
 
 __all__ = [
+    "Columns",
     "DatasetAttributionError",
     "PartJob",
     "PartsRun",

@@ -669,7 +669,22 @@ class FaithfulnessMetric(ABC):
         return []
 
 
-class AOPC(FaithfulnessMetric):
+class _OverFractions(FaithfulnessMetric):
+    """A metric measured with ``floor(K * n)`` tokens masked for each K of ``fractions``, the most
+    important first and then the least important first (2K masked inputs per example)."""
+
+    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> None:
+        self.fractions = _check_fractions(fractions)
+
+    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
+        return [
+            mask_ranked_tokens(batch.input_ids, scores, batch.candidates, k, mask_token_id, most_important=most)
+            for most in (True, False)
+            for k in self.fractions
+        ]
+
+
+class AOPC(_OverFractions):
     """The DecompX paper's AOPC: mean over K of ``p(y_hat | x) - p(y_hat | x_K)``, where ``x_K`` has
     ``floor(K * n)`` tokens masked, most (``aopc_most``) or least (``aopc_least``) important first.
 
@@ -678,12 +693,6 @@ class AOPC(FaithfulnessMetric):
     """
 
     columns = ("aopc_most", "aopc_least")
-
-    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> None:
-        self.fractions = _check_fractions(fractions)
-
-    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
-        return _most_and_least_masked(batch, scores, mask_token_id, self.fractions)
 
     def example_values(self, predictions: MaskedPredictions) -> dict[str, list[Any]]:
         n_k = len(self.fractions)
@@ -705,7 +714,7 @@ class AOPC(FaithfulnessMetric):
         ]
 
 
-class MaskedAccuracy(FaithfulnessMetric):
+class MaskedAccuracy(_OverFractions):
     """Accuracy against the gold labels with ``floor(K * n)`` tokens masked, most or least important first.
 
     Row columns ``correct_most``, ``correct_least``: (K,) 1.0 or 0.0. Summary: ``accuracy_most`` and
@@ -713,12 +722,6 @@ class MaskedAccuracy(FaithfulnessMetric):
     """
 
     columns = ("correct_most", "correct_least")
-
-    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> None:
-        self.fractions = _check_fractions(fractions)
-
-    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
-        return _most_and_least_masked(batch, scores, mask_token_id, self.fractions)
 
     def example_values(self, predictions: MaskedPredictions) -> dict[str, list[Any]]:
         n_k = len(self.fractions)
@@ -877,14 +880,6 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     if any(not 0.0 <= k <= 1.0 for k in values):
         raise ValueError(f"Fractions must be in [0, 1], got {values}.")
     return values
-
-
-def _most_and_least_masked(batch: Batch, scores: Tensor, mask_token_id: int, fractions: tuple[float, ...]) -> list[Tensor]:
-    return [
-        mask_ranked_tokens(batch.input_ids, scores, batch.candidates, k, mask_token_id, most_important=most)
-        for most in (True, False)
-        for k in fractions
-    ]
 
 
 # --------------------------------------------------------------------------------------------
