@@ -48,22 +48,13 @@ from .attribution import DecompX
 from .dataset_jobs import MAX_ROWS_PER_PART as MAX_ROWS_PER_PART
 from .dataset_jobs import MIN_ROWS_PER_PART as MIN_ROWS_PER_PART
 from .dataset_jobs import PARTS_PER_PROCESS as PARTS_PER_PROCESS
-from .dataset_jobs import (
-    Columns,
-    PartJob,
-    first_error,
-    in_process_group,
-    load_classifier,
-    report_on_one_rank,
-    run_identity,
-    run_parts,
-)
+from .dataset_jobs import Columns, JobInputs, PartJob, in_process_group, report_on_one_rank, run_identity, run_parts
 from .dataset_jobs import DatasetAttributionError as DatasetAttributionError
 from .dataset_jobs import default_rows_per_part as default_rows_per_part
 from .dataset_jobs import file_fingerprint as file_fingerprint
 from .dataset_jobs import model_fingerprint as model_fingerprint
 from .dataset_jobs import tokenizer_fingerprint as tokenizer_fingerprint
-from .datasets import DataFileError, TextTable
+from .datasets import TextTable
 from .distributed import ProcessGroup, unwrap_parallel
 from .parts import PartFolder
 
@@ -339,18 +330,15 @@ def attribute_dataset(
     began = time.perf_counter()
     _check_options(method, batch_size, rows_per_part, max_length)
     columns = Columns(text_column, text_pair_column, label_column)
-    options = _Options(columns, method, batch_size, max_length, rows_per_part, bucket_by_length, show_progress)
-    source, out = Path(data).expanduser(), Path(out_dir).expanduser()
-    return in_process_group(
-        device, log, lambda group, say: _attribute_dataset(group, began, say, source, out, model, tokenizer, options)
-    )
+    inputs = JobInputs(Path(data).expanduser(), columns, Path(out_dir).expanduser(), model, tokenizer)
+    options = _Options(method, batch_size, max_length, rows_per_part, bucket_by_length, show_progress)
+    return in_process_group(device, log, lambda group, say: _attribute_dataset(group, say, inputs, options, began))
 
 
 @dataclass
 class _Options:
     """The options of one :func:`attribute_dataset` call, after checking."""
 
-    columns: Columns
     method: str
     batch_size: int
     max_length: Optional[int]
@@ -368,25 +356,6 @@ def _check_options(method: str, batch_size: Any, rows_per_part: Any, max_length:
         raise DatasetAttributionError(f"rows_per_part must be a positive integer, got {rows_per_part!r}.")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
         raise DatasetAttributionError(f"max_length must be an integer of at least 2, got {max_length!r}.")
-
-
-def _read_and_load(
-    group: ProcessGroup, data: Path, model_source: Any, tokenizer: Any, options: _Options
-) -> tuple[TextTable, nn.Module, Any, str]:
-    """Every rank reads and checks the input and loads the model; any rank's error is raised on all."""
-    error: Optional[str] = None
-    loaded: Optional[tuple[TextTable, nn.Module, Any, str]] = None
-    try:
-        table = options.columns.read(data)
-        model, tokenizer, source = load_classifier(model_source, tokenizer, group.device)
-        if model.training:
-            raise DatasetAttributionError("The model is in training mode: call model.eval() first.")
-        loaded = (table, model, tokenizer, source)
-    except (DataFileError, DatasetAttributionError) as problem:
-        error = str(problem)
-    first_error(group, error)
-    assert loaded is not None
-    return loaded
 
 
 def _text_cost(table: TextTable, exponent: int, start: int, end: int) -> float:
@@ -422,16 +391,10 @@ def _output_folder(
 
 
 def _attribute_dataset(
-    group: ProcessGroup,
-    began: float,
-    say: Callable[[str], None],
-    data: Path,
-    out_dir: Path,
-    model_source: Any,
-    tokenizer: Any,
-    options: _Options,
+    group: ProcessGroup, say: Callable[[str], None], inputs: JobInputs, options: _Options, began: float
 ) -> DatasetAttributionResult:
-    table, model, tokenizer, source = _read_and_load(group, data, model_source, tokenizer, options)
+    table, model, tokenizer, source, _ = inputs.load(group, lambda *loaded: None)
+    out_dir = inputs.out_dir
     method = options.method
     limit = options.max_length if options.max_length is not None else model_max_length(model, tokenizer)
     schema = output_schema(table.text_pairs is not None, table.labels is not None)

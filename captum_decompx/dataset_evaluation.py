@@ -27,15 +27,14 @@ from torch import nn
 from .dataset_jobs import (
     Columns,
     DatasetAttributionError,
+    JobInputs,
     PartJob,
-    first_error,
     in_process_group,
-    load_classifier,
     report_on_one_rank,
     run_identity,
     run_parts,
 )
-from .datasets import DataFileError, TextTable
+from .datasets import TextTable
 from .distributed import ProcessGroup
 from .parts import PartFolder
 
@@ -93,11 +92,9 @@ def evaluate_dataset(
     if limit is not None and limit < 1:
         raise DatasetAttributionError(f"limit must be a positive number of examples, got {limit}.")
     columns = Columns(text_column, text_pair_column, label_column)
-    options = _Options(
-        list(dict.fromkeys(methods)), columns, limit, batch_size, max_length, ig_steps, rows_per_part, show_progress
-    )
-    source, out = Path(data).expanduser(), Path(out_dir).expanduser()
-    return in_process_group(device, log, lambda group, say: _evaluate_dataset(group, say, source, out, model, tokenizer, options))
+    inputs = JobInputs(Path(data).expanduser(), columns, Path(out_dir).expanduser(), model, tokenizer)
+    options = _Options(list(dict.fromkeys(methods)), limit, batch_size, max_length, ig_steps, rows_per_part, show_progress)
+    return in_process_group(device, log, lambda group, say: _evaluate_dataset(group, say, inputs, options))
 
 
 @dataclass
@@ -105,7 +102,6 @@ class _Options:
     """The options of one :func:`evaluate_dataset` call."""
 
     methods: list[str]
-    columns: Columns
     limit: Optional[int]
     batch_size: int
     max_length: Optional[int]
@@ -114,28 +110,18 @@ class _Options:
     show_progress: bool
 
 
-def _read_and_load(
-    group: ProcessGroup, data: Path, model_source: Any, tokenizer: Any, options: _Options
-) -> tuple[TextTable, nn.Module, Any, str, dict[str, Any]]:
-    """Every rank reads the input, loads the model and builds the methods; any rank's error is raised on all."""
+def _labelled_and_methods(options: _Options, data: Path) -> Callable[[TextTable, nn.Module, Any], dict[str, Any]]:
+    """The evaluate job's own check and set-up after loading: labels are required; the methods are built."""
     from . import evaluation
 
-    error: Optional[str] = None
-    loaded: Optional[tuple[TextTable, nn.Module, Any, str, dict[str, Any]]] = None
-    try:
-        table = options.columns.read(data)
+    def prepare(table: TextTable, model: nn.Module, tokenizer: Any) -> dict[str, Any]:
         if table.labels is None:
             raise DatasetAttributionError(
                 f"{data} has no label column: the protocol scores masked inputs against gold labels. Pass --label-column NAME."
             )
-        model, tokenizer, source = load_classifier(model_source, tokenizer, group.device)
-        specs = evaluation.build_methods(options.methods, model, tokenizer, ig_steps=options.ig_steps)
-        loaded = (table, model, tokenizer, source, specs)
-    except (DataFileError, DatasetAttributionError, ValueError) as problem:
-        error = str(problem)
-    first_error(group, error)
-    assert loaded is not None
-    return loaded
+        return evaluation.build_methods(options.methods, model, tokenizer, ig_steps=options.ig_steps)
+
+    return prepare
 
 
 def _length_order(table: TextTable, start: int, end: int) -> list[int]:
@@ -180,18 +166,10 @@ def _evaluation_part(
     return compute
 
 
-def _evaluate_dataset(
-    group: ProcessGroup,
-    say: Callable[[str], None],
-    data: Path,
-    out_dir: Path,
-    model_source: Any,
-    tokenizer: Any,
-    options: _Options,
-) -> Any:
+def _evaluate_dataset(group: ProcessGroup, say: Callable[[str], None], inputs: JobInputs, options: _Options) -> Any:
     from . import evaluation
 
-    table, model, tokenizer, source, specs = _read_and_load(group, data, model_source, tokenizer, options)
+    table, model, tokenizer, source, specs = inputs.load(group, _labelled_and_methods(options, inputs.data))
     n_examples = len(table) if options.limit is None else min(options.limit, len(table))
     metrics = evaluation.default_metrics(pairs=table.text_pairs is not None)
     options_identity = {
@@ -204,7 +182,7 @@ def _evaluate_dataset(
         "label_column": table.label_column,
     }
     folder = PartFolder(
-        out_dir,
+        inputs.out_dir,
         kind="captum-decompx evaluate",
         identity=run_identity(group, model, tokenizer, table.path, n_examples, options_identity),
         about={"model": source, "input": str(table.path.resolve())},

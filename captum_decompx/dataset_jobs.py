@@ -107,6 +107,50 @@ class Columns:
         return read_text_table(data, self.text, self.text_pair, self.label)
 
 
+@dataclass(frozen=True)
+class JobInputs:
+    """What a dataset job starts from, as the caller gave it.
+
+    Attributes:
+        data: the data file; columns: which of its columns to read.
+        out_dir: the output folder.
+        model: a classifier folder or hub id, None for the demo model, or a loaded classifier.
+        tokenizer: the tokenizer (required with a loaded model), or None.
+    """
+
+    data: Path
+    columns: Columns
+    out_dir: Path
+    model: Any
+    tokenizer: Any
+
+    def load(
+        self, group: ProcessGroup, prepare: Callable[[TextTable, nn.Module, Any], T]
+    ) -> tuple[TextTable, nn.Module, Any, str, T]:
+        """Every rank reads and checks the data, loads the model and calls ``prepare(table, model,
+        tokenizer)`` (a job's own checks and set-up); the first error any rank found
+        (:class:`DataFileError`, :class:`DatasetAttributionError`, or another ``ValueError`` of
+        ``prepare``) is raised on every rank.
+
+        Returns:
+            The table, the model (unwrapped, in eval mode), its tokenizer, a description of the
+            model's source, and what ``prepare`` returned.
+        """
+        error: Optional[str] = None
+        loaded: Optional[tuple[TextTable, nn.Module, Any, str, T]] = None
+        try:
+            table = self.columns.read(self.data)
+            model, tokenizer, source = load_classifier(self.model, self.tokenizer, group.device)
+            if model.training:
+                raise DatasetAttributionError("The model is in training mode: call model.eval() first.")
+            loaded = (table, model, tokenizer, source, prepare(table, model, tokenizer))
+        except ValueError as problem:  # DataFileError and DatasetAttributionError included
+            error = str(problem)
+        first_error(group, error)
+        assert loaded is not None
+        return loaded
+
+
 # --------------------------------------------------------------------------------------------
 # What a run is: model, tokenizer, input
 
@@ -357,6 +401,7 @@ def report_on_one_rank(run: Callable[[], T]) -> Union[T, int]:
 __all__ = [
     "Columns",
     "DatasetAttributionError",
+    "JobInputs",
     "PartJob",
     "PartsRun",
     "default_rows_per_part",
