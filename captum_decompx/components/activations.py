@@ -119,9 +119,8 @@ def unregister_approximation(name: str) -> None:
     _APPROXIMATIONS.unregister(name)
 
 
-def approximation(name: str) -> Approximation:
-    """The approximation registered as ``name``; a ValueError naming the registered ones when there is none."""
-    return _APPROXIMATIONS.get(name)
+approximation = _APPROXIMATIONS.get
+"""``approximation(name)``: the approximation registered as ``name`` (a ValueError naming the registered ones)."""
 
 
 register_approximation("zo", ZeroOrigin())

@@ -115,9 +115,8 @@ def unregister_norm_kind(name: str) -> None:
     _NORM_KINDS.unregister(name)
 
 
-def norm_kind(name: str) -> NormKind:
-    """The norm kind registered as ``name``; a ValueError naming the registered ones when there is none."""
-    return _NORM_KINDS.get(name)
+norm_kind = _NORM_KINDS.get
+"""``norm_kind(name)``: the norm kind registered as ``name`` (a ValueError naming the registered ones)."""
 
 
 register_norm_kind("layer", LayerNormKind())
