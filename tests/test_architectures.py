@@ -170,7 +170,10 @@ def test_sequence_classifier_battery(name, seed, monkeypatch):
 def test_causal_lm_next_token_battery(name):
     model = randomize_parameters(CAUSAL_LMS[name](), 3)
     ids, mask = padded_batch(3, lengths=(7,))
-    next_token = lambda input_ids: model(input_ids=input_ids).logits[:, -1, :]
+
+    def next_token(input_ids):
+        return model(input_ids=input_ids).logits[:, -1, :]
+
     before = snapshot(model)
     with torch.no_grad():
         logits = next_token(ids)
