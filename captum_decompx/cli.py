@@ -26,7 +26,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 
-from .demo import DemoError, LoadedClassifier, dataset_path, load_model_and_tokenizer, read_labelled_tsv, resolve_model_source
+from .demo import (
+    DemoError,
+    LoadedClassifier,
+    dataset_path,
+    load_model_and_tokenizer,
+    read_labelled_tsv,
+    resolve_model_source,
+    stored_label_names,
+)
 from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 
 if TYPE_CHECKING:
@@ -109,6 +117,7 @@ def encode(classifier: LoadedClassifier, text: str, pair: Optional[str] = None) 
     tokenizer = classifier.tokenizer
     batch = tokenizer(text, pair, return_tensors="pt", truncation=True)
     input_ids = batch["input_ids"]
+    _check_ids_in_vocabulary(classifier, input_ids)
     extra = [batch.get("attention_mask", torch.ones_like(input_ids))]
     if "token_type_ids" in batch:
         extra.append(batch["token_type_ids"])
@@ -120,6 +129,22 @@ def encode(classifier: LoadedClassifier, text: str, pair: Optional[str] = None) 
         tokens=[_readable(t) for t in tokens],
         untruncated_length=max(untruncated_length, input_ids.shape[1]),
     )
+
+
+def _check_ids_in_vocabulary(classifier: LoadedClassifier, input_ids: Tensor) -> None:
+    """The tokenizer's ids must index the model's embedding table (a tokenizer of another model does not)."""
+    from .validation import token_embedding
+
+    embedding = token_embedding(classifier.model)
+    if embedding is None or input_ids.numel() == 0:
+        return
+    largest = int(input_ids.max())
+    if largest >= embedding.num_embeddings:
+        raise CommandError(
+            f"The tokenizer of {classifier.source} gives token id {largest}, but the model's vocabulary has "
+            f"{embedding.num_embeddings} entries (ids 0 to {embedding.num_embeddings - 1}): the tokenizer belongs to "
+            "another model. Save the model's own tokenizer in the folder (tokenizer.save_pretrained)."
+        )
 
 
 def shortened(text: str, limit: int = ECHO_CHARACTERS) -> str:
@@ -161,7 +186,24 @@ def resolve_label(classifier: LoadedClassifier, label: Optional[str]) -> Optiona
     """The class index of ``label`` (a name, any case, or an index); None stays None."""
     if label is None:
         return None
-    names = classifier.labels
+    return label_index(classifier.labels, label)
+
+
+def check_label_before_loading(model: Optional[str], label: Optional[str]) -> None:
+    """Refuse an unknown ``--target`` from the model's ``config.json``, before the weights load.
+
+    Where the configuration names no classes (or is not at hand), the label is checked after loading.
+    """
+    if label is None:
+        return
+    location, _ = resolve_model_source(model)
+    names = stored_label_names(location)
+    if names is not None:
+        label_index(names, label)
+
+
+def label_index(names: Sequence[str], label: str) -> int:
+    """The index of ``label`` among the class ``names`` (a name, any case, or an index)."""
     for index, name in enumerate(names):
         if label.strip().lower() == name.lower():
             return index
@@ -325,6 +367,7 @@ def run_explain(args: argparse.Namespace, out: TextIO) -> int:
     pair = _checked_text(args.pair, "--pair TEXT2") if args.pair is not None else None
     html_path = _output_path(args.html) if args.html else None
     png_path = _output_path(args.png) if args.png else None
+    check_label_before_loading(args.model, args.target)
     classifier = _load(args.model)
     target = resolve_label(classifier, args.target)
     encoded = encode(classifier, text, pair)
@@ -477,6 +520,7 @@ def run_compare(args: argparse.Namespace, out: TextIO) -> int:
     text = _checked_text(args.text)
     pair = _checked_text(args.pair, "--pair TEXT2") if args.pair is not None else None
     methods = parse_methods(args.methods)
+    check_label_before_loading(args.model, args.target)
     classifier = _load(args.model)
     target = resolve_label(classifier, args.target)
     import torch

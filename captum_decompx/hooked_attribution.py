@@ -136,6 +136,7 @@ class HookedModelAttribution(Attribution):
         super().__init__(forward_func)
         self.model = model
         self.adapter = adapter if adapter is not None else adapter_for(model)
+        validation.warn_if_newly_initialized(model, name)
 
     # ----------------------------------------------------------------------------------------
     # Arguments

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import warnings
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -224,6 +225,44 @@ def check_model(model: nn.Module) -> None:
             f"exactly once. Call model.{prefix}_checkpointing_disable() before explaining, and "
             f"model.{prefix}_checkpointing_enable() afterwards if you train again."
         )
+
+
+#: Parameter names that PEFT adds after the model was loaded (adapters, trainable head copies):
+#: they are not weights the checkpoint was meant to hold.
+_ADDED_AFTER_LOADING = ("lora_", "modules_to_save", "original_module", "prompt_encoder", "ia3_", "vera_", "oft_", "boft_")
+
+
+def newly_initialized_parameters(model: nn.Module) -> list[str]:
+    """The parameters that ``from_pretrained`` did not find in the checkpoint and initialized at random.
+
+    transformers 5 marks every parameter it loads with ``_is_hf_initialized``; a model that has some
+    marked and others not was loaded from a checkpoint that lacked those (a head, a pooler). A model
+    built from a configuration has none marked, and transformers 4 marks none: nothing can be said
+    then, and the list is empty. Parameters added by PEFT are not counted.
+    """
+    loaded, unmarked = False, []
+    for name, parameter in model.named_parameters():
+        if getattr(parameter, "_is_hf_initialized", False):
+            loaded = True
+        elif not any(marker in name for marker in _ADDED_AFTER_LOADING):
+            unmarked.append(name)
+    return unmarked if loaded else []
+
+
+def warn_if_newly_initialized(model: nn.Module, name: str) -> None:
+    """Warn when the model has weights that were initialized at random when it was loaded (see
+    :func:`newly_initialized_parameters`)."""
+    fresh = newly_initialized_parameters(model)
+    if not fresh:
+        return
+    shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+    warnings.warn(
+        f"{name}: the model's {shown} were not in the checkpoint it was loaded from: transformers initialized them at "
+        "random. Unless they were trained since, the attributions explain a random head. Load a checkpoint that "
+        "holds them (a model fine-tuned for this task).",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 # --------------------------------------------------------------------------------------------
