@@ -283,10 +283,13 @@ def check_targets(target: TargetType, batch: int, classes: int, device: torch.de
 
     Args:
         target: None (only for one output), an int for every example, or one int per example (a
-            list, tuple, 1-D tensor or array of integers).
+            list, tuple, 1-D tensor or array of integers); a negative index counts from the last class.
         batch: the number of examples.
         classes: the number of outputs of the forward function.
         labels: a readable list of the classes, for messages.
+
+    Returns:
+        (batch,) class indices in ``[0, classes)``.
 
     Raises:
         ValueError: a missing target, a wrong length, non-integer classes, a class out of range.
@@ -325,15 +328,19 @@ def check_targets(target: TargetType, batch: int, classes: int, device: torch.de
         raise ValueError(
             f"target must be an int, or a list or 1-D tensor of class indices (one per example); got {type(target).__name__}."
         )
-    outside = (target_tensor < 0) | (target_tensor >= classes)
+    outside = (target_tensor < -classes) | (target_tensor >= classes)
     if bool(outside.any()):
         if isinstance(target, numbers.Integral) or (isinstance(target, Tensor) and target.dim() == 0):
             found = f"target={int(target)} is"
         else:
             bad = outside.nonzero().flatten().tolist()
             found = ", ".join(f"target[{i}]={int(target_tensor[i])}" for i in bad[:5]) + (" are" if len(bad) > 1 else " is")
-        raise ValueError(f"{found} out of range: the model has {classes} output(s), the labels are {labels}.")
-    return target_tensor
+        raise ValueError(
+            f"{found} out of range: the model has {classes} output(s) (indices 0 to {classes - 1}, or -{classes} to -1 "
+            f"counted from the end), the labels are {labels}."
+        )
+    # Negative indices count from the last class, as Captum reads them (output[:, -1]).
+    return torch.where(target_tensor < 0, target_tensor + classes, target_tensor)
 
 
 # --------------------------------------------------------------------------------------------
