@@ -27,8 +27,10 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import threading
 import warnings
-from typing import Any, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -173,6 +175,37 @@ def check_pixel_inputs(inputs: Tensor, model_name: str) -> None:
         raise ValueError("inputs is an empty batch: pass at least one image.")
 
 
+#: Model arguments that hold a generation cache: a tensor passed there by position (an attention
+#: mask, most often) is read as a cache and fails deep inside the model.
+_CACHE_ARGUMENTS = ("past", "cache")
+
+
+def check_positional_arguments(forward_func: Any, model: nn.Module, extra_args: tuple) -> None:
+    """When the forward function is the model, ``additional_forward_args`` go to its ``forward`` by
+    position; none may land in a cache argument (GPT-2's second argument is ``past_key_values``).
+
+    Raises:
+        ValueError: naming the argument the tensor landed in and the forward function to pass instead.
+    """
+    if not extra_args or not is_the_model_itself(forward_func, model):
+        return
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    positional = [p for p in parameters[1:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for index, (argument, parameter) in enumerate(zip(extra_args, positional)):
+        if isinstance(argument, Tensor) and any(word in parameter.name.lower() for word in _CACHE_ARGUMENTS):
+            model_name = type(model).__name__
+            raise ValueError(
+                f"additional_forward_args[{index}] lands in {model_name}.forward's argument {parameter.name!r}: "
+                f"DecompX(model) calls model(inputs, *additional_forward_args), and {model_name} does not take the "
+                "attention mask second. Pass it by name through a forward function: DecompX(lambda ids, mask: "
+                "model(input_ids=ids, attention_mask=mask).logits, model=model).attribute(ids, target=..., "
+                "additional_forward_args=(mask,))."
+            )
+
+
 def check_attention_mask(forward_func: Any, model: nn.Module, inputs: Tensor, extra_args: tuple) -> None:
     """When the forward function is the model and its second argument is ``attention_mask``,
     every example must have at least one real token.
@@ -197,6 +230,67 @@ def check_attention_mask(forward_func: Any, model: nn.Module, inputs: Tensor, ex
         raise ValueError(
             f"Example(s) {rows} have an attention mask of zeros only: empty sequences. Every example "
             "needs at least one real token; drop these examples from the batch."
+        )
+
+
+@contextmanager
+def recording_model_ids(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Record the token ids the model's embedding table receives first, in the entering thread.
+
+    Yields:
+        A list that holds, after the forward pass, the ids (batch, seq) the model embedded; empty
+        when the model has no token embedding table or was given embeddings. The hook is removed on
+        exit, whatever happens.
+    """
+    seen: list[Tensor] = []
+    embedding = token_embedding(model)
+    if embedding is None:
+        yield seen
+        return
+    thread = threading.get_ident()
+
+    def record(_module: nn.Module, args: tuple) -> None:
+        if threading.get_ident() == thread and not seen and args and isinstance(args[0], Tensor):
+            seen.append(args[0].detach())
+
+    handle = embedding.register_forward_pre_hook(record)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def check_model_received_the_inputs(inputs: Tensor, seen: list[Tensor]) -> None:
+    """The attributions are one score per token the model embedded: the model must receive the
+    inputs' tokens in the inputs' shape and order (see :func:`recording_model_ids`).
+
+    A forward function that adds tokens (wraps the ids in [CLS] ... [SEP]), drops them or reorders
+    them would give scores of the model's tokens, not of the inputs'. Ids changed in place (a
+    remapped vocabulary, a masked token) keep their positions and are accepted.
+
+    Raises:
+        ValueError: the model received another number of tokens, or the inputs' tokens reordered.
+    """
+    if not seen or inputs.dtype.is_floating_point:
+        return
+    received = seen[0]
+    expected = inputs.reshape(-1, inputs.shape[-1]) if received.dim() == 2 and inputs.dim() == 3 else inputs
+    if received.shape != expected.shape:
+        raise ValueError(
+            f"The forward function gives the model token ids of shape {tuple(received.shape)} for inputs of shape "
+            f"{tuple(inputs.shape)}: it adds or drops tokens, and the attributions would be of the model's tokens, "
+            "not of the inputs'. Pass the ids exactly as the model receives them (special tokens included, e.g. "
+            "from the tokenizer with add_special_tokens=True) and let the forward function pass them on unchanged."
+        )
+    expected = expected.to(received.device)
+    if torch.equal(received, expected.to(received.dtype)):
+        return
+    reordered = torch.equal(received.sort(dim=-1).values, expected.to(received.dtype).sort(dim=-1).values)
+    if reordered:
+        raise ValueError(
+            "The forward function gives the model the inputs' tokens in another order (e.g. reversed): the "
+            "attributions would follow the model's order, not the inputs'. Pass the ids in the order the model "
+            "receives them and let the forward function pass them on unchanged."
         )
 
 
