@@ -581,7 +581,35 @@ def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
 # attribute (a whole data set, also under torchrun; see captum_decompx/dataset_attribution.py)
 
 
+def data_file_is_readable(
+    path: Path, text_column: Optional[str], text_pair_column: Optional[str], label_column: Optional[str]
+) -> bool:
+    """Read and check every row of a data file before torch, transformers and the model load.
+
+    The dataset code reads the file again: its mistakes (a missing file or column, an empty text, a
+    label that is not an integer) are reported here within a second instead of after the imports
+    and the model. Under torchrun every process checks and stops; only rank 0 reports.
+
+    Returns:
+        True when the file reads; False on a process other than rank 0 when it does not.
+
+    Raises:
+        CommandError: on rank 0 (or without torchrun), the file's mistakes.
+    """
+    from .datasets import DataFileError, read_text_table
+
+    try:
+        read_text_table(path, text_column, text_pair_column, label_column)
+    except DataFileError as error:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return False
+        raise CommandError(str(error)) from error
+    return True
+
+
 def run_attribute(args: argparse.Namespace, out: TextIO) -> int:
+    if not data_file_is_readable(Path(args.data).expanduser(), args.text_column, args.text_pair_column, args.label_column):
+        return USAGE_ERROR
     from .dataset_attribution import DatasetAttributionError, run_attribute_command
 
     try:
@@ -591,6 +619,8 @@ def run_attribute(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_evaluate_parts(args: argparse.Namespace, out: TextIO) -> int:
+    if not data_file_is_readable(dataset_path(args.data), None, None, None):
+        return USAGE_ERROR
     from .dataset_attribution import DatasetAttributionError
     from .dataset_evaluation import run_evaluate_command
 
