@@ -210,6 +210,7 @@ def _minilm_dir():
 
 
 @pytest.mark.skipif(_minilm_dir() is None, reason="the MiniLM-L6 package is not installed")
+@pytest.mark.filterwarnings("ignore:DecompX. the model's classifier:UserWarning")  # a random head on purpose
 def test_fast_path_on_minilm_at_512_tokens():
     from transformers.utils import logging
 
