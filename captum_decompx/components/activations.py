@@ -93,7 +93,9 @@ def zero_origin_slope(function: ActivationFunction, pre_activation: Tensor, valu
         value: (..., dim), ``f(a)``.
     """
     theta = value / (pre_activation + ZERO_ORIGIN_EPS)
-    return torch.where(pre_activation == 0, slope_at_origin(function, theta), theta)
+    if int(torch.count_nonzero(pre_activation)) == pre_activation.numel():
+        return theta  # the usual case; a mask over every element would cost several times the division
+    return theta.masked_fill(pre_activation == 0, slope_at_origin(function, theta))
 
 
 class ZeroOrigin(Approximation):
