@@ -33,8 +33,8 @@ from .explorer import (  # noqa: E402
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 #: Height of the frame that shows the per-class HTML view, per class row, in pixels.
-_FRAME_ROW_PX = 70
-_FRAME_BASE_PX = 190
+_FRAME_ROW_PX = 85
+_FRAME_BASE_PX = 300
 
 _CSS = """
 .decompx-sum-check td, .decompx-sum-check th { padding: 2px 8px; font-variant-numeric: tabular-nums; }
