@@ -34,8 +34,8 @@ from ..formatting import probability_text, signed_hex, text_colour_on
 COMPARE_METHODS: tuple[str, ...] = ("decompx", "decompx-fast", "ig", "gxi", "globenc", "alti")
 #: The methods of the deletion curve.
 DELETION_METHODS: tuple[str, ...] = ("decompx", "gxi", "random")
-#: Explanations (and token maps) kept per explorer, most recent first out.
-CACHE_SIZE = 32
+#: Token maps kept per explorer (the layer slider and the token menu reread them), least recently used out.
+CACHE_SIZE = 16
 #: Integrated Gradients steps in the side-by-side view (the command line's ``compare`` uses the same).
 IG_STEPS = 50
 
@@ -352,11 +352,8 @@ class ClassifierExplorer:
         """Every class logit decomposed by DecompX (``"exact"``: biases decomposed; ``"fast"``: bias-free)."""
         read = self.read(text, pair)
 
-        def compute() -> ClassExplanation:
-            with self._lock:
-                return ClassExplanation(read=read, explanation=explain_encoded(self.classifier, read.encoded, method))
-
-        return self._cache.get(("explain", read.text, read.pair, method), compute)
+        with self._lock:
+            return ClassExplanation(read=read, explanation=explain_encoded(self.classifier, read.encoded, method))
 
     def _specs(self, keys: Sequence[str]) -> dict[str, MethodSpec]:
         key = tuple(keys)
@@ -373,15 +370,12 @@ class ClassifierExplorer:
         """The predicted class explained by each method of ``methods`` (registry keys)."""
         read = self.read(text, pair)
 
-        def compute() -> Comparison:
-            with self._lock:
-                target = self._predicted(read)
-                batch = _batch_of(read.encoded, self.classifier)
-                specs = self._specs(methods)
-                scores = {name: spec.scores(batch, torch.tensor([target]))[0].double() for name, spec in specs.items()}
-            return Comparison(tokens=read.encoded.tokens, target=self.labels[target], scores=scores)
-
-        return self._cache.get(("compare", read.text, read.pair, tuple(methods)), compute)
+        with self._lock:
+            target = self._predicted(read)
+            batch = _batch_of(read.encoded, self.classifier)
+            specs = self._specs(methods)
+            scores = {name: spec.scores(batch, torch.tensor([target]))[0].double() for name, spec in specs.items()}
+        return Comparison(tokens=read.encoded.tokens, target=self.labels[target], scores=scores)
 
     def token_maps(self, text: Optional[str], pair: Optional[str] = None) -> TokenMaps:
         """Every layer's token-to-token map (exact DecompX with the biases decomposed)."""
@@ -412,24 +406,21 @@ class ClassifierExplorer:
         tokenizer = self.classifier.tokenizer
         mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
 
-        def compute() -> DeletionCurve:
-            with self._lock:
-                forward = forward_function(self.classifier)
-                target = self._predicted(read)
-                batch = _batch_of(read.encoded, self.classifier)
-                curve = DeletionCurve(fractions=list(DEFAULT_FRACTIONS), predicted=self.labels[target])
-                for name, spec in self._specs(methods).items():
-                    scores = spec.scores(batch, torch.tensor([target]))
-                    masked = torch.cat(
-                        [mask_ranked_tokens(batch.input_ids, scores, batch.candidates, k, mask_id) for k in DEFAULT_FRACTIONS]
-                    )
-                    extra = tuple(arg.expand(len(DEFAULT_FRACTIONS), -1) for arg in read.encoded.extra_args)
-                    with torch.no_grad():
-                        probabilities = torch.softmax(forward(masked, *extra).double(), dim=-1)[:, target]
-                    curve.probabilities[name] = probabilities.tolist()
-            return curve
-
-        return self._cache.get(("deletion", read.text, read.pair, tuple(methods)), compute)
+        with self._lock:
+            forward = forward_function(self.classifier)
+            target = self._predicted(read)
+            batch = _batch_of(read.encoded, self.classifier)
+            curve = DeletionCurve(fractions=list(DEFAULT_FRACTIONS), predicted=self.labels[target])
+            for name, spec in self._specs(methods).items():
+                scores = spec.scores(batch, torch.tensor([target]))
+                masked = torch.cat(
+                    [mask_ranked_tokens(batch.input_ids, scores, batch.candidates, k, mask_id) for k in DEFAULT_FRACTIONS]
+                )
+                extra = tuple(arg.expand(len(DEFAULT_FRACTIONS), -1) for arg in read.encoded.extra_args)
+                with torch.no_grad():
+                    probabilities = torch.softmax(forward(masked, *extra).double(), dim=-1)[:, target]
+                curve.probabilities[name] = probabilities.tolist()
+        return curve
 
 
 def method_label(key: str) -> str:
@@ -523,7 +514,6 @@ class CausalLMExplorer:
         self.max_new_tokens = max_new_tokens
         self.explainer = LLMDecompX(model, tokenizer)
         self._lock = threading.RLock()
-        self._cache = _Cache()
 
     @property
     def max_length(self) -> int:
@@ -553,17 +543,14 @@ class CausalLMExplorer:
             ids = ids[:, -keep:]
         target = continuation if continuation is not None and continuation.strip() else None
 
-        def compute() -> GenerationMatrix:
-            with self._lock:
-                result = self.explainer.attribute(ids[0], target=target, gen_args={"max_new_tokens": steps, "do_sample": False})
-            matrix = torch.cat([result.token_attr.double(), result.generated_attr.double()], dim=1)
-            return GenerationMatrix(
-                prompt_tokens=[_readable(t) for t in result.input_tokens],
-                generated_tokens=[_readable(t) for t in result.output_tokens],
-                matrix=matrix,
-                logits=result.logits.double(),
-                bias=result.bias.double(),
-                probabilities=result.output_probs.double(),
-            )
-
-        return self._cache.get(("generate", tuple(ids[0].tolist()), steps, target), compute), notice
+        with self._lock:
+            result = self.explainer.attribute(ids[0], target=target, gen_args={"max_new_tokens": steps, "do_sample": False})
+        matrix = GenerationMatrix(
+            prompt_tokens=[_readable(t) for t in result.input_tokens],
+            generated_tokens=[_readable(t) for t in result.output_tokens],
+            matrix=torch.cat([result.token_attr.double(), result.generated_attr.double()], dim=1),
+            logits=result.logits.double(),
+            bias=result.bias.double(),
+            probabilities=result.output_probs.double(),
+        )
+        return matrix, notice
