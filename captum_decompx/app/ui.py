@@ -196,7 +196,7 @@ def _classifier_app(explorer: ClassifierExplorer, title: str) -> gr.Blocks:
                 .then(on_compare, [text, pair], [compare], **private)
                 .then(on_deletion, [text, pair], [curve, curve_table], **private)
             )
-        layer.release(on_layers, [text, pair, token, layer], [composition, token_map], **private)
+        layer.change(on_layers, [text, pair, token, layer], [composition, token_map], **private)
         token.input(on_layers, [text, pair, token, layer], [composition, token_map], **private)
         gr.api(explain_api, api_name="explain")
     app.decompx_explorer = explorer  # type: ignore[attr-defined]
