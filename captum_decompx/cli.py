@@ -603,9 +603,11 @@ def add_attribute_command(commands) -> None:
 def run_serve(args: argparse.Namespace, out: TextIO) -> int:
     resolve_model_source(args.model)  # a missing folder fails before Gradio and torch load
     try:
-        from .app import serve
+        from .app.ui import serve
     except ImportError as error:
-        raise CommandError(str(error)) from None
+        from .app import INSTALL_HINT
+
+        raise CommandError(INSTALL_HINT if (error.name or "").startswith("gradio") else str(error)) from None
     _quiet_transformers()
     print(f"serving the DecompX explorer on http://{args.host}:{args.port} (Ctrl+C stops it)", file=out, flush=True)
     serve(args.model, host=args.host, port=args.port)

@@ -47,9 +47,17 @@ def open_browser(download_folder: Path, width: int = 1280, height: int = 2400):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", f"--window-size={width},{height}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(argument)
-    options.add_experimental_option("prefs", {"download.default_directory": str(download_folder), "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(download_folder), "download.prompt_for_download": False}
+    )
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_folder)})
@@ -77,9 +85,7 @@ def library(model, tokenizer, text):
     batch = tokenizer(text, return_tensors="pt")
     forward = lambda ids, mask, types: model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits  # noqa: E731
     explainer = DecompX(forward, model=model)
-    output = explainer.decompose(
-        batch["input_ids"], (batch["attention_mask"], batch["token_type_ids"]), return_token_maps=True
-    )
+    output = explainer.decompose(batch["input_ids"], (batch["attention_mask"], batch["token_type_ids"]), return_token_maps=True)
     return output, tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
 
 

@@ -17,12 +17,32 @@ import transformers as tf
 from conftest import make_word_tokenizer
 from test_llm import WORDS as LLM_WORDS
 from test_llm import tiny_gpt2
-from test_spec_bias_modes import literal_bert
 from test_spec_bias_modes import bert as literal_ready_bert
+from test_spec_bias_modes import literal_bert
 
 from captum_decompx.app import CausalLMExplorer, ClassifierExplorer, ExplorerInputError
 
-WORDS = ["a", "good", "bad", "film", "not", "very", "dull", "fine", "<", ">", "img", "src", "=", "x", "onerror", "alert", "(", "1", ")"]
+WORDS = [
+    "a",
+    "good",
+    "bad",
+    "film",
+    "not",
+    "very",
+    "dull",
+    "fine",
+    "<",
+    ">",
+    "img",
+    "src",
+    "=",
+    "x",
+    "onerror",
+    "alert",
+    "(",
+    "1",
+    ")",
+]
 SENTENCE = "a very good film not dull"
 MARKUP = "<img src=x onerror=alert(1)>"
 
@@ -236,3 +256,25 @@ def test_causal_lm_prompt_too_long_is_cut_and_empty_prompt_is_a_message(llm_toke
     assert len(matrix.prompt_tokens) == 62
     with pytest.raises(ExplorerInputError, match="prompt is empty"):
         explorer.generate("  ")
+
+
+# ------------------------------------------------------------------------------------------------
+# The command
+
+
+def test_serve_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    import sys
+
+    from captum_decompx.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
+    monkeypatch.delitem(sys.modules, "captum_decompx.app.ui", raising=False)
+    assert main(["serve"]) == 2
+    assert "The explorer needs Gradio: pip install -e '.[app]'" in capsys.readouterr().err
+
+
+def test_serve_with_a_missing_model_folder_fails_before_loading_anything(capsys, tmp_path):
+    from captum_decompx.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    assert "no such folder" in capsys.readouterr().err

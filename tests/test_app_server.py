@@ -86,7 +86,9 @@ def test_eight_concurrent_requests_all_complete_with_identical_values(client, se
     assert len(results) == CONCURRENT_REQUESTS and all(isinstance(r, dict) for r in results)  # none lost
     assert all(result == results[0] for result in results)  # identical values
     contributions, logits, bias = library_values(model, tokenizer, SENTENCE)
-    torch.testing.assert_close(torch.tensor(results[0]["contributions"], dtype=torch.float64), contributions, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        torch.tensor(results[0]["contributions"], dtype=torch.float64), contributions, rtol=1e-9, atol=1e-9
+    )
     torch.testing.assert_close(torch.tensor(results[0]["logits"], dtype=torch.float64), logits, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(torch.tensor(results[0]["bias"], dtype=torch.float64), bias, rtol=1e-9, atol=1e-9)
     assert results[0]["tokens"] == tokenizer.convert_ids_to_tokens(tokenizer(SENTENCE)["input_ids"])
@@ -95,8 +97,10 @@ def test_eight_concurrent_requests_all_complete_with_identical_values(client, se
     latencies = sorted(latency for _, latency in answers)
     p95 = latencies[math.ceil(0.95 * len(latencies)) - 1]  # nearest rank
     with capsys.disabled():
-        print(f"\nexplorer API, {CONCURRENT_REQUESTS} concurrent /explain requests: p95 latency {p95:.3f} s, "
-              f"median {latencies[len(latencies) // 2]:.3f} s, max {latencies[-1]:.3f} s")
+        print(
+            f"\nexplorer API, {CONCURRENT_REQUESTS} concurrent /explain requests: p95 latency {p95:.3f} s, "
+            f"median {latencies[len(latencies) // 2]:.3f} s, max {latencies[-1]:.3f} s"
+        )
 
 
 def test_empty_text_gets_a_message_not_a_traceback(client):
@@ -150,7 +154,9 @@ def test_causal_lm_app_serves_the_token_matrix(llm_tokenizer):  # noqa: F811
     matrix = torch.tensor(result["matrix"], dtype=torch.float64)
     steps = len(result["generated_tokens"])
     assert result["prompt_tokens"] == ["the", "cat", "sat", "on"] and matrix.shape == (steps, 4 + steps)
-    torch.testing.assert_close(matrix.sum(1) + torch.tensor(result["bias"]), torch.tensor(result["logits"], dtype=torch.float64), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        matrix.sum(1) + torch.tensor(result["bias"]), torch.tensor(result["logits"], dtype=torch.float64), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.slow
@@ -176,7 +182,9 @@ def test_serve_command_serves_a_model_folder(model, tokenizer, tmp_path):
                 time.sleep(0.5)
         result = client_module.Client(f"http://127.0.0.1:{port}/", verbose=False).predict(SENTENCE, api_name="/explain")
         contributions = torch.tensor(result["contributions"])
-        torch.testing.assert_close(contributions.sum(1) + torch.tensor(result["bias"]), torch.tensor(result["logits"]), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            contributions.sum(1) + torch.tensor(result["bias"]), torch.tensor(result["logits"]), rtol=1e-4, atol=1e-4
+        )
     finally:
         process.terminate()
         process.wait(timeout=30)

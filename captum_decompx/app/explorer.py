@@ -213,7 +213,9 @@ class Comparison:
         for name, values in self.scores.items():
             scaled, scale = _scaled(values)
             marks = " ".join(_mark(t, float(n), float(v)) for t, n, v in zip(self.tokens, scaled, values))
-            rows.append(f'<tr data-method="{html.escape(name)}"><td>{html.escape(name)}</td><td>{scale:.3g}</td><td>{marks}</td></tr>')
+            rows.append(
+                f'<tr data-method="{html.escape(name)}"><td>{html.escape(name)}</td><td>{scale:.3g}</td><td>{marks}</td></tr>'
+            )
         caption = f"Explained class: <b>{html.escape(self.target)}</b> (the predicted class)."
         return f'<p>{caption}</p><table class="decompx-compare">' + "".join(rows) + "</table>"
 
@@ -386,7 +388,9 @@ class ClassifierExplorer:
         def compute() -> TokenMaps:
             with self._lock:
                 explainer = DecompX(forward_function(self.classifier), model=self.classifier.model)
-                output = explainer.decompose(read.encoded.input_ids, additional_forward_args=read.encoded.extra_args, return_token_maps=True)
+                output = explainer.decompose(
+                    read.encoded.input_ids, additional_forward_args=read.encoded.extra_args, return_token_maps=True
+                )
             assert output.token_maps is not None
             maps = [layer[0].detach().double() for layer in output.token_maps]
             return TokenMaps(read.encoded.tokens, maps, output, read.encoded, self.classifier.tokenizer)
@@ -517,10 +521,14 @@ class CausalLMExplorer:
 
     @property
     def max_length(self) -> int:
-        configured = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
+        configured = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", None
+        )
         return int(configured or self.tokenizer.model_max_length)
 
-    def generate(self, prompt: Optional[str], max_new_tokens: int = 8, continuation: Optional[str] = None) -> tuple[GenerationMatrix, Optional[str]]:
+    def generate(
+        self, prompt: Optional[str], max_new_tokens: int = 8, continuation: Optional[str] = None
+    ) -> tuple[GenerationMatrix, Optional[str]]:
         """Generate up to ``max_new_tokens`` greedily (or take ``continuation``) and decompose every step.
 
         Returns:

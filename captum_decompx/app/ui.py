@@ -137,7 +137,7 @@ def _classifier_app(explorer: ClassifierExplorer, title: str) -> gr.Blocks:
             curve = explorer.deletion_curve(text, pair)
         except ExplorerInputError:
             return None, None
-        return curve.figure(), [["K", *curve.probabilities], *curve.rows()]
+        return curve.figure(), {"headers": ["K", *curve.probabilities], "data": curve.rows()}
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(
@@ -148,7 +148,9 @@ def _classifier_app(explorer: ClassifierExplorer, title: str) -> gr.Blocks:
             "biases' share add up to the logit."
         )
         with gr.Row():
-            text = gr.Textbox(label="Text", lines=2, elem_id="decompx-text", placeholder="a good piece of work more often than not.")
+            text = gr.Textbox(
+                label="Text", lines=2, elem_id="decompx-text", placeholder="a good piece of work more often than not."
+            )
             pair = gr.Textbox(label="Second text of a sentence pair (optional)", lines=2, elem_id="decompx-pair")
         with gr.Row():
             method = gr.Radio(
@@ -242,9 +244,18 @@ def _causal_lm_app(explorer: CausalLMExplorer, title: str) -> gr.Blocks:
         )
         with gr.Row():
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="decompx-prompt")
-            continuation = gr.Textbox(label="Continuation to explain (optional; empty: generate greedily)", elem_id="decompx-continuation")
+            continuation = gr.Textbox(
+                label="Continuation to explain (optional; empty: generate greedily)", elem_id="decompx-continuation"
+            )
         with gr.Row():
-            steps = gr.Slider(1, explorer.max_new_tokens, value=min(8, explorer.max_new_tokens), step=1, label="Tokens to generate", elem_id="decompx-steps")
+            steps = gr.Slider(
+                1,
+                explorer.max_new_tokens,
+                value=min(8, explorer.max_new_tokens),
+                step=1,
+                label="Tokens to generate",
+                elem_id="decompx-steps",
+            )
             run = gr.Button("Generate and explain", variant="primary", elem_id="decompx-run")
         status = gr.Markdown(elem_id="decompx-status")
         matrix_view = gr.HTML(elem_id="decompx-matrix")
