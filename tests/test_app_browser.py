@@ -106,6 +106,8 @@ def test_explorer_in_the_browser(demo, tmp_path):
     try:
         driver.get(app.local_url)
         WebDriverWait(driver, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#decompx-text textarea"))
+        driver.find_element(By.ID, "decompx-run").click()  # nothing typed yet: a message, no error
+        wait_for_text(driver, "#decompx-status", "The text is empty: type a sentence to explain.")
         run_text(driver, SENTENCE)
         wait_for_text(driver, "#decompx-status", "Prediction: positive")
         wait_for_text(driver, "#decompx-deletion-table", "90%")  # the last view of the chain is there
