@@ -395,7 +395,8 @@ class ClassifierExplorer:
             maps = [layer[0].detach().double() for layer in output.token_maps]
             return TokenMaps(read.encoded.tokens, maps, output, read.encoded, self.classifier.tokenizer)
 
-        return self._cache.get(("maps", read.text, read.pair), compute)
+        with self._lock:
+            return self._cache.get(("maps", read.text, read.pair), compute)
 
     def deletion_curve(
         self, text: Optional[str], pair: Optional[str] = None, methods: Sequence[str] = DELETION_METHODS

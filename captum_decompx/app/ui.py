@@ -9,7 +9,9 @@ runs without server-side rendering.
 
 from __future__ import annotations
 
+import html
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -32,6 +34,10 @@ from .explorer import (  # noqa: E402
 #: The default address :func:`serve` binds (the local machine only).
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+#: Download folders kept per page (older ones are removed; Gradio serves its own copies).
+_KEPT_DOWNLOADS = 64
+#: Gradio's cached copies of the downloads are removed after this many seconds (checked as often).
+_CACHE_SECONDS = 3600
 #: Height of the frame that shows the per-class HTML view, per class row, in pixels.
 _FRAME_ROW_PX = 85
 _FRAME_BASE_PX = 300
@@ -74,17 +80,23 @@ def build_app(model: nn.Module, tokenizer: Any, *, source: str = "", title: Opti
     return _classifier_app(ClassifierExplorer(model, tokenizer, source=source), title or "DecompX explorer")
 
 
+def _download_folder(root: Path) -> Path:
+    """A new folder for one request's downloads under ``root``; the oldest beyond :data:`_KEPT_DOWNLOADS` are removed."""
+    folders = sorted((path for path in root.iterdir() if path.is_dir()), key=lambda path: path.stat().st_mtime)
+    for old in folders[: max(0, len(folders) - _KEPT_DOWNLOADS + 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=root))
+
+
 # ------------------------------------------------------------------------------------------------
 # Sequence classifiers
 
 
 def _frame(page: str, rows: int) -> str:
-    """A standalone page shown in a frame of its own, so that its styles stay inside it."""
-    import html
-
+    """A standalone page shown in a frame of its own, so that its styles stay inside it (sandboxed: no scripts)."""
     height = _FRAME_BASE_PX + _FRAME_ROW_PX * rows
     return (
-        f'<iframe id="decompx-view-frame" title="per-class token contributions" srcdoc="{html.escape(page, quote=True)}" '
+        f'<iframe id="decompx-view-frame" title="per-class token contributions" sandbox="" srcdoc="{html.escape(page, quote=True)}" '
         f'style="width: 100%; height: {height}px; border: 1px solid #ddd; border-radius: 6px"></iframe>'
     )
 
@@ -106,7 +118,7 @@ def _classifier_app(explorer: ClassifierExplorer, title: str) -> gr.Blocks:
             explained: ClassExplanation = explorer.explain(text, pair, method)
         except ExplorerInputError as error:
             return (f"**{error}**", "", "", None, None, gr.update(choices=[], value=None))
-        files = explained.write_files(Path(tempfile.mkdtemp(dir=downloads_root)))
+        files = explained.write_files(_download_folder(downloads_root))
         tokens = [(f"{index}: {token}", index) for index, token in enumerate(explained.tokens)]
         return (
             explained.summary_markdown(),
@@ -139,7 +151,7 @@ def _classifier_app(explorer: ClassifierExplorer, title: str) -> gr.Blocks:
             return None, None
         return curve.figure(), {"headers": ["K", *curve.probabilities], "data": curve.rows()}
 
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(_CACHE_SECONDS, _CACHE_SECONDS)) as app:
         gr.Markdown(
             f"# {title}\n"
             f"Model: `{explorer.classifier.source or type(explorer.classifier.model).__name__}` "
@@ -227,7 +239,7 @@ def _causal_lm_app(explorer: CausalLMExplorer, title: str) -> gr.Blocks:
             matrix, notice = explorer.generate(prompt, int(steps), continuation)
         except ExplorerInputError as error:
             return f"**{error}**", "", None, None
-        folder = Path(tempfile.mkdtemp(dir=downloads_root))
+        folder = _download_folder(downloads_root)
         payload = {**matrix.payload(), "notice": notice}
         (folder / "decompx_generation.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
         (folder / "decompx_generation.html").write_text(
@@ -237,7 +249,7 @@ def _causal_lm_app(explorer: CausalLMExplorer, title: str) -> gr.Blocks:
         status = f"Generated {len(matrix.generated_tokens)} tokens." + (f"\n\n**Note:** {notice}" if notice else "")
         return status, matrix.html(), [str(folder / "decompx_generation.html"), str(folder / "decompx_generation.json")], payload
 
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(_CACHE_SECONDS, _CACHE_SECONDS)) as app:
         gr.Markdown(
             f"# {title}\nModel: `{explorer.source or type(explorer.model).__name__}`. Each generated token's next-token "
             "logit is decomposed over the prompt and the tokens generated before it (DecompX, biases decomposed)."
