@@ -326,6 +326,12 @@ class ClassifierExplorer:
         return self.classifier.labels
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (the inputs are moved there)."""
+        parameter = next(self.classifier.model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    @property
     def max_length(self) -> int:
         """How many tokens the model reads at most (the tokenizer's ``model_max_length``)."""
         return int(self.classifier.tokenizer.model_max_length)
@@ -342,6 +348,9 @@ class ClassifierExplorer:
             raise ExplorerInputError("The text is empty: type a sentence to explain.")
         pair = pair if pair is not None and pair.strip() else None
         encoded = encode(self.classifier, text, pair)
+        device = self.device
+        encoded.input_ids = encoded.input_ids.to(device)
+        encoded.extra_args = tuple(argument.to(device) for argument in encoded.extra_args)
         notice = None
         if encoded.truncated:
             notice = (
@@ -376,7 +385,9 @@ class ClassifierExplorer:
             target = self._predicted(read)
             batch = _batch_of(read.encoded, self.classifier)
             specs = self._specs(methods)
-            scores = {name: spec.scores(batch, torch.tensor([target]))[0].double() for name, spec in specs.items()}
+            scores = {
+                name: spec.scores(batch, torch.tensor([target], device=self.device))[0].double() for name, spec in specs.items()
+            }
         return Comparison(tokens=read.encoded.tokens, target=self.labels[target], scores=scores)
 
     def token_maps(self, text: Optional[str], pair: Optional[str] = None) -> TokenMaps:
@@ -417,7 +428,7 @@ class ClassifierExplorer:
             batch = _batch_of(read.encoded, self.classifier)
             curve = DeletionCurve(fractions=list(DEFAULT_FRACTIONS), predicted=self.labels[target])
             for name, spec in self._specs(methods).items():
-                scores = spec.scores(batch, torch.tensor([target]))
+                scores = spec.scores(batch, torch.tensor([target], device=self.device))
                 masked = torch.cat(
                     [mask_ranked_tokens(batch.input_ids, scores, batch.candidates, k, mask_id) for k in DEFAULT_FRACTIONS]
                 )
