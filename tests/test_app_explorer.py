@@ -214,13 +214,18 @@ def test_downloads_hold_the_view_the_figure_and_the_values(explorer, tmp_path):
 # Causal LM
 
 
-@pytest.fixture(scope="module")
-def llm_tokenizer():
+def make_llm_tokenizer():
+    """A word-level tokenizer of the tiny causal LMs' vocabulary (``test_llm.WORDS``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(LLM_WORDS)}, unk_token="<unk>"))
     word_level.pre_tokenizer = pre_tokenizers.Whitespace()
     return tf.PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def llm_tokenizer():
+    return make_llm_tokenizer()
 
 
 def test_causal_lm_matrix_rows_decompose_each_generated_tokens_logit(llm_tokenizer):

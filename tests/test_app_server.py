@@ -21,7 +21,7 @@ gr = pytest.importorskip("gradio", reason="the explorer needs the [app] extra: p
 client_module = pytest.importorskip("gradio_client", reason="the explorer's API tests need gradio_client (with the [app] extra)")
 
 from conftest import make_word_tokenizer  # noqa: E402
-from test_app_explorer import SENTENCE, WORDS, llm_tokenizer  # noqa: E402, F401  (llm_tokenizer: a fixture)
+from test_app_explorer import SENTENCE, WORDS, make_llm_tokenizer  # noqa: E402
 from test_llm import tiny_gpt2  # noqa: E402
 from test_spec_bias_modes import bert as literal_ready_bert  # noqa: E402
 
@@ -52,6 +52,11 @@ def model():
 @pytest.fixture(scope="module")
 def tokenizer():
     return make_word_tokenizer(WORDS)
+
+
+@pytest.fixture(scope="module")
+def llm_tokenizer():
+    return make_llm_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +149,7 @@ def _own_addresses() -> list[str]:
     return sorted(addresses)
 
 
-def test_causal_lm_app_serves_the_token_matrix(llm_tokenizer):  # noqa: F811
+def test_causal_lm_app_serves_the_token_matrix(llm_tokenizer):
     model = tiny_gpt2()
     app = launched(build_app(model, llm_tokenizer, source="tiny-gpt2"))
     try:
@@ -188,3 +193,19 @@ def test_serve_command_serves_a_model_folder(model, tokenizer, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_causal_lm_folder_loads_as_a_causal_lm_and_a_classifier_folder_as_a_classifier(
+    model, tokenizer, llm_tokenizer, tmp_path
+):
+    from captum_decompx.app import is_causal_lm, load_for_app
+
+    tiny_gpt2().save_pretrained(tmp_path / "lm")
+    llm_tokenizer.save_pretrained(tmp_path / "lm")
+    loaded, _, source = load_for_app(str(tmp_path / "lm"))
+    assert type(loaded).__name__ == "GPT2LMHeadModel" and is_causal_lm(loaded) and source == str(tmp_path / "lm")
+    model.float().save_pretrained(tmp_path / "classifier")
+    model.double()
+    tokenizer.save_pretrained(tmp_path / "classifier")
+    loaded, _, _ = load_for_app(str(tmp_path / "classifier"))
+    assert type(loaded).__name__ == "BertForSequenceClassification" and not is_causal_lm(loaded)
