@@ -90,6 +90,20 @@ def test_payload_is_the_literal_decomposition_and_adds_up_to_the_models_logits(e
     assert "sum of token contributions" in explained.sum_check_html()
 
 
+def test_sentence_pair_is_read_with_its_segments(explorer, model, tokenizer):
+    from captum_decompx import DecompX
+
+    payload = explorer.explain("a good film", "not dull").payload()
+    batch = tokenizer("a good film", "not dull", return_tensors="pt")
+    assert payload["tokens"] == ["[CLS]", "a", "good", "film", "[SEP]", "not", "dull", "[SEP]"]
+    forward = lambda ids, mask, types: model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits  # noqa: E731
+    output = DecompX(forward, model=model).decompose(batch["input_ids"], (batch["attention_mask"], batch["token_type_ids"]))
+    torch.testing.assert_close(torch.tensor(payload["contributions"], dtype=torch.float64), output.attributions[0].T)
+    with torch.no_grad():
+        logits = model(**batch).logits[0]  # with the second segment's token types
+    torch.testing.assert_close(torch.tensor(payload["logits"], dtype=torch.float64), logits)
+
+
 def test_fast_payload_reports_the_biases_share(explorer, model, tokenizer):
     payload = explorer.explain(SENTENCE, method="fast").payload()
     batch, trace, _ = _literal(model, tokenizer, SENTENCE)
