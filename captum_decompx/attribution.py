@@ -548,6 +548,7 @@ class DecompX(HookedModelAttribution):
         autograd (:func:`~captum_decompx.freezing.frozen_forward`) and its output tapped."""
         validation.check_model(self.model)
         args = self._extra_args(additional_forward_args)
+        validation.check_positional_arguments(self.forward_func, self.model, args)
         validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
         settings = decomposition.settings_for(self._settings(), "fast")
         pooling_component, recorder = Pooling.of(self.adapter), Recorder()
@@ -563,8 +564,10 @@ class DecompX(HookedModelAttribution):
                 handle = head_output.register_forward_hook(lambda _module, _args, out: uncapped.append(out))
                 stack.callback(handle.remove)
             span_tuple = task_of(self.model) == "question answering"
+            model_ids = stack.enter_context(validation.recording_model_ids(self.model))
             with tap_model_output(self.model, span_tuple=span_tuple, keep_graph=True) as tap, self._forward_precision():
                 output = self.forward_func(input_ids, *args)
+        validation.check_model_received_the_inputs(input_ids, model_ids)
         pooling_record = pooling_component.read(Reader(recorder), self.model, "the model's base (its input ids)")
         if frozen.real_tokens is None:
             raise RuntimeError(

@@ -26,7 +26,7 @@ from .components.network import Network
 from .components.pooling import PoolingRecord
 from .recording import Reader, Recorder
 
-__all__ = ["Capture", "Captured", "LayerRecord", "capture_internals", "eager_attention"]
+__all__ = ["Capture", "Captured", "LayerRecord", "capture_internals", "configs_of", "eager_attention", "model_lock"]
 
 
 @dataclass
@@ -59,7 +59,8 @@ _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKe
 _LOCKS_GUARD = threading.Lock()
 
 
-def _model_lock(model: nn.Module) -> threading.RLock:
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serializes the calls which hook ``model`` (one per model, re-entrant)."""
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
@@ -67,7 +68,7 @@ def _model_lock(model: nn.Module) -> threading.RLock:
         return lock
 
 
-def _configs_of(model: nn.Module) -> list[Any]:
+def configs_of(model: nn.Module) -> list[Any]:
     """Distinct Hugging Face config objects used by the model's modules."""
     seen: dict[int, Any] = {}
     for module in model.modules():
@@ -89,7 +90,7 @@ def eager_attention(model: nn.Module) -> Iterator[bool]:
         of eager attention (see :func:`fused_kernel_softmax`).
     """
     saved = []
-    for config in _configs_of(model):
+    for config in configs_of(model):
         attribute = "_attn_implementation_internal" if "_attn_implementation_internal" in vars(config) else None
         if attribute is None:
             continue
@@ -284,7 +285,7 @@ def capture_internals(model: nn.Module, adapter: Adapter) -> Iterator[Capture]:
     warn_if_logits_are_capped(adapter)
     capture = Capture(model, adapter)
     with ExitStack() as stack:
-        stack.enter_context(_model_lock(model))
+        stack.enter_context(model_lock(model))
         if stack.enter_context(eager_attention(model)):
             attention = [resolve(layer, adapter.layer.attention) for layer in capture.layers]
             stack.enter_context(fused_kernel_softmax(attention))

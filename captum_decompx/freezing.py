@@ -46,9 +46,9 @@ from torch.overrides import TorchFunctionMode
 from .adapters import Activation, Adapter, Linear, resolve
 from .adapters.base import Norm as HeadNorm
 from .adapters.base import split_block, take_block
-from .capture import _configs_of, _model_lock
+from .capture import configs_of, model_lock
 from .components import Settings
-from .components.activations import _APPROXIMATIONS
+from .components.activations import approximation as registered_approximation
 from .components.linear import affine
 from .components.norms import NormKind, norm_kind_of
 
@@ -122,7 +122,7 @@ class NormFreezing:
 class PointwiseFreezing:
     """A pointwise activation ``y = f(a)`` frozen by its registered approximation's
     :meth:`~captum_decompx.components.activations.Approximation.frozen_slope`: ``"zo"`` slope
-    ``f(a) / (a + 1e-12)``; ``"la"`` slope ``f'(a)`` (the intercept is a bias); ``"relu"`` slope
+    ``f(a) / (a + 1e-12)`` (``f'(0)`` where ``a == 0``); ``"la"`` slope ``f'(a)`` (the intercept is a bias); ``"relu"`` slope
     ``a > 0``, and ``f(a) - a * (a > 0)`` is left out of the decomposition (returned as
     ``dropped``, see :func:`frozen_forward`)."""
 
@@ -133,7 +133,7 @@ class PointwiseFreezing:
         self, function: Callable[[Tensor], Tensor], pre_activation: Tensor, value: Tensor
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Returns the frozen output (equal to ``value``) and what the approximation drops, or None."""
-        approximation = _APPROXIMATIONS.get(self.approximation)  # the registered component kind's rule
+        approximation = registered_approximation(self.approximation)  # the registered component kind's rule
         slope, dropped = approximation.frozen_slope(function, pre_activation.detach(), value.detach())
         return _FrozenSlope.apply(pre_activation, value.detach(), slope), dropped
 
@@ -254,7 +254,7 @@ def freezable_attention(model: nn.Module) -> Iterator[None]:
     """Switch configs whose attention implementation cannot be frozen (flash, flex, ...) to
     ``"eager"`` for the call; eager and sdpa stay as they are. Restored afterwards."""
     saved = []
-    for config in _configs_of(model):
+    for config in configs_of(model):
         if "_attn_implementation_internal" not in vars(config):
             continue
         value = vars(config)["_attn_implementation_internal"]
@@ -611,7 +611,7 @@ def frozen_forward(model: nn.Module, adapter: Adapter, settings: Settings) -> It
     state = FrozenForward()
     installer = _Installer(model, adapter, settings, state)
     with ExitStack() as stack:
-        stack.enter_context(_model_lock(model))
+        stack.enter_context(model_lock(model))
         stack.enter_context(freezable_attention(model))
         stack.enter_context(torch.enable_grad())
         stack.callback(installer.close)

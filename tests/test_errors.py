@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import NUM_LABELS, cached_model, make_model, make_padded_batch
 from torch import nn
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-import captum_decompx.adapters as adapters_module
 from captum_decompx import Activation, Adapter, DecompX, LayerPaths, Linear, register_adapter, supported_model_types
-from conftest import NUM_LABELS, cached_model, make_model, make_padded_batch
+from captum_decompx.testing import registrations_restored
 
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
 
@@ -25,9 +25,10 @@ def batch():
 
 
 @pytest.fixture
-def private_registry(monkeypatch):
+def private_registry():
     """Registrations made by a test are undone after it."""
-    monkeypatch.setattr(adapters_module, "_REGISTRY", dict(adapters_module._REGISTRY))
+    with registrations_restored():
+        yield
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def test_invalid_max_memory_raises(model, max_memory):
 
 BAD_TARGETS = {
     "too-large": NUM_LABELS,
-    "negative": -1,
+    "too-negative": -NUM_LABELS - 1,  # -1 .. -NUM_LABELS count from the last class, as in Captum
     "one-too-large-in-list": [0, 1, NUM_LABELS],
     "list-too-short": [0, 1],
     "list-too-long": [0, 1, 2, 0],

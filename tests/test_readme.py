@@ -77,27 +77,22 @@ def in_scratch_folder(tmp_path, monkeypatch):
 @pytest.fixture
 def registry_restored():
     """Blocks may register adapters, bias rules, approximations or norm kinds: all are put back afterwards."""
-    from captum_decompx import adapters
-    from captum_decompx.components import activations, bias_rules, norms
+    from captum_decompx.testing import registrations_restored
 
-    component_registries = [bias_rules._RULES, activations._APPROXIMATIONS, norms._NORM_KINDS]
-    saved_adapters = dict(adapters._REGISTRY)
-    saved_components = [dict(registry._entries) for registry in component_registries]
-    yield
-    adapters._REGISTRY.clear()
-    adapters._REGISTRY.update(saved_adapters)
-    for registry, saved in zip(component_registries, saved_components):
-        registry._entries.clear()
-        registry._entries.update(saved)
+    with registrations_restored():
+        yield
 
 
 #: Packages of the optional extras: a block that imports one is skipped where that extra is absent.
-OPTIONAL_EXTRAS = {"shap": "shap", "inseq": "inseq", "ferret": "ferret"}
+OPTIONAL_EXTRAS = {"shap": "shap", "inseq": "inseq", "ferret": "ferret", "gradio": "app"}
+#: Further imports that need an extra's package: the explorer (captum_decompx.app) and its client need Gradio.
+NEEDS_EXTRA = {"gradio": r"|^\s*(import|from) (captum_decompx\.app|gradio_client)\b"}
 
 
 def skip_without_extras(block: CodeBlock) -> None:
     for module, extra in OPTIONAL_EXTRAS.items():
-        imports = re.search(rf"^\s*(import|from) {module}\b|captum_decompx\.integrations\.{module}\b", block.source, re.M)
+        pattern = rf"^\s*(import|from) {module}\b|captum_decompx\.integrations\.{module}\b" + NEEDS_EXTRA.get(module, "")
+        imports = re.search(pattern, block.source, re.M)
         if imports and importlib.util.find_spec(module) is None:
             pytest.skip(f"{block.name} needs the [{extra}] extra: pip install torch==2.13.0 -e '.[{extra}]'")
 

@@ -23,6 +23,7 @@ from .activations import ActivationFunctionAt, activation
 from .linear import Affine, LinearMap, linear
 from .norms import Normalization, NormParams, normalize
 from .pieces import Settings
+from .registry import Registry
 
 
 class HeadStepKind(abc.ABC):
@@ -114,14 +115,23 @@ class NormStep(HeadStepKind):
         return normalize(pieces, real_input, params, settings)
 
 
-_HEAD_STEP_KINDS: dict[type, HeadStepKind] = {}
+_HEAD_STEP_KINDS: Registry[HeadStepKind] = Registry("head step kind")
 
 
-def register_head_step(step_class: type, kind: HeadStepKind) -> None:
-    """Make adapters accept ``step_class`` (a :class:`HeadStep` subclass) as a head step of ``kind``."""
+def register_head_step(step_class: type, kind: HeadStepKind, *, overwrite: bool = False) -> None:
+    """Make adapters accept ``step_class`` (a :class:`HeadStep` subclass) as a head step of ``kind``.
+
+    Args:
+        overwrite: replace the kind registered before for ``step_class``.
+    """
     if not (isinstance(step_class, type) and issubclass(step_class, HeadStep)):
         raise TypeError(f"step_class must be a subclass of captum_decompx.adapters.base.HeadStep, got {step_class!r}.")
-    _HEAD_STEP_KINDS[step_class] = kind
+    _HEAD_STEP_KINDS.register(step_class, kind, overwrite=overwrite)
+
+
+def unregister_head_step(step_class: type) -> None:
+    """Remove the kind registered with :func:`register_head_step` for ``step_class``."""
+    _HEAD_STEP_KINDS.unregister(step_class)
 
 
 register_head_step(Linear, LinearStep())
@@ -132,7 +142,7 @@ register_head_step(TiedLinear, TiedLinearStep())
 
 def head_step_kind(step: HeadStep) -> HeadStepKind:
     """The kind registered for ``step``'s class."""
-    kind = _HEAD_STEP_KINDS.get(type(step))
+    kind = _HEAD_STEP_KINDS.find(type(step))
     if kind is None:
         raise TypeError(f"No head step kind is registered for {type(step).__name__}; see register_head_step.")
     return kind
