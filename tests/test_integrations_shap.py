@@ -19,7 +19,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from conftest import cached_model, make_word_tokenizer  # noqa: E402
+from support.classifiers import cached_model, make_word_tokenizer  # noqa: E402
 
 from captum_decompx import DecompX  # noqa: E402
 from captum_decompx.integrations.shap import (  # noqa: E402
