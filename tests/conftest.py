@@ -1,10 +1,10 @@
 """Shared fixtures. Builders and constants shared by several test files live in ``tests/support/``
 (imported as ``from support.<module> import ...``); fixtures live here.
 
-Why a support package besides this file: pytest loads ``conftest.py`` itself, and importing it from a
-test module loads it a second time under the plain name ``conftest``, which becomes ambiguous as soon
-as a subfolder has its own ``conftest.py``. Plain functions that tests call with arguments (a seed, an
-architecture, a length list) are not fixtures, so they live in ordinary modules.
+Why a support package besides this file: ``conftest.py`` is pytest's plugin file, not a module to
+import; once the tests live in subfolders with a ``conftest.py`` each, ``from conftest import ...``
+would name whichever of them was imported first. Plain functions that tests call with arguments (a
+seed, an architecture, a list of lengths) are not fixtures, so they live in ordinary modules.
 """
 
 from __future__ import annotations

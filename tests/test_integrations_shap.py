@@ -149,6 +149,7 @@ def test_errors(model, tokenizer):
         to_shap_explanation(norms, encoded["input_ids"], tokenizer)
 
 
+@pytest.mark.slow  # SHAP's partition explainer: about 6 s on a quiet machine
 def test_partition_attribution_places_shap_values_on_the_tokens(model, tokenizer):
     encoded = encode(tokenizer, TEXTS[:2])
     attribution = ShapPartitionAttribution(model, tokenizer, max_evals=40)
@@ -171,6 +172,7 @@ def test_partition_attribution_places_shap_values_on_the_tokens(model, tokenizer
     assert "np.float" not in text_plot_html(own)
 
 
+@pytest.mark.slow  # a benchmark smoke run
 def test_benchmark_script_runs_end_to_end(tmp_path):
     """``benchmarks/shap_vs_decompx.py`` on 2 sentences of the demo model, SHAP with 20 evaluations."""
     import importlib.util

@@ -10,7 +10,7 @@ import nbformat
 
 from captum_decompx.demo import DEMO_MODEL_ENV
 
-TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+TUTORIALS = Path(__file__).resolve().parents[2] / "tutorials"  # tests/support/ -> the repository root
 
 
 # A guard against a hung kernel, not a speed requirement.
