@@ -275,7 +275,7 @@ def test_compare_normalizes_each_method(capsys, demo):
     assert columns[:, 0].tolist() == pytest.approx((decompx / decompx.abs().max()).tolist(), abs=6e-3)
 
 
-@pytest.mark.slow  # runs the faithfulness protocol on the demo model (about 4 s)
+@pytest.mark.slow  # the evaluate command end to end on the demo model (4 s to 5 s on a busy 2-core machine)
 def test_evaluate_prints_the_faithfulness_table(capsys):
     status, out, err = run(capsys, "evaluate", "--data", "sst2-dev", "--limit", "4", "--methods", "decompx,random")
     assert status == 0, err

@@ -149,7 +149,7 @@ def test_errors(model, tokenizer):
         to_shap_explanation(norms, encoded["input_ids"], tokenizer)
 
 
-@pytest.mark.slow  # SHAP's partition explainer: about 6 s on a quiet machine
+@pytest.mark.slow  # SHAP's partition explainer (18 s on a busy 2-core machine)
 def test_partition_attribution_places_shap_values_on_the_tokens(model, tokenizer):
     encoded = encode(tokenizer, TEXTS[:2])
     attribution = ShapPartitionAttribution(model, tokenizer, max_evals=40)
