@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from conftest import reinit_parameters
-from test_llm import WORDS
+from support.classifiers import reinit_parameters
+from support.word_level import LLM_WORDS as WORDS
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 
