@@ -8,7 +8,6 @@ and reduce the decomposition to what the forward function returned for the targe
 from __future__ import annotations
 
 import warnings
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Sequence, Union, overload
 
@@ -16,11 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from . import decomposition, freezing, validation
-from .adapters import Adapter, Linear, resolve, task_of
-from .adapters.base import split_block
+from .adapters import Adapter, task_of
 from .capture import Captured, warn_if_logits_are_capped
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
-from .components.pooling import Pooling
 from .forward_contract import (
     ExplainedOutput,
     decomposed_model_output,
@@ -33,7 +30,6 @@ from .forward_contract import (
 )
 from .hooked_attribution import ForwardCapture, HookedModelAttribution, captum_entry_point, in_call_modes
 from .memory import DEFAULT_MAX_MEMORY
-from .recording import Reader, Recorder
 
 #: The algorithms that compute the decomposition (the ``algorithm=`` / ``method=`` option).
 ALGORITHMS = ("auto", "exact", "fast")
@@ -549,39 +545,29 @@ class DecompX(HookedModelAttribution):
         args = self._extra_args(additional_forward_args)
         validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
         settings = decomposition.settings_for(self._settings(), "fast")
-        pooling_component, recorder = Pooling.of(self.adapter), Recorder()
-        uncapped: list[Tensor] = []
-        with freezing.frozen_forward(self.model, self.adapter, settings) as frozen, ExitStack() as stack:
-            stack.callback(recorder.remove)
-            pooling_component.install(recorder, self.model)  # the ids a decoder classifier pools by
-            if self.adapter.logit_softcap is not None:
-                # The model returns cap * tanh(z / cap); as on the exact path, z (the head's output,
-                # before the cap) is decomposed, with a warning.
-                warn_if_logits_are_capped(self.adapter)
-                last_step = self.adapter.head[-1]
-                assert isinstance(last_step, Linear), "a soft-capped head ends in a linear map"
-                head_output = resolve(self.model, split_block(last_step.path)[0])
-                handle = head_output.register_forward_hook(lambda _module, _args, out: uncapped.append(out))
-                stack.callback(handle.remove)
-            span_tuple = task_of(self.model) == "question answering"
+        if self.adapter.logit_softcap is not None:
+            # The model returns cap * tanh(z / cap); as on the exact path, z (the head's output,
+            # before the cap) is decomposed, with a warning.
+            warn_if_logits_are_capped(self.adapter)
+        span_tuple = task_of(self.model) == "question answering"
+        with freezing.frozen_forward(self.model, self.adapter, settings) as frozen:
             with tap_model_output(self.model, span_tuple=span_tuple, keep_graph=True) as tap, self._forward_precision():
                 output = self.forward_func(input_ids, *args)
-        pooling_record = pooling_component.read(Reader(recorder), self.model, "the model's base (its input ids)")
         if frozen.real_tokens is None:
             raise RuntimeError(
                 "The fast path saw no attention computed in the first layer's attention module, so it "
                 "cannot tell the padding from the tokens. Check the adapter's attention path."
             )
         real = tap.real if tap.real is not None else model_output_tensor(output)
-        if uncapped:
-            real = uncapped[0]
+        if frozen.head_output is not None:
+            real = frozen.head_output
         if real is None:
             raise RuntimeError(
                 "The forward function's model returned no floating-point tensor: DecompX explains the "
                 "model's logits (or hidden states); return them, e.g. lambda ids, mask: "
                 "model(ids, attention_mask=mask).logits."
             )
-        pooling = decomposition.pool_weights(self.adapter, frozen.real_tokens, self._compute_dtype(), pooling_record)
+        pooling = decomposition.pool_weights(self.adapter, frozen.real_tokens, self._compute_dtype(), frozen.pooling)
         per_position = self.adapter.pooling == "each"
         logits, choices = decomposed_model_output(real, pooling, each=per_position, adapter_name=self.adapter.name)
         if logits.dim() != (3 if per_position else 2):

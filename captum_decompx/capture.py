@@ -1,9 +1,13 @@
-"""Capture what the decomposition needs from one real forward pass, with hooks only.
+"""Hooks on one real forward pass: the one installer of both algorithms, and the exact path's capture.
 
-What is recorded is what the adapter's component kinds ask for (:mod:`captum_decompx.components`);
-:func:`capture_internals` is the one place where hooks are installed; it removes them in a
-``finally`` and puts the attention implementation back, so the model is left as it was found,
-also when the forward pass raises.
+:class:`HookedPass` walks the adapter's network once (:meth:`Network.walk
+<captum_decompx.components.network.Network.walk>`) and gives every component kind the pass's
+:class:`~captum_decompx.recording.Recorder`: :class:`Capture` asks each kind what it records (the
+exact path), :class:`~captum_decompx.freezing.Freezer` how it freezes (the fast path).
+:func:`hooked_pass` is the one context manager that installs them: it serializes passes on a
+model, sets the attention implementation the pass needs, removes every hook and puts the
+attention implementation back whatever happens, so the model is left as it was found, and refuses
+a forward function that ran the model's layers more than once.
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ import warnings
 import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, ContextManager, Iterator, Optional, TypeVar
 
 import torch
 from torch import nn
 
 from .adapters import Adapter
+from .components.base import Component
 from .components.layer import LayerRecord
 from .components.network import Network
 from .components.pooling import PoolingRecord
 from .recording import Reader, Recorder
 
-__all__ = ["Capture", "Captured", "LayerRecord", "capture_internals", "eager_attention"]
+__all__ = ["Capture", "Captured", "HookedPass", "LayerRecord", "capture_internals", "eager_attention", "hooked_pass"]
 
 
 @dataclass
@@ -75,32 +80,53 @@ def _configs_of(model: nn.Module) -> list[Any]:
     return list(seen.values())
 
 
+# Attention implementations whose probabilities the fast path can freeze: "eager" (a softmax call)
+# and "sdpa" (the fused kernel, called with query and key cut from the graph: its probabilities
+# are then constants, and it keeps its O(N) memory). Others are switched to eager for its pass.
+FREEZABLE_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
 @contextmanager
-def eager_attention(model: nn.Module) -> Iterator[None]:
+def _attention_implementation(model: nn.Module, keep: tuple[Optional[str], ...]) -> Iterator[None]:
+    """Switch every config of the model whose attention implementation is not in ``keep`` to
+    ``"eager"`` for the duration; restore each one's own value afterwards."""
+    saved = []
+    for config in _configs_of(model):
+        if "_attn_implementation_internal" not in vars(config):
+            continue
+        value = vars(config)["_attn_implementation_internal"]
+        if value not in keep:
+            saved.append((config, value))
+    try:
+        for config, _ in saved:
+            config._attn_implementation_internal = "eager"
+        yield
+    finally:
+        for config, value in saved:
+            config._attn_implementation_internal = value
+
+
+def eager_attention(model: nn.Module) -> ContextManager[None]:
     """Run the model with eager attention (which returns its probabilities), then restore.
 
     Models loaded with ``sdpa`` do not return attention probabilities. This switches every config
     of the model to ``"eager"`` for the duration and restores each one's own value afterwards.
     """
-    saved = []
-    for config in _configs_of(model):
-        attribute = "_attn_implementation_internal" if "_attn_implementation_internal" in vars(config) else None
-        if attribute is None:
-            continue
-        saved.append((config, attribute, vars(config)[attribute]))
-    try:
-        for config, attribute, _ in saved:
-            setattr(config, attribute, "eager")
-        yield
-    finally:
-        for config, attribute, value in saved:
-            setattr(config, attribute, value)
+    return _attention_implementation(model, keep=())
 
 
-class Capture:
-    """Hooks installed on one model for one forward pass; :meth:`result` assembles the records.
+def freezable_attention(model: nn.Module) -> ContextManager[None]:
+    """Switch configs whose attention implementation cannot be frozen (flash, flex, ...) to
+    ``"eager"`` for the call; eager and sdpa stay as they are. Restored afterwards."""
+    return _attention_implementation(model, keep=(None,) + FREEZABLE_IMPLEMENTATIONS)
 
-    What is recorded is what the adapter's component kinds ask for (:class:`Network`).
+
+class HookedPass:
+    """Hooks on one model for one forward pass, installed by one walk of the adapter's network.
+
+    Subclasses say what each component kind is asked (:meth:`install_component`) and which
+    attention implementation the pass runs (:meth:`attention_implementation`). Every hook goes
+    through :attr:`recorder` (one thread gate, one hook per module and role).
     """
 
     def __init__(self, model: nn.Module, adapter: Adapter) -> None:
@@ -109,25 +135,73 @@ class Capture:
         self.network = Network.of(adapter)
         self.layers = self.network.layer_modules(model)
         self.recorder = Recorder()
+        self.layer_calls = 0
+
+    def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
+        """Install ``component``'s hooks on ``root`` (the layer, or the model); ``first``: in the first layer."""
+        raise NotImplementedError
+
+    def attention_implementation(self) -> ContextManager[None]:
+        """The attention implementation the pass runs with (restored afterwards)."""
+        raise NotImplementedError
 
     def install(self) -> None:
-        self.network.install(self.recorder, self.model, self.layers)
+        def count(_module, _args, _kwargs):
+            self.layer_calls += 1
 
-    def _check_single_forward(self) -> None:
-        """DecompX explains one forward pass: refuse a forward function that ran the model twice."""
-        first = self.layers[0]
-        per_pass = sum(layer is first for layer in self.layers)
-        calls = len(self.recorder.calls(first, "layer_input"))
-        if calls > per_pass:
+        self.recorder.pre_hook(self.layers[0], "calls", count)
+        for component, root, first in self.network.walk(self.model, self.layers):
+            self.install_component(component, root, first)
+
+    def check_single_forward(self) -> None:
+        """DecompX explains one forward pass: refuse a forward function that ran the model's layers
+        more than once, or never."""
+        per_pass = sum(layer is self.layers[0] for layer in self.layers)
+        if self.layer_calls == 0:
             raise RuntimeError(
-                f"The forward function ran the model's layers {calls // per_pass} times; DecompX "
+                "The forward function never ran the first layer. Check that `model` is the module the "
+                "forward function actually calls, and that the model's architecture matches its adapter."
+            )
+        if self.layer_calls > per_pass:
+            raise RuntimeError(
+                f"The forward function ran the model's layers {self.layer_calls // per_pass} times; DecompX "
                 "decomposes one forward pass. Make the forward function call the model once."
             )
+
+    def close(self) -> None:
+        self.recorder.remove()
+
+
+Pass = TypeVar("Pass", bound=HookedPass)
+
+
+@contextmanager
+def hooked_pass(hooked: Pass) -> Iterator[Pass]:
+    """Install ``hooked``'s hooks for the block; remove them and restore the attention
+    implementation whatever happens. Passes on the same model are serialized, so two ``DecompX``
+    objects (or threads) never see each other's hooks or attention setting."""
+    with ExitStack() as stack:
+        stack.enter_context(_model_lock(hooked.model))
+        stack.enter_context(hooked.attention_implementation())
+        stack.callback(hooked.close)
+        hooked.install()
+        yield hooked
+        hooked.check_single_forward()
+
+
+class Capture(HookedPass):
+    """The exact path's hooks: what each component kind records; :meth:`result` assembles it."""
+
+    def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
+        component.install(self.recorder, root)
+
+    def attention_implementation(self) -> ContextManager[None]:
+        return eager_attention(self.model)
 
     def result(self, output: Any, logits: torch.Tensor) -> Captured:
         """The records of the forward pass that returned ``output`` (``logits``: (batch, classes))."""
         self.recorder.raise_refusals()
-        self._check_single_forward()
+        self.check_single_forward()
         record = self.network.read(Reader(self.recorder), self.model, self.layers)
         return Captured(
             output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs, record.pooling
@@ -165,10 +239,5 @@ def capture_internals(model: nn.Module, adapter: Adapter) -> Iterator[Capture]:
     each other's hooks or attention setting.
     """
     warn_if_logits_are_capped(adapter)
-    capture = Capture(model, adapter)
-    with ExitStack() as stack:
-        stack.enter_context(_model_lock(model))
-        stack.enter_context(eager_attention(model))
-        stack.callback(capture.recorder.remove)
-        capture.install()
+    with hooked_pass(Capture(model, adapter)) as capture:
         yield capture
