@@ -223,7 +223,7 @@ def explain_encoded(classifier: LoadedClassifier, encoded: Encoded, method: str 
 
     from .attribution import DecompX
 
-    explainer = DecompX(forward_function(classifier), model=classifier.model, include_biases=method == "exact", method=method)
+    explainer = DecompX(forward_function(classifier), model=classifier.model, include_biases=method == "exact", algorithm=method)
     output = explainer.decompose(encoded.input_ids, additional_forward_args=encoded.extra_args)
     assert output.bias is not None  # the head is decomposed, so the bias share exists
     logits = output.logits[0].detach().double()
@@ -234,7 +234,7 @@ def explain_encoded(classifier: LoadedClassifier, encoded: Encoded, method: str 
         probabilities=torch.softmax(logits, dim=-1),
         contributions=output.attributions[0].detach().double(),
         bias=output.bias[0].detach().double(),
-        method=output.method,
+        method=output.algorithm,
         output=output,
         encoded=encoded,
         tokenizer=classifier.tokenizer,

@@ -518,7 +518,7 @@ def _attribute_dataset(
         say(f"  part {layout.file_name(index)}: {reason}; computing it again")
 
     # 4. Each rank computes and writes its parts.
-    explainer = DecompX(_forward(model), model=model, include_biases=method == "exact", method=method)
+    explainer = DecompX(_forward(model), model=model, include_biases=method == "exact", algorithm=method)
     truncated = padding = 0
     group.barrier()
     compute_began = time.perf_counter()

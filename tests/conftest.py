@@ -22,8 +22,8 @@ torch.set_num_threads(1)
 
 from transformers import (  # noqa: E402  (HF_HUB_OFFLINE must be set first)
     BertConfig,
-    BertTokenizer,
     BertForSequenceClassification,
+    BertTokenizer,
     CamembertConfig,
     CamembertForSequenceClassification,
     DistilBertConfig,

@@ -18,10 +18,10 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_close_to_scale, make_model, make_padded_batch, padding_id
 from torch.overrides import TorchFunctionMode
 
 from captum_decompx import DecompX
-from conftest import assert_close_to_scale, make_model, make_padded_batch, padding_id
 
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # Agreement with the float32 model, as a fraction of the largest |logit| of the float32 model:

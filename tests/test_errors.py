@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import NUM_LABELS, cached_model, make_model, make_padded_batch
 from torch import nn
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 import captum_decompx.adapters as adapters_module
 from captum_decompx import Activation, Adapter, DecompX, LayerPaths, Linear, register_adapter, supported_model_types
-from conftest import NUM_LABELS, cached_model, make_model, make_padded_batch
 
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
 
@@ -37,7 +37,7 @@ INVALID_OPTIONS = {
     "bias_decomposition": ("dot", ("absdot", "abssim", "norm", "equal", "cls")),
     "ffn_approximation": ("gelu", ("zo", "la", "relu")),
     "head_approximation": ("relu", ("zo", "la")),
-    "method": ("slow", ("auto", "exact", "fast")),
+    "algorithm": ("slow", ("auto", "exact", "fast")),
 }
 
 

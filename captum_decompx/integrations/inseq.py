@@ -93,7 +93,7 @@ class DecompXInseqAttribution(FeatureAttribution):
         self.options = dict(options)
         decompx_options = {key: value for key, value in options.items() if key != "decompx_method"}
         if "decompx_method" in options:
-            decompx_options["method"] = options["decompx_method"]
+            decompx_options["algorithm"] = options["decompx_method"]
         self.decompx = DecompX(self._last_position_logits, model=model, **decompx_options)
         self._logit_fn = get_step_function("logit")
         self._probability_fn = get_step_function("probability")
