@@ -198,8 +198,8 @@ def test_unknown_options_and_include_head_are_refused():
     model, tokenizer = tiny_gpt2(), word_tokenizer()
     with pytest.raises(TypeError, match="Unknown DecompX option"):
         inseq.load_model(model, "decompx", tokenizer=tokenizer, include_bias=False)
-    exact = inseq.load_model(model, "decompx", tokenizer=tokenizer, include_biases=False, decompx_method="exact")
-    assert exact.attribution_method.decompx.algorithm == "exact"  # DecompX's `method`, under inseq's name
+    exact = inseq.load_model(model, "decompx", tokenizer=tokenizer, include_biases=False, algorithm="exact")
+    assert exact.attribution_method.decompx.algorithm == "exact"
     with pytest.raises(TypeError, match="include_head=False gives norms"):
         inseq.load_model(model, "decompx", tokenizer=tokenizer, include_head=False)
 
