@@ -131,7 +131,7 @@ def test_fast_method_bias_share_and_completeness(workspace, tmp_path):
 
     model = AutoModelForSequenceClassification.from_pretrained(root / "model").eval()
     tokenizer = AutoTokenizer.from_pretrained(root / "model")
-    fast = DecompX(model, include_biases=False, method="fast")
+    fast = DecompX(model, include_biases=False, algorithm="fast")
     for row in table.to_pylist()[:8]:
         encoded = tokenizer(row["text"], return_tensors="pt")
         out = fast.decompose(encoded["input_ids"], (encoded["attention_mask"], encoded["token_type_ids"]))
