@@ -1,8 +1,10 @@
 """``DecompX``: the Captum-facing attribution class.
 
-A call reads as one descent: validate the arguments, capture the forward pass (with the model's
-output tapped, :mod:`captum_decompx.forward_contract`), decompose the model's output per class,
-and reduce the decomposition to what the forward function returned for the target.
+A call reads as one descent: validate the arguments, run the forward pass with the chosen
+algorithm's hooks (the model's output tapped, :mod:`captum_decompx.forward_contract`), let that
+algorithm decompose what the forward function returned for the target, and give the scores the
+inputs' shape. The algorithm is a strategy object (:mod:`captum_decompx.algorithms`) chosen once,
+when the object is built, from ``algorithm=``.
 """
 
 from __future__ import annotations

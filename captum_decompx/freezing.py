@@ -128,7 +128,7 @@ class Freezer(HookedPass):
 
         self.recorder.pre_hook(layer, "embeddings", hook)
 
-    def replace_output(
+    def freeze_output(
         self, module: nn.Module, role: str, freeze: Callable[[nn.Module, tuple, Any], Tensor], own_bias: Optional[Tensor] = None
     ) -> None:
         """Make ``module`` return ``freeze(module, args, output)``; with ``own_bias`` (dim,), also

@@ -268,7 +268,7 @@ class Attention(Component):
         if first:  # the first layer's value bias belongs to each token, added before any mixing
             bias = self.value.output_bias(root)
             if bias is not None:
-                freezer.replace_output(self.value.module(root), "own bias", lambda _module, _args, output: output, own_bias=bias)
+                freezer.freeze_output(self.value.module(root), "own bias", lambda _module, _args, output: output, own_bias=bias)
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> AttentionParams:
         return AttentionParams(self.value.resolve(root, dtype), self.output.resolve(root, dtype))

@@ -103,11 +103,11 @@ class FeedForward(Component):
                     f"The fast path freezes the gate of a gated unit by hooking its activation module; "
                     f"{self.activation.path} is a {type(function).__name__}. Use algorithm='exact'."
                 )
-            freezer.replace_output(function, "gate", lambda _module, _args, output: output.detach())
+            freezer.freeze_output(function, "gate", lambda _module, _args, output: output.detach())
             return
         approximation = freezer.settings.ffn_approximation
         if isinstance(function, nn.Module):
-            freezer.replace_output(
+            freezer.freeze_output(
                 function,
                 "activation",
                 lambda module, args, output: freezer.pointwise(approximation, module.forward, args[0], output),

@@ -254,7 +254,7 @@ class Normalization(Component):
             return
         norm_kind_of(module)  # an unknown norm is refused before the pass
         own_bias = getattr(module, "bias", None) if first and self.before_mixing else None
-        freezer.replace_output(
+        freezer.freeze_output(
             module, "norm", lambda _module, args, output: frozen_norm(_module, args[0], output), own_bias=own_bias
         )
 
