@@ -111,18 +111,13 @@ class Algorithm(abc.ABC):
     def attribute(self, explainer: "DecompX", run: Run, explained: Optional[ExplainedOutput], *, show_progress: bool) -> Tensor:
         """(batch, seq) token scores: contributions to ``explained`` (its weights over the model's
         output), or, without it (``include_head=False``), norms of the pooled token's pieces.
-        Padding positions are zero (for a pooled head); in the dtype of the model's output."""
+        In the dtype of the model's output."""
 
     @abc.abstractmethod
     def decompose(
         self, explainer: "DecompX", input_ids: Tensor, additional_forward_args: Any, *, token_maps: bool, show_progress: bool
     ) -> DecompXOutput:
         """Every class logit of the model's own output, decomposed over the input tokens."""
-
-
-def _zero_padding(scores: Tensor, real_tokens: Tensor) -> Tensor:
-    """``scores`` (batch, seq, ...) with padding positions zeroed; ``real_tokens`` (batch, seq) bool."""
-    return scores * real_tokens.view(real_tokens.shape + (1,) * (scores.dim() - 2)).to(scores.dtype)
 
 
 def _output(
@@ -167,8 +162,6 @@ class Exact(Algorithm):
             contributions = self.decomposition(explainer, captured, show_progress=show_progress).contributions
             assert contributions is not None
             scores = torch.einsum("bnc,bc->bn", contributions, weights.to(contributions.dtype))
-        if not run.per_position:  # a padding position's own output keeps its own share
-            scores = _zero_padding(scores, decomposition.padding_mask(captured))
         return scores.to(captured.logits.dtype)
 
     def decompose(
@@ -182,7 +175,7 @@ class Exact(Algorithm):
             attributions = result.contributions
         else:
             assert result.pooled is not None
-            attributions = _zero_padding(torch.linalg.vector_norm(result.pooled, dim=-1), decomposition.padding_mask(captured))
+            attributions = torch.linalg.vector_norm(result.pooled, dim=-1)
         return _output(self.name, captured.logits, attributions, result.bias, result.pooled, result.token_maps, run.choices)
 
     def decomposition(
@@ -292,8 +285,6 @@ class Fast(Algorithm):
             # Per-position heads: weights (batch, seq, classes), one backward pass of their
             # weighted sum over every position's logits.
             scores = self._backward(explainer, run, weights=explained.weights.reshape(run.logits.shape)).contributions
-        if not run.per_position:  # as on the exact path: a padding position's own output keeps its share
-            scores = _zero_padding(scores, run.real_tokens)
         return scores.to(run.logits.dtype)
 
     def decompose(
@@ -315,10 +306,10 @@ class Fast(Algorithm):
         if parameter is not None and parameter.dtype.is_floating_point:
             logits = logits.to(torch.promote_types(logits.dtype, parameter.dtype))
         if not explainer.include_head:
-            pooled = _zero_padding(self._backward(explainer, run, include_head=False).contributions, run.real_tokens)
+            pooled = self._backward(explainer, run, include_head=False).contributions
             return _output(self.name, logits, torch.linalg.vector_norm(pooled, dim=-1), None, pooled, maps, run.choices)
         result = self._backward(explainer, run)
-        attributions = _zero_padding(result.contributions, run.real_tokens)
+        attributions = result.contributions
         assert result.outputs is not None
         # The frozen network's logits minus the token shares: what its biases carry.
         bias = (result.outputs - attributions.sum(1)).to(logits.dtype)

@@ -319,7 +319,13 @@ class DecompX(HookedModelAttribution):
         classes = output.shape[1] if output.dim() == 2 and run.choices is None else 0
         labels = validation.class_labels(self.model, classes) if classes else ""
         index = target_index(target, output.shape, output.device, labels)
-        return explain_output(select(output, index), model_output, run.pooling, per_position=run.per_position)
+        explained = explain_output(select(output, index), model_output, run.pooling, per_position=run.per_position)
+        if self.adapter.logit_softcap is not None:
+            # The forward function's output is a function of the capped logits; what is explained
+            # is the same combination of the logits before the cap (warned at the capture).
+            logits = run.captured.logits if isinstance(run, ForwardCapture) else run.logits
+            explained.value = (explained.weights * logits.detach().to(explained.weights.dtype)).sum(-1)
+        return explained
 
 
 def _warn_if_baselines(baselines: Any) -> None:

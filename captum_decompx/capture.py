@@ -20,16 +20,27 @@ from dataclasses import dataclass
 from typing import Any, ContextManager, Iterator, Optional, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
-from .adapters import Adapter
+from .adapters import Adapter, resolve
 from .components.base import Component
 from .components.layer import LayerRecord
 from .components.network import Network
 from .components.pooling import PoolingRecord
 from .recording import Reader, Recorder
 
-__all__ = ["Capture", "Captured", "HookedPass", "LayerRecord", "capture_internals", "eager_attention", "hooked_pass"]
+__all__ = [
+    "Capture",
+    "Captured",
+    "HookedPass",
+    "LayerRecord",
+    "capture_internals",
+    "configs_of",
+    "eager_attention",
+    "hooked_pass",
+    "model_lock",
+]
 
 
 @dataclass
@@ -62,7 +73,8 @@ _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKe
 _LOCKS_GUARD = threading.Lock()
 
 
-def _model_lock(model: nn.Module) -> threading.RLock:
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serializes the calls which hook ``model`` (one per model, re-entrant)."""
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
@@ -70,7 +82,7 @@ def _model_lock(model: nn.Module) -> threading.RLock:
         return lock
 
 
-def _configs_of(model: nn.Module) -> list[Any]:
+def configs_of(model: nn.Module) -> list[Any]:
     """Distinct Hugging Face config objects used by the model's modules."""
     seen: dict[int, Any] = {}
     for module in model.modules():
@@ -87,11 +99,12 @@ FREEZABLE_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
 @contextmanager
-def _attention_implementation(model: nn.Module, keep: tuple[Optional[str], ...]) -> Iterator[None]:
+def _attention_implementation(model: nn.Module, keep: tuple[Optional[str], ...]) -> Iterator[bool]:
     """Switch every config of the model whose attention implementation is not in ``keep`` to
-    ``"eager"`` for the duration; restore each one's own value afterwards."""
+    ``"eager"`` for the duration; restore each one's own value afterwards. Yields whether a
+    switched config ran a fused attention kernel (``sdpa``, flash, ...)."""
     saved = []
-    for config in _configs_of(model):
+    for config in configs_of(model):
         if "_attn_implementation_internal" not in vars(config):
             continue
         value = vars(config)["_attn_implementation_internal"]
@@ -100,25 +113,105 @@ def _attention_implementation(model: nn.Module, keep: tuple[Optional[str], ...])
     try:
         for config, _ in saved:
             config._attn_implementation_internal = "eager"
-        yield
+        yield any(value not in (None, "eager") for _, value in saved)
     finally:
         for config, value in saved:
             config._attn_implementation_internal = value
 
 
-def eager_attention(model: nn.Module) -> ContextManager[None]:
+def eager_attention(model: nn.Module) -> ContextManager[bool]:
     """Run the model with eager attention (which returns its probabilities), then restore.
 
     Models loaded with ``sdpa`` do not return attention probabilities. This switches every config
     of the model to ``"eager"`` for the duration and restores each one's own value afterwards.
+
+    Yields:
+        True when the model itself runs a fused attention kernel (``sdpa``, flash, ...) in place
+        of eager attention (see :func:`fused_kernel_softmax`).
     """
     return _attention_implementation(model, keep=())
 
 
-def freezable_attention(model: nn.Module) -> ContextManager[None]:
+def freezable_attention(model: nn.Module) -> ContextManager[bool]:
     """Switch configs whose attention implementation cannot be frozen (flash, flex, ...) to
     ``"eager"`` for the call; eager and sdpa stay as they are. Restored afterwards."""
     return _attention_implementation(model, keep=(None,) + FREEZABLE_IMPLEMENTATIONS)
+
+
+_SOFTMAXES = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, torch.special.softmax}
+
+
+def _softmax_arguments(args: tuple, kwargs: dict) -> tuple[Tensor, int, Optional[torch.dtype]]:
+    """``(input, dim, dtype)`` of a call of one of the softmaxes (any of their signatures)."""
+    scores = args[0] if args else kwargs["input"]
+    dim = args[1] if len(args) > 1 else kwargs["dim"]
+    dtype = kwargs.get("dtype")
+    if dtype is None:
+        dtype = next((value for value in args[2:] if isinstance(value, torch.dtype)), None)
+    return scores, int(dim), dtype
+
+
+def kernel_softmax(scores: Tensor, dim: int, dtype: Optional[torch.dtype]) -> Tensor:
+    """The attention probabilities torch's ``scaled_dot_product_attention`` computes from masked
+    scores, where eager attention computes ``softmax(scores, dim, dtype=dtype)``.
+
+    Two differences: a query row whose every key is masked (every score at most half the dtype's
+    minimum, the value Hugging Face's masks add) gets zero probabilities, so the attention adds
+    nothing to that row (eager attention spreads the row evenly over the masked keys, or, in a
+    float64 model whose eager softmax runs in float32, where the mask minimum becomes ``-inf``,
+    returns NaN); and the softmax runs in the scores' own precision when it is higher than
+    ``dtype`` (the kernel computes a float64 model's attention in float64).
+
+    Args:
+        scores: (..., keys) masked attention scores, ``dim`` indexing the keys.
+    """
+    compute = scores.dtype if dtype is None else torch.promote_types(scores.dtype, dtype)
+    probabilities = torch.softmax(scores.to(compute), dim=dim)
+    if not scores.dtype.is_floating_point:
+        return probabilities
+    masked = (scores <= torch.finfo(scores.dtype).min / 2).all(dim=dim, keepdim=True)
+    return probabilities.masked_fill(masked, 0.0)
+
+
+class _KernelSoftmax(TorchFunctionMode):
+    """Active inside an attention module's forward: its softmax computes :func:`kernel_softmax`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func in _SOFTMAXES:
+            return kernel_softmax(*_softmax_arguments(args, kwargs))
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def fused_kernel_softmax(recorder: Recorder, modules: list[nn.Module]) -> Iterator[None]:
+    """Make the eager attention of ``modules`` compute the probabilities of the fused kernel that
+    the model itself runs (:func:`kernel_softmax`), so that the captured forward pass gives the
+    model's own outputs: a fully masked query row (a left-padded decoder's padding, a padding
+    position outside every local window of ModernBERT) is the kernel's, not eager attention's.
+
+    The hooks are the ``recorder``'s (its thread only; removed with its other hooks); a mode left
+    entered by a forward pass that raised is left on exit.
+    """
+    entered: list[_KernelSoftmax] = []
+
+    def before(_module: nn.Module, _args: Any, _kwargs: Any) -> None:
+        mode = _KernelSoftmax()
+        mode.__enter__()
+        entered.append(mode)
+
+    def after(_module: nn.Module, _args: Any, _output: Any) -> None:
+        if entered:
+            entered.pop().__exit__(None, None, None)
+
+    try:
+        for module in modules:
+            recorder.pre_hook(module, "kernel softmax: enter", before)
+            recorder.forward_hook(module, "kernel softmax: leave", after)
+        yield
+    finally:
+        while entered:
+            entered.pop().__exit__(None, None, None)
 
 
 class HookedPass:
@@ -141,7 +234,7 @@ class HookedPass:
         """Install ``component``'s hooks on ``root`` (the layer, or the model); ``first``: in the first layer."""
         raise NotImplementedError
 
-    def attention_implementation(self) -> ContextManager[None]:
+    def attention_implementation(self) -> ContextManager[Any]:
         """The attention implementation the pass runs with (restored afterwards)."""
         raise NotImplementedError
 
@@ -181,7 +274,7 @@ def hooked_pass(hooked: Pass) -> Iterator[Pass]:
     implementation whatever happens. Passes on the same model are serialized, so two ``DecompX``
     objects (or threads) never see each other's hooks or attention setting."""
     with ExitStack() as stack:
-        stack.enter_context(_model_lock(hooked.model))
+        stack.enter_context(model_lock(hooked.model))
         stack.enter_context(hooked.attention_implementation())
         stack.callback(hooked.close)
         hooked.install()
@@ -195,13 +288,34 @@ class Capture(HookedPass):
     def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
         component.install(self.recorder, root)
 
-    def attention_implementation(self) -> ContextManager[None]:
-        return eager_attention(self.model)
+    @contextmanager
+    def attention_implementation(self) -> Iterator[None]:
+        """Eager attention, whose probabilities the capture records; where the model itself runs a
+        fused kernel, its eager softmax computes that kernel's probabilities."""
+        with ExitStack() as stack:
+            if stack.enter_context(eager_attention(self.model)):
+                attention = [resolve(layer, self.adapter.layer.attention) for layer in self.layers]
+                stack.enter_context(fused_kernel_softmax(self.recorder, attention))
+            yield
 
     def result(self, output: Any, logits: torch.Tensor) -> Captured:
-        """The records of the forward pass that returned ``output`` (``logits``: (batch, classes))."""
+        """The records of the forward pass that returned ``output`` (``logits``: (batch, classes)).
+
+        For a model that soft-caps its logits, ``logits`` is replaced by the head's output ``z``
+        before the cap, the value the decomposition explains (:func:`warn_if_logits_are_capped`).
+        """
         self.recorder.raise_refusals()
         self.check_single_forward()
+        uncapped = self.network.head.uncapped_logits(Reader(self.recorder), self.model)
+        if uncapped is not None:
+            if len(uncapped) != 1 or uncapped[0].shape != logits.shape:
+                raise RuntimeError(
+                    f"The {self.adapter.name} model soft-caps its logits, and DecompX explains its head's output "
+                    "before the cap; but the head ran "
+                    f"{len(uncapped)} time(s) or returned another shape than the model's logits "
+                    f"{tuple(logits.shape)}. Make the forward function call the model once and return its logits."
+                )
+            logits = uncapped[0]
         record = self.network.read(Reader(self.recorder), self.model, self.layers)
         return Captured(
             output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs, record.pooling
@@ -217,9 +331,10 @@ def warn_if_logits_are_capped(adapter: Adapter) -> None:
         f"This {adapter.name} model soft-caps its logits: it returns {cap:g} * tanh(z / {cap:g}) of the "
         "head's output z (config.final_logit_softcapping). The cap is nonlinear and DecompX does "
         "not decompose it: the attributions explain z, the logits BEFORE the cap, and sum to z, not to "
-        f"the capped logits the model returns (z = {cap:g} * atanh(logit / {cap:g})). To explain "
-        "uncapped logits consistently, build DecompX on a model whose config.final_logit_softcapping "
-        "is None.",
+        f"the capped logits the model returns (z = {cap:g} * atanh(logit / {cap:g})). The explained "
+        "values reported (DecompXOutput.logits, the convergence delta, LLMDecompX's result.logits) are "
+        "z too, and the bias share is the biases' share of z. To explain uncapped logits consistently, "
+        "build DecompX on a model whose config.final_logit_softcapping is None.",
         UserWarning,
         stacklevel=3,
     )

@@ -33,44 +33,35 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from .adapters import position_offset
 from .attribution import DecompX
-from .datasets import DataFileError, TextTable, read_text_table
-from .distributed import JobProgress, ProcessGroup, balance, join_process_group, unwrap_parallel
-from .parts import OutputFolderError, PartFolder, PartLayout
+from .dataset_jobs import MAX_ROWS_PER_PART as MAX_ROWS_PER_PART
+from .dataset_jobs import MIN_ROWS_PER_PART as MIN_ROWS_PER_PART
+from .dataset_jobs import PARTS_PER_PROCESS as PARTS_PER_PROCESS
+from .dataset_jobs import Columns, JobInputs, PartJob, in_process_group, report_on_one_rank, run_identity, run_parts
+from .dataset_jobs import DatasetAttributionError as DatasetAttributionError
+from .dataset_jobs import default_rows_per_part as default_rows_per_part
+from .dataset_jobs import file_fingerprint as file_fingerprint
+from .dataset_jobs import model_fingerprint as model_fingerprint
+from .dataset_jobs import tokenizer_fingerprint as tokenizer_fingerprint
+from .datasets import TextTable
+from .distributed import ProcessGroup, unwrap_parallel
+from .parts import PartFolder
 
 METHODS = ("exact", "fast")
 DEFAULT_BATCH_SIZE = 16
-#: A new output folder gets about this many parts per process (at least MIN, at most MAX rows each),
-#: so that the parts balance over the processes and a resumed run redoes little.
-PARTS_PER_PROCESS = 8
-MIN_ROWS_PER_PART = 16
-MAX_ROWS_PER_PART = 1024
 #: Largest |sum of contributions + bias - logit| allowed, relative to max(1, max |logit|) of the row.
 COMPLETENESS_TOLERANCE = 1e-4
-_ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")
-
-
-class DatasetAttributionError(ValueError):
-    """A problem with the input, the output folder or the options; the message says what to do.
-
-    Attributes:
-        reported_by: the rank that found the problem (every rank raises the same error).
-    """
-
-    def __init__(self, message: str, reported_by: int = 0) -> None:
-        super().__init__(message)
-        self.reported_by = reported_by
 
 
 @dataclass
@@ -143,36 +134,7 @@ def output_schema(with_pairs: bool, with_labels: bool) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Model, fingerprints
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model class and every parameter and buffer (names, dtypes, shapes, values)."""
-    digest = hashlib.sha256(type(model).__name__.encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        value = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """SHA-256 of the tokenizer class, vocabulary, special tokens and padding/truncation sides."""
-    digest = hashlib.sha256(type(tokenizer).__name__.encode())
-    for token, index in sorted(tokenizer.get_vocab().items()):
-        digest.update(f"{token}\t{index}\n".encode())
-    digest.update(repr(sorted(tokenizer.special_tokens_map.items())).encode())
-    digest.update(f"{getattr(tokenizer, 'padding_side', '')}/{getattr(tokenizer, 'truncation_side', '')}".encode())
-    return digest.hexdigest()
-
-
-def file_fingerprint(path: Path) -> str:
-    """SHA-256 of the file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# Model
 
 
 def model_max_length(model: nn.Module, tokenizer: Any) -> int:
@@ -184,8 +146,7 @@ def model_max_length(model: nn.Module, tokenizer: Any) -> int:
         limits.append(tokenizer_limit)
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int):
-        # RoBERTa-style models number positions from padding_idx + 1 = 2.
-        limits.append(positions - 2 if getattr(config, "model_type", None) in _ROBERTA_FAMILY else positions)
+        limits.append(positions - position_offset(getattr(config, "model_type", None)))
     return min(limits) if limits else 512
 
 
@@ -195,27 +156,6 @@ def _forward(model: nn.Module) -> Callable[..., Tensor]:
         return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
     return forward
-
-
-def _load(model: Union[None, str, Path, nn.Module], tokenizer: Any, device: torch.device) -> tuple[nn.Module, Any, str]:
-    """The model (float32 when loaded here, on ``device``), its tokenizer and a description of the source."""
-    if isinstance(model, nn.Module):
-        if tokenizer is None:
-            raise DatasetAttributionError(
-                "Pass the model's tokenizer too: attribute_dataset(data, out_dir, model=model, tokenizer=tokenizer)."
-            )
-        unwrapped = unwrap_parallel(model)
-        return unwrapped, tokenizer, type(unwrapped).__name__
-    from transformers.utils import logging as hf_logging
-
-    from .demo import DemoError, load_classifier
-
-    hf_logging.set_verbosity_error()
-    try:
-        classifier = load_classifier(model)
-    except DemoError as error:
-        raise DatasetAttributionError(str(error)) from error
-    return classifier.model.to(device), tokenizer if tokenizer is not None else classifier.tokenizer, classifier.source
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +169,48 @@ class _Texts:
 
     def batch(self, indices: Sequence[int]) -> tuple[list[str], Optional[list[str]]]:
         return [self.texts[i] for i in indices], None if self.pairs is None else [self.pairs[i] for i in indices]
+
+
+def _decompose_batch(explainer: DecompX, encoded: Any, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """DecompX on one tokenized batch.
+
+    Returns:
+        On the CPU: ``input_ids`` and the real-token mask ``(batch, seq)``, ``logits`` ``(batch,
+        classes)``, ``attributions`` ``(batch, seq, classes)`` and ``bias`` ``(batch, classes)``
+        (zeros when the biases are decomposed), in float32.
+    """
+    input_ids = encoded["input_ids"].to(device)
+    attention_mask = encoded["attention_mask"].to(device)
+    extra: tuple[Tensor, ...] = (attention_mask,)
+    if "token_type_ids" in encoded:
+        extra = (attention_mask, encoded["token_type_ids"].to(device))
+    output = explainer.decompose(input_ids, extra)
+    logits = output.logits.detach().float().cpu()
+    bias = output.bias.detach().float().cpu() if output.bias is not None else torch.zeros_like(logits)
+    return input_ids.cpu(), attention_mask.bool().cpu(), logits, output.attributions.detach().float().cpu(), bias
+
+
+def _row(tokenizer: Any, row_id: int, token_ids: list[int], logits: Tensor, attributions: Tensor, bias: Tensor) -> dict[str, Any]:
+    """One output row's computed columns, after checking that its contributions plus bias give its logits.
+
+    Args:
+        logits: ``(classes,)``; attributions: ``(tokens, classes)``, real tokens only; bias: ``(classes,)``.
+    """
+    error = float((attributions.sum(0) + bias - logits).abs().max())
+    scale = max(1.0, float(logits.abs().max()))
+    if not error <= COMPLETENESS_TOLERANCE * scale:
+        raise RuntimeError(
+            f"Row {row_id}: the contributions plus the bias differ from the logits by {error:.3g}; "
+            "nothing was written for its part. This is a bug in DecompX: please report it with the row."
+        )
+    return {
+        "tokens": tokenizer.convert_ids_to_tokens(token_ids),
+        "input_ids": token_ids,
+        "logits": logits.tolist(),
+        "prediction": int(logits.argmax()),
+        "attributions": attributions.tolist(),
+        "bias": bias.tolist(),
+    }
 
 
 def attribute_part(
@@ -269,37 +251,12 @@ def attribute_part(
         indices = order[first : first + batch_size]
         batch_texts, batch_pairs = texts.batch(indices)
         encoded = tokenizer(batch_texts, batch_pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        input_ids = encoded["input_ids"].to(device)
-        attention_mask = encoded["attention_mask"].to(device)
-        extra: tuple[Tensor, ...] = (attention_mask,)
-        if "token_type_ids" in encoded:
-            extra = (attention_mask, encoded["token_type_ids"].to(device))
-        output = explainer.decompose(input_ids, extra)
-        padding += int((attention_mask == 0).sum())
-        ids_cpu = input_ids.cpu()
-        real_cpu = attention_mask.bool().cpu()
-        logits = output.logits.detach().float().cpu()
-        attributions = output.attributions.detach().float().cpu()
-        bias = output.bias.detach().float().cpu() if output.bias is not None else torch.zeros_like(logits)
+        input_ids, real, logits, attributions, bias = _decompose_batch(explainer, encoded, device)
+        padding += int((~real).sum())
         for position, index in enumerate(indices):
-            real = real_cpu[position]
-            row_attributions = attributions[position][real]
-            error = float((row_attributions.sum(0) + bias[position] - logits[position]).abs().max())
-            scale = max(1.0, float(logits[position].abs().max()))
-            if not error <= COMPLETENESS_TOLERANCE * scale:
-                raise RuntimeError(
-                    f"Row {start + index}: the contributions plus the bias differ from the logits by {error:.3g}; "
-                    "nothing was written for its part. This is a bug in DecompX: please report it with the row."
-                )
-            token_ids = ids_cpu[position][real].tolist()
-            rows[index] = {
-                "tokens": tokenizer.convert_ids_to_tokens(token_ids),
-                "input_ids": token_ids,
-                "logits": logits[position].tolist(),
-                "prediction": int(logits[position].argmax()),
-                "attributions": row_attributions.tolist(),
-                "bias": bias[position].tolist(),
-            }
+            token_ids = input_ids[position][real[position]].tolist()
+            row_attributions = attributions[position][real[position]]
+            rows[index] = _row(tokenizer, start + index, token_ids, logits[position], row_attributions, bias[position])
         if on_batch is not None:
             on_batch(len(indices))
     columns: dict[str, list[Any]] = {"id": list(range(start, end)), "text": texts.texts}
@@ -314,20 +271,6 @@ def attribute_part(
 
 # --------------------------------------------------------------------------------------------
 # The whole data set
-
-
-def default_rows_per_part(n_rows: int, world_size: int) -> int:
-    """About :data:`PARTS_PER_PROCESS` parts per process, within [MIN_ROWS_PER_PART, MAX_ROWS_PER_PART]."""
-    wanted = math.ceil(n_rows / (PARTS_PER_PROCESS * world_size))
-    return max(MIN_ROWS_PER_PART, min(MAX_ROWS_PER_PART, wanted))
-
-
-def _first_error(group: ProcessGroup, local: Optional[str]) -> None:
-    """Raise on every rank the first error any rank found (rank order)."""
-    errors = group.gather(local)
-    for rank, message in enumerate(errors):
-        if message is not None:
-            raise DatasetAttributionError(message if rank == 0 else f"(rank {rank}) {message}", reported_by=rank)
 
 
 def attribute_dataset(
@@ -385,6 +328,26 @@ def attribute_dataset(
             before any part is written.
     """
     began = time.perf_counter()
+    _check_options(method, batch_size, rows_per_part, max_length)
+    columns = Columns(text_column, text_pair_column, label_column)
+    inputs = JobInputs(Path(data).expanduser(), columns, Path(out_dir).expanduser(), model, tokenizer)
+    options = _Options(method, batch_size, max_length, rows_per_part, bucket_by_length, show_progress)
+    return in_process_group(device, log, lambda group, say: _attribute_dataset(group, say, inputs, options, began))
+
+
+@dataclass
+class _Options:
+    """The options of one :func:`attribute_dataset` call, after checking."""
+
+    method: str
+    batch_size: int
+    max_length: Optional[int]
+    rows_per_part: Optional[int]
+    bucket_by_length: bool
+    show_progress: bool
+
+
+def _check_options(method: str, batch_size: Any, rows_per_part: Any, max_length: Any) -> None:
     if method not in METHODS:
         raise DatasetAttributionError(f"method={method!r} is not valid; choose 'exact' or 'fast'.")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -393,176 +356,94 @@ def attribute_dataset(
         raise DatasetAttributionError(f"rows_per_part must be a positive integer, got {rows_per_part!r}.")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
         raise DatasetAttributionError(f"max_length must be an integer of at least 2, got {max_length!r}.")
-    group = join_process_group(device)
 
-    def say(message: str) -> None:
-        if log is not None and group.is_main:
-            log(message)
 
-    try:
-        result = _attribute_dataset(
-            group,
-            began,
-            say,
-            Path(data).expanduser(),
-            Path(out_dir).expanduser(),
-            model,
-            tokenizer,
-            text_column,
-            text_pair_column,
-            label_column,
-            method,
-            batch_size,
-            max_length,
-            rows_per_part,
-            bucket_by_length,
-            show_progress,
-        )
-        # Every rank leaves together: none tears the process group down while another still
-        # uses it (rank 0 reads and aggregates the parts after the others are done).
-        group.barrier()
-        return result
-    finally:
-        group.close()
+def _text_cost(table: TextTable, exponent: int, start: int, end: int) -> float:
+    """The relative cost of rows ``[start, end)``: (characters + 8) ** exponent summed over the rows."""
+    pairs = table.text_pairs[start:end] if table.text_pairs is not None else [""] * (end - start)
+    return sum((len(text) + len(pair) + 8) ** exponent for text, pair in zip(table.texts[start:end], pairs))
+
+
+def _output_folder(
+    group: ProcessGroup,
+    out_dir: Path,
+    model: nn.Module,
+    tokenizer: Any,
+    source: str,
+    table: TextTable,
+    schema: Any,
+    *,
+    method: str,
+    max_length: int,
+) -> PartFolder:
+    """The output folder of an attribute run: what must match to resume it, and the parts' schema."""
+    options = {
+        "method": method,
+        "max_length": max_length,
+        "text_column": table.text_column,
+        "text_pair_column": table.text_pair_column,
+        "label_column": table.label_column,
+    }
+    identity = run_identity(group, model, tokenizer, table.path, len(table), options)
+    return PartFolder(
+        out_dir, "captum-decompx attribute", identity, {"model": source, "input": str(table.path.resolve())}, schema
+    )
 
 
 def _attribute_dataset(
-    group: ProcessGroup,
-    began: float,
-    say: Callable[[str], None],
-    data: Path,
-    out_dir: Path,
-    model_source: Union[None, str, Path, nn.Module],
-    tokenizer: Any,
-    text_column: Optional[str],
-    text_pair_column: Optional[str],
-    label_column: Optional[str],
-    method: str,
-    batch_size: int,
-    max_length: Optional[int],
-    rows_per_part: Optional[int],
-    bucket_by_length: bool,
-    show_progress: bool,
+    group: ProcessGroup, say: Callable[[str], None], inputs: JobInputs, options: _Options, began: float
 ) -> DatasetAttributionResult:
-    # 1. Every rank reads and checks the input and loads the model; rank 0 checks the output folder.
-    error: Optional[str] = None
-    table: Optional[TextTable] = None
-    model: Optional[nn.Module] = None
-    try:
-        table = read_text_table(data, text_column, text_pair_column, label_column)
-        model, tokenizer, source = _load(model_source, tokenizer, group.device)
-        if model.training:
-            raise DatasetAttributionError("The model is in training mode: call model.eval() first.")
-    except (DataFileError, DatasetAttributionError) as problem:
-        error = str(problem)
-    _first_error(group, error)
-    assert table is not None and model is not None
-    limit = max_length if max_length is not None else model_max_length(model, tokenizer)
+    table, model, tokenizer, source, _ = inputs.load(group, lambda *loaded: None)
+    out_dir = inputs.out_dir
+    method = options.method
+    limit = options.max_length if options.max_length is not None else model_max_length(model, tokenizer)
     schema = output_schema(table.text_pairs is not None, table.labels is not None)
-    folder = PartFolder(
-        out_dir,
-        kind="captum-decompx attribute",
-        identity={
-            "model": {
-                "fingerprint": model_fingerprint(model) if group.is_main else None,
-                "type": getattr(model.config, "model_type", None),
-            },
-            "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer) if group.is_main else None},
-            "input": {"sha256": file_fingerprint(table.path) if group.is_main else None, "rows": len(table)},
-            "options": {
-                "method": method,
-                "max_length": limit,
-                "text_column": table.text_column,
-                "text_pair_column": table.text_pair_column,
-                "label_column": table.label_column,
-            },
-        },
-        about={"model": source, "input": str(table.path.resolve())},
-        schema=schema,
-    )
-    layout: Optional[PartLayout] = None
-    present: list[int] = []
-    if group.is_main:
-        try:
-            layout = folder.prepare(len(table), rows_per_part, default_rows_per_part(len(table), group.world_size))
-            present = folder.present_parts(layout)
-        except OutputFolderError as problem:
-            error = str(problem)
-    _first_error(group, error)
-    layout, present = group.broadcast((layout, present))
-    assert layout is not None
-
-    # 2. The parts already there are checked (shared over the ranks); damaged ones are deleted.
-    mine_to_check = present[group.rank :: group.world_size]
-    kept_local, damaged_local = folder.check_parts(layout, mine_to_check)
-    checked = group.gather((kept_local, damaged_local))
-    kept = sorted(index for local, _ in checked for index in local)
-    damaged = {index: reason for _, local in checked for index, reason in local.items()}
-    missing = [index for index in range(layout.n_parts) if index not in set(kept)]
-
-    # 3. The missing parts are shared over the ranks, balanced by their texts' lengths.
-    exponent = 2 if method == "exact" else 1  # exact DecompX costs O(N^2) per example, fast O(N)
-    costs = []
-    for index in missing:
-        start, end = layout.bounds(index)
-        pairs = table.text_pairs[start:end] if table.text_pairs is not None else [""] * (end - start)
-        costs.append(sum((len(text) + len(pair) + 8) ** exponent for text, pair in zip(table.texts[start:end], pairs)))
-    mine = [missing[i] for i in balance(costs, group.world_size)[group.rank]]
-    done_rows = sum(layout.bounds(index)[1] - layout.bounds(index)[0] for index in kept)
-    say(
-        f"output: {out_dir}: {layout.n_parts} part{'s' if layout.n_parts != 1 else ''} of up to {layout.rows_per_part} rows; {len(kept)} complete"
-        + (f", {len(damaged)} damaged (computed again)" if damaged else "")
-        + f"; computing {len(table) - done_rows} rows on {group.world_size} process{'es' if group.world_size > 1 else ''}"
-    )
-    for index, reason in sorted(damaged.items()):
-        say(f"  part {layout.file_name(index)}: {reason}; computing it again")
-
-    # 4. Each rank computes and writes its parts.
+    folder = _output_folder(group, out_dir, model, tokenizer, source, table, schema, method=method, max_length=limit)
     explainer = DecompX(_forward(model), model=model, include_biases=method == "exact", algorithm=method)
-    truncated = padding = 0
-    group.barrier()
-    compute_began = time.perf_counter()
-    with JobProgress(group, total=len(table), done=done_rows, show=show_progress, description=f"DecompX ({method})") as progress:
-        for index in mine:
-            start, end = layout.bounds(index)
-            part, part_truncated, part_padding = attribute_part(
-                explainer,
-                tokenizer,
-                table,
-                start,
-                end,
-                schema=schema,
-                batch_size=batch_size,
-                max_length=limit,
-                bucket_by_length=bucket_by_length,
-                device=next(model.parameters()).device,
-                on_batch=progress.add,
-            )
-            folder.write_part(layout, index, part)
-            truncated += part_truncated
-            padding += part_padding
-        group.barrier()
-        compute_seconds = time.perf_counter() - compute_began
-        computed = progress.finish()
-    totals = group.gather((truncated, padding))
-    missing_after = folder.missing_parts(layout) if group.is_main else []
-    if missing_after:
-        raise RuntimeError(f"Parts {missing_after[:10]} are missing after the run; run the same command again to compute them.")
-    result = DatasetAttributionResult(
+
+    def compute(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, tuple[int, int]]:
+        part, truncated, padding = attribute_part(
+            explainer,
+            tokenizer,
+            table,
+            start,
+            end,
+            schema=schema,
+            batch_size=options.batch_size,
+            max_length=limit,
+            bucket_by_length=options.bucket_by_length,
+            device=next(model.parameters()).device,
+            on_batch=progress,
+        )
+        return part, (truncated, padding)
+
+    job = PartJob(
+        folder=folder,
+        n_rows=len(table),
+        rows_per_part=options.rows_per_part,
+        unit="rows",
+        # exact DecompX costs O(N^2) per example, fast O(N)
+        cost=partial(_text_cost, table, 2 if method == "exact" else 1),
+        compute=compute,
+        work=lambda rows: f"computing {rows} rows",
+        description=f"DecompX ({method})",
+        show_progress=options.show_progress,
+    )
+    run = run_parts(group, job, say)
+    return DatasetAttributionResult(
         out_dir=out_dir,
         rows=len(table),
-        parts=layout.n_parts,
-        rows_per_part=layout.rows_per_part,
-        computed_rows=computed,
-        reused_parts=len(kept),
-        redone_parts=damaged,
-        truncated_rows=sum(t for t, _ in totals),
+        parts=run.layout.n_parts,
+        rows_per_part=run.layout.rows_per_part,
+        computed_rows=run.computed,
+        reused_parts=len(run.kept),
+        redone_parts=run.damaged,
+        truncated_rows=sum(truncated for truncated, _ in run.tallies),
         world_size=group.world_size,
         seconds=time.perf_counter() - began,
-        compute_seconds=compute_seconds,
-        padding_positions=sum(p for _, p in totals),
+        compute_seconds=run.compute_seconds,
+        padding_positions=sum(padding for _, padding in run.tallies),
     )
-    return result
 
 
 __all__ = [
@@ -595,26 +476,16 @@ def run_attribute_command(args: Any, out: Any) -> int:
     def log(message: str) -> None:
         print(message, file=out, flush=True)
 
-    try:
-        result = attribute_dataset(
-            args.data,
-            args.out,
-            model=args.model,
-            text_column=args.text_column,
-            text_pair_column=args.text_pair_column,
-            label_column=args.label_column,
-            method=args.method,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            rows_per_part=args.rows_per_part,
-            bucket_by_length=not args.no_bucketing,
-            show_progress=not args.no_progress,
-            log=log,
+    passed = ("model", "text_column", "text_pair_column", "label_column", "method", "batch_size", "max_length", "rows_per_part")
+    options = {name: getattr(args, name) for name in passed}
+    outcome = report_on_one_rank(
+        lambda: attribute_dataset(
+            args.data, args.out, bucket_by_length=not args.no_bucketing, show_progress=not args.no_progress, log=log, **options
         )
-    except DatasetAttributionError as error:
-        if int(os.environ.get("RANK", "0")) != error.reported_by:
-            return 2  # the reporting rank prints the message once
-        raise
+    )
+    if isinstance(outcome, int):
+        return outcome  # the reporting rank prints the message once
+    result = outcome
     if int(os.environ.get("RANK", "0")) == 0:
         log(
             f"wrote {result.rows} rows in {result.parts} parts to {result.out_dir} "

@@ -17,25 +17,26 @@ Example::
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .dataset_attribution import (
+from .dataset_jobs import (
+    Columns,
     DatasetAttributionError,
-    _first_error,
-    _load,
-    default_rows_per_part,
-    file_fingerprint,
-    model_fingerprint,
-    tokenizer_fingerprint,
+    JobInputs,
+    PartJob,
+    in_process_group,
+    report_on_one_rank,
+    run_identity,
+    run_parts,
 )
-from .datasets import DataFileError, TextTable, read_text_table
-from .distributed import JobProgress, ProcessGroup, balance, join_process_group
-from .parts import OutputFolderError, PartFolder, PartLayout
+from .datasets import TextTable
+from .distributed import ProcessGroup
+from .parts import PartFolder
 
 DEFAULT_METHODS = ("decompx", "gxi", "random")
 
@@ -90,168 +91,120 @@ def evaluate_dataset(
         raise DatasetAttributionError("Give at least one attribution method.")
     if limit is not None and limit < 1:
         raise DatasetAttributionError(f"limit must be a positive number of examples, got {limit}.")
-    group = join_process_group(device)
-    try:
-        result = _evaluate_dataset(
-            group,
-            log,
-            Path(data).expanduser(),
-            Path(out_dir).expanduser(),
-            model,
-            tokenizer,
-            list(dict.fromkeys(methods)),
-            text_column,
-            text_pair_column,
-            label_column,
-            limit,
-            batch_size,
-            max_length,
-            ig_steps,
-            rows_per_part,
-            show_progress,
-        )
-        # Every rank leaves together: none tears the process group down while another still
-        # uses it (rank 0 reads and aggregates the parts after the others are done).
-        group.barrier()
-        return result
-    finally:
-        group.close()
+    columns = Columns(text_column, text_pair_column, label_column)
+    inputs = JobInputs(Path(data).expanduser(), columns, Path(out_dir).expanduser(), model, tokenizer)
+    options = _Options(list(dict.fromkeys(methods)), limit, batch_size, max_length, ig_steps, rows_per_part, show_progress)
+    return in_process_group(device, log, lambda group, say: _evaluate_dataset(group, say, inputs, options))
 
 
-def _evaluate_dataset(
-    group: ProcessGroup,
-    log: Optional[Callable[[str], None]],
-    data: Path,
-    out_dir: Path,
-    model_source: Any,
-    tokenizer: Any,
-    methods: list[str],
-    text_column: Optional[str],
-    text_pair_column: Optional[str],
-    label_column: Optional[str],
-    limit: Optional[int],
-    batch_size: int,
-    max_length: Optional[int],
-    ig_steps: int,
-    rows_per_part: Optional[int],
-    show_progress: bool,
-) -> Any:
+@dataclass
+class _Options:
+    """The options of one :func:`evaluate_dataset` call."""
+
+    methods: list[str]
+    limit: Optional[int]
+    batch_size: int
+    max_length: Optional[int]
+    ig_steps: int
+    rows_per_part: Optional[int]
+    show_progress: bool
+
+
+def _labelled_and_methods(options: _Options, data: Path) -> Callable[[TextTable, nn.Module, Any], dict[str, Any]]:
+    """The evaluate job's own check and set-up after loading: labels are required; the methods are built."""
     from . import evaluation
 
-    def say(message: str) -> None:
-        if log is not None and group.is_main:
-            log(message)
-
-    error: Optional[str] = None
-    table: Optional[TextTable] = None
-    model: Optional[nn.Module] = None
-    specs: dict[str, Any] = {}
-    try:
-        table = read_text_table(data, text_column, text_pair_column, label_column)
+    def prepare(table: TextTable, model: nn.Module, tokenizer: Any) -> dict[str, Any]:
         if table.labels is None:
             raise DatasetAttributionError(
                 f"{data} has no label column: the protocol scores masked inputs against gold labels. Pass --label-column NAME."
             )
-        model, tokenizer, source = _load(model_source, tokenizer, group.device)
-        specs = evaluation.build_methods(methods, model, tokenizer, ig_steps=ig_steps)
-    except (DataFileError, DatasetAttributionError, ValueError) as problem:
-        error = str(problem)
-    _first_error(group, error)
-    assert table is not None and model is not None and table.labels is not None
-    n_examples = len(table) if limit is None else min(limit, len(table))
-    pairs = table.text_pairs is not None
-    metrics = evaluation.default_metrics(pairs=pairs)
-    columns = list(evaluation.ROW_KEYS) + [column for metric in metrics for column in metric.columns]
+        return evaluation.build_methods(options.methods, model, tokenizer, ig_steps=options.ig_steps)
+
+    return prepare
+
+
+def _length_order(table: TextTable, start: int, end: int) -> list[int]:
+    """Rows ``[start, end)`` by the length of their texts (ties by id), so that a batch pads little."""
+    pairs = table.text_pairs
+    return sorted(range(start, end), key=lambda i: (len(table.texts[i]) + (len(pairs[i]) if pairs else 0), i))
+
+
+def _evaluation_part(
+    model: nn.Module, tokenizer: Any, table: TextTable, specs: dict[str, Any], metrics: list[Any], options: _Options
+) -> Callable[[int, int, Callable[[int], None]], tuple[Any, None]]:
+    """The function that evaluates one part: every method's metric rows of examples ``[start, end)``."""
+    import pyarrow as pa
+
+    from . import evaluation
+
+    assert table.labels is not None
+    labels = table.labels
+    device = next(model.parameters()).device
+
+    def compute(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, None]:
+        rows: list[dict[str, Any]] = []
+        order = _length_order(table, start, end)
+        for first in range(0, len(order), options.batch_size):
+            ids = order[first : first + options.batch_size]
+            second = table.text_pairs
+            examples: list[Any] = [table.texts[i] for i in ids] if second is None else [(table.texts[i], second[i]) for i in ids]
+            batch = evaluation.encode_examples(
+                tokenizer, examples, [labels[i] for i in ids], max_length=options.max_length, device=device
+            )
+            rows += evaluation.example_rows(
+                model,
+                batch,
+                specs,
+                metrics,
+                mask_token_id=getattr(tokenizer, "mask_token_id", None),
+                example_ids=ids,
+                on_method_done=lambda _name, size: progress(size),
+            )
+        return pa.Table.from_pylist(rows), None
+
+    return compute
+
+
+def _evaluate_dataset(group: ProcessGroup, say: Callable[[str], None], inputs: JobInputs, options: _Options) -> Any:
+    from . import evaluation
+
+    table, model, tokenizer, source, specs = inputs.load(group, _labelled_and_methods(options, inputs.data))
+    n_examples = len(table) if options.limit is None else min(options.limit, len(table))
+    metrics = evaluation.default_metrics(pairs=table.text_pairs is not None)
+    options_identity = {
+        "methods": ",".join(options.methods),
+        "metrics": repr([(type(metric).__name__, sorted(vars(metric).items())) for metric in metrics]),
+        "max_length": options.max_length,
+        "ig_steps": options.ig_steps,
+        "text_column": table.text_column,
+        "text_pair_column": table.text_pair_column,
+        "label_column": table.label_column,
+    }
     folder = PartFolder(
-        out_dir,
+        inputs.out_dir,
         kind="captum-decompx evaluate",
-        identity={
-            "model": {
-                "fingerprint": model_fingerprint(model) if group.is_main else None,
-                "type": getattr(model.config, "model_type", None),
-            },
-            "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer) if group.is_main else None},
-            "input": {"sha256": file_fingerprint(table.path) if group.is_main else None, "rows": n_examples},
-            "options": {
-                "methods": ",".join(methods),
-                "metrics": repr([(type(metric).__name__, sorted(vars(metric).items())) for metric in metrics]),
-                "max_length": max_length,
-                "ig_steps": ig_steps,
-                "text_column": table.text_column,
-                "text_pair_column": table.text_pair_column,
-                "label_column": table.label_column,
-            },
-        },
+        identity=run_identity(group, model, tokenizer, table.path, n_examples, options_identity),
         about={"model": source, "input": str(table.path.resolve())},
-        columns=columns,
+        columns=list(evaluation.ROW_KEYS) + [column for metric in metrics for column in metric.columns],
         id_column="example",
         rows_per_id=len(specs),
     )
-    layout: Optional[PartLayout] = None
-    present: list[int] = []
-    if group.is_main:
-        try:
-            layout = folder.prepare(n_examples, rows_per_part, default_rows_per_part(n_examples, group.world_size))
-            present = folder.present_parts(layout)
-        except OutputFolderError as problem:
-            error = str(problem)
-    _first_error(group, error)
-    layout, present = group.broadcast((layout, present))
-    assert layout is not None
-    kept_local, damaged_local = folder.check_parts(layout, present[group.rank :: group.world_size])
-    checked = group.gather((kept_local, damaged_local))
-    kept = {index for local, _ in checked for index in local}
-    damaged = {index: reason for _, local in checked for index, reason in local.items()}
-    missing = [index for index in range(layout.n_parts) if index not in kept]
-    costs = []
-    for index in missing:
-        start, end = layout.bounds(index)
-        costs.append(sum(len(text) + 8 for text in table.texts[start:end]))
-    mine = [missing[i] for i in balance(costs, group.world_size)[group.rank]]
-    done = sum(layout.bounds(i)[1] - layout.bounds(i)[0] for i in kept)
-    say(
-        f"output: {out_dir}: {layout.n_parts} part{'s' if layout.n_parts != 1 else ''} of up to {layout.rows_per_part} examples; {len(kept)} complete"
-        + (f", {len(damaged)} damaged (computed again)" if damaged else "")
-        + f"; evaluating {n_examples - done} examples x {len(specs)} methods on {group.world_size} process{'es' if group.world_size > 1 else ''}"
+    job = PartJob(
+        folder=folder,
+        n_rows=n_examples,
+        rows_per_part=options.rows_per_part,
+        unit="examples",
+        cost=lambda start, end: sum(len(text) + 8 for text in table.texts[start:end]),
+        compute=_evaluation_part(model, tokenizer, table, specs, metrics, options),
+        work=lambda rows: f"evaluating {rows} examples x {len(specs)} methods",
+        progress_per_row=len(specs),
+        description="faithfulness",
+        show_progress=options.show_progress,
     )
-    device = next(model.parameters()).device
-    with JobProgress(
-        group, total=n_examples * len(specs), done=done * len(specs), show=show_progress, description="faithfulness"
-    ) as progress:
-        for index in mine:
-            start, end = layout.bounds(index)
-            rows: list[dict[str, Any]] = []
-            # Examples of similar lengths share a batch (less padding); the rows carry their ids.
-            order = sorted(
-                range(start, end), key=lambda i: (len(table.texts[i]) + (len(table.text_pairs[i]) if table.text_pairs else 0), i)
-            )
-            for first in range(0, len(order), batch_size):
-                ids = order[first : first + batch_size]
-                second = table.text_pairs if pairs else None
-                examples: list[Any] = (
-                    [table.texts[i] for i in ids] if second is None else [(table.texts[i], second[i]) for i in ids]
-                )
-                batch = evaluation.encode_examples(
-                    tokenizer, examples, [table.labels[i] for i in ids], max_length=max_length, device=device
-                )
-                rows += evaluation.example_rows(
-                    model,
-                    batch,
-                    specs,
-                    metrics,
-                    mask_token_id=getattr(tokenizer, "mask_token_id", None),
-                    example_ids=ids,
-                    on_method_done=lambda _name, size: progress.add(size),
-                )
-            import pyarrow as pa
-
-            folder.write_part(layout, index, pa.Table.from_pylist(rows))
-        group.barrier()
+    run_parts(group, job, say)
     if not group.is_main:
         return None
-    missing_after = folder.missing_parts(layout)
-    if missing_after:
-        raise RuntimeError(f"Parts {missing_after[:10]} are missing after the run; run the same command again to compute them.")
     return evaluation.aggregate_rows(folder.read().to_pylist(), metrics, methods=list(specs))
 
 
@@ -267,8 +220,8 @@ def run_evaluate_command(args: Any, out: Any) -> int:
     def log(message: str) -> None:
         print(message, file=out, flush=True)
 
-    try:
-        result = evaluate_dataset(
+    outcome = report_on_one_rank(
+        lambda: evaluate_dataset(
             dataset_path(args.data),
             args.out,
             model=args.model,
@@ -277,10 +230,10 @@ def run_evaluate_command(args: Any, out: Any) -> int:
             show_progress=not args.no_progress,
             log=log,
         )
-    except DatasetAttributionError as error:
-        if int(os.environ.get("RANK", "0")) != error.reported_by:
-            return 2
-        raise
+    )
+    if isinstance(outcome, int):
+        return outcome
+    result = outcome
     if result is not None:
         log(f"model accuracy on these examples: {100 * result.accuracy:.2f}%")
         log("")

@@ -210,76 +210,86 @@ def read_text_table(
             by row index and line, up to :data:`LISTED_BAD_ROWS`).
     """
     source = Path(path).expanduser()
+    header, rows = _raw_rows(source, [name for name in (text_column, text_pair_column, label_column) if name is not None])
+    text_name = _pick_column(source, header, text_column, DEFAULT_TEXT_COLUMNS, "--text-column", required=True)
+    assert text_name is not None
+    pair_name = _pick_column(source, header, text_pair_column, (), "--text-pair-column", required=False)
+    label_name = _pick_column(source, header, label_column, (DEFAULT_LABEL_COLUMN,), "--label-column", required=False)
+    table = TextTable(
+        source,
+        [],
+        [] if pair_name is not None else None,
+        [] if label_name is not None else None,
+        text_name,
+        pair_name,
+        label_name,
+    )
+    problems: list[str] = []
+    n_bad = 0
+    for row in rows:
+        issues = [row.problem] if row.problem else _row_issues(row, text_name, pair_name, label_name)
+        if issues:
+            n_bad += 1
+            if len(problems) < LISTED_BAD_ROWS:
+                problems.append(f"{_where(source, row)}: {'; '.join(issues)}")
+            continue
+        table.texts.append(str(row.values[text_name]))
+        if table.text_pairs is not None and pair_name is not None:
+            table.text_pairs.append(str(row.values[pair_name]))
+        if table.labels is not None and label_name is not None:
+            label = _integer_label(row.values[label_name])
+            assert label is not None
+            table.labels.append(label)
+    if n_bad:
+        raise _bad_rows_error(source, n_bad, problems)
+    if not table.texts:
+        raise DataFileError(f"{source} has no data rows.")
+    return table
+
+
+def _raw_rows(source: Path, named_columns: list[str]) -> tuple[list[str], Iterator[_RawRow]]:
+    """The header and the rows of a data file, by its suffix (a Parquet file: only the columns that may be read)."""
     if not source.is_file():
         raise DataFileError(f"No data file at {source}.")
     suffix = source.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataFileError(f"Cannot read {source}: the file name must end in {', '.join(SUPPORTED_SUFFIXES)}.")
     if suffix in (".tsv", ".csv"):
-        header, rows = _csv_rows(source, "\t" if suffix == ".tsv" else ",")
-    elif suffix == ".jsonl":
-        header, rows = _jsonl_rows(source)
-    else:
-        wanted = [name for name in (text_column, text_pair_column, label_column) if name is not None]
-        header, rows = _parquet_rows(source, wanted + list(DEFAULT_TEXT_COLUMNS) + [DEFAULT_LABEL_COLUMN])
-    text_name = _pick_column(source, header, text_column, DEFAULT_TEXT_COLUMNS, "--text-column", required=True)
-    assert text_name is not None
-    pair_name = _pick_column(source, header, text_pair_column, (), "--text-pair-column", required=False)
-    label_name = _pick_column(source, header, label_column, (DEFAULT_LABEL_COLUMN,), "--label-column", required=False)
+        return _csv_rows(source, "\t" if suffix == ".tsv" else ",")
+    if suffix == ".jsonl":
+        return _jsonl_rows(source)
+    return _parquet_rows(source, named_columns + list(DEFAULT_TEXT_COLUMNS) + [DEFAULT_LABEL_COLUMN])
 
-    texts: list[str] = []
-    pairs: Optional[list[str]] = [] if pair_name is not None else None
-    labels: Optional[list[int]] = [] if label_name is not None else None
-    problems: list[str] = []
-    n_bad = 0
-    for row in rows:
-        issues = [row.problem] if row.problem else []
-        if not issues:
-            for name, what in ((text_name, "text"), (pair_name, "second text")):
-                if name is None:
-                    continue
-                value = row.values.get(name)
-                if name not in row.values:
-                    issues.append(f"no {what} (the field {name!r} is missing)")
-                elif value is None or not str(value).strip():
-                    issues.append(f"an empty {what} in {name!r}")
-            if label_name is not None:
-                value = row.values.get(label_name)
-                if label_name not in row.values or value is None or (isinstance(value, str) and not value.strip()):
-                    issues.append(f"no label (the field {label_name!r} is missing or empty)")
-                elif _integer_label(value) is None:
-                    issues.append(f"the label {value!r} in {label_name!r} is not an integer")
-        if issues:
-            n_bad += 1
-            if len(problems) < LISTED_BAD_ROWS:
-                problems.append(f"{_where(source, row)}: {'; '.join(issues)}")
+
+def _row_issues(row: _RawRow, text_name: str, pair_name: Optional[str], label_name: Optional[str]) -> list[str]:
+    """What is wrong with a row that was read: missing or empty texts, a missing or non-integer label."""
+    issues = []
+    for name, what in ((text_name, "text"), (pair_name, "second text")):
+        if name is None:
             continue
-        texts.append(str(row.values[text_name]))
-        if pairs is not None and pair_name is not None:
-            pairs.append(str(row.values[pair_name]))
-        if labels is not None and label_name is not None:
-            label = _integer_label(row.values[label_name])
-            assert label is not None
-            labels.append(label)
-    if n_bad:
-        more = f"\n  ... and {n_bad - len(problems)} more" if n_bad > len(problems) else ""
-        rows_word = "row" if n_bad == 1 else "rows"
-        raise DataFileError(
-            f"{source}: {n_bad} bad {rows_word} (row = 0-based index of the data rows; nothing was computed):\n  "
-            + "\n  ".join(problems)
-            + more
-            + "\nFix or remove these rows and run the same command again."
-        )
-    if not texts:
-        raise DataFileError(f"{source} has no data rows.")
-    return TextTable(
-        path=source,
-        texts=texts,
-        text_pairs=pairs,
-        labels=labels,
-        text_column=text_name,
-        text_pair_column=pair_name,
-        label_column=label_name,
+        value = row.values.get(name)
+        if name not in row.values:
+            issues.append(f"no {what} (the field {name!r} is missing)")
+        elif value is None or not str(value).strip():
+            issues.append(f"an empty {what} in {name!r}")
+    if label_name is not None:
+        value = row.values.get(label_name)
+        if label_name not in row.values or value is None or (isinstance(value, str) and not value.strip()):
+            issues.append(f"no label (the field {label_name!r} is missing or empty)")
+        elif _integer_label(value) is None:
+            issues.append(f"the label {value!r} in {label_name!r} is not an integer")
+    return issues
+
+
+def _bad_rows_error(source: Path, n_bad: int, problems: list[str]) -> DataFileError:
+    """The error listing the bad rows (the first :data:`LISTED_BAD_ROWS` of them)."""
+    more = f"\n  ... and {n_bad - len(problems)} more" if n_bad > len(problems) else ""
+    rows_word = "row" if n_bad == 1 else "rows"
+    return DataFileError(
+        f"{source}: {n_bad} bad {rows_word} (row = 0-based index of the data rows; nothing was computed):\n  "
+        + "\n  ".join(problems)
+        + more
+        + "\nFix or remove these rows and run the same command again."
     )
 
 

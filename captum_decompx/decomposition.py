@@ -59,7 +59,6 @@ __all__ = [
     "pool_weights",
     "pooling_of",
     "resolve_parts",
-    "zero_padding",
 ]
 
 if TYPE_CHECKING:
@@ -248,7 +247,13 @@ def fast_settings(options: Options) -> Settings:
 
 @dataclass
 class Decomposition:
-    """What :func:`decompose` returns. Contributions of padding positions are exactly zero.
+    """What :func:`decompose` returns.
+
+    Padding positions are not zeroed: a padding token's share is what the decomposition gives it,
+    exactly zero where no row the output reads attends to it (a masked key), and its real share
+    where the model itself reads it (a padding position the head pools, e.g. position 0 of a
+    left-padded encoder classifier, keeps its own embedding through the residuals; a query
+    row whose eager attention spreads over every key reads the padding tokens too).
 
     Attributes:
         contributions: (batch, seq, classes), every token's contribution to every class logit;
@@ -332,7 +337,7 @@ def decompose(
     contributions, bias = None, None
     if options.include_head:
         assert result.contributions is not None
-        contributions = zero_padding(result.contributions, padding_mask(captured))
+        contributions = result.contributions
         # zero when every bias was spread over the tokens
         bias = torch.zeros_like(captured.logits) if result.bias is None else result.bias.to(captured.logits.dtype)
     return Decomposition(
@@ -400,11 +405,6 @@ def _per_position(
     else:  # every bias was spread over the tokens
         bias = torch.zeros(contributions.shape[:2] + contributions.shape[3:], dtype=logits_dtype, device=contributions.device)
     return Decomposition(contributions, None, bias, None, None, positions=rows)
-
-
-def zero_padding(scores: Tensor, real_tokens: Tensor) -> Tensor:
-    """``scores`` (batch, seq, ...) with the padding positions set to zero; ``real_tokens`` (batch, seq) bool."""
-    return scores * real_tokens.view(real_tokens.shape + (1,) * (scores.dim() - 2)).to(scores.dtype)
 
 
 def _targets_of(contributions: Tensor, targets: Optional[Tensor]) -> Optional[Tensor]:

@@ -88,6 +88,8 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
+from .components.registry import Registry
+
 DEFAULT_FRACTIONS: tuple[float, ...] = tuple(step / 10 for step in range(10))
 #: ferret's default thresholds for comprehensiveness and sufficiency: 10%, 20%, ..., 100%.
 ERASER_FRACTIONS: tuple[float, ...] = tuple(step / 10 for step in range(1, 11))
@@ -342,11 +344,11 @@ class RegisteredMethod:
 
 
 #: Registered attribution methods by key, in registration order (the paper's Table 1 order).
-METHOD_REGISTRY: dict[str, RegisteredMethod] = {}
+METHOD_REGISTRY: Registry[RegisteredMethod] = Registry("attribution method")
 
 
 def register_method(
-    key: str, label: str, build: Callable[[MethodContext], MethodSpec], *, description: str = "", replace: bool = False
+    key: str, label: str, build: Callable[[MethodContext], MethodSpec], *, description: str = "", overwrite: bool = False
 ) -> None:
     """Register an attribution method under ``key`` so that :func:`build_methods` (and a command line)
     can pick it by name.
@@ -357,11 +359,14 @@ def register_method(
         build: ``MethodContext -> MethodSpec``; use ``context.shared(...)`` to share one Captum
             object between entries that only reduce its output differently.
         description: one line for help texts.
-        replace: allow replacing an existing key.
+        overwrite: replace the method registered before under ``key``.
     """
-    if key in METHOD_REGISTRY and not replace:
-        raise ValueError(f"An attribution method is already registered as {key!r}; pass replace=True to replace it.")
-    METHOD_REGISTRY[key] = RegisteredMethod(key, label, build, description)
+    METHOD_REGISTRY.register(key, RegisteredMethod(key, label, build, description), overwrite=overwrite)
+
+
+def unregister_method(key: str) -> None:
+    """Remove a method registered with :func:`register_method`."""
+    METHOD_REGISTRY.unregister(key)
 
 
 def build_methods(keys: Sequence[str], model: nn.Module, tokenizer: Any, **context_options: Any) -> dict[str, MethodSpec]:
@@ -376,7 +381,7 @@ def build_methods(keys: Sequence[str], model: nn.Module, tokenizer: Any, **conte
     unknown = [key for key in keys if key not in METHOD_REGISTRY]
     if unknown:
         raise ValueError(
-            f"Unknown attribution method(s) {', '.join(map(repr, unknown))}; registered: {', '.join(METHOD_REGISTRY)}."
+            f"Unknown attribution method(s) {', '.join(map(repr, unknown))}; registered: {', '.join(map(str, METHOD_REGISTRY))}."
         )
     context = MethodContext(model, tokenizer, **context_options)
     return {METHOD_REGISTRY[key].label: METHOD_REGISTRY[key].build(context) for key in dict.fromkeys(keys)}
@@ -664,7 +669,22 @@ class FaithfulnessMetric(ABC):
         return []
 
 
-class AOPC(FaithfulnessMetric):
+class _OverFractions(FaithfulnessMetric):
+    """A metric measured with ``floor(K * n)`` tokens masked for each K of ``fractions``, the most
+    important first and then the least important first (2K masked inputs per example)."""
+
+    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> None:
+        self.fractions = _check_fractions(fractions)
+
+    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
+        return [
+            mask_ranked_tokens(batch.input_ids, scores, batch.candidates, k, mask_token_id, most_important=most)
+            for most in (True, False)
+            for k in self.fractions
+        ]
+
+
+class AOPC(_OverFractions):
     """The DecompX paper's AOPC: mean over K of ``p(y_hat | x) - p(y_hat | x_K)``, where ``x_K`` has
     ``floor(K * n)`` tokens masked, most (``aopc_most``) or least (``aopc_least``) important first.
 
@@ -673,12 +693,6 @@ class AOPC(FaithfulnessMetric):
     """
 
     columns = ("aopc_most", "aopc_least")
-
-    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> None:
-        self.fractions = _check_fractions(fractions)
-
-    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
-        return _most_and_least_masked(batch, scores, mask_token_id, self.fractions)
 
     def example_values(self, predictions: MaskedPredictions) -> dict[str, list[Any]]:
         n_k = len(self.fractions)
@@ -700,7 +714,7 @@ class AOPC(FaithfulnessMetric):
         ]
 
 
-class MaskedAccuracy(FaithfulnessMetric):
+class MaskedAccuracy(_OverFractions):
     """Accuracy against the gold labels with ``floor(K * n)`` tokens masked, most or least important first.
 
     Row columns ``correct_most``, ``correct_least``: (K,) 1.0 or 0.0. Summary: ``accuracy_most`` and
@@ -708,12 +722,6 @@ class MaskedAccuracy(FaithfulnessMetric):
     """
 
     columns = ("correct_most", "correct_least")
-
-    def __init__(self, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> None:
-        self.fractions = _check_fractions(fractions)
-
-    def masked_inputs(self, batch: Batch, scores: Tensor, mask_token_id: int) -> list[Tensor]:
-        return _most_and_least_masked(batch, scores, mask_token_id, self.fractions)
 
     def example_values(self, predictions: MaskedPredictions) -> dict[str, list[Any]]:
         n_k = len(self.fractions)
@@ -874,16 +882,18 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     return values
 
 
-def _most_and_least_masked(batch: Batch, scores: Tensor, mask_token_id: int, fractions: tuple[float, ...]) -> list[Tensor]:
-    return [
-        mask_ranked_tokens(batch.input_ids, scores, batch.candidates, k, mask_token_id, most_important=most)
-        for most in (True, False)
-        for k in fractions
-    ]
-
-
 # --------------------------------------------------------------------------------------------
 # Results
+
+
+def _measured(key: str, doc: str) -> Any:
+    """A read-only property: ``summary[key]`` of a :class:`MethodResult` (a KeyError naming the measured ones)."""
+    return property(lambda result: result._get(key), doc=doc)
+
+
+def _mean_of(key: str) -> Any:
+    """A read-only property: the mean of ``summary[key]`` as a float."""
+    return property(lambda result: float(result._get(key).mean()), doc=f"The mean of ``{key}`` over K.")
 
 
 @dataclass
@@ -910,66 +920,24 @@ class MethodResult:
             raise KeyError(f"{key!r} was not measured; the metrics measured: {', '.join(self.summary)}.")
         return self.summary[key]
 
-    @property
-    def aopc_most(self) -> np.ndarray:
-        """(K,) mean probability drop of the predicted class per K, most important masked."""
-        return self._get("aopc_most")
+    aopc_most = _measured("aopc_most", "(K,) mean probability drop of the predicted class per K, most important masked.")
+    aopc_least = _measured("aopc_least", "(K,) as above, least important masked.")
+    accuracy_most = _measured("accuracy_most", "(K,) accuracy against the gold labels per K, most important masked.")
+    accuracy_least = _measured("accuracy_least", "(K,) as above, least important masked.")
+    keep_top_accuracy = _measured("keep_top_accuracy", "Accuracy with only the top ``keep_fraction`` of the tokens kept.")
+    aopc_most_per_example = _measured(
+        "aopc_most_per_example", "(examples,) each example's probability drop averaged over K, most important masked."
+    )
+    aopc_least_per_example = _measured("aopc_least_per_example", "(examples,) the same, least important masked.")
+    comprehensiveness = _measured(
+        "comprehensiveness", "ERASER comprehensiveness (ferret's ``aopc_compr``), mean over examples; higher is better."
+    )
+    sufficiency = _measured("sufficiency", "ERASER sufficiency (ferret's ``aopc_suff``), mean over examples; lower is better.")
 
-    @property
-    def aopc_least(self) -> np.ndarray:
-        """(K,) as above, least important masked."""
-        return self._get("aopc_least")
-
-    @property
-    def accuracy_most(self) -> np.ndarray:
-        """(K,) accuracy against the gold labels per K, most important masked."""
-        return self._get("accuracy_most")
-
-    @property
-    def accuracy_least(self) -> np.ndarray:
-        """(K,) as above, least important masked."""
-        return self._get("accuracy_least")
-
-    @property
-    def keep_top_accuracy(self) -> float:
-        """Accuracy with only the top ``keep_fraction`` of the tokens kept."""
-        return self._get("keep_top_accuracy")
-
-    @property
-    def aopc_most_per_example(self) -> np.ndarray:
-        """(examples,) each example's probability drop averaged over K, most important masked."""
-        return self._get("aopc_most_per_example")
-
-    @property
-    def aopc_least_per_example(self) -> np.ndarray:
-        """(examples,) the same, least important masked."""
-        return self._get("aopc_least_per_example")
-
-    @property
-    def comprehensiveness(self) -> float:
-        """ERASER comprehensiveness (ferret's ``aopc_compr``), mean over examples; higher is better."""
-        return self._get("comprehensiveness")
-
-    @property
-    def sufficiency(self) -> float:
-        """ERASER sufficiency (ferret's ``aopc_suff``), mean over examples; lower is better."""
-        return self._get("sufficiency")
-
-    @property
-    def aopc_most_mean(self) -> float:
-        return float(self.aopc_most.mean())
-
-    @property
-    def accuracy_most_mean(self) -> float:
-        return float(self.accuracy_most.mean())
-
-    @property
-    def aopc_least_mean(self) -> float:
-        return float(self.aopc_least.mean())
-
-    @property
-    def accuracy_least_mean(self) -> float:
-        return float(self.accuracy_least.mean())
+    aopc_most_mean = _mean_of("aopc_most")
+    accuracy_most_mean = _mean_of("accuracy_most")
+    aopc_least_mean = _mean_of("aopc_least")
+    accuracy_least_mean = _mean_of("accuracy_least")
 
 
 @dataclass
@@ -1211,6 +1179,40 @@ def _as_spec(spec: Union[MethodSpec, tuple]) -> MethodSpec:
     return spec if isinstance(spec, MethodSpec) else MethodSpec(*spec)
 
 
+def _metric_columns(
+    model: nn.Module,
+    batch: Batch,
+    scores: Tensor,
+    metrics: Sequence[FaithfulnessMetric],
+    mask_id: int,
+    reference: Tensor,
+    predicted: Tensor,
+    forward_batch_size: int,
+) -> dict[str, list[Any]]:
+    """Every metric's per-example columns for one method's ``scores`` (batch, seq).
+
+    The masked inputs of all metrics are scored in one series of forward passes.
+    """
+    size = batch.input_ids.shape[0]
+    inputs = [metric.masked_inputs(batch, scores, mask_id) for metric in metrics]
+    probabilities = _variant_probabilities(
+        model, batch, [variant for group in inputs for variant in group], reference, forward_batch_size
+    )
+    columns: dict[str, list[Any]] = {}
+    position = 0
+    for metric, group in zip(metrics, inputs):
+        masked = list(probabilities[position : position + len(group)])
+        position += len(group)
+        values = metric.example_values(MaskedPredictions(batch, reference, predicted, masked, scores))
+        for column in metric.columns:
+            if column not in values or len(values[column]) != size:
+                raise ValueError(f"{type(metric).__name__}.example_values must return {size} values for column {column!r}.")
+            if column in columns or column in ROW_KEYS:
+                raise ValueError(f"Two metrics (or a metric and the row keys) use the column {column!r}.")
+            columns[column] = values[column]
+    return columns
+
+
 def example_rows(
     model: nn.Module,
     batch: Batch,
@@ -1258,22 +1260,7 @@ def example_rows(
             raw_outputs[key] = spec.raw(batch, predicted)
             seconds = time.perf_counter() - began
         scores = spec.reduced(raw_outputs[key], batch)
-        inputs = [metric.masked_inputs(batch, scores, mask_id) for metric in metrics]
-        probabilities = _variant_probabilities(
-            model, batch, [variant for group in inputs for variant in group], reference, forward_batch_size
-        )
-        columns: dict[str, list[Any]] = {}
-        position = 0
-        for metric, group in zip(metrics, inputs):
-            masked = list(probabilities[position : position + len(group)])
-            position += len(group)
-            values = metric.example_values(MaskedPredictions(batch, reference, predicted, masked, scores))
-            for column in metric.columns:
-                if column not in values or len(values[column]) != size:
-                    raise ValueError(f"{type(metric).__name__}.example_values must return {size} values for column {column!r}.")
-                if column in columns or column in ROW_KEYS:
-                    raise ValueError(f"Two metrics (or a metric and the row keys) use the column {column!r}.")
-                columns[column] = values[column]
+        columns = _metric_columns(model, batch, scores, metrics, mask_id, reference, predicted, forward_batch_size)
         for row in range(size):
             entry: dict[str, Any] = {
                 "method": name,
@@ -1359,6 +1346,32 @@ def aggregate_rows(
 # The protocol
 
 
+def _protocol_inputs(
+    examples: Sequence[Example],
+    labels: Sequence[int],
+    methods: Mapping[str, Union[MethodSpec, tuple]],
+    fractions: Optional[Sequence[float]],
+    keep_fraction: Optional[float],
+    metrics: Optional[Sequence[FaithfulnessMetric]],
+) -> tuple[dict[str, MethodSpec], Sequence[FaithfulnessMetric]]:
+    """Check :func:`evaluate_faithfulness`'s inputs; the methods as :class:`MethodSpec` and the metrics to measure."""
+    if len(examples) == 0:
+        raise ValueError("No examples to evaluate.")
+    if len(examples) != len(labels):
+        raise ValueError(f"{len(examples)} examples but {len(labels)} labels.")
+    specs = {name: _as_spec(spec) for name, spec in methods.items()}
+    if not specs:
+        raise ValueError("Give at least one method.")
+    if metrics is None:
+        pairs = isinstance(examples[0], (tuple, list))
+        metrics = default_metrics(DEFAULT_FRACTIONS if fractions is None else fractions, keep_fraction, pairs=pairs)
+    elif fractions is not None or keep_fraction is not None:
+        raise ValueError("Give either `metrics` or `fractions`/`keep_fraction` (which configure the default metrics), not both.")
+    if not metrics:
+        raise ValueError("Give at least one metric.")
+    return specs, metrics
+
+
 def evaluate_faithfulness(
     model: nn.Module,
     tokenizer: Any,
@@ -1400,20 +1413,7 @@ def evaluate_faithfulness(
         the curves. The same as :func:`aggregate_rows` of the :func:`example_rows` of every batch.
     """
     mask_id = _check_model_and_tokens(model, getattr(tokenizer, "mask_token_id", None))
-    if len(examples) == 0:
-        raise ValueError("No examples to evaluate.")
-    if len(examples) != len(labels):
-        raise ValueError(f"{len(examples)} examples but {len(labels)} labels.")
-    specs = {name: _as_spec(spec) for name, spec in methods.items()}
-    if not specs:
-        raise ValueError("Give at least one method.")
-    if metrics is None:
-        pairs = isinstance(examples[0], (tuple, list))
-        metrics = default_metrics(DEFAULT_FRACTIONS if fractions is None else fractions, keep_fraction, pairs=pairs)
-    elif fractions is not None or keep_fraction is not None:
-        raise ValueError("Give either `metrics` or `fractions`/`keep_fraction` (which configure the default metrics), not both.")
-    if not metrics:
-        raise ValueError("Give at least one metric.")
+    specs, metrics = _protocol_inputs(examples, labels, methods, fractions, keep_fraction, metrics)
     device = next(model.parameters()).device
 
     bar = None
@@ -1482,6 +1482,7 @@ __all__ = [
     "random_method",
     "reference_baselines",
     "register_method",
+    "unregister_method",
     "sum_over_embedding",
     "top_rationale",
 ]

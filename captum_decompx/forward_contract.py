@@ -204,13 +204,36 @@ def decomposed_model_output(raw: Tensor, pooling: Tensor, *, each: bool, adapter
                 f"The adapter {adapter_name!r} decomposes an output at every position, (batch, seq, "
                 f"classes), but the model returned a tensor of shape {tuple(raw.shape)}."
             )
-        return raw, None
+        return check_finite(raw), None
     if raw.dim() == 2 and raw.shape[0] != flattened and raw.shape[0] * raw.shape[1] == flattened:
         # A multiple-choice model: one logit per flattened (example, choice) sequence.
-        return raw.reshape(flattened, 1), int(raw.shape[1])
+        return check_finite(raw).reshape(flattened, 1), int(raw.shape[1])
     if raw.dim() == 3 and raw.shape[:2] == pooling.shape:
+        rows = torch.arange(flattened, device=raw.device)
+        check_finite(raw[rows, pooling.abs().argmax(dim=1).to(raw.device)])
         return torch.einsum("bnc,bn->bc", raw, pooling.to(raw.dtype)), None
-    return raw, None
+    return check_finite(raw), None
+
+
+def check_finite(output: Tensor) -> Tensor:
+    """``output`` (batch, ...), the model's output that DecompX decomposes, when it is finite.
+
+    Raises:
+        ValueError: it holds NaN or an infinity: naming the examples, and the usual cause.
+    """
+    if not output.dtype.is_floating_point or bool(torch.isfinite(output).all()):
+        return output
+    bad = ~torch.isfinite(output.detach())
+    examples = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten().tolist() if bad.dim() else [0]
+    shown = ", ".join(map(str, examples[:10])) + (" ..." if len(examples) > 10 else "")
+    raise ValueError(
+        f"The model's output is not finite (NaN or infinity) for example(s) {shown}: there is no value "
+        "to decompose. A float64 model running eager attention returns NaN where a query has every key "
+        "masked (left padding, or a sliding window with right padding), because its softmax runs in "
+        "float32, where the mask's float64 minimum becomes -inf. Load such a model with "
+        "attn_implementation='sdpa' where it supports it (its kernel gives that query no attention), "
+        "or run it in float32."
+    )
 
 
 def pooled_model_output(tensor: Tensor, pooling: Tensor) -> Tensor:
@@ -465,6 +488,14 @@ def _linear_or_referred(
     """The check and the fallback of :func:`explain_output` on (batch, outputs) weights."""
     weights = jacobian.to(torch.promote_types(jacobian.dtype, torch.float32))  # float64 models keep float64
     value = selected.detach()
+    # A non-finite value is neither linear nor offset: refuse it rather than warn about an offset.
+    check_finite(logits)
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(
+            "The forward function's output for the target is not finite (NaN or infinity) although the "
+            "model's output is: there is no value to explain. Check what the forward function does "
+            "with the model's output (a log of zero, a division by zero)."
+        )
     terms = weights * logits.float()
     rtol = LINEAR_RTOL if selected.dtype in (torch.float32, torch.float64) else LINEAR_RTOL_HALF
     scale = value.float().abs() + terms.abs().sum(-1)
@@ -554,6 +585,7 @@ def cosine_similarity_frozen_norm(embedding: Tensor, other: Tensor, dim: int = -
 
 __all__ = [
     "ExplainedOutput",
+    "check_finite",
     "cosine_similarity_frozen_norm",
     "ModelOutputTap",
     "explain_output",

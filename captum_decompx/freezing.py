@@ -101,7 +101,7 @@ class Freezer(HookedPass):
     def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
         component.freeze(self, root, first=first)
 
-    def attention_implementation(self) -> ContextManager[None]:
+    def attention_implementation(self) -> ContextManager[bool]:
         return freezable_attention(self.model)
 
     def close(self) -> None:

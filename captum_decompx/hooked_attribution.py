@@ -238,7 +238,8 @@ class HookedModelAttribution(Attribution):
             captured = capture.result(output, raw.detach())
         pooling = self._pool_weights(captured)
         each = self.adapter.pooling == "each"
-        covered, choices = decomposed_model_output(raw, pooling, each=each, adapter_name=self.adapter.name)
+        # captured.logits: the model's output, or its logits before a soft-cap (Capture.result)
+        covered, choices = decomposed_model_output(captured.logits, pooling, each=each, adapter_name=self.adapter.name)
         captured.logits = covered.detach()
         parameter = next(self.model.parameters(), None)
         if getattr(_CALL_STATE, "autocast", None) and parameter is not None and parameter.dtype.is_floating_point:

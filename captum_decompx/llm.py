@@ -45,7 +45,9 @@ class LLMDecompXResult(LLMAttributionResult):
         skipped_attr: (targets,), the share of the prompt tokens that are not interpretable
             features (skipped tokens, a template's fixed text).
         bias: (targets,), the biases' share of each logit (zero when the biases are decomposed).
-        logits: (targets,), each target token's next-token logit.
+        logits: (targets,), each target token's next-token logit. For a model that soft-caps its
+            logits (Gemma 2/3's ``final_logit_softcapping``), the logit ``z`` before the cap, which
+            is the value explained (with a warning); ``output_probs`` stay the model's own.
     """
 
     generated_attr: Tensor
@@ -215,6 +217,7 @@ class LLMDecompX:
         features = prompt.features.to(prompt.ids.device)
         token_rows, skipped, generated, bias, logits, probs = [], [], [], [], [], []
         context = prompt.ids
+        capped = self.decompx.adapter.logit_softcap is not None
         for step in steps:
             token = int(target_ids[step])
             scores, delta = self.decompx.attribute(context, target=token, return_convergence_delta=True)
@@ -228,7 +231,10 @@ class LLMDecompX:
             row[:step] = scores[n_prompt:]
             generated.append(row)
             bias.append(-delta[0].detach().float())
-            logits.append(step_logits[token])
+            if capped:  # the explained value: the logit before the cap (attributions plus bias)
+                logits.append(scores.sum() - delta[0].detach().float())
+            else:
+                logits.append(step_logits[token])
             probs.append(torch.softmax(step_logits, -1)[token])
             context = torch.cat([context, target_ids[step : step + 1].view(1, 1)], dim=1)
         token_attr = torch.stack(token_rows).cpu()

@@ -23,6 +23,7 @@ The figures use matplotlib's Agg canvas directly (pyplot and the global backend 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
@@ -439,92 +440,32 @@ def plot_class_contributions(
     Returns:
         the matplotlib ``Figure`` (Agg canvas; pyplot is not used).
     """
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.lines import Line2D
-
     tokens, rows, scale = _class_rows(output, input_ids, tokenizer, index, attention_mask, label_names)
-    dpi = 100
-    scratch = _new_figure(width, 2)
-    renderer = scratch.canvas.get_renderer()
-
-    def text_width(text: str, size: float = fontsize, **style) -> float:
-        artist = scratch.text(0, 0, text, fontsize=size, parse_math=False, **style)
-        extent = artist.get_window_extent(renderer)
-        artist.remove()
-        return extent.width / dpi
-
     labels = [f"{row['name']}{'  ★' if row['predicted'] else ''}" for row in rows]
     details = [f"logit {row['logit']:.2f}, p {probability_text(row['probability'])}" for row in rows]
-    label_width = (
-        max(
-            max(text_width(label, weight="bold") for label in labels),
-            max(text_width(detail, fontsize * 0.8) for detail in details),
-        )
-        + 0.3
-    )
-    token_widths = [text_width(token) + 0.12 for token in tokens]
-    margin, gap, line_height = 0.25, 0.07, fontsize / 72 * 2.0
-    usable = width - margin - label_width - margin
-
-    # Lay the tokens out once (the same wrapping serves every class).
-    positions, x, line = [], 0.0, 0
-    for token_width in token_widths:
-        if x > 0 and x + token_width > usable:
-            x, line = 0.0, line + 1
-        positions.append((x, line))
-        x += token_width + gap
-    lines = line + 1
-    block = max(lines, 1.7) * line_height + 0.25
-    header = 0.55
-    colorbar_height = 1.0
-    height = header + block * len(rows) + colorbar_height
-
-    figure = _new_figure(width, height)
-    inches = figure.dpi_scale_trans
+    layout = _ClassLayout.measure(tokens, labels, details, width, fontsize, n_classes=len(rows))
+    figure = _new_figure(width, layout.height)
     cmap = _colormap()
-    figure.text(
-        margin,
-        height - 0.35,
+    layout.text(
+        figure,
+        layout.margin,
+        layout.height - 0.35,
         title or "Per-class token contributions (DecompX)",
         fontsize=fontsize + 2,
         weight="bold",
-        transform=inches,
-        va="center",
-        parse_math=False,
     )
     for number, (row, label, detail) in enumerate(zip(rows, labels, details)):
-        top = height - header - number * block
-        figure.text(
-            margin,
-            top - line_height * 0.5,
-            label,
-            weight="bold",
-            fontsize=fontsize,
-            transform=inches,
-            va="center",
-            parse_math=False,
-        )
-        figure.text(
-            margin,
-            top - line_height * 1.3,
-            detail,
-            fontsize=fontsize * 0.8,
-            color="#555",
-            transform=inches,
-            va="center",
-            parse_math=False,
-        )
-        for token, (x, line), value in zip(tokens, positions, row["normalized"].tolist()):
-            figure.text(
-                margin + label_width + x,
-                top - line_height * (line + 0.5),
+        top = layout.height - layout.header - number * layout.block
+        layout.text(figure, layout.margin, top - layout.line_height * 0.5, label, weight="bold", fontsize=fontsize)
+        layout.text(figure, layout.margin, top - layout.line_height * 1.3, detail, fontsize=fontsize * 0.8, color="#555")
+        for token, (x, line), value in zip(tokens, layout.positions, row["normalized"].tolist()):
+            layout.text(
+                figure,
+                layout.margin + layout.label_width + x,
+                top - layout.line_height * (line + 0.5),
                 token,
                 fontsize=fontsize,
-                transform=inches,
-                va="center",
                 ha="left",
-                parse_math=False,
                 color=text_colour_on(value),
                 bbox={
                     "boxstyle": "round,pad=0.2",
@@ -534,53 +475,117 @@ def plot_class_contributions(
                 },
             )
         if number < len(rows) - 1:
-            separator = top - block + 0.08
-            figure.add_artist(
-                Line2D([margin, width - margin], [separator, separator], transform=inches, color="#dddddd", linewidth=0.8)
-            )
-    bar = figure.add_axes([(margin + label_width) / width, 0.55 / height, min(4.0, usable) / width, 0.16 / height])
-    limit = scale if scale > 0 else 1.0
-    figure.colorbar(ScalarMappable(Normalize(-limit, limit), cmap), cax=bar, orientation="horizontal")
-    bar.set_xlabel("contribution to the row's class logit", fontsize=fontsize * 0.8)
-    bar.tick_params(labelsize=fontsize * 0.75)
-    bar.text(
-        0.0,
-        1.5,
-        "← away from the class",
-        transform=bar.transAxes,
-        ha="left",
-        va="bottom",
-        fontsize=fontsize * 0.75,
-        color=_hex(AWAY_RGB),
-    )
-    bar.text(
-        1.0,
-        1.5,
-        "towards the class →",
-        transform=bar.transAxes,
-        ha="right",
-        va="bottom",
-        fontsize=fontsize * 0.75,
-        color=_hex(TOWARDS_RGB),
-    )
+            layout.separator(figure, top - layout.block + 0.08)
+    _class_colour_bar(figure, layout, scale, cmap)
     if any(row["predicted"] for row in rows):
-        figure.text(
-            margin,
-            0.55 + 0.08,
-            "★ predicted class",
-            fontsize=fontsize * 0.8,
-            color="#555",
-            transform=inches,
-            va="center",
-            parse_math=False,
-        )
+        layout.text(figure, layout.margin, 0.55 + 0.08, "★ predicted class", fontsize=fontsize * 0.8, color="#555")
     if path is not None:
         figure.savefig(path, dpi=save_dpi, format=image_format)
     return figure
 
 
-# --------------------------------------------------------------------------------------------
-# Token-to-token map
+@dataclass
+class _ClassLayout:
+    """Where the per-class figure puts things, in inches (see :func:`plot_class_contributions`).
+
+    Attributes:
+        width, height: the figure's size.
+        label_width: the column of class names and logits.
+        positions: each token's ``(x, line)`` in the token area (the same wrapping for every class).
+        line_height: one line of tokens; block: one class's block; header: the title's band.
+        fontsize: the tokens' font size (points).
+    """
+
+    width: float
+    height: float
+    label_width: float
+    positions: list[tuple[float, int]]
+    line_height: float
+    block: float
+    fontsize: float
+    margin: float = 0.25
+    header: float = 0.55
+
+    @property
+    def usable(self) -> float:
+        """The width of the token area."""
+        return self.width - self.margin - self.label_width - self.margin
+
+    @classmethod
+    def measure(
+        cls,
+        tokens: Sequence[str],
+        labels: Sequence[str],
+        details: Sequence[str],
+        width: float,
+        fontsize: float,
+        *,
+        n_classes: int,
+    ) -> "_ClassLayout":
+        """Measure the texts on a scratch figure and wrap the tokens to ``width``."""
+        dpi = 100
+        scratch = _new_figure(width, 2)
+        renderer = scratch.canvas.get_renderer()
+
+        def text_width(text: str, size: float = fontsize, **style: Any) -> float:
+            artist = scratch.text(0, 0, text, fontsize=size, parse_math=False, **style)
+            extent = artist.get_window_extent(renderer)
+            artist.remove()
+            return extent.width / dpi
+
+        label_width = (
+            max(
+                max(text_width(label, weight="bold") for label in labels),
+                max(text_width(detail, fontsize * 0.8) for detail in details),
+            )
+            + 0.3
+        )
+        margin, gap, line_height = 0.25, 0.07, fontsize / 72 * 2.0
+        usable = width - margin - label_width - margin
+        positions, x, line = [], 0.0, 0
+        for token_width in (text_width(token) + 0.12 for token in tokens):
+            if x > 0 and x + token_width > usable:
+                x, line = 0.0, line + 1
+            positions.append((x, line))
+            x += token_width + gap
+        block = max(line + 1, 1.7) * line_height + 0.25
+        colorbar_height = 1.0
+        height = 0.55 + block * n_classes + colorbar_height
+        return cls(width, height, label_width, positions, line_height, block, fontsize, margin)
+
+    def text(self, figure: Any, x: float, y: float, text: str, **style: Any) -> None:
+        """A text at ``(x, y)`` inches from the bottom left, centred vertically, without math parsing."""
+        figure.text(x, y, text, transform=figure.dpi_scale_trans, va="center", parse_math=False, **style)
+
+    def separator(self, figure: Any, y: float) -> None:
+        """A thin line between two classes' blocks."""
+        from matplotlib.lines import Line2D
+
+        line = Line2D(
+            [self.margin, self.width - self.margin], [y, y], transform=figure.dpi_scale_trans, color="#dddddd", linewidth=0.8
+        )
+        figure.add_artist(line)
+
+
+def _class_colour_bar(figure: Any, layout: _ClassLayout, scale: float, cmap: Any) -> None:
+    """The shared colour bar in logit units, under the classes, labelled with both directions."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    width, height = layout.width, layout.height
+    fontsize = layout.fontsize
+    bar = figure.add_axes(
+        [(layout.margin + layout.label_width) / width, 0.55 / height, min(4.0, layout.usable) / width, 0.16 / height]
+    )
+    limit = scale if scale > 0 else 1.0
+    figure.colorbar(ScalarMappable(Normalize(-limit, limit), cmap), cax=bar, orientation="horizontal")
+    bar.set_xlabel("contribution to the row's class logit", fontsize=fontsize * 0.8)
+    bar.tick_params(labelsize=fontsize * 0.75)
+    for x, text, align, colour in (
+        (0.0, "← away from the class", "left", AWAY_RGB),
+        (1.0, "towards the class →", "right", TOWARDS_RGB),
+    ):
+        bar.text(x, 1.5, text, transform=bar.transAxes, ha=align, va="bottom", fontsize=fontsize * 0.75, color=_hex(colour))
 
 
 def plot_token_map(

@@ -36,6 +36,8 @@ from transformers import (  # noqa: E402  (HF_HUB_OFFLINE must be set first)
     XLMRobertaForSequenceClassification,
 )
 
+from captum_decompx.testing import randomize_parameters  # noqa: E402
+
 VOCAB_SIZE = 100
 HIDDEN_SIZE = 32
 HEADS = 4
@@ -105,26 +107,9 @@ def reinit_parameters(model: nn.Module, seed: int) -> nn.Module:
     Linear weights ~ N(0, 0.25^2), biases ~ N(0, 0.3^2), embeddings ~ N(0, 0.5^2), normalization
     gains ~ 1 + N(0, 0.3^2): large enough that biases and LayerNorm parameters matter.
     """
-    generator = torch.Generator().manual_seed(seed)
-    norm_weights = {
-        id(module.weight)
-        for module in model.modules()
-        if isinstance(module, nn.LayerNorm) and module.weight is not None
-    }
-    embedding_weights = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
-            if id(parameter) in norm_weights:
-                value = 1.0 + NORM_GAIN_STD * noise
-            elif id(parameter) in embedding_weights:
-                value = EMBEDDING_STD * noise
-            elif name.endswith("bias"):
-                value = BIAS_STD * noise
-            else:
-                value = LINEAR_STD * noise
-            parameter.copy_(value.to(parameter.dtype))
-    return model
+    return randomize_parameters(
+        model, seed, weight_std=LINEAR_STD, bias_std=BIAS_STD, embedding_std=EMBEDDING_STD, norm_gain_std=NORM_GAIN_STD
+    )
 
 
 def make_model(architecture: str, seed: int = 0, num_labels: int = NUM_LABELS, hidden_act: str = "gelu") -> nn.Module:

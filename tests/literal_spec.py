@@ -189,11 +189,18 @@ def _head_block(weight_or_bias: Tensor, head: int, head_dim: int) -> Tensor:
 
 
 def real_attention(
-    layer: LayerWeights, x: Tensor, model: ModelWeights, given_alpha: Optional[Tensor] = None
+    layer: LayerWeights,
+    x: Tensor,
+    model: ModelWeights,
+    given_alpha: Optional[Tensor] = None,
+    keys: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """Multi-head attention on (N, d): returns the block's output (N, d) and alpha (heads, N, N).
     ``given_alpha`` (heads, N, N): probabilities taken as given (e.g. the model's own, for an
-    attention whose scores this file does not recompute: Gemma's soft-capping, query/key norms)."""
+    attention whose scores this file does not recompute: Gemma's soft-capping, query/key norms).
+    ``keys`` (N,) bool: the keys a query may attend to (the attention mask; None: all). A query
+    whose every key is masked gets no attention at all (alpha row zero), as torch's fused
+    ``scaled_dot_product_attention`` computes it."""
     seq = x.shape[0]
     head_dim = layer.output.weight.shape[1] // layer.heads
     group = layer.heads // layer.kv_heads
@@ -211,18 +218,28 @@ def real_attention(
             alpha[h] = given_alpha[h]
         else:
             scores = q_h @ k_h.T / math.sqrt(head_dim)
+            allowed = torch.ones(seq, seq, dtype=torch.bool)
             if model.causal:
-                scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
-            alpha[h] = model.softmax(scores)
+                allowed &= ~torch.ones(seq, seq, dtype=torch.bool).triu(1)
+            if keys is not None:
+                allowed &= keys.view(1, seq)
+            for i in range(seq):
+                if bool(allowed[i].any()):
+                    alpha[h, i] = model.softmax(scores[i : i + 1].masked_fill(~allowed[i : i + 1], float("-inf")))[0]
         context[:, h * head_dim : (h + 1) * head_dim] = alpha[h] @ v_h
     return layer.output(context), alpha
 
 
 def real_forward(
-    model: ModelWeights, embeddings: Tensor, pooled_row: int, alphas: Optional[list[Tensor]] = None
+    model: ModelWeights,
+    embeddings: Tensor,
+    pooled_row: int,
+    alphas: Optional[list[Tensor]] = None,
+    keys: Optional[Tensor] = None,
 ) -> Trace:
     """The model's forward pass on one example's embeddings (N, d), recording the spec's captures.
-    ``alphas``: per layer the attention probabilities to take as given (see :func:`real_attention`)."""
+    ``alphas``: per layer the attention probabilities to take as given; ``keys``: (N,) bool, the
+    keys a query may attend to, e.g. the padded example's attention mask (see :func:`real_attention`)."""
     x = embeddings
     traces = []
     for index, layer in enumerate(model.layers):
@@ -231,7 +248,7 @@ def real_forward(
             # sandwich: h = x + norm1o(attn(norm1(x))), then h + norm2o(ffn(norm2(h)))
             assert model.pre_norm and layer.norm2_output is not None
             norm1_input = x
-            attended, alpha = real_attention(layer, layer.norm1(x), model, given)
+            attended, alpha = real_attention(layer, layer.norm1(x), model, given, keys)
             x = x + layer.norm1_output(attended)
             norm2_input = x
             normed = layer.norm2(x)
@@ -246,12 +263,12 @@ def real_forward(
             continue
         if model.pre_norm:
             norm1_input = x
-            attended, alpha = real_attention(layer, layer.norm1(x), model, given)
+            attended, alpha = real_attention(layer, layer.norm1(x), model, given, keys)
             x = x + attended
             norm2_input = x
             normed = layer.norm2(x)
         else:
-            attended, alpha = real_attention(layer, x, model, given)
+            attended, alpha = real_attention(layer, x, model, given, keys)
             norm1_input = x + attended
             normed = layer.norm1(norm1_input)
         if layer.ffn_gate is not None:

@@ -15,24 +15,12 @@ import transformers as tf
 from torch import nn
 
 from captum_decompx import Adapter, DecompX, LayerPaths, Linear, decomposition, register_adapter, supported_model_types
-from captum_decompx.adapters import _REGISTRY
+from captum_decompx.adapters import unregister_adapter
+from captum_decompx.testing import randomize_parameters
 
 VOCAB = 60
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=40, num_labels=3, max_position_embeddings=64)
-
-
-def redraw(model: nn.Module, seed: int) -> nn.Module:
-    """Re-draw all parameters (norm gains around one) so every component matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            if parameter.dim() == 1 and "norm" in name.lower() and name.endswith("weight"):
-                parameter.copy_(1.0 + 0.3 * noise)
-            else:
-                parameter.copy_((0.3 if parameter.dim() > 1 else 0.2) * noise)
-    return model.eval()
 
 
 # Newer decoders: grouped-query attention, an explicit head size (their defaults are large).
@@ -142,7 +130,7 @@ def test_every_listed_architecture_has_an_adapter():
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_sequence_classifier_battery(name, seed, monkeypatch):
-    model = redraw(ENCODERS[name](), seed)
+    model = randomize_parameters(ENCODERS[name](), seed)
     ids, mask = padded_batch(seed)
     before = snapshot(model)
     forward = forward_of(model)
@@ -180,9 +168,12 @@ def test_sequence_classifier_battery(name, seed, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(CAUSAL_LMS))
 def test_causal_lm_next_token_battery(name):
-    model = redraw(CAUSAL_LMS[name](), 3)
+    model = randomize_parameters(CAUSAL_LMS[name](), 3)
     ids, mask = padded_batch(3, lengths=(7,))
-    next_token = lambda input_ids: model(input_ids=input_ids).logits[:, -1, :]
+
+    def next_token(input_ids):
+        return model(input_ids=input_ids).logits[:, -1, :]
+
     before = snapshot(model)
     with torch.no_grad():
         logits = next_token(ids)
@@ -207,7 +198,7 @@ def test_gemma_logit_softcap_is_warned_and_not_decomposed(algorithm):
     algorithms (the fast one without biases, whose bias share is then part of z)."""
     options = {"algorithm": algorithm, "include_biases": algorithm == "exact"}
     config = tf.Gemma2Config(**DECODER, sliding_window=4, final_logit_softcapping=3.0, attn_implementation="eager")
-    model = redraw(tf.Gemma2ForCausalLM(config), 3)
+    model = randomize_parameters(tf.Gemma2ForCausalLM(config), 3)
     ids, _ = padded_batch(3, lengths=(7,))
     def next_token(input_ids):
         return model(input_ids=input_ids).logits[:, -1, :]
@@ -221,7 +212,7 @@ def test_gemma_logit_softcap_is_warned_and_not_decomposed(algorithm):
     if algorithm == "exact":  # biases decomposed: the attributions add up to z
         assert_close(attributions.sum(-1), uncapped[:, target], uncapped.abs().max(), tol=1e-4)
         assert float((attributions.sum(-1) - capped[:, target]).abs().max()) > 1e-2  # the cap is not decomposed
-    plain = redraw(tf.Gemma2ForCausalLM(tf.Gemma2Config(
+    plain = randomize_parameters(tf.Gemma2ForCausalLM(tf.Gemma2Config(
         **DECODER, sliding_window=4, final_logit_softcapping=None, attn_implementation="eager")), 3)
 
     def plain_forward(input_ids):
@@ -244,7 +235,7 @@ def test_gemma2_under_sdpa_is_warned():
 
 
 def test_vit_battery():
-    model = redraw(vit(), 5)
+    model = randomize_parameters(vit(), 5)
     pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     before = snapshot(model)
     out = DecompX(model).decompose(pixels)
@@ -337,14 +328,14 @@ TINY_ADAPTER = Adapter(
 
 
 def test_user_registered_adapter_for_a_custom_module():
-    model = redraw(TinyClassifier(), 7)
+    model = randomize_parameters(TinyClassifier(), 7)
     with pytest.raises(ValueError, match="register_adapter"):
         DecompX(model)
     register_adapter("tiny-custom-transformer", TINY_ADAPTER)
     try:
         check_tiny_classifier(model)
     finally:
-        _REGISTRY.pop("tiny-custom-transformer")
+        unregister_adapter("tiny-custom-transformer")
 
 
 def check_tiny_classifier(model: nn.Module) -> None:
@@ -367,7 +358,7 @@ def test_feature_range_paths_select_the_values_of_a_fused_projection():
     from captum_decompx.adapters.base import FeatureRange, split_block
     from captum_decompx.components import LinearMap
 
-    model = redraw(tf.Phi3ForSequenceClassification(tf.Phi3Config(**PHI3)), 2)
+    model = randomize_parameters(tf.Phi3ForSequenceClassification(tf.Phi3Config(**PHI3)), 2)
     attention = model.model.layers[0].self_attn
     queries, kv_width = 4 * 8, 2 * 8  # heads * head_dim, kv_heads * head_dim
     assert split_block(f"qkv_proj[{queries + kv_width}:{queries + 2 * kv_width}]") == ("qkv_proj", FeatureRange(48, 64))

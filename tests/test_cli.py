@@ -263,13 +263,22 @@ def test_model_path_that_is_a_file(capsys, tmp_path):
 
 
 def test_unsupported_architecture_lists_the_supported_ones(capsys, tmp_path):
-    from transformers import MPNetConfig, MPNetForSequenceClassification
+    """A model_type made up for this test: no adapter can ever be added for it by accident."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-    assert "mpnet" not in supported_model_types()
-    config = MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20, num_labels=2)
-    MPNetForSequenceClassification(config).save_pretrained(tmp_path)
+    class UnsupportedConfig(BertConfig):
+        model_type = "decompx-test-unsupported"
+
+    class UnsupportedClassifier(BertForSequenceClassification):
+        config_class = UnsupportedConfig
+
+    AutoConfig.register(UnsupportedConfig.model_type, UnsupportedConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(UnsupportedConfig, UnsupportedClassifier, exist_ok=True)
+    assert UnsupportedConfig.model_type not in supported_model_types()
+    config = UnsupportedConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20, num_labels=2)
+    UnsupportedClassifier(config).save_pretrained(tmp_path)
     status, _, err = run(capsys, "explain", POSITIVE, "--model", str(tmp_path))
-    assert_usage_error(status, err, "'mpnet'", ", ".join(supported_model_types()))
+    assert_usage_error(status, err, "'decompx-test-unsupported'", ", ".join(supported_model_types()))
 
 
 def test_missing_demo_model_says_where_to_get_it(capsys, monkeypatch, tmp_path):

@@ -391,3 +391,19 @@ def test_data_parallel_over_several_devices_behind_a_forward_function_is_refused
         DecompX(lambda ids, mask: wrapper(input_ids=ids, attention_mask=mask).logits, model=wrapper)
     explainer = DecompX(wrapper)  # the wrapper itself: its module is explained in this thread
     assert explainer.model is model and explainer.forward_func is model
+
+
+def test_the_longest_input_leaves_out_robertas_unused_positions():
+    """RoBERTa's family numbers positions from 2 (adapters' family data); BERT from 0."""
+    from transformers import BertConfig, CamembertConfig, RobertaConfig, XLMRobertaConfig
+
+    from captum_decompx.dataset_attribution import model_max_length
+
+    class Unlimited:
+        model_max_length = 10**30  # a tokenizer without a limit
+
+    family = (RobertaConfig, XLMRobertaConfig, CamembertConfig)
+    for config, longest in [(BertConfig(max_position_embeddings=40), 40)] + [(kind(max_position_embeddings=40), 38) for kind in family]:
+        holder = nn.Module()
+        holder.config = config
+        assert model_max_length(holder, Unlimited()) == longest

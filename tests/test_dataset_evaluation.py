@@ -73,6 +73,20 @@ def test_parts_aggregate_to_evaluate_faithfulness_and_resume(workspace, tmp_path
         evaluate_dataset(root / "data.tsv", out, model=str(root / "model"), methods=["decompx"], show_progress=False)
 
 
+def test_a_damaged_part_is_logged_and_computed_again(workspace, tmp_path):
+    root, out = workspace["root"], tmp_path / "out"
+    evaluate_dataset(root / "data.tsv", out, model=str(root / "model"), methods=METHODS, rows_per_part=4, show_progress=False)
+    damaged = out / "part-00002.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    lines: list[str] = []
+    again = evaluate_dataset(root / "data.tsv", out, model=str(root / "model"), methods=METHODS, show_progress=False, log=lines.append)
+    assert_same_result(again, workspace["expected"])
+    n_parts = -(-N_EXAMPLES // 4)
+    assert lines[0].startswith(f"output: {out}: {n_parts} parts of up to 4 examples; {n_parts - 1} complete, 1 damaged (computed again)")
+    assert lines[0].endswith(f"evaluating 4 examples x {len(METHODS)} methods on 1 process")
+    assert lines[1].startswith("  part part-00002.parquet: unreadable") and lines[1].endswith("; computing it again")
+
+
 def test_torchrun_two_processes_rank_0_prints_the_table(workspace, tmp_path):
     root = workspace["root"]
     with socket.socket() as probe:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from test_architectures import COMMON, DECODER, redraw
+from test_architectures import COMMON, DECODER
 
 from captum_decompx import DecompX
+from captum_decompx.testing import randomize_parameters
 
 EOS = PAD = 1  # pad == eos, as GPT-2 and Llama tokenizers are often set up
 
@@ -35,12 +36,12 @@ def classifier(name: str, pad_token_id=PAD) -> torch.nn.Module:
             bos_token_id=EOS,
             eos_token_id=EOS,
         )
-        return redraw(tf.GPT2ForSequenceClassification(config), 11)
+        return randomize_parameters(tf.GPT2ForSequenceClassification(config), 11)
     if name == "llama":
         config = tf.LlamaConfig(**COMMON, num_key_value_heads=2, pad_token_id=pad_token_id, bos_token_id=EOS, eos_token_id=EOS)
-        return redraw(tf.LlamaForSequenceClassification(config), 11)
+        return randomize_parameters(tf.LlamaForSequenceClassification(config), 11)
     config = tf.Qwen3Config(**{**DECODER, "pad_token_id": pad_token_id, "bos_token_id": EOS, "eos_token_id": EOS})
-    return redraw(tf.Qwen3ForSequenceClassification(config), 11)
+    return randomize_parameters(tf.Qwen3ForSequenceClassification(config), 11)
 
 
 # ids, attention mask (None: no mask), and the row HF pools in each example

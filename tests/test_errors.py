@@ -8,8 +8,8 @@ from conftest import NUM_LABELS, cached_model, make_model, make_padded_batch
 from torch import nn
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-import captum_decompx.adapters as adapters_module
 from captum_decompx import Activation, Adapter, DecompX, LayerPaths, Linear, register_adapter, supported_model_types
+from captum_decompx.testing import registrations_restored
 
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
 
@@ -25,9 +25,10 @@ def batch():
 
 
 @pytest.fixture
-def private_registry(monkeypatch):
+def private_registry():
     """Registrations made by a test are undone after it."""
-    monkeypatch.setattr(adapters_module, "_REGISTRY", dict(adapters_module._REGISTRY))
+    with registrations_restored():
+        yield
 
 
 # ----------------------------------------------------------------------------------------------

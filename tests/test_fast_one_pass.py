@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_architectures import ENCODERS, forward_of, padded_batch, redraw
+from test_architectures import ENCODERS, forward_of, padded_batch
 from test_model_unchanged import assert_unchanged, snapshot
 
 from captum_decompx import DecompX
+from captum_decompx.testing import randomize_parameters
 
 ARCHITECTURES = ("bert", "deberta-v2", "albert", "modernbert-cls", "gpt2", "llama")
 CALLS = {
@@ -18,7 +19,7 @@ CALLS = {
 
 
 def _model(name: str):
-    return redraw(ENCODERS[name](), 0)
+    return randomize_parameters(ENCODERS[name](), 0)
 
 
 @pytest.mark.parametrize("include_head", [True, False], ids=["head", "no-head"])

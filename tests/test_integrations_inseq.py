@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 import captum_decompx.integrations.inseq as decompx_inseq  # noqa: E402
 from captum_decompx import DecompX  # noqa: E402
+from captum_decompx.testing import randomize_parameters  # noqa: E402
 
 WORDS = ["<pad>", "<unk>", "<s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "fast", "and", "slow", "big", "small"]
 
@@ -53,11 +54,7 @@ def tiny_llama():
         eos_token_id=2,
         pad_token_id=0,
     )
-    model = tf.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model
+    return randomize_parameters(tf.LlamaForCausalLM(config), seed=0)
 
 
 BUILDERS = {"gpt2": tiny_gpt2, "llama": tiny_llama}

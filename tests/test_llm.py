@@ -13,6 +13,7 @@ from captum.attr import LLMAttributionResult
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from captum_decompx import DecompX, LLMDecompX
+from captum_decompx.testing import randomize_parameters
 
 WORDS = ["<pad>", "<unk>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "fast", "and", "slow", "big", "small"]
 
@@ -28,11 +29,7 @@ def tiny_llama():
     torch.manual_seed(0)
     config = tf.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, intermediate_size=40, max_position_embeddings=64)
-    model = tf.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model
+    return randomize_parameters(tf.LlamaForCausalLM(config), seed=0)
 
 
 def tiny_gpt2():

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_architectures import ENCODERS, forward_of, padded_batch, redraw
+from test_architectures import ENCODERS, forward_of, padded_batch
 from test_model_unchanged import assert_unchanged, snapshot
 
 from captum_decompx import DecompX
@@ -16,15 +16,16 @@ from captum_decompx.adapters.base import Linear
 from captum_decompx.algorithms import Exact, Fast, choose_algorithm
 from captum_decompx.capture import Capture, hooked_pass
 from captum_decompx.components import Settings
-from captum_decompx.components.head import _HEAD_STEP_KINDS, HeadStepKind, LinearStep
+from captum_decompx.components.head import HeadStepKind, LinearStep, register_head_step
 from captum_decompx.components.network import Network
 from captum_decompx.freezing import Freezer
+from captum_decompx.testing import randomize_parameters, registrations_restored
 
 ALGORITHMS = {"exact": dict(algorithm="exact"), "fast": dict(include_biases=False, algorithm="fast")}
 
 
 def _bert():
-    return redraw(ENCODERS["bert"](), 0)
+    return randomize_parameters(ENCODERS["bert"](), 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +78,17 @@ def test_both_algorithms_refuse_a_forward_function_that_runs_the_model_twice_wit
     assert_unchanged(model, before)
 
 
-def test_a_head_step_kind_without_a_fast_rule_is_refused_by_the_fast_path_only(monkeypatch):
+@pytest.fixture
+def plain_linear_step():
+    with registrations_restored():
+        register_head_step(PlainLinear, LinearWithoutFastRule())
+        yield
+
+
+@pytest.mark.usefixtures("plain_linear_step")
+def test_a_head_step_kind_without_a_fast_rule_is_refused_by_the_fast_path_only():
     model = _bert()
     ids, mask = padded_batch(0)
-    monkeypatch.setitem(_HEAD_STEP_KINDS, PlainLinear, LinearWithoutFastRule())
     base = adapter_for(model)
     adapter = dataclasses.replace(base, head=[*base.head[:-1], PlainLinear(base.head[-1].path)])
     exact = DecompX(forward_of(model), model=model, adapter=adapter, include_biases=False, algorithm="exact")

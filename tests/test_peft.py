@@ -21,6 +21,7 @@ peft = pytest.importorskip("peft", reason="peft is not installed (pip install pe
 
 from captum_decompx import DecompX  # noqa: E402
 from captum_decompx.components import UnsupportedLinearMap  # noqa: E402
+from captum_decompx.testing import randomize_parameters  # noqa: E402
 
 pytestmark = [
     # Raised by PEFT itself when it wraps a model, and when it sets fan_in_fan_out for GPT-2's Conv1D.
@@ -66,24 +67,9 @@ BUILDERS = {
 }
 
 
-def redraw(model: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:
-    """Re-draw every parameter (norm gains around one, DoRA magnitudes around their value)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            if "lora_magnitude_vector" in name:
-                parameter.mul_(1.0 + 0.3 * noise)
-            elif parameter.dim() == 1 and "norm" in name.lower() and name.endswith("weight"):
-                parameter.copy_(1.0 + 0.3 * noise)
-            else:
-                parameter.copy_((scale if parameter.dim() > 1 else 0.2) * noise)
-    return model.eval()
-
-
 def base_model(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return redraw(BUILDERS[name](), seed)
+    return randomize_parameters(BUILDERS[name](), seed)
 
 
 def adapter_parameters(peft_model: nn.Module, seed: int) -> None:
@@ -385,7 +371,7 @@ def explain_per_position(model: nn.Module, target, include_biases: bool = True):
 def test_lora_token_classification_and_qa_are_explained_as_the_merged_model(case):
     build, task_type, targets, head, positions = PER_POSITION_CASES[case]
     torch.manual_seed(0)
-    plain = redraw(build(), 0)
+    plain = randomize_parameters(build(), 0)
     before_lora = copy.deepcopy(plain)
     config = peft.LoraConfig(task_type=task_type, target_modules=targets, r=4, lora_alpha=8, init_lora_weights=False)
     model = peft.get_peft_model(plain, config)

@@ -77,18 +77,10 @@ def in_scratch_folder(tmp_path, monkeypatch):
 @pytest.fixture
 def registry_restored():
     """Blocks may register adapters, bias rules, approximations or norm kinds: all are put back afterwards."""
-    from captum_decompx import adapters
-    from captum_decompx.components import activations, bias_rules, norms
+    from captum_decompx.testing import registrations_restored
 
-    component_registries = [bias_rules._RULES, activations._APPROXIMATIONS, norms._NORM_KINDS]
-    saved_adapters = dict(adapters._REGISTRY)
-    saved_components = [dict(registry._entries) for registry in component_registries]
-    yield
-    adapters._REGISTRY.clear()
-    adapters._REGISTRY.update(saved_adapters)
-    for registry, saved in zip(component_registries, saved_components):
-        registry._entries.clear()
-        registry._entries.update(saved)
+    with registrations_restored():
+        yield
 
 
 #: Packages of the optional extras: a block that imports one is skipped where that extra is absent.

@@ -119,3 +119,115 @@ def test_a_registered_norm_kind_resolves_and_propagates_like_the_module():
             torch.testing.assert_close(propagated, module(hidden), rtol=1e-6, atol=1e-6)  # T5 computes in float32
     finally:
         unregister_norm_kind("t5-rms")
+
+
+def test_every_registry_has_the_same_verbs():
+    """register (overwrite= to replace), unregister and a public look-up, for each kind of entry."""
+    from captum_decompx import adapters, evaluation
+    from captum_decompx.adapters.base import HeadStep
+    from captum_decompx.components import (
+        LinearLayout,
+        approximation,
+        head_step_kind,
+        layout_of,
+        norm_kind,
+        register_approximation,
+        register_head_step,
+        register_linear_layout,
+        register_norm_kind,
+        unregister_approximation,
+        unregister_head_step,
+        unregister_linear_layout,
+    )
+    from captum_decompx.components.activations import ZeroOrigin
+    from captum_decompx.components.head import LinearStep
+    from captum_decompx.components.norms import LayerNormKind, unregister_norm_kind
+
+    class MyStep(HeadStep):
+        pass
+
+    class MyLinear(torch.nn.Linear):
+        pass
+
+    mine = LinearLayout("my-linear", lambda module: isinstance(module, MyLinear), lambda module: module.weight)
+    entries = [
+        (lambda **o: register_bias_rule("mine", LastPiece(), **o), lambda: unregister_bias_rule("mine"), lambda: BIAS_RULES),
+        (lambda **o: register_approximation("mine", ZeroOrigin(), **o), lambda: unregister_approximation("mine"), lambda: FFN_APPROXIMATIONS),
+        (lambda **o: register_norm_kind("mine", LayerNormKind(), **o), lambda: unregister_norm_kind("mine"), None),
+        (lambda **o: register_linear_layout(mine, **o), lambda: unregister_linear_layout("my-linear"), None),
+        (lambda **o: register_head_step(MyStep, LinearStep(), **o), lambda: unregister_head_step(MyStep), None),
+        (
+            lambda **o: adapters.register_adapter("my-type", adapters.ROBERTA, **o),
+            lambda: adapters.unregister_adapter("my-type"),
+            adapters.supported_model_types,
+        ),
+        (
+            lambda **o: evaluation.register_method("mine", "Mine", lambda context: None, **o),
+            lambda: evaluation.unregister_method("mine"),
+            lambda: list(evaluation.METHOD_REGISTRY),
+        ),
+    ]
+    for register, unregister, names in entries:
+        register()
+        try:
+            with pytest.raises(ValueError, match="overwrite=True"):
+                register()
+            register(overwrite=True)
+            if names is not None:
+                assert any(str(name).startswith(("mine", "my-")) for name in names())
+        finally:
+            unregister()
+        with pytest.raises(ValueError, match="registered"):
+            unregister()
+    assert isinstance(approximation("zo"), ZeroOrigin)
+    assert isinstance(norm_kind("layer"), LayerNormKind)
+    assert layout_of(MyLinear(2, 2)).name == "nn.Linear"  # unregistered: the built-in layout again
+    with pytest.raises(ValueError, match="Unknown approximation 'nope'; registered: 'zo', 'la', 'relu'"):
+        approximation("nope")
+    with pytest.raises(TypeError, match="register_head_step"):
+        head_step_kind(MyStep())
+
+
+def test_a_layout_registered_later_is_tried_first():
+    from captum_decompx.components import LinearLayout, layout_of, register_linear_layout, unregister_linear_layout
+
+    transposed = LinearLayout("transposed", lambda module: isinstance(module, torch.nn.Linear), lambda module: module.weight.T)
+    register_linear_layout(transposed)
+    try:
+        assert layout_of(torch.nn.Linear(2, 3)) is transposed
+    finally:
+        unregister_linear_layout("transposed")
+    assert layout_of(torch.nn.Linear(2, 3)).name == "nn.Linear"
+
+
+def test_registrations_restored_undoes_registrations():
+    from captum_decompx.testing import registrations_restored
+
+    with registrations_restored():
+        register_bias_rule("temporary", LastPiece())
+        register_bias_rule("absdot", LastPiece(), overwrite=True)
+        assert "temporary" in BIAS_RULES
+    assert "temporary" not in BIAS_RULES
+    from captum_decompx.components import bias_rule
+    from captum_decompx.components.bias_rules import AbsDot
+
+    assert isinstance(bias_rule("absdot"), AbsDot)
+
+
+def test_randomize_parameters_redraws_biases_and_gains_reproducibly():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from captum_decompx.testing import randomize_parameters
+
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=12)
+    first = randomize_parameters(BertForSequenceClassification(config), seed=3, bias_std=0.2, norm_gain_std=0.3)
+    second = randomize_parameters(BertForSequenceClassification(config).train(), seed=3)
+    assert not second.training
+    for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    dense_bias = first.bert.encoder.layer[0].attention.self.query.bias
+    assert 0.1 < float(dense_bias.detach().std()) < 0.4  # ~ N(0, 0.2^2), not HF's zeros
+    gain = first.bert.encoder.layer[0].output.LayerNorm.weight
+    assert float((gain.detach() - 1).abs().max()) > 0.05 and 0.5 < float(gain.detach().mean()) < 1.5  # around one, not ones
+    embeddings = first.bert.embeddings.word_embeddings.weight
+    assert 0.2 < float(embeddings.detach().std()) < 0.4  # weight_std by default

@@ -9,9 +9,10 @@ from typing import Callable, Iterable, Union
 
 from torch import nn
 
+from ..components.registry import Registry
 from .albert import ALBERT
 from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve, split_block
-from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA
+from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
 from .modernbert import modernbert
@@ -35,7 +36,7 @@ from .wrappers import unwrap_model
 
 AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
 
-_REGISTRY: dict[str, AdapterOrFactory] = {}
+_REGISTRY: Registry[AdapterOrFactory] = Registry("adapter for model_type")
 
 
 def register_adapter(model_types: Union[str, Iterable[str]], adapter: AdapterOrFactory, *, overwrite: bool = False) -> None:
@@ -54,14 +55,29 @@ def register_adapter(model_types: Union[str, Iterable[str]], adapter: AdapterOrF
         raise TypeError(f"adapter must be an Adapter or a callable returning one, got {adapter!r}.")
     for name in names:
         if name in _REGISTRY and not overwrite:
-            raise ValueError(f"An adapter for model_type {name!r} is registered already; pass overwrite=True to replace it.")
+            _REGISTRY.register(name, adapter)  # refuses, before any of the names is registered
     for name in names:
-        _REGISTRY[name] = adapter
+        _REGISTRY.register(name, adapter, overwrite=overwrite)
+
+
+def unregister_adapter(model_types: Union[str, Iterable[str]]) -> None:
+    """Remove the adapters registered with :func:`register_adapter` for ``model_types``."""
+    names = [model_types] if isinstance(model_types, str) else list(model_types)
+    for name in names:
+        _REGISTRY.unregister(name)
 
 
 def supported_model_types() -> list[str]:
     """The ``model_type``s that have an adapter, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(str(name) for name in _REGISTRY)
+
+
+def position_offset(model_type: str | None) -> int:
+    """Position embeddings that no token uses, for models of ``model_type`` (2 for RoBERTa's family, else 0).
+
+    The longest input a model takes is ``config.max_position_embeddings - position_offset(...)``.
+    """
+    return ROBERTA_POSITION_OFFSET if model_type in ROBERTA_MODEL_TYPES else 0
 
 
 def model_type_of(model: nn.Module) -> str | None:
@@ -72,7 +88,7 @@ def model_type_of(model: nn.Module) -> str | None:
 def adapter_for(model: nn.Module) -> Adapter:
     """The adapter registered for ``model.config.model_type``; a clear error when there is none."""
     model_type = model_type_of(unwrap_model(model))
-    entry = _REGISTRY.get(model_type) if model_type is not None else None
+    entry = _REGISTRY.find(model_type) if model_type is not None else None
     if entry is None:
         found = f"model_type {model_type!r}" if model_type else f"a {type(model).__name__} without config.model_type"
         raise ValueError(
@@ -99,7 +115,7 @@ def _check_head_paths(model: nn.Module, adapter: Adapter, model_type: str | None
         try:
             resolve(model, module_path)
         except AttributeError:
-            entry = _REGISTRY.get(model_type) if model_type is not None else None
+            entry = _REGISTRY.find(model_type) if model_type is not None else None
             supported = entry.supported if isinstance(entry, TaskHeads) else ["sequence classification"]
             raise UnsupportedTaskError(
                 f"DecompX does not support the {task_of(model)} head of {type(model).__name__} "
@@ -112,7 +128,7 @@ def _check_head_paths(model: nn.Module, adapter: Adapter, model_type: str | None
 
 register_adapter("bert", bert_family_tasks(BERT, multiple_choice=BERT.head, masked_lm=BERT_MLM_HEAD))
 register_adapter(
-    ("roberta", "xlm-roberta", "camembert"),
+    ROBERTA_MODEL_TYPES,
     bert_family_tasks(
         ROBERTA,
         multiple_choice=(
@@ -159,6 +175,8 @@ __all__ = [
     "adapter_for",
     "register_adapter",
     "resolve",
+    "position_offset",
     "supported_model_types",
     "task_of",
+    "unregister_adapter",
 ]

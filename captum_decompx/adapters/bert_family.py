@@ -4,6 +4,12 @@ import torch
 
 from .base import Activation, Adapter, LayerPaths, Linear
 
+#: The ``model_type``s built like RoBERTa (same layout and heads).
+ROBERTA_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
+#: RoBERTa-style models number positions from ``padding_idx + 1 = 2``: two position embeddings
+#: are never used by a token, so the longest input is ``max_position_embeddings - 2``.
+ROBERTA_POSITION_OFFSET = 2
+
 BERT_LAYER = LayerPaths(
     attention="attention.self",
     value="attention.self.value",

@@ -17,18 +17,55 @@ fast path freezes it, how it resolves to parameters and how pieces propagate thr
 - :mod:`.network`: the whole network of an adapter: layers, final norm, head.
 """
 
-from .activations import FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS, Approximation, activation, register_approximation
+from .activations import (
+    FFN_APPROXIMATIONS,
+    HEAD_APPROXIMATIONS,
+    Approximation,
+    activation,
+    approximation,
+    register_approximation,
+    unregister_approximation,
+)
 from .attention import Attention, attention_bias, attention_values, mix_heads, split_heads
 from .base import Component
-from .bias_rules import BIAS_RULES, BiasRule, bias_rule, bias_rule_weights, register_bias_rule
+from .bias_rules import BIAS_RULES, BiasRule, bias_rule, bias_rule_weights, register_bias_rule, unregister_bias_rule
 from .feed_forward import FeedForward, feed_forward
-from .head import Head, HeadStepKind, propagate_head, propagate_head_rows, register_head_step
+from .head import (
+    Head,
+    HeadStepKind,
+    head_step_kind,
+    propagate_head,
+    propagate_head_rows,
+    register_head_step,
+    unregister_head_step,
+)
 from .layer import LayerParams, LayerRecord, TransformerLayer, layer_attention_bias, transformer_layer
-from .linear import Affine, LinearLayout, LinearMap, UnsupportedLinearMap, affine, linear, register_linear_layout
+from .linear import (
+    Affine,
+    LinearLayout,
+    LinearMap,
+    UnsupportedLinearMap,
+    affine,
+    layout_of,
+    linear,
+    register_linear_layout,
+    unregister_linear_layout,
+)
 from .lora import lora_affine
 from .network import ModelParts, Network, NetworkRecord
-from .norms import NORM_KINDS, Normalization, NormKind, NormParams, norm_params, normalize, register_norm_kind
+from .norms import (
+    NORM_KINDS,
+    Normalization,
+    NormKind,
+    NormParams,
+    norm_kind,
+    norm_params,
+    normalize,
+    register_norm_kind,
+    unregister_norm_kind,
+)
 from .pieces import BiasMode, Settings, add_bias, add_to_own_pieces, token_pieces
+from .registry import Registry
 
 __all__ = [
     "BIAS_RULES",
@@ -54,6 +91,7 @@ __all__ = [
     "NormKind",
     "NormParams",
     "Normalization",
+    "Registry",
     "Settings",
     "TransformerLayer",
     "UnsupportedLinearMap",
@@ -61,15 +99,19 @@ __all__ = [
     "add_bias",
     "add_to_own_pieces",
     "affine",
+    "approximation",
     "attention_bias",
     "attention_values",
     "bias_rule",
     "bias_rule_weights",
     "feed_forward",
+    "head_step_kind",
     "layer_attention_bias",
+    "layout_of",
     "linear",
     "lora_affine",
     "mix_heads",
+    "norm_kind",
     "norm_params",
     "normalize",
     "propagate_head",
@@ -82,4 +124,9 @@ __all__ = [
     "split_heads",
     "token_pieces",
     "transformer_layer",
+    "unregister_approximation",
+    "unregister_bias_rule",
+    "unregister_head_step",
+    "unregister_linear_layout",
+    "unregister_norm_kind",
 ]

@@ -104,10 +104,23 @@ HEAD_APPROXIMATIONS = Names(_APPROXIMATIONS, keep=lambda approximation: approxim
 
 
 def register_approximation(name: str, approximation: Approximation, *, overwrite: bool = False) -> None:
-    """Make ``name`` a valid ``ffn_approximation`` (and ``head_approximation`` if ``in_head``)."""
+    """Make ``name`` a valid ``ffn_approximation`` (and ``head_approximation`` if ``in_head``).
+
+    Args:
+        overwrite: replace an approximation registered before under ``name``.
+    """
     if not isinstance(approximation, Approximation):
         raise TypeError(f"approximation must be an Approximation, got {approximation!r}.")
     _APPROXIMATIONS.register(name, approximation, overwrite=overwrite)
+
+
+def unregister_approximation(name: str) -> None:
+    """Remove an approximation registered with :func:`register_approximation`."""
+    _APPROXIMATIONS.unregister(name)
+
+
+approximation = _APPROXIMATIONS.get
+"""``approximation(name)``: the approximation registered as ``name`` (a ValueError naming the registered ones)."""
 
 
 register_approximation("zo", ZeroOrigin())
@@ -133,10 +146,7 @@ def activation(
         inplace: the approximation may overwrite ``pieces`` (a temporary of the caller's).
     """
     if not isinstance(approximation, Approximation):
-        try:
-            approximation = _APPROXIMATIONS.get(approximation)
-        except ValueError:
-            raise ValueError(f"Unknown approximation {approximation!r}.") from None
+        approximation = _APPROXIMATIONS.get(approximation)
     return approximation.propagate(pieces, pre_activation, function, settings, inplace=inplace)
 
 

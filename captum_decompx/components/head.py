@@ -24,6 +24,7 @@ from .base import Component
 from .linear import Affine, LinearMap, linear
 from .norms import Normalization, NormParams, normalize
 from .pieces import Settings
+from .registry import Registry
 
 if TYPE_CHECKING:
     from ..freezing import Freezer
@@ -157,14 +158,23 @@ def _step_module(model: nn.Module, step: HeadStep) -> nn.Module:
     return resolve(model, split_block(getattr(step, "path"))[0])  # noqa: B009 (Linear and Norm steps have a path)
 
 
-_HEAD_STEP_KINDS: dict[type, HeadStepKind] = {}
+_HEAD_STEP_KINDS: Registry[HeadStepKind] = Registry("head step kind")
 
 
-def register_head_step(step_class: type, kind: HeadStepKind) -> None:
-    """Make adapters accept ``step_class`` (a :class:`HeadStep` subclass) as a head step of ``kind``."""
+def register_head_step(step_class: type, kind: HeadStepKind, *, overwrite: bool = False) -> None:
+    """Make adapters accept ``step_class`` (a :class:`HeadStep` subclass) as a head step of ``kind``.
+
+    Args:
+        overwrite: replace the kind registered before for ``step_class``.
+    """
     if not (isinstance(step_class, type) and issubclass(step_class, HeadStep)):
         raise TypeError(f"step_class must be a subclass of captum_decompx.adapters.base.HeadStep, got {step_class!r}.")
-    _HEAD_STEP_KINDS[step_class] = kind
+    _HEAD_STEP_KINDS.register(step_class, kind, overwrite=overwrite)
+
+
+def unregister_head_step(step_class: type) -> None:
+    """Remove the kind registered with :func:`register_head_step` for ``step_class``."""
+    _HEAD_STEP_KINDS.unregister(step_class)
 
 
 register_head_step(Linear, LinearStep())
@@ -175,7 +185,7 @@ register_head_step(TiedLinear, TiedLinearStep())
 
 def head_step_kind(step: HeadStep) -> HeadStepKind:
     """The kind registered for ``step``'s class."""
-    kind = _HEAD_STEP_KINDS.get(type(step))
+    kind = _HEAD_STEP_KINDS.find(type(step))
     if kind is None:
         raise TypeError(f"No head step kind is registered for {type(step).__name__}; see register_head_step.")
     return kind
@@ -191,13 +201,21 @@ class ResolvedHeadStep:
 
 @dataclass(frozen=True)
 class Head(Component):
-    """The adapter's head steps, with their kinds."""
+    """The adapter's head steps, with their kinds.
+
+    Attributes:
+        logit_softcap: the model soft-caps its logits (``cap * tanh(z / cap)``): both paths also
+            record ``z``, the output of the last step (a Linear), which is what they explain.
+    """
 
     steps: tuple[HeadStep, ...]
+    logit_softcap: bool = False
 
     def install(self, recorder: Recorder, model: nn.Module) -> None:
         for index, step in enumerate(self.steps):
             head_step_kind(step).install(recorder, model, self.steps, index)
+        if self.logit_softcap:
+            recorder.record_output(self._uncapped_module(model), "uncapped logits")
 
     def read(self, reader: Reader, model: nn.Module, where: str = "the head") -> dict[int, Tensor]:
         """Per step index, the real input (batch, dim) of the steps that need it."""
@@ -209,6 +227,16 @@ class Head(Component):
                 assert real_input is not None, f"{type(kind).__name__}.read returned nothing"
                 inputs[index] = real_input
         return inputs
+
+    def uncapped_logits(self, reader: Reader, model: nn.Module) -> Optional[list[Tensor]]:
+        """Every recorded output ``z`` of a soft-capped head's last step; None without a cap."""
+        return reader.recorder.calls(self._uncapped_module(model), "uncapped logits") if self.logit_softcap else None
+
+    def _uncapped_module(self, model: nn.Module) -> nn.Module:
+        last = self.steps[-1] if self.steps else None
+        if not isinstance(last, Linear):
+            raise ValueError("A model that soft-caps its logits must end its adapter's head in a Linear step.")
+        return _step_module(model, last)
 
     def freeze(self, freezer: "Freezer", model: nn.Module, *, first: bool) -> None:
         """Record the head's input (read without the head) and, for a model that soft-caps its
@@ -223,15 +251,13 @@ class Head(Component):
                     state.head_input = main_input(args, kwargs, "input")
 
             freezer.recorder.pre_hook(_step_module(model, self.steps[0]), "head input", record_input)
-        if freezer.adapter.logit_softcap is not None:
-            last = self.steps[-1]
-            assert isinstance(last, Linear), "a soft-capped head ends in a linear map"
+        if self.logit_softcap:
 
             def record_output(_module, _args, output):
                 if state.head_output is None:
                     state.head_output = output
 
-            freezer.recorder.forward_hook(_step_module(model, last), "head output", record_output)
+            freezer.recorder.forward_hook(self._uncapped_module(model), "uncapped logits", record_output)
         for index, step in enumerate(self.steps):
             head_step_kind(step).freeze(freezer, model, self.steps, index)
 

@@ -19,7 +19,7 @@ norm) and is spread over the sublayer's pieces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -182,12 +182,19 @@ def transformer_layer(
             hidden = hidden + normalize(ffn_output, _rows(record.ffn_output_norm_input, rows), ffn.on_output, settings)
         return normalize(hidden, record.ffn_norm_input[:, rows], ffn.after, settings)
 
+    return _chunked(pieces, row_chunks, output_rows)
+
+
+def _chunked(pieces: Tensor, row_chunks: list, output_rows: Callable[[Any], Tensor]) -> Tensor:
+    """``output_rows`` of every chunk of rows, in one (batch, rows, pieces, dim) output.
+
+    Chunks are written into one output as they come (concatenating them at the end would hold the
+    output twice). A chunk reads only its own rows of the input, so when the chunks are the input's
+    rows in order, each overwrites the rows it has consumed: the layer then holds the input, the
+    values and one chunk, not also a separate output.
+    """
     if len(row_chunks) == 1:
         return output_rows(row_chunks[0])
-    # Chunks are written into one output as they come (concatenating them at the end would hold
-    # the output twice). A chunk reads only its own rows of the input, so when the chunks are the
-    # input's rows in order, each overwrites the rows it has consumed: the layer then holds the
-    # input, the values and one chunk, not also a separate output.
     in_place = _rows_in_order(row_chunks, pieces.shape[1]) and not pieces.requires_grad
     output, done = None, 0
     for rows in row_chunks:

@@ -19,6 +19,7 @@ from ..adapters.base import Block, resolve, split_block, take_block
 from ..recording import Reader, Recorder
 from .base import Component
 from .pieces import Settings, add_bias
+from .registry import Registry
 
 if TYPE_CHECKING:
     from ..freezing import Freezer
@@ -69,20 +70,33 @@ def _bias(module: nn.Module) -> Optional[Tensor]:
     return bias if isinstance(bias, Tensor) else None
 
 
-_LAYOUTS: list[LinearLayout] = [
-    LinearLayout("Conv1D", lambda module: type(module).__name__ == "Conv1D", lambda module: _weight(module).T),
-    LinearLayout("nn.Linear", lambda module: isinstance(module, nn.Linear), _weight),
-]
+_LAYOUTS: Registry[LinearLayout] = Registry("linear layout")
 
 
-def register_linear_layout(layout: LinearLayout) -> None:
-    """Teach the linear kind another module class (tried before the built-in ones)."""
-    _LAYOUTS.insert(0, layout)
+def register_linear_layout(layout: LinearLayout, *, overwrite: bool = False) -> None:
+    """Teach the linear kind another module class (tried before the layouts registered earlier).
+
+    Args:
+        layout: registered under ``layout.name``.
+        overwrite: replace a layout registered before under the same name (it keeps its place).
+    """
+    if not isinstance(layout, LinearLayout):
+        raise TypeError(f"layout must be a LinearLayout, got {layout!r}.")
+    _LAYOUTS.register(layout.name, layout, overwrite=overwrite)
+
+
+def unregister_linear_layout(name: str) -> None:
+    """Remove a layout registered with :func:`register_linear_layout`."""
+    _LAYOUTS.unregister(name)
 
 
 def layout_of(module: nn.Module) -> Optional[LinearLayout]:
-    """The first registered layout that matches ``module``, or None."""
-    return next((layout for layout in _LAYOUTS if layout.matches(module)), None)
+    """The most recently registered layout that matches ``module``, or None."""
+    return next((layout for _, layout in reversed(_LAYOUTS.items()) if layout.matches(module)), None)
+
+
+register_linear_layout(LinearLayout("nn.Linear", lambda module: isinstance(module, nn.Linear), _weight))
+register_linear_layout(LinearLayout("Conv1D", lambda module: type(module).__name__ == "Conv1D", lambda module: _weight(module).T))
 
 
 def module_affine(module: nn.Module) -> Affine:

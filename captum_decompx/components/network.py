@@ -96,7 +96,7 @@ class Network:
             adapter,
             TransformerLayer.from_adapter(adapter),
             None if adapter.final_norm is None else Normalization(adapter.final_norm),
-            Head(tuple(adapter.head)),
+            Head(tuple(adapter.head), logit_softcap=adapter.logit_softcap is not None),
             Pooling.of(adapter),
         )
 

@@ -105,13 +105,21 @@ NORM_KINDS = Names(_NORM_KINDS)
 
 
 def register_norm_kind(name: str, kind: NormKind, *, overwrite: bool = False) -> None:
-    """Teach DecompX another normalization module (matched in registration order)."""
+    """Teach DecompX another normalization module (matched in registration order).
+
+    Args:
+        overwrite: replace a kind registered before under ``name`` (it keeps its place).
+    """
     _NORM_KINDS.register(name, kind, overwrite=overwrite)
 
 
 def unregister_norm_kind(name: str) -> None:
     """Remove a kind registered with :func:`register_norm_kind`."""
     _NORM_KINDS.unregister(name)
+
+
+norm_kind = _NORM_KINDS.get
+"""``norm_kind(name)``: the norm kind registered as ``name`` (a ValueError naming the registered ones)."""
 
 
 register_norm_kind("layer", LayerNormKind())
@@ -153,7 +161,7 @@ def norm_kind_of(module: nn.Module) -> NormKind:
 def _kind_of(module: nn.Module) -> tuple[str, NormKind]:
     for name, kind in _NORM_KINDS.items():
         if kind.matches(module):
-            return name, kind
+            return str(name), kind
     raise TypeError(
         f"Expected nn.LayerNorm, an RMSNorm or nn.Identity, found {type(module).__name__}; "
         "DecompX does not know how this module normalizes. Describe it with a NormKind and "
