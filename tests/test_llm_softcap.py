@@ -12,10 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from test_architectures import DECODER, redraw
+from test_architectures import DECODER
 from test_llm import WORDS, tokenizer  # noqa: F401  (a fixture)
 
 from captum_decompx import DecompX, LLMDecompX
+from captum_decompx.testing import randomize_parameters
 
 CAP = 3.0
 PROMPT, CONTINUATION = "the cat sat on", "the mat and"
@@ -30,7 +31,7 @@ def gemma2(cap):
         final_logit_softcapping=cap,
         attn_implementation="eager",
     )
-    return redraw(tf.Gemma2ForCausalLM(config), 12)
+    return randomize_parameters(tf.Gemma2ForCausalLM(config), 12)
 
 
 def rows_close(capped, plain, what: str, tol: float = 1e-5) -> None:

@@ -17,10 +17,11 @@ import literal_spec as spec
 import pytest
 import torch
 import transformers as tf
-from test_architectures import COMMON, DECODER, redraw
+from test_architectures import COMMON, DECODER
 from test_spec_bias_modes import bert, bert_weights
 
 from captum_decompx import DecompX
+from captum_decompx.testing import randomize_parameters
 
 SIDES = ("left", "right")
 LENGTHS = (6, 4, 2)
@@ -93,7 +94,7 @@ def pad_id_of(model) -> int:
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_every_family_is_complete_on_both_paths_for_both_padding_sides(name, side):
-    model = redraw(FAMILIES[name](), seed=4)
+    model = randomize_parameters(FAMILIES[name](), seed=4)
     ids, mask = padded(LENGTHS, side, seed=4, pad_id=pad_id_of(model))
     forward = keyword_forward(model)
     with torch.no_grad():
@@ -166,7 +167,7 @@ def test_left_padded_bert_matches_the_literal_spec_padding_position_included(inc
 
 @pytest.mark.parametrize("side", SIDES)
 def test_bert_without_any_bias_has_no_bias_share_on_either_path(side):
-    model = redraw(FAMILIES["bert"](), seed=6).double()  # float64: a share of 1e-10 is no rounding
+    model = randomize_parameters(FAMILIES["bert"](), seed=6).double()  # float64: a share of 1e-10 is no rounding
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("bias"):
@@ -198,7 +199,7 @@ def test_multiple_choice_is_complete_and_equals_the_sequence_classifier(name, si
         ),
     }
     choice_class, classifier_class, config = builders[name]
-    choice_model = redraw(choice_class(config), seed=7)
+    choice_model = randomize_parameters(choice_class(config), seed=7)
     classifier = classifier_class(config).eval()
     classifier.load_state_dict(choice_model.state_dict(), strict=False)
     rows = [padded((6, 3, 5), side, seed=7 + example) for example in range(2)]
@@ -223,7 +224,7 @@ def test_multiple_choice_is_complete_and_equals_the_sequence_classifier(name, si
 
 @pytest.mark.parametrize("side", SIDES)
 def test_token_classification_every_position_padding_included_is_complete(side):
-    model = redraw(tf.BertForTokenClassification(tf.BertConfig(**COMMON)), seed=8)
+    model = randomize_parameters(tf.BertForTokenClassification(tf.BertConfig(**COMMON)), seed=8)
     ids, mask = padded(LENGTHS, side, seed=8)
     with torch.no_grad():
         own = model(input_ids=ids, attention_mask=mask).logits  # (batch, seq, classes)
@@ -241,7 +242,7 @@ def test_token_classification_every_position_padding_included_is_complete(side):
 @pytest.mark.parametrize("side", SIDES)
 def test_causal_lm_last_real_token_is_complete_and_fast_equals_exact(side):
     """A causal LM's next-token logit at the last real token (the last position under left padding)."""
-    model = redraw(tf.LlamaForCausalLM(tf.LlamaConfig(**DECODER)), seed=9)
+    model = randomize_parameters(tf.LlamaForCausalLM(tf.LlamaConfig(**DECODER)), seed=9)
     ids, mask = padded(LENGTHS, side, seed=9)
 
     def next_token(input_ids, attention_mask):
@@ -276,7 +277,7 @@ def test_eager_attention_that_reads_padding_keeps_its_share():
         pad_token_id=0,
         attn_implementation="eager",
     )
-    model = redraw(tf.ModernBertForSequenceClassification(config), seed=11)
+    model = randomize_parameters(tf.ModernBertForSequenceClassification(config), seed=11)
     ids, mask = padded((6, 3), "left", seed=11)
     with torch.no_grad():
         own = model(input_ids=ids, attention_mask=mask).logits
