@@ -58,7 +58,7 @@ from .datasets import TextTable
 from .distributed import ProcessGroup, unwrap_parallel
 from .parts import PartFolder
 
-METHODS = ("exact", "fast")
+ALGORITHMS = ("exact", "fast")
 DEFAULT_BATCH_SIZE = 16
 #: Largest |sum of contributions + bias - logit| allowed, relative to max(1, max |logit|) of the row.
 COMPLETENESS_TOLERANCE = 1e-4
@@ -282,7 +282,7 @@ def attribute_dataset(
     text_column: Optional[str] = None,
     text_pair_column: Optional[str] = None,
     label_column: Optional[str] = None,
-    method: str = "exact",
+    algorithm: str = "exact",
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     rows_per_part: Optional[int] = None,
@@ -308,7 +308,7 @@ def attribute_dataset(
         text_column: column of the texts (default ``text``, ``sentence`` or ``content``).
         text_pair_column: column of the second texts of sentence pairs.
         label_column: column of integer labels (default ``label`` when present).
-        method: ``"exact"`` (biases decomposed; ``bias`` is 0) or ``"fast"`` (bias-free O(N) path;
+        algorithm: ``"exact"`` (biases decomposed; ``bias`` is 0) or ``"fast"`` (bias-free O(N) path;
             ``bias`` holds the biases' share).
         batch_size: rows per DecompX call.
         max_length: truncate longer inputs to this many tokens (default: the model's limit).
@@ -328,10 +328,10 @@ def attribute_dataset(
             before any part is written.
     """
     began = time.perf_counter()
-    _check_options(method, batch_size, rows_per_part, max_length)
+    _check_options(algorithm, batch_size, rows_per_part, max_length)
     columns = Columns(text_column, text_pair_column, label_column)
     inputs = JobInputs(Path(data).expanduser(), columns, Path(out_dir).expanduser(), model, tokenizer)
-    options = _Options(method, batch_size, max_length, rows_per_part, bucket_by_length, show_progress)
+    options = _Options(algorithm, batch_size, max_length, rows_per_part, bucket_by_length, show_progress)
     return in_process_group(device, log, lambda group, say: _attribute_dataset(group, say, inputs, options, began))
 
 
@@ -339,7 +339,7 @@ def attribute_dataset(
 class _Options:
     """The options of one :func:`attribute_dataset` call, after checking."""
 
-    method: str
+    algorithm: str
     batch_size: int
     max_length: Optional[int]
     rows_per_part: Optional[int]
@@ -347,9 +347,9 @@ class _Options:
     show_progress: bool
 
 
-def _check_options(method: str, batch_size: Any, rows_per_part: Any, max_length: Any) -> None:
-    if method not in METHODS:
-        raise DatasetAttributionError(f"method={method!r} is not valid; choose 'exact' or 'fast'.")
+def _check_options(algorithm: str, batch_size: Any, rows_per_part: Any, max_length: Any) -> None:
+    if algorithm not in ALGORITHMS:
+        raise DatasetAttributionError(f"algorithm={algorithm!r} is not valid; choose 'exact' or 'fast'.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DatasetAttributionError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if rows_per_part is not None and (not isinstance(rows_per_part, int) or rows_per_part < 1):
@@ -373,12 +373,12 @@ def _output_folder(
     table: TextTable,
     schema: Any,
     *,
-    method: str,
+    algorithm: str,
     max_length: int,
 ) -> PartFolder:
     """The output folder of an attribute run: what must match to resume it, and the parts' schema."""
     options = {
-        "method": method,
+        "algorithm": algorithm,
         "max_length": max_length,
         "text_column": table.text_column,
         "text_pair_column": table.text_pair_column,
@@ -395,11 +395,11 @@ def _attribute_dataset(
 ) -> DatasetAttributionResult:
     table, model, tokenizer, source, _ = inputs.load(group, lambda *loaded: None)
     out_dir = inputs.out_dir
-    method = options.method
+    algorithm = options.algorithm
     limit = options.max_length if options.max_length is not None else model_max_length(model, tokenizer)
     schema = output_schema(table.text_pairs is not None, table.labels is not None)
-    folder = _output_folder(group, out_dir, model, tokenizer, source, table, schema, method=method, max_length=limit)
-    explainer = DecompX(_forward(model), model=model, include_biases=method == "exact", algorithm=method)
+    folder = _output_folder(group, out_dir, model, tokenizer, source, table, schema, algorithm=algorithm, max_length=limit)
+    explainer = DecompX(_forward(model), model=model, include_biases=algorithm == "exact", algorithm=algorithm)
 
     def compute(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, tuple[int, int]]:
         part, truncated, padding = attribute_part(
@@ -423,10 +423,10 @@ def _attribute_dataset(
         rows_per_part=options.rows_per_part,
         unit="rows",
         # exact DecompX costs O(N^2) per example, fast O(N)
-        cost=partial(_text_cost, table, 2 if method == "exact" else 1),
+        cost=partial(_text_cost, table, 2 if algorithm == "exact" else 1),
         compute=compute,
         work=lambda rows: f"computing {rows} rows",
-        description=f"DecompX ({method})",
+        description=f"DecompX ({algorithm})",
         show_progress=options.show_progress,
     )
     run = run_parts(group, job, say)
@@ -476,7 +476,16 @@ def run_attribute_command(args: Any, out: Any) -> int:
     def log(message: str) -> None:
         print(message, file=out, flush=True)
 
-    passed = ("model", "text_column", "text_pair_column", "label_column", "method", "batch_size", "max_length", "rows_per_part")
+    passed = (
+        "model",
+        "text_column",
+        "text_pair_column",
+        "label_column",
+        "algorithm",
+        "batch_size",
+        "max_length",
+        "rows_per_part",
+    )
     options = {name: getattr(args, name) for name in passed}
     outcome = report_on_one_rank(
         lambda: attribute_dataset(
