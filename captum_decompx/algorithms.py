@@ -14,6 +14,7 @@ decompose every class (:meth:`Algorithm.decompose`).
 from __future__ import annotations
 
 import abc
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -245,6 +246,7 @@ class Fast(Algorithm):
             raise NotImplementedError(_no_fast_per_position(adapter.name, "with include_head=False"))
         validation.check_model(model)
         args = explainer._extra_args(additional_forward_args)
+        validation.check_positional_arguments(explainer.forward_func, model, args)
         validation.check_attention_mask(explainer.forward_func, model, input_ids, args)
         if adapter.logit_softcap is not None:
             # The model returns cap * tanh(z / cap); as on the exact path, z (the head's output,
@@ -252,9 +254,11 @@ class Fast(Algorithm):
             warn_if_logits_are_capped(adapter)
         settings = decomposition.fast_settings(explainer.options)
         span_tuple = task_of(model) == "question answering"
-        with freezing.frozen_forward(model, adapter, settings) as frozen:
+        with freezing.frozen_forward(model, adapter, settings) as frozen, ExitStack() as stack:
+            model_ids = stack.enter_context(validation.recording_model_ids(model))
             with tap_model_output(model, span_tuple=span_tuple, keep_graph=True) as tap, explainer._forward_precision():
                 output = explainer.forward_func(input_ids, *args)
+        validation.check_model_received_the_inputs(input_ids, model_ids)
         if frozen.real_tokens is None:
             raise RuntimeError(
                 "The fast path saw no attention computed in the first layer's attention module, so it "

@@ -26,7 +26,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 
-from .demo import DemoError, LoadedClassifier, dataset_path, load_model_and_tokenizer, read_labelled_tsv, resolve_model_source
+from .demo import (
+    DemoError,
+    LoadedClassifier,
+    dataset_path,
+    load_model_and_tokenizer,
+    read_labelled_tsv,
+    resolve_model_source,
+    stored_label_names,
+)
 from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 
 if TYPE_CHECKING:
@@ -109,6 +117,7 @@ def encode(classifier: LoadedClassifier, text: str, pair: Optional[str] = None) 
     tokenizer = classifier.tokenizer
     batch = tokenizer(text, pair, return_tensors="pt", truncation=True)
     input_ids = batch["input_ids"]
+    _check_ids_in_vocabulary(classifier, input_ids)
     extra = [batch.get("attention_mask", torch.ones_like(input_ids))]
     if "token_type_ids" in batch:
         extra.append(batch["token_type_ids"])
@@ -120,6 +129,22 @@ def encode(classifier: LoadedClassifier, text: str, pair: Optional[str] = None) 
         tokens=[_readable(t) for t in tokens],
         untruncated_length=max(untruncated_length, input_ids.shape[1]),
     )
+
+
+def _check_ids_in_vocabulary(classifier: LoadedClassifier, input_ids: Tensor) -> None:
+    """The tokenizer's ids must index the model's embedding table (a tokenizer of another model does not)."""
+    from .validation import token_embedding
+
+    embedding = token_embedding(classifier.model)
+    if embedding is None or input_ids.numel() == 0:
+        return
+    largest = int(input_ids.max())
+    if largest >= embedding.num_embeddings:
+        raise CommandError(
+            f"The tokenizer of {classifier.source} gives token id {largest}, but the model's vocabulary has "
+            f"{embedding.num_embeddings} entries (ids 0 to {embedding.num_embeddings - 1}): the tokenizer belongs to "
+            "another model. Save the model's own tokenizer in the folder (tokenizer.save_pretrained)."
+        )
 
 
 def shortened(text: str, limit: int = ECHO_CHARACTERS) -> str:
@@ -161,7 +186,24 @@ def resolve_label(classifier: LoadedClassifier, label: Optional[str]) -> Optiona
     """The class index of ``label`` (a name, any case, or an index); None stays None."""
     if label is None:
         return None
-    names = classifier.labels
+    return label_index(classifier.labels, label)
+
+
+def check_label_before_loading(model: Optional[str], label: Optional[str]) -> None:
+    """Refuse an unknown ``--target`` from the model's ``config.json``, before the weights load.
+
+    Where the configuration names no classes (or is not at hand), the label is checked after loading.
+    """
+    if label is None:
+        return
+    location, _ = resolve_model_source(model)
+    names = stored_label_names(location)
+    if names is not None:
+        label_index(names, label)
+
+
+def label_index(names: Sequence[str], label: str) -> int:
+    """The index of ``label`` among the class ``names`` (a name, any case, or an index)."""
     for index, name in enumerate(names):
         if label.strip().lower() == name.lower():
             return index
@@ -327,6 +369,7 @@ def run_explain(args: argparse.Namespace, out: TextIO) -> int:
     pair = _checked_text(args.pair, "--pair TEXT2") if args.pair is not None else None
     html_path = _output_path(args.html) if args.html else None
     png_path = _output_path(args.png) if args.png else None
+    check_label_before_loading(args.model, args.target)
     classifier = _load(args.model)
     target = resolve_label(classifier, args.target)
     encoded = encode(classifier, text, pair)
@@ -479,6 +522,7 @@ def run_compare(args: argparse.Namespace, out: TextIO) -> int:
     text = _checked_text(args.text)
     pair = _checked_text(args.pair, "--pair TEXT2") if args.pair is not None else None
     methods = parse_methods(args.methods)
+    check_label_before_loading(args.model, args.target)
     classifier = _load(args.model)
     target = resolve_label(classifier, args.target)
     import torch
@@ -539,7 +583,35 @@ def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
 # attribute (a whole data set, also under torchrun; see captum_decompx/dataset_attribution.py)
 
 
+def data_file_is_readable(
+    path: Path, text_column: Optional[str], text_pair_column: Optional[str], label_column: Optional[str]
+) -> bool:
+    """Read and check every row of a data file before torch, transformers and the model load.
+
+    The dataset code reads the file again: its mistakes (a missing file or column, an empty text, a
+    label that is not an integer) are reported here within a second instead of after the imports
+    and the model. Under torchrun every process checks and stops; only rank 0 reports.
+
+    Returns:
+        True when the file reads; False on a process other than rank 0 when it does not.
+
+    Raises:
+        CommandError: on rank 0 (or without torchrun), the file's mistakes.
+    """
+    from .datasets import DataFileError, read_text_table
+
+    try:
+        read_text_table(path, text_column, text_pair_column, label_column)
+    except DataFileError as error:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return False
+        raise CommandError(str(error)) from error
+    return True
+
+
 def run_attribute(args: argparse.Namespace, out: TextIO) -> int:
+    if not data_file_is_readable(Path(args.data).expanduser(), args.text_column, args.text_pair_column, args.label_column):
+        return USAGE_ERROR
     from .dataset_attribution import DatasetAttributionError, run_attribute_command
 
     try:
@@ -549,6 +621,8 @@ def run_attribute(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_evaluate_parts(args: argparse.Namespace, out: TextIO) -> int:
+    if not data_file_is_readable(dataset_path(args.data), None, None, None):
+        return USAGE_ERROR
     from .dataset_attribution import DatasetAttributionError
     from .dataset_evaluation import run_evaluate_command
 

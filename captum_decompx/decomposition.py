@@ -35,7 +35,7 @@ from .components import (
 from .components.linear import affine
 from .components.norms import norm_params
 from .components.pooling import last_non_pad_token, pool, pool_weights
-from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory
+from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory, readable_bytes
 
 __all__ = [
     "DEFAULT_MAX_MEMORY",
@@ -373,8 +373,8 @@ def _per_position(
     if result_bytes > max_memory:
         raise DecompXMemoryError(
             f"Decomposing {rows.numel()} positions x {classes} outputs of {what} for {batch} example(s) "
-            f"needs {result_bytes / 2**30:.2f} GiB for the result alone, more than max_memory="
-            f"{max_memory / 2**30:.2f} GiB. Explain one output with DecompX.attribute(..., target=(position, "
+            f"needs {readable_bytes(result_bytes)} for the result alone, more than max_memory={max_memory:,} bytes "
+            f"({readable_bytes(max_memory)}). Explain one output with DecompX.attribute(..., target=(position, "
             "class)) (only the positions the target uses are decomposed), pass fewer examples, or raise max_memory."
         )
     plan, _ = _plan(embeddings, parts, settings, dtype, max_memory)

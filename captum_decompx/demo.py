@@ -14,11 +14,12 @@ Nothing here downloads anything: local folders load with ``local_files_only=True
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:  # torch and transformers load when a model is loaded, not on import
@@ -49,6 +50,10 @@ class ModelLoadError(DemoError, OSError):
 
 class UnsupportedModelError(DemoError, ValueError):
     """A model whose ``config.model_type`` has no DecompX adapter."""
+
+
+class MissingWeightsError(ModelLoadError):
+    """A checkpoint without the weights of a sequence classifier (e.g. a bare encoder or a language model)."""
 
 
 class DataFileError(DemoError, ValueError):
@@ -182,6 +187,8 @@ def load_model_and_tokenizer(name_or_path: Union[None, str, Path] = None) -> Loa
     Raises:
         DemoModelNotFoundError: ``name_or_path`` is None and the demo model is missing.
         ModelLoadError: the folder or hub id cannot be read (or downloaded).
+        MissingWeightsError: the checkpoint lacks weights of the classifier (e.g. a bare encoder or a
+            language model: its head would be random).
         UnsupportedModelError: DecompX has no adapter for the model's ``model_type``.
     """
     location, options = resolve_model_source(name_or_path)
@@ -192,8 +199,9 @@ def load_model_and_tokenizer(name_or_path: Union[None, str, Path] = None) -> Loa
 
     from .adapters import supported_model_types
 
+    local_files_only = options.get("local_files_only", False)
     try:
-        config = AutoConfig.from_pretrained(location, **options)
+        config = AutoConfig.from_pretrained(location, local_files_only=local_files_only)
     except Exception as error:  # transformers raises OSError, ValueError, JSON errors, ...
         raise ModelLoadError(f"Cannot read the model at {source}: {_first_line(error)}") from error
     model_type = getattr(config, "model_type", None)
@@ -203,11 +211,44 @@ def load_model_and_tokenizer(name_or_path: Union[None, str, Path] = None) -> Loa
             f"Supported model_types: {', '.join(supported_model_types())}."
         )
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(location, dtype=torch.float32, **options)
-        tokenizer = AutoTokenizer.from_pretrained(location, **options)
+        model, loading_info = AutoModelForSequenceClassification.from_pretrained(
+            location, dtype=torch.float32, local_files_only=local_files_only, output_loading_info=True
+        )
     except Exception as error:
         raise ModelLoadError(f"Cannot load the classifier at {source}: {_first_line(error)}") from error
+    check_no_missing_weights(source, config, loading_info.get("missing_keys") or ())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_files_only)
+    except Exception as error:
+        raise ModelLoadError(f"Cannot load the tokenizer at {source}: {_first_line(error)}") from error
     return LoadedClassifier(model=model.eval(), tokenizer=tokenizer, source=source)
+
+
+def check_no_missing_weights(source: str, config: Any, missing_keys: Sequence[str]) -> None:
+    """Refuse a checkpoint that lacks weights of the sequence classifier (its head, most often).
+
+    transformers fills missing weights with random values and only logs a warning; a classifier
+    whose head is random explains nothing, and gives other numbers on every load.
+
+    Args:
+        source: the folder or hub id, for the message.
+        config: the checkpoint's configuration (its ``architectures`` say what was saved).
+        missing_keys: the parameter names ``from_pretrained(..., output_loading_info=True)`` reports
+            as not found in the checkpoint.
+
+    Raises:
+        MissingWeightsError: naming the missing weights, what the folder holds, and what to pass.
+    """
+    if not missing_keys:
+        return
+    names = sorted(missing_keys)
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    saved = ", ".join(getattr(config, "architectures", None) or []) or "a model without a sequence-classification head"
+    raise MissingWeightsError(
+        f"{source} is not a sequence classifier: its weights lack {shown} (it holds {saved}), so the "
+        "classification head would be random and its explanation meaningless. Pass a classifier fine-tuned "
+        "and saved with save_pretrained (a *ForSequenceClassification model), or leave out --model for the demo model."
+    )
 
 
 def resolve_model_source(name_or_path: Union[None, str, Path] = None) -> tuple[str, dict[str, bool]]:
@@ -227,13 +268,57 @@ def resolve_model_source(name_or_path: Union[None, str, Path] = None) -> tuple[s
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(f"Cannot read the model at {source}: it is a file, not a model folder.")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"Cannot read the model at {source}: the folder has no config.json. Pass a folder written by "
+                "save_pretrained (config.json, the weights and the tokenizer files)."
+            )
         return str(path), {"local_files_only": True}
     if _looks_like_a_path(source):
         raise ModelLoadError(f"Cannot read the model at {source}: no such folder.")
+    if Path(source).as_posix().rstrip("/") == DEMO_MODEL_RELATIVE_PATH.as_posix():
+        raise ModelLoadError(
+            f"Cannot read the model at {source}: no such folder in {Path.cwd()}. The demo model lies in the "
+            "repository's clone: run the command from the clone's root, pass the folder's full path, or leave out "
+            "--model (the demo model is then found wherever the package was installed from)."
+        )
     if _in_hub_cache(source):
         return source, {"local_files_only": True}
     _check_hub_reachable(source)
     return source, {}
+
+
+def stored_label_names(location: str) -> Optional[list[str]]:
+    """The class names in a model's ``config.json`` (``id2label``), read without loading torch or transformers.
+
+    Args:
+        location: a folder or hub id as returned by :func:`resolve_model_source`.
+
+    Returns:
+        The names by class index, or None when the configuration is not at hand (a hub id not yet
+        downloaded) or names no classes (transformers then gives defaults).
+    """
+    config_file = Path(location) / "config.json"
+    if not config_file.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(location, "config.json")
+        except Exception:  # not a hub id the cache can name
+            return None
+        if not isinstance(cached, str):
+            return None
+        config_file = Path(cached)
+    try:
+        id2label = json.loads(config_file.read_text(encoding="utf-8")).get("id2label")
+    except (OSError, ValueError, AttributeError):
+        return None  # the loader reports an unreadable configuration
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        return [str(id2label[str(index)]) for index in range(len(id2label))]
+    except KeyError:
+        return None
 
 
 #: The former name of :func:`load_model_and_tokenizer` (it loads any supported model, not only the demo).
@@ -272,7 +357,9 @@ def _check_hub_reachable(hub_id: str, timeout_s: float = 3.0) -> None:
     """
     advice = "Pass a local model folder (saved with save_pretrained) with --model PATH, or run where the hub can be reached."
     if _hub_offline():
-        raise ModelLoadError(f"{hub_id} is not a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set. {advice}")
+        raise ModelLoadError(
+            f"{hub_id} is not a folder in {Path.cwd()} nor in the Hugging Face cache, and HF_HUB_OFFLINE is set. {advice}"
+        )
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return
     from huggingface_hub import constants
@@ -285,8 +372,8 @@ def _check_hub_reachable(hub_id: str, timeout_s: float = 3.0) -> None:
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise ModelLoadError(
-            f"Cannot download {hub_id}: {constants.ENDPOINT} cannot be reached ({reason}) and the model is not in "
-            f"the Hugging Face cache. {advice}"
+            f"Cannot download {hub_id}: {constants.ENDPOINT} cannot be reached ({reason}), and it is not a folder in "
+            f"{Path.cwd()} nor in the Hugging Face cache. {advice}"
         ) from None
 
 

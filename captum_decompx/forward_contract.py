@@ -114,8 +114,49 @@ def _with_model_output(output: Any, leaf: Tensor) -> Any:
         return type(output)((leaf, *output[1:])) if type(output) is tuple else output
     if isinstance(getattr(output, "last_hidden_state", None), Tensor):
         output["last_hidden_state"] = leaf
+        _mark_undecomposed_fields(output)
         return output
     return output
+
+
+class _UndecomposedOutput(torch.autograd.Function):
+    """Identity that marks, in the forward function's autograd graph, a model output DecompX does
+    not decompose (a bare encoder's ``pooler_output``), so that reading it is refused by name."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad
+
+
+#: Fields of a bare encoder's output computed from ``last_hidden_state`` by modules DecompX does not
+#: decompose there (the pooler's dense + tanh is decomposed as part of a classifier's head).
+UNDECOMPOSED_FIELDS = ("pooler_output",)
+
+
+def _mark_undecomposed_fields(output: Any) -> None:
+    """Replace each of ``output``'s :data:`UNDECOMPOSED_FIELDS` by a marked, value-identical tensor."""
+    for name in UNDECOMPOSED_FIELDS:
+        value = output.get(name) if hasattr(output, "get") else None
+        if isinstance(value, Tensor) and value.dtype.is_floating_point:
+            output[name] = _UndecomposedOutput.apply(value.detach().requires_grad_(True))
+
+
+def _reads_undecomposed_output(tensor: Tensor) -> bool:
+    """``tensor``'s autograd graph passes through a field marked by :func:`_mark_undecomposed_fields`."""
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == f"{_UndecomposedOutput.__name__}Backward":
+            return True
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return False
 
 
 class ModelOutputTap:
@@ -444,11 +485,19 @@ def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor, *, per_posit
 
     Raises:
         RuntimeError: ``selected`` does not depend on the model's output through autograd.
-        NotImplementedError: it depends on the model's output at another position than the pooled one.
+        NotImplementedError: it depends on the model's output at another position than the pooled
+            one, or on a bare encoder's ``pooler_output``.
         ValueError: the tail is not linear at this input and no single class is referred to.
     """
     if not selected.requires_grad:
         raise _unused("does not depend on")
+    if _reads_undecomposed_output(selected):
+        raise NotImplementedError(
+            "The forward function reads the model's pooler_output (the pooler's dense + tanh on the first token), "
+            "which DecompX does not decompose for a bare encoder: it decomposes last_hidden_state. Explain the first "
+            "token's hidden state instead (model(...).last_hidden_state[:, 0] @ w), or load the model as a sequence "
+            "classifier (e.g. BertForSequenceClassification), whose pooler and head DecompX decomposes."
+        )
     if leaf.dim() not in (2, 3):
         raise NotImplementedError(
             f"DecompX decomposes a model output of shape (batch, classes) or (batch, seq, classes); "

@@ -136,6 +136,7 @@ class HookedModelAttribution(Attribution):
         super().__init__(forward_func)
         self.model = model
         self.adapter = adapter if adapter is not None else adapter_for(model)
+        validation.warn_if_newly_initialized(model, name)
 
     # ----------------------------------------------------------------------------------------
     # Arguments
@@ -224,14 +225,17 @@ class HookedModelAttribution(Attribution):
         """
         validation.check_model(self.model)
         args = self._extra_args(additional_forward_args)
+        validation.check_positional_arguments(self.forward_func, self.model, args)
         validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
         with ExitStack() as stack:
             stack.enter_context(torch.no_grad())
             capture = stack.enter_context(capture_internals(self.model, self.adapter))
             span_tuple = task_of(self.model) == "question answering"
             model_tap = stack.enter_context(tap_model_output(self.model, span_tuple=span_tuple)) if tap else ModelOutputTap()
+            model_ids = stack.enter_context(validation.recording_model_ids(self.model))
             with self._forward_precision():
                 output = self.forward_func(input_ids, *args)
+            validation.check_model_received_the_inputs(input_ids, model_ids)
             raw = model_tap.leaf if model_tap.leaf is not None else model_output_tensor(output)
             if raw is None:
                 raw = torch.zeros(input_ids.shape[0], 0, device=input_ids.device)

@@ -17,6 +17,19 @@ class DecompXMemoryError(MemoryError):
     """The exact path cannot fit its decomposition into ``max_memory``, even in chunks."""
 
 
+def readable_bytes(count: float) -> str:
+    """``count`` bytes in the largest binary unit that keeps at least 1 before the point, with 3
+    significant digits: ``"512 B"``, ``"195 KiB"``, ``"1.50 GiB"`` (never ``"0.00 GiB"``)."""
+    value, unit = float(count), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    if unit == "B":
+        return f"{int(value)} B"
+    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:#.3g} {unit}"
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The sizes that memory depends on: layers, hidden size, attention heads, feed-forward width."""
@@ -69,9 +82,9 @@ def plan_memory(batch: int, seq: int, pieces: int, hidden: int, ffn: int, itemsi
     minimum = exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, 1)
     if minimum > max_memory:
         raise DecompXMemoryError(
-            f"The exact DecompX path needs at least {minimum / 2**30:.2f} GiB for one example of "
-            f"{seq} tokens (hidden {hidden}, feed-forward {ffn}), more than max_memory="
-            f"{max_memory / 2**30:.2f} GiB. Raise max_memory if the machine has the memory, shorten "
+            f"The exact DecompX path needs at least {readable_bytes(minimum)} for one example of "
+            f"{seq} tokens (hidden {hidden}, feed-forward {ffn}), more than max_memory={max_memory:,} bytes "
+            f"({readable_bytes(max_memory)}). Raise max_memory if the machine has the memory, shorten "
             "the input, or use algorithm='fast' (include_biases=False), which needs O(N) memory."
         )
     fixed = exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, 0)

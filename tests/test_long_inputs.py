@@ -16,6 +16,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import captum_decompx
 from captum_decompx import DecompX, DecompXMemoryError, decomposition
+from captum_decompx.memory import readable_bytes
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 LENGTHS = (24, 17, 9)
@@ -122,6 +123,28 @@ def test_too_little_memory_is_refused_before_any_decomposition_work():
     assert_same_snapshot(before, model_snapshot(model))
 
 
+def test_a_small_budget_is_reported_in_units_that_show_it():
+    """A 200 KB budget is not "0.00 GiB": both sizes are printed in a unit that keeps their digits."""
+    model = make_model("bert")
+    batch = make_padded_batch(LENGTHS)
+    needed = one_example_bytes(model, max(LENGTHS), rows=1)  # the tiny BERT needs more than 200 KB at 24 tokens
+    assert needed > 200_000
+    with pytest.raises(DecompXMemoryError) as raised:
+        DecompX(model, max_memory=200_000).attribute(batch.input_ids, target=0, additional_forward_args=(batch.attention_mask,))
+    message = str(raised.value)
+    assert "0.00" not in message, message
+    assert "max_memory=200,000 bytes (195 KiB)" in message, message
+    assert f"at least {readable_bytes(needed)} for one example" in message, message
+
+
+@pytest.mark.parametrize(
+    "count, shown",
+    [(512, "512 B"), (200_000, "195 KiB"), (204_800, "200 KiB"), (1536, "1.50 KiB"), (5 * 2**20, "5.00 MiB"), (4 * 2**30, "4.00 GiB")],
+)
+def test_readable_bytes(count, shown):
+    assert readable_bytes(count) == shown
+
+
 def test_the_fast_path_ignores_max_memory():
     """The fast path needs O(N) memory on top of the forward pass; max_memory bounds the exact path."""
     model = make_model("bert")
@@ -187,6 +210,7 @@ def _minilm_dir():
 
 
 @pytest.mark.skipif(_minilm_dir() is None, reason="the MiniLM-L6 package is not installed")
+@pytest.mark.filterwarnings("ignore:DecompX. the model's classifier:UserWarning")  # a random head on purpose
 def test_fast_path_on_minilm_at_512_tokens():
     from transformers.utils import logging
 

