@@ -127,7 +127,7 @@ def test_a_softmax_tail_explains_the_logit_of_the_target_class(algorithm):
         lambda i, m: torch.softmax(model(input_ids=i, attention_mask=m).logits, -1),
         model=model,
         include_biases=include_biases,
-        method=algorithm,
+        algorithm=algorithm,
     )
     with pytest.warns(UserWarning, match="class"):
         scores = explainer.attribute(ids, target=targets, additional_forward_args=(mask,))

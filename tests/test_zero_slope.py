@@ -31,9 +31,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from transformers.activations import ACT2FN
 
 from captum_decompx import DecompX
-from captum_decompx.components.activations import ZERO_ORIGIN_EPS, activation
+from captum_decompx.components.activations import ZERO_ORIGIN_EPS, activation, frozen_activation
 from captum_decompx.components.pieces import Settings
-from captum_decompx.freezing import PointwiseFreezing
 
 # f'(0), by hand; the ReLU family takes its left limit
 SLOPES_AT_ZERO = {
@@ -80,7 +79,7 @@ def test_exact_path_slope_at_zero_is_the_limit(name):
 def test_fast_path_slope_at_zero_is_the_limit(name):
     function = ACT2FN[name]
     a = PRE_ACTIVATION.clone().requires_grad_(True)
-    frozen, dropped = PointwiseFreezing("zo").freeze(function, a, function(a).detach())
+    frozen, dropped = frozen_activation("zo", function, a, function(a).detach())
     assert dropped is None
     assert torch.equal(frozen.detach(), function(PRE_ACTIVATION))
     (slope,) = torch.autograd.grad(frozen.sum(), a)
@@ -226,7 +225,7 @@ def test_llama_pruned_gated_neurons_match_the_literal_spec(method):
             linear.bias[PRUNED_UNIT] = 0.0
     ids, mask = spec.padded_tokens(LLAMA_LENGTHS, LLAMA_VOCAB, seed=6)
     out = DecompX(
-        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=False, method=method
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=False, algorithm=method
     ).decompose(ids, (mask,))
     weights = llama_weights(model)
     scale = float(out.logits.abs().max())
