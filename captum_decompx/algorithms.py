@@ -99,6 +99,22 @@ class FrozenRun:
 Run = Union[ForwardCapture, FrozenRun]
 
 
+@dataclass
+class RowScores:
+    """The head's output at several positions of one sequence, one class each, decomposed.
+
+    Attributes:
+        scores: (rows, seq) each token's share of the class logit at each position.
+        bias: (rows,) the biases' share (exact path), or None (the fast path: the logit minus
+            the token shares).
+        model_output: the model's own output (1, seq, classes) as the forward function received it.
+    """
+
+    scores: Tensor
+    bias: Optional[Tensor]
+    model_output: Optional[Tensor]
+
+
 class Algorithm(abc.ABC):
     """How one algorithm runs the forward pass and decomposes it (see the module docstring)."""
 
@@ -119,6 +135,12 @@ class Algorithm(abc.ABC):
         self, explainer: "DecompX", input_ids: Tensor, additional_forward_args: Any, *, token_maps: bool, show_progress: bool
     ) -> DecompXOutput:
         """Every class logit of the model's own output, decomposed over the input tokens."""
+
+    @abc.abstractmethod
+    def rows(self, explainer: "DecompX", input_ids: Tensor, positions: Tensor, classes: Tensor) -> Optional[RowScores]:
+        """The head's output at ``positions`` (rows,) of one sequence ``input_ids`` (1, seq), class
+        ``classes[r]`` at row ``r``, from one pass (a model whose head is one linear map read at
+        every position); None where the head's input is not read at every position."""
 
 
 def _output(
@@ -178,6 +200,32 @@ class Exact(Algorithm):
             assert result.pooled is not None
             attributions = torch.linalg.vector_norm(result.pooled, dim=-1)
         return _output(self.name, captured.logits, attributions, result.bias, result.pooled, result.token_maps, run.choices)
+
+    def rows(self, explainer: "DecompX", input_ids: Tensor, positions: Tensor, classes: Tensor) -> Optional[RowScores]:
+        options, dtype, model, adapter = explainer.options, explainer._compute_dtype(), explainer.model, explainer.adapter
+        decomposition.plan_rows(
+            model,
+            adapter,
+            options,
+            batch=input_ids.shape[0],
+            seq=input_ids.shape[1],
+            rows=positions.numel(),
+            dtype=dtype,
+            max_memory=explainer.max_memory,
+        )  # a DecompXMemoryError before any work when it cannot fit
+        run = self.forward(explainer, input_ids, None)
+        rows = decomposition.decompose_rows(
+            run.captured,
+            model,
+            adapter,
+            options,
+            positions=positions,
+            classes=classes,
+            dtype=dtype,
+            max_memory=explainer.max_memory,
+        )
+        assert rows.bias is not None
+        return RowScores(rows.contributions[0], rows.bias[0], run.model_output)
 
     def decomposition(
         self,
@@ -319,6 +367,16 @@ class Fast(Algorithm):
         bias = (result.outputs - attributions.sum(1)).to(logits.dtype)
         return _output(self.name, logits, attributions, bias, None, maps, run.choices)
 
+    def rows(self, explainer: "DecompX", input_ids: Tensor, positions: Tensor, classes: Tensor) -> Optional[RowScores]:
+        run = self.forward(explainer, input_ids, None)
+        head_input = run.frozen.head_input
+        if head_input is None or head_input.dim() != 3:
+            return None
+        dtype = explainer._compute_dtype()
+        weight = decomposition.resolve_parts(explainer.model, explainer.adapter, dtype).head[0].params.weight
+        scores = decomposition.fast_rows(run.frozen, head_input, positions, weight[classes], dtype)[:, 0]
+        return RowScores(scores, None, run.model_output)
+
     @staticmethod
     def _backward(
         explainer: "DecompX", run: FrozenRun, *, include_head: bool = True, weights: Optional[Tensor] = None
@@ -366,4 +424,4 @@ def choose_algorithm(name: str, *, include_biases: bool, include_head: bool, per
     return FAST
 
 
-__all__ = ["ALGORITHM_NAMES", "Algorithm", "DecompXOutput", "Exact", "Fast", "FrozenRun", "choose_algorithm"]
+__all__ = ["ALGORITHM_NAMES", "Algorithm", "DecompXOutput", "Exact", "Fast", "FrozenRun", "RowScores", "choose_algorithm"]

@@ -649,11 +649,19 @@ def add_attribute_command(commands) -> None:
         "--out", required=True, metavar="DIR", help="the output folder of Parquet parts (created when missing)"
     )
     attribute.add_argument(
-        "--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)"
+        "--model",
+        metavar="PATH_OR_HUB_ID",
+        help="a sequence classifier or causal LM folder or hub id (default: the demo model)",
     )
     attribute.add_argument("--text-column", metavar="NAME", help="column of the texts (default: text, sentence or content)")
     attribute.add_argument("--text-pair-column", metavar="NAME", help="column of the second texts of sentence pairs")
     attribute.add_argument("--label-column", metavar="NAME", help="column of integer labels (default: label, when present)")
+    attribute.add_argument(
+        "--target-column", metavar="NAME", help="causal LMs: column of each prompt's target text (explained token by token)"
+    )
+    attribute.add_argument(
+        "--generate", type=int, metavar="TOKENS", help="causal LMs: generate this many tokens greedily and explain them"
+    )
     attribute.add_argument(
         "--algorithm",
         choices=("exact", "fast"),
