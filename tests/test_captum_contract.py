@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import Attribution
-from conftest import NUM_LABELS, assert_close_to_scale, cached_model, make_model, make_padded_batch
+from support.classifiers import NUM_LABELS, assert_close_to_scale, cached_model, make_model, make_padded_batch
 
 from captum_decompx import DecompX
 

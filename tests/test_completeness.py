@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import (
+from support.classifiers import (
     ARCHITECTURE_NAMES,
     assert_close_to_scale,
     cached_model,

@@ -12,8 +12,8 @@ from typing import Callable
 
 import pytest
 import torch
-from conftest import make_model, make_padded_batch
-from test_validation import assert_same_snapshot, model_snapshot
+from support.classifiers import make_model, make_padded_batch
+from support.snapshots import assert_same_snapshot, model_snapshot
 
 from captum_decompx import DecompX
 

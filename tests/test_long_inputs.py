@@ -9,9 +9,9 @@ import os
 
 import pytest
 import torch
-from conftest import assert_close_to_scale, make_model, make_padded_batch, reinit_parameters
-from test_dtypes_devices import ProductSpy, spied_forward
-from test_validation import assert_same_snapshot, model_snapshot
+from support.classifiers import assert_close_to_scale, make_model, make_padded_batch, reinit_parameters
+from support.product_spy import ProductSpy, spied_forward
+from support.snapshots import assert_same_snapshot, model_snapshot
 from transformers import BertConfig, BertForSequenceClassification
 
 import captum_decompx

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import assert_close_to_scale
+from support.classifiers import assert_close_to_scale
 
 from captum_decompx import DecompX
 

@@ -18,6 +18,7 @@ import torch
 from conftest import FIRST_REAL_TOKEN, assert_close_to_scale, reinit_parameters
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.classifiers import FIRST_REAL_TOKEN, assert_close_to_scale, reinit_parameters
 from transformers import BertConfig, BertForSequenceClassification
 
 from captum_decompx import DecompX
