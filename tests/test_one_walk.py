@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 import torch
-from test_architectures import ENCODERS, forward_of, padded_batch
-from test_model_unchanged import assert_unchanged, snapshot
+from support.architectures import ENCODERS, forward_of, padded_batch
+from support.snapshots import assert_unchanged, snapshot
 
 from captum_decompx import DecompX
 from captum_decompx.adapters import adapter_for

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from conftest import FIRST_REAL_TOKEN, assert_close_to_scale, reinit_parameters
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.classifiers import FIRST_REAL_TOKEN, assert_close_to_scale, reinit_parameters
