@@ -647,11 +647,19 @@ def add_attribute_command(commands) -> None:
         "--out", required=True, metavar="DIR", help="the output folder of Parquet parts (created when missing)"
     )
     attribute.add_argument(
-        "--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)"
+        "--model",
+        metavar="PATH_OR_HUB_ID",
+        help="a sequence classifier or causal LM folder or hub id (default: the demo model)",
     )
     attribute.add_argument("--text-column", metavar="NAME", help="column of the texts (default: text, sentence or content)")
     attribute.add_argument("--text-pair-column", metavar="NAME", help="column of the second texts of sentence pairs")
     attribute.add_argument("--label-column", metavar="NAME", help="column of integer labels (default: label, when present)")
+    attribute.add_argument(
+        "--target-column", metavar="NAME", help="causal LMs: column of each prompt's target text (explained token by token)"
+    )
+    attribute.add_argument(
+        "--generate", type=int, metavar="TOKENS", help="causal LMs: generate this many tokens greedily and explain them"
+    )
     attribute.add_argument(
         "--method",
         choices=("exact", "fast"),
@@ -668,6 +676,43 @@ def add_attribute_command(commands) -> None:
     )
     attribute.add_argument("--no-progress", action="store_true", help="no progress bar")
     attribute.set_defaults(run=run_attribute)
+
+
+# ------------------------------------------------------------------------------------------------
+# serve (the interactive explorer in the browser; needs the [app] extra, see captum_decompx/app/)
+
+
+def run_serve(args: argparse.Namespace, out: TextIO) -> int:
+    resolve_model_source(args.model)  # a missing folder fails before Gradio and torch load
+    try:
+        from .app.ui import serve
+    except ImportError as error:
+        from .app import INSTALL_HINT
+
+        raise CommandError(INSTALL_HINT if (error.name or "").startswith("gradio") else str(error)) from None
+    _quiet_transformers()
+    print(f"serving the DecompX explorer on http://{args.host}:{args.port} (Ctrl+C stops it)", file=out, flush=True)
+    serve(args.model, host=args.host, port=args.port)
+    return 0
+
+
+def add_serve_command(commands) -> None:
+    """Register ``captum-decompx serve``."""
+    serve = commands.add_parser(
+        "serve",
+        help="the interactive explorer in the browser (needs the [app] extra)",
+        description=(
+            "Serve the DecompX explorer (Gradio): per-class contributions, methods side by side, layer-by-layer "
+            "token maps, the deletion curve, downloads, and the API endpoint /explain. Binds 127.0.0.1 unless --host "
+            "says otherwise; nothing is sent off the machine."
+        ),
+    )
+    serve.add_argument(
+        "--model", metavar="DIR", help="a sequence classifier or causal LM folder or hub id (default: the demo model)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=7860, help="the port (default: 7860)")
+    serve.set_defaults(run=run_serve)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -750,6 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=run_evaluate)
     add_attribute_command(commands)
+    add_serve_command(commands)
     return parser
 
 

@@ -54,8 +54,10 @@ from .dataset_jobs import default_rows_per_part as default_rows_per_part
 from .dataset_jobs import file_fingerprint as file_fingerprint
 from .dataset_jobs import model_fingerprint as model_fingerprint
 from .dataset_jobs import tokenizer_fingerprint as tokenizer_fingerprint
+from .dataset_llm import attribute_causal_part, causal_output_schema, is_causal_lm, load_causal_lm
 from .datasets import TextTable
 from .distributed import ProcessGroup, unwrap_parallel
+from .llm import LLMDecompX
 from .parts import PartFolder
 
 METHODS = ("exact", "fast")
@@ -290,6 +292,8 @@ def attribute_dataset(
     show_progress: bool = True,
     device: Union[None, str, torch.device] = None,
     log: Optional[Callable[[str], None]] = None,
+    target_column: Optional[str] = None,
+    generate: Optional[int] = None,
 ) -> DatasetAttributionResult:
     """Decompose every row of a data file with DecompX into Parquet parts under ``out_dir``.
 
@@ -318,6 +322,11 @@ def attribute_dataset(
         device: where to compute (default ``cuda:LOCAL_RANK`` with CUDA, else the CPU); a loaded
             model stays on its own device.
         log: where rank 0 writes short status lines (default: nowhere).
+        target_column, generate: for a causal LM (``*ForCausalLM``, ``*LMHeadModel``, a folder or a
+            loaded model) exactly one: the column of each prompt's target text, or the number of
+            tokens to generate greedily and explain. Each row is then explained by
+            :class:`~captum_decompx.LLMDecompX` in one pass; the parts' columns are those of
+            :mod:`captum_decompx.dataset_llm`.
 
     Returns:
         A :class:`DatasetAttributionResult`; ``.read_table()`` gives the whole table.
@@ -329,9 +338,20 @@ def attribute_dataset(
     """
     began = time.perf_counter()
     _check_options(method, batch_size, rows_per_part, max_length)
+    if generate is not None and (not isinstance(generate, int) or isinstance(generate, bool) or generate < 1):
+        raise DatasetAttributionError(f"generate must be a positive number of tokens, got {generate!r}.")
+    causal_lm = _causal_lm(model, tokenizer)
+    _check_causal_options(causal_lm is not None, target_column, generate, text_pair_column)
+    if causal_lm is not None:  # a causal LM's target column is read where a classifier's second texts are
+        text_pair_column = target_column
+    loaded_here = causal_lm is not None and not isinstance(model, nn.Module)
+    if causal_lm is not None:
+        model, tokenizer = causal_lm
     columns = Columns(text_column, text_pair_column, label_column)
     inputs = JobInputs(Path(data).expanduser(), columns, Path(out_dir).expanduser(), model, tokenizer)
-    options = _Options(method, batch_size, max_length, rows_per_part, bucket_by_length, show_progress)
+    options = _Options(
+        method, batch_size, max_length, rows_per_part, bucket_by_length, show_progress, target_column, generate, loaded_here
+    )
     return in_process_group(device, log, lambda group, say: _attribute_dataset(group, say, inputs, options, began))
 
 
@@ -345,6 +365,45 @@ class _Options:
     rows_per_part: Optional[int]
     bucket_by_length: bool
     show_progress: bool
+    target_column: Optional[str] = None  # causal LMs: the targets' column, or
+    generate: Optional[int] = None  # the number of tokens to generate
+    loaded_here: bool = False  # the model was loaded from a folder here (moved to each rank's device)
+
+
+def _causal_lm(model: Union[None, str, Path, nn.Module], tokenizer: Any) -> Optional[tuple[nn.Module, Any]]:
+    """The causal LM and its tokenizer when ``model`` is one (loaded here from a folder or hub id
+    whose config names a causal LM architecture), else None."""
+    if isinstance(model, nn.Module):
+        return (model, tokenizer) if is_causal_lm(unwrap_parallel(model)) else None
+    from .demo import DemoError
+
+    try:
+        loaded = load_causal_lm(model)
+    except DemoError as error:
+        raise DatasetAttributionError(str(error)) from error
+    if loaded is None:
+        return None
+    return loaded[0], tokenizer if tokenizer is not None else loaded[1]
+
+
+def _check_causal_options(
+    causal: bool, target_column: Optional[str], generate: Optional[int], pair_column: Optional[str]
+) -> None:
+    """A causal LM needs exactly one of a target column and a generation length; a classifier neither."""
+    if causal and (target_column is None) == (generate is None):
+        raise DatasetAttributionError(
+            "A causal LM explains a target after each prompt: give the column of the targets "
+            "(--target-column / target_column=) or the number of tokens to generate (--generate / generate=), not both."
+        )
+    if causal and pair_column is not None:
+        raise DatasetAttributionError(
+            "A causal LM reads one prompt per row: drop --text-pair-column (the target column is --target-column)."
+        )
+    if not causal and (target_column is not None or generate is not None):
+        raise DatasetAttributionError(
+            "--target-column and --generate are for causal LMs (*ForCausalLM, *LMHeadModel); this model is a "
+            "classifier, whose every class logit is explained."
+        )
 
 
 def _check_options(method: str, batch_size: Any, rows_per_part: Any, max_length: Any) -> None:
@@ -375,6 +434,7 @@ def _output_folder(
     *,
     method: str,
     max_length: int,
+    extra: Optional[dict[str, Any]] = None,
 ) -> PartFolder:
     """The output folder of an attribute run: what must match to resume it, and the parts' schema."""
     options = {
@@ -383,6 +443,7 @@ def _output_folder(
         "text_column": table.text_column,
         "text_pair_column": table.text_pair_column,
         "label_column": table.label_column,
+        **(extra or {}),
     }
     identity = run_identity(group, model, tokenizer, table.path, len(table), options)
     return PartFolder(
@@ -397,6 +458,34 @@ def _attribute_dataset(
     out_dir = inputs.out_dir
     method = options.method
     limit = options.max_length if options.max_length is not None else model_max_length(model, tokenizer)
+    device = next(model.parameters()).device
+    if is_causal_lm(model):  # one LLMDecompX pass per row
+        if options.loaded_here:  # loaded from a folder: onto this rank's device
+            model.to(group.device)
+            device = group.device
+        schema = causal_output_schema(table.labels is not None)
+        extra = {"target_column": options.target_column, "generate": options.generate}
+        folder = _output_folder(
+            group, out_dir, model, tokenizer, source, table, schema, method=method, max_length=limit, extra=extra
+        )
+        llm = LLMDecompX(model, tokenizer, include_biases=method == "exact", algorithm=method)
+
+        def compute_causal(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, tuple[int, int]]:
+            part, truncated, padding = attribute_causal_part(
+                llm,
+                tokenizer,
+                table,
+                start,
+                end,
+                schema=schema,
+                max_length=limit,
+                generate=options.generate,
+                device=device,
+                on_batch=progress,
+            )
+            return part, (truncated, padding)
+
+        return _run_attribute_job(group, say, table, folder, compute_causal, options, began)
     schema = output_schema(table.text_pairs is not None, table.labels is not None)
     folder = _output_folder(group, out_dir, model, tokenizer, source, table, schema, method=method, max_length=limit)
     explainer = DecompX(_forward(model), model=model, include_biases=method == "exact", method=method)
@@ -412,11 +501,25 @@ def _attribute_dataset(
             batch_size=options.batch_size,
             max_length=limit,
             bucket_by_length=options.bucket_by_length,
-            device=next(model.parameters()).device,
+            device=device,
             on_batch=progress,
         )
         return part, (truncated, padding)
 
+    return _run_attribute_job(group, say, table, folder, compute, options, began)
+
+
+def _run_attribute_job(
+    group: ProcessGroup,
+    say: Callable[[str], None],
+    table: TextTable,
+    folder: PartFolder,
+    compute: Callable[[int, int, Callable[[int], None]], tuple[Any, tuple[int, int]]],
+    options: _Options,
+    began: float,
+) -> DatasetAttributionResult:
+    """Compute the missing parts with ``compute`` over the ranks and report the run."""
+    method, out_dir = options.method, folder.path
     job = PartJob(
         folder=folder,
         n_rows=len(table),
@@ -478,6 +581,7 @@ def run_attribute_command(args: Any, out: Any) -> int:
 
     passed = ("model", "text_column", "text_pair_column", "label_column", "method", "batch_size", "max_length", "rows_per_part")
     options = {name: getattr(args, name) for name in passed}
+    options.update(target_column=getattr(args, "target_column", None), generate=getattr(args, "generate", None))
     outcome = report_on_one_rank(
         lambda: attribute_dataset(
             args.data, args.out, bucket_by_length=not args.no_bucketing, show_progress=not args.no_progress, log=log, **options

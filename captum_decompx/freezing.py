@@ -122,7 +122,7 @@ class NormFreezing:
 class PointwiseFreezing:
     """A pointwise activation ``y = f(a)`` frozen by its registered approximation's
     :meth:`~captum_decompx.components.activations.Approximation.frozen_slope`: ``"zo"`` slope
-    ``f(a) / (a + 1e-12)``; ``"la"`` slope ``f'(a)`` (the intercept is a bias); ``"relu"`` slope
+    ``f(a) / (a + 1e-12)`` (``f'(0)`` where ``a == 0``); ``"la"`` slope ``f'(a)`` (the intercept is a bias); ``"relu"`` slope
     ``a > 0``, and ``f(a) - a * (a > 0)`` is left out of the decomposition (returned as
     ``dropped``, see :func:`frozen_forward`)."""
 

@@ -15,6 +15,11 @@ it (DecompX explains logits, not log-probabilities). At every step the shares ad
 ``skipped_attr`` the prompt tokens that are not features (``skip_tokens``, a template's fixed
 text), ``generated_attr[t, s]`` the share of the earlier generated token ``s < t``, and ``bias``
 the biases' share (zero when the biases are decomposed).
+
+A whole target costs about one step: in a causal model the last layer's row at position ``p``
+depends on the tokens up to ``p`` only, so one decomposition of the prompt and the target holds
+every step's (:func:`captum_decompx.decomposition.decompose_rows` on the exact path,
+:func:`~captum_decompx.decomposition.fast_rows` after one frozen forward pass on the fast path).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import torch
 from captum.attr import LLMAttributionResult, TextTemplateInput, TextTokenInput
 from torch import Tensor, nn
 
+from . import decomposition
+from .adapters import task_of
 from .attribution import DecompX
+from .components.head import head_step_kind
 
 DEFAULT_GEN_ARGS = {"max_new_tokens": 16, "do_sample": False}
 
@@ -48,12 +56,14 @@ class LLMDecompXResult(LLMAttributionResult):
         logits: (targets,), each target token's next-token logit. For a model that soft-caps its
             logits (Gemma 2/3's ``final_logit_softcapping``), the logit ``z`` before the cap, which
             is the value explained (with a warning); ``output_probs`` stay the model's own.
+        target_ids: (targets,), the target tokens' ids.
     """
 
     generated_attr: Tensor
     skipped_attr: Tensor
     bias: Tensor
     logits: Tensor
+    target_ids: Tensor
 
 
 class _Prompt:
@@ -72,13 +82,24 @@ class LLMDecompX:
     Args:
         model: a Hugging Face causal LM (GPT-2 or the Llama family), in eval mode.
         tokenizer: its tokenizer (a fast tokenizer for ``TextTemplateInput`` prompts).
+        one_pass: explain every target token from one pass over the prompt and the target (one
+            exact decomposition, or one frozen forward pass and one batched backward pass); False
+            explains the tokens one :meth:`DecompX.attribute` call each on the growing context.
+            Both give the same results; models whose steps cannot be read from one pass (a head
+            with its own nonlinearity, soft-capped logits, attention that is not causal) are
+            explained step by step either way.
         **options: DecompX options (``include_biases``, ``algorithm``, ``max_memory``, ...);
-            ``include_biases=False`` (the fast algorithm) makes long prompts cheap.
+            ``include_biases=False`` (the fast algorithm) makes long prompts cheap. The exact
+            decomposition of the final sequence stays under ``max_memory`` (in chunks of rows) or
+            is refused with :class:`~captum_decompx.DecompXMemoryError` before any work.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, **options: Any) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, *, one_pass: bool = True, **options: Any) -> None:
+        if not isinstance(one_pass, bool):
+            raise ValueError(f"one_pass must be True or False, got {one_pass!r}.")
         self.model = model
         self.tokenizer = tokenizer
+        self.one_pass = one_pass
         self.decompx = DecompX(self._next_token_logits, model=model, **options)
 
     def _next_token_logits(self, input_ids: Tensor) -> Tensor:
@@ -197,7 +218,8 @@ class LLMDecompX:
             skip_tokens: prompt tokens (ids or token strings, e.g. the BOS token) that are not
                 features; their share is reported in ``skipped_attr``.
             gen_args: ``model.generate`` arguments when ``target`` is None.
-            show_progress: a progress bar over the target tokens.
+            show_progress: a progress bar over the target tokens (when they are explained step by
+                step; one pass has no steps to count).
 
         Returns:
             :class:`LLMDecompXResult`: ``token_attr`` (targets, features) holds each prompt
@@ -208,49 +230,140 @@ class LLMDecompX:
         """
         prompt = self._prompt(inp, skip_tokens)
         target_ids = self._target_ids(prompt.ids, target, gen_args)
-        steps: Any = range(target_ids.numel())
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc="LLMDecompX", unit="token")
+        steps = self._one_pass(prompt.ids, target_ids) if self.one_pass and self._one_pass_applies() else None
+        if steps is None:
+            steps = self._step_by_step(prompt.ids, target_ids, show_progress=show_progress)
         n_prompt, n_targets = prompt.ids.shape[1], target_ids.numel()
-        features = prompt.features.to(prompt.ids.device)
-        token_rows, skipped, generated, bias, logits, probs = [], [], [], [], [], []
-        context = prompt.ids
-        capped = self.decompx.adapter.logit_softcap is not None
-        for step in steps:
-            token = int(target_ids[step])
-            scores, delta = self.decompx.attribute(context, target=token, return_convergence_delta=True)
-            scores = scores[0].detach().float()
-            with torch.no_grad():
-                step_logits = self._next_token_logits(context)[0].float()
-            prompt_scores = scores[:n_prompt]
-            token_rows.append(prompt_scores @ features)
-            skipped.append(prompt_scores.sum() - (prompt_scores @ features).sum())
-            row = torch.zeros(n_targets, device=scores.device)
-            row[:step] = scores[n_prompt:]
-            generated.append(row)
-            bias.append(-delta[0].detach().float())
-            if capped:  # the explained value: the logit before the cap (attributions plus bias)
-                logits.append(scores.sum() - delta[0].detach().float())
-            else:
-                logits.append(step_logits[token])
-            probs.append(torch.softmax(step_logits, -1)[token])
-            context = torch.cat([context, target_ids[step : step + 1].view(1, 1)], dim=1)
-        token_attr = torch.stack(token_rows).cpu()
+        features = prompt.features.to(steps.scores.device)
+        prompt_scores = steps.scores[:, :n_prompt]  # (targets, prompt)
+        token_attr_device = prompt_scores @ features
+        skipped = prompt_scores.sum(1) - token_attr_device.sum(1)
+        generated = torch.zeros(n_targets, n_targets, device=steps.scores.device)
+        for step in range(1, n_targets):
+            generated[step, :step] = steps.scores[step, n_prompt : n_prompt + step]
+        token_attr = token_attr_device.cpu()
         result = LLMDecompXResult(
             input_tokens=prompt.names,
             output_tokens=self.tokenizer.convert_ids_to_tokens(target_ids.tolist()),
             seq_attr=token_attr.sum(0),
             token_attr=token_attr,
-            output_probs=torch.stack(probs).cpu(),
+            output_probs=steps.probs.cpu(),
             inp=prompt.inp,
         )
-        result.generated_attr = torch.stack(generated).cpu()
-        result.skipped_attr = torch.stack(skipped).cpu()
-        result.bias = torch.stack(bias).cpu()
-        result.logits = torch.stack(logits).cpu()
+        result.generated_attr = generated.cpu()
+        result.skipped_attr = skipped.cpu()
+        result.bias = steps.bias.cpu()
+        result.logits = steps.logits.cpu()
+        result.target_ids = target_ids.cpu()
         return result
+
+    def _step_by_step(self, prompt_ids: Tensor, target_ids: Tensor, *, show_progress: bool) -> "_Steps":
+        """One :meth:`DecompX.attribute` call per target token, on the growing context."""
+        n_prompt, n_targets = prompt_ids.shape[1], target_ids.numel()
+        steps: Any = range(n_targets)
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="LLMDecompX", unit="token")
+        scores = torch.zeros(n_targets, n_prompt + n_targets - 1, device=prompt_ids.device)
+        bias, logits, probs = [], [], []
+        context = prompt_ids
+        capped = self.decompx.adapter.logit_softcap is not None
+        for step in steps:
+            token = int(target_ids[step])
+            row, delta = self.decompx.attribute(context, target=token, return_convergence_delta=True)
+            scores[step, : n_prompt + step] = row[0].detach().float()
+            with torch.no_grad():
+                step_logits = self._next_token_logits(context)[0].float()
+            bias.append(-delta[0].detach().float())
+            if capped:  # the explained value: the logit before the cap (attributions plus bias)
+                logits.append(row[0].detach().float().sum() - delta[0].detach().float())
+            else:
+                logits.append(step_logits[token])
+            probs.append(torch.softmax(step_logits, -1)[token])
+            context = torch.cat([context, target_ids[step : step + 1].view(1, 1)], dim=1)
+        return _Steps(scores, torch.stack(bias), torch.stack(logits), torch.stack(probs))
+
+    def _one_pass_applies(self) -> bool:
+        """Whether every step can be read from one pass over the final sequence: a causal LM whose
+        head is one linear map read at every position, with no soft-cap on its logits."""
+        adapter = self.decompx.adapter
+        return (
+            task_of(self.model) == "causal LM"
+            and adapter.logit_softcap is None
+            and len(adapter.head) == 1
+            and not any(head_step_kind(step).reads_input for step in adapter.head)
+        )
+
+    def _one_pass(self, prompt_ids: Tensor, target_ids: Tensor) -> Optional["_Steps"]:
+        """Every step from one pass over the prompt and the targets but the last.
+
+        In a causal model the last layer's row at position ``p`` depends on the tokens ``<= p``
+        only, so the rows ``n_prompt - 1 + t`` of one decomposition of the final sequence are the
+        decompositions of the steps. Returns None (the caller then explains step by step) when a
+        row shares its logit with a token after it: the model is not causal.
+        """
+        decompx = self.decompx
+        n_prompt, n_targets = prompt_ids.shape[1], target_ids.numel()
+        context = torch.cat([prompt_ids, target_ids[:-1].view(1, -1)], dim=1)
+        positions = torch.arange(n_prompt - 1, n_prompt - 1 + n_targets, device=context.device)
+        dtype = decompx._compute_dtype()
+        options = decompx._settings()
+        with decompx._call_modes():
+            if decompx.method == "fast":
+                run = decompx._frozen_run(context, None)
+                head_input, model_output = run.frozen.head_input, run.model_output
+                if head_input is None or head_input.dim() != 3:
+                    return None
+                weight = decomposition.resolve_parts(self.model, decompx.adapter, dtype).head[0].params.weight
+                scores = decomposition.fast_rows(run.frozen, head_input, positions, weight[target_ids], dtype)[:, 0]
+                bias = None
+            else:
+                decomposition.plan_rows(
+                    self.model,
+                    decompx.adapter,
+                    options,
+                    batch=1,
+                    seq=context.shape[1],
+                    rows=n_targets,
+                    dtype=dtype,
+                    max_memory=decompx.max_memory,
+                )  # a DecompXMemoryError before any work when it cannot fit
+                capture = decompx._capture_forward(context, None)
+                model_output = capture.model_output
+                rows = decomposition.decompose_rows(
+                    capture.captured,
+                    self.model,
+                    decompx.adapter,
+                    options,
+                    positions=positions,
+                    classes=target_ids,
+                    dtype=dtype,
+                    max_memory=decompx.max_memory,
+                )
+                scores, bias = rows.contributions[0], rows.bias[0]
+        if model_output is None or model_output.dim() != 3:
+            return None
+        later = torch.ones_like(scores, dtype=torch.bool).triu(n_prompt)
+        if bool((scores[later] != 0).any()):
+            return None  # a token after a row's position takes part in it: not a causal model
+        all_logits = model_output[0, positions].detach().float()  # (targets, vocab)
+        logits = all_logits.gather(1, target_ids.view(-1, 1)).squeeze(1)
+        probs = torch.softmax(all_logits, -1).gather(1, target_ids.view(-1, 1)).squeeze(1)
+        scores = scores.detach().float()
+        bias = logits - scores.sum(1) if bias is None else bias.detach().float()
+        return _Steps(scores, bias, logits, probs)
+
+
+class _Steps:
+    """Every step's decomposition: ``scores`` (targets, prompt + targets - 1), row ``t`` the shares
+    of the tokens before target ``t`` (zero from there on); ``bias``, ``logits``, ``probs`` (targets,)."""
+
+    def __init__(self, scores: Tensor, bias: Tensor, logits: Tensor, probs: Tensor) -> None:
+        self.scores = scores
+        self.bias = bias
+        self.logits = logits
+        self.probs = probs
 
 
 def _template_spans(prompt: TextTemplateInput) -> tuple[str, list[tuple[int, int]]]:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 DTYPE = torch.float64
-ZERO_ORIGIN_EPS = 1e-12  # theta = f(a) / (a + 1e-12)
+ZERO_ORIGIN_EPS = 1e-12  # theta = f(a) / (a + 1e-12), and f'(0) where a == 0 exactly
 RULE_EPS = 1e-12  # w[i, k] = s[i, k] / (sum_k' s[i, k'] + 1e-12)
 
 # Bias modes: "rule" spreads every bias over the tokens (DecompX); "drop" leaves every bias out
@@ -100,10 +100,13 @@ class NormWeights:
 
 @dataclass
 class Activation:
-    """A pointwise nonlinearity and its derivative (for the tangent-line approximation)."""
+    """A pointwise nonlinearity, its derivative (for the tangent-line approximation) and its
+    derivative at 0, written by hand (the zero-origin slope where the pre-activation is exactly 0:
+    the limit of ``f(a) / a``; ReLU's is its left limit, 0)."""
 
     function: Callable[[Tensor], Tensor]
     derivative: Optional[Callable[[Tensor], Tensor]] = None
+    slope_at_zero: Optional[float] = None
 
 
 @dataclass
@@ -383,12 +386,15 @@ def normalize(pieces: Tensor, real_input: Tensor, norm: NormWeights, mode: str, 
 
 
 def activate(pieces: Tensor, a: Tensor, activation: Activation, approximation: str, mode: str, rule: str) -> Tensor:
-    """ZO: ``Q = f(a) / (a + 1e-12) * P``; LA: ``Q = f'(a) * P``, then ``c = f(a) - f'(a) a`` through
+    """ZO: ``Q = f(a) / (a + 1e-12) * P`` (``f'(0) * P`` where ``a == 0``); LA: ``Q = f'(a) * P``, then ``c = f(a) - f'(a) a`` through
     the bias rule with weights from ``Q``; ReLU: ``Q = P * (a > 0)``. ``a`` is (rows, dim)."""
     rows, tokens, _ = pieces.shape
     out = torch.zeros_like(pieces)
     if approximation == "zo":
         coefficient = activation.function(a) / (a + ZERO_ORIGIN_EPS)
+        if bool((a == 0).any()):
+            assert activation.slope_at_zero is not None, "an exact zero needs the activation's slope_at_zero"
+            coefficient = torch.where(a == 0, torch.tensor(activation.slope_at_zero, dtype=coefficient.dtype), coefficient)
     elif approximation == "la":
         coefficient = activation.derivative(a)
     else:
@@ -545,10 +551,19 @@ def tanh_derivative(a: Tensor) -> Tensor:
     return 1.0 - torch.tanh(a) ** 2
 
 
-TANH = Activation(torch.tanh, tanh_derivative)
-GELU = Activation(gelu, gelu_derivative)
-GELU_TANH = Activation(gelu_tanh)
-SILU = Activation(silu)
+def relu(a: Tensor) -> Tensor:
+    return torch.where(a > 0, a, torch.zeros_like(a))
+
+
+def relu_derivative(a: Tensor) -> Tensor:
+    return (a > 0).to(a.dtype)
+
+
+TANH = Activation(torch.tanh, tanh_derivative, slope_at_zero=1.0)
+GELU = Activation(gelu, gelu_derivative, slope_at_zero=0.5)
+GELU_TANH = Activation(gelu_tanh, slope_at_zero=0.5)
+SILU = Activation(silu, slope_at_zero=0.5)
+RELU = Activation(relu, relu_derivative, slope_at_zero=0.0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model, make_padded_batch
+from support.classifiers import make_model, make_padded_batch
 from torch import Tensor, nn
 
 from captum_decompx import ALTI, GlobEnc

@@ -31,6 +31,7 @@ def _table_rows(markdown: str, heading: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
+@pytest.mark.slow  # a benchmark smoke run
 def test_quick_run_writes_table_and_plot(speed, tmp_path):
     raw = tmp_path / "raw.json"
     code = speed.main(["--quick", "--lengths", "8,16", "--repeats", "1", "--out", str(tmp_path), "--json", str(raw)])
@@ -65,6 +66,7 @@ def test_quick_run_writes_table_and_plot(speed, tmp_path):
     assert all(r["note"] == "internal_batch_size=50" for r in lig)  # tiny rows: all 50 steps in one pass
 
 
+@pytest.mark.slow  # a benchmark smoke run
 def test_points_over_the_limits_are_skipped_not_crashed(speed, tmp_path):
     # A one-byte memory limit skips every point; a tiny time cap would skip the rest, so the exact
     # point is exempted to check that exempt points still run.
@@ -114,6 +116,7 @@ def test_lig_chunks_split_the_steps_evenly_and_respect_the_budget(speed):
                 assert steps * batch * speed.activation_bytes_per_row(shape, seq) <= 2 * 2**30
 
 
+@pytest.mark.slow  # a benchmark smoke run
 def test_decoder_section_times_both_methods_on_a_llama_prompt(speed, tmp_path):
     code = speed.main(["--decoder", "--lengths", "16", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)])
     assert code == 0

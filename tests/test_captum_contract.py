@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import Attribution
+from support.classifiers import NUM_LABELS, assert_close_to_scale, cached_model, make_model, make_padded_batch
 
 from captum_decompx import DecompX
-from conftest import NUM_LABELS, assert_close_to_scale, cached_model, make_model, make_padded_batch
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 METHODS = {"exact": dict(), "fast": dict(include_biases=False)}

@@ -11,8 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -20,16 +18,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from support.cli_output import NEGATIVE, POSITIVE, ExplainOutput, assert_usage_error, parse_explain, run
+from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 from captum_decompx import DecompX, supported_model_types  # noqa: E402
 from captum_decompx.cli import main  # noqa: E402
 from captum_decompx.demo import DEMO_MODEL_ENV, demo_model_path, repository_root  # noqa: E402
 
-POSITIVE = "a good piece of work more often than not."
-NEGATIVE = "a dull, lifeless and utterly boring mess."
 ANSI_ESCAPE = "\x1b["
-NUMBER = r"[+-]?\d+\.\d+"
 
 
 @pytest.fixture(autouse=True)
@@ -38,66 +34,11 @@ def _demo_model_of_the_repository(monkeypatch):
     monkeypatch.delenv(DEMO_MODEL_ENV, raising=False)
 
 
-@pytest.fixture(scope="module")
-def demo():
-    """The demo classifier and tokenizer, loaded here without the package's loader."""
-    path = repository_root() / "models" / "minilm-sst2"
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(path)
-
-
 def model_logits(demo, text: str, pair: str | None = None) -> torch.Tensor:
     model, tokenizer = demo
     batch = tokenizer(text, pair, return_tensors="pt")
     with torch.no_grad():
         return model(**batch).logits[0]
-
-
-@dataclass
-class ExplainOutput:
-    predicted: str
-    probabilities: dict[str, float]
-    tokens: dict[str, list[str]]  # per class
-    scores: dict[str, list[float]]  # per class
-    sum_check: dict[str, tuple[float, float, float]]  # per class: contributions, bias, logit
-    printed_sums: dict[str, tuple[Decimal, Decimal, Decimal]]  # per class: contributions, bias, their printed sum
-
-
-def parse_explain(text: str) -> ExplainOutput:
-    """Read the plain-text output of ``explain`` back into numbers."""
-    lines = text.splitlines()
-    predicted = re.search(r"^prediction: (.+?) \(p = ([\d.e -]+)\)$", text, re.M).group(1)
-    probabilities = {
-        name: float(value) for name, value in re.findall(r"(\S+) ([\d.]+)", re.search(r"^probabilities: (.*)$", text, re.M).group(1))
-    }
-    start = next(i for i, line in enumerate(lines) if line.startswith("token contributions"))
-    tokens, scores = {}, {}
-    for line in lines[start + 1 :]:
-        if not line.strip():
-            break
-        label, _, rest = line.strip().partition(": ")
-        pairs = [item.rsplit(":", 1) for item in rest.split(" ")]
-        tokens[label] = [token for token, _ in pairs]
-        scores[label] = [float(score) for _, score in pairs]
-    check_start = next(i for i, line in enumerate(lines) if line.startswith("sum check"))
-    sum_check, printed_sums = {}, {}
-    for line in lines[check_start + 1 :]:
-        match = re.match(
-            rf"^\s*(.+?): ({NUMBER}) ([+-]) (\d+\.\d+) = ({NUMBER})\s+\(logit ({NUMBER}), \|difference\| (\S+)\)$", line
-        )
-        if not match:
-            break
-        label, total, sign, bias, printed_sum, logit, _ = match.groups()
-        signed_bias = Decimal(bias) * (1 if sign == "+" else -1)
-        sum_check[label] = (float(total), float(signed_bias), float(logit))
-        printed_sums[label] = (Decimal(total), signed_bias, Decimal(printed_sum))
-    return ExplainOutput(predicted, probabilities, tokens, scores, sum_check, printed_sums)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def assert_sum_check_holds(parsed: ExplainOutput, logits: torch.Tensor, labels: list[str]) -> None:
@@ -219,13 +160,6 @@ def test_explain_writes_html_and_png(capsys, tmp_path):
 # errors a person can act on
 
 
-def assert_usage_error(status: int, err: str, *phrases: str) -> None:
-    assert status == 2
-    assert "Traceback" not in err
-    for phrase in phrases:
-        assert phrase in err, err
-
-
 def test_unknown_label_lists_the_labels(capsys):
     status, out, err = run(capsys, "explain", POSITIVE, "--target", "neutral")
     assert_usage_error(status, err, "'neutral'", "negative (0)", "positive (1)")
@@ -264,7 +198,7 @@ def test_model_path_that_is_a_file(capsys, tmp_path):
 
 def test_unsupported_architecture_lists_the_supported_ones(capsys, tmp_path):
     """A model_type made up for this test: no adapter can ever be added for it by accident."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+    from transformers import AutoConfig, BertConfig, BertForSequenceClassification
 
     class UnsupportedConfig(BertConfig):
         model_type = "decompx-test-unsupported"
@@ -341,6 +275,7 @@ def test_compare_normalizes_each_method(capsys, demo):
     assert columns[:, 0].tolist() == pytest.approx((decompx / decompx.abs().max()).tolist(), abs=6e-3)
 
 
+@pytest.mark.slow  # the evaluate command end to end on the demo model (4 s to 5 s on a busy 2-core machine)
 def test_evaluate_prints_the_faithfulness_table(capsys):
     status, out, err = run(capsys, "evaluate", "--data", "sst2-dev", "--limit", "4", "--methods", "decompx,random")
     assert status == 0, err
@@ -351,6 +286,7 @@ def test_evaluate_prints_the_faithfulness_table(capsys):
 # the installed console script
 
 
+@pytest.mark.slow  # spawns the installed console script twice
 def test_console_script_runs_offline():
     script = shutil.which("captum-decompx", path=str(Path(sys.executable).parent))
     assert script is not None, "the console script is not installed: run `pip install -e .`"

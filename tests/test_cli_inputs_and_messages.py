@@ -1,7 +1,7 @@
 """The command line's handling of awkward inputs and its messages: bad data files, figure paths, long
 texts, instant ``--help``, hub ids without network, and printed sums that add up.
 
-The printed numbers are checked against the demo model run here directly (``test_cli.demo``).
+The printed numbers are checked against the demo model run here directly (the ``demo`` fixture of ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from test_cli import NEGATIVE, POSITIVE, assert_usage_error, demo, parse_explain, run  # noqa: E402, F401 (demo: fixture)
+from support.cli_output import NEGATIVE, POSITIVE, assert_usage_error, parse_explain, run  # noqa: E402
 
 from captum_decompx.cli import format_sum_check, main, shortened  # noqa: E402
 from captum_decompx.demo import DEMO_MODEL_ENV, DataFileError, read_labelled_tsv  # noqa: E402

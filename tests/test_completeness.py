@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from captum_decompx import DecompX
-from conftest import (
+from support.classifiers import (
     ARCHITECTURE_NAMES,
     assert_close_to_scale,
     cached_model,
     make_padded_batch,
     padding_id,
 )
+
+from captum_decompx import DecompX
 
 SEEDS = (0, 1)
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)

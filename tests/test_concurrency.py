@@ -12,10 +12,10 @@ from typing import Callable
 
 import pytest
 import torch
+from support.classifiers import make_model, make_padded_batch
+from support.snapshots import assert_same_snapshot, model_snapshot
 
 from captum_decompx import DecompX
-from conftest import make_model, make_padded_batch
-from test_validation import assert_same_snapshot, model_snapshot
 
 TOLERANCE = dict(rtol=1e-6, atol=1e-6)
 CALLS_PER_THREAD = 3

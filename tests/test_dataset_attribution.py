@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_model, make_word_tokenizer
+from support.classifiers import make_model, make_word_tokenizer
 from torch import nn
 
 from captum_decompx import DecompX
@@ -183,6 +183,7 @@ def test_sentence_pairs_have_a_text_pair_column(workspace, tmp_path):
 # Distributed runs (gloo on CPU)
 
 
+@pytest.mark.slow  # torchrun: spawns distributed processes
 def test_torchrun_two_processes_equal_one(workspace, tmp_path):
     root = workspace["root"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-port", str(_free_port())]
@@ -192,6 +193,7 @@ def test_torchrun_two_processes_equal_one(workspace, tmp_path):
     assert_same_table(pq.read_table(tmp_path / "out"), workspace["reference"])
 
 
+@pytest.mark.slow  # torchrun: spawns distributed processes
 def test_two_node_rendezvous_on_localhost(workspace, tmp_path):
     root = workspace["root"]
     endpoint = f"127.0.0.1:{_free_port()}"
@@ -217,6 +219,7 @@ def test_two_node_rendezvous_on_localhost(workspace, tmp_path):
 # Crashes and resuming
 
 
+@pytest.mark.slow  # spawns and kills a child process
 def test_kill_9_then_resume_gives_the_complete_table(workspace, tmp_path):
     root, out = workspace["root"], tmp_path / "out"
     # One row per part and per batch: many small parts, so the kill lands between the first and the last.

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_model, make_word_tokenizer
+from support.classifiers import make_model, make_word_tokenizer
 
 from captum_decompx.dataset_attribution import DatasetAttributionError
 from captum_decompx.dataset_evaluation import evaluate_dataset
@@ -87,6 +87,7 @@ def test_a_damaged_part_is_logged_and_computed_again(workspace, tmp_path):
     assert lines[1].startswith("  part part-00002.parquet: unreadable") and lines[1].endswith("; computing it again")
 
 
+@pytest.mark.slow  # torchrun: spawns distributed processes
 def test_torchrun_two_processes_rank_0_prints_the_table(workspace, tmp_path):
     root = workspace["root"]
     with socket.socket() as probe:

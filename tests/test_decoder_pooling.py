@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from test_architectures import COMMON, DECODER
+from support.architectures import COMMON, DECODER
 
 from captum_decompx import DecompX
 from captum_decompx.testing import randomize_parameters

@@ -18,10 +18,10 @@ import copy
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
+from support.classifiers import assert_close_to_scale, make_model, make_padded_batch, padding_id
+from support.product_spy import ProductSpy, spied_forward
 
 from captum_decompx import DecompX
-from conftest import assert_close_to_scale, make_model, make_padded_batch, padding_id
 
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # Agreement with the float32 model, as a fraction of the largest |logit| of the float32 model:
@@ -31,49 +31,6 @@ METHODS = {"exact": dict(), "fast": dict(include_biases=False), "no-head": dict(
 ARCHITECTURES = ("bert", "distilbert", "roberta")
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-_PRODUCTS = {
-    torch.matmul,
-    torch.Tensor.matmul,
-    torch.Tensor.__matmul__,
-    torch.Tensor.__rmatmul__,
-    torch.einsum,
-    torch.bmm,
-    torch.mm,
-    torch.baddbmm,
-    torch.addmm,
-    torch.nn.functional.linear,
-}
-
-
-class ProductSpy(TorchFunctionMode):
-    """Records (dtype, device) of the floating operands of every matrix product run outside the
-    forward function."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.in_forward = False
-        self.operands: list[tuple[torch.dtype, torch.device]] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if not self.in_forward and func in _PRODUCTS:
-            for value in list(args) + list(kwargs.values()):
-                for tensor in value if isinstance(value, (list, tuple)) else (value,):
-                    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                        self.operands.append((tensor.dtype, tensor.device))
-        return func(*args, **kwargs)
-
-
-def spied_forward(model, spy: ProductSpy):
-    def forward(input_ids, attention_mask):
-        spy.in_forward = True
-        try:
-            return model(input_ids, attention_mask=attention_mask).logits
-        finally:
-            spy.in_forward = False
-
-    return forward
 
 
 def run(model, batch, options: dict, device: str = "cpu"):

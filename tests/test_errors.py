@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import NUM_LABELS, cached_model, make_model, make_padded_batch
+from support.classifiers import NUM_LABELS, cached_model, make_model, make_padded_batch
 from torch import nn
 from transformers import GPT2Config, GPT2ForSequenceClassification
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerIntegratedGradients
-from conftest import make_word_tokenizer
+from support.classifiers import make_word_tokenizer
 from torch import Tensor, nn
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 

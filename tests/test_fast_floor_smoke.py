@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
 import fast_floor  # noqa: E402
 
 
+@pytest.mark.slow  # a benchmark smoke run
 def test_quick_run_writes_the_report(tmp_path):
     out = tmp_path / "fast_floor.md"
     fast_floor.main(["--quick", "--repeats", "1", "--out", str(out)])

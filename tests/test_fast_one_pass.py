@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_architectures import ENCODERS, forward_of, padded_batch
-from test_model_unchanged import assert_unchanged, snapshot
+from support.architectures import ENCODERS, forward_of, padded_batch
+from support.snapshots import assert_unchanged, snapshot
 
 from captum_decompx import DecompX
 from captum_decompx.testing import randomize_parameters

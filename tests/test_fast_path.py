@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from support.classifiers import ARCHITECTURE_NAMES, assert_close_to_scale, cached_model, make_padded_batch, padding_id
 
 from captum_decompx import DecompX
-from conftest import ARCHITECTURE_NAMES, assert_close_to_scale, cached_model, make_padded_batch, padding_id
 
 
 def _option_combinations() -> dict[str, dict]:

@@ -19,7 +19,7 @@ import literal_spec as spec
 import pytest
 import torch
 import transformers as tf
-from test_spec_decoders import llama_weights
+from support.literal_models import llama_weights
 
 from captum_decompx import DecompX
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from captum.attr import NoiseTunnel
 from captum.metrics import infidelity, sensitivity_max
-from conftest import NUM_LABELS, assert_close_to_scale, cached_model, make_padded_batch
+from support.classifiers import NUM_LABELS, assert_close_to_scale, cached_model, make_padded_batch
 
 from captum_decompx import DecompX
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 pytest.importorskip("ferret", reason="the ferret extra is not installed: pip install -e '.[ferret]'")
-from conftest import cached_model, make_word_tokenizer  # noqa: E402
 from ferret import Benchmark  # noqa: E402
 from ferret.evaluators.faithfulness_measures import (  # noqa: E402
     AOPC_Comprehensiveness_Evaluation,
@@ -20,6 +19,7 @@ from ferret.evaluators.faithfulness_measures import (  # noqa: E402
     TauLOO_Evaluation,
 )
 from scipy.stats import kendalltau  # noqa: E402
+from support.classifiers import cached_model, make_word_tokenizer  # noqa: E402
 
 from captum_decompx import DecompX  # noqa: E402
 from captum_decompx.integrations.ferret import DecompXExplainer  # noqa: E402

@@ -19,7 +19,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from conftest import cached_model, make_word_tokenizer  # noqa: E402
+from support.classifiers import cached_model, make_word_tokenizer  # noqa: E402
 
 from captum_decompx import DecompX  # noqa: E402
 from captum_decompx.integrations.shap import (  # noqa: E402
@@ -149,6 +149,7 @@ def test_errors(model, tokenizer):
         to_shap_explanation(norms, encoded["input_ids"], tokenizer)
 
 
+@pytest.mark.slow  # SHAP's partition explainer (18 s on a busy 2-core machine)
 def test_partition_attribution_places_shap_values_on_the_tokens(model, tokenizer):
     encoded = encode(tokenizer, TEXTS[:2])
     attribution = ShapPartitionAttribution(model, tokenizer, max_evals=40)
@@ -171,6 +172,7 @@ def test_partition_attribution_places_shap_values_on_the_tokens(model, tokenizer
     assert "np.float" not in text_plot_html(own)
 
 
+@pytest.mark.slow  # a benchmark smoke run
 def test_benchmark_script_runs_end_to_end(tmp_path):
     """``benchmarks/shap_vs_decompx.py`` on 2 sentences of the demo model, SHAP with 20 evaluations."""
     import importlib.util

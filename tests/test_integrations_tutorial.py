@@ -8,9 +8,10 @@ import pytest
 
 pytest.importorskip("shap", reason="tutorial 5 needs the shap extra: pip install -e '.[shap,inseq]'")
 pytest.importorskip("inseq", reason="tutorial 5 needs the inseq extra: pip install -e '.[shap,inseq]'")
-from test_tutorials import count_outputs, execute, number_after, printed  # noqa: E402
+from support.notebooks import count_outputs, execute, number_after, printed  # noqa: E402
 
 
+@pytest.mark.slow  # executes a notebook in a fresh kernel
 def test_tutorial_5_shap_and_inseq(monkeypatch):
     notebook = execute("05_shap_and_inseq.ipynb", monkeypatch)
     text = printed(notebook)

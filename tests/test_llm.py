@@ -10,19 +10,17 @@ import pytest
 import torch
 import transformers as tf
 from captum.attr import LLMAttributionResult
-from tokenizers import Tokenizer, models, pre_tokenizers
+from support.word_level import LLM_WORDS
 
 from captum_decompx import DecompX, LLMDecompX
 from captum_decompx.testing import randomize_parameters
 
-WORDS = ["<pad>", "<unk>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "fast", "and", "slow", "big", "small"]
+WORDS = LLM_WORDS
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tf.PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", unk_token="<unk>")
+def tokenizer(llm_tokenizer):
+    return llm_tokenizer
 
 
 def tiny_llama():

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from test_architectures import DECODER
-from test_llm import WORDS, tokenizer  # noqa: F401  (a fixture)
+from support.architectures import DECODER
+from support.word_level import LLM_WORDS as WORDS
 
 from captum_decompx import DecompX, LLMDecompX
 from captum_decompx.testing import randomize_parameters
@@ -41,15 +41,15 @@ def rows_close(capped, plain, what: str, tol: float = 1e-5) -> None:
 
 
 @pytest.mark.parametrize("options", [{}, {"include_biases": False}], ids=["biases-decomposed", "fast-biases-left-out"])
-def test_llm_decompx_explains_the_logit_before_the_cap_and_keeps_the_bias_share_the_biases(tokenizer, options):  # noqa: F811
+def test_llm_decompx_explains_the_logit_before_the_cap_and_keeps_the_bias_share_the_biases(llm_tokenizer, options):
     capped_model, plain_model = gemma2(CAP), gemma2(None)
     with pytest.warns(UserWarning, match=r"soft-caps its logits.*BEFORE the cap"):
-        capped = LLMDecompX(capped_model, tokenizer, **options).attribute(PROMPT, target=CONTINUATION)
-    plain = LLMDecompX(plain_model, tokenizer, **options).attribute(PROMPT, target=CONTINUATION)
+        capped = LLMDecompX(capped_model, llm_tokenizer, **options).attribute(PROMPT, target=CONTINUATION)
+    plain = LLMDecompX(plain_model, llm_tokenizer, **options).attribute(PROMPT, target=CONTINUATION)
 
     # The logits before the cap, read from the model without it.
-    prompt = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
-    targets = tokenizer(CONTINUATION, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    prompt = llm_tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    targets = llm_tokenizer(CONTINUATION, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     context = torch.cat([prompt, targets[None, :-1]], dim=1)
     with torch.no_grad():
         z = plain_model(input_ids=context).logits[0, prompt.shape[1] - 1 :].gather(1, targets[:, None])[:, 0]

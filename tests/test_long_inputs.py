@@ -9,14 +9,14 @@ import os
 
 import pytest
 import torch
+from support.classifiers import assert_close_to_scale, make_model, make_padded_batch, reinit_parameters
+from support.product_spy import ProductSpy, spied_forward
+from support.snapshots import assert_same_snapshot, model_snapshot
 from transformers import BertConfig, BertForSequenceClassification
 
 import captum_decompx
 from captum_decompx import DecompX, DecompXMemoryError, decomposition
 from captum_decompx.memory import readable_bytes
-from conftest import assert_close_to_scale, make_model, make_padded_batch, reinit_parameters
-from test_dtypes_devices import ProductSpy, spied_forward
-from test_validation import assert_same_snapshot, model_snapshot
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 LENGTHS = (24, 17, 9)

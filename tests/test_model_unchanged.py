@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from support.classifiers import reinit_parameters
+from support.snapshots import assert_unchanged, snapshot
 from torch import nn
-from torch.nn.modules import module as torch_module
 from transformers import BertConfig, BertForSequenceClassification
 
 from captum_decompx import DecompX
-from conftest import reinit_parameters
-
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_load_state_dict_pre_hooks",
-)
-GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-)
 
 
 def tiny_bert_config(attn_implementation: str | None) -> BertConfig:
@@ -46,47 +26,6 @@ def build_model(attn_implementation: str | None) -> nn.Module:
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config(attn_implementation))
     return reinit_parameters(model, seed=0).eval()
-
-
-def snapshot(model: nn.Module) -> dict:
-    """Everything about the model that DecompX must not change."""
-    return {
-        "state": {name: tensor.detach().clone() for name, tensor in model.state_dict(keep_vars=True).items()},
-        "parameters": {name: (p.data_ptr(), p.requires_grad, p.grad) for name, p in model.named_parameters()},
-        "training": {name: module.training for name, module in model.named_modules()},
-        "config": copy.deepcopy(model.config.to_dict()),
-        "attn_implementation": model.config._attn_implementation,
-        "module_configs": {
-            name: getattr(module.config, "_attn_implementation", None)
-            for name, module in model.named_modules()
-            if hasattr(module, "config")
-        },
-        "hooks": {
-            name: {attribute: list(getattr(module, attribute, {}).items()) for attribute in HOOK_DICTS}
-            for name, module in model.named_modules()
-        },
-        "global_hooks": {attribute: list(getattr(torch_module, attribute).items()) for attribute in GLOBAL_HOOK_DICTS},
-        "attributes": {name: sorted(vars(module)) for name, module in model.named_modules()},
-        "classes": {name: type(module) for name, module in model.named_modules()},
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    assert after["state"].keys() == before["state"].keys()
-    for name, tensor in before["state"].items():
-        assert torch.equal(after["state"][name], tensor), f"{name} changed"
-        assert after["state"][name].dtype == tensor.dtype
-    assert after["parameters"] == before["parameters"]
-    assert after["training"] == before["training"]
-    assert after["config"] == before["config"]
-    assert after["attn_implementation"] == before["attn_implementation"]
-    assert after["module_configs"] == before["module_configs"]
-    for name, hooks in before["hooks"].items():
-        assert after["hooks"][name] == hooks, f"hooks of module {name!r} changed"
-    assert after["global_hooks"] == before["global_hooks"]
-    assert after["attributes"] == before["attributes"]
-    assert after["classes"] == before["classes"]
 
 
 ATTENTION = {"default": None, "sdpa": "sdpa", "eager": "eager"}

@@ -17,8 +17,8 @@ import literal_spec as spec
 import pytest
 import torch
 import transformers as tf
-from test_architectures import COMMON, DECODER
-from test_spec_bias_modes import bert, bert_weights
+from support.architectures import COMMON, DECODER
+from support.literal_models import bert, bert_weights
 
 from captum_decompx import DecompX
 from captum_decompx.testing import randomize_parameters

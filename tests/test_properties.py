@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.classifiers import FIRST_REAL_TOKEN, assert_close_to_scale, reinit_parameters
 from transformers import BertConfig, BertForSequenceClassification
 
 from captum_decompx import DecompX
-from conftest import FIRST_REAL_TOKEN, assert_close_to_scale, reinit_parameters
 
 VOCAB_SIZE = 50
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")

@@ -100,12 +100,15 @@ def registry_restored():
 
 
 #: Packages of the optional extras: a block that imports one is skipped where that extra is absent.
-OPTIONAL_EXTRAS = {"shap": "shap", "inseq": "inseq", "ferret": "ferret"}
+OPTIONAL_EXTRAS = {"shap": "shap", "inseq": "inseq", "ferret": "ferret", "gradio": "app"}
+#: Further imports that need an extra's package: the explorer (captum_decompx.app) and its client need Gradio.
+NEEDS_EXTRA = {"gradio": r"|^\s*(import|from) (captum_decompx\.app|gradio_client)\b"}
 
 
 def skip_without_extras(block: CodeBlock) -> None:
     for module, extra in OPTIONAL_EXTRAS.items():
-        imports = re.search(rf"^\s*(import|from) {module}\b|captum_decompx\.integrations\.{module}\b", block.source, re.M)
+        pattern = rf"^\s*(import|from) {module}\b|captum_decompx\.integrations\.{module}\b" + NEEDS_EXTRA.get(module, "")
+        imports = re.search(pattern, block.source, re.M)
         if imports and importlib.util.find_spec(module) is None:
             pytest.skip(f"{block.name} needs the [{extra}] extra: pip install torch==2.13.0 -e '.[{extra}]'")
 

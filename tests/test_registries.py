@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cached_model, make_padded_batch, padding_id
+from support.classifiers import cached_model, make_padded_batch, padding_id
 
 from captum_decompx import BiasRule, DecompX, register_bias_rule
 from captum_decompx.components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS

@@ -12,61 +12,11 @@ from __future__ import annotations
 import literal_spec as spec
 import pytest
 import torch
-import transformers as tf
+from support.literal_models import VOCAB, bert, bert_embeddings, bert_weights
 
 from captum_decompx import DecompX
 
-VOCAB = 50
 LENGTHS = (7, 5, 3)
-
-
-def bert(seed: int) -> torch.nn.Module:
-    config = tf.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=32,
-        num_labels=3,
-        hidden_act="gelu",
-    )
-    return spec.randomize(tf.BertForSequenceClassification(config), seed)
-
-
-def bert_weights(model) -> spec.ModelWeights:
-    """The weights of a BertForSequenceClassification, read by their module names."""
-    layers = []
-    for layer in model.bert.encoder.layer:
-        layers.append(
-            spec.LayerWeights(
-                query=spec.affine_of(layer.attention.self.query),
-                key=spec.affine_of(layer.attention.self.key),
-                value=spec.affine_of(layer.attention.self.value),
-                output=spec.affine_of(layer.attention.output.dense),
-                heads=model.config.num_attention_heads,
-                kv_heads=model.config.num_attention_heads,
-                norm1=spec.norm_of(layer.attention.output.LayerNorm),
-                norm2=spec.norm_of(layer.output.LayerNorm),
-                ffn_in=spec.affine_of(layer.intermediate.dense),
-                activation=spec.GELU,
-                ffn_out=spec.affine_of(layer.output.dense),
-            )
-        )
-    head = [spec.affine_of(model.bert.pooler.dense), spec.TANH, spec.affine_of(model.classifier)]
-    return spec.ModelWeights(layers=layers, pre_norm=False, head=head)
-
-
-def bert_embeddings(model, ids: torch.Tensor) -> torch.Tensor:
-    """word + position + segment-0 embeddings, then the embedding LayerNorm: (N, d)."""
-    embeddings = model.bert.embeddings
-    seq = ids.shape[0]
-    summed = (
-        embeddings.word_embeddings.weight[ids]
-        + embeddings.position_embeddings.weight[:seq]
-        + embeddings.token_type_embeddings.weight[0]
-    )
-    return spec.norm_of(embeddings.LayerNorm)(summed.detach().to(spec.DTYPE))
 
 
 def literal_bert(model, ids, mask, **options) -> list[tuple[spec.Trace, spec.Decomposition]]:

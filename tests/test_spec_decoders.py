@@ -16,12 +16,12 @@ import literal_spec as spec
 import pytest
 import torch
 import transformers as tf
+from support.literal_models import HEADS, HIDDEN, KV_HEADS, llama_weights
 
 from captum_decompx import DecompX
 
 VOCAB = 50
 LENGTHS = (7, 4)
-HIDDEN, HEADS, KV_HEADS = 16, 4, 2
 
 
 def llama(seed: int, biases: bool) -> torch.nn.Module:
@@ -43,66 +43,6 @@ def llama(seed: int, biases: bool) -> torch.nn.Module:
     )
     assert config.num_key_value_heads < config.num_attention_heads
     return spec.randomize(tf.LlamaForSequenceClassification(config), seed)
-
-
-def rotary_theta(config) -> float:
-    parameters = getattr(config, "rope_parameters", None)  # transformers 5.x
-    return float(parameters["rope_theta"]) if parameters else float(config.rope_theta)
-
-
-def rotary(theta: float, head_dim: int):
-    """Rotate (N, head_dim) vectors by their positions 0..N-1: ``x cos + rotate_half(x) sin`` with
-    angles ``position / theta^(2j / head_dim)``, computed in float32 as the model does."""
-
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
-        frequencies = 1.0 / (theta**exponents)
-        angles = torch.arange(x.shape[0], dtype=torch.float32)[:, None] * frequencies[None, :]
-        angles = torch.cat([angles, angles], dim=-1)
-        cos, sin = angles.cos().to(spec.DTYPE), angles.sin().to(spec.DTYPE)
-        half = head_dim // 2
-        rotated_half = torch.cat([-x[:, half:], x[:, :half]], dim=-1)
-        return x * cos + rotated_half * sin
-
-    return rotate
-
-
-def rms_norm(module) -> spec.NormWeights:
-    norm = spec.norm_of(module, kind="rms")
-    norm.real_in_float32 = True
-    return norm
-
-
-def llama_weights(model) -> spec.ModelWeights:
-    layers = []
-    for layer in model.model.layers:
-        attention, mlp = layer.self_attn, layer.mlp
-        layers.append(
-            spec.LayerWeights(
-                query=spec.affine_of(attention.q_proj),
-                key=spec.affine_of(attention.k_proj),
-                value=spec.affine_of(attention.v_proj),
-                output=spec.affine_of(attention.o_proj),
-                heads=model.config.num_attention_heads,
-                kv_heads=model.config.num_key_value_heads,
-                norm1=rms_norm(layer.input_layernorm),
-                norm2=rms_norm(layer.post_attention_layernorm),
-                ffn_in=spec.affine_of(mlp.up_proj),
-                ffn_gate=spec.affine_of(mlp.gate_proj),
-                activation=spec.SILU,
-                ffn_out=spec.affine_of(mlp.down_proj),
-            )
-        )
-    head_dim = HIDDEN // HEADS
-    return spec.ModelWeights(
-        layers=layers,
-        pre_norm=True,
-        head=[spec.affine_of(model.score)],
-        final_norm=rms_norm(model.model.norm),
-        causal=True,
-        rotary=rotary(rotary_theta(model.config), head_dim),
-        softmax=spec.float32_softmax,
-    )
 
 
 @pytest.mark.parametrize("biases", [False, True], ids=["llama-no-biases", "llama-attention-and-mlp-biases"])

@@ -13,6 +13,7 @@ import literal_spec as spec
 import pytest
 import torch
 import transformers as tf
+from support.literal_models import gpt2, gpt2_weights
 
 from captum_decompx import DecompX
 
@@ -27,56 +28,6 @@ MODES = [
 
 # ----------------------------------------------------------------------------------------------
 # GPT-2
-
-
-def gpt2(seed: int) -> torch.nn.Module:
-    config = tf.GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=32,
-        num_labels=3,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=1,
-    )
-    return spec.randomize(tf.GPT2ForSequenceClassification(config), seed)
-
-
-def conv1d_blocks(module, count: int) -> list[spec.Affine]:
-    """GPT-2's Conv1D computes ``x @ W + b`` with W (in, out): its ``count`` output blocks as Affines."""
-    weight = module.weight.detach().to(spec.DTYPE).T
-    bias = module.bias.detach().to(spec.DTYPE)
-    return [spec.Affine(w, b) for w, b in zip(weight.chunk(count, dim=0), bias.chunk(count))]
-
-
-def gpt2_weights(model) -> spec.ModelWeights:
-    layers = []
-    for block in model.transformer.h:
-        query, key, value = conv1d_blocks(block.attn.c_attn, 3)
-        layers.append(
-            spec.LayerWeights(
-                query=query,
-                key=key,
-                value=value,
-                output=conv1d_blocks(block.attn.c_proj, 1)[0],
-                heads=model.config.n_head,
-                kv_heads=model.config.n_head,
-                norm1=spec.norm_of(block.ln_1),
-                norm2=spec.norm_of(block.ln_2),
-                ffn_in=conv1d_blocks(block.mlp.c_fc, 1)[0],
-                activation=spec.GELU_TANH,
-                ffn_out=conv1d_blocks(block.mlp.c_proj, 1)[0],
-            )
-        )
-    return spec.ModelWeights(
-        layers=layers,
-        pre_norm=True,
-        head=[spec.affine_of(model.score)],
-        final_norm=spec.norm_of(model.transformer.ln_f),
-        causal=True,
-    )
 
 
 @pytest.mark.parametrize("include_biases, method", MODES)

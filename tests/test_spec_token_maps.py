@@ -11,8 +11,7 @@ from __future__ import annotations
 import literal_spec as spec
 import pytest
 import torch
-from test_spec_bias_modes import VOCAB, bert, bert_embeddings, bert_weights
-from test_spec_prelayernorm import gpt2, gpt2_weights
+from support.literal_models import VOCAB, bert, bert_embeddings, bert_weights, gpt2, gpt2_weights
 
 from captum_decompx import DecompX
 

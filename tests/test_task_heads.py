@@ -14,8 +14,8 @@ import literal_spec as spec
 import pytest
 import torch
 import transformers as tf
-from conftest import reinit_parameters
-from test_model_unchanged import assert_unchanged, snapshot
+from support.classifiers import reinit_parameters
+from support.snapshots import assert_unchanged, snapshot
 
 from captum_decompx import DecompX, UnsupportedTaskError, cosine_similarity_frozen_norm
 

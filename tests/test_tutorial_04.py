@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
-from test_tutorials import count_outputs, execute, printed
+import pytest
+from support.notebooks import count_outputs, execute, printed
 
 
+@pytest.mark.slow  # executes a notebook in a fresh kernel
 def test_tutorial_4_question_answering_and_ner(monkeypatch):
     notebook = execute("04_question_answering_and_ner.ipynb", monkeypatch)
     text = printed(notebook)

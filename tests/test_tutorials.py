@@ -11,63 +11,11 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import nbclient  # the dev extra: pip install -e ".[dev]"
 import nbformat
 import pytest
-
-from captum_decompx.demo import DEMO_MODEL_ENV
-
-TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
-# A guard against a hung kernel, not a speed requirement.
-CELL_TIMEOUT_S = 600
-
-
-def execute(name: str, monkeypatch) -> nbformat.NotebookNode:
-    """Run ``tutorials/<name>`` top to bottom in a fresh kernel, from the tutorials folder."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv(DEMO_MODEL_ENV, raising=False)  # the notebooks find ../models/minilm-sst2
-    notebook = nbformat.read(TUTORIALS / name, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(TUTORIALS)}},
-    )
-    client.execute()
-    return notebook
-
-
-def printed(notebook) -> str:
-    """Everything the code cells printed to stdout."""
-    return "".join(
-        output.get("text", "")
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-        if output.output_type == "stream" and output.name == "stdout"
-    )
-
-
-def count_outputs(notebook, mime: str) -> int:
-    return sum(
-        mime in output.get("data", {})
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.outputs
-        if output.output_type in ("display_data", "execute_result")
-    )
-
-
-def number_after(text: str, prefix: str) -> float:
-    match = re.search(re.escape(prefix) + r"\s*([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)", text)
-    assert match, f"{prefix!r} not printed"
-    return float(match.group(1))
+from support.notebooks import TUTORIALS, count_outputs, execute, number_after, printed
 
 
 def test_the_kernel_is_this_interpreter(monkeypatch):
@@ -149,18 +97,21 @@ def assert_no_noise(notebook, name: str, noise_list: tuple[str, ...] = NOISE) ->
             assert noise not in text, f"{name}: {noise!r} in an output: {text[:300]!r}"
 
 
+@pytest.mark.slow  # executes a notebook in a fresh kernel
 def test_tutorial_1_swaps_integrated_gradients_for_decompx(monkeypatch):
     notebook = execute("01_swap_integrated_gradients.ipynb", monkeypatch)
     check_tutorial_1(notebook)
     assert_no_noise(notebook, "01 (fresh run)", OWN_NOISE)
 
 
+@pytest.mark.slow  # executes a notebook in a fresh kernel
 def test_tutorial_2_per_class_views(monkeypatch):
     notebook = execute("02_per_class_and_visualization.ipynb", monkeypatch)
     check_tutorial_2(notebook)
     assert_no_noise(notebook, "02 (fresh run)", OWN_NOISE)
 
 
+@pytest.mark.slow  # executes a notebook in a fresh kernel
 def test_tutorial_3_faithfulness_study(monkeypatch):
     notebook = execute("03_faithfulness_study.ipynb", monkeypatch)
     check_tutorial_3(notebook)

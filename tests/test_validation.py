@@ -12,7 +12,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_LABELS, VOCAB_SIZE, cached_model, make_model, make_padded_batch
+from support.classifiers import NUM_LABELS, VOCAB_SIZE, cached_model, make_model, make_padded_batch
+from support.snapshots import assert_same_snapshot, model_snapshot
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -38,69 +39,6 @@ class CountingForward:
     def __call__(self, input_ids, attention_mask=None):
         self.calls += 1
         return self.transform(self.model(input_ids, attention_mask=attention_mask).logits)
-
-
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)
-_GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-)
-
-
-def _hooks(holder: Any, names: tuple[str, ...]) -> dict[str, list]:
-    return {name: [(key, id(hook)) for key, hook in getattr(holder, name, {}).items()] for name in names}
-
-
-def model_snapshot(model: nn.Module) -> dict:
-    """Everything a call could change: parameters (values, storage, dtype, device, requires_grad),
-    buffers, every module's class, training flag, hooks and instance attributes, the config (with
-    the attention implementation), the global module hooks and the grad mode."""
-    config = getattr(model, "config", None)
-    return {
-        "parameters": {
-            name: (p.detach().clone(), p.data_ptr(), p.dtype, p.device, p.requires_grad, p.grad)
-            for name, p in model.named_parameters()
-        },
-        "buffers": {name: (b.detach().clone(), b.data_ptr()) for name, b in model.named_buffers()},
-        "modules": {
-            name: (type(m), m.training, _hooks(m, _HOOK_DICTS), sorted(vars(m)))
-            for name, m in model.named_modules()
-        },
-        "config": None if config is None else repr(sorted(vars(config).items())),
-        "attention": None if config is None else config._attn_implementation,
-        "global_hooks": _hooks(torch.nn.modules.module, _GLOBAL_HOOK_DICTS),
-        "grad_enabled": torch.is_grad_enabled(),
-    }
-
-
-def assert_same_snapshot(before: dict, after: dict) -> None:
-    assert before.keys() == after.keys()
-    assert before["parameters"].keys() == after["parameters"].keys()
-    for name, (value, pointer, dtype, device, requires_grad, grad) in before["parameters"].items():
-        value_after, pointer_after, dtype_after, device_after, requires_grad_after, grad_after = after["parameters"][name]
-        assert torch.equal(value, value_after), f"parameter {name} changed"
-        assert (pointer, dtype, device, requires_grad) == (pointer_after, dtype_after, device_after, requires_grad_after), name
-        assert grad is None and grad_after is None, f"parameter {name} got a .grad"
-    assert before["buffers"].keys() == after["buffers"].keys()
-    for name, (value, pointer) in before["buffers"].items():
-        assert torch.equal(value, after["buffers"][name][0]) and pointer == after["buffers"][name][1], f"buffer {name} changed"
-    assert before["modules"] == after["modules"]
-    for key in ("config", "attention", "global_hooks", "grad_enabled"):
-        assert before[key] == after[key], f"{key} changed"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 from captum.attr import visualization as captum_visualization
-from conftest import make_model, make_word_tokenizer
+from support.classifiers import make_model, make_word_tokenizer
 from transformers import BertTokenizer
 
 from captum_decompx import DecompX

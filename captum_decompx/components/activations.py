@@ -1,6 +1,7 @@
 """Pointwise activations frozen at their real pre-activation, by a registered approximation.
 
-``"zo"`` (zero-origin, the paper's): ``theta = f(a) / (a + 1e-12)`` scales every piece.
+``"zo"`` (zero-origin, the paper's): ``theta = f(a) / (a + 1e-12)`` scales every piece; where
+``a == 0`` exactly, ``theta = f'(0)``, its limit (see :func:`slope_at_origin`).
 ``"la"`` (linear approximation): the tangent line at ``a``; its intercept is a bias.
 ``"relu"``: pieces pass where ``a > 0``.
 
@@ -58,14 +59,53 @@ class Approximation(abc.ABC):
         )
 
 
+def slope_at_origin(function: ActivationFunction, like: Tensor) -> Tensor:
+    """``f'(0)``, read by autograd, as a 0-dim tensor of ``like``'s dtype and device.
+
+    For an ``f`` with ``f(0) = 0`` it is the limit of ``f(a) / a`` at 0: 0.5 for GELU (exact or
+    tanh approximation), SiLU and quick GELU, 1 for tanh. Where ``f`` has a kink at 0 it is
+    autograd's derivative there, the left limit for the ReLU family: 0 for ReLU and ReLU6, the
+    negative slope for a leaky ReLU.
+    """
+    with torch.enable_grad():
+        origin = torch.zeros(1, dtype=like.dtype, device=like.device, requires_grad=True)
+        try:
+            (slope,) = torch.autograd.grad(function(origin).sum(), origin)
+        except RuntimeError as error:
+            raise ValueError(
+                f"The zero-origin slope where the pre-activation is exactly 0 is f'(0), read by autograd, and "
+                f"the activation {function!r} cannot be differentiated there ({error}). Use an activation "
+                "autograd can differentiate, or another approximation (ffn_approximation='la' or 'relu')."
+            ) from None
+    return slope.detach().reshape(())
+
+
+def zero_origin_slope(function: ActivationFunction, pre_activation: Tensor, value: Tensor) -> Tensor:
+    """``theta = f(a) / (a + 1e-12)``, and ``f'(0)`` where ``a == 0`` exactly.
+
+    At ``a == 0`` every slope keeps the sum (the pieces add up to 0), but ``f(a) / (a + 1e-12)``
+    is 0 there and about ``f'(0)`` at the rounding residuals next to it, so two computations of the
+    same pre-activation (eager and sdpa attention, other padded shapes) could freeze the unit at
+    different slopes. Its limit does not jump.
+
+    Args:
+        pre_activation: (..., dim), the real pre-activation ``a``.
+        value: (..., dim), ``f(a)``.
+    """
+    theta = value / (pre_activation + ZERO_ORIGIN_EPS)
+    if int(torch.count_nonzero(pre_activation)) == pre_activation.numel():
+        return theta  # the usual case; a mask over every element would cost several times the division
+    return theta.masked_fill(pre_activation == 0, slope_at_origin(function, theta))
+
+
 class ZeroOrigin(Approximation):
     def propagate(self, pieces, pre_activation, function, settings, *, inplace):
         a = pre_activation
-        theta = (function(a) / (a + ZERO_ORIGIN_EPS)).unsqueeze(-2)
+        theta = zero_origin_slope(function, a, function(a)).unsqueeze(-2)
         return pieces.mul_(theta) if inplace and not pieces.requires_grad else pieces * theta
 
     def frozen_slope(self, function, pre_activation, value):
-        return value / (pre_activation + ZERO_ORIGIN_EPS), None
+        return zero_origin_slope(function, pre_activation, value), None
 
 
 class TangentLine(Approximation):

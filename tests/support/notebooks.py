@@ -1,0 +1,63 @@
+"""Running the tutorial notebooks in a fresh kernel and reading back what they printed and showed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbclient  # the dev extra: pip install -e ".[dev]"
+import nbformat
+
+from captum_decompx.demo import DEMO_MODEL_ENV
+
+TUTORIALS = Path(__file__).resolve().parents[2] / "tutorials"  # tests/support/ -> the repository root
+
+
+# A guard against a hung kernel, not a speed requirement.
+CELL_TIMEOUT_S = 600
+
+
+def execute(name: str, monkeypatch) -> nbformat.NotebookNode:
+    """Run ``tutorials/<name>`` top to bottom in a fresh kernel, from the tutorials folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(DEMO_MODEL_ENV, raising=False)  # the notebooks find ../models/minilm-sst2
+    notebook = nbformat.read(TUTORIALS / name, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(TUTORIALS)}},
+    )
+    client.execute()
+    return notebook
+
+
+def printed(notebook) -> str:
+    """Everything the code cells printed to stdout."""
+    return "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream" and output.name == "stdout"
+    )
+
+
+def count_outputs(notebook, mime: str) -> int:
+    return sum(
+        mime in output.get("data", {})
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type in ("display_data", "execute_result")
+    )
+
+
+def number_after(text: str, prefix: str) -> float:
+    match = re.search(re.escape(prefix) + r"\s*([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)", text)
+    assert match, f"{prefix!r} not printed"
+    return float(match.group(1))
