@@ -79,7 +79,19 @@ def test_docs_build_without_a_warning(tmp_path):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed: the docs extra builds the site (pip install -e '.[docs]')")
     output = tmp_path / "html"
-    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", "-d", str(tmp_path / "doctrees"), "docs", str(output)]
+    command = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "-d",
+        str(tmp_path / "doctrees"),
+        "docs",
+        str(output),
+    ]
     result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     assert (output / "index.html").is_file()
@@ -148,10 +160,19 @@ def test_explain_works_from_the_installed_wheels_outside_the_clone_and_offline(d
     installed = run([*pip, "captum-decompx[demo]"], cwd=elsewhere, env=environment, timeout=600)
     assert "captum-decompx-demo" in installed.stdout or "captum_decompx_demo" in installed.stdout, installed.stdout
     run([sys.executable, "-m", "pip", "--python", str(python), "check"], cwd=elsewhere, env=environment)
-    located = run([str(python), "-c", "import captum_decompx, captum_decompx_demo; print(captum_decompx.__file__)"], cwd=elsewhere, env=environment)
+    located = run(
+        [str(python), "-c", "import captum_decompx, captum_decompx_demo; print(captum_decompx.__file__)"],
+        cwd=elsewhere,
+        env=environment,
+    )
     assert str(REPOSITORY) not in located.stdout  # the installed package, not the clone's
     explain = venv / "bin" / "captum-decompx"
-    result = run([str(explain), "explain", "a good piece of work more often than not.", "--color", "never"], cwd=elsewhere, env=environment, timeout=600)
+    result = run(
+        [str(explain), "explain", "a good piece of work more often than not.", "--color", "never"],
+        cwd=elsewhere,
+        env=environment,
+        timeout=600,
+    )
     assert "prediction: positive" in result.stdout, result.stdout
     assert "captum_decompx_demo" in result.stdout  # the model came from the installed demo package
 
@@ -165,7 +186,9 @@ def test_outside_the_clone_the_installed_demo_package_is_used_and_its_absence_na
 
     monkeypatch.delenv(demo.DEMO_MODEL_ENV, raising=False)
     monkeypatch.setattr(demo, "repository_root", lambda: tmp_path / "no-clone")  # as installed from a wheel
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "captum_decompx_demo" else find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "captum_decompx_demo" else find_spec(name, *args)
+    )
     with pytest.raises(demo.DemoModelNotFoundError, match=r'pip install "captum-decompx\[demo\]"'):
         demo.demo_model_path()
     monkeypatch.undo()
