@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     shap_name = f"SHAP Partition (max_evals={args.max_evals})"
     methods = {
         "DecompX": MethodSpec(DecompX(model)),
-        "DecompX w/o bias (fast)": MethodSpec(DecompX(model, include_biases=False, method="fast")),
+        "DecompX w/o bias (fast)": MethodSpec(DecompX(model, include_biases=False, algorithm="fast")),
         shap_name: MethodSpec(ShapPartitionAttribution(model, tokenizer, max_evals=args.max_evals)),
     }
     started = time.perf_counter()

@@ -295,7 +295,7 @@ method explains target class {TARGET_CLASS} of the same inputs. `forward_func(in
 returns the logits.
 
 - DecompX exact: `DecompX(forward_func, model=model)` (biases decomposed, `max_memory` default);
-  fast: `DecompX(forward_func, model=model, include_biases=False)` (`method="auto"` picks the fast path).
+  fast: `DecompX(forward_func, model=model, include_biases=False)` (`algorithm="auto"` picks the fast path).
 - LIG: `LayerIntegratedGradients(forward_func, model.get_input_embeddings())`, `n_steps={LIG_STEPS}`,
   baselines = pad ids with [CLS]/[SEP] kept (as in Captum's BERT tutorial), attributions summed over the
   embedding dimension. `internal_batch_size` = batch x steps per chunk, the largest number of steps

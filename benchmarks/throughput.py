@@ -62,7 +62,7 @@ def run_one(args: argparse.Namespace, data: Path, out: Path, method: str, proces
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     command = [
-        "attribute", "--data", str(data), "--out", str(out), "--model", args.model, "--method", method,
+        "attribute", "--data", str(data), "--out", str(out), "--model", args.model, "--algorithm", method,
         "--batch-size", str(args.batch_size), "--rows-per-part", str(args.rows_per_part), "--no-progress",
     ]
     if not bucketed:

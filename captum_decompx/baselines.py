@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from .adapters import Adapter, resolve
 from .capture import Captured
+from .components import BiasMode, Settings, normalize
 from .decomposition import affine, norm_params, padding_mask, pool_weights
-from .engine import BiasMode, Settings, normalize
 from .hooked_attribution import HookedModelAttribution, captum_entry_point, in_call_modes
 
 _NO_BIAS = Settings(bias_mode=BiasMode.DROP)

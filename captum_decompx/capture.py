@@ -1,9 +1,13 @@
-"""Capture what the decomposition needs from one real forward pass, with hooks only.
+"""Hooks on one real forward pass: the one installer of both algorithms, and the exact path's capture.
 
-What is recorded is what the adapter's component kinds ask for (:mod:`captum_decompx.components`);
-:func:`capture_internals` is the one place where hooks are installed; it removes them in a
-``finally`` and puts the attention implementation back, so the model is left as it was found,
-also when the forward pass raises.
+:class:`HookedPass` walks the adapter's network once (:meth:`Network.walk
+<captum_decompx.components.network.Network.walk>`) and gives every component kind the pass's
+:class:`~captum_decompx.recording.Recorder`: :class:`Capture` asks each kind what it records (the
+exact path), :class:`~captum_decompx.freezing.Freezer` how it freezes (the fast path).
+:func:`hooked_pass` is the one context manager that installs them: it serializes passes on a
+model, sets the attention implementation the pass needs, removes every hook and puts the
+attention implementation back whatever happens, so the model is left as it was found, and refuses
+a forward function that ran the model's layers more than once.
 """
 
 from __future__ import annotations
@@ -13,20 +17,30 @@ import warnings
 import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, ContextManager, Iterator, Optional, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .adapters import Adapter, Linear, resolve
-from .adapters.base import split_block
+from .adapters import Adapter, resolve
+from .components.base import Component
 from .components.layer import LayerRecord
 from .components.network import Network
 from .components.pooling import PoolingRecord
 from .recording import Reader, Recorder
 
-__all__ = ["Capture", "Captured", "LayerRecord", "capture_internals", "configs_of", "eager_attention", "model_lock"]
+__all__ = [
+    "Capture",
+    "Captured",
+    "HookedPass",
+    "LayerRecord",
+    "capture_internals",
+    "configs_of",
+    "eager_attention",
+    "hooked_pass",
+    "model_lock",
+]
 
 
 @dataclass
@@ -78,8 +92,34 @@ def configs_of(model: nn.Module) -> list[Any]:
     return list(seen.values())
 
 
+# Attention implementations whose probabilities the fast path can freeze: "eager" (a softmax call)
+# and "sdpa" (the fused kernel, called with query and key cut from the graph: its probabilities
+# are then constants, and it keeps its O(N) memory). Others are switched to eager for its pass.
+FREEZABLE_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
 @contextmanager
-def eager_attention(model: nn.Module) -> Iterator[bool]:
+def _attention_implementation(model: nn.Module, keep: tuple[Optional[str], ...]) -> Iterator[bool]:
+    """Switch every config of the model whose attention implementation is not in ``keep`` to
+    ``"eager"`` for the duration; restore each one's own value afterwards. Yields whether a
+    switched config ran a fused attention kernel (``sdpa``, flash, ...)."""
+    saved = []
+    for config in configs_of(model):
+        if "_attn_implementation_internal" not in vars(config):
+            continue
+        value = vars(config)["_attn_implementation_internal"]
+        if value not in keep:
+            saved.append((config, value))
+    try:
+        for config, _ in saved:
+            config._attn_implementation_internal = "eager"
+        yield any(value not in (None, "eager") for _, value in saved)
+    finally:
+        for config, value in saved:
+            config._attn_implementation_internal = value
+
+
+def eager_attention(model: nn.Module) -> ContextManager[bool]:
     """Run the model with eager attention (which returns its probabilities), then restore.
 
     Models loaded with ``sdpa`` do not return attention probabilities. This switches every config
@@ -89,19 +129,13 @@ def eager_attention(model: nn.Module) -> Iterator[bool]:
         True when the model itself runs a fused attention kernel (``sdpa``, flash, ...) in place
         of eager attention (see :func:`fused_kernel_softmax`).
     """
-    saved = []
-    for config in configs_of(model):
-        attribute = "_attn_implementation_internal" if "_attn_implementation_internal" in vars(config) else None
-        if attribute is None:
-            continue
-        saved.append((config, attribute, vars(config)[attribute]))
-    try:
-        for config, attribute, _ in saved:
-            setattr(config, attribute, "eager")
-        yield any(value not in (None, "eager") for _, _, value in saved)
-    finally:
-        for config, attribute, value in saved:
-            setattr(config, attribute, value)
+    return _attention_implementation(model, keep=())
+
+
+def freezable_attention(model: nn.Module) -> ContextManager[bool]:
+    """Switch configs whose attention implementation cannot be frozen (flash, flex, ...) to
+    ``"eager"`` for the call; eager and sdpa stay as they are. Restored afterwards."""
+    return _attention_implementation(model, keep=(None,) + FREEZABLE_IMPLEMENTATIONS)
 
 
 _SOFTMAXES = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, torch.special.softmax}
@@ -150,45 +184,42 @@ class _KernelSoftmax(TorchFunctionMode):
 
 
 @contextmanager
-def fused_kernel_softmax(modules: list[nn.Module]) -> Iterator[None]:
+def fused_kernel_softmax(recorder: Recorder, modules: list[nn.Module]) -> Iterator[None]:
     """Make the eager attention of ``modules`` compute the probabilities of the fused kernel that
     the model itself runs (:func:`kernel_softmax`), so that the captured forward pass gives the
     model's own outputs: a fully masked query row (a left-padded decoder's padding, a padding
     position outside every local window of ModernBERT) is the kernel's, not eager attention's.
 
-    Only calls from the entering thread are changed; the hooks are removed, and a mode left
-    entered by a forward pass that raised is left, on exit.
+    The hooks are the ``recorder``'s (its thread only; removed with its other hooks); a mode left
+    entered by a forward pass that raised is left on exit.
     """
-    thread = threading.get_ident()
     entered: list[_KernelSoftmax] = []
 
-    def before(_module: nn.Module, _args: Any) -> None:
-        if threading.get_ident() == thread:
-            mode = _KernelSoftmax()
-            mode.__enter__()
-            entered.append(mode)
+    def before(_module: nn.Module, _args: Any, _kwargs: Any) -> None:
+        mode = _KernelSoftmax()
+        mode.__enter__()
+        entered.append(mode)
 
     def after(_module: nn.Module, _args: Any, _output: Any) -> None:
-        if threading.get_ident() == thread and entered:
+        if entered:
             entered.pop().__exit__(None, None, None)
 
-    handles = []
     try:
-        for module in {id(module): module for module in modules}.values():
-            handles.append(module.register_forward_pre_hook(before))
-            handles.append(module.register_forward_hook(after))
+        for module in modules:
+            recorder.pre_hook(module, "kernel softmax: enter", before)
+            recorder.forward_hook(module, "kernel softmax: leave", after)
         yield
     finally:
-        for handle in handles:
-            handle.remove()
         while entered:
             entered.pop().__exit__(None, None, None)
 
 
-class Capture:
-    """Hooks installed on one model for one forward pass; :meth:`result` assembles the records.
+class HookedPass:
+    """Hooks on one model for one forward pass, installed by one walk of the adapter's network.
 
-    What is recorded is what the adapter's component kinds ask for (:class:`Network`).
+    Subclasses say what each component kind is asked (:meth:`install_component`) and which
+    attention implementation the pass runs (:meth:`attention_implementation`). Every hook goes
+    through :attr:`recorder` (one thread gate, one hook per module and role).
     """
 
     def __init__(self, model: nn.Module, adapter: Adapter) -> None:
@@ -197,23 +228,75 @@ class Capture:
         self.network = Network.of(adapter)
         self.layers = self.network.layer_modules(model)
         self.recorder = Recorder()
+        self.layer_calls = 0
+
+    def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
+        """Install ``component``'s hooks on ``root`` (the layer, or the model); ``first``: in the first layer."""
+        raise NotImplementedError
+
+    def attention_implementation(self) -> ContextManager[Any]:
+        """The attention implementation the pass runs with (restored afterwards)."""
+        raise NotImplementedError
 
     def install(self) -> None:
-        self.network.install(self.recorder, self.model, self.layers)
-        head_output = uncapped_head_output(self.model, self.adapter)
-        if head_output is not None:
-            self.recorder.record_output(head_output, "uncapped logits")
+        def count(_module, _args, _kwargs):
+            self.layer_calls += 1
 
-    def _check_single_forward(self) -> None:
-        """DecompX explains one forward pass: refuse a forward function that ran the model twice."""
-        first = self.layers[0]
-        per_pass = sum(layer is first for layer in self.layers)
-        calls = len(self.recorder.calls(first, "layer_input"))
-        if calls > per_pass:
+        self.recorder.pre_hook(self.layers[0], "calls", count)
+        for component, root, first in self.network.walk(self.model, self.layers):
+            self.install_component(component, root, first)
+
+    def check_single_forward(self) -> None:
+        """DecompX explains one forward pass: refuse a forward function that ran the model's layers
+        more than once, or never."""
+        per_pass = sum(layer is self.layers[0] for layer in self.layers)
+        if self.layer_calls == 0:
             raise RuntimeError(
-                f"The forward function ran the model's layers {calls // per_pass} times; DecompX "
+                "The forward function never ran the first layer. Check that `model` is the module the "
+                "forward function actually calls, and that the model's architecture matches its adapter."
+            )
+        if self.layer_calls > per_pass:
+            raise RuntimeError(
+                f"The forward function ran the model's layers {self.layer_calls // per_pass} times; DecompX "
                 "decomposes one forward pass. Make the forward function call the model once."
             )
+
+    def close(self) -> None:
+        self.recorder.remove()
+
+
+Pass = TypeVar("Pass", bound=HookedPass)
+
+
+@contextmanager
+def hooked_pass(hooked: Pass) -> Iterator[Pass]:
+    """Install ``hooked``'s hooks for the block; remove them and restore the attention
+    implementation whatever happens. Passes on the same model are serialized, so two ``DecompX``
+    objects (or threads) never see each other's hooks or attention setting."""
+    with ExitStack() as stack:
+        stack.enter_context(model_lock(hooked.model))
+        stack.enter_context(hooked.attention_implementation())
+        stack.callback(hooked.close)
+        hooked.install()
+        yield hooked
+        hooked.check_single_forward()
+
+
+class Capture(HookedPass):
+    """The exact path's hooks: what each component kind records; :meth:`result` assembles it."""
+
+    def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
+        component.install(self.recorder, root)
+
+    @contextmanager
+    def attention_implementation(self) -> Iterator[None]:
+        """Eager attention, whose probabilities the capture records; where the model itself runs a
+        fused kernel, its eager softmax computes that kernel's probabilities."""
+        with ExitStack() as stack:
+            if stack.enter_context(eager_attention(self.model)):
+                attention = [resolve(layer, self.adapter.layer.attention) for layer in self.layers]
+                stack.enter_context(fused_kernel_softmax(self.recorder, attention))
+            yield
 
     def result(self, output: Any, logits: torch.Tensor) -> Captured:
         """The records of the forward pass that returned ``output`` (``logits``: (batch, classes)).
@@ -222,10 +305,9 @@ class Capture:
         before the cap, the value the decomposition explains (:func:`warn_if_logits_are_capped`).
         """
         self.recorder.raise_refusals()
-        self._check_single_forward()
-        head_output = uncapped_head_output(self.model, self.adapter)
-        if head_output is not None:
-            uncapped = self.recorder.calls(head_output, "uncapped logits")
+        self.check_single_forward()
+        uncapped = self.network.head.uncapped_logits(Reader(self.recorder), self.model)
+        if uncapped is not None:
             if len(uncapped) != 1 or uncapped[0].shape != logits.shape:
                 raise RuntimeError(
                     f"The {self.adapter.name} model soft-caps its logits, and DecompX explains its head's output "
@@ -238,17 +320,6 @@ class Capture:
         return Captured(
             output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs, record.pooling
         )
-
-
-def uncapped_head_output(model: nn.Module, adapter: Adapter) -> Optional[nn.Module]:
-    """The module whose output is the logits before a final-logit soft-cap (the head's last linear
-    map); None when the adapter's model does not cap its logits."""
-    if adapter.logit_softcap is None:
-        return None
-    last_step = adapter.head[-1]
-    if not isinstance(last_step, Linear):
-        raise ValueError(f"The adapter {adapter.name!r} soft-caps its logits: its head must end in a Linear step.")
-    return resolve(model, split_block(last_step.path)[0])
 
 
 def warn_if_logits_are_capped(adapter: Adapter) -> None:
@@ -283,12 +354,5 @@ def capture_internals(model: nn.Module, adapter: Adapter) -> Iterator[Capture]:
     each other's hooks or attention setting.
     """
     warn_if_logits_are_capped(adapter)
-    capture = Capture(model, adapter)
-    with ExitStack() as stack:
-        stack.enter_context(model_lock(model))
-        if stack.enter_context(eager_attention(model)):
-            attention = [resolve(layer, adapter.layer.attention) for layer in capture.layers]
-            stack.enter_context(fused_kernel_softmax(attention))
-        stack.callback(capture.recorder.remove)
-        capture.install()
+    with hooked_pass(Capture(model, adapter)) as capture:
         yield capture

@@ -227,8 +227,8 @@ class Explanation:
         logits: (classes,), the model's logits.
         probabilities: (classes,), their softmax.
         contributions: (seq, classes), each token's contribution to each class logit.
-        bias: (classes,), the part of each logit assigned to no token (0 with the exact method).
-        method: ``"exact"`` or ``"fast"``.
+        bias: (classes,), the part of each logit assigned to no token (0 with the exact algorithm).
+        algorithm: ``"exact"`` or ``"fast"``.
         output: DecompX's full result, for the visualizations.
         encoded: the tokenized input.
         tokenizer: its tokenizer.
@@ -240,7 +240,7 @@ class Explanation:
     probabilities: Tensor
     contributions: Tensor
     bias: Tensor
-    method: str
+    algorithm: str
     output: DecompXOutput
     encoded: Encoded
     tokenizer: object
@@ -250,22 +250,24 @@ class Explanation:
         return int(self.logits.argmax())
 
 
-def explain_text(classifier: LoadedClassifier, text: str, pair: Optional[str] = None, method: str = "exact") -> Explanation:
+def explain_text(classifier: LoadedClassifier, text: str, pair: Optional[str] = None, algorithm: str = "exact") -> Explanation:
     """Decompose every class logit of ``classifier`` on ``text`` (and ``pair``) with DecompX.
 
-    ``method="exact"`` decomposes the biases too (the paper's DecompX, bias 0);
-    ``method="fast"`` is the bias-free variant, whose bias share is reported in ``bias``.
+    ``algorithm="exact"`` decomposes the biases too (the paper's DecompX, bias 0);
+    ``algorithm="fast"`` is the bias-free variant, whose bias share is reported in ``bias``.
     """
-    return explain_encoded(classifier, encode(classifier, text, pair), method)
+    return explain_encoded(classifier, encode(classifier, text, pair), algorithm)
 
 
-def explain_encoded(classifier: LoadedClassifier, encoded: Encoded, method: str = "exact") -> Explanation:
+def explain_encoded(classifier: LoadedClassifier, encoded: Encoded, algorithm: str = "exact") -> Explanation:
     """:func:`explain_text` for an input that is already tokenized."""
     import torch
 
     from .attribution import DecompX
 
-    explainer = DecompX(forward_function(classifier), model=classifier.model, include_biases=method == "exact", method=method)
+    explainer = DecompX(
+        forward_function(classifier), model=classifier.model, include_biases=algorithm == "exact", algorithm=algorithm
+    )
     output = explainer.decompose(encoded.input_ids, additional_forward_args=encoded.extra_args)
     assert output.bias is not None  # the head is decomposed, so the bias share exists
     logits = output.logits[0].detach().double()
@@ -276,7 +278,7 @@ def explain_encoded(classifier: LoadedClassifier, encoded: Encoded, method: str 
         probabilities=torch.softmax(logits, dim=-1),
         contributions=output.attributions[0].detach().double(),
         bias=output.bias[0].detach().double(),
-        method=output.method,
+        algorithm=output.algorithm,
         output=output,
         encoded=encoded,
         tokenizer=classifier.tokenizer,
@@ -320,7 +322,7 @@ def print_explanation(explanation: Explanation, classes: Sequence[int], colour: 
     print(f"prediction: {labels[predicted]} (p = {probability_text(float(explanation.probabilities[predicted]))})", file=out)
     print(f"probabilities: {probabilities}", file=out)
     print("", file=out)
-    print(f"token contributions to each class logit (DecompX, {explanation.method}):", file=out)
+    print(f"token contributions to each class logit (DecompX, {explanation.algorithm}):", file=out)
     scale = float(explanation.contributions[:, list(classes)].abs().max())
     for c in classes:
         line = format_token_line(explanation.tokens, explanation.contributions[:, c].tolist(), scale, colour)
@@ -372,7 +374,7 @@ def run_explain(args: argparse.Namespace, out: TextIO) -> int:
     target = resolve_label(classifier, args.target)
     encoded = encode(classifier, text, pair)
     print_input(classifier, encoded, text, pair, out)
-    explanation = explain_encoded(classifier, encoded, method=args.method)
+    explanation = explain_encoded(classifier, encoded, algorithm=args.algorithm)
     classes = list(range(len(explanation.labels))) if target is None else [target]
     print_explanation(explanation, classes, _use_colour(args.color, out), out)
     if html_path or png_path:
@@ -407,7 +409,7 @@ def write_class_contributions_html(explanation: Explanation, path: Path) -> Path
         attention_mask=explanation.encoded.extra_args[0],
         label_names=explanation.labels,
         path=destination,
-        title=f"DecompX: per-class token contributions ({explanation.method})",
+        title=f"DecompX: per-class token contributions ({explanation.algorithm})",
     )
     return destination
 
@@ -430,7 +432,7 @@ def write_class_contributions_png(explanation: Explanation, path: Path) -> Path:
         attention_mask=explanation.encoded.extra_args[0],
         label_names=explanation.labels,
         path=destination,
-        title=f"DecompX: per-class token contributions ({explanation.method})",
+        title=f"DecompX: per-class token contributions ({explanation.algorithm})",
         image_format="png",
     )
     return destination
@@ -661,7 +663,7 @@ def add_attribute_command(commands) -> None:
         "--generate", type=int, metavar="TOKENS", help="causal LMs: generate this many tokens greedily and explain them"
     )
     attribute.add_argument(
-        "--method",
+        "--algorithm",
         choices=("exact", "fast"),
         default="exact",
         help="exact: biases decomposed too (default); fast: bias-free, O(N)",
@@ -744,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print only this class (a label name or index; default: every class; the HTML/PNG views show every class)",
     )
     explain.add_argument(
-        "--method",
+        "--algorithm",
         choices=("exact", "fast"),
         default="exact",
         help="exact: biases decomposed too (default); fast: bias-free, O(N)",
@@ -818,7 +820,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .decomposition import DecompXMemoryError  # loaded by then: the command has run
 
         if isinstance(error, DecompXMemoryError):
-            print(f"captum-decompx {args.command}: error: {error} On the command line: --method fast.", file=sys.stderr)
+            print(f"captum-decompx {args.command}: error: {error} On the command line: --algorithm fast.", file=sys.stderr)
             return USAGE_ERROR
         raise
 

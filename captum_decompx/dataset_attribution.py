@@ -60,7 +60,7 @@ from .distributed import ProcessGroup, unwrap_parallel
 from .llm import LLMDecompX
 from .parts import PartFolder
 
-METHODS = ("exact", "fast")
+ALGORITHMS = ("exact", "fast")
 DEFAULT_BATCH_SIZE = 16
 #: Largest |sum of contributions + bias - logit| allowed, relative to max(1, max |logit|) of the row.
 COMPLETENESS_TOLERANCE = 1e-4
@@ -284,7 +284,7 @@ def attribute_dataset(
     text_column: Optional[str] = None,
     text_pair_column: Optional[str] = None,
     label_column: Optional[str] = None,
-    method: str = "exact",
+    algorithm: str = "exact",
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_length: Optional[int] = None,
     rows_per_part: Optional[int] = None,
@@ -312,7 +312,7 @@ def attribute_dataset(
         text_column: column of the texts (default ``text``, ``sentence`` or ``content``).
         text_pair_column: column of the second texts of sentence pairs.
         label_column: column of integer labels (default ``label`` when present).
-        method: ``"exact"`` (biases decomposed; ``bias`` is 0) or ``"fast"`` (bias-free O(N) path;
+        algorithm: ``"exact"`` (biases decomposed; ``bias`` is 0) or ``"fast"`` (bias-free O(N) path;
             ``bias`` holds the biases' share).
         batch_size: rows per DecompX call.
         max_length: truncate longer inputs to this many tokens (default: the model's limit).
@@ -337,7 +337,7 @@ def attribute_dataset(
             before any part is written.
     """
     began = time.perf_counter()
-    _check_options(method, batch_size, rows_per_part, max_length)
+    _check_options(algorithm, batch_size, rows_per_part, max_length)
     if generate is not None and (not isinstance(generate, int) or isinstance(generate, bool) or generate < 1):
         raise DatasetAttributionError(f"generate must be a positive number of tokens, got {generate!r}.")
     causal_lm = _causal_lm(model, tokenizer)
@@ -350,7 +350,7 @@ def attribute_dataset(
     columns = Columns(text_column, text_pair_column, label_column)
     inputs = JobInputs(Path(data).expanduser(), columns, Path(out_dir).expanduser(), model, tokenizer)
     options = _Options(
-        method, batch_size, max_length, rows_per_part, bucket_by_length, show_progress, target_column, generate, loaded_here
+        algorithm, batch_size, max_length, rows_per_part, bucket_by_length, show_progress, target_column, generate, loaded_here
     )
     return in_process_group(device, log, lambda group, say: _attribute_dataset(group, say, inputs, options, began))
 
@@ -359,7 +359,7 @@ def attribute_dataset(
 class _Options:
     """The options of one :func:`attribute_dataset` call, after checking."""
 
-    method: str
+    algorithm: str
     batch_size: int
     max_length: Optional[int]
     rows_per_part: Optional[int]
@@ -406,9 +406,9 @@ def _check_causal_options(
         )
 
 
-def _check_options(method: str, batch_size: Any, rows_per_part: Any, max_length: Any) -> None:
-    if method not in METHODS:
-        raise DatasetAttributionError(f"method={method!r} is not valid; choose 'exact' or 'fast'.")
+def _check_options(algorithm: str, batch_size: Any, rows_per_part: Any, max_length: Any) -> None:
+    if algorithm not in ALGORITHMS:
+        raise DatasetAttributionError(f"algorithm={algorithm!r} is not valid; choose 'exact' or 'fast'.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DatasetAttributionError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if rows_per_part is not None and (not isinstance(rows_per_part, int) or rows_per_part < 1):
@@ -432,13 +432,13 @@ def _output_folder(
     table: TextTable,
     schema: Any,
     *,
-    method: str,
+    algorithm: str,
     max_length: int,
     extra: Optional[dict[str, Any]] = None,
 ) -> PartFolder:
     """The output folder of an attribute run: what must match to resume it, and the parts' schema."""
     options = {
-        "method": method,
+        "algorithm": algorithm,
         "max_length": max_length,
         "text_column": table.text_column,
         "text_pair_column": table.text_pair_column,
@@ -456,7 +456,7 @@ def _attribute_dataset(
 ) -> DatasetAttributionResult:
     table, model, tokenizer, source, _ = inputs.load(group, lambda *loaded: None)
     out_dir = inputs.out_dir
-    method = options.method
+    algorithm = options.algorithm
     limit = options.max_length if options.max_length is not None else model_max_length(model, tokenizer)
     device = next(model.parameters()).device
     if is_causal_lm(model):  # one LLMDecompX pass per row
@@ -466,9 +466,9 @@ def _attribute_dataset(
         schema = causal_output_schema(table.labels is not None)
         extra = {"target_column": options.target_column, "generate": options.generate}
         folder = _output_folder(
-            group, out_dir, model, tokenizer, source, table, schema, method=method, max_length=limit, extra=extra
+            group, out_dir, model, tokenizer, source, table, schema, algorithm=algorithm, max_length=limit, extra=extra
         )
-        llm = LLMDecompX(model, tokenizer, include_biases=method == "exact", algorithm=method)
+        llm = LLMDecompX(model, tokenizer, include_biases=algorithm == "exact", algorithm=algorithm)
 
         def compute_causal(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, tuple[int, int]]:
             part, truncated, padding = attribute_causal_part(
@@ -487,8 +487,8 @@ def _attribute_dataset(
 
         return _run_attribute_job(group, say, table, folder, compute_causal, options, began)
     schema = output_schema(table.text_pairs is not None, table.labels is not None)
-    folder = _output_folder(group, out_dir, model, tokenizer, source, table, schema, method=method, max_length=limit)
-    explainer = DecompX(_forward(model), model=model, include_biases=method == "exact", method=method)
+    folder = _output_folder(group, out_dir, model, tokenizer, source, table, schema, algorithm=algorithm, max_length=limit)
+    explainer = DecompX(_forward(model), model=model, include_biases=algorithm == "exact", algorithm=algorithm)
 
     def compute(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, tuple[int, int]]:
         part, truncated, padding = attribute_part(
@@ -519,17 +519,17 @@ def _run_attribute_job(
     began: float,
 ) -> DatasetAttributionResult:
     """Compute the missing parts with ``compute`` over the ranks and report the run."""
-    method, out_dir = options.method, folder.path
+    algorithm, out_dir = options.algorithm, folder.path
     job = PartJob(
         folder=folder,
         n_rows=len(table),
         rows_per_part=options.rows_per_part,
         unit="rows",
         # exact DecompX costs O(N^2) per example, fast O(N)
-        cost=partial(_text_cost, table, 2 if method == "exact" else 1),
+        cost=partial(_text_cost, table, 2 if algorithm == "exact" else 1),
         compute=compute,
         work=lambda rows: f"computing {rows} rows",
-        description=f"DecompX ({method})",
+        description=f"DecompX ({algorithm})",
         show_progress=options.show_progress,
     )
     run = run_parts(group, job, say)
@@ -579,7 +579,16 @@ def run_attribute_command(args: Any, out: Any) -> int:
     def log(message: str) -> None:
         print(message, file=out, flush=True)
 
-    passed = ("model", "text_column", "text_pair_column", "label_column", "method", "batch_size", "max_length", "rows_per_part")
+    passed = (
+        "model",
+        "text_column",
+        "text_pair_column",
+        "label_column",
+        "algorithm",
+        "batch_size",
+        "max_length",
+        "rows_per_part",
+    )
     options = {name: getattr(args, name) for name in passed}
     options.update(target_column=getattr(args, "target_column", None), generate=getattr(args, "generate", None))
     outcome = report_on_one_rank(

@@ -1,18 +1,20 @@
-"""From a forward pass to per-token contributions: the exact and the fast path.
+"""From a forward pass to per-token contributions: the math of the exact and the fast path.
 
-- :func:`decompose` is the exact path's entry point: it chooses the :class:`BiasMode` itself,
-  propagates one piece per input token (plus a bias piece when the biases are left out) through
-  every component of the network (:mod:`captum_decompx.components`) of a captured forward pass,
-  and reduces the result to the target classes when asked.
-- :func:`fast` is the fast path (biases left out): the gradient, by one backward pass, of the one
-  forward pass of the real model in which every nonlinear coefficient was frozen
-  (:mod:`captum_decompx.freezing`).
+- :func:`decompose` is the exact path: it propagates one piece per input token (plus a bias piece
+  when the biases are left out, :func:`exact_settings`) through every component of the network
+  (:mod:`captum_decompx.components`) of a captured forward pass, and reduces the result to the
+  target classes when asked.
+- :func:`fast` is the fast path (biases left out, :func:`fast_settings`): the gradient, by one
+  backward pass, of the one forward pass of the real model in which every nonlinear coefficient
+  was frozen (:mod:`captum_decompx.freezing`).
+
+Which of them runs is decided once, by the strategy objects of :mod:`captum_decompx.algorithms`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -45,11 +47,12 @@ __all__ = [
     "ModelParts",
     "Options",
     "affine",
-    "bias_mode_for",
     "decompose",
     "exact",
     "exact_memory_per_example",
+    "exact_settings",
     "fast",
+    "fast_settings",
     "norm_params",
     "padding_mask",
     "plan_memory",
@@ -60,8 +63,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .freezing import FrozenForward
-
-PATHS = ("exact", "fast")
 
 
 def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> ModelParts:
@@ -221,26 +222,27 @@ class Options:
     head_approximation: str = "zo"
 
 
-def bias_mode_for(include_biases: bool, path: str) -> BiasMode:
-    """How a path treats the biases: spread by the rule when they are included; left out, the
-    exact path collects them in a bias piece and the fast path's frozen network keeps them in its
-    single piece (its share is then the frozen logits minus the token shares)."""
-    if include_biases:
-        if path == "fast":
-            raise ValueError("The fast path decomposes the bias-free network: use the exact path to decompose the biases.")
-        return BiasMode.RULE
-    return BiasMode.PIECE if path == "exact" else BiasMode.ADD
-
-
-def settings_for(options: Options, path: str) -> Settings:
-    """The propagation settings of ``path`` (``"exact"`` or ``"fast"``) for these options."""
+def _settings(options: Options, bias_mode: BiasMode) -> Settings:
     return Settings(
-        bias_mode=bias_mode_for(options.include_biases, path),
+        bias_mode=bias_mode,
         bias_rule=options.bias_rule,
         include_ffn=options.include_ffn,
         ffn_approximation=options.ffn_approximation,
         head_approximation=options.head_approximation,
     )
+
+
+def exact_settings(options: Options) -> Settings:
+    """The exact path's settings: the biases spread by the rule, or, left out, collected in a bias piece."""
+    return _settings(options, BiasMode.RULE if options.include_biases else BiasMode.PIECE)
+
+
+def fast_settings(options: Options) -> Settings:
+    """The fast path's settings: the frozen network keeps the biases in its single piece (their
+    share is then the frozen logits minus the token shares); it does not spread them."""
+    if options.include_biases:
+        raise ValueError("The fast path decomposes the bias-free network: use the exact path to decompose the biases.")
+    return _settings(options, BiasMode.ADD)
 
 
 @dataclass
@@ -264,7 +266,6 @@ class Decomposition:
         pooled: (batch, seq, hidden), the pooled token's decomposition after the last layer
             (final norm included); None when not asked for on the fast path with the head.
         token_maps: per layer the (batch, seq, seq) norms ``||X_l[i, k]||``, when asked for.
-        path: ``"exact"`` or ``"fast"``.
         positions: for a per-position adapter (``pooling="each"``), the (rows,) positions whose
             outputs were decomposed; ``contributions`` is then (batch, rows, seq, classes) (row
             ``r`` explains the model's output at ``positions[r]``) and ``bias`` (batch, rows,
@@ -276,7 +277,6 @@ class Decomposition:
     bias: Optional[Tensor]
     pooled: Optional[Tensor]
     token_maps: Optional[list[Tensor]]
-    path: str
     positions: Optional[Tensor] = None
 
 
@@ -286,7 +286,6 @@ def decompose(
     adapter: Adapter,
     options: Options,
     *,
-    path: str,
     dtype: torch.dtype,
     max_memory: int = DEFAULT_MAX_MEMORY,
     targets: Optional[Tensor] = None,
@@ -295,101 +294,82 @@ def decompose(
     progress: Optional[Callable[[int], None]] = None,
     positions: Optional[Tensor] = None,
 ) -> Decomposition:
-    """Decompose a captured forward pass: the one entry point of the decomposition.
+    """Decompose a captured forward pass by the exact path (the fast path, :func:`fast`, runs a
+    frozen forward pass of its own instead of decomposing a captured one).
 
     Args:
         captured: the records of the forward pass (:func:`~captum_decompx.capture.capture_internals`).
         model, adapter: the model that was captured and its adapter (for the parameters).
-        path: ``"exact"``; ``"fast"`` is refused with a pointer to :func:`fast`, which needs a
-            frozen forward pass of its own rather than a captured one.
         dtype: the compute dtype.
         max_memory: bytes the exact path may use for its decomposition.
         targets: (batch,) one class per example: also reduce to ``target_contributions``.
         pooled: also return the pooled decomposition.
         token_maps: also return the per-layer token maps.
-        progress: called with the number of examples finished (exact path).
+        progress: called with the number of examples finished.
         positions: per-position adapters (``pooling="each"``) only: the (rows,) output positions
             to decompose, ascending (None: every position). See :class:`Decomposition`.
     """
-    if path not in PATHS:
-        raise ValueError(f"path={path!r} is not one of {PATHS}.")
     parts = resolve_parts(model, adapter, dtype)
+    settings = exact_settings(options)
     if adapter.pooling == "each":
+        what = f"the per-position head of {adapter.name!r} (question answering, token classification, masked LM, hidden states)"
+        if not options.include_head:
+            raise ValueError(
+                f"include_head=False scores the norms of the pooled token's decomposition; {what} has no pooled "
+                "token. Keep include_head=True (an adapter with an empty head explains the hidden states)."
+            )
+        if targets is not None or pooled or token_maps:
+            raise NotImplementedError(f"targets=, pooled= and token_maps= are not available for {what}.")
         return _per_position(
-            captured,
-            parts,
-            adapter,
-            options,
-            path=path,
-            dtype=dtype,
-            max_memory=max_memory,
-            targets=targets,
-            pooled=pooled,
-            token_maps=token_maps,
-            progress=progress,
-            positions=positions,
+            captured, parts, settings, what, dtype=dtype, max_memory=max_memory, progress=progress, positions=positions
         )
-    pooling = pooling_of(captured, adapter, dtype)
-    if path == "fast":
-        raise ValueError(
-            "The fast path runs a forward pass of its own (the model with its nonlinear coefficients "
-            "frozen, captum_decompx.freezing) instead of decomposing a captured one: use "
-            "DecompX(..., algorithm='fast'), or decomposition.fast on a freezing.frozen_forward run."
-        )
-    return _exact_path(
+    result = exact(
         captured,
         parts,
-        pooling,
-        options,
-        dtype=dtype,
+        settings,
+        pooling_of(captured, adapter, dtype),
+        include_head=options.include_head,
         max_memory=max_memory,
-        targets=targets,
-        pooled=pooled,
+        dtype=dtype,
         token_maps=token_maps,
         progress=progress,
+    )
+    contributions, bias = None, None
+    if options.include_head:
+        assert result.contributions is not None
+        contributions = result.contributions
+        # zero when every bias was spread over the tokens
+        bias = torch.zeros_like(captured.logits) if result.bias is None else result.bias.to(captured.logits.dtype)
+    return Decomposition(
+        contributions=contributions,
+        target_contributions=None if contributions is None else _targets_of(contributions, targets),
+        bias=bias,
+        pooled=result.pooled,
+        token_maps=result.token_maps,
     )
 
 
 def _per_position(
     captured: Captured,
     parts: ModelParts,
-    adapter: Adapter,
-    options: Options,
+    settings: Settings,
+    what: str,
     *,
-    path: str,
     dtype: torch.dtype,
     max_memory: int,
-    targets: Optional[Tensor],
-    pooled: bool,
-    token_maps: bool,
     progress: Optional[Callable[[int], None]],
     positions: Optional[Tensor],
 ) -> Decomposition:
-    """A head applied at every position: every asked-for row of the last layer, then the head on
-    each row (with that row's frozen nonlinearities)."""
-    what = f"the per-position head of {adapter.name!r} (question answering, token classification, masked LM, hidden states)"
-    if path != "exact":
-        raise NotImplementedError(
-            f"The fast path does not support {what} yet: use algorithm='exact' (with include_biases=False "
-            "for the bias-free variant the fast path computes)."
-        )
-    if not options.include_head:
-        raise ValueError(
-            f"include_head=False scores the norms of the pooled token's decomposition; {what} has no pooled "
-            "token. Keep include_head=True (an adapter with an empty head explains the hidden states)."
-        )
-    if targets is not None or pooled or token_maps:
-        raise NotImplementedError(f"targets=, pooled= and token_maps= are not available for {what}.")
-    settings = settings_for(options, "exact")
+    """A head applied at every position (``what``): every asked-for row of the last layer, then
+    the head on each row (with that row's frozen nonlinearities)."""
     embeddings = captured.layer_input
-    batch, seq, hidden = embeddings.shape
+    batch, seq, _ = embeddings.shape
     rows = torch.arange(seq, device=embeddings.device) if positions is None else positions.to(embeddings.device)
     n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
-    ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
-    width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
-    itemsize = torch.finfo(dtype).bits // 8
-    classes = next((step.params.weight.shape[0] for step in reversed(parts.head) if hasattr(step.params, "weight")), hidden)
-    result_bytes = batch * rows.numel() * n_pieces * int(classes) * itemsize
+    classes = next(
+        (step.params.weight.shape[0] for step in reversed(parts.head) if hasattr(step.params, "weight")), embeddings.shape[2]
+    )
+    result_bytes = batch * rows.numel() * n_pieces * int(classes) * (torch.finfo(dtype).bits // 8)
     if result_bytes > max_memory:
         raise DecompXMemoryError(
             f"Decomposing {rows.numel()} positions x {classes} outputs of {what} for {batch} example(s) "
@@ -397,10 +377,9 @@ def _per_position(
             f"({readable_bytes(max_memory)}). Explain one output with DecompX.attribute(..., target=(position, "
             "class)) (only the positions the target uses are decomposed), pass fewer examples, or raise max_memory."
         )
-    plan = plan_memory(batch, seq, n_pieces, width, ffn if settings.include_ffn else 0, itemsize, max_memory)
+    plan, _ = _plan(embeddings, parts, settings, dtype, max_memory)
     contributions_all, bias_all = [], []
-    for start in range(0, batch, plan.examples_per_group):
-        group = slice(start, min(start + plan.examples_per_group, batch))
+    for group in _groups(batch, plan, progress):
         last = propagate_rows(
             _diagonal_pieces(embeddings[group], n_pieces, dtype),
             captured,
@@ -416,58 +395,22 @@ def _per_position(
         contributions_all.append(token_pieces(scores, settings))
         if settings.bias_mode is BiasMode.PIECE:
             bias_all.append(scores[:, :, -1])
-        if progress is not None:
-            progress(group.stop - group.start)
     # (batch, rows, seq, classes). Not zeroed at padding tokens: a padding token gives nothing to
     # the rows of real tokens (no query attends to it), but a padding position's own output row
     # keeps its own embedding (the residual), and that share is part of the output.
     contributions = torch.cat(contributions_all)
     logits_dtype = captured.logits.dtype if captured.logits.dtype.is_floating_point else contributions.dtype
-    if options.include_biases:
-        bias = torch.zeros(contributions.shape[:2] + contributions.shape[3:], dtype=logits_dtype, device=contributions.device)
-    else:
+    if settings.bias_mode is BiasMode.PIECE:
         bias = torch.cat(bias_all).to(logits_dtype)
-    return Decomposition(contributions, None, bias, None, None, "exact", positions=rows)
+    else:  # every bias was spread over the tokens
+        bias = torch.zeros(contributions.shape[:2] + contributions.shape[3:], dtype=logits_dtype, device=contributions.device)
+    return Decomposition(contributions, None, bias, None, None, positions=rows)
 
 
 def _targets_of(contributions: Tensor, targets: Optional[Tensor]) -> Optional[Tensor]:
     if targets is None:
         return None
     return contributions.gather(2, targets.view(-1, 1, 1).expand(-1, contributions.shape[1], 1)).squeeze(-1)
-
-
-def _exact_path(
-    captured, parts, pooling, options: Options, *, dtype, max_memory, targets, pooled, token_maps, progress
-) -> Decomposition:
-    result = exact(
-        captured,
-        parts,
-        settings_for(options, "exact"),
-        pooling,
-        include_head=options.include_head,
-        max_memory=max_memory,
-        dtype=dtype,
-        token_maps=token_maps,
-        progress=progress,
-    )
-    contributions, bias = None, None
-    if options.include_head:
-        assert result.contributions is not None
-        contributions = result.contributions
-        logits = captured.logits
-        if options.include_biases:
-            bias = torch.zeros_like(logits)  # every bias was spread over the tokens
-        else:
-            assert result.bias is not None
-            bias = result.bias.to(logits.dtype)
-    return Decomposition(
-        contributions=contributions,
-        target_contributions=None if contributions is None else _targets_of(contributions, targets),
-        bias=bias,
-        pooled=result.pooled,
-        token_maps=result.token_maps,
-        path="exact",
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,6 +423,28 @@ def _diagonal_pieces(embeddings: Tensor, n_pieces: int, dtype: torch.dtype) -> T
     pieces = torch.zeros(batch, seq, n_pieces, hidden, dtype=dtype, device=embeddings.device)
     pieces[:, :, :seq].diagonal(dim1=1, dim2=2).copy_(embeddings.to(dtype).transpose(1, 2))
     return pieces
+
+
+def _plan(
+    embeddings: Tensor, parts: ModelParts, settings: Settings, dtype: torch.dtype, max_memory: int
+) -> tuple[MemoryPlan, int]:
+    """The exact path's memory plan for these embeddings (batch, seq, hidden), and the number of
+    pieces per row (one per token, plus the bias piece when the biases are collected in one)."""
+    batch, seq, hidden = embeddings.shape
+    n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
+    ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
+    width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
+    itemsize = torch.finfo(dtype).bits // 8
+    return plan_memory(batch, seq, n_pieces, width, ffn if settings.include_ffn else 0, itemsize, max_memory), n_pieces
+
+
+def _groups(batch: int, plan: MemoryPlan, progress: Optional[Callable[[int], None]]) -> Iterator[slice]:
+    """The groups of examples the plan decomposes at once; ``progress`` hears of each finished one."""
+    for start in range(0, batch, plan.examples_per_group):
+        group = slice(start, min(start + plan.examples_per_group, batch))
+        yield group
+        if progress is not None:
+            progress(group.stop - group.start)
 
 
 @dataclass
@@ -514,18 +479,10 @@ def exact(
         progress: called with the number of examples finished.
     """
     embeddings = captured.layer_input
-    batch, seq, hidden = embeddings.shape
-    n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
-    ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
-    width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
-    itemsize = torch.finfo(dtype).bits // 8
-    plan = plan_memory(batch, seq, n_pieces, width, ffn if settings.include_ffn else 0, itemsize, max_memory)
-
+    plan, n_pieces = _plan(embeddings, parts, settings, dtype, max_memory)
     pooled_all, contributions_all, bias_all = [], [], []
     maps_all: list[list[Tensor]] = [[] for _ in parts.layers]
-    for start in range(0, batch, plan.examples_per_group):
-        group = slice(start, min(start + plan.examples_per_group, batch))
-        size = group.stop - group.start
+    for group in _groups(embeddings.shape[0], plan, progress):
 
         def record_map(index: int, layer_pieces: Tensor) -> None:
             maps_all[index].append(torch.linalg.vector_norm(token_pieces(layer_pieces, settings), dim=-1))
@@ -550,8 +507,6 @@ def exact(
             contributions_all.append(token_pieces(scores.unsqueeze(1), settings).squeeze(1))
             if settings.bias_mode is BiasMode.PIECE:
                 bias_all.append(scores[:, -1])
-        if progress is not None:
-            progress(size)
     return ExactResult(
         contributions=torch.cat(contributions_all) if contributions_all else None,
         bias=torch.cat(bias_all) if bias_all else None,
@@ -742,7 +697,7 @@ def plan_rows(
         DecompXMemoryError: the propagation, or the head on one row, does not fit ``max_memory``.
     """
     parts = resolve_parts(model, adapter, dtype)
-    settings = settings_for(options, "exact")
+    settings = exact_settings(options)
     n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
     hidden = max([layer.value.weight.shape[1] for layer in parts.layers] + [1])
     ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
@@ -796,7 +751,7 @@ def decompose_rows(
         ValueError: the head reads a real input (its nonlinearity would need each row's input).
     """
     parts = resolve_parts(model, adapter, dtype)
-    settings = settings_for(options, "exact")
+    settings = exact_settings(options)
     if not options.include_head:
         raise ValueError("decompose_rows explains the head's outputs: keep include_head=True.")
     if any(step is not None for step in parts.head_input_steps):

@@ -30,7 +30,6 @@ import torch
 from captum.attr import LLMAttributionResult, TextTemplateInput, TextTokenInput
 from torch import Tensor, nn
 
-from . import decomposition
 from .adapters import task_of
 from .attribution import DecompX
 from .components.head import head_step_kind
@@ -307,41 +306,11 @@ class LLMDecompX:
         n_prompt, n_targets = prompt_ids.shape[1], target_ids.numel()
         context = torch.cat([prompt_ids, target_ids[:-1].view(1, -1)], dim=1)
         positions = torch.arange(n_prompt - 1, n_prompt - 1 + n_targets, device=context.device)
-        dtype = decompx._compute_dtype()
-        options = decompx._settings()
         with decompx._call_modes():
-            if decompx.method == "fast":
-                run = decompx._frozen_run(context, None)
-                head_input, model_output = run.frozen.head_input, run.model_output
-                if head_input is None or head_input.dim() != 3:
-                    return None
-                weight = decomposition.resolve_parts(self.model, decompx.adapter, dtype).head[0].params.weight
-                scores = decomposition.fast_rows(run.frozen, head_input, positions, weight[target_ids], dtype)[:, 0]
-                bias = None
-            else:
-                decomposition.plan_rows(
-                    self.model,
-                    decompx.adapter,
-                    options,
-                    batch=1,
-                    seq=context.shape[1],
-                    rows=n_targets,
-                    dtype=dtype,
-                    max_memory=decompx.max_memory,
-                )  # a DecompXMemoryError before any work when it cannot fit
-                capture = decompx._capture_forward(context, None)
-                model_output = capture.model_output
-                rows = decomposition.decompose_rows(
-                    capture.captured,
-                    self.model,
-                    decompx.adapter,
-                    options,
-                    positions=positions,
-                    classes=target_ids,
-                    dtype=dtype,
-                    max_memory=decompx.max_memory,
-                )
-                scores, bias = rows.contributions[0], rows.bias[0]
+            rows = decompx.strategy.rows(decompx, context, positions, target_ids)
+        if rows is None:
+            return None
+        scores, bias, model_output = rows.scores, rows.bias, rows.model_output
         if model_output is None or model_output.dim() != 3:
             return None
         later = torch.ones_like(scores, dtype=torch.bool).triu(n_prompt)

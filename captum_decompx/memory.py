@@ -85,7 +85,7 @@ def plan_memory(batch: int, seq: int, pieces: int, hidden: int, ffn: int, itemsi
             f"The exact DecompX path needs at least {readable_bytes(minimum)} for one example of "
             f"{seq} tokens (hidden {hidden}, feed-forward {ffn}), more than max_memory={max_memory:,} bytes "
             f"({readable_bytes(max_memory)}). Raise max_memory if the machine has the memory, shorten "
-            "the input, or use method='fast' (include_biases=False), which needs O(N) memory."
+            "the input, or use algorithm='fast' (include_biases=False), which needs O(N) memory."
         )
     fixed = exact_memory_per_example(seq, pieces, hidden, ffn, itemsize, 0)
     rows = int((max_memory - fixed) // (minimum - fixed))

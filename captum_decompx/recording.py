@@ -33,10 +33,12 @@ def main_input(args: tuple, kwargs: dict, name: str) -> torch.Tensor:
 
 
 class Recorder:
-    """Forward hooks that collect tensors, keyed by module identity and role, in call order.
+    """The hooks of one forward pass, keyed by module identity and role, and what they recorded.
 
-    Only calls from the thread that created the recorder are recorded. Installing the same
-    ``(module, role)`` twice installs one hook.
+    Both algorithms install their hooks here (recording ones for the exact path, freezing ones for
+    the fast path): every hook acts only on calls from the thread that created the recorder, and
+    installing the same ``(module, role)`` twice installs one hook (a module shared by several
+    layers, as in ALBERT, is hooked once). :meth:`remove` removes them all.
     """
 
     def __init__(self) -> None:
@@ -46,6 +48,10 @@ class Recorder:
         self._installed: set[tuple[int, str]] = set()
         self.refusals: list[Exception] = []
 
+    def mine(self) -> bool:
+        """Whether the running call comes from the thread whose pass this is."""
+        return threading.get_ident() == self.thread
+
     def _first_time(self, module: nn.Module, role: str) -> bool:
         key = (id(module), role)
         if key in self._installed:
@@ -53,71 +59,62 @@ class Recorder:
         self._installed.add(key)
         return True
 
-    def record_output(self, module: nn.Module, role: str, pick: Callable[[Any], Any] = lambda output: output) -> None:
-        """Record ``pick(output)`` of every call of ``module`` under ``role``."""
+    def forward_hook(self, module: nn.Module, role: str, hook: Callable[[nn.Module, tuple, Any], Any]) -> None:
+        """Run ``hook(module, args, output)`` after every call of ``module`` (once per role); what it
+        returns, when not None, replaces the output."""
         if not self._first_time(module, role):
             return
 
-        def hook(_module, _args, output):
-            if threading.get_ident() == self.thread:
-                self.by_module[id(module)][role].append(_detach(pick(output)))
+        def gated(_module, args, output):
+            return hook(_module, args, output) if self.mine() else None
 
-        self.handles.append(module.register_forward_hook(hook))
+        self.handles.append(module.register_forward_hook(gated))
+
+    def pre_hook(self, module: nn.Module, role: str, hook: Callable[[nn.Module, tuple, dict], Any]) -> None:
+        """Run ``hook(module, args, kwargs)`` before every call of ``module`` (once per role); what it
+        returns, when not None, is the ``(args, kwargs)`` the module runs with."""
+        if not self._first_time(module, role):
+            return
+
+        def gated(_module, args, kwargs):
+            return hook(_module, args, kwargs) if self.mine() else None
+
+        self.handles.append(module.register_forward_pre_hook(gated, with_kwargs=True))
+
+    def record_output(self, module: nn.Module, role: str, pick: Callable[[Any], Any] = lambda output: output) -> None:
+        """Record ``pick(output)`` of every call of ``module`` under ``role``."""
+        calls = self.by_module[id(module)][role]
+        self.forward_hook(module, role, lambda _module, _args, output: calls.append(_detach(pick(output))))
 
     def record_input(self, module: nn.Module, role: str, name: str = "input") -> None:
         """Record the main input (see :func:`main_input`) of every call of ``module`` under ``role``."""
-        if not self._first_time(module, role):
-            return
-
-        def hook(_module, args, kwargs):
-            if threading.get_ident() == self.thread:
-                self.by_module[id(module)][role].append(_detach(main_input(args, kwargs, name)))
-
-        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        calls = self.by_module[id(module)][role]
+        self.pre_hook(module, role, lambda _module, args, kwargs: calls.append(_detach(main_input(args, kwargs, name))))
 
     def record_argument(self, module: nn.Module, role: str, position: int, name: str) -> None:
         """Record the argument ``name`` (at ``position``, or a keyword; None when not given) of
         every call of ``module`` under ``role``."""
-        if not self._first_time(module, role):
-            return
+        calls = self.by_module[id(module)][role]
 
         def hook(_module, args, kwargs):
-            if threading.get_ident() == self.thread:
-                value = args[position] if len(args) > position else kwargs.get(name)
-                self.by_module[id(module)][role].append(_detach(value))
+            calls.append(_detach(args[position] if len(args) > position else kwargs.get(name)))
 
-        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        self.pre_hook(module, role, hook)
 
     def set_argument(self, module: nn.Module, role: str, position: int, name: str, value: Any) -> None:
         """Call ``module`` with the argument ``name`` (at ``position``) set to ``value``."""
-        if not self._first_time(module, role):
-            return
-        thread = self.thread
 
         def hook(_module, args, kwargs):
-            if threading.get_ident() != thread:
-                return None
             if name in kwargs or len(args) <= position:
-                kwargs = {**kwargs, name: value}
-            else:
-                args = args[:position] + (value,) + args[position + 1 :]
-            return args, kwargs
+                return args, {**kwargs, name: value}
+            return args[:position] + (value,) + args[position + 1 :], kwargs
 
-        self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        self.pre_hook(module, role, hook)
 
     def replace_output(self, module: nn.Module, role: str, transform: Callable[[Any], Any]) -> None:
         """Make ``module`` return ``transform(output)`` (e.g. a freeze rule: the same value with a
         coefficient detached from autograd) until the hooks are removed."""
-        if not self._first_time(module, role):
-            return
-        thread = self.thread
-
-        def hook(_module, _args, output):
-            if threading.get_ident() != thread:
-                return None
-            return transform(output)
-
-        self.handles.append(module.register_forward_hook(hook))
+        self.forward_hook(module, role, lambda _module, _args, output: transform(output))
 
     def check_call(self, module: nn.Module, role: str, check: Callable[[tuple, dict], Optional[Exception]]) -> None:
         """Run ``check(args, kwargs)`` after every call of ``module``, with the arguments it ran with
@@ -126,10 +123,9 @@ class Recorder:
         :meth:`raise_refusals` raises it after the pass."""
         if not self._first_time(module, role):
             return
-        thread = self.thread
 
         def hook(_module, args, kwargs, _output):
-            if threading.get_ident() == thread:
+            if self.mine():
                 refusal = check(args, kwargs)
                 if refusal is not None:
                     self.refusals.append(refusal)

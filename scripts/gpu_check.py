@@ -42,6 +42,7 @@ from transformers import (  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from captum_decompx import DecompX, decomposition  # noqa: E402
+from captum_decompx.algorithms import EXACT  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Limits, relative to the largest |logit| of the float32 model on the CPU.
@@ -116,8 +117,8 @@ def check_model(name: str, model, ids, mask, device: torch.device) -> list[Line]
         moved = copy.deepcopy(model).to(device=device, dtype=dtype)
         limit = SAME_DTYPE_LIMIT if dtype == torch.float32 else HALF_LIMITS[dtype]
         exact = decompose(moved, ids, mask, device)
-        exact_no_bias = decompose(moved, ids, mask, device, include_biases=False, method="exact")
-        fast = decompose(moved, ids, mask, device, include_biases=False, method="fast")
+        exact_no_bias = decompose(moved, ids, mask, device, include_biases=False, algorithm="exact")
+        fast = decompose(moved, ids, mask, device, include_biases=False, algorithm="fast")
         tag = f"{name} {dtype_name}"
         lines.append(Line(f"{tag}: results on {device.type}", 0.0 if all(on_device(o, device) for o in (exact, exact_no_bias, fast)) else 1.0, 0.0))
         # completeness in the model's own precision: compare with its own logits
@@ -185,11 +186,11 @@ def memory(device: torch.device) -> list[Line]:
         ids, mask = padded_batch((seq,), 100, 0, seed=seq)
         ids, mask = ids.to(device), mask.to(device)
         explainer = DecompX(model)
-        captured = explainer._capture(ids, (mask,))
+        captured = explainer._capture_forward(ids, (mask,)).captured
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
-        explainer._exact(captured, show_progress=False)
+        EXACT.decomposition(explainer, captured)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated(device) - baseline
         config = model.config

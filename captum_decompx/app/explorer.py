@@ -125,7 +125,7 @@ class ClassExplanation:
             "bias": explanation.bias.tolist(),
             "prediction": explanation.labels[explanation.predicted],
             "probabilities": explanation.probabilities.tolist(),
-            "method": explanation.method,
+            "algorithm": explanation.algorithm,
             "truncated": explanation.encoded.truncated,
             "input_tokens": explanation.encoded.untruncated_length,
             "notice": self.read.notice,
@@ -139,7 +139,7 @@ class ClassExplanation:
         probabilities = ", ".join(f"{name} {probability_text(float(p))}" for name, p in zip(labels, explanation.probabilities))
         lines = [
             f"**Prediction: {labels[predicted]}** (p = {probability_text(float(explanation.probabilities[predicted]))}); "
-            f"probabilities: {probabilities}. DecompX, {explanation.method}, {len(explanation.tokens)} tokens."
+            f"probabilities: {probabilities}. DecompX, {explanation.algorithm}, {len(explanation.tokens)} tokens."
         ]
         if self.read.notice:
             lines.append(f"**Note:** {html.escape(self.read.notice)}")
@@ -173,7 +173,7 @@ class ClassExplanation:
             explanation.tokenizer,
             attention_mask=explanation.encoded.extra_args[0],
             label_names=explanation.labels,
-            title=f"DecompX: per-class token contributions ({explanation.method})",
+            title=f"DecompX: per-class token contributions ({explanation.algorithm})",
         )
 
     def write_files(self, folder: Path) -> dict[str, Path]:
@@ -359,12 +359,12 @@ class ClassifierExplorer:
             )
         return ReadInput(text=text, pair=pair, encoded=encoded, notice=notice)
 
-    def explain(self, text: Optional[str], pair: Optional[str] = None, method: str = "exact") -> ClassExplanation:
+    def explain(self, text: Optional[str], pair: Optional[str] = None, algorithm: str = "exact") -> ClassExplanation:
         """Every class logit decomposed by DecompX (``"exact"``: biases decomposed; ``"fast"``: bias-free)."""
         read = self.read(text, pair)
 
         with self._lock:
-            return ClassExplanation(read=read, explanation=explain_encoded(self.classifier, read.encoded, method))
+            return ClassExplanation(read=read, explanation=explain_encoded(self.classifier, read.encoded, algorithm))
 
     def _specs(self, keys: Sequence[str]) -> dict[str, MethodSpec]:
         key = tuple(keys)

@@ -113,9 +113,9 @@ def _classifier_app(explorer: ClassifierExplorer, title: str) -> gr.Blocks:
         except ExplorerInputError as error:
             raise gr.Error(str(error)) from None
 
-    def on_explain(text: str, pair: str, method: str):
+    def on_explain(text: str, pair: str, algorithm: str):
         try:
-            explained: ClassExplanation = explorer.explain(text, pair, method)
+            explained: ClassExplanation = explorer.explain(text, pair, algorithm)
         except ExplorerInputError as error:
             return (f"**{error}**", "", "", None, None, gr.update(choices=[], value=None))
         files = explained.write_files(_download_folder(downloads_root))

@@ -1,7 +1,8 @@
 """The component kinds DecompX propagates a decomposition through, one module per kind.
 
-Each kind is defined once: how it is found (adapter paths), what the capture records, how it
-resolves to parameters and how pieces propagate through it (see :mod:`.base`).
+Each kind is defined once: how it is found (adapter paths), what the exact path records, how the
+fast path freezes it, how it resolves to parameters and how pieces propagate through it (see
+:mod:`.base`); :meth:`.network.Network.walk` lists them for both algorithms.
 
 - :mod:`.pieces`: the decomposition tensor, :class:`BiasMode`, adding a bias;
 - :mod:`.bias_rules`: how a bias is spread over the pieces (registered :class:`BiasRule` objects);

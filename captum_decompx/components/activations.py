@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -188,6 +188,31 @@ def activation(
     if not isinstance(approximation, Approximation):
         approximation = _APPROXIMATIONS.get(approximation)
     return approximation.propagate(pieces, pre_activation, function, settings, inplace=inplace)
+
+
+class _FrozenSlope(torch.autograd.Function):
+    """Returns ``value`` (the real output); the gradient to ``pre_activation`` is ``grad * slope``."""
+
+    @staticmethod
+    def forward(ctx: Any, pre_activation: Tensor, value: Tensor, slope: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(slope)
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None, None
+
+
+def frozen_activation(
+    approximation: str, function: ActivationFunction, pre_activation: Tensor, value: Tensor
+) -> tuple[Tensor, Optional[Tensor]]:
+    """The fast path's rule for ``value = function(pre_activation)``: a tensor equal to ``value``
+    whose gradient to ``pre_activation`` is the registered approximation's
+    :meth:`~Approximation.frozen_slope`, and what the approximation leaves out (None when nothing).
+    """
+    slope, dropped = _APPROXIMATIONS.get(approximation).frozen_slope(function, pre_activation.detach(), value.detach())
+    return _FrozenSlope.apply(pre_activation, value.detach(), slope), dropped
 
 
 @dataclass(frozen=True)

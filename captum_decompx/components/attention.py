@@ -1,24 +1,37 @@
 """Attention: values of every piece, mixed by the real attention probabilities, then ``W_O``.
 
-Recorded: the attention module's probabilities (batch, heads, seq, seq), post-softmax, read from
-its output ``(output, attention_probs)`` under eager attention. Grouped-query attention (fewer
-key-value heads than query heads) is read from the value map's width.
+Recorded (exact path): the attention module's probabilities (batch, heads, seq, seq),
+post-softmax, read from its output ``(output, attention_probs)`` under eager attention.
+Grouped-query attention (fewer key-value heads than query heads) is read from the value map's width.
+
+Frozen (fast path): the probabilities are frozen inside each attention module's forward call by a
+``TorchFunctionMode`` entered by the module's pre-hook and left by its forward hook: an eager
+implementation's softmax output is detached; torch's fused ``scaled_dot_product_attention`` (the
+``"sdpa"`` implementation) is called with its query and key detached, which freezes the
+probabilities while the kernel keeps its O(N) memory. This works whichever code dispatches the
+attention (transformers' attention interface or a model's own, e.g. DeBERTa-v2's), on transformers
+4.57 and 5. Other implementations (flash, flex) run as eager for the pass
+(:func:`~captum_decompx.capture.freezable_attention`).
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from ..adapters.base import resolve
 from ..recording import Reader, Recorder
 from .base import Component
 from .linear import Affine, LinearMap
 from .pieces import add_to_own_pieces
+
+if TYPE_CHECKING:
+    from ..freezing import Freezer
 
 # The exact path computes a layer's values in this many blocks of rows (bounds the transient memory).
 VALUE_BLOCKS = 8
@@ -126,6 +139,63 @@ def _output_attentions_parameter(module: nn.Module) -> Optional[tuple[int, str]]
     return names.index("output_attentions"), "output_attentions"
 
 
+_SOFTMAXES = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, torch.special.softmax}
+_FUSED_ATTENTION = torch.nn.functional.scaled_dot_product_attention
+
+
+class _FreezeAttention(TorchFunctionMode):
+    """Active inside an attention module's forward: freezes its probabilities, whichever of the
+    freezable implementations computes them, and counts that it did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.real_tokens: Optional[Tensor] = None
+        self.watch = False  # record the attended keys of this call (the first layer's)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is _FUSED_ATTENTION:
+            self.count += 1
+            args, kwargs = _detach_query_key(args, kwargs)
+            if self.watch:
+                self.real_tokens = _attended_by_mask(args, kwargs)
+                self.watch = False
+            return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        if func in _SOFTMAXES:
+            self.count += 1
+            if self.watch:
+                self.real_tokens = (result != 0).flatten(1, -2).any(1)
+                self.watch = False
+            return result.detach()  # the probabilities, as the real pass produced them, are constants
+        return result
+
+
+def _detach_query_key(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``scaled_dot_product_attention``'s query and key, cut from the graph."""
+    positional = list(args)
+    for position, name in ((0, "query"), (1, "key")):
+        if len(positional) > position:
+            positional[position] = positional[position].detach()
+        elif name in kwargs:
+            kwargs = {**kwargs, name: kwargs[name].detach()}
+    return tuple(positional), kwargs
+
+
+def _attended_by_mask(args: tuple, kwargs: dict) -> Optional[Tensor]:
+    """(batch, keys) bool: keys some query may attend to, from a fused attention call's mask."""
+    query = args[0] if args else kwargs["query"]
+    key = args[1] if len(args) > 1 else kwargs["key"]
+    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+    batch, keys = query.shape[0], key.shape[-2]
+    if mask is None:
+        return torch.ones(batch, keys, dtype=torch.bool, device=query.device)
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    allowed = allowed.reshape(allowed.shape[0], -1, allowed.shape[-1]).any(1)
+    return allowed.expand(batch, keys)
+
+
 @dataclass(frozen=True)
 class AttentionParams:
     """The value map (all key-value heads) and ``W_O``."""
@@ -165,6 +235,40 @@ class Attention(Component):
                 "(output, attention_probs), or set force_output_attentions."
             )
         return probs
+
+    def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
+        """Freeze the probabilities inside the module's calls; in the first layer, also read which
+        tokens are attended to (the padding) and give each token its share of the value bias."""
+        module = resolve(root, self.path)
+        mode = _FreezeAttention()
+        state, where = freezer.state, f"{type(module).__name__} ({self.path})"
+
+        def before(_module, args, kwargs):
+            mode.count = 0
+            mode.watch = first and state.real_tokens is None
+            mode.__enter__()
+            freezer.open_modes.append(mode)
+
+        def after(_module, args, output):
+            if freezer.open_modes and freezer.open_modes[-1] is mode:
+                freezer.open_modes.pop()
+                mode.__exit__(None, None, None)
+            if mode.count == 0:
+                raise RuntimeError(
+                    f"The attention module {where} computed its probabilities neither with a softmax nor "
+                    "with torch's scaled_dot_product_attention, so the fast path cannot freeze them. Use "
+                    "algorithm='exact', or run the model with attn_implementation='eager' or 'sdpa'."
+                )
+            if mode.real_tokens is not None and state.real_tokens is None:
+                state.real_tokens = mode.real_tokens
+            mode.real_tokens = None
+
+        freezer.recorder.pre_hook(module, "freeze: enter", before)
+        freezer.recorder.forward_hook(module, "freeze: leave", after)
+        if first:  # the first layer's value bias belongs to each token, added before any mixing
+            bias = self.value.output_bias(root)
+            if bias is not None:
+                freezer.freeze_output(self.value.module(root), "own bias", lambda _module, _args, output: output, own_bias=bias)
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> AttentionParams:
         return AttentionParams(self.value.resolve(root, dtype), self.output.resolve(root, dtype))

@@ -2,31 +2,35 @@
 
 A component kind (a linear map, a normalization, attention, a feed-forward unit, a head step) is
 defined once, in one module of :mod:`captum_decompx.components`, by one class whose instances are
-built from adapter data (dotted paths). It answers four questions:
+built from adapter data (dotted paths). It answers five questions:
 
-- **found**: where it is (its paths, resolved on the layer or the model by :meth:`Component.modules`);
-- **recorded**: what the capture keeps from the real forward pass (:meth:`Component.install` adds
-  hooks to a :class:`~captum_decompx.recording.Recorder`, :meth:`Component.read` takes the values
-  back, one per run of the module);
+- **found**: where it is (its paths, resolved on the layer or the model it is given);
+- **recorded** (exact path): what the capture keeps from the real forward pass
+  (:meth:`Component.install` adds hooks to a :class:`~captum_decompx.recording.Recorder`,
+  :meth:`Component.read` takes the values back, one per run of the module);
+- **frozen** (fast path): how the real module is run with its nonlinear coefficients cut from
+  autograd while every value stays the same (:meth:`Component.freeze` adds hooks through a
+  :class:`~captum_decompx.freezing.Freezer`);
 - **resolved**: its parameters, detached and in the compute dtype (:meth:`Component.resolve`);
 - **propagated**: how a decomposition passes through it (its ``propagate`` function, with the
   recorded values frozen).
 
-The one-pass fast path freezes the real modules instead (:mod:`captum_decompx.freezing`); its
-rules read the kinds' own definitions: a normalization's statistic, linear part and gain from its
-registered norm kind, an activation's slope from its registered approximation
-(:meth:`~captum_decompx.components.activations.Approximation.frozen_slope`), a linear map's bias
-from the linear kind (fused blocks and LoRA included).
+Both algorithms install their hooks by the same walk of the network
+(:meth:`captum_decompx.components.network.Network.walk`, run by
+:class:`captum_decompx.capture.HookedPass`): a new kind is its module plus adapter data.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..recording import Reader, Recorder
+
+if TYPE_CHECKING:
+    from ..freezing import Freezer
 
 
 class Component:
@@ -38,6 +42,15 @@ class Component:
     def read(self, reader: Reader, root: nn.Module, where: str) -> Any:
         """What the real forward pass did here (one call's worth); None when nothing is recorded."""
         return None
+
+    def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
+        """Add the hooks that freeze this component's nonlinear coefficients for the fast path
+        (``first``: the component belongs to the first layer). A kind without a rule is refused
+        when the fast path installs it, never silently run unfrozen."""
+        raise NotImplementedError(
+            f"The component kind {type(self).__name__} has no rule for the fast path: implement "
+            "Component.freeze, or use algorithm='exact'."
+        )
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> Any:
         """The parameters, detached and converted to ``dtype``; the model is not touched."""

@@ -1,23 +1,30 @@
 """Feed-forward units: ``out(act(in(x)))``, or gated ``out(act(gate(x)) * in(x))`` (SwiGLU, GeGLU).
 
-Recorded: the real input of the activation (the output of ``in``, or of ``gate`` for a gated
-unit). In a gated unit the real ``act(gate(x))`` scales the decomposed up-projection; otherwise the
-activation is frozen by the chosen :mod:`~captum_decompx.components.activations` approximation.
+Recorded (exact path): the real input of the activation (the output of ``in``, or of ``gate`` for a
+gated unit). In a gated unit the real ``act(gate(x))`` scales the decomposed up-projection;
+otherwise the activation is frozen by the chosen :mod:`~captum_decompx.components.activations`
+approximation. Frozen (fast path): the same coefficients, on the real modules: the gate's value is
+detached, a plain activation's slope is the approximation's
+(:meth:`~captum_decompx.components.activations.Approximation.frozen_slope`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from ..adapters.base import resolve
 from ..recording import Reader, Recorder
 from .activations import ActivationFunction, ActivationFunctionAt, activation
 from .base import Component
 from .linear import Affine, LinearMap, linear
 from .pieces import Settings
+
+if TYPE_CHECKING:
+    from ..freezing import Freezer
 
 
 class FeedForwardParams(Protocol):
@@ -82,6 +89,31 @@ class FeedForward(Component):
     def read(self, reader: Reader, root: nn.Module, where: str) -> Tensor:
         """(batch, seq, ffn), the activation's real input."""
         return self.pre_activation.read(reader, root, where)
+
+    def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
+        """Freeze the activation (or the gate) at its real value; with ``include_ffn=False`` the
+        unit's output is left out of the decomposition (it goes to the ``dropped`` leaf)."""
+        if not freezer.settings.include_ffn:
+            freezer.drop_output(self.down.module(root))
+            return
+        function = resolve(root, str(self.activation.path)) if self.activation.function is None else self.activation.function
+        if self.gate is not None:
+            if not isinstance(function, nn.Module):
+                raise TypeError(
+                    f"The fast path freezes the gate of a gated unit by hooking its activation module; "
+                    f"{self.activation.path} is a {type(function).__name__}. Use algorithm='exact'."
+                )
+            freezer.freeze_output(function, "gate", lambda _module, _args, output: output.detach())
+            return
+        approximation = freezer.settings.ffn_approximation
+        if isinstance(function, nn.Module):
+            freezer.freeze_output(
+                function,
+                "activation",
+                lambda module, args, output: freezer.pointwise(approximation, module.forward, args[0], output),
+            )
+            return
+        freezer.pointwise_between(self.up.module(root), self.down.module(root), approximation, function)
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> ResolvedFeedForward:
         function = self.activation.resolve(root)

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Activation, HeadStep, Linear, Norm, TiedLinear, resolve
-from ..recording import Reader, Recorder
+from ..adapters.base import Activation, HeadStep, Linear, Norm, TiedLinear, resolve, split_block
+from ..recording import Reader, Recorder, main_input
 from .activations import ActivationFunctionAt, activation
+from .base import Component
 from .linear import Affine, LinearMap, linear
 from .norms import Normalization, NormParams, normalize
 from .pieces import Settings
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from ..freezing import Freezer
 
 
 class HeadStepKind(abc.ABC):
@@ -42,6 +46,14 @@ class HeadStepKind(abc.ABC):
         """This step's real input (batch, dim), or None when the step does not need it."""
         return None
 
+    def freeze(self, freezer: "Freezer", model: nn.Module, steps: Sequence[HeadStep], index: int) -> None:
+        """Add the hooks that freeze this step's nonlinear coefficients for the fast path. A kind
+        without a rule is refused when the fast path installs it."""
+        raise NotImplementedError(
+            f"The head step kind {type(self).__name__} has no rule for the fast path: implement "
+            "HeadStepKind.freeze (nothing to do for a linear step), or use algorithm='exact'."
+        )
+
     @abc.abstractmethod
     def resolve(self, model: nn.Module, step: HeadStep, dtype: torch.dtype) -> Any:
         """The step's parameters."""
@@ -52,6 +64,9 @@ class HeadStepKind(abc.ABC):
 
 
 class LinearStep(HeadStepKind):
+    def freeze(self, freezer, model, steps, index):
+        return None  # linear: the fast path differentiates the real call
+
     def resolve(self, model, step, dtype) -> Affine:
         return LinearMap.at(step.path).resolve(model, dtype)
 
@@ -61,6 +76,9 @@ class LinearStep(HeadStepKind):
 
 class TiedLinearStep(HeadStepKind):
     """A linear map whose weight is another module's (a tied embedding) and whose bias is a bare parameter."""
+
+    def freeze(self, freezer, model, steps, index):
+        return None  # linear: the fast path differentiates the real call
 
     def resolve(self, model, step, dtype) -> Affine:
         weight = resolve(model, step.path).weight.detach().to(dtype)
@@ -89,6 +107,23 @@ class ActivationStep(HeadStepKind):
     def read(self, reader, model, steps, index):
         return LinearMap.at(_linear_before(steps, index).path).read(reader, model, f"the head step {index}")
 
+    def freeze(self, freezer, model, steps, index):
+        """Frozen between the linear step before it (its input) and the step after it (its output)."""
+        previous = [step for step in steps[:index] if isinstance(step, Linear)]
+        following = steps[index + 1] if index + 1 < len(steps) else None
+        if not previous or not isinstance(following, (Linear, Norm)):
+            raise ValueError(
+                f"The head activation at step {index} of adapter {freezer.adapter.name!r} must sit between a "
+                "Linear step and a Linear or Norm step."
+            )
+        step = steps[index]
+        function = step.function if step.function is not None else resolve(model, str(step.path))
+        if isinstance(function, nn.Module):
+            function = function.forward  # the slope's evaluation runs no hooks
+        freezer.pointwise_between(
+            _step_module(model, previous[-1]), _step_module(model, following), freezer.settings.head_approximation, function
+        )
+
     def resolve(self, model, step, dtype):
         return ActivationFunctionAt(step.path, step.function).resolve(model)
 
@@ -108,11 +143,19 @@ class NormStep(HeadStepKind):
         step = steps[index]
         return Normalization(step.path).read(reader, model, f"the head's {step.path}")
 
+    def freeze(self, freezer, model, steps, index):
+        Normalization(steps[index].path).freeze(freezer, model, first=False)
+
     def resolve(self, model, step, dtype) -> Optional[NormParams]:
         return Normalization(step.path).resolve(model, dtype)
 
     def propagate(self, pieces, params, real_input, settings):
         return normalize(pieces, real_input, params, settings)
+
+
+def _step_module(model: nn.Module, step: HeadStep) -> nn.Module:
+    """The module a Linear or Norm step names (the whole module of a block ``[i/n]``)."""
+    return resolve(model, split_block(getattr(step, "path"))[0])  # noqa: B009 (Linear and Norm steps have a path)
 
 
 _HEAD_STEP_KINDS: Registry[HeadStepKind] = Registry("head step kind")
@@ -157,16 +200,24 @@ class ResolvedHeadStep:
 
 
 @dataclass(frozen=True)
-class Head:
-    """The adapter's head steps, with their kinds."""
+class Head(Component):
+    """The adapter's head steps, with their kinds.
+
+    Attributes:
+        logit_softcap: the model soft-caps its logits (``cap * tanh(z / cap)``): both paths also
+            record ``z``, the output of the last step (a Linear), which is what they explain.
+    """
 
     steps: tuple[HeadStep, ...]
+    logit_softcap: bool = False
 
     def install(self, recorder: Recorder, model: nn.Module) -> None:
         for index, step in enumerate(self.steps):
             head_step_kind(step).install(recorder, model, self.steps, index)
+        if self.logit_softcap:
+            recorder.record_output(self._uncapped_module(model), "uncapped logits")
 
-    def read(self, reader: Reader, model: nn.Module) -> dict[int, Tensor]:
+    def read(self, reader: Reader, model: nn.Module, where: str = "the head") -> dict[int, Tensor]:
         """Per step index, the real input (batch, dim) of the steps that need it."""
         inputs = {}
         for index, step in enumerate(self.steps):
@@ -176,6 +227,39 @@ class Head:
                 assert real_input is not None, f"{type(kind).__name__}.read returned nothing"
                 inputs[index] = real_input
         return inputs
+
+    def uncapped_logits(self, reader: Reader, model: nn.Module) -> Optional[list[Tensor]]:
+        """Every recorded output ``z`` of a soft-capped head's last step; None without a cap."""
+        return reader.recorder.calls(self._uncapped_module(model), "uncapped logits") if self.logit_softcap else None
+
+    def _uncapped_module(self, model: nn.Module) -> nn.Module:
+        last = self.steps[-1] if self.steps else None
+        if not isinstance(last, Linear):
+            raise ValueError("A model that soft-caps its logits must end its adapter's head in a Linear step.")
+        return _step_module(model, last)
+
+    def freeze(self, freezer: "Freezer", model: nn.Module, *, first: bool) -> None:
+        """Record the head's input (read without the head) and, for a model that soft-caps its
+        logits, the last linear map's output (the logits before the cap); freeze each step."""
+        if not self.steps:  # a bare encoder: its hidden states are the output
+            return
+        state = freezer.state
+        if isinstance(self.steps[0], (Linear, Norm)):
+
+            def record_input(_module, args, kwargs):
+                if state.head_input is None:
+                    state.head_input = main_input(args, kwargs, "input")
+
+            freezer.recorder.pre_hook(_step_module(model, self.steps[0]), "head input", record_input)
+        if self.logit_softcap:
+
+            def record_output(_module, _args, output):
+                if state.head_output is None:
+                    state.head_output = output
+
+            freezer.recorder.forward_hook(self._uncapped_module(model), "uncapped logits", record_output)
+        for index, step in enumerate(self.steps):
+            head_step_kind(step).freeze(freezer, model, self.steps, index)
 
     def resolve(self, model: nn.Module, dtype: torch.dtype) -> list[ResolvedHeadStep]:
         return [ResolvedHeadStep(head_step_kind(step), head_step_kind(step).resolve(model, step, dtype)) for step in self.steps]

@@ -19,7 +19,7 @@ norm) and is spread over the sublayer's pieces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,9 @@ from .feed_forward import FeedForward, feed_forward
 from .linear import Affine, LinearMap
 from .norms import Normalization, NormParams, normalize
 from .pieces import Settings, add_bias
+
+if TYPE_CHECKING:
+    from ..freezing import Freezer
 
 
 @dataclass
@@ -251,7 +254,8 @@ class TransformerLayer(Component):
                 LinearMap.at(paths.attention_output),
                 adapter.force_output_attentions,
             ),
-            attention_norm=Normalization(paths.attention_norm),
+            # a pre-LN layer's attention norm acts before any mixing: in the first layer its bias is the tokens' own
+            attention_norm=Normalization(paths.attention_norm, before_mixing=adapter.norm_position == "pre"),
             feed_forward=FeedForward(
                 up=LinearMap.at(paths.ffn_in),
                 activation=ActivationFunctionAt(path=paths.ffn_activation),
@@ -264,15 +268,19 @@ class TransformerLayer(Component):
             ffn_output_norm=_optional_norm(paths.ffn_output_norm),
         )
 
-    def _norms(self) -> tuple[Normalization, ...]:
+    def components(self) -> tuple[Component, ...]:
+        """The layer's components, in the order their hooks are installed."""
         optional = (self.attention_output_norm, self.ffn_output_norm)
-        return (self.attention_norm, self.ffn_norm) + tuple(norm for norm in optional if norm is not None)
+        norms = (self.attention_norm, self.ffn_norm) + tuple(norm for norm in optional if norm is not None)
+        return (self.attention,) + norms + (self.feed_forward,)
 
     def install(self, recorder: Recorder, root: nn.Module) -> None:
-        self.attention.install(recorder, root)
-        for norm in self._norms():
-            norm.install(recorder, root)
-        self.feed_forward.install(recorder, root)
+        for component in self.components():
+            component.install(recorder, root)
+
+    def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
+        for component in self.components():
+            component.freeze(freezer, root, first=first)
 
     def read(self, reader: Reader, root: nn.Module, where: str) -> LayerRecord:
         return LayerRecord(

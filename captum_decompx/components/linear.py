@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,9 @@ from ..recording import Reader, Recorder
 from .base import Component
 from .pieces import Settings, add_bias
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from ..freezing import Freezer
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,25 @@ class LinearMap(Component):
         weight = take_block(whole.weight, self.block, dim=0).to(dtype)
         bias = None if whole.bias is None else take_block(whole.bias, self.block, dim=0).to(dtype)
         return Affine(weight, bias)
+
+    def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
+        """A linear map has nothing to freeze: the fast path differentiates the real call."""
+        return None
+
+    def output_bias(self, root: nn.Module) -> Optional[Tensor]:
+        """(out,) the bias of this block of the map, placed in the whole module's output (zero in
+        its other blocks), detached, in the module's dtype: what this block adds to the module's
+        output. None without a bias."""
+        module = self.module(root)
+        parameter = next(module.parameters(), None)
+        dtype = parameter.dtype if parameter is not None and parameter.dtype.is_floating_point else torch.float32
+        # The layout's own reading of the map (plain, Conv1D, fused, LoRA: its effective bias).
+        bias = LinearMap(self.module_path).resolve(root, dtype).bias
+        if bias is None or self.block is None:
+            return bias
+        own = torch.zeros_like(bias)
+        take_block(own, self.block, dim=0).copy_(take_block(bias, self.block, dim=0))
+        return own
 
     propagate = staticmethod(linear)
 

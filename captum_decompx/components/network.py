@@ -1,20 +1,28 @@
-"""The whole network as component kinds: the layers, a final norm, the head."""
+"""The whole network as component kinds: the layers, a final norm, the head.
+
+:meth:`Network.walk` is the one walk of a model's components, in forward order; both algorithms
+install their hooks by it (:class:`~captum_decompx.capture.HookedPass`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..adapters.base import Adapter, Linear
 from ..recording import Reader, Recorder
+from .base import Component
 from .head import Head, ResolvedHeadStep
 from .layer import LayerParams, LayerRecord, TransformerLayer
 from .linear import install_call_checks
 from .norms import Normalization, NormParams
 from .pooling import Pooling, PoolingRecord
+
+if TYPE_CHECKING:
+    from ..freezing import Freezer
 
 
 @dataclass
@@ -46,6 +54,32 @@ class ModelParts:
     head_input_steps: list[Optional[int]]  # for steps that read their real input: their own index
 
 
+class LayerInput(Component):
+    """The first layer's input (the embeddings). Recorded (exact path): its value; frozen (fast
+    path): replaced, on its first call, by the leaf the backward pass differentiates."""
+
+    def install(self, recorder: Recorder, root: nn.Module) -> None:
+        recorder.record_input(root, "layer_input", "hidden_states")
+
+    def read(self, reader: Reader, root: nn.Module, where: str) -> Tensor:
+        return reader.take(root, "layer_input", where)
+
+    def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
+        freezer.replace_layer_input(root)
+
+
+class CallChecks(Component):
+    """The checks of the linear layouts that can change their map per call (LoRA with several
+    adapters in one batch), on every module of the model: the exact path reads one map per
+    module, so such a call is refused. The fast path runs the real calls and needs no check."""
+
+    def install(self, recorder: Recorder, root: nn.Module) -> None:
+        install_call_checks(recorder, root)
+
+    def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Network:
     """An adapter's architecture as component kinds (built once per adapter)."""
@@ -62,7 +96,7 @@ class Network:
             adapter,
             TransformerLayer.from_adapter(adapter),
             None if adapter.final_norm is None else Normalization(adapter.final_norm),
-            Head(tuple(adapter.head)),
+            Head(tuple(adapter.head), logit_softcap=adapter.logit_softcap is not None),
             Pooling.of(adapter),
         )
 
@@ -72,18 +106,21 @@ class Network:
             raise ValueError(f"The adapter {self.adapter.name!r} found no layers at {self.adapter.layers!r}.")
         return layers
 
-    def install(self, recorder: Recorder, model: nn.Module, layers: list[nn.Module]) -> None:
-        install_call_checks(recorder, model)
-        recorder.record_input(layers[0], "layer_input", "hidden_states")
-        for layer in layers:
-            self.layer.install(recorder, layer)
+    def walk(self, model: nn.Module, layers: list[nn.Module]) -> Iterator[tuple[Component, nn.Module, bool]]:
+        """Every component, with the module its paths are resolved on (a layer, or the model) and
+        whether it belongs to the first layer, in forward order."""
+        yield CallChecks(), model, False
+        yield LayerInput(), layers[0], True
+        for index, layer in enumerate(layers):
+            for component in self.layer.components():
+                yield component, layer, index == 0
         if self.final_norm is not None:
-            self.final_norm.install(recorder, model)
-        self.head.install(recorder, model)
-        self.pooling.install(recorder, model)
+            yield self.final_norm, model, False
+        yield self.head, model, False
+        yield self.pooling, model, False
 
     def read(self, reader: Reader, model: nn.Module, layers: list[nn.Module]) -> NetworkRecord:
-        layer_input = reader.take(layers[0], "layer_input", "the first layer")
+        layer_input = LayerInput().read(reader, layers[0], "the first layer")
         records = [self.layer.read(reader, layer, f"layer {index}") for index, layer in enumerate(layers)]
         final_norm_input = None
         if self.final_norm is not None:

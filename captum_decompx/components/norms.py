@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,9 @@ from ..recording import Reader, Recorder
 from .base import Component
 from .pieces import Settings, add_bias, add_to_own_pieces
 from .registry import Names, Registry
+
+if TYPE_CHECKING:
+    from ..freezing import Freezer
 
 
 class NormKind(abc.ABC):
@@ -201,17 +204,67 @@ def normalize(
     return add_bias(out, norm.bias, settings)
 
 
+class _FrozenNorm(torch.autograd.Function):
+    """Returns ``value`` (the real norm output); the gradient to the norm's input is that of
+    ``gain * centre(u) * inv_scale`` with ``inv_scale`` a constant: ``centre`` is the norm kind's
+    linear part (LayerNorm subtracts the mean, RMSNorm nothing), a symmetric projection, so it is
+    its own adjoint."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, norm_input: Tensor, value: Tensor, inv_scale: Tensor, gain: Optional[Tensor], centre: Callable[[Tensor], Tensor]
+    ) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(inv_scale, gain)
+        ctx.centre = centre
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # type: ignore[override]
+        inv_scale, gain = ctx.saved_tensors
+        scaled = grad * gain if gain is not None else grad
+        return ctx.centre(scaled * inv_scale), None, None, None, None
+
+
+def frozen_norm(module: nn.Module, norm_input: Tensor, value: Tensor) -> Tensor:
+    """The fast path's rule: ``value`` (the module's real output), whose gradient to ``norm_input``
+    is the norm's with the statistic of the real input held constant (its registered kind's
+    statistic, centring and gain)."""
+    kind = norm_kind_of(module)
+    statistic = kind.statistic(norm_input.detach().to(torch.promote_types(norm_input.dtype, torch.float32)))
+    inv_scale = (statistic + kind.eps(module)).rsqrt().to(value.dtype)
+    gain = kind.gain(module)
+    gain = None if gain is None else gain.detach().to(value.dtype)
+    return _FrozenNorm.apply(norm_input, value.detach(), inv_scale, gain, kind.centre)
+
+
 @dataclass(frozen=True)
 class Normalization(Component):
-    """A normalization at ``path``; recorded: its real input (batch, ..., dim)."""
+    """A normalization at ``path``; recorded: its real input (batch, ..., dim); frozen: its
+    statistic.
+
+    Attributes:
+        before_mixing: the norm acts on a layer's input before attention mixes the tokens (a
+            pre-LN layer's attention norm): in the first layer its bias belongs to each token.
+    """
 
     path: str
+    before_mixing: bool = False
 
     def install(self, recorder: Recorder, root: nn.Module) -> None:
         recorder.record_input(resolve(root, self.path), "input", "input")
 
     def read(self, reader: Reader, root: nn.Module, where: str) -> Tensor:
         return reader.take(resolve(root, self.path), "input", where)
+
+    def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
+        module = resolve(root, self.path)
+        if isinstance(module, nn.Identity):
+            return
+        norm_kind_of(module)  # an unknown norm is refused before the pass
+        own_bias = getattr(module, "bias", None) if first and self.before_mixing else None
+        freezer.freeze_output(
+            module, "norm", lambda _module, args, output: frozen_norm(_module, args[0], output), own_bias=own_bias
+        )
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> Optional[NormParams]:
         return norm_params(resolve(root, self.path), dtype)

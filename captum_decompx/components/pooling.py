@@ -9,7 +9,7 @@ module the adapter names, with ``config.pad_token_id`` read at the same time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from ..adapters.base import Adapter, resolve
 from ..recording import Reader, Recorder
 from .base import Component
+
+if TYPE_CHECKING:
+    from ..freezing import Freezer
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,10 @@ class Pooling(Component):
     def install(self, recorder: Recorder, root: nn.Module) -> None:
         if self.mode == "last_non_pad_token":
             recorder.record_argument(resolve(root, self.input_ids_at), "input_ids", 0, "input_ids")
+
+    def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
+        """Pooling is linear; the fast path records the same ids as the exact path."""
+        self.install(freezer.recorder, root)
 
     def read(self, reader: Reader, root: nn.Module, where: str) -> Optional[PoolingRecord]:
         if self.mode != "last_non_pad_token":

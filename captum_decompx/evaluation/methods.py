@@ -328,7 +328,7 @@ register_method("decompx", "DecompX", _decompx(), description="DecompX, biases d
 register_method(
     "decompx-fast",
     "DecompX w/o bias (fast)",
-    _decompx(include_biases=False, method="fast"),
+    _decompx(include_biases=False, algorithm="fast"),
     description="DecompX without biases, fast algorithm",
 )
 register_method(

@@ -14,8 +14,7 @@ At every generation step the prefix tokens' attributions are DecompX's decomposi
 so they sum to inseq's ``logit`` step score (plus, with ``include_biases=False``, the biases'
 share, reported as the step score ``decompx_bias``). Options of :class:`captum_decompx.DecompX`
 (``include_biases``, ``bias_decomposition``, ``include_ffn``, ``ffn_approximation``,
-``max_memory``) are passed through ``inseq.load_model(model, "decompx", **options)``; DecompX's
-``method`` is spelled ``decompx_method`` there, since inseq takes ``method`` for itself.
+``max_memory``, ``algorithm``) are passed through ``inseq.load_model(model, "decompx", **options)``.
 
 What is explained: inseq's default attributed function is the target token's *probability*;
 DecompX decomposes logits, so with that default a warning says that the logit is explained
@@ -51,8 +50,7 @@ METHOD_NAME = "decompx"
 BIAS_STEP_SCORE = "decompx_bias"
 
 # DecompX options that make sense inside inseq (include_head=False gives norms, not logit shares).
-# DecompX's `method` is `decompx_method` here: inseq's load_model passes `method` to itself.
-_OPTIONS = ("include_biases", "bias_decomposition", "include_ffn", "ffn_approximation", "decompx_method", "max_memory")
+_OPTIONS = ("include_biases", "bias_decomposition", "include_ffn", "ffn_approximation", "algorithm", "max_memory")
 
 
 class DecompXInseqAttribution(FeatureAttribution):
@@ -64,7 +62,7 @@ class DecompXInseqAttribution(FeatureAttribution):
         attribution_model: the inseq model (a decoder-only Hugging Face model).
         **options: :class:`captum_decompx.DecompX` options: ``include_biases``,
             ``bias_decomposition``, ``include_ffn``, ``ffn_approximation``, ``max_memory``, and
-            ``decompx_method`` (DecompX's ``method``: ``"auto"``, ``"exact"`` or ``"fast"``).
+            ``algorithm`` (``"auto"``, ``"exact"`` or ``"fast"``).
     """
 
     method_name = METHOD_NAME
@@ -91,10 +89,7 @@ class DecompXInseqAttribution(FeatureAttribution):
         self.use_baselines = False
         model = attribution_model.model
         self.options = dict(options)
-        decompx_options = {key: value for key, value in options.items() if key != "decompx_method"}
-        if "decompx_method" in options:
-            decompx_options["method"] = options["decompx_method"]
-        self.decompx = DecompX(self._last_position_logits, model=model, **decompx_options)
+        self.decompx = DecompX(self._last_position_logits, model=model, **options)
         self._logit_fn = get_step_function("logit")
         self._probability_fn = get_step_function("probability")
         self.hook()

@@ -38,7 +38,7 @@ INVALID_OPTIONS = {
     "bias_decomposition": ("dot", ("absdot", "abssim", "norm", "equal", "cls")),
     "ffn_approximation": ("gelu", ("zo", "la", "relu")),
     "head_approximation": ("relu", ("zo", "la")),
-    "method": ("slow", ("auto", "exact", "fast")),
+    "algorithm": ("slow", ("auto", "exact", "fast")),
 }
 
 

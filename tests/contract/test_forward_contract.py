@@ -339,12 +339,13 @@ def test_captum_metrics_with_an_embeddings_forward(model, batch):
     assert sensitivity.shape == (3,) and bool((sensitivity > 0).all())
 
 
-def test_the_former_method_keyword_and_the_new_algorithm_keyword(model):
-    assert DecompX(model, include_biases=False, method="exact").algorithm == "exact"
-    assert DecompX(model, include_biases=False, algorithm="exact").method == "exact"
+def test_the_algorithm_keyword_is_the_only_name_of_the_choice(model):
+    assert DecompX(model, include_biases=False, algorithm="exact").algorithm == "exact"
     assert DecompX(model, include_biases=False).algorithm == "fast"
-    with pytest.raises(ValueError, match="disagree"):
-        DecompX(model, include_biases=False, method="fast", algorithm="exact")
+    with pytest.raises(TypeError, match=r"algorithm='fast'"):  # the former name says the new one
+        DecompX(model, include_biases=False, method="fast")
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        DecompX(model, path="fast")
     with pytest.raises(ValueError, match="algorithm="):
         DecompX(model, algorithm="quick")
 

@@ -136,7 +136,7 @@ def test_embeddings_passed_to_the_model_itself_get_the_wrapper_to_use(bert, batc
             explainer.attribute(embeds, target=0, additional_forward_args=(batch.attention_mask,))
 
 
-@pytest.mark.parametrize("options", [dict(), dict(include_biases=False, method="fast")], ids=["exact", "fast"])
+@pytest.mark.parametrize("options", [dict(), dict(include_biases=False, algorithm="fast")], ids=["exact", "fast"])
 def test_embeddings_through_a_forward_function_give_the_ids_attributions(bert, batch, options):
     embeds = bert.get_input_embeddings()(batch.input_ids).detach()
 
@@ -251,8 +251,8 @@ def test_pruned_heads_are_supported(batch):
     args = (batch.attention_mask,)
     full = DecompX(model).decompose(batch.input_ids, additional_forward_args=args)
     torch.testing.assert_close(full.attributions.sum(1), full.logits, **TOLERANCE)
-    exact = DecompX(model, include_biases=False, method="exact").decompose(batch.input_ids, additional_forward_args=args)
-    fast = DecompX(model, include_biases=False, method="fast").decompose(batch.input_ids, additional_forward_args=args)
+    exact = DecompX(model, include_biases=False, algorithm="exact").decompose(batch.input_ids, additional_forward_args=args)
+    fast = DecompX(model, include_biases=False, algorithm="fast").decompose(batch.input_ids, additional_forward_args=args)
     torch.testing.assert_close(fast.attributions, exact.attributions, **TOLERANCE)
 
 
@@ -347,14 +347,14 @@ def test_a_failed_call_leaves_the_model_as_it_was(batch, call):
 
 
 def test_the_memory_error_is_exported_and_suggests_the_fast_path(bert, batch):
-    with pytest.raises(captum_decompx.DecompXMemoryError, match=r"method='fast'") as raised:
+    with pytest.raises(captum_decompx.DecompXMemoryError, match=r"algorithm='fast'") as raised:
         DecompX(bert, max_memory=1024).attribute(batch.input_ids, target=0, additional_forward_args=(batch.attention_mask,))
     assert isinstance(raised.value, MemoryError)
 
 
 @pytest.mark.parametrize(
     "options",
-    [dict(), dict(include_biases=False), dict(include_biases=False, method="exact"), dict(include_head=False)],
+    [dict(), dict(include_biases=False), dict(include_biases=False, algorithm="exact"), dict(include_head=False)],
     ids=["exact", "fast", "exact-no-bias", "no-head"],
 )
 def test_a_successful_call_leaves_the_model_as_it_was(batch, options):

@@ -81,8 +81,8 @@ def test_without_biases_tokens_plus_bias_piece_sum_to_every_logit(architecture, 
         "ffn-la": dict(ffn_approximation="la"),
         "head-la": dict(head_approximation="la"),
     }[options]
-    out = decompose(model, batch, include_biases=False, method="exact", **extra)
-    assert out.method == "exact"
+    out = decompose(model, batch, include_biases=False, algorithm="exact", **extra)
+    assert out.algorithm == "exact"
     assert out.bias.shape == out.logits.shape
     # the biases carry a real part of the logits in these models
     assert float(out.bias.abs().max()) > 1e-2
@@ -95,7 +95,7 @@ def test_without_ffn_the_total_does_not_depend_on_how_biases_are_shared(architec
     """Leaving the FFNs out explains another (frozen) network than the model, so the pieces do not
     sum to the logits; but every bias rule and the separate bias piece must give the same total."""
     model, batch = model_and_batch(architecture, seed)
-    no_bias = decompose(model, batch, include_ffn=False, include_biases=False, method="exact")
+    no_bias = decompose(model, batch, include_ffn=False, include_biases=False, algorithm="exact")
     total = no_bias.attributions.sum(1) + no_bias.bias
     for rule in ("absdot", "abssim", "norm", "equal", "cls"):
         out = decompose(model, batch, include_ffn=False, bias_decomposition=rule)
@@ -127,8 +127,8 @@ def test_bias_rules_matter_in_these_models(architecture):
 PADDING_OPTIONS = {
     "full": dict(),
     "cls-rule-head-la": dict(bias_decomposition="cls", head_approximation="la"),
-    "no_bias-exact": dict(include_biases=False, method="exact"),
-    "no_bias-fast": dict(include_biases=False, method="fast"),
+    "no_bias-exact": dict(include_biases=False, algorithm="exact"),
+    "no_bias-fast": dict(include_biases=False, algorithm="fast"),
     "no_head": dict(include_head=False),
     "no_head-fast": dict(include_head=False, include_biases=False),
 }

@@ -137,7 +137,7 @@ def test_fast_path_on_eager_and_sdpa_attention_equals_exact(implementation):
     ids, mask = padded_batch(0)
     forward = forward_of(model)
     fast = DecompX(forward, model=model, include_biases=False).decompose(ids, additional_forward_args=(mask,))
-    exact = DecompX(forward, model=model, include_biases=False, method="exact").decompose(ids, additional_forward_args=(mask,))
+    exact = DecompX(forward, model=model, include_biases=False, algorithm="exact").decompose(ids, additional_forward_args=(mask,))
     scale = float(exact.logits.abs().max())
     assert float((fast.attributions - exact.attributions).abs().max()) <= 2e-6 * scale
     assert float((fast.bias - exact.bias).abs().max()) <= 4e-6 * scale

@@ -31,13 +31,13 @@ def test_fast_equals_exact_without_biases(architecture, options):
     model = cached_model(architecture, seed=0)
     batch = make_padded_batch(pad_token_id=padding_id(model))
     args = (batch.attention_mask,)
-    exact = DecompX(model, include_biases=False, method="exact", **OPTIONS[options])
-    fast = DecompX(model, include_biases=False, method="fast", **OPTIONS[options])
+    exact = DecompX(model, include_biases=False, algorithm="exact", **OPTIONS[options])
+    fast = DecompX(model, include_biases=False, algorithm="fast", **OPTIONS[options])
 
     exact_out = exact.decompose(batch.input_ids, additional_forward_args=args)
     fast_out = fast.decompose(batch.input_ids, additional_forward_args=args)
 
-    assert exact_out.method == "exact" and fast_out.method == "fast"
+    assert exact_out.algorithm == "exact" and fast_out.algorithm == "fast"
     assert fast_out.attributions.shape == exact_out.attributions.shape
     assert_close_to_scale(fast_out.attributions, exact_out.attributions, what="attributions")
     # the fast path may skip the pooled decomposition when the head is included (it costs one
@@ -80,20 +80,20 @@ def test_fast_path_is_not_trivially_equal_to_the_biased_decomposition(architectu
 
 def test_auto_picks_fast_exactly_when_biases_are_excluded():
     model = cached_model("bert", seed=0)
-    assert DecompX(model).method == "exact"
-    assert DecompX(model, method="auto").method == "exact"
-    assert DecompX(model, include_biases=True, method="auto").method == "exact"
-    assert DecompX(model, include_biases=False).method == "fast"
-    assert DecompX(model, include_biases=False, method="auto").method == "fast"
-    assert DecompX(model, include_biases=False, method="exact").method == "exact"
+    assert DecompX(model).algorithm == "exact"
+    assert DecompX(model, algorithm="auto").algorithm == "exact"
+    assert DecompX(model, include_biases=True, algorithm="auto").algorithm == "exact"
+    assert DecompX(model, include_biases=False).algorithm == "fast"
+    assert DecompX(model, include_biases=False, algorithm="auto").algorithm == "fast"
+    assert DecompX(model, include_biases=False, algorithm="exact").algorithm == "exact"
     batch = make_padded_batch()
     out = DecompX(model, include_biases=False).decompose(batch.input_ids, additional_forward_args=(batch.attention_mask,))
-    assert out.method == "fast"
+    assert out.algorithm == "fast"
 
 
 def test_fast_with_biases_raises():
     model = cached_model("bert", seed=0)
     with pytest.raises(ValueError, match="include_biases=False"):
-        DecompX(model, method="fast")
+        DecompX(model, algorithm="fast")
     with pytest.raises(ValueError, match="include_biases=False"):
-        DecompX(model, include_biases=True, method="fast")
+        DecompX(model, include_biases=True, algorithm="fast")

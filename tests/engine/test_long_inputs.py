@@ -1,6 +1,6 @@
 """Long inputs: the exact path plans its memory before it starts, works in chunks to stay under
 ``max_memory`` with the same results, or refuses with a ``DecompXMemoryError`` that suggests
-``method="fast"``; the fast path handles a model's maximum length.
+``algorithm="fast"``; the fast path handles a model's maximum length.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ FLOAT32_BYTES = 4
 # name -> (DecompX options, decompose keyword options)
 SETTINGS = {
     "exact": (dict(), dict()),
-    "exact-no-bias": (dict(include_biases=False, method="exact"), dict()),
+    "exact-no-bias": (dict(include_biases=False, algorithm="exact"), dict()),
     "no-ffn": (dict(include_ffn=False), dict()),
     "no-head": (dict(include_head=False), dict()),
     "token-maps": (dict(), dict(return_token_maps=True)),
@@ -117,7 +117,7 @@ def test_too_little_memory_is_refused_before_any_decomposition_work():
         explainer.attribute(batch.input_ids, target=0, additional_forward_args=(batch.attention_mask,))
     assert spy.operands == [], "the exact path multiplied matrices before refusing"
     message = str(raised.value)
-    assert "method='fast'" in message and "include_biases=False" in message and "max_memory" in message
+    assert "algorithm='fast'" in message and "include_biases=False" in message and "max_memory" in message
     assert f"{max(LENGTHS)} tokens" in message
     assert isinstance(raised.value, MemoryError) and captum_decompx.DecompXMemoryError is DecompXMemoryError
     assert_same_snapshot(before, model_snapshot(model))
@@ -183,10 +183,10 @@ def test_fast_path_at_the_maximum_length_equals_the_exact_path():
     model = tiny_bert_of_max_length(512)
     batch = make_padded_batch((512, 300), seed=4)
     args = (batch.attention_mask,)
-    fast = DecompX(model, include_biases=False, method="fast").decompose(batch.input_ids, additional_forward_args=args)
+    fast = DecompX(model, include_biases=False, algorithm="fast").decompose(batch.input_ids, additional_forward_args=args)
     assert fast.attributions.shape == (2, 512, 2)
     assert torch.isfinite(fast.attributions).all()
-    exact = DecompX(model, include_biases=False, method="exact").decompose(batch.input_ids, additional_forward_args=args)
+    exact = DecompX(model, include_biases=False, algorithm="exact").decompose(batch.input_ids, additional_forward_args=args)
     assert_close_to_scale(fast.attributions, exact.attributions, rel=1e-4, what="fast vs exact at N=512")
     assert_close_to_scale(fast.bias, exact.bias, rel=1e-4, what="bias share at N=512")
     assert torch.equal(fast.attributions[1, 300:], torch.zeros_like(fast.attributions[1, 300:]))

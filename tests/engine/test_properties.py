@@ -111,8 +111,8 @@ def test_contributions_sum_to_every_logit(case, rule):
 @given(case=cases(), head_approximation=st.sampled_from(("zo", "la")), ffn_approximation=st.sampled_from(("zo", "la", "relu")))
 def test_fast_path_equals_exact_path_without_biases(case, head_approximation, ffn_approximation):
     options = dict(include_biases=False, head_approximation=head_approximation, ffn_approximation=ffn_approximation)
-    exact = DecompX(case.model, method="exact", **options).decompose(case.input_ids, additional_forward_args=case.args)
-    fast = DecompX(case.model, method="fast", **options).decompose(case.input_ids, additional_forward_args=case.args)
+    exact = DecompX(case.model, algorithm="exact", **options).decompose(case.input_ids, additional_forward_args=case.args)
+    fast = DecompX(case.model, algorithm="fast", **options).decompose(case.input_ids, additional_forward_args=case.args)
     assert_close_to_scale(fast.attributions, exact.attributions, rel=RELATIVE_TOLERANCE, what="fast vs exact")
     assert_close_to_scale(fast.bias, exact.bias, rel=RELATIVE_TOLERANCE, what="bias share")
     if ffn_approximation != "relu" or case.model.config.hidden_act == "relu":  # a complete rule for this model

@@ -26,8 +26,8 @@ MODEL_CLASSES = {
 # setting id -> (DecompX keyword options, key of the reference output)
 SETTINGS = {
     "full": (dict(), "full"),
-    "no_bias-exact": (dict(include_biases=False, method="exact"), "no_bias"),
-    "no_bias-fast": (dict(include_biases=False, method="fast"), "no_bias"),
+    "no_bias-exact": (dict(include_biases=False, algorithm="exact"), "no_bias"),
+    "no_bias-fast": (dict(include_biases=False, algorithm="fast"), "no_bias"),
     "no_ffn": (dict(include_ffn=False), "no_ffn"),
     "no_head": (dict(include_head=False), "no_head"),
 }

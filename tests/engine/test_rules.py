@@ -14,12 +14,29 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import GELUActivation
 
-from captum_decompx import engine
 from captum_decompx.adapters import Adapter
 from captum_decompx.adapters.bert_family import BERT_LAYER
 from captum_decompx.capture import LayerRecord
+from captum_decompx.components import (
+    Affine,
+    BiasMode,
+    LayerParams,
+    Settings,
+    activation,
+    add_bias,
+    add_to_own_pieces,
+    bias_rule_weights,
+    layer_attention_bias,
+    mix_heads,
+    normalize,
+    split_heads,
+    token_pieces,
+    transformer_layer,
+)
+from captum_decompx.components.head import head
+from captum_decompx.components.norms import NormParams as Norm
+from captum_decompx.components.pooling import pool
 from captum_decompx.decomposition import pool_weights
-from captum_decompx.engine import Affine, BiasMode, LayerParams, Norm, Settings
 
 DTYPE = torch.float64
 EXACT = dict(rtol=1e-10, atol=1e-12)
@@ -168,7 +185,7 @@ def test_bias_rule_weights_shared_bias(rule):
     pieces = pieces_with_zero_vectors()
     bias = random(8, seed=1)
     expected = literal_rule_weights(pieces, bias, rule)
-    torch.testing.assert_close(engine.bias_rule_weights(pieces, bias, rule), expected, **EXACT)
+    torch.testing.assert_close(bias_rule_weights(pieces, bias, rule), expected, **EXACT)
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -176,14 +193,14 @@ def test_bias_rule_weights_per_row_bias(rule):
     pieces = pieces_with_zero_vectors(seed=2)
     bias = random(2, 3, 8, seed=3)
     expected = literal_rule_weights(pieces, bias, rule)
-    actual = engine.bias_rule_weights(pieces, bias.unsqueeze(-2), rule)
+    actual = bias_rule_weights(pieces, bias.unsqueeze(-2), rule)
     torch.testing.assert_close(actual, expected, **EXACT)
 
 
 @pytest.mark.parametrize("rule", ("abssim", "equal"))
 def test_zero_vectors_get_no_share(rule):
     pieces = pieces_with_zero_vectors()
-    weights = engine.bias_rule_weights(pieces, random(8, seed=1), rule)
+    weights = bias_rule_weights(pieces, random(8, seed=1), rule)
     assert weights[0, 0, 1] == 0 and weights[0, 2, 0] == 0 and weights[1, 1, 3] == 0
     assert torch.all(weights[1, 2] == 0)  # an all-zero row: nothing to spread over
     # every other row shares the whole bias
@@ -191,7 +208,7 @@ def test_zero_vectors_get_no_share(rule):
 
 
 def test_cls_rule_gives_everything_to_the_first_piece():
-    weights = engine.bias_rule_weights(random(2, 3, 5, 8), random(8, seed=1), "cls")
+    weights = bias_rule_weights(random(2, 3, 5, 8), random(8, seed=1), "cls")
     expected = torch.zeros(2, 3, 5, dtype=DTYPE)
     expected[..., 0] = 1.0
     torch.testing.assert_close(weights, expected, rtol=0, atol=1e-11)
@@ -199,7 +216,7 @@ def test_cls_rule_gives_everything_to_the_first_piece():
 
 def test_unknown_bias_rule_raises():
     with pytest.raises(ValueError, match="absdot"):
-        engine.bias_rule_weights(random(1, 1, 2, 3), random(3), "dot")
+        bias_rule_weights(random(1, 1, 2, 3), random(3), "dot")
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -207,7 +224,7 @@ def test_unknown_bias_rule_raises():
 def test_add_bias_rule_mode(rule, bias_shape):
     pieces = random(2, 3, 5, 8, seed=4)
     bias = random(8, seed=5) if bias_shape == "shared" else random(2, 3, 8, seed=5)
-    actual = engine.add_bias(pieces.clone(), bias, Settings(bias_mode=BiasMode.RULE, bias_rule=rule))
+    actual = add_bias(pieces.clone(), bias, Settings(bias_mode=BiasMode.RULE, bias_rule=rule))
     torch.testing.assert_close(actual, literal_add_bias(pieces, bias, rule), **EXACT)
     # the pieces now sum to the old sum plus the whole bias
     torch.testing.assert_close(actual.sum(2), pieces.sum(2) + bias, rtol=1e-10, atol=1e-10)
@@ -216,18 +233,18 @@ def test_add_bias_rule_mode(rule, bias_shape):
 def test_add_bias_piece_mode_adds_to_the_trailing_piece_only():
     pieces = random(2, 3, 5, 8, seed=4)
     bias = random(8, seed=5)
-    actual = engine.add_bias(pieces.clone(), bias, Settings(bias_mode=BiasMode.PIECE))
+    actual = add_bias(pieces.clone(), bias, Settings(bias_mode=BiasMode.PIECE))
     expected = pieces.clone()
     for b in range(2):
         for i in range(3):
             expected[b, i, 4] = pieces[b, i, 4] + bias
     torch.testing.assert_close(actual, expected, **EXACT)
-    torch.testing.assert_close(engine.token_pieces(actual, Settings(bias_mode=BiasMode.PIECE)), pieces[:, :, :4])
+    torch.testing.assert_close(token_pieces(actual, Settings(bias_mode=BiasMode.PIECE)), pieces[:, :, :4])
 
 
 def test_add_bias_drop_mode_leaves_pieces_unchanged():
     pieces = random(2, 3, 5, 8, seed=4)
-    actual = engine.add_bias(pieces.clone(), random(8, seed=5), Settings(bias_mode=BiasMode.DROP))
+    actual = add_bias(pieces.clone(), random(8, seed=5), Settings(bias_mode=BiasMode.DROP))
     assert torch.equal(actual, pieces)
 
 
@@ -243,7 +260,7 @@ def test_layer_norm_matches_literal(rule, affine):
     gamma = 1.0 + 0.3 * random(8, seed=8) if affine == "affine" else None
     beta = 0.5 * random(8, seed=9) if affine == "affine" else None
     eps = 1e-5
-    actual = engine.normalize(pieces.clone(), norm_input, Norm(gamma, beta, eps), Settings(bias_rule=rule))
+    actual = normalize(pieces.clone(), norm_input, Norm(gamma, beta, eps), Settings(bias_rule=rule))
     expected = literal_layer_norm(pieces, norm_input, gamma, beta, eps, rule)
     torch.testing.assert_close(actual, expected, **EXACT)
 
@@ -253,7 +270,7 @@ def test_layer_norm_pieces_sum_to_the_real_layer_norm(rule):
     pieces = random(2, 3, 4, 8, seed=10)
     real_input = pieces.sum(2)  # the captured input is what the pieces decompose
     gamma, beta = 1.0 + 0.3 * random(8, seed=11), 0.5 * random(8, seed=12)
-    actual = engine.normalize(pieces.clone(), real_input, Norm(gamma, beta, 1e-12), Settings(bias_rule=rule))
+    actual = normalize(pieces.clone(), real_input, Norm(gamma, beta, 1e-12), Settings(bias_rule=rule))
     torch.testing.assert_close(actual.sum(2), F.layer_norm(real_input, (8,), gamma, beta, 1e-12), rtol=1e-10, atol=1e-10)
 
 
@@ -268,7 +285,7 @@ def test_activation_matches_literal(function_name, approximation, rule):
     engine_function, literal_function, derivative = ACTIVATIONS[function_name]
     pieces = random(2, 3, 4, 6, seed=13)
     pre_activation = 1.5 * random(2, 3, 6, seed=14)
-    actual = engine.activation(pieces.clone(), pre_activation, engine_function, approximation, Settings(bias_rule=rule))
+    actual = activation(pieces.clone(), pre_activation, engine_function, approximation, Settings(bias_rule=rule))
     expected = literal_activation(pieces, pre_activation, literal_function, derivative, approximation, rule)
     torch.testing.assert_close(actual, expected, **EXACT)
 
@@ -279,7 +296,7 @@ def test_la_slope_is_the_true_derivative(function_name):
     pre_activation = 2.0 * random(1, 2, 7, seed=15)
     ones = torch.ones(1, 2, 1, 7, dtype=DTYPE)  # a single piece of ones: Q == slope
     drop = Settings(bias_mode=BiasMode.DROP)  # leave the intercept out
-    slope = engine.activation(ones, pre_activation, engine_function, "la", drop).squeeze(2)
+    slope = activation(ones, pre_activation, engine_function, "la", drop).squeeze(2)
     torch.testing.assert_close(slope, derivative(pre_activation), rtol=1e-10, atol=1e-12)
     # and a central finite difference of the function agrees
     step = 1e-6
@@ -295,13 +312,13 @@ def test_activation_pieces_sum_to_f_of_a(function_name, approximation, rule):
     engine_function, literal_function, _ = ACTIVATIONS[function_name]
     pieces = random(2, 3, 4, 6, seed=16)
     pre_activation = pieces.sum(2)
-    actual = engine.activation(pieces.clone(), pre_activation, engine_function, approximation, Settings(bias_rule=rule))
+    actual = activation(pieces.clone(), pre_activation, engine_function, approximation, Settings(bias_rule=rule))
     torch.testing.assert_close(actual.sum(2), literal_function(pre_activation), rtol=1e-9, atol=1e-9)
 
 
 def test_unknown_approximation_raises():
     with pytest.raises(ValueError):
-        engine.activation(random(1, 1, 2, 3), random(1, 1, 3), torch.tanh, "linear", Settings())
+        activation(random(1, 1, 2, 3), random(1, 1, 3), torch.tanh, "linear", Settings())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,14 +364,14 @@ def test_attention_mixing_matches_per_head_loop(rows, kv_heads):
     probs = torch.softmax(random(batch, HEADS, seq, seq, seed=18), dim=-1)
     selected = {"all-rows": slice(None), "first-row": slice(0, 1), "middle-rows": slice(1, 4)}[rows]
     probs = probs[:, :, selected]
-    actual = engine.mix_heads(probs, engine.split_heads(values, kv_heads), pieces)
+    actual = mix_heads(probs, split_heads(values, kv_heads), pieces)
     torch.testing.assert_close(actual, literal_mixing(probs, values, kv_heads), **EXACT)
 
 
 def test_add_to_own_pieces_adds_the_bias_on_the_diagonal():
     values = random(2, 4, 4, 6, seed=19)
     bias = random(6, seed=20)
-    actual = engine.add_to_own_pieces(values, bias, None)
+    actual = add_to_own_pieces(values, bias, None)
     expected = values.clone()
     for b in range(2):
         for j in range(4):
@@ -443,7 +460,7 @@ def test_post_ln_layer_matches_literal_spec(rule, first):
         ffn_pre_activation=random(batch, seq, ffn, seed=24),
         ffn_norm_input=random(batch, seq, dim, seed=25),
     )
-    actual = engine.transformer_layer(
+    actual = transformer_layer(
         pieces.clone(), record, params, Settings(bias_rule=rule), first=first, row_chunks=[slice(0, 2), slice(2, 4)]
     )
     torch.testing.assert_close(actual, literal_layer(pieces, record, params, rule, first), rtol=1e-9, atol=1e-10)
@@ -451,9 +468,9 @@ def test_post_ln_layer_matches_literal_spec(rule, first):
 
 def test_layer_attention_bias():
     params = _layer_params(8, 12, 2, seed=40)
-    torch.testing.assert_close(engine.layer_attention_bias(params, first=True, heads=2), params.attention_output.bias)
+    torch.testing.assert_close(layer_attention_bias(params, first=True, heads=2), params.attention_output.bias)
     expected = params.attention_output.weight @ params.value.bias + params.attention_output.bias
-    torch.testing.assert_close(engine.layer_attention_bias(params, first=False, heads=2), expected, **EXACT)
+    torch.testing.assert_close(layer_attention_bias(params, first=False, heads=2), expected, **EXACT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,7 +485,7 @@ def test_pool_is_a_weighted_selection_of_rows():
         for k in range(4):
             for r in range(5):
                 expected[b, k] += weights[b, r] * pieces[b, r, k]
-    torch.testing.assert_close(engine.pool(pieces, weights), expected, **EXACT)
+    torch.testing.assert_close(pool(pieces, weights), expected, **EXACT)
 
 
 @pytest.mark.parametrize("pooling", ["first", "last", "mean"])
@@ -495,7 +512,12 @@ def test_head_matches_literal(rule, approximation):
     dense = Affine(0.5 * random(6, 6, seed=29), 0.3 * random(6, seed=30))
     out_proj = Affine(0.5 * random(3, 6, seed=31), 0.3 * random(3, seed=32))
     pre_activation = pooled.sum(1) @ dense.weight.T + dense.bias
-    actual = engine.head(pooled.clone(), [dense, torch.tanh, out_proj], [None, pre_activation, None], Settings(bias_rule=rule, head_approximation=approximation))
+    actual = head(
+        pooled.clone(),
+        [dense, torch.tanh, out_proj],
+        [None, pre_activation, None],
+        Settings(bias_rule=rule, head_approximation=approximation),
+    )
 
     pieces = pooled.unsqueeze(1)  # (batch, 1 row, pieces, dim)
     pieces = literal_add_bias(pieces @ dense.weight.T, dense.bias, rule)

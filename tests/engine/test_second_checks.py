@@ -42,8 +42,8 @@ def test_right_padded_causal_lm_fast_equals_exact_and_reads_the_last_real_token(
     expected_logits = per_position[torch.arange(len(lengths)), torch.tensor(lengths) - 1]
     scale = max(1.0, float(expected_logits.abs().max()))
     options = dict(include_biases=False, include_head=include_head)
-    exact = DecompX(forward, model=model, method="exact", **options).decompose(ids, (mask,))
-    fast = DecompX(forward, model=model, method="fast", **options).decompose(ids, (mask,))
+    exact = DecompX(forward, model=model, algorithm="exact", **options).decompose(ids, (mask,))
+    fast = DecompX(forward, model=model, algorithm="fast", **options).decompose(ids, (mask,))
     for result in (exact, fast):
         torch.testing.assert_close(result.logits, expected_logits, rtol=0, atol=1e-5 * scale)
     torch.testing.assert_close(fast.attributions, exact.attributions, rtol=0, atol=1e-5 * scale)
@@ -102,8 +102,8 @@ def test_albert_groups_are_complete_and_fast_equals_exact(layers, groups, inner)
     scale = max(1.0, float(logits.abs().max()))
     complete = DecompX(model).decompose(ids, (mask,))
     torch.testing.assert_close(complete.attributions.sum(1), logits, rtol=0, atol=1e-5 * scale)
-    exact = DecompX(model, include_biases=False, method="exact").decompose(ids, (mask,))
-    fast = DecompX(model, include_biases=False, method="fast").decompose(ids, (mask,))
+    exact = DecompX(model, include_biases=False, algorithm="exact").decompose(ids, (mask,))
+    fast = DecompX(model, include_biases=False, algorithm="fast").decompose(ids, (mask,))
     torch.testing.assert_close(fast.attributions, exact.attributions, rtol=0, atol=1e-5 * scale)
     torch.testing.assert_close(exact.attributions.sum(1) + exact.bias, logits, rtol=0, atol=1e-5 * scale)
 
@@ -127,13 +127,13 @@ def test_a_softmax_tail_explains_the_logit_of_the_target_class(algorithm):
         lambda i, m: torch.softmax(model(input_ids=i, attention_mask=m).logits, -1),
         model=model,
         include_biases=include_biases,
-        method=algorithm,
+        algorithm=algorithm,
     )
     with pytest.warns(UserWarning, match="class"):
         scores = explainer.attribute(ids, target=targets, additional_forward_args=(mask,))
     share = torch.zeros(3)
     if not include_biases:
-        bias = DecompX(model, include_biases=False, method="fast").decompose(ids, (mask,)).bias
+        bias = DecompX(model, include_biases=False, algorithm="fast").decompose(ids, (mask,)).bias
         share = bias[torch.arange(3), targets]
     scale = max(1.0, float(logits.abs().max()))
     torch.testing.assert_close(scores.sum(-1) + share, expected, rtol=0, atol=1e-5 * scale)

@@ -55,8 +55,8 @@ def test_bert_without_biases_matches_the_literal_spec(method, head_approximation
     first layer's value bias) stays with the tokens; the rest is the biases' share."""
     model = bert(seed=2)
     ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=2)
-    out = DecompX(model, include_biases=False, method=method, head_approximation=head_approximation).decompose(ids, (mask,))
-    assert out.method == method
+    out = DecompX(model, include_biases=False, algorithm=method, head_approximation=head_approximation).decompose(ids, (mask,))
+    assert out.algorithm == method
     literal = literal_bert(model, ids, mask, mode="drop", head_approximation=head_approximation)
     assert_decompx_matches_literal(out, literal, LENGTHS, biases_left_out=True)
 

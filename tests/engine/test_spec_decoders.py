@@ -30,7 +30,7 @@ def test_llama_gqa_rmsnorm_gated_ffn_matches_the_literal_spec(biases, include_bi
     model = llama(seed=6, biases=biases)
     ids, mask = spec.padded_tokens(LLAMA_LENGTHS, VOCAB, seed=6)
     out = DecompX(
-        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=include_biases, method=method
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=include_biases, algorithm=method
     ).decompose(ids, (mask,))
     weights = llama_weights(model)
     scale = float(out.logits.abs().max())

@@ -96,7 +96,7 @@ def test_gemma_sandwich_norms_match_the_literal_spec(model_type, biases, include
     assert model.config.model_type == model_type
     ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=8)
     out = DecompX(
-        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=include_biases, method=method
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=include_biases, algorithm=method
     ).decompose(ids, (mask,))
     with torch.no_grad():
         real = model(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)

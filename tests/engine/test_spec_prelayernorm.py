@@ -35,7 +35,7 @@ def test_gpt2_matches_the_literal_spec(include_biases, method):
     model = gpt2(seed=4)
     ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=4)
     out = DecompX(
-        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=include_biases, method=method
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=include_biases, algorithm=method
     ).decompose(ids, (mask,))
     weights = gpt2_weights(model)
     scale = float(out.logits.abs().max())
@@ -124,7 +124,7 @@ def test_vit_matches_the_literal_spec(include_biases, method):
         softmax=spec.float32_softmax,  # as ViT computes it
     )
     pixels = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=spec.DTYPE)
-    out = DecompX(model, include_biases=include_biases, method=method).decompose(pixels)
+    out = DecompX(model, include_biases=include_biases, algorithm=method).decompose(pixels)
     scale = float(out.logits.abs().max())
     for b in range(pixels.shape[0]):
         embeddings = vit_embeddings(model, pixels[b])

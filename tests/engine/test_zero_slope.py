@@ -29,9 +29,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from transformers.activations import ACT2FN
 
 from captum_decompx import DecompX
-from captum_decompx.components.activations import ZERO_ORIGIN_EPS, activation
+from captum_decompx.components.activations import ZERO_ORIGIN_EPS, activation, frozen_activation
 from captum_decompx.components.pieces import Settings
-from captum_decompx.freezing import PointwiseFreezing
 
 # f'(0), by hand; the ReLU family takes its left limit
 SLOPES_AT_ZERO = {
@@ -78,7 +77,7 @@ def test_exact_path_slope_at_zero_is_the_limit(name):
 def test_fast_path_slope_at_zero_is_the_limit(name):
     function = ACT2FN[name]
     a = PRE_ACTIVATION.clone().requires_grad_(True)
-    frozen, dropped = PointwiseFreezing("zo").freeze(function, a, function(a).detach())
+    frozen, dropped = frozen_activation("zo", function, a, function(a).detach())
     assert dropped is None
     assert torch.equal(frozen.detach(), function(PRE_ACTIVATION))
     (slope,) = torch.autograd.grad(frozen.sum(), a)
@@ -197,7 +196,7 @@ def literal_at_real_pre_activations(model, ids, mask, literal_activation, **opti
 )
 def test_exact_zeros_and_a_pruned_neuron_match_the_literal_spec(hidden_act, literal_activation, include_biases, method):
     model, ids, mask = bert_with_exact_zeros(hidden_act, seed=11)
-    out = DecompX(model, include_biases=include_biases, method=method).decompose(ids, (mask,))
+    out = DecompX(model, include_biases=include_biases, algorithm=method).decompose(ids, (mask,))
     literal = literal_at_real_pre_activations(model, ids, mask, literal_activation, mode="rule" if include_biases else "drop")
     scale = float(out.logits.abs().max())
     for b, (trace, decomposition) in enumerate(literal):
@@ -224,7 +223,7 @@ def test_llama_pruned_gated_neurons_match_the_literal_spec(method):
             linear.bias[PRUNED_UNIT] = 0.0
     ids, mask = spec.padded_tokens(LLAMA_LENGTHS, LLAMA_VOCAB, seed=6)
     out = DecompX(
-        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=False, method=method
+        lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=False, algorithm=method
     ).decompose(ids, (mask,))
     weights = llama_weights(model)
     scale = float(out.logits.abs().max())
@@ -304,12 +303,12 @@ def test_fast_equals_exact_without_biases_under_every_attention_kernel(kernel, h
     def forward(i, m):
         return model(input_ids=i, attention_mask=m).logits
 
-    exact = DecompX(forward, model=model, include_biases=False, method="exact").decompose(ids, (mask,))
+    exact = DecompX(forward, model=model, include_biases=False, algorithm="exact").decompose(ids, (mask,))
     if KERNELS[kernel] is None:
-        fast = DecompX(forward, model=model, include_biases=False, method="fast").decompose(ids, (mask,))
+        fast = DecompX(forward, model=model, include_biases=False, algorithm="fast").decompose(ids, (mask,))
     else:
         with sdpa_kernel(KERNELS[kernel]):
-            fast = DecompX(forward, model=model, include_biases=False, method="fast").decompose(ids, (mask,))
+            fast = DecompX(forward, model=model, include_biases=False, algorithm="fast").decompose(ids, (mask,))
     scale = float(exact.logits.abs().max())
     difference = float((fast.attributions - exact.attributions).abs().max())
     assert difference <= TOLERANCE * scale, f"{kernel}: fast vs exact {difference / scale:.2e} of the logit scale"

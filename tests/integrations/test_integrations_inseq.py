@@ -175,7 +175,7 @@ def test_other_attributed_functions_are_refused(attributed_fn):
 def test_options_pass_through_and_bias_share_is_a_step_score():
     model, tokenizer = tiny_llama(), word_tokenizer()
     attribution_model = inseq.load_model(model, "decompx", tokenizer=tokenizer, include_biases=False)
-    assert attribution_model.attribution_method.decompx.method == "fast"
+    assert attribution_model.attribution_method.decompx.algorithm == "fast"
     out = attribution_model.attribute(
         "the cat sat on", "the cat sat on the mat", attributed_fn="logit", step_scores=["logit"], show_progress=False
     )
@@ -195,8 +195,8 @@ def test_unknown_options_and_include_head_are_refused():
     model, tokenizer = tiny_gpt2(), word_tokenizer()
     with pytest.raises(TypeError, match="Unknown DecompX option"):
         inseq.load_model(model, "decompx", tokenizer=tokenizer, include_bias=False)
-    exact = inseq.load_model(model, "decompx", tokenizer=tokenizer, include_biases=False, decompx_method="exact")
-    assert exact.attribution_method.decompx.method == "exact"  # DecompX's `method`, under inseq's name
+    exact = inseq.load_model(model, "decompx", tokenizer=tokenizer, include_biases=False, algorithm="exact")
+    assert exact.attribution_method.decompx.algorithm == "exact"
     with pytest.raises(TypeError, match="include_head=False gives norms"):
         inseq.load_model(model, "decompx", tokenizer=tokenizer, include_head=False)
 

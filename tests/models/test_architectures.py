@@ -79,8 +79,8 @@ def test_sequence_classifier_battery(name, seed, monkeypatch):
     assert torch.all(out.attributions[mask == 0] == 0)
 
     # Fast = exact without biases (attributions and the biases' share).
-    exact = DecompX(forward, model=model, include_biases=False, method="exact").decompose(ids, additional_forward_args=(mask,))
-    fast = DecompX(forward, model=model, include_biases=False, method="fast").decompose(ids, additional_forward_args=(mask,))
+    exact = DecompX(forward, model=model, include_biases=False, algorithm="exact").decompose(ids, additional_forward_args=(mask,))
+    fast = DecompX(forward, model=model, include_biases=False, algorithm="fast").decompose(ids, additional_forward_args=(mask,))
     assert_close(exact.attributions.sum(1) + exact.bias, exact.logits, scale)
     assert_close(fast.attributions, exact.attributions, scale)
     assert_close(fast.bias, exact.bias, scale)
@@ -118,8 +118,8 @@ def test_causal_lm_next_token_battery(name):
     assert_close(attributions.sum(-1), logits[:, target], scale)
     assert float(delta.abs().max()) <= 1e-5 * max(1.0, float(scale))
 
-    exact = DecompX(next_token, model=model, include_biases=False, method="exact").attribute(ids, target=target)
-    fast = DecompX(next_token, model=model, include_biases=False, method="fast").attribute(ids, target=target)
+    exact = DecompX(next_token, model=model, include_biases=False, algorithm="exact").attribute(ids, target=target)
+    fast = DecompX(next_token, model=model, include_biases=False, algorithm="fast").attribute(ids, target=target)
     assert_close(fast, exact, scale)
     assert_unchanged(model, before)
 
@@ -178,7 +178,7 @@ def test_vit_battery():
     scale = own_logits.abs().max()
     assert_close(out.logits, own_logits, scale)
     assert_close(out.attributions.sum(1), out.logits, scale)
-    exact = DecompX(model, include_biases=False, method="exact").decompose(pixels)
+    exact = DecompX(model, include_biases=False, algorithm="exact").decompose(pixels)
     fast = DecompX(model, include_biases=False).decompose(pixels)
     assert_close(fast.attributions, exact.attributions, scale)
     assert_close(fast.bias, exact.bias, scale)
@@ -280,7 +280,7 @@ def check_tiny_classifier(model: nn.Module) -> None:
     assert_close(out.logits, logits, scale)
     assert_close(out.attributions.sum(1), logits, scale)
     fast = DecompX(model, include_biases=False).decompose(ids)
-    exact = DecompX(model, include_biases=False, method="exact").decompose(ids)
+    exact = DecompX(model, include_biases=False, algorithm="exact").decompose(ids)
     assert_close(fast.attributions, exact.attributions, scale)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 

@@ -49,7 +49,7 @@ def test_token_attr_rows_are_exact_logit_decompositions(make_model, tokenizer):
 def test_fast_path_matches_exact_without_biases(tokenizer):
     model = tiny_llama()
     fast = LLMDecompX(model, tokenizer, include_biases=False).attribute("a big dog ran", target="fast and")
-    exact = LLMDecompX(model, tokenizer, include_biases=False, method="exact").attribute("a big dog ran", target="fast and")
+    exact = LLMDecompX(model, tokenizer, include_biases=False, algorithm="exact").attribute("a big dog ran", target="fast and")
     assert torch.allclose(fast.token_attr, exact.token_attr, atol=1e-5)
 
 

@@ -183,7 +183,7 @@ def test_the_full_vocabulary_head_is_chunked_over_rows(tokenizer):
     seq = prompt_ids.shape[1] + target_ids.numel() - 1
     explainer = DecompX(lambda ids: model(input_ids=ids).logits[:, -1, :], model=model)
     context = torch.cat([prompt_ids, target_ids[:-1].view(1, -1)], dim=1)
-    captured = explainer._capture(context, None)
+    captured = explainer._capture_forward(context, None).captured
     positions = torch.arange(prompt_ids.shape[1] - 1, seq)
     kept = target_ids.numel() * seq * 32 * 8  # the last layer's rows
     per_row = 2 * seq * vocab_size * 8  # one row through the head, every class

@@ -94,7 +94,7 @@ def test_padding_invariance(minilm, exact_output):
 def test_fast_equals_exact_without_biases(minilm):
     model, encoded = minilm
     args = (encoded["attention_mask"], encoded["token_type_ids"])
-    fast = DecompX(model, include_biases=False, method="fast").decompose(encoded["input_ids"], additional_forward_args=args)
-    exact = DecompX(model, include_biases=False, method="exact").decompose(encoded["input_ids"], additional_forward_args=args)
+    fast = DecompX(model, include_biases=False, algorithm="fast").decompose(encoded["input_ids"], additional_forward_args=args)
+    exact = DecompX(model, include_biases=False, algorithm="exact").decompose(encoded["input_ids"], additional_forward_args=args)
     assert_close_to_scale(fast.attributions, exact.attributions, what="attributions")
     assert_close_to_scale(fast.bias, exact.bias, what="bias share")

@@ -125,13 +125,13 @@ def test_rows_equal_decompx_on_each_row_alone(workspace):
 
 def test_fast_method_bias_share_and_completeness(workspace, tmp_path):
     root = workspace["root"]
-    result = attribute_dataset(root / "data.tsv", tmp_path / "fast", model=str(root / "model"), method="fast", rows_per_part=20, show_progress=False)
+    result = attribute_dataset(root / "data.tsv", tmp_path / "fast", model=str(root / "model"), algorithm="fast", rows_per_part=20, show_progress=False)
     table = result.read_table()
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(root / "model").eval()
     tokenizer = AutoTokenizer.from_pretrained(root / "model")
-    fast = DecompX(model, include_biases=False, method="fast")
+    fast = DecompX(model, include_biases=False, algorithm="fast")
     for row in table.to_pylist()[:8]:
         encoded = tokenizer(row["text"], return_tensors="pt")
         out = fast.decompose(encoded["input_ids"], (encoded["attention_mask"], encoded["token_type_ids"]))
@@ -268,8 +268,8 @@ def test_changed_model_options_or_input_are_refused(workspace, tmp_path):
     root, out = workspace["root"], tmp_path / "out"
     shutil.copytree(root / "reference", out)
     before = sorted((path.name, path.stat().st_mtime_ns) for path in out.iterdir())
-    with pytest.raises(DatasetAttributionError, match=r"options\.method: recorded 'exact', this run 'fast'"):
-        attribute_dataset(root / "data.tsv", out, model=str(root / "model"), method="fast", show_progress=False)
+    with pytest.raises(DatasetAttributionError, match=r"options\.algorithm: recorded 'exact', this run 'fast'"):
+        attribute_dataset(root / "data.tsv", out, model=str(root / "model"), algorithm="fast", show_progress=False)
     with pytest.raises(DatasetAttributionError, match=r"layout\.rows_per_part: recorded 6, this run 5"):
         attribute_dataset(root / "data.tsv", out, model=str(root / "model"), rows_per_part=5, show_progress=False)
     other = tmp_path / "other-model"

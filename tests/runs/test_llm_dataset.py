@@ -121,7 +121,7 @@ def test_a_generation_length_explains_the_greedy_continuation_on_the_command_lin
             "prompt",
             "--generate",
             "3",
-            "--method",
+            "--algorithm",
             "fast",
             "--no-progress",
         ]

@@ -82,10 +82,10 @@ def test_sentence_pair_is_read_with_its_segments(explorer, model, tokenizer):
 
 
 def test_fast_payload_reports_the_biases_share(explorer, model, tokenizer):
-    payload = explorer.explain(SENTENCE, method="fast").payload()
+    payload = explorer.explain(SENTENCE, algorithm="fast").payload()
     batch, trace, _ = _literal(model, tokenizer, SENTENCE)
     exact = explorer.explain(SENTENCE).payload()
-    assert payload["method"] == "fast"
+    assert payload["algorithm"] == "fast"
     contributions = torch.tensor(payload["contributions"], dtype=torch.float64)
     assert float(torch.tensor(payload["bias"]).abs().max()) > 1e-3  # random biases: a visible share
     spec.assert_matches(contributions.sum(1) + torch.tensor(payload["bias"]), trace.logits, 1.0, "fast sum check")

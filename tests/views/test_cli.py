@@ -101,7 +101,7 @@ def test_explain_scores_are_decompx_per_class_attributions(capsys, demo):
 
 
 def test_explain_fast_method_reports_the_bias_share(capsys, demo):
-    status, out, err = run(capsys, "explain", POSITIVE, "--method", "fast")
+    status, out, err = run(capsys, "explain", POSITIVE, "--algorithm", "fast")
     assert status == 0, err
     assert "(DecompX, fast)" in out
     parsed = parse_explain(out)

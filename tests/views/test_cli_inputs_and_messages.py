@@ -79,7 +79,7 @@ def test_long_text_reports_truncation_and_echoes_a_short_text(capsys, demo):  # 
     text = " ".join([POSITIVE] * 300)  # 2,700 words
     untruncated = len(tokenizer(text)["input_ids"])
     assert untruncated > 512
-    status, out, err = run(capsys, "explain", text, "--method", "fast", "--target", "positive")
+    status, out, err = run(capsys, "explain", text, "--algorithm", "fast", "--target", "positive")
     assert status == 0, err
     assert f"truncated: 512 of {untruncated:,} tokens kept" in out
     text_line = next(line for line in out.splitlines() if line.startswith("text: "))
@@ -108,7 +108,7 @@ def test_help_and_usage_errors_do_not_load_torch_or_transformers(tmp_path):
         "import sys, contextlib, io\n"
         "from captum_decompx.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-        "    codes = [main(['--help']), main(['explain', '--help']), main(['explain']), main(['explain', 'x', '--method', 'slow']),\n"
+        "    codes = [main(['--help']), main(['explain', '--help']), main(['explain']), main(['explain', 'x', '--algorithm', 'slow']),\n"
         "             main(['explain', 'x', '--model', './no-such-folder']), main(['explain', 'x', '--model', 'bert-base-uncased']),\n"
         "             main(['evaluate', '--data', 'bad.tsv'])]\n"
         "heavy = sorted(name for name in ('torch', 'transformers', 'captum', 'matplotlib', 'numpy') if name in sys.modules)\n"
