@@ -23,13 +23,13 @@ if TYPE_CHECKING:
     from .attribution import DecompX, DecompXOutput
     from .baselines import ALTI, GlobEnc
     from .components import Approximation, BiasRule, register_approximation, register_bias_rule
-    from .dataset_attribution import attribute_dataset
-    from .decomposition import DecompXMemoryError
+    from .core.decomposition import DecompXMemoryError
+    from .core.forward_contract import cosine_similarity_frozen_norm
     from .evaluation import MethodSpec, evaluate_faithfulness
-    from .forward_contract import cosine_similarity_frozen_norm
-    from .image import patch_heatmap, plot_patch_attribution
     from .llm import LLMDecompX
+    from .runs.attribute import attribute_dataset
     from .visualization import visualization_records, write_html, write_records_html
+    from .visualization.image import patch_heatmap, plot_patch_attribution
 
 #: Public name -> the submodule that defines it (imported when the name is first used).
 _EXPORTS: dict[str, str] = {
