@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from .attribution import DecompX, DecompXOutput
     from .baselines import ALTI, GlobEnc
     from .components import Approximation, BiasRule, register_approximation, register_bias_rule
-    from .core.decomposition import DecompXMemoryError
     from .core.forward_contract import cosine_similarity_frozen_norm
+    from .core.memory import DecompXMemoryError
     from .evaluation import MethodSpec, evaluate_faithfulness
     from .llm import LLMDecompX
     from .runs.attribute import attribute_dataset
@@ -37,10 +37,10 @@ _EXPORTS: dict[str, str] = {
     "Activation": "adapters",
     "Adapter": "adapters",
     "Approximation": "components",
-    "attribute_dataset": "dataset_attribution",
+    "attribute_dataset": "runs.attribute",
     "BiasRule": "components",
     "DecompX": "attribution",
-    "DecompXMemoryError": "decomposition",
+    "DecompXMemoryError": "core.memory",
     "DecompXOutput": "attribution",
     "GlobEnc": "baselines",
     "LLMDecompX": "llm",
@@ -49,14 +49,14 @@ _EXPORTS: dict[str, str] = {
     "MethodSpec": "evaluation",
     "Norm": "adapters",
     "evaluate_faithfulness": "evaluation",
-    "patch_heatmap": "image",
-    "plot_patch_attribution": "image",
+    "patch_heatmap": "visualization.image",
+    "plot_patch_attribution": "visualization.image",
     "register_adapter": "adapters",
     "register_approximation": "components",
     "register_bias_rule": "components",
     "supported_model_types": "adapters",
     "UnsupportedTaskError": "adapters",
-    "cosine_similarity_frozen_norm": "forward_contract",
+    "cosine_similarity_frozen_norm": "core.forward_contract",
     "visualization_records": "visualization",
     "write_html": "visualization",
     "write_records_html": "visualization",

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from ..cli.explain import Encoded, Explanation, batch_of, explain_encoded, forward_function, readable_token
+from ..colors import probability_text, signed_hex, text_colour_on
 from ..demo import LoadedClassifier
 from ..evaluation import DEFAULT_FRACTIONS, METHOD_REGISTRY, MethodSpec, build_methods, mask_ranked_tokens
-from ..visualization.colors import probability_text, signed_hex, text_colour_on
 
 #: The methods of the side-by-side view (registry keys of :data:`captum_decompx.evaluation.METHOD_REGISTRY`).
 COMPARE_METHODS: tuple[str, ...] = ("decompx", "decompx-fast", "ig", "gxi", "globenc", "alti")

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
+from ..colors import probability_text
 from ..demo import DemoError, dataset_path, read_labelled_tsv, resolve_model_source
-from ..visualization.colors import probability_text
 from .explain import (
     METHODS,
     USAGE_ERROR,

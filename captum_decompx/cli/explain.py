@@ -12,13 +12,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 
+from ..colors import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 from ..demo import (
     LoadedClassifier,
     load_model_and_tokenizer,
     resolve_model_source,
     stored_label_names,
 )
-from ..visualization.colors import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 
 if TYPE_CHECKING:
     from torch import Tensor
