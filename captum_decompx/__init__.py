@@ -7,6 +7,7 @@ the command line's ``--help`` do not load torch, transformers or captum.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -92,7 +93,10 @@ __all__ = [
     "write_records_html",
 ]
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml; the installed package's metadata carries it
+    __version__ = version("captum-decompx")
+except PackageNotFoundError:  # imported from a folder that was never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str) -> Any:

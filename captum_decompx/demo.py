@@ -7,7 +7,9 @@ files live in the repository, next to the package, not inside it:
 - ``data/sst2/dev.tsv``, ``data/sst2/train.tsv``: SST-2 (GLUE), ``label<TAB>text`` with a header.
 
 With the editable install (``pip install -e .``) the repository root is the folder above the
-package. The environment variable ``CAPTUM_DECOMPX_DEMO_MODEL`` points to another model folder.
+package. Installed from wheels, the demo model comes from the distribution ``captum-decompx-demo``
+(the extra ``captum-decompx[demo]``). The environment variable ``CAPTUM_DECOMPX_DEMO_MODEL`` points
+to another model folder.
 Nothing here downloads anything: local folders load with ``local_files_only=True``.
 """
 
@@ -41,7 +43,7 @@ class DemoError(Exception):
 
 
 class DemoModelNotFoundError(DemoError, FileNotFoundError):
-    """Neither ``$CAPTUM_DECOMPX_DEMO_MODEL`` nor the repository's ``models/minilm-sst2`` exists."""
+    """Neither ``$CAPTUM_DECOMPX_DEMO_MODEL``, the repository's ``models/minilm-sst2`` nor ``captum-decompx-demo`` is there."""
 
 
 class ModelLoadError(DemoError, OSError):
@@ -68,7 +70,9 @@ def repository_root() -> Path:
 def demo_model_path() -> Path:
     """The folder of the demo classifier.
 
-    ``$CAPTUM_DECOMPX_DEMO_MODEL`` when set, otherwise ``models/minilm-sst2`` in the repository.
+    ``$CAPTUM_DECOMPX_DEMO_MODEL`` when set, otherwise ``models/minilm-sst2`` in the repository
+    (an editable install from a clone), otherwise the model of the installed ``captum-decompx-demo``
+    (the extra ``captum-decompx[demo]``).
 
     Raises:
         DemoModelNotFoundError: the folder (or its ``config.json``) does not exist.
@@ -84,14 +88,34 @@ def demo_model_path() -> Path:
             )
         return path
     path = repository_root() / DEMO_MODEL_RELATIVE_PATH
-    if not (path / "config.json").is_file():
-        raise DemoModelNotFoundError(
-            f"The demo model was not found at {path}. It ships with the repository: install the "
-            "package from a clone of the repository with `pip install -e .`, or rebuild it with "
-            f"`python scripts/train_demo_model.py`, or set {DEMO_MODEL_ENV} to a model folder, or "
-            "pass --model PATH_OR_HUB_ID."
-        )
-    return path
+    if (path / "config.json").is_file():
+        return path
+    installed = installed_demo_model_path()
+    if installed is not None:
+        return installed
+    raise DemoModelNotFoundError(
+        f"The demo model is not installed (not at {path}, and no captum-decompx-demo package). Install it "
+        f'with the extra: pip install "captum-decompx[demo]" (from built wheels: pip install --find-links dist/ '
+        f'"captum-decompx[demo]"), or set {DEMO_MODEL_ENV} to a model folder, or pass --model PATH_OR_HUB_ID.'
+    )
+
+
+def installed_demo_model_path() -> Optional[Path]:
+    """The model folder of the installed distribution ``captum-decompx-demo``, or None when it is absent.
+
+    Found without importing torch or transformers; a package whose folder lacks ``config.json``
+    counts as absent.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("captum_decompx_demo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / "minilm-sst2"
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
 
 
 def dataset_path(name_or_path: Union[str, Path]) -> Path:

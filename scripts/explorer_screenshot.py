@@ -1,4 +1,4 @@
-"""Take the README's screenshot of the explorer (docs/images/explorer.png).
+"""Take the documentation's screenshot of the explorer (docs/images/explorer.png).
 
 Serves the demo classifier with ``captum_decompx.app``, opens the page in headless Chromium
 (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium), explains one sentence, waits

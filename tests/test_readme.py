@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs as it stands, and the README's commands are the ones CI runs.
+"""Every ```python block of README.md and of the documentation pages (docs/**/*.md) runs as it
+stands, and the README's commands are the ones CI runs.
 
 Each Python block runs in its own fresh namespace (a reader copies one block, not the page), in a
 temporary working folder where ``models/`` and ``data/`` point to the repository's, so that the
@@ -23,6 +24,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 README = REPOSITORY / "README.md"
+DOCS = REPOSITORY / "docs"
+
+
+def documentation_pages() -> list[Path]:
+    """README.md, then the Markdown pages of the documentation site (not its build output)."""
+    skipped = {"_build", "generated", "tutorials"}
+    pages = [path for path in sorted(DOCS.rglob("*.md")) if not skipped & set(path.relative_to(DOCS).parts)]
+    return [README, *pages]
 
 
 @dataclass
@@ -31,37 +40,44 @@ class CodeBlock:
     line: int  # of the opening fence, 1-based
     heading: str  # the nearest heading above
     source: str
+    file: str = "README.md"  # relative to the repository
 
     @property
     def name(self) -> str:
-        return f"README.md line {self.line} ({self.heading})"
+        return f"{self.file} line {self.line} ({self.heading})"
 
 
-def code_blocks(text: str) -> list[CodeBlock]:
-    """The fenced code blocks of a markdown text, in order."""
+def code_blocks(text: str, file: str = "README.md") -> list[CodeBlock]:
+    """The fenced code blocks of a markdown text, in order (MyST directives such as ```{toctree} are not code)."""
     blocks, heading, fence = [], "top of the file", None
     for number, line in enumerate(text.splitlines(), start=1):
         if fence is None:
             if line.startswith("#"):
                 heading = line.lstrip("#").strip()
-            match = re.match(r"^```(\w*)\s*$", line)
+            match = re.match(r"^```(\{?[\w-]*\}?)\s*(.*)$", line)
             if match:
-                fence, lines = CodeBlock(match.group(1), number, heading, ""), []
+                fence, lines = CodeBlock(match.group(1), number, heading, "", file), []
         elif line.startswith("```"):
             fence.source = "\n".join(lines) + "\n"
             blocks.append(fence)
             fence = None
         else:
             lines.append(line)
-    assert fence is None, f"README.md line {fence.line}: a code fence is never closed"
+    assert fence is None, f"{file} line {fence.line}: a code fence is never closed"
     return blocks
 
 
-PYTHON_BLOCKS = [block for block in code_blocks(README.read_text(encoding="utf-8")) if block.language == "python"]
+PYTHON_BLOCKS = [
+    block
+    for page in documentation_pages()
+    for block in code_blocks(page.read_text(encoding="utf-8"), page.relative_to(REPOSITORY).as_posix())
+    if block.language == "python"
+]
 
 
-def test_readme_has_python_blocks():
-    assert len(PYTHON_BLOCKS) >= 4
+def test_readme_and_docs_have_python_blocks():
+    assert sum(block.file == "README.md" for block in PYTHON_BLOCKS) >= 1
+    assert len({block.file for block in PYTHON_BLOCKS}) >= 6  # the guides' pages, not only the README
 
 
 @pytest.fixture
@@ -100,7 +116,7 @@ def skip_without_extras(block: CodeBlock) -> None:
 def run_block(block: CodeBlock) -> None:
     """Run one block in a fresh namespace; a failure names the block's line and heading."""
     skip_without_extras(block)
-    code = compile(block.source, block.name, "exec")  # tracebacks point into "README.md line N (heading)"
+    code = compile(block.source, block.name, "exec")  # tracebacks point into "PAGE line N (heading)"
     try:
         exec(code, {"__name__": "__readme__"})
     except Exception:
@@ -108,8 +124,8 @@ def run_block(block: CodeBlock) -> None:
 
 
 def block_id(block: CodeBlock) -> str:
-    """``line108-from-integrated-gradients-to-decompx``: the test id names the line and the heading."""
-    return f"line{block.line}-" + re.sub(r"[^a-z0-9]+", "-", block.heading.lower()).strip("-")[:48]
+    """``README.md-line108-from-integrated-gradients-to-decompx``: the test id names the page, the line and the heading."""
+    return f"{block.file}-line{block.line}-" + re.sub(r"[^a-z0-9]+", "-", block.heading.lower()).strip("-")[:48]
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[block_id(block) for block in PYTHON_BLOCKS])

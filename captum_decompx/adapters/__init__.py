@@ -68,7 +68,7 @@ def unregister_adapter(model_types: Union[str, Iterable[str]]) -> None:
 
 
 def supported_model_types() -> list[str]:
-    """The ``model_type``s that have an adapter, sorted."""
+    """The model types (``config.model_type`` values) that have an adapter, sorted."""
     return sorted(str(name) for name in _REGISTRY)
 
 
