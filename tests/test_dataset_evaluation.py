@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from support.classifiers import make_model, make_word_tokenizer
 
-from captum_decompx.dataset_attribution import DatasetAttributionError
-from captum_decompx.dataset_evaluation import evaluate_dataset
+from captum_decompx.runs.attribute import DatasetAttributionError
+from captum_decompx.runs.evaluate import evaluate_dataset
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 WORDS = "good bad film movie plot dull great boring fun story actor acting music scene long short not very really quite".split()
