@@ -23,7 +23,7 @@ processes), reporting (``speed_report.py``: tables, targets, plot, results file)
 section (``speed_decoder.py``); this file is the command line. The fast path against Gradient x
 Activation (and AttnLRP), interleaved in one process with peak memory, is the section
 ``fast_floor.py`` (``python benchmarks/speed.py --fast-floor [its options]``). Memory estimates of DecompX's own
-paths come from ``captum_decompx.memory``.
+paths come from ``captum_decompx.core.memory``.
 
 Usage::
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from captum_decompx.memory import (
+from captum_decompx.core.memory import (
     DecompXMemoryError,
     ModelShape,
     autograd_bytes_per_sequence,
@@ -192,7 +192,7 @@ def shape_of(model) -> ModelShape:
 
 # --------------------------------------------------------------------------------------------
 # Cost and memory estimates (used to pick repeats, to skip points, and to size LIG's batches).
-# The memory of DecompX's own paths comes from the package's planner (captum_decompx.memory).
+# The memory of DecompX's own paths comes from the package's planner (captum_decompx.core.memory).
 
 
 BERT_BASE_SHAPE = Shape(layers=12, hidden=768, heads=12, ffn=3072)
@@ -453,7 +453,7 @@ def run_worker(job: dict) -> None:
     shape = shape_of(model)
     vocab_size = model.config.vocab_size
     import captum_decompx
-    from captum_decompx.memory import DEFAULT_MAX_MEMORY
+    from captum_decompx.core.memory import DEFAULT_MAX_MEMORY
 
     _emit(
         HELLO_PREFIX,

@@ -23,7 +23,7 @@ from speed_measure import (
     RunInfo,
 )
 
-from captum_decompx.memory import captured_bytes
+from captum_decompx.core.memory import captured_bytes
 
 
 def _lookup(results: Sequence[dict]) -> dict:

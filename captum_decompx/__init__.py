@@ -24,13 +24,13 @@ if TYPE_CHECKING:
     from .attribution import DecompX, DecompXOutput
     from .baselines import ALTI, GlobEnc
     from .components import Approximation, BiasRule, register_approximation, register_bias_rule
-    from .dataset_attribution import attribute_dataset
-    from .decomposition import DecompXMemoryError
+    from .core.forward_contract import cosine_similarity_frozen_norm
+    from .core.memory import DecompXMemoryError
     from .evaluation import MethodSpec, evaluate_faithfulness
-    from .forward_contract import cosine_similarity_frozen_norm
-    from .image import patch_heatmap, plot_patch_attribution
     from .llm import LLMDecompX
+    from .runs.attribute import attribute_dataset
     from .visualization import visualization_records, write_html, write_records_html
+    from .visualization.image import patch_heatmap, plot_patch_attribution
 
 #: Public name -> the submodule that defines it (imported when the name is first used).
 _EXPORTS: dict[str, str] = {
@@ -38,10 +38,10 @@ _EXPORTS: dict[str, str] = {
     "Activation": "adapters",
     "Adapter": "adapters",
     "Approximation": "components",
-    "attribute_dataset": "dataset_attribution",
+    "attribute_dataset": "runs.attribute",
     "BiasRule": "components",
     "DecompX": "attribution",
-    "DecompXMemoryError": "decomposition",
+    "DecompXMemoryError": "core.memory",
     "DecompXOutput": "attribution",
     "GlobEnc": "baselines",
     "LLMDecompX": "llm",
@@ -50,14 +50,14 @@ _EXPORTS: dict[str, str] = {
     "MethodSpec": "evaluation",
     "Norm": "adapters",
     "evaluate_faithfulness": "evaluation",
-    "patch_heatmap": "image",
-    "plot_patch_attribution": "image",
+    "patch_heatmap": "visualization.image",
+    "plot_patch_attribution": "visualization.image",
     "register_adapter": "adapters",
     "register_approximation": "components",
     "register_bias_rule": "components",
     "supported_model_types": "adapters",
     "UnsupportedTaskError": "adapters",
-    "cosine_similarity_frozen_norm": "forward_contract",
+    "cosine_similarity_frozen_norm": "core.forward_contract",
     "visualization_records": "visualization",
     "write_html": "visualization",
     "write_records_html": "visualization",

@@ -1,9 +1,9 @@
 """``DecompX``: the Captum-facing attribution class.
 
 A call reads as one descent: validate the arguments, run the forward pass with the chosen
-algorithm's hooks (the model's output tapped, :mod:`captum_decompx.forward_contract`), let that
+algorithm's hooks (the model's output tapped, :mod:`captum_decompx.core.forward_contract`), let that
 algorithm decompose what the forward function returned for the target, and give the scores the
-inputs' shape. The algorithm is a strategy object (:mod:`captum_decompx.algorithms`) chosen once,
+inputs' shape. The algorithm is a strategy object (:mod:`captum_decompx.core.algorithms`) chosen once,
 when the object is built, from ``algorithm=``.
 """
 
@@ -14,13 +14,13 @@ from typing import Any, Callable, Literal, Optional, Sequence, Union, overload
 
 from torch import Tensor, nn
 
-from . import decomposition, validation
 from .adapters import Adapter
-from .algorithms import ALGORITHM_NAMES, DecompXOutput, FrozenRun, choose_algorithm
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
-from .forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, target_index
-from .hooked_attribution import ForwardCapture, HookedModelAttribution, captum_entry_point, in_call_modes
-from .memory import DEFAULT_MAX_MEMORY
+from .core import decomposition, validation
+from .core.algorithms import ALGORITHM_NAMES, DecompXOutput, FrozenRun, choose_algorithm
+from .core.forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, target_index
+from .core.hooked_attribution import ForwardCapture, HookedModelAttribution, captum_entry_point, in_call_modes
+from .core.memory import DEFAULT_MAX_MEMORY
 
 #: The algorithms that compute the decomposition (the ``algorithm=`` option).
 ALGORITHMS = ALGORITHM_NAMES
@@ -45,7 +45,7 @@ class DecompX(HookedModelAttribution):
     a position, sums and differences, masked mean pooling, dot products with fixed vectors) is
     linear at the input, the attributions plus the biases' share sum to that output exactly. A
     softmax, sigmoid or log-softmax output is explained by the logit of the class it refers to,
-    with a warning; other non-linear outputs are refused (:mod:`captum_decompx.forward_contract`).
+    with a warning; other non-linear outputs are refused (:mod:`captum_decompx.core.forward_contract`).
 
     Args:
         forward_func: the model, or any callable ``forward_func(input_ids, *additional_forward_args)``

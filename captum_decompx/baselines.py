@@ -6,7 +6,7 @@ output), and aggregate the layers by *attention rollout*: ``R = M_L @ ... @ M_2 
 of input token ``k`` is the pooled token's row of ``R``: ``R[CLS, k]`` for BERT-style models.
 
 They read the same captured internals as :class:`~captum_decompx.DecompX`
-(:func:`~captum_decompx.capture.capture_internals` and the architecture adapters): the model is
+(:func:`~captum_decompx.core.capture.capture_internals` and the architecture adapters): the model is
 hooked, never edited. Both are defined for post-LN encoders (BERT, RoBERTa, ELECTRA, DistilBERT).
 
 Shared notation, for one post-LN layer with input ``x`` (batch, seq, d), attention probabilities
@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import Adapter, resolve
-from .capture import Captured
 from .components import BiasMode, Settings, normalize
-from .decomposition import affine, norm_params, padding_mask, pool_weights
-from .hooked_attribution import HookedModelAttribution, captum_entry_point, in_call_modes
+from .core.capture import Captured
+from .core.decomposition import affine, norm_params, padding_mask, pool_weights
+from .core.hooked_attribution import HookedModelAttribution, captum_entry_point, in_call_modes
 
 _NO_BIAS = Settings(bias_mode=BiasMode.DROP)
 ROW_EPS = 1e-12
@@ -64,7 +64,7 @@ class _RolloutAttribution(HookedModelAttribution):
     """Common machinery: capture the forward pass, build per-layer matrices, roll them out.
 
     The constructor, the argument handling and the checks (inputs, model mode, attention mask)
-    are :class:`~captum_decompx.hooked_attribution.HookedModelAttribution`'s, shared with DecompX.
+    are :class:`~captum_decompx.core.hooked_attribution.HookedModelAttribution`'s, shared with DecompX.
     """
 
     def __init__(

@@ -18,8 +18,8 @@ the biases' share (zero when the biases are decomposed).
 
 A whole target costs about one step: in a causal model the last layer's row at position ``p``
 depends on the tokens up to ``p`` only, so one decomposition of the prompt and the target holds
-every step's (:func:`captum_decompx.decomposition.decompose_rows` on the exact path,
-:func:`~captum_decompx.decomposition.fast_rows` after one frozen forward pass on the fast path).
+every step's (:func:`captum_decompx.core.rows.decompose_rows` on the exact path,
+:func:`~captum_decompx.core.rows.fast_rows` after one frozen forward pass on the fast path).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from transformers import (  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from captum_decompx import DecompX, decomposition  # noqa: E402
-from captum_decompx.algorithms import EXACT  # noqa: E402
+from captum_decompx.core.algorithms import EXACT  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Limits, relative to the largest |logit| of the float32 model on the CPU.

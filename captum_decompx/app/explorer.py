@@ -25,10 +25,10 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..cli import Encoded, Explanation, _batch_of, _readable, explain_encoded, forward_function
+from ..cli.explain import Encoded, Explanation, batch_of, explain_encoded, forward_function, readable_token
+from ..colors import probability_text, signed_hex, text_colour_on
 from ..demo import LoadedClassifier
 from ..evaluation import DEFAULT_FRACTIONS, METHOD_REGISTRY, MethodSpec, build_methods, mask_ranked_tokens
-from ..formatting import probability_text, signed_hex, text_colour_on
 
 #: The methods of the side-by-side view (registry keys of :data:`captum_decompx.evaluation.METHOD_REGISTRY`).
 COMPARE_METHODS: tuple[str, ...] = ("decompx", "decompx-fast", "ig", "gxi", "globenc", "alti")
@@ -178,7 +178,7 @@ class ClassExplanation:
 
     def write_files(self, folder: Path) -> dict[str, Path]:
         """Write the downloads into ``folder``: ``html`` (the view), ``png`` (the figure), ``json`` (the values)."""
-        from ..cli import write_class_contributions_png
+        from ..cli.explain import write_class_contributions_png
 
         folder.mkdir(parents=True, exist_ok=True)
         page = folder / "decompx_explanation.html"
@@ -342,7 +342,7 @@ class ClassifierExplorer:
         Raises:
             ExplorerInputError: the text is empty.
         """
-        from ..cli import encode
+        from ..cli.explain import encode
 
         if text is None or not text.strip():
             raise ExplorerInputError("The text is empty: type a sentence to explain.")
@@ -383,7 +383,7 @@ class ClassifierExplorer:
 
         with self._lock:
             target = self._predicted(read)
-            batch = _batch_of(read.encoded, self.classifier)
+            batch = batch_of(read.encoded, self.classifier)
             specs = self._specs(methods)
             scores = {
                 name: spec.scores(batch, torch.tensor([target], device=self.device))[0].double() for name, spec in specs.items()
@@ -425,7 +425,7 @@ class ClassifierExplorer:
         with self._lock:
             forward = forward_function(self.classifier)
             target = self._predicted(read)
-            batch = _batch_of(read.encoded, self.classifier)
+            batch = batch_of(read.encoded, self.classifier)
             curve = DeletionCurve(fractions=list(DEFAULT_FRACTIONS), predicted=self.labels[target])
             for name, spec in self._specs(methods).items():
                 scores = spec.scores(batch, torch.tensor([target], device=self.device))
@@ -566,8 +566,8 @@ class CausalLMExplorer:
         with self._lock:
             result = self.explainer.attribute(ids[0], target=target, gen_args={"max_new_tokens": steps, "do_sample": False})
         matrix = GenerationMatrix(
-            prompt_tokens=[_readable(t) for t in result.input_tokens],
-            generated_tokens=[_readable(t) for t in result.output_tokens],
+            prompt_tokens=[readable_token(t) for t in result.input_tokens],
+            generated_tokens=[readable_token(t) for t in result.output_tokens],
             matrix=torch.cat([result.token_attr.double(), result.generated_attr.double()], dim=1),
             logits=result.logits.double(),
             bias=result.bias.double(),

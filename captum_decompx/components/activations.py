@@ -45,7 +45,7 @@ class Approximation(abc.ABC):
     def frozen_slope(
         self, function: ActivationFunction, pre_activation: Tensor, value: Tensor
     ) -> tuple[Tensor, Optional[Tensor]]:
-        """The fast path's freezing rule (:mod:`captum_decompx.freezing`): the coefficient of the
+        """The fast path's freezing rule (:mod:`captum_decompx.core.freezing`): the coefficient of the
         pre-activation that the one frozen forward pass differentiates through, and what the
         approximation leaves out of the decomposition (None when nothing).
 

@@ -11,7 +11,7 @@ implementation's softmax output is detached; torch's fused ``scaled_dot_product_
 probabilities while the kernel keeps its O(N) memory. This works whichever code dispatches the
 attention (transformers' attention interface or a model's own, e.g. DeBERTa-v2's), on transformers
 4.57 and 5. Other implementations (flash, flex) run as eager for the pass
-(:func:`~captum_decompx.capture.freezable_attention`).
+(:func:`~captum_decompx.core.capture.freezable_attention`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..adapters.base import resolve
-from ..recording import Reader, Recorder
+from ..core.recording import Reader, Recorder
 from .base import Component
 from .linear import Affine, LinearMap
 from .pieces import add_to_own_pieces
 
 if TYPE_CHECKING:
-    from ..freezing import Freezer
+    from ..core.freezing import Freezer
 
 # The exact path computes a layer's values in this many blocks of rows (bounds the transient memory).
 VALUE_BLOCKS = 8

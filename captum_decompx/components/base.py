@@ -6,18 +6,18 @@ built from adapter data (dotted paths). It answers five questions:
 
 - **found**: where it is (its paths, resolved on the layer or the model it is given);
 - **recorded** (exact path): what the capture keeps from the real forward pass
-  (:meth:`Component.install` adds hooks to a :class:`~captum_decompx.recording.Recorder`,
+  (:meth:`Component.install` adds hooks to a :class:`~captum_decompx.core.recording.Recorder`,
   :meth:`Component.read` takes the values back, one per run of the module);
 - **frozen** (fast path): how the real module is run with its nonlinear coefficients cut from
   autograd while every value stays the same (:meth:`Component.freeze` adds hooks through a
-  :class:`~captum_decompx.freezing.Freezer`);
+  :class:`~captum_decompx.core.freezing.Freezer`);
 - **resolved**: its parameters, detached and in the compute dtype (:meth:`Component.resolve`);
 - **propagated**: how a decomposition passes through it (its ``propagate`` function, with the
   recorded values frozen).
 
 Both algorithms install their hooks by the same walk of the network
 (:meth:`captum_decompx.components.network.Network.walk`, run by
-:class:`captum_decompx.capture.HookedPass`): a new kind is its module plus adapter data.
+:class:`captum_decompx.core.capture.HookedPass`): a new kind is its module plus adapter data.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..recording import Reader, Recorder
+from ..core.recording import Reader, Recorder
 
 if TYPE_CHECKING:
-    from ..freezing import Freezer
+    from ..core.freezing import Freezer
 
 
 class Component:

@@ -17,14 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import resolve
-from ..recording import Reader, Recorder
+from ..core.recording import Reader, Recorder
 from .activations import ActivationFunction, ActivationFunctionAt, activation
 from .base import Component
 from .linear import Affine, LinearMap, linear
 from .pieces import Settings
 
 if TYPE_CHECKING:
-    from ..freezing import Freezer
+    from ..core.freezing import Freezer
 
 
 class FeedForwardParams(Protocol):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import Activation, HeadStep, Linear, Norm, TiedLinear, resolve, split_block
-from ..recording import Reader, Recorder, main_input
+from ..core.recording import Reader, Recorder, main_input
 from .activations import ActivationFunctionAt, activation
 from .base import Component
 from .linear import Affine, LinearMap, linear
@@ -27,7 +27,7 @@ from .pieces import Settings
 from .registry import Registry
 
 if TYPE_CHECKING:
-    from ..freezing import Freezer
+    from ..core.freezing import Freezer
 
 
 class HeadStepKind(abc.ABC):

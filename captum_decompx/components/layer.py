@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import Adapter
-from ..recording import Reader, Recorder
+from ..core.recording import Reader, Recorder
 from .activations import ActivationFunction, ActivationFunctionAt
 from .attention import Attention, attention_bias, attention_values, mix_heads
 from .base import Component
@@ -35,7 +35,7 @@ from .norms import Normalization, NormParams, normalize
 from .pieces import Settings, add_bias
 
 if TYPE_CHECKING:
-    from ..freezing import Freezer
+    from ..core.freezing import Freezer
 
 
 @dataclass

@@ -16,13 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import Block, resolve, split_block, take_block
-from ..recording import Reader, Recorder
+from ..core.recording import Reader, Recorder
 from .base import Component
 from .pieces import Settings, add_bias
 from .registry import Registry
 
 if TYPE_CHECKING:
-    from ..freezing import Freezer
+    from ..core.freezing import Freezer
 
 
 @dataclass(frozen=True)

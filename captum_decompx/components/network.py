@@ -1,7 +1,7 @@
 """The whole network as component kinds: the layers, a final norm, the head.
 
 :meth:`Network.walk` is the one walk of a model's components, in forward order; both algorithms
-install their hooks by it (:class:`~captum_decompx.capture.HookedPass`).
+install their hooks by it (:class:`~captum_decompx.core.capture.HookedPass`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import Adapter, Linear
-from ..recording import Reader, Recorder
+from ..core.recording import Reader, Recorder
 from .base import Component
 from .head import Head, ResolvedHeadStep
 from .layer import LayerParams, LayerRecord, TransformerLayer
@@ -22,7 +22,7 @@ from .norms import Normalization, NormParams
 from .pooling import Pooling, PoolingRecord
 
 if TYPE_CHECKING:
-    from ..freezing import Freezer
+    from ..core.freezing import Freezer
 
 
 @dataclass

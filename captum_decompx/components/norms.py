@@ -16,13 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import resolve
-from ..recording import Reader, Recorder
+from ..core.recording import Reader, Recorder
 from .base import Component
 from .pieces import Settings, add_bias, add_to_own_pieces
 from .registry import Names, Registry
 
 if TYPE_CHECKING:
-    from ..freezing import Freezer
+    from ..core.freezing import Freezer
 
 
 class NormKind(abc.ABC):

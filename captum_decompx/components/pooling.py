@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.base import Adapter, resolve
-from ..recording import Reader, Recorder
+from ..core.recording import Reader, Recorder
 from .base import Component
 
 if TYPE_CHECKING:
-    from ..freezing import Freezer
+    from ..core.freezing import Freezer
 
 
 @dataclass(frozen=True)

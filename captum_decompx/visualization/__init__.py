@@ -13,7 +13,7 @@
 - :func:`plot_token_map`: the ``N x N`` norms ``||X_l[i, k]||`` of the propagated decomposition
   of one layer (``DecompX.decompose(..., return_token_maps=True)``) as a heatmap.
 
-Colours (:mod:`captum_decompx.formatting`) are a colour-blind-safe diverging scale: blue for
+Colours (:mod:`captum_decompx.colors`) are a colour-blind-safe diverging scale: blue for
 contributions towards the explained class, orange for those away from it, white for zero, with the
 values of each example divided by their largest magnitude so that they lie in [-1, 1]. (Captum's own
 ``visualize_text``, used by :func:`visualize_records`, keeps its green and red.)

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 from torch import Tensor
 
 from ..attribution import DecompXOutput
-from ..formatting import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
+from ..colors import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 from .selection import LabelNames, PathLike, _class_rows, _mask_row, _position_values, real_positions
 
 

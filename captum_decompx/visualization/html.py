@@ -12,7 +12,7 @@ from captum.attr import visualization as captum_visualization
 from torch import Tensor
 
 from ..attribution import DecompXOutput
-from ..formatting import probability_text, signed_hex, text_colour_on
+from ..colors import probability_text, signed_hex, text_colour_on
 from .selection import LabelNames, PathLike, _class_rows, _label, _mask_row, _normalized, _position_values, real_positions
 
 if TYPE_CHECKING:  # the record class's home module is private; Captum exports it as visualization.VisualizationDataRecord

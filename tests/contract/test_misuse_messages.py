@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from captum_decompx import ALTI, DecompX, GlobEnc
-from captum_decompx.validation import newly_initialized_parameters
+from captum_decompx.core.validation import newly_initialized_parameters
 
 ALGORITHMS = {"exact": dict(), "fast": dict(include_biases=False, algorithm="fast")}
 CLS, SEP = 2, 3

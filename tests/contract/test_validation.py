@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 import captum_decompx
 from captum_decompx import DecompX
-from captum_decompx.validation import check_targets
+from captum_decompx.core.validation import check_targets
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 

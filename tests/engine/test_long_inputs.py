@@ -15,8 +15,9 @@ from support.snapshots import assert_same_snapshot, model_snapshot
 from transformers import BertConfig, BertForSequenceClassification
 
 import captum_decompx
-from captum_decompx import DecompX, DecompXMemoryError, decomposition
-from captum_decompx.memory import readable_bytes
+from captum_decompx import DecompX, DecompXMemoryError
+from captum_decompx.core import decomposition
+from captum_decompx.core.memory import readable_bytes
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 LENGTHS = (24, 17, 9)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from captum_decompx.recording import Reader, Recorder
+from captum_decompx.core.recording import Reader, Recorder
 
 
 def test_records_every_call_in_order_and_replaces_outputs_until_removed():

@@ -190,8 +190,8 @@ def test_a_part_sorted_by_length_keeps_every_row_under_its_id():
     tokens are its own text's, its logits the model's on that text alone."""
     from support.classifiers import make_model, make_word_tokenizer
 
-    from captum_decompx.dataset_attribution import attribute_part, output_schema
-    from captum_decompx.datasets import TextTable
+    from captum_decompx.runs.attribute import attribute_part, output_schema
+    from captum_decompx.runs.tables import TextTable
 
     words = "good bad film plot dull great fun story".split()
     texts = [" ".join(words[: 8 - row]) for row in range(6)]  # 8, 7, ..., 3 words
@@ -235,7 +235,7 @@ def test_a_part_sorted_by_length_keeps_every_row_under_its_id():
 def test_row_chunks_cover_every_row_once_in_order(rows, contiguous, size, use_range):
     """The exact path's row chunks: their rows, concatenated, are the rows asked for (no row
     twice, none missing, none out of order), and no chunk is larger than asked."""
-    from captum_decompx.decomposition import _chunks
+    from captum_decompx.core.decomposition import _chunks
 
     if use_range:
         start, count = contiguous

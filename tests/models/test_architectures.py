@@ -15,7 +15,8 @@ import transformers as tf
 from support.architectures import CAUSAL_LMS, DECODER, ENCODERS, PHI3, forward_of, padded_batch
 from torch import nn
 
-from captum_decompx import Adapter, DecompX, LayerPaths, Linear, decomposition, register_adapter, supported_model_types
+from captum_decompx import Adapter, DecompX, LayerPaths, Linear, register_adapter, supported_model_types
+from captum_decompx.core import decomposition
 from captum_decompx.adapters import unregister_adapter
 from captum_decompx.testing import randomize_parameters
 

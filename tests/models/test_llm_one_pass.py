@@ -16,7 +16,8 @@ from support.word_level import LLM_WORDS as WORDS
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 
-from captum_decompx import DecompX, DecompXMemoryError, LLMDecompX, decomposition
+from captum_decompx import DecompX, DecompXMemoryError, LLMDecompX
+from captum_decompx.core import decomposition, rows
 from captum_decompx.llm import LLMDecompX as LLMDecompXClass
 
 PROMPT = "the cat sat on a big"
@@ -156,8 +157,8 @@ def test_rows_are_chunked_under_max_memory_with_equal_results(tokenizer, monkeyp
     full = decomposition.exact_memory_per_example(seq, seq, 32, 40, 8, seq)
     small = decomposition.exact_memory_per_example(seq, seq, 32, 40, 8, 2)
     plans = []
-    original = decomposition.plan_rows
-    monkeypatch.setattr(decomposition, "plan_rows", lambda *a, **k: plans.append(original(*a, **k)) or plans[-1])
+    original = rows.plan_rows
+    monkeypatch.setattr(rows, "plan_rows", lambda *a, **k: plans.append(original(*a, **k)) or plans[-1])
     chunked = LLMDecompX(model, tokenizer, max_memory=small).attribute(PROMPT, target=TARGET)
     assert plans and all(plan.rows_per_chunk < seq for plan, _ in plans), "the rows were not chunked"
     whole = LLMDecompX(model, tokenizer, max_memory=4 * full).attribute(PROMPT, target=TARGET)
@@ -188,13 +189,13 @@ def test_the_full_vocabulary_head_is_chunked_over_rows(tokenizer):
     kept = target_ids.numel() * seq * 32 * 8  # the last layer's rows
     per_row = 2 * seq * vocab_size * 8  # one row through the head, every class
     budget = kept + 2 * per_row + 100
-    plan, head_rows = decomposition.plan_rows(
+    plan, head_rows = rows.plan_rows(
         model, explainer.adapter, options, batch=1, seq=seq, rows=target_ids.numel(), dtype=torch.float64, max_memory=budget
     )
-    one_chunk = decomposition.decompose_rows(
+    one_chunk = rows.decompose_rows(
         captured, model, explainer.adapter, options, positions=positions, classes=target_ids, dtype=torch.float64
     )
-    chunks = decomposition.decompose_rows(
+    chunks = rows.decompose_rows(
         captured,
         model,
         explainer.adapter,

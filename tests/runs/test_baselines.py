@@ -162,7 +162,7 @@ def test_a_forward_function_without_model_is_refused():
 def test_the_baselines_run_the_same_checks_as_decompx(name):
     """GlobEnc and ALTI share DecompX's constructor, argument handling and checks."""
     from captum_decompx import DecompX
-    from captum_decompx.hooked_attribution import HookedModelAttribution
+    from captum_decompx.core.hooked_attribution import HookedModelAttribution
 
     model = make_model("bert", seed=4)
     batch = make_padded_batch(lengths=(5, 3), seed=4)

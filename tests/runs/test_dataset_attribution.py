@@ -29,9 +29,9 @@ from support.paths import REPOSITORY
 from torch import nn
 
 from captum_decompx import DecompX
-from captum_decompx.dataset_attribution import DatasetAttributionError, attribute_dataset, default_rows_per_part
-from captum_decompx.datasets import DataFileError, read_text_table
-from captum_decompx.distributed import balance
+from captum_decompx.runs.attribute import DatasetAttributionError, attribute_dataset, default_rows_per_part
+from captum_decompx.runs.tables import DataFileError, read_text_table
+from captum_decompx.runs.distributed import balance
 
 WORDS = "good bad film movie plot dull great boring fun story actor acting music scene long short not very really quite".split()
 N_ROWS = 40
@@ -400,7 +400,7 @@ def test_the_longest_input_leaves_out_robertas_unused_positions():
     """RoBERTa's family numbers positions from 2 (adapters' family data); BERT from 0."""
     from transformers import BertConfig, CamembertConfig, RobertaConfig, XLMRobertaConfig
 
-    from captum_decompx.dataset_attribution import model_max_length
+    from captum_decompx.runs.attribute import model_max_length
 
     class Unlimited:
         model_max_length = 10**30  # a tokenizer without a limit

@@ -15,8 +15,8 @@ import pytest
 from support.classifiers import make_model, make_word_tokenizer
 from support.paths import REPOSITORY
 
-from captum_decompx.dataset_attribution import DatasetAttributionError
-from captum_decompx.dataset_evaluation import evaluate_dataset
+from captum_decompx.runs.attribute import DatasetAttributionError
+from captum_decompx.runs.evaluate import evaluate_dataset
 
 WORDS = "good bad film movie plot dull great boring fun story actor acting music scene long short not very really quite".split()
 N_EXAMPLES = 14

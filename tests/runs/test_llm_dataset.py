@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from captum_decompx import LLMDecompX
 from captum_decompx.cli import main as cli_main
-from captum_decompx.dataset_attribution import DatasetAttributionError, attribute_dataset
+from captum_decompx.runs.attribute import DatasetAttributionError, attribute_dataset
 
 WORDS = ["<pad>", "<unk>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "fast", "and", "slow", "big", "small"]
 ROWS = [

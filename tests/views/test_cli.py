@@ -248,7 +248,7 @@ def test_usage_errors_and_help_return_argparse_codes(capsys):
 
 def test_demo_model_is_found_in_the_repository_and_by_environment(monkeypatch, tmp_path):
     assert demo_model_path() == repository_root() / "models" / "minilm-sst2"
-    assert (repository_root() / "captum_decompx" / "cli.py").is_file()
+    assert (repository_root() / "captum_decompx" / "attribution.py").is_file()
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.setenv(DEMO_MODEL_ENV, str(tmp_path))
     assert demo_model_path() == tmp_path

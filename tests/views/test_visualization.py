@@ -11,7 +11,7 @@ from support.classifiers import make_model, make_word_tokenizer
 from transformers import BertTokenizer
 
 from captum_decompx import DecompX
-from captum_decompx.formatting import probability_text
+from captum_decompx.colors import probability_text
 from captum_decompx.visualization import (
     attribution_color,
     class_contributions_html,

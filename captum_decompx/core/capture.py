@@ -2,8 +2,8 @@
 
 :class:`HookedPass` walks the adapter's network once (:meth:`Network.walk
 <captum_decompx.components.network.Network.walk>`) and gives every component kind the pass's
-:class:`~captum_decompx.recording.Recorder`: :class:`Capture` asks each kind what it records (the
-exact path), :class:`~captum_decompx.freezing.Freezer` how it freezes (the fast path).
+:class:`~captum_decompx.core.recording.Recorder`: :class:`Capture` asks each kind what it records (the
+exact path), :class:`~captum_decompx.core.freezing.Freezer` how it freezes (the fast path).
 :func:`hooked_pass` is the one context manager that installs them: it serializes passes on a
 model, sets the attention implementation the pass needs, removes every hook and puts the
 attention implementation back whatever happens, so the model is left as it was found, and refuses
@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .adapters import Adapter, resolve
-from .components.base import Component
-from .components.layer import LayerRecord
-from .components.network import Network
-from .components.pooling import PoolingRecord
+from ..adapters import Adapter, resolve
+from ..components.base import Component
+from ..components.layer import LayerRecord
+from ..components.network import Network
+from ..components.pooling import PoolingRecord
 from .recording import Reader, Recorder
 
 __all__ = [

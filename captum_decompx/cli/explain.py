@@ -1,51 +1,33 @@
-"""The ``captum-decompx`` command: explain a prediction, compare methods, run the faithfulness study.
-
-Examples::
-
-    captum-decompx explain "a good piece of work more often than not."
-    captum-decompx explain "a dull, lifeless and utterly boring mess." --html view.html --png classes.png
-    captum-decompx explain "A man is sleeping." --pair "Nobody sleeps." --model PATH --target LABEL
-    captum-decompx compare "a good piece of work more often than not." --methods decompx,ig,gxi
-    captum-decompx evaluate --data sst2-dev --limit 50 --methods decompx,gxi,random
-
-Without ``--model`` the demo sentiment classifier of the repository is used (``models/minilm-sst2``,
-or ``$CAPTUM_DECOMPX_DEMO_MODEL``); nothing is downloaded. Errors the user can fix are reported in
-one message with exit status 2.
-
-torch, transformers and the attribution code load only when a command runs, so that ``--help`` and
-usage errors answer at once.
+"""What ``captum-decompx explain`` and ``compare`` compute and print, and what the explorer
+(:mod:`captum_decompx.app`) shows: a text encoded for the demo classifier (or any sequence
+classifier), its DecompX explanation, the coloured token lines and the sum check, the HTML and PNG
+views, and the methods ``compare`` puts side by side.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
 
-from .demo import (
-    DemoError,
+from ..colors import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
+from ..demo import (
     LoadedClassifier,
-    dataset_path,
     load_model_and_tokenizer,
-    read_labelled_tsv,
     resolve_model_source,
     stored_label_names,
 )
-from .formatting import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from .attribution import DecompXOutput
+    from ..attribution import DecompXOutput
+
 
 #: Exit status of errors the user can act on (the same as argparse's usage errors).
 USAGE_ERROR = 2
-DEFAULT_COMPARE_METHODS = "decompx,ig,gxi"
-DEFAULT_EVALUATE_METHODS = "decompx,gxi,random"
 IG_STEPS = 50
 #: Texts longer than this many characters are echoed shortened (the explanation covers the tokens kept).
 ECHO_CHARACTERS = 200
@@ -82,7 +64,7 @@ class Encoded:
         return self.untruncated_length > len(self.tokens)
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """No progress bars or advisory warnings from transformers on the command line."""
     from transformers.utils import logging as hf_logging
 
@@ -90,13 +72,13 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _load(model: Optional[str]) -> LoadedClassifier:
+def load_classifier_for_command(model: Optional[str]) -> LoadedClassifier:
     resolve_model_source(model)  # a missing folder or an unreachable hub fails before torch loads
-    _quiet_transformers()
+    quiet_transformers()
     return load_model_and_tokenizer(model)
 
 
-def _shown_source(classifier: LoadedClassifier) -> str:
+def shown_source(classifier: LoadedClassifier) -> str:
     """The model's folder relative to the working directory when it lies inside it."""
     try:
         return str(Path(classifier.source).resolve().relative_to(Path.cwd().resolve()))
@@ -104,7 +86,7 @@ def _shown_source(classifier: LoadedClassifier) -> str:
         return classifier.source
 
 
-def _checked_text(text: str, what: str = "TEXT") -> str:
+def checked_text(text: str, what: str = "TEXT") -> str:
     if text is None or not text.strip():
         raise CommandError(f'{what} is empty: pass the sentence to explain, e.g. captum-decompx explain "a fine film."')
     return text
@@ -126,14 +108,14 @@ def encode(classifier: LoadedClassifier, text: str, pair: Optional[str] = None) 
     return Encoded(
         input_ids=input_ids,
         extra_args=tuple(extra),
-        tokens=[_readable(t) for t in tokens],
+        tokens=[readable_token(t) for t in tokens],
         untruncated_length=max(untruncated_length, input_ids.shape[1]),
     )
 
 
 def _check_ids_in_vocabulary(classifier: LoadedClassifier, input_ids: Tensor) -> None:
     """The tokenizer's ids must index the model's embedding table (a tokenizer of another model does not)."""
-    from .validation import token_embedding
+    from ..core.validation import token_embedding
 
     embedding = token_embedding(classifier.model)
     if embedding is None or input_ids.numel() == 0:
@@ -156,7 +138,7 @@ def shortened(text: str, limit: int = ECHO_CHARACTERS) -> str:
 
 def print_input(classifier: LoadedClassifier, encoded: Encoded, text: str, pair: Optional[str], out: TextIO) -> None:
     """The model, the text (shortened when long) and, when the tokenizer cut it, how much was kept."""
-    print(f"model: {_shown_source(classifier)} ({classifier.model_type})", file=out)
+    print(f"model: {shown_source(classifier)} ({classifier.model_type})", file=out)
     print(f"text: {shortened(text)}" + (f"\npair: {shortened(pair)}" if pair is not None else ""), file=out)
     if encoded.truncated:
         print(
@@ -166,7 +148,7 @@ def print_input(classifier: LoadedClassifier, encoded: Encoded, text: str, pair:
         )
 
 
-def _readable(token: str) -> str:
+def readable_token(token: str) -> str:
     """Byte-level BPE marks spaces with 'Ġ' and SentencePiece with '▁': show them as plain text."""
     return token.replace("Ġ", " ").replace("▁", " ").strip() or token
 
@@ -263,7 +245,7 @@ def explain_encoded(classifier: LoadedClassifier, encoded: Encoded, algorithm: s
     """:func:`explain_text` for an input that is already tokenized."""
     import torch
 
-    from .attribution import DecompX
+    from ..attribution import DecompX
 
     explainer = DecompX(
         forward_function(classifier), model=classifier.model, include_biases=algorithm == "exact", algorithm=algorithm
@@ -356,7 +338,7 @@ def format_sum_check(total: float, bias: float, logit: float, decimals: int = 6)
     )
 
 
-def _use_colour(choice: str, out: TextIO) -> bool:
+def use_colour(choice: str, out: TextIO) -> bool:
     if choice == "always":
         return True
     if choice == "never":
@@ -364,29 +346,7 @@ def _use_colour(choice: str, out: TextIO) -> bool:
     return bool(getattr(out, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ
 
 
-def run_explain(args: argparse.Namespace, out: TextIO) -> int:
-    text = _checked_text(args.text)
-    pair = _checked_text(args.pair, "--pair TEXT2") if args.pair is not None else None
-    html_path = _output_path(args.html) if args.html else None
-    png_path = _output_path(args.png) if args.png else None
-    check_label_before_loading(args.model, args.target)
-    classifier = _load(args.model)
-    target = resolve_label(classifier, args.target)
-    encoded = encode(classifier, text, pair)
-    print_input(classifier, encoded, text, pair, out)
-    explanation = explain_encoded(classifier, encoded, algorithm=args.algorithm)
-    classes = list(range(len(explanation.labels))) if target is None else [target]
-    print_explanation(explanation, classes, _use_colour(args.color, out), out)
-    if html_path or png_path:
-        print("", file=out)
-    if html_path:
-        print(f"wrote the HTML view to {write_class_contributions_html(explanation, html_path)}", file=out)
-    if png_path:
-        print(f"wrote the per-class figure to {write_class_contributions_png(explanation, png_path)}", file=out)
-    return 0
-
-
-def _output_path(path: str) -> Path:
+def output_path(path: str) -> Path:
     """``path`` as a file to write, checked before any work is done."""
     target = Path(path).expanduser()
     if target.is_dir():
@@ -399,7 +359,7 @@ def _output_path(path: str) -> Path:
 def write_class_contributions_html(explanation: Explanation, path: Path) -> Path:
     """Write the per-class view as a standalone HTML page: one row per class, tokens coloured by
     their contribution to it. Returns the path written."""
-    from .visualization import class_contributions_html
+    from ..visualization import class_contributions_html
 
     destination = Path(path)
     class_contributions_html(
@@ -420,7 +380,7 @@ def write_class_contributions_png(explanation: Explanation, path: Path) -> Path:
     A path without an extension gets ``.png`` (as matplotlib would add); any other name is written
     as given, in PNG format. Returns the path actually written.
     """
-    from .visualization import plot_class_contributions
+    from ..visualization import plot_class_contributions
 
     destination = Path(path)
     if not destination.suffix:
@@ -469,16 +429,16 @@ def method_specs(classifier: LoadedClassifier, names: Sequence[str]) -> dict:
     signed sum or L2 norm over the embedding), Gradient x Input on the word embeddings (signed sum),
     Saliency (L2 norm of the gradient) and random scores.
     """
-    from .evaluation import paper_methods
+    from ..evaluation import paper_methods
 
     specs = paper_methods(classifier.model, classifier.tokenizer, ig_steps=IG_STEPS)
     return {name: specs[METHODS[name]] for name in names}
 
 
-def _batch_of(encoded: Encoded, classifier: LoadedClassifier):
+def batch_of(encoded: Encoded, classifier: LoadedClassifier):
     import torch
 
-    from .evaluation import Batch
+    from ..evaluation import Batch
 
     special = classifier.tokenizer.get_special_tokens_mask(encoded.input_ids[0].tolist(), already_has_special_tokens=True)
     attention_mask = encoded.extra_args[0]
@@ -516,314 +476,3 @@ def format_comparison(tokens: Sequence[str], scores: dict[str, Tensor]) -> str:
         lines.append(row)
     lines.append(f"{'max|s|':<{token_width}}" + "".join(f"{scales[name]:>{column}.3g}" for name in names))
     return "\n".join(lines)
-
-
-def run_compare(args: argparse.Namespace, out: TextIO) -> int:
-    text = _checked_text(args.text)
-    pair = _checked_text(args.pair, "--pair TEXT2") if args.pair is not None else None
-    methods = parse_methods(args.methods)
-    check_label_before_loading(args.model, args.target)
-    classifier = _load(args.model)
-    target = resolve_label(classifier, args.target)
-    import torch
-
-    encoded = encode(classifier, text, pair)
-    print_input(classifier, encoded, text, pair, out)
-    with torch.no_grad():
-        logits = forward_function(classifier)(encoded.input_ids, *encoded.extra_args)[0]
-    probabilities = torch.softmax(logits.double(), -1)
-    predicted = int(logits.argmax())
-    target = predicted if target is None else target
-    labels = classifier.labels
-    print(f"prediction: {labels[predicted]} (p = {probability_text(float(probabilities[predicted]))})", file=out)
-    print(f"explaining: {labels[target]}; each column divided by its method's max |score|", file=out)
-    print("", file=out)
-    batch = _batch_of(encoded, classifier)
-    specs = method_specs(classifier, methods)
-    scores = {name: spec.scores(batch, torch.tensor([target]))[0] for name, spec in specs.items()}
-    print(format_comparison(encoded.tokens, scores), file=out)
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------
-# evaluate
-
-
-def run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
-    if getattr(args, "out", None) is not None:  # Parquet parts, resumable, torchrun: dataset_evaluation.py
-        return run_evaluate_parts(args, out)
-    methods = parse_methods(args.methods)
-    if args.limit is not None and args.limit < 1:
-        raise CommandError(f"--limit must be a positive number of examples, got {args.limit}.")
-    texts, labels = read_labelled_tsv(dataset_path(args.data), limit=args.limit)
-    if not texts:
-        raise CommandError(f"No examples in {args.data}.")
-    from .evaluation import evaluate_faithfulness  # torch loads once the data file has been read
-
-    classifier = _load(args.model)
-    print(f"model: {_shown_source(classifier)} ({classifier.model_type})", file=out)
-    print(f"data: {args.data}, {len(texts)} examples; methods: {', '.join(methods)}", file=out, flush=True)
-    specs = method_specs(classifier, methods)
-    result = evaluate_faithfulness(
-        classifier.model,
-        classifier.tokenizer,
-        texts,
-        labels,
-        {name: specs[name] for name in methods},
-        show_progress=not args.no_progress,
-    )
-    print(f"model accuracy on these examples: {100 * result.accuracy:.2f}%", file=out)
-    print("masking K = 0%, 10%, ..., 90% of the tokens, most or least important first (DecompX paper, Table 1):", file=out)
-    print("", file=out)
-    print(result.to_markdown(timings=True), file=out)
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------
-# attribute (a whole data set, also under torchrun; see captum_decompx/dataset_attribution.py)
-
-
-def data_file_is_readable(
-    path: Path, text_column: Optional[str], text_pair_column: Optional[str], label_column: Optional[str]
-) -> bool:
-    """Read and check every row of a data file before torch, transformers and the model load.
-
-    The dataset code reads the file again: its mistakes (a missing file or column, an empty text, a
-    label that is not an integer) are reported here within a second instead of after the imports
-    and the model. Under torchrun every process checks and stops; only rank 0 reports.
-
-    Returns:
-        True when the file reads; False on a process other than rank 0 when it does not.
-
-    Raises:
-        CommandError: on rank 0 (or without torchrun), the file's mistakes.
-    """
-    from .datasets import DataFileError, read_text_table
-
-    try:
-        read_text_table(path, text_column, text_pair_column, label_column)
-    except DataFileError as error:
-        if int(os.environ.get("RANK", "0")) != 0:
-            return False
-        raise CommandError(str(error)) from error
-    return True
-
-
-def run_attribute(args: argparse.Namespace, out: TextIO) -> int:
-    if not data_file_is_readable(Path(args.data).expanduser(), args.text_column, args.text_pair_column, args.label_column):
-        return USAGE_ERROR
-    from .dataset_attribution import DatasetAttributionError, run_attribute_command
-
-    try:
-        return run_attribute_command(args, out)
-    except DatasetAttributionError as error:
-        raise CommandError(str(error)) from error
-
-
-def run_evaluate_parts(args: argparse.Namespace, out: TextIO) -> int:
-    if not data_file_is_readable(dataset_path(args.data), None, None, None):
-        return USAGE_ERROR
-    from .dataset_attribution import DatasetAttributionError
-    from .dataset_evaluation import run_evaluate_command
-
-    try:
-        return run_evaluate_command(args, out)
-    except DatasetAttributionError as error:
-        raise CommandError(str(error)) from error
-
-
-def add_attribute_command(commands) -> None:
-    """Register ``captum-decompx attribute``."""
-    attribute = commands.add_parser(
-        "attribute",
-        help="DecompX over a whole data file into Parquet parts (resumable; runs under torchrun)",
-        description=(
-            "Decompose every class logit of every row of a .tsv, .csv, .jsonl or .parquet file with DecompX and write "
-            "the rows to Parquet parts under --out (one table: pyarrow.parquet.read_table(DIR)). Runs unchanged under "
-            "torchrun --nproc_per_node K [--nnodes M ...] -m captum_decompx attribute ...; rerun the same command "
-            "after a crash to compute only what is missing."
-        ),
-    )
-    attribute.add_argument("--data", required=True, metavar="PATH", help="the input file (.tsv, .csv, .jsonl or .parquet)")
-    attribute.add_argument(
-        "--out", required=True, metavar="DIR", help="the output folder of Parquet parts (created when missing)"
-    )
-    attribute.add_argument(
-        "--model",
-        metavar="PATH_OR_HUB_ID",
-        help="a sequence classifier or causal LM folder or hub id (default: the demo model)",
-    )
-    attribute.add_argument("--text-column", metavar="NAME", help="column of the texts (default: text, sentence or content)")
-    attribute.add_argument("--text-pair-column", metavar="NAME", help="column of the second texts of sentence pairs")
-    attribute.add_argument("--label-column", metavar="NAME", help="column of integer labels (default: label, when present)")
-    attribute.add_argument(
-        "--target-column", metavar="NAME", help="causal LMs: column of each prompt's target text (explained token by token)"
-    )
-    attribute.add_argument(
-        "--generate", type=int, metavar="TOKENS", help="causal LMs: generate this many tokens greedily and explain them"
-    )
-    attribute.add_argument(
-        "--algorithm",
-        choices=("exact", "fast"),
-        default="exact",
-        help="exact: biases decomposed too (default); fast: bias-free, O(N)",
-    )
-    attribute.add_argument("--batch-size", type=int, default=16, help="rows per DecompX call (default: 16)")
-    attribute.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: the model's limit)")
-    attribute.add_argument(
-        "--rows-per-part", type=int, help="rows per Parquet part (default: the folder's, or about 8 parts per process)"
-    )
-    attribute.add_argument(
-        "--no-bucketing", action="store_true", help="batch rows in input order instead of sorted by length within a part"
-    )
-    attribute.add_argument("--no-progress", action="store_true", help="no progress bar")
-    attribute.set_defaults(run=run_attribute)
-
-
-# ------------------------------------------------------------------------------------------------
-# serve (the interactive explorer in the browser; needs the [app] extra, see captum_decompx/app/)
-
-
-def run_serve(args: argparse.Namespace, out: TextIO) -> int:
-    resolve_model_source(args.model)  # a missing folder fails before Gradio and torch load
-    try:
-        from .app.ui import serve
-    except ImportError as error:
-        from .app import INSTALL_HINT
-
-        raise CommandError(INSTALL_HINT if (error.name or "").startswith("gradio") else str(error)) from None
-    _quiet_transformers()
-    print(f"serving the DecompX explorer on http://{args.host}:{args.port} (Ctrl+C stops it)", file=out, flush=True)
-    serve(args.model, host=args.host, port=args.port)
-    return 0
-
-
-def add_serve_command(commands) -> None:
-    """Register ``captum-decompx serve``."""
-    serve = commands.add_parser(
-        "serve",
-        help="the interactive explorer in the browser (needs the [app] extra)",
-        description=(
-            "Serve the DecompX explorer (Gradio): per-class contributions, methods side by side, layer-by-layer "
-            "token maps, the deletion curve, downloads, and the API endpoint /explain. Binds 127.0.0.1 unless --host "
-            "says otherwise; nothing is sent off the machine."
-        ),
-    )
-    serve.add_argument(
-        "--model", metavar="DIR", help="a sequence classifier or causal LM folder or hub id (default: the demo model)"
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, default=7860, help="the port (default: 7860)")
-    serve.set_defaults(run=run_serve)
-
-
-# ------------------------------------------------------------------------------------------------
-# The command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="captum-decompx",
-        description="Explain transformer classifiers with DecompX: signed per-token contributions to every class logit.",
-        epilog="Without --model, the demo sentiment classifier shipped in the repository (models/minilm-sst2) is used.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def model_option(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)"
-        )
-
-    explain = commands.add_parser(
-        "explain", help="explain one prediction with DecompX", description="Explain one prediction with DecompX."
-    )
-    explain.add_argument("text", metavar="TEXT", help="the sentence to explain")
-    model_option(explain)
-    explain.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
-    explain.add_argument(
-        "--target",
-        metavar="LABEL",
-        help="print only this class (a label name or index; default: every class; the HTML/PNG views show every class)",
-    )
-    explain.add_argument(
-        "--algorithm",
-        choices=("exact", "fast"),
-        default="exact",
-        help="exact: biases decomposed too (default); fast: bias-free, O(N)",
-    )
-    explain.add_argument("--html", metavar="FILE", help="write a standalone HTML view")
-    explain.add_argument("--png", metavar="FILE", help="write the per-class figure as PNG")
-    explain.add_argument(
-        "--color", choices=("auto", "always", "never"), default="auto", help="ANSI colours (auto: on a terminal)"
-    )
-    explain.set_defaults(run=run_explain)
-
-    compare = commands.add_parser(
-        "compare",
-        help="one text explained by several methods, side by side",
-        description="One text explained by several attribution methods, each normalized by its max |score|.",
-    )
-    compare.add_argument("text", metavar="TEXT", help="the sentence to explain")
-    model_option(compare)
-    compare.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
-    compare.add_argument("--target", metavar="LABEL", help="the class to explain (default: the predicted one)")
-    compare.add_argument(
-        "--methods",
-        default=DEFAULT_COMPARE_METHODS,
-        help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_COMPARE_METHODS})",
-    )
-    compare.set_defaults(run=run_compare)
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="the paper's faithfulness protocol (AOPC, accuracy) on a data set",
-        description="Mask the most important tokens by each method and measure AOPC and accuracy (DecompX paper, Table 1).",
-    )
-    evaluate.add_argument(
-        "--data",
-        default="sst2-dev",
-        help="sst2-dev, sst2-train or a TSV file with a header and label<TAB>text rows (default: sst2-dev)",
-    )
-    evaluate.add_argument("--limit", type=int, help="use the first N examples")
-    model_option(evaluate)
-    evaluate.add_argument(
-        "--methods",
-        default=DEFAULT_EVALUATE_METHODS,
-        help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_EVALUATE_METHODS})",
-    )
-    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
-    evaluate.add_argument(
-        "--out", metavar="DIR", help="write per-example metric rows to Parquet parts in DIR: resumable, runs under torchrun"
-    )
-    evaluate.set_defaults(run=run_evaluate)
-    add_attribute_command(commands)
-    add_serve_command(commands)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (0, or 2 for an error the user can fix)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # --help, or a usage error argparse has reported
-        return exit_request.code if isinstance(exit_request.code, int) else USAGE_ERROR
-    try:
-        return args.run(args, sys.stdout)
-    except (CommandError, DemoError) as error:
-        print(f"captum-decompx {args.command}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
-    except BrokenPipeError:  # the output was piped into a command that stopped reading (e.g. head)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except Exception as error:
-        from .decomposition import DecompXMemoryError  # loaded by then: the command has run
-
-        if isinstance(error, DecompXMemoryError):
-            print(f"captum-decompx {args.command}: error: {error} On the command line: --algorithm fast.", file=sys.stderr)
-            return USAGE_ERROR
-        raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,9 +35,9 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .adapters import task_of
-from .datasets import TextTable
-from .llm import LLMDecompX
+from ..adapters import task_of
+from ..llm import LLMDecompX
+from .tables import TextTable
 
 #: Largest |sum of contributions + bias - logit| allowed, relative to max(1, |logit|).
 COMPLETENESS_TOLERANCE = 1e-4
@@ -53,7 +53,7 @@ def load_causal_lm(source: Union[None, str, Path]) -> Optional[tuple[nn.Module, 
     names a causal LM architecture; None for any other source (it is loaded as a classifier)."""
     if source is None:
         return None
-    from .demo import ModelLoadError, resolve_model_source
+    from ..demo import ModelLoadError, resolve_model_source
 
     location, options = resolve_model_source(source)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

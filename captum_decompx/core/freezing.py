@@ -10,7 +10,7 @@ backward pass then gives every token's share ``<dF/de_k, e_k>``.
 Each component kind says how it freezes (its ``freeze`` method, in its own module of
 :mod:`captum_decompx.components`: a norm's statistic, an activation's slope, a gate, the
 attention probabilities); the hooks are installed by the same walk of the network that installs
-the exact path's recording hooks (:class:`~captum_decompx.capture.HookedPass`). This module holds
+the exact path's recording hooks (:class:`~captum_decompx.core.capture.HookedPass`). This module holds
 what the kinds freeze through: the :class:`Freezer` (the pass's hooks, its leaves and the
 helpers several kinds share) and :func:`frozen_forward`, the context manager of one pass.
 
@@ -31,11 +31,11 @@ from typing import Any, Callable, ContextManager, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from .adapters import Adapter
+from ..adapters import Adapter
+from ..components import Settings
+from ..components.activations import frozen_activation
+from ..components.base import Component
 from .capture import HookedPass, freezable_attention, hooked_pass
-from .components import Settings
-from .components.activations import frozen_activation
-from .components.base import Component
 from .recording import Reader, main_input
 
 
@@ -46,7 +46,7 @@ def _zero_with_gradient(leaf: Tensor, vector: Tensor) -> Tensor:
 
 
 def _replace_first(args: tuple, kwargs: dict, name: str, value: Tensor) -> tuple[tuple, dict]:
-    """The call's arguments with its main input (see :func:`~captum_decompx.recording.main_input`) replaced."""
+    """The call's arguments with its main input (see :func:`~captum_decompx.core.recording.main_input`) replaced."""
     if args:
         return (value,) + tuple(args[1:]), kwargs
     if name in kwargs:

@@ -22,9 +22,9 @@ column             type                    content
 
 For every row ``sum(attributions, over tokens) + bias == logits`` (checked before a part is
 written). Under ``torchrun`` every process runs the same function; each takes a disjoint,
-deterministic share of the parts (see :mod:`captum_decompx.distributed`) and the union equals a
+deterministic share of the parts (see :mod:`captum_decompx.runs.distributed`) and the union equals a
 single-process run. A rerun of the same call after a crash computes only the missing parts (see
-:mod:`captum_decompx.parts`).
+:mod:`captum_decompx.runs.parts`).
 
 Example::
 
@@ -43,22 +43,23 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .adapters import position_offset
-from .attribution import DecompX
-from .dataset_jobs import MAX_ROWS_PER_PART as MAX_ROWS_PER_PART
-from .dataset_jobs import MIN_ROWS_PER_PART as MIN_ROWS_PER_PART
-from .dataset_jobs import PARTS_PER_PROCESS as PARTS_PER_PROCESS
-from .dataset_jobs import Columns, JobInputs, PartJob, in_process_group, report_on_one_rank, run_identity, run_parts
-from .dataset_jobs import DatasetAttributionError as DatasetAttributionError
-from .dataset_jobs import default_rows_per_part as default_rows_per_part
-from .dataset_jobs import file_fingerprint as file_fingerprint
-from .dataset_jobs import model_fingerprint as model_fingerprint
-from .dataset_jobs import tokenizer_fingerprint as tokenizer_fingerprint
-from .dataset_llm import attribute_causal_part, causal_output_schema, is_causal_lm, load_causal_lm
-from .datasets import TextTable
-from .distributed import ProcessGroup, unwrap_parallel
-from .llm import LLMDecompX
+from ..adapters import position_offset
+from ..adapters.wrappers import unwrap_parallel
+from ..attribution import DecompX
+from ..llm import LLMDecompX
+from .distributed import ProcessGroup
+from .generation import attribute_causal_part, causal_output_schema, is_causal_lm, load_causal_lm
+from .jobs import MAX_ROWS_PER_PART as MAX_ROWS_PER_PART
+from .jobs import MIN_ROWS_PER_PART as MIN_ROWS_PER_PART
+from .jobs import PARTS_PER_PROCESS as PARTS_PER_PROCESS
+from .jobs import Columns, JobInputs, PartJob, in_process_group, report_on_one_rank, run_identity, run_parts
+from .jobs import DatasetAttributionError as DatasetAttributionError
+from .jobs import default_rows_per_part as default_rows_per_part
+from .jobs import file_fingerprint as file_fingerprint
+from .jobs import model_fingerprint as model_fingerprint
+from .jobs import tokenizer_fingerprint as tokenizer_fingerprint
 from .parts import PartFolder
+from .tables import TextTable
 
 ALGORITHMS = ("exact", "fast")
 DEFAULT_BATCH_SIZE = 16
@@ -303,7 +304,7 @@ def attribute_dataset(
 
     Args:
         data: a ``.tsv``, ``.csv``, ``.jsonl`` or ``.parquet`` file (see
-            :func:`captum_decompx.datasets.read_text_table` for the columns).
+            :func:`captum_decompx.runs.tables.read_text_table` for the columns).
         out_dir: the output folder (created when missing; refused when it holds another run's parts).
         model: a classifier folder or hub id, None for the demo model, or a loaded
             ``*ForSequenceClassification`` (also wrapped in ``DistributedDataParallel`` or
@@ -326,7 +327,7 @@ def attribute_dataset(
             loaded model) exactly one: the column of each prompt's target text, or the number of
             tokens to generate greedily and explain. Each row is then explained by
             :class:`~captum_decompx.LLMDecompX` in one pass; the parts' columns are those of
-            :mod:`captum_decompx.dataset_llm`.
+            :mod:`captum_decompx.runs.generation`.
 
     Returns:
         A :class:`DatasetAttributionResult`; ``.read_table()`` gives the whole table.
@@ -375,7 +376,7 @@ def _causal_lm(model: Union[None, str, Path, nn.Module], tokenizer: Any) -> Opti
     whose config names a causal LM architecture), else None."""
     if isinstance(model, nn.Module):
         return (model, tokenizer) if is_causal_lm(unwrap_parallel(model)) else None
-    from .demo import DemoError
+    from ..demo import DemoError
 
     try:
         loaded = load_causal_lm(model)

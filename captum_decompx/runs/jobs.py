@@ -1,8 +1,8 @@
 """The resumable job over Parquet parts that ``captum-decompx attribute`` and ``evaluate --out`` share.
 
 A job reads a data file, computes one Parquet part per range of input rows and writes it to an
-output folder (:mod:`captum_decompx.parts`), as one process or as every process of a ``torchrun``
-job (:mod:`captum_decompx.distributed`). :func:`run_parts` is the one runner; a job gives it a
+output folder (:mod:`captum_decompx.runs.parts`), as one process or as every process of a ``torchrun``
+job (:mod:`captum_decompx.runs.distributed`). :func:`run_parts` is the one runner; a job gives it a
 :class:`PartJob`: its output folder, how costly a range of rows is, and how to compute one part.
 
 The runner, on every rank:
@@ -30,9 +30,10 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import torch
 from torch import nn
 
-from .datasets import TextTable, read_text_table
-from .distributed import JobProgress, ProcessGroup, balance, join_process_group, unwrap_parallel
+from ..adapters.wrappers import unwrap_parallel
+from .distributed import JobProgress, ProcessGroup, balance, join_process_group
 from .parts import OutputFolderError, PartFolder, PartLayout
+from .tables import TextTable, read_text_table
 
 T = TypeVar("T")
 
@@ -96,7 +97,7 @@ def in_process_group(
 
 @dataclass(frozen=True)
 class Columns:
-    """The columns of a data file to read (None: the default, see :func:`~captum_decompx.datasets.read_text_table`)."""
+    """The columns of a data file to read (None: the default, see :func:`~captum_decompx.runs.tables.read_text_table`)."""
 
     text: Optional[str] = None
     text_pair: Optional[str] = None
@@ -218,8 +219,8 @@ def load_classifier(model: Union[None, str, Path, nn.Module], tokenizer: Any, de
         return unwrapped, tokenizer, type(unwrapped).__name__
     from transformers.utils import logging as hf_logging
 
-    from .demo import DemoError
-    from .demo import load_classifier as load_demo_classifier
+    from ..demo import DemoError
+    from ..demo import load_classifier as load_demo_classifier
 
     hf_logging.set_verbosity_error()
     try:

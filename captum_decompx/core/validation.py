@@ -2,7 +2,7 @@
 
 Every function here either returns a normalized value, returns nothing, or raises
 ``ValueError``/``TypeError``. What the forward function does with the logits (a softmax, say) is
-read by :mod:`captum_decompx.forward_contract`, not guessed from the returned values. None of
+read by :mod:`captum_decompx.core.forward_contract`, not guessed from the returned values. None of
 them changes the model.
 
 Decisions recorded here:

@@ -29,7 +29,6 @@ from typing import Any, Optional, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 #: How long a collective may wait for the slowest rank.
 COLLECTIVE_TIMEOUT = timedelta(hours=24)
@@ -227,61 +226,10 @@ class JobProgress:
             self._bar.close()
 
 
-# --------------------------------------------------------------------------------------------
-# Models wrapped in DistributedDataParallel or nn.DataParallel
-
-
-def _is_parallel_wrapper(module: Any) -> bool:
-    from torch.nn.parallel import DistributedDataParallel
-
-    return isinstance(module, (DistributedDataParallel, nn.DataParallel))
-
-
-def unwrap_parallel(model: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` or ``nn.DataParallel`` (other modules unchanged).
-
-    DecompX records the forward pass of the calling thread, and ``DataParallel`` over several GPUs
-    runs its replicas in other threads; ``DistributedDataParallel`` synchronizes buffers in every
-    forward pass, a collective that ranks with different numbers of batches would never complete.
-    The wrapped module computes the same logits in the calling thread without either.
-    """
-    while _is_parallel_wrapper(model):
-        inner = model.module
-        assert isinstance(inner, nn.Module)
-        model = inner
-    return model
-
-
-def unwrap_for_decompx(forward_func: Any, model: Optional[nn.Module]) -> tuple[Any, Optional[nn.Module]]:
-    """The forward function and model DecompX uses when given parallel wrappers.
-
-    - A wrapper passed as the forward function (``DecompX(DistributedDataParallel(model))``) is
-      replaced by its module: the same logits, computed in the calling thread.
-    - A wrapper passed as ``model=`` is hooked through its module.
-    - A forward function of its own that calls a ``DataParallel`` over several devices is refused:
-      its replicas run in other threads, which DecompX does not record.
-
-    Raises:
-        ValueError: the last case; the message says to pass ``model.module``.
-    """
-    if _is_parallel_wrapper(forward_func):
-        inner = unwrap_parallel(forward_func)
-        return inner, inner if model is None or model is forward_func else unwrap_parallel(model)
-    if model is not None and isinstance(model, nn.DataParallel) and len(model.device_ids) > 1:
-        raise ValueError(
-            f"model is an nn.DataParallel over {len(model.device_ids)} devices: it runs the forward pass in other "
-            "threads, which DecompX does not record. Explain the wrapped module in one thread: "
-            "DecompX(forward_func_calling_model_module, model=model.module), or DecompX(model) with the wrapper itself."
-        )
-    return forward_func, None if model is None else unwrap_parallel(model)
-
-
 __all__ = [
     "COLLECTIVE_TIMEOUT",
     "JobProgress",
     "ProcessGroup",
     "balance",
     "join_process_group",
-    "unwrap_for_decompx",
-    "unwrap_parallel",
 ]

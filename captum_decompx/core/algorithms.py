@@ -1,9 +1,9 @@
 """The two algorithms that compute a DecompX decomposition, one strategy object each.
 
-:class:`Exact` captures the forward pass (:func:`~captum_decompx.capture.capture_internals`) and
+:class:`Exact` captures the forward pass (:func:`~captum_decompx.core.capture.capture_internals`) and
 propagates one piece per input token through every component (O(N^2) memory, every option).
 :class:`Fast` runs the real model once with its nonlinear coefficients frozen
-(:func:`~captum_decompx.freezing.frozen_forward`) and differentiates it once (O(N), the bias-free
+(:func:`~captum_decompx.core.freezing.frozen_forward`) and differentiates it once (O(N), the bias-free
 decomposition only). :func:`choose_algorithm` turns the ``algorithm=`` option (``"auto"``,
 ``"exact"``, ``"fast"``) into one of them, once, when :class:`~captum_decompx.DecompX` is built;
 every call then asks that object for its three steps: run the forward pass (:meth:`Algorithm.forward`),
@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import torch
 from torch import Tensor
 
-from . import decomposition, freezing, validation
-from .adapters import task_of
+from ..adapters import task_of
+from . import decomposition, freezing, rows, validation
 from .capture import Captured, warn_if_logits_are_capped
 from .forward_contract import ExplainedOutput, decomposed_model_output, model_output_tensor, tap_model_output
 from .hooked_attribution import ForwardCapture
 
 if TYPE_CHECKING:
-    from .attribution import DecompX
+    from ..attribution import DecompX
 
 #: The values of the ``algorithm=`` option.
 ALGORITHM_NAMES = ("auto", "exact", "fast")
@@ -203,7 +203,7 @@ class Exact(Algorithm):
 
     def rows(self, explainer: "DecompX", input_ids: Tensor, positions: Tensor, classes: Tensor) -> Optional[RowScores]:
         options, dtype, model, adapter = explainer.options, explainer._compute_dtype(), explainer.model, explainer.adapter
-        decomposition.plan_rows(
+        rows.plan_rows(
             model,
             adapter,
             options,
@@ -214,7 +214,7 @@ class Exact(Algorithm):
             max_memory=explainer.max_memory,
         )  # a DecompXMemoryError before any work when it cannot fit
         run = self.forward(explainer, input_ids, None)
-        rows = decomposition.decompose_rows(
+        decomposed = rows.decompose_rows(
             run.captured,
             model,
             adapter,
@@ -224,8 +224,8 @@ class Exact(Algorithm):
             dtype=dtype,
             max_memory=explainer.max_memory,
         )
-        assert rows.bias is not None
-        return RowScores(rows.contributions[0], rows.bias[0], run.model_output)
+        assert decomposed.bias is not None
+        return RowScores(decomposed.contributions[0], decomposed.bias[0], run.model_output)
 
     def decomposition(
         self,
@@ -236,7 +236,7 @@ class Exact(Algorithm):
         show_progress: bool = False,
         positions: Optional[Tensor] = None,
     ) -> decomposition.Decomposition:
-        """:func:`~captum_decompx.decomposition.decompose` on the explainer's model, adapter and options."""
+        """:func:`~captum_decompx.core.decomposition.decompose` on the explainer's model, adapter and options."""
         bar = None
         if show_progress:
             from tqdm.auto import tqdm
@@ -288,7 +288,7 @@ class Fast(Algorithm):
 
     def forward(self, explainer: "DecompX", input_ids: Tensor, additional_forward_args: Any) -> FrozenRun:
         """Run the forward function once with the model's nonlinear coefficients frozen for
-        autograd (:func:`~captum_decompx.freezing.frozen_forward`) and its output tapped."""
+        autograd (:func:`~captum_decompx.core.freezing.frozen_forward`) and its output tapped."""
         model, adapter = explainer.model, explainer.adapter
         if not explainer.include_head and adapter.pooling == "each":
             raise NotImplementedError(_no_fast_per_position(adapter.name, "with include_head=False"))
@@ -374,14 +374,14 @@ class Fast(Algorithm):
             return None
         dtype = explainer._compute_dtype()
         weight = decomposition.resolve_parts(explainer.model, explainer.adapter, dtype).head[0].params.weight
-        scores = decomposition.fast_rows(run.frozen, head_input, positions, weight[classes], dtype)[:, 0]
+        scores = rows.fast_rows(run.frozen, head_input, positions, weight[classes], dtype)[:, 0]
         return RowScores(scores, None, run.model_output)
 
     @staticmethod
     def _backward(
         explainer: "DecompX", run: FrozenRun, *, include_head: bool = True, weights: Optional[Tensor] = None
     ) -> decomposition.FastResult:
-        """The backward pass over one frozen run (see :func:`~captum_decompx.decomposition.fast`)."""
+        """The backward pass over one frozen run (see :func:`~captum_decompx.core.decomposition.fast`)."""
         return decomposition.fast(
             run.frozen, run.logits, run.pooling, include_head=include_head, dtype=explainer._compute_dtype(), weights=weights
         )

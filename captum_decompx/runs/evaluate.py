@@ -4,7 +4,7 @@ processes (``torchrun``), resumable; rank 0 aggregates the rows into the usual t
 :func:`evaluate_dataset` is the function behind ``captum-decompx evaluate --out DIR``. It uses the
 evaluation module's per-example API (:func:`~captum_decompx.evaluation.encode_examples`,
 :func:`~captum_decompx.evaluation.example_rows`, :func:`~captum_decompx.evaluation.aggregate_rows`)
-and the same output-folder machinery as ``captum-decompx attribute`` (:mod:`captum_decompx.parts`):
+and the same output-folder machinery as ``captum-decompx attribute`` (:mod:`captum_decompx.runs.parts`):
 part ``i`` holds the rows of every method for the examples ``[i * R, (i + 1) * R)``, written
 atomically, checked on resume, described by a manifest; the missing parts are dealt out to the
 ranks by the length of their texts. Methods that cost many forward passes (Integrated Gradients at
@@ -24,7 +24,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .dataset_jobs import (
+from .distributed import ProcessGroup
+from .jobs import (
     Columns,
     DatasetAttributionError,
     JobInputs,
@@ -34,9 +35,8 @@ from .dataset_jobs import (
     run_identity,
     run_parts,
 )
-from .datasets import TextTable
-from .distributed import ProcessGroup
 from .parts import PartFolder
+from .tables import TextTable
 
 DEFAULT_METHODS = ("decompx", "gxi", "random")
 
@@ -64,7 +64,7 @@ def evaluate_dataset(
 
     Args:
         data: a ``.tsv``, ``.csv``, ``.jsonl`` or ``.parquet`` file with texts and integer labels.
-        out_dir: the output folder (see :func:`captum_decompx.dataset_attribution.attribute_dataset`).
+        out_dir: the output folder (see :func:`captum_decompx.runs.attribute.attribute_dataset`).
         model: a classifier folder or hub id, None for the demo model, or a loaded classifier (with
             ``tokenizer``).
         tokenizer: the tokenizer (required with a loaded model).
@@ -112,7 +112,7 @@ class _Options:
 
 def _labelled_and_methods(options: _Options, data: Path) -> Callable[[TextTable, nn.Module, Any], dict[str, Any]]:
     """The evaluate job's own check and set-up after loading: labels are required; the methods are built."""
-    from . import evaluation
+    from .. import evaluation
 
     def prepare(table: TextTable, model: nn.Module, tokenizer: Any) -> dict[str, Any]:
         if table.labels is None:
@@ -136,7 +136,7 @@ def _evaluation_part(
     """The function that evaluates one part: every method's metric rows of examples ``[start, end)``."""
     import pyarrow as pa
 
-    from . import evaluation
+    from .. import evaluation
 
     assert table.labels is not None
     labels = table.labels
@@ -167,7 +167,7 @@ def _evaluation_part(
 
 
 def _evaluate_dataset(group: ProcessGroup, say: Callable[[str], None], inputs: JobInputs, options: _Options) -> Any:
-    from . import evaluation
+    from .. import evaluation
 
     table, model, tokenizer, source, specs = inputs.load(group, _labelled_and_methods(options, inputs.data))
     n_examples = len(table) if options.limit is None else min(options.limit, len(table))
@@ -212,7 +212,7 @@ def run_evaluate_command(args: Any, out: Any) -> int:
     """``captum-decompx evaluate --out DIR``: the distributed, resumable study; rank 0 prints the table."""
     from transformers.utils import logging as hf_logging
 
-    from .demo import dataset_path
+    from ..demo import dataset_path
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -3,7 +3,7 @@
 A :class:`Recorder` installs forward hooks that append a detached tensor to a list per
 ``(module, role)``; a :class:`Reader` hands the recorded calls back in call order, so that a module
 that runs several times in one pass (ALBERT's shared layers) gives one value per run. The hooks are
-removed by :func:`captum_decompx.capture.capture_internals`, the one context manager that owns them.
+removed by :func:`captum_decompx.core.capture.capture_internals`, the one context manager that owns them.
 """
 
 from __future__ import annotations

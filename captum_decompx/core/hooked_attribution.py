@@ -8,7 +8,7 @@ have in common and nothing of their math:
   itself when it is the model), and the architecture adapter;
 - the arguments: Captum's ``inputs`` (a tensor or a 1-tuple), ``additional_forward_args``;
 - the checks that run before any work (inputs, model mode, attention mask; see
-  :mod:`captum_decompx.validation`);
+  :mod:`captum_decompx.core.validation`);
 - the grad and precision modes: a call works under ``torch.no_grad()`` and
   ``torch.inference_mode()``, and the decomposition never runs under ``torch.autocast`` (the
   forward pass that is explained does);
@@ -28,11 +28,11 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
+from ..adapters import Adapter, adapter_for, task_of
+from ..adapters.wrappers import unwrap_for_decompx
 from . import validation
-from .adapters import Adapter, adapter_for, task_of
 from .capture import Captured, capture_internals
 from .decomposition import padding_mask, pool_weights
-from .distributed import unwrap_for_decompx
 from .forward_contract import ModelOutputTap, decomposed_model_output, model_output_tensor, tap_model_output
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -221,7 +221,7 @@ class HookedModelAttribution(Attribution):
             input_ids: checked inputs (see :meth:`_input_ids`).
             tap: also replace the model's output by a leaf that requires grad, so that what the
                 forward function does after the model can be read (see
-                :mod:`captum_decompx.forward_contract`).
+                :mod:`captum_decompx.core.forward_contract`).
         """
         validation.check_model(self.model)
         args = self._extra_args(additional_forward_args)
