@@ -10,7 +10,7 @@ consecutive stream outputs merged.
     python scripts/execute_tutorials.py                  # every tutorial
     python scripts/execute_tutorials.py 02_per_class_and_visualization.ipynb
 
-``tests/test_tutorials.py`` checks that the stored notebooks are executed and clean, and executes
+``tests/docs/test_tutorials.py`` checks that the stored notebooks are executed and clean, and executes
 them again.
 """
 

@@ -1,10 +1,11 @@
-"""Shared fixtures. Builders and constants shared by several test files live in ``tests/support/``
-(imported as ``from support.<module> import ...``); fixtures live here.
+"""Fixtures shared by the test folders. Builders and constants shared by several test files live in
+``tests/support/`` (imported as ``from support.<module> import ...``); no test file imports another.
 
 Why a support package besides this file: ``conftest.py`` is pytest's plugin file, not a module to
-import; once the tests live in subfolders with a ``conftest.py`` each, ``from conftest import ...``
-would name whichever of them was imported first. Plain functions that tests call with arguments (a
-seed, an architecture, a list of lengths) are not fixtures, so they live in ordinary modules.
+import (with a ``conftest.py`` in several folders, ``from conftest import ...`` would name whichever
+was imported first). Plain functions that tests call with arguments (a seed, an architecture, a list
+of lengths) are not fixtures, so they live in ordinary modules. pytest puts this folder on
+``sys.path`` when it loads this file, so ``support`` and ``literal_spec`` import from every subfolder.
 """
 
 from __future__ import annotations
@@ -18,28 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The models are tiny: one thread avoids thread start-up and contention costs that dominate them.
 torch.set_num_threads(1)
 
-# The builders are also importable from here for test files written before tests/support existed.
-from support.classifiers import (  # noqa: E402, F401
-    ARCHITECTURE_NAMES,
-    ARCHITECTURES,
-    BATCH_LENGTHS,
-    FIRST_REAL_TOKEN,
-    HEADS,
-    HIDDEN_SIZE,
-    INTERMEDIATE_SIZE,
-    LAYERS,
-    NUM_LABELS,
-    SPECIAL_TOKENS,
-    VOCAB_SIZE,
-    PaddedBatch,
-    assert_close_to_scale,
-    cached_model,
-    make_model,
-    make_padded_batch,
-    make_word_tokenizer,
-    padding_id,
-    reinit_parameters,
-)
+from support.classifiers import PaddedBatch, make_padded_batch  # noqa: E402
 from support.word_level import LLM_WORDS, word_level_tokenizer  # noqa: E402
 
 

@@ -79,6 +79,22 @@ ENCODERS = {
 }
 
 
+#: Causal language models of the decoder families (an LM head over the whole vocabulary).
+CAUSAL_LMS = {
+    "gpt2-lm": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                        bos_token_id=1, eos_token_id=1)),
+    "llama-lm": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
+    "qwen2-lm": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**COMMON, num_key_value_heads=2)),
+    "qwen3-lm": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**DECODER)),
+    "gemma-lm": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**DECODER)),
+    # without the final-logit soft-cap (test_gemma_logit_softcap_is_warned_and_not_decomposed has it)
+    "gemma2-lm": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(
+        **DECODER, sliding_window=4, final_logit_softcapping=None, attn_implementation="eager")),
+    "gemma3_text-lm": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**DECODER, sliding_window=4)),
+    "phi3-lm": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**PHI3)),
+}
+
+
 def forward_of(model: nn.Module):
     """A keyword forward function: decoders take past_key_values as their second argument."""
     return lambda input_ids, attention_mask: model(input_ids=input_ids, attention_mask=attention_mask).logits

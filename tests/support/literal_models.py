@@ -1,5 +1,6 @@
-"""Tiny BERT, GPT-2 and Llama models for the literal-spec tests, and readers of their weights into
-:mod:`literal_spec`'s plain structures (by module name, so the engine is never involved)."""
+"""Tiny BERT, GPT-2 and Llama models for the literal-spec tests, readers of their weights into
+:mod:`literal_spec`'s plain structures (by module name, so the engine is never involved), and the
+literal decomposition of a padded BERT batch."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ HIDDEN, HEADS, KV_HEADS = 16, 4, 2  # the Llama models of the decoder spec tests
 
 
 VOCAB = 50
+LLAMA_LENGTHS = (7, 4)  # the real lengths of the Llama decoder spec tests' padded batch
 
 
 def bert(seed: int) -> torch.nn.Module:
@@ -62,6 +64,22 @@ def bert_embeddings(model, ids: torch.Tensor) -> torch.Tensor:
     return spec.norm_of(embeddings.LayerNorm)(summed.detach().to(spec.DTYPE))
 
 
+def literal_bert(model, ids, mask, **options) -> list[tuple[spec.Trace, spec.Decomposition]]:
+    """Per example of the padded batch, alone and without its padding: the literal forward pass
+    (checked against the model's logits) and its literal decomposition."""
+    weights = bert_weights(model)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    results = []
+    for b in range(ids.shape[0]):
+        real = ids[b][mask[b].bool()]
+        embeddings = bert_embeddings(model, real)
+        trace = spec.real_forward(weights, embeddings, pooled_row=0)
+        spec.assert_matches(trace.logits, logits[b], float(logits.abs().max()), "literal forward vs model logits", 1e-9)
+        results.append((trace, spec.decompose(weights, embeddings, trace, 0, **options)))
+    return results
+
+
 def gpt2(seed: int) -> torch.nn.Module:
     config = tf.GPT2Config(
         vocab_size=VOCAB,
@@ -110,6 +128,29 @@ def gpt2_weights(model) -> spec.ModelWeights:
         final_norm=spec.norm_of(model.transformer.ln_f),
         causal=True,
     )
+
+
+def llama(seed: int, biases: bool) -> torch.nn.Module:
+    """A Llama sequence classifier with grouped-query attention, every parameter redrawn from ``seed``;
+    ``biases`` adds attention and MLP biases."""
+    config = tf.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        num_labels=3,
+        pad_token_id=0,
+        attention_bias=biases,
+        mlp_bias=biases,
+        # eager attention: the literal forward reproduces its arithmetic (a float32 softmax); the fast
+        # path explains the attention the model runs, and sdpa rounds differently (about 1e-7)
+        attn_implementation="eager",
+    )
+    assert config.num_key_value_heads < config.num_attention_heads
+    return spec.randomize(tf.LlamaForSequenceClassification(config), seed)
 
 
 def rotary_theta(config) -> float:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import nbclient  # the dev extra: pip install -e ".[dev]"
 import nbformat
 
 from captum_decompx.demo import DEMO_MODEL_ENV
+from support.paths import REPOSITORY
 
-TUTORIALS = Path(__file__).resolve().parents[2] / "tutorials"  # tests/support/ -> the repository root
+TUTORIALS = REPOSITORY / "tutorials"
 
 
 # A guard against a hung kernel, not a speed requirement.

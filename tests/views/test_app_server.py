@@ -20,10 +20,10 @@ import torch
 gr = pytest.importorskip("gradio", reason="the explorer needs the [app] extra: pip install -e '.[app]'")
 client_module = pytest.importorskip("gradio_client", reason="the explorer's API tests need gradio_client (with the [app] extra)")
 
-from conftest import make_word_tokenizer  # noqa: E402
-from test_app_explorer import SENTENCE, WORDS, make_llm_tokenizer  # noqa: E402
-from test_llm import tiny_gpt2  # noqa: E402
-from test_spec_bias_modes import bert as literal_ready_bert  # noqa: E402
+from support.classifiers import make_word_tokenizer  # noqa: E402
+from support.explorer import SENTENCE, WORDS  # noqa: E402
+from support.literal_models import bert as literal_ready_bert  # noqa: E402
+from support.word_level import tiny_gpt2  # noqa: E402
 
 from captum_decompx import DecompX  # noqa: E402
 from captum_decompx.app import build_app, launch_options  # noqa: E402
@@ -52,11 +52,6 @@ def model():
 @pytest.fixture(scope="module")
 def tokenizer():
     return make_word_tokenizer(WORDS)
-
-
-@pytest.fixture(scope="module")
-def llm_tokenizer():
-    return make_llm_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from support.classifiers import make_model, make_word_tokenizer
+from support.paths import REPOSITORY
 from torch import nn
 
 from captum_decompx import DecompX
@@ -32,7 +33,6 @@ from captum_decompx.runs.attribute import DatasetAttributionError, attribute_dat
 from captum_decompx.runs.tables import DataFileError, read_text_table
 from captum_decompx.runs.distributed import balance
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 WORDS = "good bad film movie plot dull great boring fun story actor acting music scene long short not very really quite".split()
 N_ROWS = 40
 ROWS_PER_PART = 6  # 7 parts, the last one short

@@ -15,34 +15,9 @@ from __future__ import annotations
 import literal_spec as spec
 import pytest
 import torch
-import transformers as tf
-from support.literal_models import HEADS, HIDDEN, KV_HEADS, llama_weights
+from support.literal_models import LLAMA_LENGTHS, VOCAB, llama, llama_weights
 
 from captum_decompx import DecompX
-
-VOCAB = 50
-LENGTHS = (7, 4)
-
-
-def llama(seed: int, biases: bool) -> torch.nn.Module:
-    config = tf.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        intermediate_size=24,
-        max_position_embeddings=32,
-        num_labels=3,
-        pad_token_id=0,
-        attention_bias=biases,
-        mlp_bias=biases,
-        # eager attention: the literal forward reproduces its arithmetic (a float32 softmax); the fast
-        # path explains the attention the model runs, and sdpa rounds differently (about 1e-7)
-        attn_implementation="eager",
-    )
-    assert config.num_key_value_heads < config.num_attention_heads
-    return spec.randomize(tf.LlamaForSequenceClassification(config), seed)
 
 
 @pytest.mark.parametrize("biases", [False, True], ids=["llama-no-biases", "llama-attention-and-mlp-biases"])
@@ -53,13 +28,13 @@ def llama(seed: int, biases: bool) -> torch.nn.Module:
 )
 def test_llama_gqa_rmsnorm_gated_ffn_matches_the_literal_spec(biases, include_biases, method):
     model = llama(seed=6, biases=biases)
-    ids, mask = spec.padded_tokens(LENGTHS, VOCAB, seed=6)
+    ids, mask = spec.padded_tokens(LLAMA_LENGTHS, VOCAB, seed=6)
     out = DecompX(
         lambda i, m: model(input_ids=i, attention_mask=m).logits, model=model, include_biases=include_biases, algorithm=method
     ).decompose(ids, (mask,))
     weights = llama_weights(model)
     scale = float(out.logits.abs().max())
-    for b, n in enumerate(LENGTHS):
+    for b, n in enumerate(LLAMA_LENGTHS):
         embeddings = model.model.embed_tokens.weight[ids[b, :n]].detach()
         trace = spec.real_forward(weights, embeddings, pooled_row=n - 1)  # the last real token
         spec.assert_matches(trace.logits, out.logits[b], scale, "literal forward vs model logits", 1e-9)

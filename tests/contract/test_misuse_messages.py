@@ -16,7 +16,7 @@ import warnings
 import pytest
 import torch
 import transformers
-from conftest import make_model, reinit_parameters
+from support.classifiers import make_model, reinit_parameters
 from transformers import (
     BertConfig,
     BertForSequenceClassification,

@@ -9,9 +9,9 @@ import os
 import sys
 
 import pytest
+from support.paths import BENCHMARKS
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEED_PATH = os.path.join(REPO_ROOT, "benchmarks", "speed.py")
+SPEED_PATH = str(BENCHMARKS / "speed.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

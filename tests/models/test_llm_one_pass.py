@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
-from conftest import reinit_parameters
-from test_llm import WORDS
+from support.classifiers import reinit_parameters
+from support.paths import BENCHMARKS
+from support.word_level import LLM_WORDS as WORDS
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 
@@ -236,10 +237,9 @@ def test_a_soft_capped_or_nonlinear_head_is_explained_step_by_step(tokenizer, mo
 
 
 def _benchmark():
-    import os
     import sys
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    sys.path.insert(0, str(BENCHMARKS))
     import llm_one_pass
 
     return llm_one_pass

@@ -22,10 +22,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_spec_bias_modes import bert_embeddings, bert_weights
-from test_spec_decoders import LENGTHS as LLAMA_LENGTHS
-from test_spec_decoders import VOCAB as LLAMA_VOCAB
-from test_spec_decoders import llama, llama_weights
+from support.literal_models import LLAMA_LENGTHS, bert_embeddings, bert_weights, llama, llama_weights
+from support.literal_models import VOCAB as LLAMA_VOCAB
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import BertConfig, BertForSequenceClassification
 from transformers.activations import ACT2FN

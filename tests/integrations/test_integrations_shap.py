@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from support.classifiers import cached_model, make_word_tokenizer  # noqa: E402
+from support.paths import BENCHMARKS  # noqa: E402
 
 from captum_decompx import DecompX  # noqa: E402
 from captum_decompx.integrations.shap import (  # noqa: E402
@@ -176,9 +177,8 @@ def test_partition_attribution_places_shap_values_on_the_tokens(model, tokenizer
 def test_benchmark_script_runs_end_to_end(tmp_path):
     """``benchmarks/shap_vs_decompx.py`` on 2 sentences of the demo model, SHAP with 20 evaluations."""
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "shap_vs_decompx.py"
+    path = BENCHMARKS / "shap_vs_decompx.py"
     spec = importlib.util.spec_from_file_location("benchmark_shap_vs_decompx", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -15,8 +15,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from conftest import make_word_tokenizer  # noqa: E402
-from test_cli import NEGATIVE, POSITIVE, assert_usage_error, run  # noqa: E402
+from support.classifiers import make_word_tokenizer  # noqa: E402
+from support.cli_output import NEGATIVE, POSITIVE, assert_usage_error, run  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertForMaskedLM,

@@ -12,27 +12,13 @@ import types
 import pytest
 import torch
 import transformers as tf
-from support.architectures import COMMON, DECODER, ENCODERS, PHI3, VOCAB, forward_of, padded_batch
+from support.architectures import CAUSAL_LMS, DECODER, ENCODERS, PHI3, forward_of, padded_batch
 from torch import nn
 
 from captum_decompx import Adapter, DecompX, LayerPaths, Linear, register_adapter, supported_model_types
 from captum_decompx.core import decomposition
 from captum_decompx.adapters import unregister_adapter
 from captum_decompx.testing import randomize_parameters
-
-CAUSAL_LMS = {
-    "gpt2-lm": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                                        bos_token_id=1, eos_token_id=1)),
-    "llama-lm": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
-    "qwen2-lm": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**COMMON, num_key_value_heads=2)),
-    "qwen3-lm": lambda: tf.Qwen3ForCausalLM(tf.Qwen3Config(**DECODER)),
-    "gemma-lm": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**DECODER)),
-    # without the final-logit soft-cap (test_gemma_logit_softcap_is_warned_and_not_decomposed has it)
-    "gemma2-lm": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(
-        **DECODER, sliding_window=4, final_logit_softcapping=None, attn_implementation="eager")),
-    "gemma3_text-lm": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**DECODER, sliding_window=4)),
-    "phi3-lm": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**PHI3)),
-}
 
 
 def vit() -> nn.Module:

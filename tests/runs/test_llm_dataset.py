@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers as tf
-from conftest import reinit_parameters
+from support.classifiers import reinit_parameters
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from captum_decompx import LLMDecompX

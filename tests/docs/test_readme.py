@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.paths import REPOSITORY
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 README = REPOSITORY / "README.md"
 DOCS = REPOSITORY / "docs"
 

@@ -4,13 +4,12 @@ report, whose ratio columns are the ratios of its time and memory columns. No ti
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
+from support.paths import BENCHMARKS
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+sys.path.insert(0, str(BENCHMARKS))
 
 import fast_floor  # noqa: E402
 

@@ -12,27 +12,11 @@ from __future__ import annotations
 import literal_spec as spec
 import pytest
 import torch
-from support.literal_models import VOCAB, bert, bert_embeddings, bert_weights
+from support.literal_models import VOCAB, bert, literal_bert
 
 from captum_decompx import DecompX
 
 LENGTHS = (7, 5, 3)
-
-
-def literal_bert(model, ids, mask, **options) -> list[tuple[spec.Trace, spec.Decomposition]]:
-    """Per example of the padded batch, alone and without its padding: the literal forward pass
-    (checked against the model's logits) and its literal decomposition."""
-    weights = bert_weights(model)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    results = []
-    for b in range(ids.shape[0]):
-        real = ids[b][mask[b].bool()]
-        embeddings = bert_embeddings(model, real)
-        trace = spec.real_forward(weights, embeddings, pooled_row=0)
-        spec.assert_matches(trace.logits, logits[b], float(logits.abs().max()), "literal forward vs model logits", 1e-9)
-        results.append((trace, spec.decompose(weights, embeddings, trace, 0, **options)))
-    return results
 
 
 def assert_decompx_matches_literal(out, literal, lengths, *, biases_left_out: bool, complete: bool = True) -> None:

@@ -13,37 +13,14 @@ import json
 import literal_spec as spec
 import pytest
 import torch
-import transformers as tf
-from conftest import make_word_tokenizer
-from test_llm import WORDS as LLM_WORDS
-from test_llm import tiny_gpt2
-from test_spec_bias_modes import bert as literal_ready_bert
-from test_spec_bias_modes import literal_bert
+from support.classifiers import make_word_tokenizer
+from support.explorer import SENTENCE, WORDS
+from support.literal_models import bert as literal_ready_bert
+from support.literal_models import literal_bert
+from support.word_level import tiny_gpt2
 
 from captum_decompx.app import CausalLMExplorer, ClassifierExplorer, ExplorerInputError
 
-WORDS = [
-    "a",
-    "good",
-    "bad",
-    "film",
-    "not",
-    "very",
-    "dull",
-    "fine",
-    "<",
-    ">",
-    "img",
-    "src",
-    "=",
-    "x",
-    "onerror",
-    "alert",
-    "(",
-    "1",
-    ")",
-]
-SENTENCE = "a very good film not dull"
 MARKUP = "<img src=x onerror=alert(1)>"
 
 
@@ -226,20 +203,6 @@ def test_downloads_hold_the_view_the_figure_and_the_values(explorer, tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # Causal LM
-
-
-def make_llm_tokenizer():
-    """A word-level tokenizer of the tiny causal LMs' vocabulary (``test_llm.WORDS``)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(LLM_WORDS)}, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tf.PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", unk_token="<unk>")
-
-
-@pytest.fixture(scope="module")
-def llm_tokenizer():
-    return make_llm_tokenizer()
 
 
 def test_causal_lm_matrix_rows_decompose_each_generated_tokens_logit(llm_tokenizer):

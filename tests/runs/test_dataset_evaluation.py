@@ -8,17 +8,16 @@ import random
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from support.classifiers import make_model, make_word_tokenizer
+from support.paths import REPOSITORY
 
 from captum_decompx.runs.attribute import DatasetAttributionError
 from captum_decompx.runs.evaluate import evaluate_dataset
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 WORDS = "good bad film movie plot dull great boring fun story actor acting music scene long short not very really quite".split()
 N_EXAMPLES = 14
 METHODS = ["decompx", "gxi"]

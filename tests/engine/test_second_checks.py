@@ -15,7 +15,7 @@ import torch
 import transformers as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_architectures import CAUSAL_LMS, COMMON, VOCAB, padded_batch
+from support.architectures import CAUSAL_LMS, COMMON, VOCAB, padded_batch
 from torch import nn
 
 from captum_decompx import DecompX
@@ -188,7 +188,7 @@ def test_lora_scaling_of_other_ranks_equals_the_merged_model(rank, alpha, rslora
 def test_a_part_sorted_by_length_keeps_every_row_under_its_id():
     """Rows in strictly decreasing length, so sorting by length reverses them: each output row's
     tokens are its own text's, its logits the model's on that text alone."""
-    from conftest import make_model, make_word_tokenizer
+    from support.classifiers import make_model, make_word_tokenizer
 
     from captum_decompx.runs.attribute import attribute_part, output_schema
     from captum_decompx.runs.tables import TextTable

@@ -8,12 +8,10 @@ matplotlib.use("Agg")
 
 import pytest
 import torch
-import transformers as tf
 from captum.attr import LLMAttributionResult
-from support.word_level import LLM_WORDS
+from support.word_level import LLM_WORDS, tiny_gpt2, tiny_llama
 
 from captum_decompx import DecompX, LLMDecompX
-from captum_decompx.testing import randomize_parameters
 
 WORDS = LLM_WORDS
 
@@ -21,19 +19,6 @@ WORDS = LLM_WORDS
 @pytest.fixture(scope="module")
 def tokenizer(llm_tokenizer):
     return llm_tokenizer
-
-
-def tiny_llama():
-    torch.manual_seed(0)
-    config = tf.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=2, intermediate_size=40, max_position_embeddings=64)
-    return randomize_parameters(tf.LlamaForCausalLM(config), seed=0)
-
-
-def tiny_gpt2():
-    torch.manual_seed(1)
-    config = tf.GPT2Config(vocab_size=len(WORDS), n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)
-    return tf.GPT2LMHeadModel(config).eval()
 
 
 @pytest.mark.parametrize("make_model", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])

@@ -8,15 +8,14 @@ out (``no_bias``), feed-forward networks left out (``no_ffn``) and no classifica
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from support.paths import DATA
 from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
 from captum_decompx import DecompX
 
-REFERENCE_FILE = Path(__file__).parent / "data" / "public_refs.pt"
+REFERENCE_FILE = DATA / "public_refs.pt"
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 MODEL_CLASSES = {

@@ -23,10 +23,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support.paths import REPOSITORY
 
 import captum_decompx
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 README = REPOSITORY / "README.md"
 
 

@@ -4,7 +4,7 @@ delta's signature, grad modes, autocast, Captum's metrics).
 
 Every expected value is built by hand from the per-class decomposition of the model's plain
 logits (``DecompX(model).decompose``: attributions (B, N, C) and bias (B, C), whose completeness
-against the model's own logits ``test_completeness.py`` checks), combined with the linear map the
+against the model's own logits ``engine/test_completeness.py`` checks), combined with the linear map the
 forward function applies; never from DecompX's own output for the post-processing forward.
 """
 
