@@ -14,8 +14,9 @@ from typing import Any, Callable, Literal, Optional, Sequence, Union, overload
 
 from torch import Tensor, nn
 
-from .adapters import Adapter
+from .adapters import Activation, Adapter
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
+from .components.activations import check_fast_path_rule
 from .core import decomposition, validation
 from .core.algorithms import ALGORITHM_NAMES, DecompXOutput, FrozenRun, choose_algorithm
 from .core.forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, target_index
@@ -109,6 +110,11 @@ class DecompX(HookedModelAttribution):
         self.strategy = choose_algorithm(
             algorithm, include_biases=include_biases, include_head=include_head, per_position=self.adapter.pooling == "each"
         )
+        if self.strategy.name == "fast":  # refuse now what the frozen forward pass could not freeze
+            if include_ffn and self.adapter.layer.ffn_gate is None:  # a gate is frozen whole, not by an approximation
+                check_fast_path_rule("ffn_approximation", ffn_approximation)
+            if include_head and any(isinstance(step, Activation) for step in self.adapter.head):
+                check_fast_path_rule("head_approximation", head_approximation)
         if max_memory is not None:
             validation.check_max_memory(max_memory)
         self.include_biases = include_biases

@@ -58,6 +58,11 @@ class Approximation(abc.ABC):
             "Approximation.frozen_slope, or use algorithm='exact'."
         )
 
+    @property
+    def has_frozen_slope(self) -> bool:
+        """Whether the class defines :meth:`frozen_slope` (the fast path needs it)."""
+        return type(self).frozen_slope is not Approximation.frozen_slope
+
 
 def slope_at_origin(function: ActivationFunction, like: Tensor) -> Tensor:
     """``f'(0)``, read by autograd, as a 0-dim tensor of ``like``'s dtype and device.
@@ -161,6 +166,22 @@ def unregister_approximation(name: str) -> None:
 
 approximation = _APPROXIMATIONS.get
 """``approximation(name)``: the approximation registered as ``name`` (a ValueError naming the registered ones)."""
+
+
+def check_fast_path_rule(option: str, name: str) -> None:
+    """Refuse, before any forward pass, an approximation the fast path cannot freeze.
+
+    Args:
+        option: the option that chose it (``"ffn_approximation"``, ``"head_approximation"``).
+        name: its registered name.
+    """
+    chosen = _APPROXIMATIONS.get(name)
+    if not chosen.has_frozen_slope:
+        raise ValueError(
+            f"{option}={name!r} cannot run on the fast path: its approximation {type(chosen).__name__} does not "
+            "define Approximation.frozen_slope (the slope the one frozen forward pass differentiates through). "
+            "Implement frozen_slope, or use algorithm='exact' (or include_biases=True with algorithm='auto')."
+        )
 
 
 register_approximation("zo", ZeroOrigin())

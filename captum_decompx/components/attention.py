@@ -123,6 +123,28 @@ def _attention_probs(output: Any) -> Optional[Tensor]:
     return None
 
 
+def _check_probabilities(probs: Any, where: str) -> None:
+    """Refuse a second output that is not post-softmax attention probabilities (batch, heads, seq, seq):
+    each row sums to 1 (or to 0, a row masked out whole or a head masked by ``head_mask``)."""
+    advice = (
+        "The exact path reads the attention module's output[1] as its post-softmax probabilities "
+        "(batch, heads, queries, keys). Point the adapter's attention= at the module that returns "
+        "(output, attention_probs), or set force_output_attentions=(position, name) to the argument "
+        "that makes it return them."
+    )
+    if not isinstance(probs, Tensor) or probs.dim() != 4:
+        found = f"a tensor of shape {tuple(probs.shape)}" if isinstance(probs, Tensor) else f"a {type(probs).__name__}"
+        raise RuntimeError(f"{where[0].upper()}{where[1:]} returned {found} as its second output. {advice}")
+    sums = probs.detach().sum(-1, dtype=torch.float32)
+    tolerance = 1e-2 if probs.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    if not bool((((sums - 1).abs() <= tolerance) | (sums.abs() <= tolerance)).all()):
+        raise RuntimeError(
+            f"{where[0].upper()}{where[1:]} returned a second output whose rows do not sum to 1 (they sum "
+            f"to {float(sums.min()):.4g} .. {float(sums.max()):.4g}), so they are not attention probabilities "
+            f"(pre-softmax scores?). {advice}"
+        )
+
+
 def _output_attentions_parameter(module: nn.Module) -> Optional[tuple[int, str]]:
     """``(position, "output_attentions")`` when the module's forward takes that argument.
 
@@ -234,6 +256,7 @@ class Attention(Component):
                 "with eager attention. Its adapter must name a module whose output is "
                 "(output, attention_probs), or set force_output_attentions."
             )
+        _check_probabilities(probs, f"{where} ({self.path})")
         return probs
 
     def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
