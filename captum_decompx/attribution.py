@@ -77,6 +77,9 @@ class DecompX(HookedModelAttribution):
             under ``"fast"``.
     """
 
+    _scores_multiply_inputs = True
+    _gives_convergence_delta = True
+
     def __init__(
         self,
         forward_func: Callable[..., Any],
@@ -144,13 +147,6 @@ class DecompX(HookedModelAttribution):
 
     # ----------------------------------------------------------------------------------------
     # Captum contract
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     @classmethod
     def get_name(cls) -> str:

@@ -23,12 +23,12 @@ its captured input is linear on the pieces: ``LN(z_ij) = gamma * (z_ij - mean(z_
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
 
-from .adapters import Adapter, resolve
+from .adapters import resolve
 from .components import BiasMode, Settings, normalize
 from .core.capture import Captured
 from .core.decomposition import affine, norm_params, padding_mask, pool_weights
@@ -67,14 +67,7 @@ class _RolloutAttribution(HookedModelAttribution):
     are :class:`~captum_decompx.core.hooked_attribution.HookedModelAttribution`'s, shared with DecompX.
     """
 
-    def __init__(
-        self,
-        forward_func: Callable[..., Any],
-        model: Optional[nn.Module] = None,
-        *,
-        adapter: Optional[Adapter] = None,
-    ) -> None:
-        super().__init__(forward_func, model, adapter=adapter)
+    def _check_adapter(self) -> None:
         if self.adapter.norm_position != "post":
             raise NotImplementedError(
                 f"{type(self).__name__} is defined for post-LN encoders (BERT, RoBERTa, ELECTRA, "
@@ -86,15 +79,6 @@ class _RolloutAttribution(HookedModelAttribution):
                 f"adapter {self.adapter.name!r} has a head at every position (question answering, token "
                 "classification, masked LM, a bare encoder). Use DecompX for these models."
             )
-
-    # Captum contract -------------------------------------------------------------------------
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
-
-    def has_convergence_delta(self) -> bool:
-        return False
 
     @captum_entry_point
     def attribute(

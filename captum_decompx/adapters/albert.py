@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Activation, Adapter, LayerPaths, Linear
+from .base import Adapter, LayerPaths, dense_head
 
 
 def _albert_layers(model: nn.Module) -> list[nn.Module]:
@@ -34,9 +34,5 @@ ALBERT = Adapter(
         ffn_out="ffn_output",
         ffn_norm="full_layer_layer_norm",
     ),
-    head=(
-        Linear("base_model.pooler"),
-        Activation(path="base_model.pooler_activation"),
-        Linear("classifier"),
-    ),
+    head=dense_head("base_model.pooler", "base_model.pooler_activation", "classifier"),
 )

@@ -113,6 +113,20 @@ class Norm(HeadStep):
     path: str
 
 
+def dense_head(
+    dense: str,
+    activation: Union[str, Callable[[torch.Tensor], torch.Tensor]],
+    output: str,
+    norm: Optional[str] = None,
+) -> tuple[HeadStep, ...]:
+    """The usual transformer head as steps: the linear map ``dense``, a pointwise ``activation``
+    (a path to a module/function, or a function), the normalization ``norm`` when given, then the
+    linear map ``output`` that produces the logits (paths relative to the top model)."""
+    pointwise = Activation(function=activation) if callable(activation) else Activation(path=activation)
+    normalization: tuple[HeadStep, ...] = () if norm is None else (Norm(norm),)
+    return (Linear(dense), pointwise, *normalization, Linear(output))
+
+
 LayersSpec = Union[str, Callable[[nn.Module], Sequence[nn.Module]]]
 
 

@@ -1,8 +1,10 @@
 """Adapters for the post-LN BERT family: BERT, RoBERTa (XLM-RoBERTa, CamemBERT), ELECTRA, DistilBERT."""
 
+from dataclasses import replace
+
 import torch
 
-from .base import Activation, Adapter, LayerPaths, Linear
+from .base import Adapter, LayerPaths, dense_head
 
 #: The ``model_type``s built like RoBERTa (same layout and heads).
 ROBERTA_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
@@ -25,30 +27,10 @@ BERT = Adapter(
     name="bert",
     layers="base_model.encoder.layer",
     layer=BERT_LAYER,
-    head=(
-        Linear("base_model.pooler.dense"),
-        Activation(path="base_model.pooler.activation"),
-        Linear("classifier"),
-    ),
+    head=dense_head("base_model.pooler.dense", "base_model.pooler.activation", "classifier"),
 )
-
-ROBERTA = Adapter(
-    name="roberta",
-    layers="base_model.encoder.layer",
-    layer=BERT_LAYER,
-    head=(Linear("classifier.dense"), Activation(function=torch.tanh), Linear("classifier.out_proj")),
-)
-
-ELECTRA = Adapter(
-    name="electra",
-    layers="base_model.encoder.layer",
-    layer=BERT_LAYER,
-    head=(
-        Linear("classifier.dense"),
-        Activation(path="classifier.activation"),
-        Linear("classifier.out_proj"),
-    ),
-)
+ROBERTA = replace(BERT, name="roberta", head=dense_head("classifier.dense", torch.tanh, "classifier.out_proj"))
+ELECTRA = replace(BERT, name="electra", head=dense_head("classifier.dense", "classifier.activation", "classifier.out_proj"))
 
 DISTILBERT = Adapter(
     name="distilbert",
@@ -63,5 +45,5 @@ DISTILBERT = Adapter(
         ffn_out="ffn.lin2",
         ffn_norm="output_layer_norm",
     ),
-    head=(Linear("pre_classifier"), Activation(function=torch.relu), Linear("classifier")),
+    head=dense_head("pre_classifier", torch.relu, "classifier"),
 )

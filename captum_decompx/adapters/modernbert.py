@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Activation, Adapter, LayerPaths, Linear, Norm
+from .base import Adapter, LayerPaths, dense_head
 
 
 def modernbert(model: nn.Module) -> Adapter:
@@ -31,7 +31,7 @@ def modernbert(model: nn.Module) -> Adapter:
             ffn_out="mlp.Wo",
             ffn_norm="mlp_norm",
         ),
-        head=(Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("classifier")),
+        head=dense_head("head.dense", "head.act", "classifier", norm="head.norm"),
         pooling=pooling,
         norm_position="pre",
         final_norm="base_model.final_norm",

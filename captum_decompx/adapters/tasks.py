@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .base import Activation, Adapter, HeadStep, Linear, Norm, TiedLinear
+from .base import Activation, Adapter, HeadStep, Linear, Norm, TiedLinear, dense_head
 
 #: Hugging Face class-name endings and the task each names (longest ending first).
 TASK_SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -164,31 +164,21 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(x)
 
 
-BERT_MLM_HEAD = (
-    Linear("cls.predictions.transform.dense"),
-    Activation(path="cls.predictions.transform.transform_act_fn"),
-    Norm("cls.predictions.transform.LayerNorm"),
-    Linear("cls.predictions.decoder"),
+BERT_MLM_HEAD = dense_head(
+    "cls.predictions.transform.dense",
+    "cls.predictions.transform.transform_act_fn",
+    "cls.predictions.decoder",
+    norm="cls.predictions.transform.LayerNorm",
 )
-ROBERTA_MLM_HEAD = (
-    Linear("lm_head.dense"),
-    Activation(function=_gelu),
-    Norm("lm_head.layer_norm"),
-    Linear("lm_head.decoder"),
+ROBERTA_MLM_HEAD = dense_head("lm_head.dense", _gelu, "lm_head.decoder", norm="lm_head.layer_norm")
+ELECTRA_MLM_HEAD = dense_head(
+    "generator_predictions.dense",
+    "generator_predictions.activation",
+    "generator_lm_head",
+    norm="generator_predictions.LayerNorm",
 )
-ELECTRA_MLM_HEAD = (
-    Linear("generator_predictions.dense"),
-    Activation(path="generator_predictions.activation"),
-    Norm("generator_predictions.LayerNorm"),
-    Linear("generator_lm_head"),
-)
-ALBERT_MLM_HEAD = (
-    Linear("predictions.dense"),
-    Activation(path="predictions.activation"),
-    Norm("predictions.LayerNorm"),
-    Linear("predictions.decoder"),
-)
-MODERNBERT_MLM_HEAD = (Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("decoder"))
+ALBERT_MLM_HEAD = dense_head("predictions.dense", "predictions.activation", "predictions.decoder", norm="predictions.LayerNorm")
+MODERNBERT_MLM_HEAD = dense_head("head.dense", "head.act", "decoder", norm="head.norm")
 #: DeBERTa-v2's legacy masked-LM head (``config.legacy=True``, the default): the same layout as BERT's.
 DEBERTA_V2_LEGACY_MLM_HEAD = BERT_MLM_HEAD
 
@@ -243,13 +233,8 @@ DEBERTA_V2_MLM_HEAD = (
 )
 
 
-MODERNBERT_TOKEN_HEAD = (Linear("head.dense"), Activation(path="head.act"), Norm("head.norm"), Linear("classifier"))
-DISTILBERT_MLM_HEAD = (
-    Linear("vocab_transform"),
-    Activation(path="activation"),
-    Norm("vocab_layer_norm"),
-    Linear("vocab_projector"),
-)
+MODERNBERT_TOKEN_HEAD = dense_head("head.dense", "head.act", "classifier", norm="head.norm")
+DISTILBERT_MLM_HEAD = dense_head("vocab_transform", "activation", "vocab_projector", norm="vocab_layer_norm")
 
 __all__ = [
     "HeadSpec",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
 from .base import Adapter, LayerPaths, Linear
+from .bert_family import BERT_LAYER
 
 _VIT_LAYER = LayerPaths(  # transformers 5.x
     attention="attention",
@@ -19,14 +21,12 @@ _VIT_LAYER = LayerPaths(  # transformers 5.x
     ffn_norm="layernorm_after",
 )
 
-_VIT_LAYER_4X = LayerPaths(  # transformers 4.x
+# transformers 4.x: BERT's layer modules, with the attention one level deeper and pre-LN norms
+_VIT_LAYER_4X = replace(
+    BERT_LAYER,
     attention="attention.attention",
     value="attention.attention.value",
-    attention_output="attention.output.dense",
     attention_norm="layernorm_before",
-    ffn_in="intermediate.dense",
-    ffn_activation="intermediate.intermediate_act_fn",
-    ffn_out="output.dense",
     ffn_norm="layernorm_after",
 )
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TextIO
 
 from ..colors import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
 from ..demo import (
@@ -356,21 +356,25 @@ def output_path(path: str) -> Path:
     return target
 
 
+def _class_view_arguments(explanation: Explanation) -> dict[str, Any]:
+    """What the per-class views (HTML page and figure) are drawn from, as keyword arguments."""
+    return {
+        "output": explanation.output,
+        "input_ids": explanation.encoded.input_ids,
+        "tokenizer": explanation.tokenizer,
+        "attention_mask": explanation.encoded.extra_args[0],
+        "label_names": explanation.labels,
+        "title": f"DecompX: per-class token contributions ({explanation.algorithm})",
+    }
+
+
 def write_class_contributions_html(explanation: Explanation, path: Path) -> Path:
     """Write the per-class view as a standalone HTML page: one row per class, tokens coloured by
     their contribution to it. Returns the path written."""
     from ..visualization import class_contributions_html
 
     destination = Path(path)
-    class_contributions_html(
-        explanation.output,
-        explanation.encoded.input_ids,
-        explanation.tokenizer,
-        attention_mask=explanation.encoded.extra_args[0],
-        label_names=explanation.labels,
-        path=destination,
-        title=f"DecompX: per-class token contributions ({explanation.algorithm})",
-    )
+    class_contributions_html(**_class_view_arguments(explanation), path=destination)
     return destination
 
 
@@ -385,16 +389,7 @@ def write_class_contributions_png(explanation: Explanation, path: Path) -> Path:
     destination = Path(path)
     if not destination.suffix:
         destination = destination.with_name(destination.name + ".png")
-    plot_class_contributions(
-        explanation.output,
-        explanation.encoded.input_ids,
-        explanation.tokenizer,
-        attention_mask=explanation.encoded.extra_args[0],
-        label_names=explanation.labels,
-        path=destination,
-        title=f"DecompX: per-class token contributions ({explanation.algorithm})",
-        image_format="png",
-    )
+    plot_class_contributions(**_class_view_arguments(explanation), path=destination, image_format="png")
     return destination
 
 

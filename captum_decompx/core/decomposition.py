@@ -380,15 +380,8 @@ def _per_position(
     plan, _ = _plan(embeddings, parts, settings, dtype, max_memory)
     contributions_all, bias_all = [], []
     for group in _groups(batch, plan, progress):
-        last = propagate_rows(
-            _diagonal_pieces(embeddings[group], n_pieces, dtype),
-            captured,
-            parts,
-            settings,
-            group,
-            dtype,
-            rows_per_chunk=plan.rows_per_chunk,
-            last_rows=rows,
+        last = propagate_token_rows(
+            embeddings, group, n_pieces, captured, parts, settings, dtype, rows_per_chunk=plan.rows_per_chunk, rows=rows
         )  # (group, rows, pieces, hidden)
         inputs = [None if x is None else x[:, rows] for x in _head_inputs(parts, captured, group, dtype)]
         scores = propagate_head_rows(last, parts.head, inputs, settings)  # (group, rows, pieces, classes)
@@ -415,6 +408,41 @@ def _targets_of(contributions: Tensor, targets: Optional[Tensor]) -> Optional[Te
 
 # --------------------------------------------------------------------------------------------
 # Exact path
+
+
+def propagate_token_rows(
+    embeddings: Tensor,
+    group: slice,
+    n_pieces: int,
+    captured: Captured,
+    parts: ModelParts,
+    settings: Settings,
+    dtype: torch.dtype,
+    *,
+    rows_per_chunk: int,
+    rows: Tensor,
+) -> Tensor:
+    """The last layer's rows ``rows`` for the examples ``group``, each token starting as its own piece.
+
+    Args:
+        embeddings: (batch, seq, hidden), the first layer's input of every example.
+        n_pieces: pieces per row: one per token, plus the bias piece when the biases are collected in one.
+        rows: (rows,) the rows of the last layer to compute, ascending.
+
+    Returns:
+        (group, rows, pieces, hidden).
+    """
+    # The initial decomposition is built in the call: no name keeps it alive while the layers run.
+    return propagate_rows(
+        _diagonal_pieces(embeddings[group], n_pieces, dtype),
+        captured,
+        parts,
+        settings,
+        group,
+        dtype,
+        rows_per_chunk=rows_per_chunk,
+        last_rows=rows,
+    )
 
 
 def _diagonal_pieces(embeddings: Tensor, n_pieces: int, dtype: torch.dtype) -> Tensor:

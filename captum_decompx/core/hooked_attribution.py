@@ -110,7 +110,15 @@ class HookedModelAttribution(Attribution):
         model: the model whose modules are hooked; defaults to ``forward_func`` when that is an
             ``nn.Module``.
         adapter: the architecture adapter; looked up by ``model.config.model_type`` when omitted.
+
+    A subclass states its Captum contract in ``_scores_multiply_inputs`` and ``_gives_convergence_delta``,
+    and refuses adapters it does not define its scores for in :meth:`_check_adapter`.
     """
+
+    #: Captum's ``multiplies_by_inputs``: the scores are contributions of the inputs themselves.
+    _scores_multiply_inputs: bool = False
+    #: Captum's ``has_convergence_delta``: ``compute_convergence_delta`` is defined.
+    _gives_convergence_delta: bool = False
 
     def __init__(
         self,
@@ -137,6 +145,20 @@ class HookedModelAttribution(Attribution):
         self.model = model
         self.adapter = adapter if adapter is not None else adapter_for(model)
         validation.warn_if_newly_initialized(model, name)
+        self._check_adapter()
+
+    def _check_adapter(self) -> None:
+        """Refuse, with what to use instead, an adapter this attribution is not defined for (here: none)."""
+
+    # ----------------------------------------------------------------------------------------
+    # Captum contract
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._scores_multiply_inputs
+
+    def has_convergence_delta(self) -> bool:
+        return self._gives_convergence_delta
 
     # ----------------------------------------------------------------------------------------
     # Arguments

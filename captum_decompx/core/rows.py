@@ -19,7 +19,7 @@ from ..adapters import Adapter
 from ..components import BiasMode, ModelParts, Settings, propagate_head_rows, token_pieces
 from ..components.linear import Affine
 from .capture import Captured
-from .decomposition import FAST_GRADIENT_BYTES, Options, _diagonal_pieces, _shares, exact_settings, propagate_rows, resolve_parts
+from .decomposition import FAST_GRADIENT_BYTES, Options, _shares, exact_settings, propagate_token_rows, resolve_parts
 from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, plan_memory
 
 if TYPE_CHECKING:
@@ -146,15 +146,8 @@ def decompose_rows(
     contributions_all, bias_all = [], []
     for start in range(0, batch, plan.examples_per_group):
         group = slice(start, min(start + plan.examples_per_group, batch))
-        last = propagate_rows(
-            _diagonal_pieces(embeddings[group], n_pieces, dtype),
-            captured,
-            parts,
-            settings,
-            group,
-            dtype,
-            rows_per_chunk=plan.rows_per_chunk,
-            last_rows=positions,
+        last = propagate_token_rows(
+            embeddings, group, n_pieces, captured, parts, settings, dtype, rows_per_chunk=plan.rows_per_chunk, rows=positions
         )  # (group, rows, pieces, hidden)
         chunks = []
         for first in range(0, positions.numel(), head_rows):
