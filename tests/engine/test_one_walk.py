@@ -13,11 +13,11 @@ from support.snapshots import assert_unchanged, snapshot
 from captum_decompx import DecompX
 from captum_decompx.adapters import adapter_for
 from captum_decompx.adapters.base import Linear
-from captum_decompx.core.algorithms import Exact, Fast, choose_algorithm
-from captum_decompx.core.capture import Capture, hooked_pass
 from captum_decompx.components import Settings
 from captum_decompx.components.head import HeadStepKind, LinearStep, register_head_step
 from captum_decompx.components.network import Network
+from captum_decompx.core.algorithms import Exact, Fast, choose_algorithm
+from captum_decompx.core.capture import Capture, hooked_pass
 from captum_decompx.core.freezing import Freezer
 from captum_decompx.testing import randomize_parameters, registrations_restored
 

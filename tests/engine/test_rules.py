@@ -16,7 +16,6 @@ from transformers.activations import GELUActivation
 
 from captum_decompx.adapters import Adapter
 from captum_decompx.adapters.bert_family import BERT_LAYER
-from captum_decompx.core.capture import LayerRecord
 from captum_decompx.components import (
     Affine,
     BiasMode,
@@ -36,6 +35,7 @@ from captum_decompx.components import (
 from captum_decompx.components.head import head
 from captum_decompx.components.norms import NormParams as Norm
 from captum_decompx.components.pooling import pool
+from captum_decompx.core.capture import LayerRecord
 from captum_decompx.core.decomposition import pool_weights
 
 DTYPE = torch.float64

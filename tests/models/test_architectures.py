@@ -16,8 +16,8 @@ from support.architectures import CAUSAL_LMS, DECODER, ENCODERS, PHI3, forward_o
 from torch import nn
 
 from captum_decompx import Adapter, DecompX, LayerPaths, Linear, register_adapter, supported_model_types
-from captum_decompx.core import decomposition
 from captum_decompx.adapters import unregister_adapter
+from captum_decompx.core import decomposition
 from captum_decompx.testing import randomize_parameters
 
 

@@ -30,8 +30,8 @@ from torch import nn
 
 from captum_decompx import DecompX
 from captum_decompx.runs.attribute import DatasetAttributionError, attribute_dataset, default_rows_per_part
-from captum_decompx.runs.tables import DataFileError, read_text_table
 from captum_decompx.runs.distributed import balance
+from captum_decompx.runs.tables import DataFileError, read_text_table
 
 WORDS = "good bad film movie plot dull great boring fun story actor acting music scene long short not very really quite".split()
 N_ROWS = 40
