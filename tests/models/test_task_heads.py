@@ -15,6 +15,7 @@ import pytest
 import torch
 import transformers as tf
 from support.classifiers import reinit_parameters
+from support.literal_models import bert_layers
 from support.snapshots import assert_unchanged, snapshot
 
 from captum_decompx import DecompX, UnsupportedTaskError, cosine_similarity_frozen_norm
@@ -38,24 +39,7 @@ def _bert_config(layers: int = 1, **extra) -> tf.BertConfig:
 
 def literal_bert_weights(encoder, head: list) -> spec.ModelWeights:
     """A BertModel's layers, read by module name, with ``head`` after the selected row."""
-    layers = []
-    for layer in encoder.encoder.layer:
-        layers.append(
-            spec.LayerWeights(
-                query=spec.affine_of(layer.attention.self.query),
-                key=spec.affine_of(layer.attention.self.key),
-                value=spec.affine_of(layer.attention.self.value),
-                output=spec.affine_of(layer.attention.output.dense),
-                heads=encoder.config.num_attention_heads,
-                kv_heads=encoder.config.num_attention_heads,
-                norm1=spec.norm_of(layer.attention.output.LayerNorm),
-                norm2=spec.norm_of(layer.output.LayerNorm),
-                ffn_in=spec.affine_of(layer.intermediate.dense),
-                activation=spec.GELU,
-                ffn_out=spec.affine_of(layer.output.dense),
-            )
-        )
-    return spec.ModelWeights(layers=layers, pre_norm=False, head=head)
+    return spec.ModelWeights(layers=bert_layers(encoder), pre_norm=False, head=head)
 
 
 def literal_rows(encoder, head: list, ids, mask, expected_outputs, **options) -> list[list[spec.Decomposition]]:

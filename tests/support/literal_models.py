@@ -29,27 +29,31 @@ def bert(seed: int) -> torch.nn.Module:
     return spec.randomize(tf.BertForSequenceClassification(config), seed)
 
 
+def bert_layers(encoder) -> list[spec.LayerWeights]:
+    """The layers of a BertModel (``model.bert`` of a classifier), read by their module names."""
+    heads = encoder.config.num_attention_heads
+    return [
+        spec.LayerWeights(
+            query=spec.affine_of(layer.attention.self.query),
+            key=spec.affine_of(layer.attention.self.key),
+            value=spec.affine_of(layer.attention.self.value),
+            output=spec.affine_of(layer.attention.output.dense),
+            heads=heads,
+            kv_heads=heads,
+            norm1=spec.norm_of(layer.attention.output.LayerNorm),
+            norm2=spec.norm_of(layer.output.LayerNorm),
+            ffn_in=spec.affine_of(layer.intermediate.dense),
+            activation=spec.GELU,
+            ffn_out=spec.affine_of(layer.output.dense),
+        )
+        for layer in encoder.encoder.layer
+    ]
+
+
 def bert_weights(model) -> spec.ModelWeights:
     """The weights of a BertForSequenceClassification, read by their module names."""
-    layers = []
-    for layer in model.bert.encoder.layer:
-        layers.append(
-            spec.LayerWeights(
-                query=spec.affine_of(layer.attention.self.query),
-                key=spec.affine_of(layer.attention.self.key),
-                value=spec.affine_of(layer.attention.self.value),
-                output=spec.affine_of(layer.attention.output.dense),
-                heads=model.config.num_attention_heads,
-                kv_heads=model.config.num_attention_heads,
-                norm1=spec.norm_of(layer.attention.output.LayerNorm),
-                norm2=spec.norm_of(layer.output.LayerNorm),
-                ffn_in=spec.affine_of(layer.intermediate.dense),
-                activation=spec.GELU,
-                ffn_out=spec.affine_of(layer.output.dense),
-            )
-        )
     head = [spec.affine_of(model.bert.pooler.dense), spec.TANH, spec.affine_of(model.classifier)]
-    return spec.ModelWeights(layers=layers, pre_norm=False, head=head)
+    return spec.ModelWeights(layers=bert_layers(model.bert), pre_norm=False, head=head)
 
 
 def bert_embeddings(model, ids: torch.Tensor) -> torch.Tensor:
