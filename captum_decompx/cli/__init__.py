@@ -207,6 +207,16 @@ def add_command(commands, name: str, run, *, help: str, description: str) -> arg
     return command
 
 
+def add_text_command(commands, name: str, run, *, help: str, description: str) -> argparse.ArgumentParser:
+    """Register a command that explains one text (or sentence pair) with a classifier: ``TEXT``,
+    ``--model`` and ``--pair``; returns its parser for the command's own options."""
+    command = add_command(commands, name, run, help=help, description=description)
+    command.add_argument("text", metavar="TEXT", help="the sentence to explain")
+    add_model_option(command)
+    command.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
+    return command
+
+
 def add_model_option(
     command: argparse.ArgumentParser, what: str = "a sequence classifier", metavar: str = "PATH_OR_HUB_ID"
 ) -> None:
@@ -311,16 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Without --model, the demo sentiment classifier shipped in the repository (models/minilm-sst2) is used.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    explain = add_command(
+    explain = add_text_command(
         commands,
         "explain",
         run_explain,
         help="explain one prediction with DecompX",
         description="Explain one prediction with DecompX.",
     )
-    explain.add_argument("text", metavar="TEXT", help="the sentence to explain")
-    add_model_option(explain)
-    explain.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
     explain.add_argument(
         "--target",
         metavar="LABEL",
@@ -333,16 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--color", choices=("auto", "always", "never"), default="auto", help="ANSI colours (auto: on a terminal)"
     )
 
-    compare = add_command(
+    compare = add_text_command(
         commands,
         "compare",
         run_compare,
         help="one text explained by several methods, side by side",
         description="One text explained by several attribution methods, each normalized by its max |score|.",
     )
-    compare.add_argument("text", metavar="TEXT", help="the sentence to explain")
-    add_model_option(compare)
-    compare.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
     compare.add_argument("--target", metavar="LABEL", help="the class to explain (default: the predicted one)")
     compare.add_argument(
         "--methods",
