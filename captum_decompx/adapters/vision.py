@@ -7,18 +7,11 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, LayerPaths, Linear
+from .base import Adapter, Linear, grouped_layer
 from .bert_family import BERT_LAYER
 
-_VIT_LAYER = LayerPaths(  # transformers 5.x
-    attention="attention",
-    value="attention.v_proj",
-    attention_output="attention.o_proj",
-    attention_norm="layernorm_before",
-    ffn_in="mlp.fc1",
-    ffn_activation="mlp.activation_fn",
-    ffn_out="mlp.fc2",
-    ffn_norm="layernorm_after",
+_VIT_LAYER = grouped_layer(  # transformers 5.x
+    ("attention", "v_proj", "o_proj"), ("mlp", "fc1", "activation_fn", "fc2"), ("layernorm_before", "layernorm_after")
 )
 
 # transformers 4.x: BERT's layer modules, with the attention one level deeper and pre-LN norms

@@ -37,6 +37,10 @@ from .forward_contract import ModelOutputTap, decomposed_model_output, model_out
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Captum's ``inputs`` as every attribution here takes them: one tensor (input ids, embeddings or
+#: pixels), or a 1-tuple of it; the scores come back in the same form.
+Inputs = Union[Tensor, tuple[Tensor]]
+
 #: The device types whose autocast state a call saves, turns off for the decomposition and turns
 #: back on for the forward pass.
 AUTOCAST_DEVICES = ("cpu", "cuda")
@@ -176,7 +180,7 @@ class HookedModelAttribution(Attribution):
             additional_forward_args = (additional_forward_args,)
         return tuple(_outside_inference_mode(arg) for arg in additional_forward_args)
 
-    def _input_ids(self, inputs: Union[Tensor, tuple[Tensor]]) -> tuple[Tensor, bool]:
+    def _input_ids(self, inputs: Inputs) -> tuple[Tensor, bool]:
         """The checked input tensor (token ids, embeddings or pixels) and whether it came as a 1-tuple."""
         tensor, as_tuple = validation.unpack_inputs(inputs)
         if self.adapter.input_kind == "pixels":
@@ -274,4 +278,4 @@ class HookedModelAttribution(Attribution):
         return ForwardCapture(captured, output, model_tap.leaf, pooling, per_position=each, choices=choices)
 
 
-__all__ = ["ForwardCapture", "HookedModelAttribution", "captum_entry_point", "in_call_modes"]
+__all__ = ["ForwardCapture", "HookedModelAttribution", "Inputs", "captum_entry_point", "in_call_modes"]
