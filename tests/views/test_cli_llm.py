@@ -6,10 +6,20 @@ Usage errors answer in one line with exit status 2 before the model loads; the r
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 from support.smollm import QUESTION, needs_smollm, run_offline
 
 from captum_decompx.cli import main
+
+NUMBER = r"([+-]?\d+\.\d+(?:e[+-]?\d+)?)"
+#: One answer token's sum check: the three parts, then "sum + bias: T +/- B = S   (logit L, |difference| D)".
+SUM_CHECK = re.compile(
+    rf"prompt {NUMBER}, chat template {NUMBER}, earlier answer tokens {NUMBER}; "
+    rf"sum \+ bias: {NUMBER} ([+-] \d+\.\d+) = [+-]\d+\.\d+\s+\(logit {NUMBER}, \|difference\| {NUMBER}\)"
+)
 
 
 def run_llm_command(*args: str, cache) -> object:
@@ -50,7 +60,18 @@ def test_the_llm_command_answers_explains_and_writes_the_views(smollm, smollm_ca
     assert "answer: The capital of France is Paris" in done.stdout
     paris_line = next(line for line in done.stdout.splitlines() if line.startswith("'Paris'"))
     assert "largest prompt shares 'France'" in paris_line
-    assert done.stdout.count("|difference|") == 6
+    checks = [tuple(float(x.replace(" ", "")) for x in match) for match in SUM_CHECK.findall(done.stdout)]
+    assert len(checks) == 6
+    # the printed logits are the model's own along the answer, and the printed parts add up to them
+    ids = smollm.chat_ids(QUESTION)
+    answer = smollm.tokenizer("The capital of France is Paris", add_special_tokens=False)["input_ids"][:6]
+    with torch.no_grad():
+        logits = smollm.model(input_ids=torch.cat([ids, torch.tensor([answer[:-1]])], 1)).logits[0, ids.shape[1] - 1 :]
+    own = logits.gather(1, torch.tensor(answer)[:, None])[:, 0]
+    for (prompt, template, earlier, total, bias, logit, difference), expected in zip(checks, own.tolist()):
+        assert abs(logit - expected) <= 1e-3, f"printed logit {logit} against the model's {expected}"
+        assert abs(prompt + template + earlier - total) <= 2e-3 and abs(total + bias - logit) <= 2e-3
+        assert difference <= 1e-3
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "data:image/png;base64," in page.read_text()
 
 
