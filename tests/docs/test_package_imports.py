@@ -12,8 +12,6 @@ import ast
 import importlib
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[2] / "captum_decompx"
 
 
