@@ -31,7 +31,7 @@ from .tasks import (
     electra_multiple_choice_head,
     task_of,
 )
-from .vision import vit
+from .vision import beit, deit, dinov2, vit
 from .wrappers import unwrap_model
 
 AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
@@ -107,8 +107,8 @@ def adapter_for(model: nn.Module) -> Adapter:
 def _check_head_paths(model: nn.Module, adapter: Adapter, model_type: str | None) -> None:
     """Refuse, naming the task, a model whose head is not where the adapter says (e.g. an
     ``AlbertForQuestionAnswering`` under the ALBERT classifier's adapter)."""
-    for step in adapter.head:
-        path = getattr(step, "path", None)
+    paths = [path for step in adapter.head for path in (getattr(step, "path", None), *getattr(step, "paths", ()))]
+    for path in paths:
         if not isinstance(path, str):
             continue
         module_path, _ = split_block(path)
@@ -158,6 +158,9 @@ register_adapter(
     ),
 )
 register_adapter("vit", vit)
+register_adapter("deit", deit)
+register_adapter(("beit", "data2vec-vision"), beit)
+register_adapter("dinov2", dinov2)
 register_adapter("gpt2", gpt2)
 register_adapter(("llama", "qwen2", "qwen3", "mistral", "gemma"), llama_family)
 register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)

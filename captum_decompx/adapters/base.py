@@ -20,7 +20,19 @@ from torch import nn
 
 from .wrappers import running_module, unwrap_model
 
-POOLING_MODES = ("first", "last", "mean", "each", "last_non_pad_token", "first_real")
+POOLING_MODES = (
+    "first",
+    "last",
+    "mean",
+    "each",
+    "last_non_pad_token",
+    "first_real",
+    "patch_mean",
+    "first_and_patch_mean",
+    "first_two",
+)
+#: Pooling modes whose pooled vector concatenates several pooled rows (their widths add up).
+CONCATENATING_POOLINGS = ("first_and_patch_mean", "first_two")
 NORM_POSITIONS = ("post", "pre")
 INPUT_KINDS = ("tokens", "pixels")
 
@@ -59,6 +71,11 @@ class LayerPaths:
         attention_output_norm: a normalization of the attention block's output before its
             residual is added (Gemma 2/3's sandwich ``post_attention_layernorm``); None: none.
         ffn_output_norm: the same for the feed-forward block (``post_feedforward_layernorm``).
+        attention_scale: a layer scale (a per-channel vector ``lambda``, BEiT's ``lambda_1``,
+            DINOv2's ``layer_scale1.lambda1``) by which the attention block's output is multiplied
+            before its residual is added; a path to the vector (a parameter or a plain number,
+            1.0 meaning none); None: no layer scale.
+        ffn_scale: the same for the feed-forward block's output (``lambda_2``, ``layer_scale2.lambda1``).
     """
 
     attention: str
@@ -72,6 +89,8 @@ class LayerPaths:
     ffn_gate: Optional[str] = None
     attention_output_norm: Optional[str] = None
     ffn_output_norm: Optional[str] = None
+    attention_scale: Optional[str] = None
+    ffn_scale: Optional[str] = None
 
 
 class HeadStep:
@@ -92,6 +111,20 @@ class TiedLinear(Linear):
     top model), as DeBERTa-v2's masked-LM head computes it outside any linear module."""
 
     bias: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class MeanOfLinears(HeadStep):
+    """A head step: the mean of several linear maps, map ``g`` applied to the ``g``-th equal part of
+    the pooled vector (DeiT's teacher classifier averages the CLS head on the CLS token and the
+    distillation head on the distillation token, pooled by ``"first_two"``). Paths are relative to
+    the top model; each map's bias is spread over the pieces of its own output."""
+
+    paths: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.paths) < 1:
+            raise ValueError("MeanOfLinears needs at least one path.")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,13 @@
-"""Adapter for ViT image classifiers."""
+"""Adapters for the vision classifiers: ViT, DeiT, BEiT / Data2VecVision and DINOv2.
+
+All are pre-LN encoders over the patches of an image (plus a CLS token, and DeiT's distillation
+token). What differs is data: the module names, a layer scale (BEiT, DINOv2), a gated feed-forward
+unit (DINOv2's SwiGLU variant), and how the head reads the last layer (the CLS token; the mean of
+the patches and a LayerNorm, BEiT; the CLS token and that mean concatenated, DINOv2; the CLS and
+distillation tokens each through their own classifier, averaged, DeiT with a teacher). Relative
+position biases (BEiT) change only the attention probabilities, which DecompX takes as the real
+forward pass produced them.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +16,10 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, LayerPaths, Linear
+from .base import Adapter, LayerPaths, Linear, MeanOfLinears, Norm
 from .bert_family import BERT_LAYER
 
-_VIT_LAYER = LayerPaths(  # transformers 5.x
+_VIT_LAYER = LayerPaths(  # transformers 5.x (ViT, DeiT, BEiT)
     attention="attention",
     value="attention.v_proj",
     attention_output="attention.o_proj",
@@ -31,19 +40,120 @@ _VIT_LAYER_4X = replace(
 )
 
 
+def _layers_and_first(model: nn.Module) -> tuple[str, Any]:
+    """The path of the layer list (``layers`` in transformers 5.x, ``encoder.layer`` before) and its first layer."""
+    base: Any = model.base_model
+    if hasattr(base, "layers"):
+        return "base_model.layers", base.layers[0]
+    return "base_model.encoder.layer", base.encoder.layer[0]
+
+
+def _vit_layout(model: nn.Module) -> tuple[str, LayerPaths]:
+    layers, first_layer = _layers_and_first(model)
+    return layers, _VIT_LAYER if hasattr(first_layer.attention, "v_proj") else _VIT_LAYER_4X
+
+
 def vit(model: nn.Module) -> Adapter:
     """ViT: pre-LN, patch embeddings plus a CLS token; the classifier reads the CLS token after
     the final LayerNorm. Inputs are ``pixel_values``; attributions are per position (CLS first)."""
-    base: Any = model.base_model
-    layers = "base_model.layers" if hasattr(base, "layers") else "base_model.encoder.layer"
-    first_layer = base.layers[0] if hasattr(base, "layers") else base.encoder.layer[0]
-    layer = _VIT_LAYER if hasattr(first_layer.attention, "v_proj") else _VIT_LAYER_4X
+    layers, layer = _vit_layout(model)
     return Adapter(
         name="vit",
         layers=layers,
         layer=layer,
         head=(Linear("classifier"),),
         pooling="first",
+        norm_position="pre",
+        final_norm="base_model.layernorm",
+        input_kind="pixels",
+    )
+
+
+def deit(model: nn.Module) -> Adapter:
+    """DeiT: ViT's layers over a CLS token, a distillation token and the patches (positions: CLS,
+    distillation, then the patches). ``DeiTForImageClassification`` reads the CLS token;
+    ``DeiTForImageClassificationWithTeacher`` averages its CLS classifier on the CLS token and its
+    distillation classifier on the distillation token (pooling ``"first_two"``)."""
+    layers, layer = _vit_layout(model)
+    with_teacher = hasattr(model, "distillation_classifier")
+    return Adapter(
+        name="deit",
+        layers=layers,
+        layer=layer,
+        head=(MeanOfLinears(("cls_classifier", "distillation_classifier")),) if with_teacher else (Linear("classifier"),),
+        pooling="first_two" if with_teacher else "first",
+        norm_position="pre",
+        final_norm="base_model.layernorm",
+        input_kind="pixels",
+    )
+
+
+_BEIT_LAYER = replace(_VIT_LAYER, attention_scale="lambda_1", ffn_scale="lambda_2")
+
+# Data2VecVision (and BEiT in transformers 4.x): BERT-style module names
+_BEIT_LAYER_4X = replace(
+    BERT_LAYER,
+    attention="attention.attention",
+    value="attention.attention.value",
+    attention_norm="layernorm_before",
+    ffn_norm="layernorm_after",
+    attention_scale="lambda_1",
+    ffn_scale="lambda_2",
+)
+
+
+def beit(model: nn.Module) -> Adapter:
+    """BEiT and Data2VecVision: pre-LN layers with a layer scale on each block's output
+    (``lambda_1``, ``lambda_2``) and relative position biases in the attention scores. With
+    ``use_mean_pooling`` (the default) the classifier reads the mean of the patches (the CLS token
+    left out) after the pooler's LayerNorm; without, the CLS token after the final LayerNorm."""
+    layers, first_layer = _layers_and_first(model)
+    layer = _BEIT_LAYER if hasattr(first_layer.attention, "v_proj") else _BEIT_LAYER_4X
+    base: Any = model.base_model
+    pooler_norm = getattr(getattr(base, "pooler", None), "layernorm", None)
+    mean_pooling = isinstance(pooler_norm, nn.Module)
+    return Adapter(
+        name=model.config.model_type,
+        layers=layers,
+        layer=layer,
+        head=(Norm("base_model.pooler.layernorm"), Linear("classifier")) if mean_pooling else (Linear("classifier"),),
+        pooling="patch_mean" if mean_pooling else "first",
+        norm_position="pre",
+        final_norm=None if mean_pooling else "base_model.layernorm",
+        input_kind="pixels",
+    )
+
+
+_DINOV2_LAYER = LayerPaths(
+    attention="attention",
+    value="attention.v_proj",
+    attention_output="attention.o_proj",
+    attention_norm="norm1",
+    ffn_in="mlp.fc1",
+    ffn_activation="mlp.activation_fn",
+    ffn_out="mlp.fc2",
+    ffn_norm="norm2",
+    attention_scale="layer_scale1.lambda1",
+    ffn_scale="layer_scale2.lambda1",
+)
+
+_DINOV2_SWIGLU_LAYER = replace(
+    _DINOV2_LAYER, ffn_in="mlp.up_proj", ffn_gate="mlp.gate_proj", ffn_activation="mlp.act_fn", ffn_out="mlp.down_proj"
+)
+
+
+def dinov2(model: nn.Module) -> Adapter:
+    """DINOv2: pre-LN layers with a layer scale on each block's output, a plain or SwiGLU
+    (``use_swiglu_ffn``) feed-forward unit; the classifier reads the CLS token and the mean of the
+    patches, concatenated, after the final LayerNorm. Position embeddings are interpolated for any
+    image size (a multiple of the patch size): the positions are the CLS token and that grid."""
+    layers, first_layer = _layers_and_first(model)
+    return Adapter(
+        name="dinov2",
+        layers=layers,
+        layer=_DINOV2_SWIGLU_LAYER if hasattr(first_layer.mlp, "gate_proj") else _DINOV2_LAYER,
+        head=(Linear("classifier"),),
+        pooling="first_and_patch_mean",
         norm_position="pre",
         final_norm="base_model.layernorm",
         input_kind="pixels",

@@ -33,7 +33,7 @@ from ..components import (
 )
 from ..components.linear import affine
 from ..components.norms import norm_params
-from ..components.pooling import last_non_pad_token, pool, pool_weights
+from ..components.pooling import last_non_pad_token, pool, pool_weights, pooled_rows
 from .capture import Captured
 from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory, readable_bytes
 
@@ -161,7 +161,8 @@ def propagate_and_pool(
 
     Args:
         pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
-        pooling: (batch, seq) pooling weights of these examples.
+        pooling: (batch, seq) pooling weights of these examples, or (batch, groups, seq) for a
+            concatenating pooling (see :func:`~captum_decompx.components.pooling.pool`).
         batch: which examples of ``captured`` these are.
         all_rows: compute every row of the last layer too (else only the pooled rows).
         on_layer: called with each layer's index and output decomposition.
@@ -172,7 +173,7 @@ def propagate_and_pool(
     seq = pieces.shape[1]
     rows = torch.arange(seq, device=pieces.device)
     if not all_rows:
-        rows = torch.nonzero(pooling.abs().sum(0) > 0).flatten()
+        rows = pooled_rows(pooling).to(pieces.device)
     pieces = propagate_rows(
         pieces,
         captured,
@@ -185,7 +186,7 @@ def propagate_and_pool(
         own_scale=own_scale,
         on_layer=on_layer,
     )
-    return pool(pieces, pooling[:, rows])
+    return pool(pieces, pooling[..., rows])
 
 
 def _chunks(rows: Tensor, size: int) -> list:
