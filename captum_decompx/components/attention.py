@@ -253,6 +253,13 @@ class Attention(Component):
     def read(self, reader: Reader, root: nn.Module, where: str) -> Tensor:
         """(batch, heads, seq, seq), the real attention probabilities."""
         probs = reader.take(resolve(root, self.path), "probs", where)
+        if probs is None and "sdpa" in type(resolve(root, self.path)).__name__.lower():
+            raise RuntimeError(
+                f"{where[0].upper()}{where[1:]} ({self.path}) is {type(resolve(root, self.path)).__name__}, an "
+                "attention class built for sdpa when the model was loaded: it returns no attention "
+                "probabilities, which the exact path reads. Load the model with attn_implementation='eager', "
+                "or use the fast path (include_biases=False), which freezes sdpa's probabilities."
+            )
         if probs is None:
             raise RuntimeError(
                 f"{where[0].upper()}{where[1:]} ({self.path}) returned no attention probabilities even "
