@@ -1,0 +1,248 @@
+"""The vision classifiers (DeiT, BEiT / Data2VecVision, DINOv2) against the literal spec, and their
+battery: the Captum form, completeness against the forward function's output, fast = exact
+without biases, the model left as it was found, and clear refusals of bad images.
+
+The literal version (``literal_spec.py``) recomputes each model's forward pass from its weights in
+float64 (checked against the model's own logits to 1e-9), with what these models add written out:
+DeiT's distillation token and its teacher's two averaged classifiers, BEiT's relative position bias
+(recomputed from its table), its layer scales and its mean pooling of the patches with a LayerNorm,
+DINOv2's layer scales, SwiGLU unit and CLS-and-patch-mean classifier input. The engine is reached
+through ``DecompX`` only. The embedding block's output (patches, CLS and distillation tokens,
+interpolated position embeddings) is where both start: it is read from the model by a hook.
+"""
+
+from __future__ import annotations
+
+import literal_spec as spec
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+from captum_decompx import DecompX
+from captum_decompx.testing import randomize_parameters
+
+MODES = [
+    pytest.param(True, "exact", id="biases-decomposed"),
+    pytest.param(False, "exact", id="biases-left-out-exact"),
+    pytest.param(False, "fast", id="biases-left-out-fast"),
+]
+# eager attention: the literal forward reproduces its arithmetic (a float32 softmax)
+COMMON = dict(
+    image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+    num_labels=3, attn_implementation="eager",
+)  # fmt: skip
+
+
+def deit(seed: int, teacher: bool = True) -> nn.Module:
+    config = tf.DeiTConfig(intermediate_size=24, **COMMON)
+    model_class = tf.DeiTForImageClassificationWithTeacher if teacher else tf.DeiTForImageClassification
+    return spec.randomize(model_class(config), seed)
+
+
+def beit(seed: int, mean_pooling: bool = True) -> nn.Module:
+    config = tf.BeitConfig(
+        intermediate_size=24, use_relative_position_bias=True, use_mean_pooling=mean_pooling,
+        layer_scale_init_value=0.1, **COMMON,
+    )  # fmt: skip
+    return spec.randomize(tf.BeitForImageClassification(config), seed)
+
+
+def dinov2(seed: int, swiglu: bool = True) -> nn.Module:
+    config = tf.Dinov2Config(mlp_ratio=2, use_swiglu_ffn=swiglu, **COMMON)
+    return spec.randomize(tf.Dinov2ForImageClassification(config), seed)
+
+
+def images(count: int, size: int, seed: int, dtype=spec.DTYPE) -> torch.Tensor:
+    return torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def embedding_output(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(batch, positions, hidden): what the model's embedding block gives its first layer."""
+    seen = []
+    handle = model.base_model.embeddings.register_forward_hook(lambda _m, _a, output: seen.append(output))
+    try:
+        with torch.no_grad():
+            model(pixels)
+    finally:
+        handle.remove()
+    first = seen[0]
+    return (first[0] if isinstance(first, tuple) else first).detach()
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers of the weights into the literal spec's structures (by module name)
+
+
+def layer_weights(layer, heads: int, *, score_bias=None) -> spec.LayerWeights:
+    """A ViT-style layer of transformers 5.x (DeiT, BEiT: ``layernorm_before``, ``mlp.fc1``) or a
+    DINOv2 layer (``norm1``, ``layer_scale1``, ``mlp.gate_proj`` in the SwiGLU variant)."""
+    attention = layer.attention
+    dinov2_layer = hasattr(layer, "norm1")
+    mlp = layer.mlp
+    gated = hasattr(mlp, "gate_proj")
+    if dinov2_layer:
+        norm1, norm2 = layer.norm1, layer.norm2
+        attention_scale, ffn_scale = layer.layer_scale1.lambda1, layer.layer_scale2.lambda1
+    else:
+        norm1, norm2 = layer.layernorm_before, layer.layernorm_after
+        attention_scale, ffn_scale = getattr(layer, "lambda_1", None), getattr(layer, "lambda_2", None)
+
+    def vector(value):
+        return value.detach().to(spec.DTYPE) if isinstance(value, torch.Tensor) else None
+
+    return spec.LayerWeights(
+        query=spec.affine_of(attention.q_proj),
+        key=spec.affine_of(attention.k_proj),
+        value=spec.affine_of(attention.v_proj),
+        output=spec.affine_of(attention.o_proj),
+        heads=heads,
+        kv_heads=heads,
+        norm1=spec.norm_of(norm1),
+        norm2=spec.norm_of(norm2),
+        ffn_in=spec.affine_of(mlp.up_proj if gated else mlp.fc1),
+        activation=spec.SILU if gated else spec.GELU,
+        ffn_out=spec.affine_of(mlp.down_proj if gated else mlp.fc2),
+        ffn_gate=spec.affine_of(mlp.gate_proj) if gated else None,
+        attention_scale=vector(attention_scale),
+        ffn_scale=vector(ffn_scale),
+        score_bias=score_bias,
+    )
+
+
+def beit_relative_position_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(heads, 1 + P, 1 + P) from a relative position bias table ((2Gh-1)(2Gw-1) + 3, heads), as
+    BEiT defines it: patch ``i`` at (y_i, x_i) attending to patch ``j`` reads the entry of the
+    offset (y_i - y_j, x_i - x_j), rows of the table in row-major order of the offsets shifted to
+    start at 0; the last three entries are CLS to a patch, a patch to CLS, and CLS to itself."""
+    height, width = grid
+    count = (2 * height - 1) * (2 * width - 1) + 3
+    positions = [(y, x) for y in range(height) for x in range(width)]
+    size = 1 + len(positions)
+    index = torch.zeros(size, size, dtype=torch.long)
+    for i, (yi, xi) in enumerate(positions):
+        for j, (yj, xj) in enumerate(positions):
+            index[1 + i, 1 + j] = (yi - yj + height - 1) * (2 * width - 1) + (xi - xj + width - 1)
+    index[0, :] = count - 3
+    index[:, 0] = count - 2
+    index[0, 0] = count - 1
+    return table.detach().to(spec.DTYPE)[index].permute(2, 0, 1)
+
+
+def deit_weights(model) -> spec.ModelWeights:
+    heads = model.config.num_attention_heads
+    if hasattr(model, "distillation_classifier"):
+        head = [spec.MeanOfHeads([spec.affine_of(model.cls_classifier), spec.affine_of(model.distillation_classifier)])]
+    else:
+        head = [spec.affine_of(model.classifier)]
+    return spec.ModelWeights(
+        layers=[layer_weights(layer, heads) for layer in model.deit.layers],
+        pre_norm=True,
+        head=head,
+        final_norm=spec.norm_of(model.deit.layernorm),
+        softmax=spec.float32_softmax,
+    )
+
+
+def beit_weights(model, grid: tuple[int, int]) -> spec.ModelWeights:
+    heads = model.config.num_attention_heads
+    layers = [
+        layer_weights(layer, heads, score_bias=beit_relative_position_bias(layer.relative_position_bias.relative_position_bias_table, grid))
+        for layer in model.beit.layers
+    ]
+    mean_pooling = model.beit.pooler.layernorm is not None
+    return spec.ModelWeights(
+        layers=layers,
+        pre_norm=True,
+        head=[spec.norm_of(model.beit.pooler.layernorm), spec.affine_of(model.classifier)] if mean_pooling else [spec.affine_of(model.classifier)],
+        final_norm=None if mean_pooling else spec.norm_of(model.beit.layernorm),
+        softmax=spec.float32_softmax,
+    )
+
+
+def dinov2_weights(model) -> spec.ModelWeights:
+    heads = model.config.num_attention_heads
+    return spec.ModelWeights(
+        layers=[layer_weights(layer, heads) for layer in model.dinov2.encoder.layer],
+        pre_norm=True,
+        head=[spec.affine_of(model.classifier)],
+        final_norm=spec.norm_of(model.dinov2.layernorm),
+        softmax=lambda scores: torch.softmax(scores, dim=-1),  # DINOv2 computes it in the model dtype
+    )
+
+
+def patch_mean_after(first: int, positions: int) -> dict[int, float]:
+    return {row: 1.0 / (positions - first) for row in range(first, positions)}
+
+
+def check_against_literal(model, weights, pixels, pooled_of, include_biases, method):
+    out = DecompX(model, include_biases=include_biases, algorithm=method).decompose(pixels)
+    embeddings = embedding_output(model, pixels)
+    scale = float(out.logits.abs().max())
+    for b in range(pixels.shape[0]):
+        pooled = pooled_of(embeddings.shape[1])
+        trace = spec.real_forward(weights, embeddings[b], pooled_row=pooled)
+        spec.assert_matches(trace.logits, out.logits[b], scale, "literal forward vs model logits", 1e-9)
+        literal = spec.decompose(weights, embeddings[b], trace, pooled, mode="rule" if include_biases else "drop")
+        spec.assert_matches(out.attributions[b], literal.contributions, scale, f"image {b}: attributions")
+        if not include_biases:
+            spec.assert_matches(out.bias[b], trace.logits - literal.contributions.sum(0), scale, f"image {b}: bias share")
+
+
+# ----------------------------------------------------------------------------------------------
+# Values against the literal spec
+
+
+@pytest.mark.parametrize("include_biases, method", MODES)
+def test_deit_with_teacher_matches_the_literal_spec(include_biases, method):
+    """Positions: CLS, distillation token, 2x2 patches; the two classifiers averaged."""
+    model = deit(seed=11)
+    check_against_literal(
+        model, deit_weights(model), images(2, 8, seed=11), lambda n: spec.Pool([{0: 1.0}, {1: 1.0}]), include_biases, method
+    )
+
+
+def test_deit_without_teacher_matches_the_literal_spec():
+    model = deit(seed=12, teacher=False)
+    check_against_literal(model, deit_weights(model), images(2, 8, seed=12), lambda n: 0, True, "exact")
+
+
+@pytest.mark.parametrize("include_biases, method", MODES)
+def test_beit_matches_the_literal_spec(include_biases, method):
+    """Relative position bias, layer scales, the mean of the patches and the pooler's LayerNorm."""
+    model = beit(seed=13)
+    check_against_literal(
+        model,
+        beit_weights(model, (2, 2)),
+        images(2, 8, seed=13),
+        lambda n: spec.Pool([patch_mean_after(1, n)]),
+        include_biases,
+        method,
+    )
+
+
+def test_beit_with_cls_pooling_matches_the_literal_spec():
+    model = beit(seed=14, mean_pooling=False)
+    check_against_literal(model, beit_weights(model, (2, 2)), images(2, 8, seed=14), lambda n: 0, True, "exact")
+
+
+@pytest.mark.parametrize("include_biases, method", MODES)
+def test_dinov2_swiglu_matches_the_literal_spec_at_another_image_size(include_biases, method):
+    """A 12x12 image on a model configured for 8x8: 3x3 patches with interpolated position
+    embeddings; the classifier reads [CLS, mean of the patches]."""
+    model = dinov2(seed=15)
+    check_against_literal(
+        model,
+        dinov2_weights(model),
+        images(2, 12, seed=15),
+        lambda n: spec.Pool([{0: 1.0}, patch_mean_after(1, n)]),
+        include_biases,
+        method,
+    )
+
+
+def test_dinov2_plain_mlp_matches_the_literal_spec():
+    model = dinov2(seed=16, swiglu=False)
+    check_against_literal(
+        model, dinov2_weights(model), images(2, 8, seed=16), lambda n: spec.Pool([{0: 1.0}, patch_mean_after(1, n)]), True, "exact"
+    )
