@@ -193,6 +193,9 @@ class Adapter:
         logit_softcap: the model returns ``cap * tanh(z / cap)`` of the head's output ``z`` (the
             final-logit soft-cap of Gemma 2/3 causal LMs). This is nonlinear and not decomposed:
             DecompX explains ``z``, the logits before the cap, and warns on every capture.
+        fixed_image_size: an image model that reads images of ``config.image_size`` only, unless
+            its call asks it to interpolate its position embeddings (ViT, DeiT): other sizes are
+            refused when the forward function is the model itself.
     """
 
     name: str
@@ -206,6 +209,7 @@ class Adapter:
     force_output_attentions: Optional[tuple[int, str]] = None
     input_kind: str = "tokens"
     logit_softcap: Optional[float] = None
+    fixed_image_size: bool = False
 
     def __post_init__(self) -> None:
         for name, value, choices in (

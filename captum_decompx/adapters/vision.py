@@ -66,6 +66,7 @@ def vit(model: nn.Module) -> Adapter:
         norm_position="pre",
         final_norm="base_model.layernorm",
         input_kind="pixels",
+        fixed_image_size=True,
     )
 
 
@@ -85,6 +86,7 @@ def deit(model: nn.Module) -> Adapter:
         norm_position="pre",
         final_norm="base_model.layernorm",
         input_kind="pixels",
+        fixed_image_size=True,
     )
 
 
@@ -113,7 +115,7 @@ def beit(model: nn.Module) -> Adapter:
     pooler_norm = getattr(getattr(base, "pooler", None), "layernorm", None)
     mean_pooling = isinstance(pooler_norm, nn.Module)
     return Adapter(
-        name=model.config.model_type,
+        name=str(getattr(model, "config").model_type),  # noqa: B009 (a Hugging Face model's config)
         layers=layers,
         layer=layer,
         head=(Norm("base_model.pooler.layernorm"), Linear("classifier")) if mean_pooling else (Linear("classifier"),),

@@ -180,7 +180,13 @@ class HookedModelAttribution(Attribution):
         """The checked input tensor (token ids, embeddings or pixels) and whether it came as a 1-tuple."""
         tensor, as_tuple = validation.unpack_inputs(inputs)
         if self.adapter.input_kind == "pixels":
-            validation.check_pixel_inputs(tensor, self.adapter.name)
+            validation.check_pixel_inputs(
+                tensor,
+                self.adapter.name,
+                self.model,
+                fixed_size=self.adapter.fixed_image_size,
+                forward_is_model=validation.is_the_model_itself(self.forward_func, self.model),
+            )
         elif self._multiple_choice_ids(tensor):
             # (batch, choices, seq): the model runs the batch * choices sequences as one batch.
             validation.check_token_inputs(tensor.flatten(0, 1), self.model, self.forward_func)

@@ -147,14 +147,18 @@ def deit_weights(model) -> spec.ModelWeights:
 def beit_weights(model, grid: tuple[int, int]) -> spec.ModelWeights:
     heads = model.config.num_attention_heads
     layers = [
-        layer_weights(layer, heads, score_bias=beit_relative_position_bias(layer.relative_position_bias.relative_position_bias_table, grid))
+        layer_weights(
+            layer, heads, score_bias=beit_relative_position_bias(layer.relative_position_bias.relative_position_bias_table, grid)
+        )
         for layer in model.beit.layers
     ]
     mean_pooling = model.beit.pooler.layernorm is not None
     return spec.ModelWeights(
         layers=layers,
         pre_norm=True,
-        head=[spec.norm_of(model.beit.pooler.layernorm), spec.affine_of(model.classifier)] if mean_pooling else [spec.affine_of(model.classifier)],
+        head=[spec.norm_of(model.beit.pooler.layernorm), spec.affine_of(model.classifier)]
+        if mean_pooling
+        else [spec.affine_of(model.classifier)],
         final_norm=None if mean_pooling else spec.norm_of(model.beit.layernorm),
         softmax=spec.float32_softmax,
     )
@@ -244,5 +248,130 @@ def test_dinov2_swiglu_matches_the_literal_spec_at_another_image_size(include_bi
 def test_dinov2_plain_mlp_matches_the_literal_spec():
     model = dinov2(seed=16, swiglu=False)
     check_against_literal(
-        model, dinov2_weights(model), images(2, 8, seed=16), lambda n: spec.Pool([{0: 1.0}, patch_mean_after(1, n)]), True, "exact"
+        model,
+        dinov2_weights(model),
+        images(2, 8, seed=16),
+        lambda n: spec.Pool([{0: 1.0}, patch_mean_after(1, n)]),
+        True,
+        "exact",
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The battery: the Captum form, completeness, fast = exact, the model left as it was found
+
+FLOAT32 = dict(COMMON, attn_implementation="sdpa")  # as models load by default
+
+
+def float32_models() -> dict:
+    """Every classifier at float32 with its default attention (sdpa), parameters redrawn."""
+    return {
+        "deit": tf.DeiTForImageClassification(tf.DeiTConfig(intermediate_size=24, **FLOAT32)),
+        "deit-teacher": tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(intermediate_size=24, **FLOAT32)),
+        "beit": tf.BeitForImageClassification(
+            tf.BeitConfig(intermediate_size=24, use_relative_position_bias=True, layer_scale_init_value=0.1, **FLOAT32)
+        ),
+        "data2vec-vision": tf.Data2VecVisionForImageClassification(
+            tf.Data2VecVisionConfig(intermediate_size=24, use_relative_position_bias=True, **COMMON)  # eager: see below
+        ),
+        "dinov2": tf.Dinov2ForImageClassification(tf.Dinov2Config(mlp_ratio=2, **FLOAT32)),
+        "dinov2-swiglu": tf.Dinov2ForImageClassification(tf.Dinov2Config(mlp_ratio=2, use_swiglu_ffn=True, **FLOAT32)),
+    }
+
+
+POSITIONS = {
+    "deit": 2 + 4,
+    "deit-teacher": 2 + 4,
+    "beit": 1 + 4,
+    "data2vec-vision": 1 + 4,
+    "dinov2": 1 + 4,
+    "dinov2-swiglu": 1 + 4,
+}
+
+
+def state_of(model: nn.Module) -> tuple:
+    hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()]
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}, hooks, model.config._attn_implementation
+
+
+def assert_same_state(model: nn.Module, before: tuple) -> None:
+    state, hooks, attention = state_of(model)
+    assert all(torch.equal(state[name], tensor) for name, tensor in before[0].items())
+    assert (hooks, attention) == before[1:]
+
+
+@pytest.mark.parametrize("name", sorted(POSITIONS))
+def test_vision_battery(name):
+    model = randomize_parameters(float32_models()[name], 21)
+    pixels = images(2, 8, seed=21, dtype=torch.float32)
+    before = state_of(model)
+
+    def forward(pixel_values):
+        return model(pixel_values).logits
+
+    with torch.no_grad():
+        logits = forward(pixels)
+    scale = float(logits.abs().max())
+    tolerance = 2e-5 * max(1.0, scale)
+    # The Captum form: (batch, positions) over the first layer's input tokens, and the delta.
+    attributions, delta = DecompX(forward, model=model).attribute(pixels, target=1, return_convergence_delta=True)
+    assert attributions.shape == (2, POSITIONS[name])
+    assert float(delta.abs().max()) <= tolerance
+    # Complete against the forward function's output, for every class.
+    out = DecompX(forward, model=model).decompose(pixels)
+    assert float((out.attributions.sum(1) - logits).abs().max()) <= tolerance
+    torch.testing.assert_close(out.attributions[:, :, 1], attributions)
+    # Fast = exact without biases, to 1e-6 of the logit scale (and their bias shares).
+    exact = DecompX(forward, model=model, include_biases=False, algorithm="exact").decompose(pixels)
+    fast = DecompX(forward, model=model, include_biases=False, algorithm="fast").decompose(pixels)
+    assert float((fast.attributions - exact.attributions).abs().max()) <= 1e-6 * max(1.0, scale)
+    assert float((fast.bias - exact.bias).abs().max()) <= 1e-6 * max(1.0, scale)
+    # Without the head: the norms of the pooled decomposition, the same on both paths.
+    pooled_exact = DecompX(forward, model=model, include_biases=False, include_head=False, algorithm="exact").attribute(pixels)
+    pooled_fast = DecompX(forward, model=model, include_biases=False, include_head=False).attribute(pixels)
+    torch.testing.assert_close(pooled_fast, pooled_exact, rtol=1e-5, atol=1e-5)
+    assert_same_state(model, before)
+
+
+def test_data2vec_vision_loaded_with_sdpa_is_refused_by_the_exact_path_only():
+    """Its sdpa attention class, chosen at load time, never returns probabilities."""
+    config = tf.Data2VecVisionConfig(intermediate_size=24, use_relative_position_bias=True, **FLOAT32)
+    model = randomize_parameters(tf.Data2VecVisionForImageClassification(config), 22)
+    pixels = images(1, 8, seed=22, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="attn_implementation='eager'"):
+        DecompX(model).attribute(pixels, target=0)
+    assert DecompX(model, include_biases=False).attribute(pixels, target=0).shape == (1, 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad images
+
+
+@pytest.mark.parametrize("name", ["deit-teacher", "beit", "dinov2"])
+def test_wrong_channel_count_is_refused(name):
+    model = float32_models()[name].eval()
+    with pytest.raises(ValueError, match=r"3 channel\(s\) \(config.num_channels\); got 1"):
+        DecompX(model).attribute(torch.zeros(1, 1, 8, 8), target=0)
+
+
+def test_deit_refuses_another_size_unless_the_forward_interpolates():
+    model = randomize_parameters(float32_models()["deit-teacher"], 23)
+    pixels = images(1, 12, seed=23, dtype=torch.float32)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+        DecompX(model).attribute(pixels, target=0)
+
+    def interpolating(pixel_values):
+        return model(pixel_values, interpolate_pos_encoding=True).logits
+
+    attributions, delta = DecompX(interpolating, model=model).attribute(pixels, target=0, return_convergence_delta=True)
+    assert attributions.shape == (1, 2 + 9)  # 3x3 patches
+    assert float(delta.abs().max()) < 1e-4
+
+
+def test_models_that_interpolate_take_other_sizes():
+    for name in ("beit", "dinov2"):
+        model = randomize_parameters(float32_models()[name], 24)
+        pixels = images(1, 12, seed=24, dtype=torch.float32)
+        attributions, delta = DecompX(model).attribute(pixels, target=2, return_convergence_delta=True)
+        assert attributions.shape == (1, 1 + 9)
+        assert float(delta.abs().max()) < 1e-4
