@@ -115,7 +115,7 @@ def beit(model: nn.Module) -> Adapter:
     pooler_norm = getattr(getattr(base, "pooler", None), "layernorm", None)
     mean_pooling = isinstance(pooler_norm, nn.Module)
     return Adapter(
-        name=str(getattr(model, "config").model_type),  # noqa: B009 (a Hugging Face model's config)
+        name=str(base.config.model_type),
         layers=layers,
         layer=layer,
         head=(Norm("base_model.pooler.layernorm"), Linear("classifier")) if mean_pooling else (Linear("classifier"),),
