@@ -31,7 +31,7 @@ from .tasks import (
     electra_multiple_choice_head,
     task_of,
 )
-from .vision import beit, deit, dinov2, vit
+from .vision import beit, deit, dinov2, swin, vit
 from .wrappers import unwrap_model
 
 AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
@@ -161,6 +161,7 @@ register_adapter("vit", vit)
 register_adapter("deit", deit)
 register_adapter(("beit", "data2vec-vision"), beit)
 register_adapter("dinov2", dinov2)
+register_adapter("swin", swin)
 register_adapter("gpt2", gpt2)
 register_adapter(("llama", "qwen2", "qwen3", "mistral", "gemma"), llama_family)
 register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)

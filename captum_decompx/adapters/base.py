@@ -53,6 +53,43 @@ Block = Union[tuple[int, int], FeatureRange]
 
 
 @dataclass(frozen=True)
+class Windows:
+    """Attention computed in (shifted) windows of the layer's token grid, as Swin's layers do: the
+    grid (height, width) is the layer's argument ``grid_argument`` (position, name); the window
+    side and the cyclic shift are the layer's attributes ``window_size`` and ``shift_size`` after
+    its call. The windowed probabilities are read as the full (seq x seq) attention they are: zero
+    between tokens of different windows."""
+
+    grid_argument: tuple[int, str] = (1, "input_dimensions")
+    window_size: str = "window_size"
+    shift_size: str = "shift_size"
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Layers grouped in stages, each stage but the last followed by a patch merging (Swin): the
+    merging module concatenates the states of each 2x2 block of the token grid (in the order
+    (0, 0), (1, 0), (0, 1), (1, 1) of (row, column) offsets), normalizes them and maps them
+    linearly; the merged token's decomposition stays over the first layer's tokens.
+
+    Attributes:
+        path: the stage list, relative to the top model.
+        blocks: each stage's layer list, relative to the stage.
+        merging: the merging module, relative to the stage (None, or absent, in a stage without).
+        norm, reduction: the merging module's normalization and linear map, relative to it.
+        grid_argument: (position, name) of the merging module's argument that holds the grid
+            (height, width) it merges.
+    """
+
+    path: str
+    blocks: str = "blocks"
+    merging: str = "downsample"
+    norm: str = "norm"
+    reduction: str = "reduction"
+    grid_argument: tuple[int, str] = (1, "input_dimensions")
+
+
+@dataclass(frozen=True)
 class LayerPaths:
     """Paths, relative to one layer, of the modules DecompX reads.
 
@@ -76,6 +113,8 @@ class LayerPaths:
             before its residual is added; a path to the vector (a parameter or a plain number,
             1.0 meaning none); None: no layer scale.
         ffn_scale: the same for the feed-forward block's output (``lambda_2``, ``layer_scale2.lambda1``).
+        attention_windows: the attention runs in (shifted) windows of the token grid (Swin), see
+            :class:`Windows`; None: over the whole sequence.
     """
 
     attention: str
@@ -91,6 +130,7 @@ class LayerPaths:
     ffn_output_norm: Optional[str] = None
     attention_scale: Optional[str] = None
     ffn_scale: Optional[str] = None
+    attention_windows: Optional[Windows] = None
 
 
 class HeadStep:
@@ -193,6 +233,8 @@ class Adapter:
         logit_softcap: the model returns ``cap * tanh(z / cap)`` of the head's output ``z`` (the
             final-logit soft-cap of Gemma 2/3 causal LMs). This is nonlinear and not decomposed:
             DecompX explains ``z``, the logits before the cap, and warns on every capture.
+        stages: the layers are grouped in stages joined by patch mergings (Swin), see
+            :class:`Stages`; ``layers`` then lists the stages' layers in execution order.
         fixed_image_size: an image model that reads images of ``config.image_size`` only, unless
             its call asks it to interpolate its position embeddings (ViT, DeiT): other sizes are
             refused when the forward function is the model itself.
@@ -210,6 +252,7 @@ class Adapter:
     input_kind: str = "tokens"
     logit_softcap: Optional[float] = None
     fixed_image_size: bool = False
+    stages: Optional[Stages] = None
 
     def __post_init__(self) -> None:
         for name, value, choices in (

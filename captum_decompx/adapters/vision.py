@@ -1,12 +1,14 @@
-"""Adapters for the vision classifiers: ViT, DeiT, BEiT / Data2VecVision and DINOv2.
+"""Adapters for the vision classifiers: ViT, DeiT, BEiT / Data2VecVision, DINOv2 and Swin.
 
 All are pre-LN encoders over the patches of an image (plus a CLS token, and DeiT's distillation
 token). What differs is data: the module names, a layer scale (BEiT, DINOv2), a gated feed-forward
 unit (DINOv2's SwiGLU variant), and how the head reads the last layer (the CLS token; the mean of
 the patches and a LayerNorm, BEiT; the CLS token and that mean concatenated, DINOv2; the CLS and
 distillation tokens each through their own classifier, averaged, DeiT with a teacher). Relative
-position biases (BEiT) change only the attention probabilities, which DecompX takes as the real
-forward pass produced them.
+position biases (BEiT, Swin) change only the attention probabilities, which DecompX takes as the
+real forward pass produced them. Swin adds windowed attention and patch mergings between stages
+(component kinds of their own, :mod:`~captum_decompx.components.windows` and
+:mod:`~captum_decompx.components.merging`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, LayerPaths, Linear, MeanOfLinears, Norm
+from .base import Adapter, LayerPaths, Linear, MeanOfLinears, Norm, Stages, Windows, resolve
 from .bert_family import BERT_LAYER
 
 _VIT_LAYER = LayerPaths(  # transformers 5.x (ViT, DeiT, BEiT)
@@ -159,4 +161,33 @@ def dinov2(model: nn.Module) -> Adapter:
         norm_position="pre",
         final_norm="base_model.layernorm",
         input_kind="pixels",
+    )
+
+
+_SWIN_STAGES = Stages(path="base_model.encoder.layers")
+
+_SWIN_LAYER = replace(_VIT_LAYER, attention_windows=Windows())
+
+
+def _swin_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every stage's layers, in execution order."""
+    return [block for stage in resolve(model, _SWIN_STAGES.path) for block in stage.blocks]
+
+
+def swin(model: nn.Module) -> Adapter:
+    """Swin: pre-LN layers whose attention runs in shifted windows of the token grid (read as the
+    full attention, zero between windows), stages joined by patch mergings (each 2x2 block of
+    tokens concatenated, normalized and mapped linearly: the decomposition stays over the first
+    layer's patches); the classifier reads the mean of the last stage's tokens after the final
+    LayerNorm. Positions are the patches of the first layer, in row-major order (no CLS token)."""
+    return Adapter(
+        name="swin",
+        layers=_swin_blocks,
+        layer=_SWIN_LAYER,
+        head=(Linear("classifier"),),
+        pooling="mean",
+        norm_position="pre",
+        final_norm="base_model.layernorm",
+        input_kind="pixels",
+        stages=_SWIN_STAGES,
     )

@@ -301,7 +301,12 @@ class Attention(Component):
         if first:  # the first layer's value bias belongs to each token, added before any mixing
             bias = self.value.output_bias(root)
             if bias is not None:
-                freezer.freeze_output(self.value.module(root), "own bias", lambda _module, _args, output: output, own_bias=bias)
+                self.freeze_own_value_bias(freezer, root, bias)
+
+    def freeze_own_value_bias(self, freezer: "Freezer", root: nn.Module, bias: Tensor) -> None:
+        """Add each token's share of the first layer's value bias (dim,) to the value map's output
+        (batch, seq, dim), zero-valued, its gradient to the ``own_scale`` leaf."""
+        freezer.freeze_output(self.value.module(root), "own bias", lambda _module, _args, output: output, own_bias=bias)
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> AttentionParams:
         return AttentionParams(self.value.resolve(root, dtype), self.output.resolve(root, dtype))

@@ -33,6 +33,7 @@ from .feed_forward import FeedForward, feed_forward
 from .linear import Affine, LinearMap
 from .norms import Normalization, NormParams, normalize
 from .pieces import Settings, add_bias
+from .windows import ShiftedWindowAttention
 
 if TYPE_CHECKING:
     from ..core.freezing import Freezer
@@ -262,13 +263,16 @@ class TransformerLayer(Component):
     @classmethod
     def from_adapter(cls, adapter: Adapter) -> "TransformerLayer":
         paths = adapter.layer
+        attention_maps = (
+            paths.attention,
+            LinearMap.at(paths.value),
+            LinearMap.at(paths.attention_output),
+            adapter.force_output_attentions,
+        )
         return cls(
-            attention=Attention(
-                paths.attention,
-                LinearMap.at(paths.value),
-                LinearMap.at(paths.attention_output),
-                adapter.force_output_attentions,
-            ),
+            attention=Attention(*attention_maps)
+            if paths.attention_windows is None
+            else ShiftedWindowAttention(*attention_maps, windows=paths.attention_windows),
             # a pre-LN layer's attention norm acts before any mixing: in the first layer its bias is the tokens' own
             attention_norm=Normalization(paths.attention_norm, before_mixing=adapter.norm_position == "pre"),
             feed_forward=FeedForward(

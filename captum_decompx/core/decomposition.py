@@ -32,6 +32,7 @@ from ..components import (
     transformer_layer,
 )
 from ..components.linear import affine
+from ..components.merging import merge_patches
 from ..components.norms import norm_params
 from ..components.pooling import last_non_pad_token, pool, pool_weights, pooled_rows
 from .capture import Captured
@@ -82,7 +83,12 @@ def padding_mask(captured: Captured) -> Tensor:
 
 
 def pooling_of(captured: Captured, adapter: Adapter, dtype: torch.dtype) -> Tensor:
-    """(batch, seq) pooling weights of a captured forward pass: the row(s) the model's head read."""
+    """(batch, seq) pooling weights of a captured forward pass: the row(s) the model's head read.
+    With patch mergings (Swin), ``seq`` is the last layer's number of tokens, all of them real."""
+    if captured.merges:
+        last = captured.layers[-1].attention_probs
+        real = torch.ones(last.shape[0], last.shape[-1], dtype=torch.bool, device=last.device)
+        return pool_weights(adapter, real, dtype, captured.pooling)
     return pool_weights(adapter, padding_mask(captured), dtype, captured.pooling)
 
 
@@ -137,6 +143,9 @@ def propagate_rows(
             row_chunks=_chunks(rows, rows_per_chunk),
             own_scale=own_scale,
         )
+        if index in parts.merges:  # a patch merging (Swin): a quarter of the rows, the same pieces
+            pieces = merge_patches(pieces, captured.merges[index].select(batch, dtype), parts.merges[index], settings)
+            rows = torch.arange(pieces.shape[1], device=pieces.device)
         if on_layer is not None:
             on_layer(index, pieces)
     return _final_norm(pieces, parts, captured, batch, rows, settings, dtype)

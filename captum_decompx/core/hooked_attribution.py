@@ -32,7 +32,7 @@ from ..adapters import Adapter, adapter_for, task_of
 from ..adapters.wrappers import unwrap_for_decompx
 from . import validation
 from .capture import Captured, capture_internals
-from .decomposition import padding_mask, pool_weights
+from .decomposition import pooling_of
 from .forward_contract import ModelOutputTap, decomposed_model_output, model_output_tensor, tap_model_output
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -240,7 +240,7 @@ class HookedModelAttribution(Attribution):
     # The forward pass
 
     def _pool_weights(self, captured: Captured) -> Tensor:
-        return pool_weights(self.adapter, padding_mask(captured), torch.float32, captured.pooling)
+        return pooling_of(captured, self.adapter, torch.float32)
 
     def _capture_forward(self, input_ids: Tensor, additional_forward_args: Any, *, tap: bool = True) -> ForwardCapture:
         """Check the model and the arguments, then run the forward function once with every hook.
