@@ -118,7 +118,8 @@ class LayerWeights:
     ``attention_scale``, ``ffn_scale`` (d,): a layer scale multiplying each block's output before
     its residual (BEiT's ``lambda_1``/``lambda_2``, DINOv2's ``layer_scale1``/``layer_scale2``).
     ``score_bias`` (heads, N, N): added to the attention scores before the softmax (BEiT's
-    relative position bias).
+    relative position bias). ``allowed`` (N, N) bool: the keys each query may attend to (Swin's
+    windows; None: all).
     """
 
     query: Affine
@@ -138,6 +139,33 @@ class LayerWeights:
     attention_scale: Optional[Tensor] = None
     ffn_scale: Optional[Tensor] = None
     score_bias: Optional[Tensor] = None
+    allowed: Optional[Tensor] = None
+
+
+@dataclass
+class Merge:
+    """A patch merging (Swin) of the token grid ``grid`` (height, width), rows in row-major order:
+    the merged token at (r, c) is ``reduction(norm(concat(x[2r, 2c], x[2r + 1, 2c], x[2r, 2c + 1],
+    x[2r + 1, 2c + 1])))``, a zero state where a place lies outside the grid (an odd side)."""
+
+    grid: tuple[int, int]
+    norm: NormWeights
+    reduction: Affine
+
+    def concatenate(self, x: Tensor) -> Tensor:
+        """(height * width, d) -> (ceil(height / 2) * ceil(width / 2), 4 * d): the four states of
+        each 2x2 block side by side."""
+        height, width = self.grid
+        dim = x.shape[-1]
+        merged = []
+        for r in range((height + 1) // 2):
+            for c in range((width + 1) // 2):
+                parts = []
+                for row, col in ((2 * r, 2 * c), (2 * r + 1, 2 * c), (2 * r, 2 * c + 1), (2 * r + 1, 2 * c + 1)):
+                    inside = row < height and col < width
+                    parts.append(x[row * width + col] if inside else torch.zeros(dim, dtype=x.dtype))
+                merged.append(torch.cat(parts))
+        return torch.stack(merged)
 
 
 @dataclass
@@ -147,6 +175,7 @@ class ModelWeights:
     ``head`` is a list of :class:`Affine`, :class:`Activation` and :class:`NormWeights` steps.
     ``rotary(x, head_dim)`` rotates (N, head_dim) queries or keys by their positions.
     ``softmax(scores)`` is the attention softmax over the last axis.
+    ``merges``: per layer index, the patch merging after that layer (Swin's stages).
     """
 
     layers: list[LayerWeights]
@@ -156,6 +185,7 @@ class ModelWeights:
     causal: bool = False
     rotary: Optional[Callable[[Tensor], Tensor]] = None
     softmax: Callable[[Tensor], Tensor] = field(default=lambda scores: torch.softmax(scores, dim=-1))
+    merges: dict[int, Merge] = field(default_factory=dict)
 
 
 def float32_softmax(scores: Tensor) -> Tensor:
@@ -232,6 +262,7 @@ class Trace:
     final_norm_input: Optional[Tensor]
     head_inputs: list[Optional[Tensor]]  # per head step: its real input (d,) for activations/norms
     logits: Tensor  # (C,)
+    merge_inputs: dict[int, Tensor] = field(default_factory=dict)  # per merge: its norm's real input (N', 4d)
 
 
 def _head_block(weight_or_bias: Tensor, head: int, head_dim: int) -> Tensor:
@@ -275,8 +306,13 @@ def real_attention(
                 allowed &= ~torch.ones(seq, seq, dtype=torch.bool).triu(1)
             if keys is not None:
                 allowed &= keys.view(1, seq)
+            if layer.allowed is not None:
+                allowed &= layer.allowed
             for i in range(seq):
-                if bool(allowed[i].any()):
+                if layer.allowed is not None:  # a softmax over the query's window only, as the model runs it
+                    window = allowed[i].nonzero().flatten()
+                    alpha[h, i, window] = model.softmax(scores[i : i + 1, window])[0]
+                elif bool(allowed[i].any()):
                     alpha[h, i] = model.softmax(scores[i : i + 1].masked_fill(~allowed[i : i + 1], float("-inf")))[0]
         context[:, h * head_dim : (h + 1) * head_dim] = alpha[h] @ v_h
     return layer.output(context), alpha
@@ -294,6 +330,7 @@ def real_forward(
     keys a query may attend to, e.g. the padded example's attention mask (see :func:`real_attention`)."""
     x = embeddings
     traces = []
+    merge_inputs: dict[int, Tensor] = {}
     for index, layer in enumerate(model.layers):
         given = None if alphas is None else alphas[index]
         if layer.norm1_output is not None:
@@ -336,6 +373,10 @@ def real_forward(
             norm2_input = normed + ffn_output
             x = layer.norm2(norm2_input)
         traces.append(LayerTrace(alpha, norm1_input, pre_activation, norm2_input))
+        if index in model.merges:
+            merge = model.merges[index]
+            merge_inputs[index] = merge.concatenate(x)
+            x = merge.reduction(merge.norm(merge_inputs[index]))
     final_norm_input = None
     if model.final_norm is not None:
         final_norm_input = x
@@ -355,7 +396,7 @@ def real_forward(
         else:
             head_inputs.append(y)
             y = step(y.unsqueeze(0)).squeeze(0)
-    return Trace(traces, final_norm_input, head_inputs, y)
+    return Trace(traces, final_norm_input, head_inputs, y, merge_inputs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -580,6 +621,11 @@ def decompose(
             h = normalize(attention(x, x, layer, real.alpha, first, mode, rule), real.norm1_input, layer.norm1, mode, rule)
             f = feed_forward(h, layer, real.pre_activation, ffn_approximation, mode, rule)
             x = normalize(h + f, real.norm2_input, layer.norm2, mode, rule)
+        if index in model.merges:  # piece k of a merged token: the four tokens' pieces k, side by side
+            merge = model.merges[index]
+            merged = torch.stack([merge.concatenate(x[:, k]) for k in range(seq)], dim=1)
+            normed = normalize(merged, trace.merge_inputs[index], merge.norm, mode, rule)
+            x = linear(normed, merge.reduction, mode, rule)
         layer_outputs.append(x)
     if model.final_norm is not None:
         x = normalize(x, trace.final_norm_input, model.final_norm, mode, rule)

@@ -57,13 +57,22 @@ def test_pixel_attributions_read_the_model_layout():
     common = dict(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_labels=3)
     deit = tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(intermediate_size=24, **common)).eval()
     dinov2 = tf.Dinov2ForImageClassification(tf.Dinov2Config(mlp_ratio=2, **common)).eval()
-    # DeiT: 2 leading tokens; DINOv2 at 12x12: a 3x3 grid with interpolated positions.
-    for model, pixels in ((deit, torch.randn(2, 3, 8, 8)), (dinov2, torch.randn(2, 3, 12, 12))):
+    swin = tf.SwinForImageClassification(
+        tf.SwinConfig(image_size=16, patch_size=4, embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=2, num_labels=3)
+    ).eval()
+    # DeiT: 2 leading tokens; DINOv2 at 12x12: a 3x3 grid with interpolated positions; Swin: the
+    # first stage's 4x4 patches, no CLS token.
+    expected_leading = {deit: 2, dinov2: 1, swin: 0}
+    for model, pixels in (
+        (deit, torch.randn(2, 3, 8, 8)),
+        (dinov2, torch.randn(2, 3, 12, 12)),
+        (swin, torch.randn(2, 3, 16, 16)),
+    ):
         attributions = DecompX(model).attribute(pixels, target=0)
         maps = pixel_attributions(attributions, pixels, model)
         assert maps.shape == (2, 1, *pixels.shape[2:])
         leading = attributions.shape[1] - (pixels.shape[2] // 4) ** 2
-        assert leading == (2 if model is deit else 1)
+        assert leading == expected_leading[model]
         assert maps[1, 0, -1, -1] == attributions[1, -1] and maps[0, 0, 0, 0] == attributions[0, leading]
         assert pixel_attributions(attributions[0], pixels[0], model).shape == (1, *pixels.shape[2:])
 

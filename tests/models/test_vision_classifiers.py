@@ -276,16 +276,29 @@ def float32_models() -> dict:
         ),
         "dinov2": tf.Dinov2ForImageClassification(tf.Dinov2Config(mlp_ratio=2, **FLOAT32)),
         "dinov2-swiglu": tf.Dinov2ForImageClassification(tf.Dinov2Config(mlp_ratio=2, use_swiglu_ffn=True, **FLOAT32)),
+        "swin": tf.SwinForImageClassification(
+            tf.SwinConfig(
+                image_size=8,
+                patch_size=2,
+                embed_dim=8,
+                depths=[2, 2],
+                num_heads=[2, 2],
+                window_size=2,
+                mlp_ratio=2.0,
+                num_labels=3,
+            )
+        ),
     }
 
 
 POSITIONS = {
-    "deit": 2 + 4,
+    "deit": 2 + 4,  # CLS, distillation token, 2x2 patches
     "deit-teacher": 2 + 4,
     "beit": 1 + 4,
     "data2vec-vision": 1 + 4,
     "dinov2": 1 + 4,
     "dinov2-swiglu": 1 + 4,
+    "swin": 16,  # the first stage's 4x4 patches, no CLS token
 }
 
 
@@ -347,7 +360,7 @@ def test_data2vec_vision_loaded_with_sdpa_is_refused_by_the_exact_path_only():
 # Bad images
 
 
-@pytest.mark.parametrize("name", ["deit-teacher", "beit", "dinov2"])
+@pytest.mark.parametrize("name", ["deit-teacher", "beit", "dinov2", "swin"])
 def test_wrong_channel_count_is_refused(name):
     model = float32_models()[name].eval()
     with pytest.raises(ValueError, match=r"3 channel\(s\) \(config.num_channels\); got 1"):
@@ -375,3 +388,107 @@ def test_models_that_interpolate_take_other_sizes():
         attributions, delta = DecompX(model).attribute(pixels, target=2, return_convergence_delta=True)
         assert attributions.shape == (1, 1 + 9)
         assert float(delta.abs().max()) < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# Swin: shifted windows, relative position bias, patch merging
+
+
+def swin(seed: int, *, image_size: int = 8, window_size: int = 2, depths=(2, 2)) -> nn.Module:
+    config = tf.SwinConfig(
+        image_size=image_size, patch_size=2, num_channels=3, embed_dim=8, depths=list(depths), num_heads=[2] * len(depths),
+        window_size=window_size, mlp_ratio=2.0, num_labels=3, attn_implementation="eager",
+    )  # fmt: skip
+    return spec.randomize(tf.SwinForImageClassification(config), seed)
+
+
+def swin_windows(table: torch.Tensor, grid: tuple[int, int], window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys each token may attend to (N, N) and the score bias (heads, N, N) of a layer that
+    attends within ``window x window`` tiles of its grid cyclically shifted by ``-shift``, as the Swin
+    paper describes it: tokens attend within their tile only; the relative position bias of the
+    offset (dy, dx) inside the tile is the table's row ``(dy + w - 1) * (2w - 1) + (dx + w - 1)``;
+    with a shift, two tokens of one tile that come from different regions of the unshifted grid
+    (three bands per axis: before ``side - w``, before ``side - shift``, the rest) get -100."""
+    height, width = grid
+    places = []
+    for y in range(height):
+        for x in range(width):
+            ys, xs = (y - shift) % height, (x - shift) % width  # coordinates in the shifted grid
+
+            def band(coordinate: int, side: int) -> int:
+                return 0 if coordinate < side - window else 1 if coordinate < side - shift else 2
+
+            places.append(((ys // window, xs // window), (ys % window, xs % window), band(ys, height) * 3 + band(xs, width)))
+    count = len(places)
+    allowed = torch.zeros(count, count, dtype=torch.bool)
+    bias = torch.zeros(table.shape[1], count, count, dtype=spec.DTYPE)
+    for i, (tile_i, (yi, xi), region_i) in enumerate(places):
+        for j, (tile_j, (yj, xj), region_j) in enumerate(places):
+            if tile_i != tile_j:
+                continue
+            allowed[i, j] = True
+            row = (yi - yj + window - 1) * (2 * window - 1) + (xi - xj + window - 1)
+            bias[:, i, j] = table[row].to(spec.DTYPE) + (-100.0 if shift and region_i != region_j else 0.0)
+    return allowed, bias
+
+
+def swin_weights(model, image_size: int) -> spec.ModelWeights:
+    config = model.config
+    grid = (image_size // config.patch_size, image_size // config.patch_size)
+    layers, merges = [], {}
+    for stage_index, stage in enumerate(model.swin.encoder.layers):
+        for block_index, block in enumerate(stage.blocks):
+            small = min(grid) <= config.window_size  # Swin's window covers a grid no larger than it, unshifted
+            window = min(grid) if small else config.window_size
+            shift = 0 if small or block_index % 2 == 0 else config.window_size // 2
+            table = block.attention.relative_position_bias.relative_position_bias_table.detach()
+            allowed, bias = swin_windows(table, grid, window, shift)
+            weights = layer_weights(block, config.num_heads[stage_index], score_bias=bias)
+            weights.allowed = allowed
+            layers.append(weights)
+        if stage.downsample is not None:
+            merges[len(layers) - 1] = spec.Merge(
+                grid, spec.norm_of(stage.downsample.norm), spec.affine_of(stage.downsample.reduction)
+            )
+            grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
+    return spec.ModelWeights(
+        layers=layers,
+        pre_norm=True,
+        head=[spec.affine_of(model.classifier)],
+        final_norm=spec.norm_of(model.swin.layernorm),
+        softmax=spec.float32_softmax,
+        merges=merges,
+    )
+
+
+def final_tokens_mean(model, image_size: int):
+    side = image_size // model.config.patch_size
+    for _ in range(len(model.config.depths) - 1):
+        side = (side + 1) // 2
+    return lambda n: spec.Pool([{row: 1.0 / side**2 for row in range(side**2)}])
+
+
+@pytest.mark.parametrize("include_biases, method", MODES)
+def test_swin_matches_the_literal_spec(include_biases, method):
+    """A 4x4 patch grid in 2x2 windows, shifted by one in the second layer; merged into 2x2 tokens;
+    attributions over the 16 patches of the first layer."""
+    model = swin(seed=31)
+    pixels = images(2, 8, seed=31)
+    check_against_literal(model, swin_weights(model, 8), pixels, final_tokens_mean(model, 8), include_biases, method)
+
+
+def test_swin_merging_an_odd_grid_matches_the_literal_spec():
+    """A 6x6 grid merged to 3x3, then padded and merged to 2x2 (single-token windows: transformers'
+    Swin cannot shrink a larger window below its relative position table)."""
+    model = swin(seed=32, image_size=12, window_size=1, depths=(1, 1, 1))
+    pixels = images(1, 12, seed=32)
+    check_against_literal(model, swin_weights(model, 12), pixels, final_tokens_mean(model, 12), True, "exact")
+
+
+def test_swin_grid_that_its_windows_do_not_tile_is_refused():
+    """A 10x10 image: a 5x5 grid, which Swin pads to its 2x2 windows with zero states."""
+    model = randomize_parameters(float32_models()["swin"], 33)
+    pixels = images(1, 10, seed=33, dtype=torch.float32)
+    for algorithm in ("exact", "fast"):
+        with pytest.raises(NotImplementedError, match=r"pads its 5x5 token grid to windows of 2x2"):
+            DecompX(model, algorithm=algorithm, include_biases=algorithm == "exact").attribute(pixels, target=0)
