@@ -123,7 +123,8 @@ def propagate_rows(
         pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
         batch: which examples of ``captured`` these are.
         last_rows: (rows,) the rows of the last layer to compute, ascending; None: every row.
-        on_layer: called with each layer's index and output decomposition.
+        on_layer: called with each layer's index and output decomposition (before a patch
+            merging that follows the layer).
 
     Returns:
         (batch, rows, pieces, hidden): the last layer's rows ``last_rows`` (every row for None).
@@ -143,11 +144,11 @@ def propagate_rows(
             row_chunks=_chunks(rows, rows_per_chunk),
             own_scale=own_scale,
         )
+        if on_layer is not None:
+            on_layer(index, pieces)
         if index in parts.merges:  # a patch merging (Swin): a quarter of the rows, the same pieces
             pieces = merge_patches(pieces, captured.merges[index].select(batch, dtype), parts.merges[index], settings)
             rows = torch.arange(pieces.shape[1], device=pieces.device)
-        if on_layer is not None:
-            on_layer(index, pieces)
     return _final_norm(pieces, parts, captured, batch, rows, settings, dtype)
 
 
@@ -179,8 +180,8 @@ def propagate_and_pool(
     Returns:
         (batch, pieces, hidden), the pooled decomposition.
     """
-    seq = pieces.shape[1]
-    rows = torch.arange(seq, device=pieces.device)
+    # the pooling weights are over the last layer's rows (fewer than the input's after patch mergings)
+    rows = torch.arange(pooling.shape[-1], device=pieces.device)
     if not all_rows:
         rows = pooled_rows(pooling).to(pieces.device)
     pieces = propagate_rows(

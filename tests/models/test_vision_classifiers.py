@@ -475,6 +475,9 @@ def test_swin_matches_the_literal_spec(include_biases, method):
     model = swin(seed=31)
     pixels = images(2, 8, seed=31)
     check_against_literal(model, swin_weights(model, 8), pixels, final_tokens_mean(model, 8), include_biases, method)
+    if method == "exact" and include_biases:  # each layer's token map: its rows over the first layer's patches
+        maps = DecompX(model).decompose(pixels, return_token_maps=True).token_maps
+        assert [tuple(m.shape) for m in maps] == [(2, 16, 16), (2, 16, 16), (2, 4, 16), (2, 4, 16)]
 
 
 def test_swin_merging_an_odd_grid_matches_the_literal_spec():
