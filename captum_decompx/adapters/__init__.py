@@ -11,7 +11,7 @@ from torch import nn
 
 from ..components.registry import Registry
 from .albert import ALBERT
-from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve, split_block
+from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, MeanOfLinears, Norm, Stages, Windows, resolve, split_block
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
@@ -173,7 +173,9 @@ __all__ = [
     "HeadStep",
     "LayerPaths",
     "Linear",
+    "MeanOfLinears",
     "Norm",
+    "Stages",
     "TaskHeads",
     "UnsupportedTaskError",
     "adapter_for",
@@ -183,4 +185,5 @@ __all__ = [
     "supported_model_types",
     "task_of",
     "unregister_adapter",
+    "Windows",
 ]
