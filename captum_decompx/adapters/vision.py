@@ -94,16 +94,8 @@ def deit(model: nn.Module) -> Adapter:
 
 _BEIT_LAYER = replace(_VIT_LAYER, attention_scale="lambda_1", ffn_scale="lambda_2")
 
-# Data2VecVision (and BEiT in transformers 4.x): BERT-style module names
-_BEIT_LAYER_4X = replace(
-    BERT_LAYER,
-    attention="attention.attention",
-    value="attention.attention.value",
-    attention_norm="layernorm_before",
-    ffn_norm="layernorm_after",
-    attention_scale="lambda_1",
-    ffn_scale="lambda_2",
-)
+# Data2VecVision (and BEiT in transformers 4.x): ViT's 4.x module names
+_BEIT_LAYER_4X = replace(_VIT_LAYER_4X, attention_scale="lambda_1", ffn_scale="lambda_2")
 
 
 def beit(model: nn.Module) -> Adapter:
