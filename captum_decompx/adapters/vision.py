@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, LayerPaths, Linear, MeanOfLinears, Norm, Stages, Windows, resolve
+from .base import Adapter, LayerPaths, LayersSpec, Linear, MeanOfLinears, Norm, Stages, Windows, resolve
 from .bert_family import BERT_LAYER
 
 _VIT_LAYER = LayerPaths(  # transformers 5.x (ViT, DeiT, BEiT)
@@ -55,21 +55,21 @@ def _vit_layout(model: nn.Module) -> tuple[str, LayerPaths]:
     return layers, _VIT_LAYER if hasattr(first_layer.attention, "v_proj") else _VIT_LAYER_4X
 
 
+_CLASSIFIER = (Linear("classifier"),)
+
+
+def _image_classifier(name: str, layers: LayersSpec, layer: LayerPaths, **data: Any) -> Adapter:
+    """A pre-LN image classifier's adapter: by default the ``classifier`` on the first token after
+    the final LayerNorm ``base_model.layernorm``; ``data`` gives the other fields."""
+    defaults: dict[str, Any] = {"head": _CLASSIFIER, "pooling": "first", "final_norm": "base_model.layernorm"}
+    return Adapter(name=name, layers=layers, layer=layer, norm_position="pre", input_kind="pixels", **{**defaults, **data})
+
+
 def vit(model: nn.Module) -> Adapter:
     """ViT: pre-LN, patch embeddings plus a CLS token; the classifier reads the CLS token after
     the final LayerNorm. Inputs are ``pixel_values``; attributions are per position (CLS first)."""
     layers, layer = _vit_layout(model)
-    return Adapter(
-        name="vit",
-        layers=layers,
-        layer=layer,
-        head=(Linear("classifier"),),
-        pooling="first",
-        norm_position="pre",
-        final_norm="base_model.layernorm",
-        input_kind="pixels",
-        fixed_image_size=True,
-    )
+    return _image_classifier("vit", layers, layer, fixed_image_size=True)
 
 
 def deit(model: nn.Module) -> Adapter:
@@ -79,17 +79,10 @@ def deit(model: nn.Module) -> Adapter:
     distillation classifier on the distillation token (pooling ``"first_two"``)."""
     layers, layer = _vit_layout(model)
     with_teacher = hasattr(model, "distillation_classifier")
-    return Adapter(
-        name="deit",
-        layers=layers,
-        layer=layer,
-        head=(MeanOfLinears(("cls_classifier", "distillation_classifier")),) if with_teacher else (Linear("classifier"),),
-        pooling="first_two" if with_teacher else "first",
-        norm_position="pre",
-        final_norm="base_model.layernorm",
-        input_kind="pixels",
-        fixed_image_size=True,
-    )
+    if not with_teacher:
+        return _image_classifier("deit", layers, layer, fixed_image_size=True)
+    teacher_head = (MeanOfLinears(("cls_classifier", "distillation_classifier")),)
+    return _image_classifier("deit", layers, layer, head=teacher_head, pooling="first_two", fixed_image_size=True)
 
 
 _BEIT_LAYER = replace(_VIT_LAYER, attention_scale="lambda_1", ffn_scale="lambda_2")
@@ -107,17 +100,11 @@ def beit(model: nn.Module) -> Adapter:
     layer = _BEIT_LAYER if hasattr(first_layer.attention, "v_proj") else _BEIT_LAYER_4X
     base: Any = model.base_model
     pooler_norm = getattr(getattr(base, "pooler", None), "layernorm", None)
-    mean_pooling = isinstance(pooler_norm, nn.Module)
-    return Adapter(
-        name=str(base.config.model_type),
-        layers=layers,
-        layer=layer,
-        head=(Norm("base_model.pooler.layernorm"), Linear("classifier")) if mean_pooling else (Linear("classifier"),),
-        pooling="patch_mean" if mean_pooling else "first",
-        norm_position="pre",
-        final_norm=None if mean_pooling else "base_model.layernorm",
-        input_kind="pixels",
-    )
+    name = str(base.config.model_type)
+    if not isinstance(pooler_norm, nn.Module):  # use_mean_pooling=False
+        return _image_classifier(name, layers, layer)
+    mean_head = (Norm("base_model.pooler.layernorm"), *_CLASSIFIER)
+    return _image_classifier(name, layers, layer, head=mean_head, pooling="patch_mean", final_norm=None)
 
 
 _DINOV2_LAYER = LayerPaths(
@@ -144,16 +131,8 @@ def dinov2(model: nn.Module) -> Adapter:
     patches, concatenated, after the final LayerNorm. Position embeddings are interpolated for any
     image size (a multiple of the patch size): the positions are the CLS token and that grid."""
     layers, first_layer = _layers_and_first(model)
-    return Adapter(
-        name="dinov2",
-        layers=layers,
-        layer=_DINOV2_SWIGLU_LAYER if hasattr(first_layer.mlp, "gate_proj") else _DINOV2_LAYER,
-        head=(Linear("classifier"),),
-        pooling="first_and_patch_mean",
-        norm_position="pre",
-        final_norm="base_model.layernorm",
-        input_kind="pixels",
-    )
+    layer = _DINOV2_SWIGLU_LAYER if hasattr(first_layer.mlp, "gate_proj") else _DINOV2_LAYER
+    return _image_classifier("dinov2", layers, layer, pooling="first_and_patch_mean")
 
 
 _SWIN_STAGES = Stages(path="base_model.encoder.layers")
@@ -172,14 +151,4 @@ def swin(model: nn.Module) -> Adapter:
     tokens concatenated, normalized and mapped linearly: the decomposition stays over the first
     layer's patches); the classifier reads the mean of the last stage's tokens after the final
     LayerNorm. Positions are the patches of the first layer, in row-major order (no CLS token)."""
-    return Adapter(
-        name="swin",
-        layers=_swin_blocks,
-        layer=_SWIN_LAYER,
-        head=(Linear("classifier"),),
-        pooling="mean",
-        norm_position="pre",
-        final_norm="base_model.layernorm",
-        input_kind="pixels",
-        stages=_SWIN_STAGES,
-    )
+    return _image_classifier("swin", _swin_blocks, _SWIN_LAYER, pooling="mean", stages=_SWIN_STAGES)
