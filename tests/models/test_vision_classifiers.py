@@ -495,3 +495,18 @@ def test_swin_grid_that_its_windows_do_not_tile_is_refused():
     for algorithm in ("exact", "fast"):
         with pytest.raises(NotImplementedError, match=r"pads its 5x5 token grid to windows of 2x2"):
             DecompX(model, algorithm=algorithm, include_biases=algorithm == "exact").attribute(pixels, target=0)
+
+
+@pytest.mark.parametrize("model_class, config_class", [
+    (tf.BeitForImageClassification, tf.BeitConfig),
+    (tf.Data2VecVisionForImageClassification, tf.Data2VecVisionConfig),
+])  # fmt: skip
+def test_layer_scale_switched_off(model_class, config_class):
+    """``layer_scale_init_value=0``: BEiT stores the number 1.0, Data2VecVision None, as its scale."""
+    config = config_class(intermediate_size=24, layer_scale_init_value=0.0, **COMMON)
+    model = randomize_parameters(model_class(config), 25)
+    pixels = images(2, 8, seed=25, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(pixels).logits
+    attributions, delta = DecompX(model).attribute(pixels, target=0, return_convergence_delta=True)
+    assert float(delta.abs().max()) < 1e-5 * max(1.0, float(logits.abs().max()))
