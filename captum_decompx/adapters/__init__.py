@@ -11,7 +11,20 @@ from torch import nn
 
 from ..components.registry import Registry
 from .albert import ALBERT
-from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, MeanOfLinears, Norm, Stages, Windows, resolve, split_block
+from .base import (
+    Activation,
+    Adapter,
+    HeadStep,
+    LayerPaths,
+    Linear,
+    MeanOfLinears,
+    Norm,
+    Stages,
+    Windows,
+    grouped_layer,
+    resolve,
+    split_block,
+)
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
@@ -179,6 +192,7 @@ __all__ = [
     "TaskHeads",
     "UnsupportedTaskError",
     "adapter_for",
+    "grouped_layer",
     "register_adapter",
     "resolve",
     "position_offset",

@@ -133,6 +133,46 @@ class LayerPaths:
     attention_windows: Optional[Windows] = None
 
 
+def grouped_layer(
+    attention: tuple[str, str, str],
+    feed_forward: tuple[str, str, str, str],
+    norms: tuple[str, str],
+    *,
+    gate: Optional[str] = None,
+) -> LayerPaths:
+    """The :class:`LayerPaths` of the common layout: the value map and ``W_O`` inside the attention
+    module, the feed-forward maps and activation inside one feed-forward module.
+
+    Args:
+        attention: ``(module, value, output)``: the attention module (relative to the layer), then
+            its value map and ``W_O`` relative to it, e.g. ``("self_attn", "v_proj", "o_proj")``.
+        feed_forward: ``(module, in, activation, out)``: the feed-forward module (``""``: the layer
+            itself), then its first map, activation and last map relative to it.
+        norms: ``(attention_norm, ffn_norm)``, relative to the layer.
+        gate: for a gated unit, the gate's map, relative to the feed-forward module.
+
+    Example: ``grouped_layer(("attn", "c_attn[2/3]", "c_proj"), ("mlp", "c_fc", "act", "c_proj"),
+    ("ln_1", "ln_2"))`` is GPT-2's layer.
+    """
+    module, value, output = attention
+    ffn, ffn_in, activation, ffn_out = feed_forward
+
+    def in_ffn(name: str) -> str:
+        return f"{ffn}.{name}" if ffn else name
+
+    return LayerPaths(
+        attention=module,
+        value=f"{module}.{value}",
+        attention_output=f"{module}.{output}",
+        attention_norm=norms[0],
+        ffn_in=in_ffn(ffn_in),
+        ffn_activation=in_ffn(activation),
+        ffn_out=in_ffn(ffn_out),
+        ffn_norm=norms[1],
+        ffn_gate=None if gate is None else in_ffn(gate),
+    )
+
+
 class HeadStep:
     """Base class of the head steps; each subclass has one kind in :mod:`captum_decompx.components.head`."""
 

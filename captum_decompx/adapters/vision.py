@@ -18,18 +18,11 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, LayerPaths, LayersSpec, Linear, MeanOfLinears, Norm, Stages, Windows, resolve
+from .base import Adapter, LayerPaths, LayersSpec, Linear, MeanOfLinears, Norm, Stages, Windows, grouped_layer, resolve
 from .bert_family import BERT_LAYER
 
-_VIT_LAYER = LayerPaths(  # transformers 5.x (ViT, DeiT, BEiT)
-    attention="attention",
-    value="attention.v_proj",
-    attention_output="attention.o_proj",
-    attention_norm="layernorm_before",
-    ffn_in="mlp.fc1",
-    ffn_activation="mlp.activation_fn",
-    ffn_out="mlp.fc2",
-    ffn_norm="layernorm_after",
+_VIT_LAYER = grouped_layer(  # transformers 5.x (ViT, DeiT, BEiT)
+    ("attention", "v_proj", "o_proj"), ("mlp", "fc1", "activation_fn", "fc2"), ("layernorm_before", "layernorm_after")
 )
 
 # transformers 4.x: BERT's layer modules, with the attention one level deeper and pre-LN norms
@@ -107,21 +100,16 @@ def beit(model: nn.Module) -> Adapter:
     return _image_classifier(name, layers, layer, head=mean_head, pooling="patch_mean", final_norm=None)
 
 
-_DINOV2_LAYER = LayerPaths(
-    attention="attention",
-    value="attention.v_proj",
-    attention_output="attention.o_proj",
-    attention_norm="norm1",
-    ffn_in="mlp.fc1",
-    ffn_activation="mlp.activation_fn",
-    ffn_out="mlp.fc2",
-    ffn_norm="norm2",
-    attention_scale="layer_scale1.lambda1",
-    ffn_scale="layer_scale2.lambda1",
+_DINOV2_SCALES = {"attention_scale": "layer_scale1.lambda1", "ffn_scale": "layer_scale2.lambda1"}
+_DINOV2_LAYER = replace(
+    grouped_layer(("attention", "v_proj", "o_proj"), ("mlp", "fc1", "activation_fn", "fc2"), ("norm1", "norm2")),
+    **_DINOV2_SCALES,
 )
-
 _DINOV2_SWIGLU_LAYER = replace(
-    _DINOV2_LAYER, ffn_in="mlp.up_proj", ffn_gate="mlp.gate_proj", ffn_activation="mlp.act_fn", ffn_out="mlp.down_proj"
+    grouped_layer(
+        ("attention", "v_proj", "o_proj"), ("mlp", "up_proj", "act_fn", "down_proj"), ("norm1", "norm2"), gate="gate_proj"
+    ),
+    **_DINOV2_SCALES,
 )
 
 

@@ -186,6 +186,7 @@ class _FreezeAttention(TorchFunctionMode):
             if self.watch:
                 self.real_tokens = _attended_by_mask(args, kwargs)
                 self.watch = False
+            args, kwargs = _spread_fully_masked_rows(args, kwargs)
             return func(*args, **kwargs)
         result = func(*args, **kwargs)
         if func in _SOFTMAXES:
@@ -205,6 +206,38 @@ def _detach_query_key(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             positional[position] = positional[position].detach()
         elif name in kwargs:
             kwargs = {**kwargs, name: kwargs[name].detach()}
+    return tuple(positional), kwargs
+
+
+def _spread_fully_masked_rows(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """An additive mask's fully masked query rows, given scores that are equal by construction.
+
+    Under an additive mask (the dtype's minimum at masked keys, as older Transformers versions build
+    for some models), a query row whose every key is masked gets even probabilities over all keys
+    in the forward pass; but torch's fused backward recomputes them from the row's log-sum-exp, where
+    the minimum swallows the ``log(keys)`` term, and returns gradients ``keys`` times too large. Such a
+    row gets a zero mask and a zero (detached) query here: the same even probabilities, computed without
+    the huge offset, so the value gradient is right. A boolean mask (whose fully masked rows the kernel
+    zeroes) and rows with a key left are untouched.
+    """
+    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+    if mask is None or mask.dtype == torch.bool or not mask.dtype.is_floating_point:
+        return args, kwargs
+    fully_masked = (mask <= torch.finfo(mask.dtype).min / 2).all(-1, keepdim=True)
+    if not bool(fully_masked.any()):
+        return args, kwargs
+    query = args[0] if args else kwargs["query"]
+    query = query.masked_fill(fully_masked, 0.0)  # (..., queries, 1) broadcasts over the heads and features
+    mask = mask.masked_fill(fully_masked, 0.0)
+    positional = list(args)
+    if positional:
+        positional[0] = query
+    else:
+        kwargs = {**kwargs, "query": query}
+    if len(positional) > 3:
+        positional[3] = mask
+    else:
+        kwargs = {**kwargs, "attn_mask": mask}
     return tuple(positional), kwargs
 
 

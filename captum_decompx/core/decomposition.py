@@ -36,7 +36,15 @@ from ..components.merging import merge_patches
 from ..components.norms import norm_params
 from ..components.pooling import last_non_pad_token, pool, pool_weights, pooled_rows
 from .capture import Captured
-from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory, readable_bytes
+from .memory import (
+    DEFAULT_MAX_MEMORY,
+    DecompXMemoryError,
+    MemoryPlan,
+    PieceSizes,
+    exact_memory_per_example,
+    plan_memory,
+    readable_bytes,
+)
 
 __all__ = [
     "DEFAULT_MAX_MEMORY",
@@ -388,7 +396,7 @@ def _per_position(
             f"({readable_bytes(max_memory)}). Explain one output with DecompX.attribute(..., target=(position, "
             "class)) (only the positions the target uses are decomposed), pass fewer examples, or raise max_memory."
         )
-    plan, _ = _plan(embeddings, parts, settings, dtype, max_memory)
+    plan, _ = plan_exact(tuple(embeddings.shape), parts, settings, dtype, max_memory)
     contributions_all, bias_all = [], []
     for group in _groups(batch, plan, progress):
         last = propagate_token_rows(
@@ -464,17 +472,20 @@ def _diagonal_pieces(embeddings: Tensor, n_pieces: int, dtype: torch.dtype) -> T
     return pieces
 
 
-def _plan(
-    embeddings: Tensor, parts: ModelParts, settings: Settings, dtype: torch.dtype, max_memory: int
-) -> tuple[MemoryPlan, int]:
-    """The exact path's memory plan for these embeddings (batch, seq, hidden), and the number of
-    pieces per row (one per token, plus the bias piece when the biases are collected in one)."""
-    batch, seq, hidden = embeddings.shape
-    n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
+def plan_exact(
+    shape: tuple[int, ...], parts: ModelParts, settings: Settings, dtype: torch.dtype, max_memory: int
+) -> tuple[MemoryPlan, PieceSizes]:
+    """The exact path's memory plan for embeddings of ``shape`` (batch, seq, hidden), and the sizes
+    it was made from."""
+    batch, seq, hidden = shape
     ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
-    width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
-    itemsize = torch.finfo(dtype).bits // 8
-    return plan_memory(batch, seq, n_pieces, width, ffn if settings.include_ffn else 0, itemsize, max_memory), n_pieces
+    sizes = PieceSizes(
+        pieces=seq + (1 if settings.bias_mode is BiasMode.PIECE else 0),
+        width=max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers]),
+        ffn=ffn if settings.include_ffn else 0,
+        itemsize=torch.finfo(dtype).bits // 8,
+    )
+    return plan_memory(batch, seq, sizes.pieces, sizes.width, sizes.ffn, sizes.itemsize, max_memory), sizes
 
 
 def _groups(batch: int, plan: MemoryPlan, progress: Optional[Callable[[int], None]]) -> Iterator[slice]:
@@ -518,7 +529,8 @@ def exact(
         progress: called with the number of examples finished.
     """
     embeddings = captured.layer_input
-    plan, n_pieces = _plan(embeddings, parts, settings, dtype, max_memory)
+    plan, sizes = plan_exact(tuple(embeddings.shape), parts, settings, dtype, max_memory)
+    n_pieces = sizes.pieces
     pooled_all, contributions_all, bias_all = [], [], []
     maps_all: list[list[Tensor]] = [[] for _ in parts.layers]
     for group in _groups(embeddings.shape[0], plan, progress):

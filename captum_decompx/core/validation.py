@@ -27,13 +27,14 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-import threading
 import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+
+from .recording import hooks
 
 TargetType = Union[None, int, Sequence[int], Tensor]
 
@@ -279,17 +280,14 @@ def recording_model_ids(model: nn.Module) -> Iterator[list[Tensor]]:
     if embedding is None:
         yield seen
         return
-    thread = threading.get_ident()
 
-    def record(_module: nn.Module, args: tuple) -> None:
-        if threading.get_ident() == thread and not seen and args and isinstance(args[0], Tensor):
+    def record(_module: nn.Module, args: tuple, _kwargs: dict) -> None:
+        if not seen and args and isinstance(args[0], Tensor):
             seen.append(args[0].detach())
 
-    handle = embedding.register_forward_pre_hook(record)
-    try:
+    with hooks() as recorder:
+        recorder.pre_hook(embedding, "model ids", record)
         yield seen
-    finally:
-        handle.remove()
 
 
 def check_model_received_the_inputs(inputs: Tensor, seen: list[Tensor]) -> None:
