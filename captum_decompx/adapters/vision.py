@@ -14,7 +14,7 @@ real forward pass produced them. Swin adds windowed attention and patch mergings
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
@@ -100,17 +100,14 @@ def beit(model: nn.Module) -> Adapter:
     return _image_classifier(name, layers, layer, head=mean_head, pooling="patch_mean", final_norm=None)
 
 
-_DINOV2_SCALES = {"attention_scale": "layer_scale1.lambda1", "ffn_scale": "layer_scale2.lambda1"}
-_DINOV2_LAYER = replace(
-    grouped_layer(("attention", "v_proj", "o_proj"), ("mlp", "fc1", "activation_fn", "fc2"), ("norm1", "norm2")),
-    **_DINOV2_SCALES,
-)
-_DINOV2_SWIGLU_LAYER = replace(
-    grouped_layer(
-        ("attention", "v_proj", "o_proj"), ("mlp", "up_proj", "act_fn", "down_proj"), ("norm1", "norm2"), gate="gate_proj"
-    ),
-    **_DINOV2_SCALES,
-)
+def _dinov2_layer(feed_forward: tuple[str, str, str, str], gate: Optional[str] = None) -> LayerPaths:
+    """A DINOv2 layer with this feed-forward unit, its layer scales on both blocks' outputs."""
+    paths = grouped_layer(("attention", "v_proj", "o_proj"), feed_forward, ("norm1", "norm2"), gate=gate)
+    return replace(paths, attention_scale="layer_scale1.lambda1", ffn_scale="layer_scale2.lambda1")
+
+
+_DINOV2_LAYER = _dinov2_layer(("mlp", "fc1", "activation_fn", "fc2"))
+_DINOV2_SWIGLU_LAYER = _dinov2_layer(("mlp", "up_proj", "act_fn", "down_proj"), gate="gate_proj")
 
 
 def dinov2(model: nn.Module) -> Adapter:
