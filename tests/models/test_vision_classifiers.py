@@ -510,3 +510,52 @@ def test_layer_scale_switched_off(model_class, config_class):
         logits = model(pixels).logits
     attributions, delta = DecompX(model).attribute(pixels, target=0, return_convergence_delta=True)
     assert float(delta.abs().max()) < 1e-5 * max(1.0, float(logits.abs().max()))
+
+
+def data2vec_vision_weights(model, grid: tuple[int, int]) -> spec.ModelWeights:
+    """Data2VecVision keeps BERT-style module names (``attention.attention.query``, ``intermediate.dense``)."""
+    heads = model.config.num_attention_heads
+    layers = []
+    for layer in model.data2vec_vision.encoder.layer:
+        attention = layer.attention.attention
+        table = attention.relative_position_bias.relative_position_bias_table
+        layers.append(
+            spec.LayerWeights(
+                query=spec.affine_of(attention.query),
+                key=spec.affine_of(attention.key),
+                value=spec.affine_of(attention.value),
+                output=spec.affine_of(layer.attention.output.dense),
+                heads=heads,
+                kv_heads=heads,
+                norm1=spec.norm_of(layer.layernorm_before),
+                norm2=spec.norm_of(layer.layernorm_after),
+                ffn_in=spec.affine_of(layer.intermediate.dense),
+                activation=spec.GELU,
+                ffn_out=spec.affine_of(layer.output.dense),
+                attention_scale=layer.lambda_1.detach().to(spec.DTYPE),
+                ffn_scale=layer.lambda_2.detach().to(spec.DTYPE),
+                score_bias=beit_relative_position_bias(table, grid),
+            )
+        )
+    return spec.ModelWeights(
+        layers=layers,
+        pre_norm=True,
+        head=[spec.norm_of(model.data2vec_vision.pooler.layernorm), spec.affine_of(model.classifier)],
+        softmax=lambda scores: torch.softmax(scores, dim=-1),  # its own eager attention: in the model dtype
+    )
+
+
+@pytest.mark.parametrize("include_biases, method", MODES)
+def test_data2vec_vision_matches_the_literal_spec(include_biases, method):
+    config = tf.Data2VecVisionConfig(
+        intermediate_size=24, use_relative_position_bias=True, layer_scale_init_value=0.1, **COMMON
+    )  # fmt: skip
+    model = spec.randomize(tf.Data2VecVisionForImageClassification(config), 17)
+    check_against_literal(
+        model,
+        data2vec_vision_weights(model, (2, 2)),
+        images(2, 8, seed=17),
+        lambda n: spec.Pool([patch_mean_after(1, n)]),
+        include_biases,
+        method,
+    )
