@@ -20,7 +20,19 @@ from torch import nn
 
 from .wrappers import running_module, unwrap_model
 
-POOLING_MODES = ("first", "last", "mean", "each", "last_non_pad_token", "first_real")
+POOLING_MODES = (
+    "first",
+    "last",
+    "mean",
+    "each",
+    "last_non_pad_token",
+    "first_real",
+    "patch_mean",
+    "first_and_patch_mean",
+    "first_two",
+)
+#: Pooling modes whose pooled vector concatenates several pooled rows (their widths add up).
+CONCATENATING_POOLINGS = ("first_and_patch_mean", "first_two")
 NORM_POSITIONS = ("post", "pre")
 INPUT_KINDS = ("tokens", "pixels")
 
@@ -38,6 +50,43 @@ class FeatureRange:
 
 Block = Union[tuple[int, int], FeatureRange]
 """``(index, count)``: the ``index``-th of ``count`` equal blocks; or a :class:`FeatureRange`."""
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Attention computed in (shifted) windows of the layer's token grid, as Swin's layers do: the
+    grid (height, width) is the layer's argument ``grid_argument`` (position, name); the window
+    side and the cyclic shift are the layer's attributes ``window_size`` and ``shift_size`` after
+    its call. The windowed probabilities are read as the full (seq x seq) attention they are: zero
+    between tokens of different windows."""
+
+    grid_argument: tuple[int, str] = (1, "input_dimensions")
+    window_size: str = "window_size"
+    shift_size: str = "shift_size"
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Layers grouped in stages, each stage but the last followed by a patch merging (Swin): the
+    merging module concatenates the states of each 2x2 block of the token grid (in the order
+    (0, 0), (1, 0), (0, 1), (1, 1) of (row, column) offsets), normalizes them and maps them
+    linearly; the merged token's decomposition stays over the first layer's tokens.
+
+    Attributes:
+        path: the stage list, relative to the top model.
+        blocks: each stage's layer list, relative to the stage.
+        merging: the merging module, relative to the stage (None, or absent, in a stage without).
+        norm, reduction: the merging module's normalization and linear map, relative to it.
+        grid_argument: (position, name) of the merging module's argument that holds the grid
+            (height, width) it merges.
+    """
+
+    path: str
+    blocks: str = "blocks"
+    merging: str = "downsample"
+    norm: str = "norm"
+    reduction: str = "reduction"
+    grid_argument: tuple[int, str] = (1, "input_dimensions")
 
 
 @dataclass(frozen=True)
@@ -59,6 +108,13 @@ class LayerPaths:
         attention_output_norm: a normalization of the attention block's output before its
             residual is added (Gemma 2/3's sandwich ``post_attention_layernorm``); None: none.
         ffn_output_norm: the same for the feed-forward block (``post_feedforward_layernorm``).
+        attention_scale: a layer scale (a per-channel vector ``lambda``, BEiT's ``lambda_1``,
+            DINOv2's ``layer_scale1.lambda1``) by which the attention block's output is multiplied
+            before its residual is added; a path to the vector (a parameter or a plain number,
+            1.0 meaning none); None: no layer scale.
+        ffn_scale: the same for the feed-forward block's output (``lambda_2``, ``layer_scale2.lambda1``).
+        attention_windows: the attention runs in (shifted) windows of the token grid (Swin), see
+            :class:`Windows`; None: over the whole sequence.
     """
 
     attention: str
@@ -72,6 +128,9 @@ class LayerPaths:
     ffn_gate: Optional[str] = None
     attention_output_norm: Optional[str] = None
     ffn_output_norm: Optional[str] = None
+    attention_scale: Optional[str] = None
+    ffn_scale: Optional[str] = None
+    attention_windows: Optional[Windows] = None
 
 
 def grouped_layer(
@@ -132,6 +191,20 @@ class TiedLinear(Linear):
     top model), as DeBERTa-v2's masked-LM head computes it outside any linear module."""
 
     bias: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class MeanOfLinears(HeadStep):
+    """A head step: the mean of several linear maps, map ``g`` applied to the ``g``-th equal part of
+    the pooled vector (DeiT's teacher classifier averages the CLS head on the CLS token and the
+    distillation head on the distillation token, pooled by ``"first_two"``). Paths are relative to
+    the top model; each map's bias is spread over the pieces of its own output."""
+
+    paths: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.paths) < 1:
+            raise ValueError("MeanOfLinears needs at least one path.")
 
 
 @dataclass(frozen=True)
@@ -200,6 +273,11 @@ class Adapter:
         logit_softcap: the model returns ``cap * tanh(z / cap)`` of the head's output ``z`` (the
             final-logit soft-cap of Gemma 2/3 causal LMs). This is nonlinear and not decomposed:
             DecompX explains ``z``, the logits before the cap, and warns on every capture.
+        stages: the layers are grouped in stages joined by patch mergings (Swin), see
+            :class:`Stages`; ``layers`` then lists the stages' layers in execution order.
+        fixed_image_size: an image model that reads images of ``config.image_size`` only, unless
+            its call asks it to interpolate its position embeddings (ViT, DeiT): other sizes are
+            refused when the forward function is the model itself.
     """
 
     name: str
@@ -213,6 +291,8 @@ class Adapter:
     force_output_attentions: Optional[tuple[int, str]] = None
     input_kind: str = "tokens"
     logit_softcap: Optional[float] = None
+    fixed_image_size: bool = False
+    stages: Optional[Stages] = None
 
     def __post_init__(self) -> None:
         for name, value, choices in (

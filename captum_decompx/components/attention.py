@@ -286,6 +286,13 @@ class Attention(Component):
     def read(self, reader: Reader, root: nn.Module, where: str) -> Tensor:
         """(batch, heads, seq, seq), the real attention probabilities."""
         probs = reader.take(resolve(root, self.path), "probs", where)
+        if probs is None and "sdpa" in type(resolve(root, self.path)).__name__.lower():
+            raise RuntimeError(
+                f"{where[0].upper()}{where[1:]} ({self.path}) is {type(resolve(root, self.path)).__name__}, an "
+                "attention class built for sdpa when the model was loaded: it returns no attention "
+                "probabilities, which the exact path reads. Load the model with attn_implementation='eager', "
+                "or use the fast path (include_biases=False), which freezes sdpa's probabilities."
+            )
         if probs is None:
             raise RuntimeError(
                 f"{where[0].upper()}{where[1:]} ({self.path}) returned no attention probabilities even "
@@ -327,7 +334,12 @@ class Attention(Component):
         if first:  # the first layer's value bias belongs to each token, added before any mixing
             bias = self.value.output_bias(root)
             if bias is not None:
-                freezer.freeze_output(self.value.module(root), "own bias", lambda _module, _args, output: output, own_bias=bias)
+                self.freeze_own_value_bias(freezer, root, bias)
+
+    def freeze_own_value_bias(self, freezer: "Freezer", root: nn.Module, bias: Tensor) -> None:
+        """Add each token's share of the first layer's value bias (dim,) to the value map's output
+        (batch, seq, dim), zero-valued, its gradient to the ``own_scale`` leaf."""
+        freezer.freeze_output(self.value.module(root), "own bias", lambda _module, _args, output: output, own_bias=bias)
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> AttentionParams:
         return AttentionParams(self.value.resolve(root, dtype), self.output.resolve(root, dtype))

@@ -16,7 +16,7 @@ import threading
 import warnings
 import weakref
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ContextManager, Iterator, Optional, TypeVar
 
 import torch
@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from ..adapters import Adapter, resolve
 from ..components.base import Component
 from ..components.layer import LayerRecord
+from ..components.merging import MergeRecord
 from ..components.network import Network
 from ..components.pooling import PoolingRecord
 from .recording import Reader, Recorder
@@ -58,6 +59,7 @@ class Captured:
             :class:`~captum_decompx.adapters.Norm` step.
         pooling: what the pooling recorded: the ids the model received and its pad token id,
             for adapters that pool the last token that is not padding by id; else None.
+        merges: per layer index, what the patch merging after that layer recorded (Swin's stages).
     """
 
     output: Any
@@ -67,6 +69,7 @@ class Captured:
     final_norm_input: Optional[torch.Tensor]
     head_inputs: dict[int, torch.Tensor]
     pooling: Optional[PoolingRecord] = None
+    merges: dict[int, MergeRecord] = field(default_factory=dict)
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -366,7 +369,14 @@ class Capture(HookedPass):
             logits = uncapped[0]
         record = self.network.read(Reader(self.recorder), self.model, self.layers)
         return Captured(
-            output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs, record.pooling
+            output,
+            logits,
+            record.layer_input,
+            record.layers,
+            record.final_norm_input,
+            record.head_inputs,
+            record.pooling,
+            record.merges,
         )
 
 

@@ -32,8 +32,9 @@ from ..components import (
     transformer_layer,
 )
 from ..components.linear import affine
+from ..components.merging import merge_patches
 from ..components.norms import norm_params
-from ..components.pooling import last_non_pad_token, pool, pool_weights
+from ..components.pooling import last_non_pad_token, pool, pool_weights, pooled_rows
 from .capture import Captured
 from .memory import (
     DEFAULT_MAX_MEMORY,
@@ -90,7 +91,12 @@ def padding_mask(captured: Captured) -> Tensor:
 
 
 def pooling_of(captured: Captured, adapter: Adapter, dtype: torch.dtype) -> Tensor:
-    """(batch, seq) pooling weights of a captured forward pass: the row(s) the model's head read."""
+    """(batch, seq) pooling weights of a captured forward pass: the row(s) the model's head read.
+    With patch mergings (Swin), ``seq`` is the last layer's number of tokens, all of them real."""
+    if captured.merges:
+        last = captured.layers[-1].attention_probs
+        real = torch.ones(last.shape[0], last.shape[-1], dtype=torch.bool, device=last.device)
+        return pool_weights(adapter, real, dtype, captured.pooling)
     return pool_weights(adapter, padding_mask(captured), dtype, captured.pooling)
 
 
@@ -125,7 +131,8 @@ def propagate_rows(
         pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
         batch: which examples of ``captured`` these are.
         last_rows: (rows,) the rows of the last layer to compute, ascending; None: every row.
-        on_layer: called with each layer's index and output decomposition.
+        on_layer: called with each layer's index and output decomposition (before a patch
+            merging that follows the layer).
 
     Returns:
         (batch, rows, pieces, hidden): the last layer's rows ``last_rows`` (every row for None).
@@ -147,6 +154,9 @@ def propagate_rows(
         )
         if on_layer is not None:
             on_layer(index, pieces)
+        if index in parts.merges:  # a patch merging (Swin): a quarter of the rows, the same pieces
+            pieces = merge_patches(pieces, captured.merges[index].select(batch, dtype), parts.merges[index], settings)
+            rows = torch.arange(pieces.shape[1], device=pieces.device)
     return _final_norm(pieces, parts, captured, batch, rows, settings, dtype)
 
 
@@ -169,7 +179,8 @@ def propagate_and_pool(
 
     Args:
         pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
-        pooling: (batch, seq) pooling weights of these examples.
+        pooling: (batch, seq) pooling weights of these examples, or (batch, groups, seq) for a
+            concatenating pooling (see :func:`~captum_decompx.components.pooling.pool`).
         batch: which examples of ``captured`` these are.
         all_rows: compute every row of the last layer too (else only the pooled rows).
         on_layer: called with each layer's index and output decomposition.
@@ -177,10 +188,10 @@ def propagate_and_pool(
     Returns:
         (batch, pieces, hidden), the pooled decomposition.
     """
-    seq = pieces.shape[1]
-    rows = torch.arange(seq, device=pieces.device)
+    # the pooling weights are over the last layer's rows (fewer than the input's after patch mergings)
+    rows = torch.arange(pooling.shape[-1], device=pieces.device)
     if not all_rows:
-        rows = torch.nonzero(pooling.abs().sum(0) > 0).flatten()
+        rows = pooled_rows(pooling).to(pieces.device)
     pieces = propagate_rows(
         pieces,
         captured,
@@ -193,7 +204,7 @@ def propagate_and_pool(
         own_scale=own_scale,
         on_layer=on_layer,
     )
-    return pool(pieces, pooling[:, rows])
+    return pool(pieces, pooling[..., rows])
 
 
 def _chunks(rows: Tensor, size: int) -> list:

@@ -135,16 +135,22 @@ class Freezer(HookedPass):
         add, on the module's first call, the token-owned share of that bias (zero-valued, its
         gradient goes to the ``own_scale`` leaf)."""
         calls = [0]
-        state = self.state
 
         def hook(_module, args, output):
             output = freeze(_module, args, output)
             calls[0] += 1
-            if own_bias is not None and calls[0] == 1 and state.own_scale is not None:
-                output = output + _zero_with_gradient(state.own_scale, own_bias.to(output.dtype))
-            return output
+            own = None if own_bias is None or calls[0] != 1 else self.own_bias_term(own_bias, output.dtype)
+            return output if own is None else output + own
 
         self.recorder.forward_hook(module, role, hook)
+
+    def own_bias_term(self, bias: Tensor, dtype: torch.dtype) -> Optional[Tensor]:
+        """(batch, seq, dim) zeros whose gradient goes to the ``own_scale`` leaf: added to a
+        module's output, each token's share of ``bias`` (dim,) (a bias it owns before any mixing).
+        None before the first layer ran."""
+        if self.state.own_scale is None:
+            return None
+        return _zero_with_gradient(self.state.own_scale, bias.to(dtype))
 
     def drop_output(self, module: nn.Module) -> None:
         """Leave ``module``'s output out of the decomposition: its value stays, its gradient goes to

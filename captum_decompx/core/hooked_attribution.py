@@ -32,7 +32,7 @@ from ..adapters import Adapter, adapter_for, task_of
 from ..adapters.wrappers import unwrap_for_decompx
 from . import validation
 from .capture import Captured, capture_internals
-from .decomposition import padding_mask, pool_weights
+from .decomposition import pooling_of
 from .forward_contract import ModelOutputTap, decomposed_model_output, model_output_tensor, tap_model_output
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -184,7 +184,13 @@ class HookedModelAttribution(Attribution):
         """The checked input tensor (token ids, embeddings or pixels) and whether it came as a 1-tuple."""
         tensor, as_tuple = validation.unpack_inputs(inputs)
         if self.adapter.input_kind == "pixels":
-            validation.check_pixel_inputs(tensor, self.adapter.name)
+            validation.check_pixel_inputs(
+                tensor,
+                self.adapter.name,
+                self.model,
+                fixed_size=self.adapter.fixed_image_size,
+                forward_is_model=validation.is_the_model_itself(self.forward_func, self.model),
+            )
         elif self._multiple_choice_ids(tensor):
             # (batch, choices, seq): the model runs the batch * choices sequences as one batch.
             validation.check_token_inputs(tensor.flatten(0, 1), self.model, self.forward_func)
@@ -238,7 +244,7 @@ class HookedModelAttribution(Attribution):
     # The forward pass
 
     def _pool_weights(self, captured: Captured) -> Tensor:
-        return pool_weights(self.adapter, padding_mask(captured), torch.float32, captured.pooling)
+        return pooling_of(captured, self.adapter, torch.float32)
 
     def _capture_forward(self, input_ids: Tensor, additional_forward_args: Any, *, tap: bool = True) -> ForwardCapture:
         """Check the model and the arguments, then run the forward function once with every hook.

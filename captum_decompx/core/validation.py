@@ -165,8 +165,22 @@ def check_vocabulary(input_ids: Tensor, vocabulary_size: int) -> None:
     )
 
 
-def check_pixel_inputs(inputs: Tensor, model_name: str) -> None:
-    """Image models take float ``pixel_values`` (batch, channels, height, width), not empty."""
+def check_pixel_inputs(
+    inputs: Tensor,
+    model_name: str,
+    model: Optional[nn.Module] = None,
+    *,
+    fixed_size: bool = False,
+    forward_is_model: bool = False,
+) -> None:
+    """Image models take float ``pixel_values`` (batch, channels, height, width), not empty, with
+    the model's number of channels; a model that reads one image size only (``fixed_size``: ViT,
+    DeiT, whose position embeddings are interpolated only when the call asks for it) is called by
+    the forward function with that size when the forward function is the model itself.
+
+    Raises:
+        ValueError: naming what was wrong and what to pass instead.
+    """
     if inputs.dim() != 4 or not inputs.dtype.is_floating_point:
         raise ValueError(
             f"{model_name} models take pixel_values of shape (batch, channels, height, width) as "
@@ -174,6 +188,24 @@ def check_pixel_inputs(inputs: Tensor, model_name: str) -> None:
         )
     if inputs.shape[0] == 0:
         raise ValueError("inputs is an empty batch: pass at least one image.")
+    config = getattr(model, "config", None)
+    channels = getattr(config, "num_channels", None)
+    if isinstance(channels, int) and inputs.shape[1] != channels:
+        raise ValueError(
+            f"The {model_name} model takes images with {channels} channel(s) (config.num_channels); got "
+            f"{inputs.shape[1]} (pixel_values of shape {tuple(inputs.shape)}, channels second). Convert the "
+            "images with the model's image processor (e.g. a grayscale image to RGB), or check the axis order "
+            "(channels-last images need .permute(0, 3, 1, 2))."
+        )
+    size = getattr(config, "image_size", None)
+    expected = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else None
+    if fixed_size and forward_is_model and expected is not None and tuple(inputs.shape[2:]) != expected:
+        raise ValueError(
+            f"The {model_name} model reads {expected[0]}x{expected[1]} images (config.image_size) unless it is called "
+            f"with interpolate_pos_encoding=True; got {inputs.shape[2]}x{inputs.shape[3]}. Resize the images (the "
+            "model's image processor does), or explain a forward function that interpolates its position "
+            "embeddings: DecompX(lambda pixels: model(pixels, interpolate_pos_encoding=True).logits, model=model)."
+        )
 
 
 #: Model arguments that hold a generation cache: a tensor passed there by position (an attention
