@@ -11,10 +11,11 @@ from torch import nn
 
 from ..components.registry import Registry
 from .albert import ALBERT
-from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve, split_block
+from .base import Activation, Adapter, EncoderStack, HeadStep, LayerPaths, Linear, Norm, ScaledLinear, resolve, split_block
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
+from .encoder_decoders import bart_family, t5
 from .modernbert import modernbert
 from .tasks import (
     ALBERT_MLM_HEAD,
@@ -162,14 +163,18 @@ register_adapter("gpt2", gpt2)
 register_adapter(("llama", "qwen2", "qwen3", "mistral", "gemma"), llama_family)
 register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)
 register_adapter("phi3", phi3)
+register_adapter("t5", t5)
+register_adapter(("bart", "mbart"), bart_family)
 
 __all__ = [
     "Activation",
     "Adapter",
+    "EncoderStack",
     "HeadStep",
     "LayerPaths",
     "Linear",
     "Norm",
+    "ScaledLinear",
     "TaskHeads",
     "UnsupportedTaskError",
     "adapter_for",

@@ -59,6 +59,15 @@ class LayerPaths:
         attention_output_norm: a normalization of the attention block's output before its
             residual is added (Gemma 2/3's sandwich ``post_attention_layernorm``); None: none.
         ffn_output_norm: the same for the feed-forward block (``post_feedforward_layernorm``).
+        cross_attention: in an encoder-decoder's decoder layer, the cross-attention module (its
+            output is ``(output, probs)`` or, with ``probs_index``, holds the probabilities
+            ``(batch, heads, target, source)`` there); None in any other layer. The block sits
+            between self-attention and the feed-forward block, in its own residual.
+        cross_value: the cross-attention's value map (applied to the encoder's output).
+        cross_output: the cross-attention's output map (``W_O``).
+        cross_norm: the cross-attention block's normalization (placed as ``attention_norm``).
+        probs_index: where the attention modules' outputs hold the probabilities (T5's return
+            ``(output, position_bias, probs)``: 2).
     """
 
     attention: str
@@ -72,6 +81,37 @@ class LayerPaths:
     ffn_gate: Optional[str] = None
     attention_output_norm: Optional[str] = None
     ffn_output_norm: Optional[str] = None
+    cross_attention: Optional[str] = None
+    cross_value: Optional[str] = None
+    cross_output: Optional[str] = None
+    cross_norm: Optional[str] = None
+    probs_index: int = 1
+
+    def __post_init__(self) -> None:
+        cross = (self.cross_attention, self.cross_value, self.cross_output, self.cross_norm)
+        if any(path is None for path in cross) and any(path is not None for path in cross):
+            raise ValueError("A cross-attention block needs all of cross_attention, cross_value, cross_output and cross_norm.")
+
+
+@dataclass(frozen=True)
+class EncoderStack:
+    """The encoder of an encoder-decoder model, walked before the decoder.
+
+    Attributes:
+        layers: path, relative to the top model, of the encoder's ``nn.ModuleList`` of layers.
+        layer: paths inside each encoder layer (no cross-attention).
+        final_norm: path of the norm on the encoder's output (pre-LN models), or None.
+        norm_position: ``"post"`` or ``"pre"``, as :attr:`Adapter.norm_position`.
+    """
+
+    layers: str
+    layer: LayerPaths
+    final_norm: Optional[str] = None
+    norm_position: str = "post"
+
+    def layer_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The encoder's layers in execution order."""
+        return list(resolve(model, self.layers))
 
 
 class HeadStep:
@@ -92,6 +132,14 @@ class TiedLinear(Linear):
     top model), as DeBERTa-v2's masked-LM head computes it outside any linear module."""
 
     bias: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ScaledLinear(Linear):
+    """A head step: the linear map at ``path`` applied to its input times ``scale`` (T5's
+    ``d_model ** -0.5`` rescale of the decoder's output before a tied LM head)."""
+
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +208,9 @@ class Adapter:
         logit_softcap: the model returns ``cap * tanh(z / cap)`` of the head's output ``z`` (the
             final-logit soft-cap of Gemma 2/3 causal LMs). This is nonlinear and not decomposed:
             DecompX explains ``z``, the logits before the cap, and warns on every capture.
+        encoder: an encoder-decoder's encoder (:class:`EncoderStack`); the other fields then
+            describe the decoder, whose layers have a cross-attention block, and its LM head
+            (``pooling="each"``). None for encoder-only and decoder-only models.
     """
 
     name: str
@@ -173,8 +224,14 @@ class Adapter:
     force_output_attentions: Optional[tuple[int, str]] = None
     input_kind: str = "tokens"
     logit_softcap: Optional[float] = None
+    encoder: Optional[EncoderStack] = None
 
     def __post_init__(self) -> None:
+        if self.encoder is not None and (self.layer.cross_attention is None or self.pooling != "each"):
+            raise ValueError(
+                "An encoder-decoder adapter (encoder=...) describes its decoder: its layer paths need the "
+                "cross_attention block and its head is read at every position (pooling='each')."
+            )
         for name, value, choices in (
             ("pooling", self.pooling, POOLING_MODES),
             ("norm_position", self.norm_position, NORM_POSITIONS),

@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from ..adapters import Adapter, resolve
 from ..components.base import Component
 from ..components.layer import LayerRecord
-from ..components.network import Network
+from ..components.network import Network, StackRecord
 from ..components.pooling import PoolingRecord
 from .recording import Reader, Recorder
 
@@ -58,6 +58,8 @@ class Captured:
             :class:`~captum_decompx.adapters.Norm` step.
         pooling: what the pooling recorded: the ids the model received and its pad token id,
             for adapters that pool the last token that is not padding by id; else None.
+        encoder: what an encoder-decoder's encoder recorded (the other fields are then the
+            decoder's); None for other models.
     """
 
     output: Any
@@ -67,6 +69,7 @@ class Captured:
     final_norm_input: Optional[torch.Tensor]
     head_inputs: dict[int, torch.Tensor]
     pooling: Optional[PoolingRecord] = None
+    encoder: Optional[StackRecord] = None
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -246,6 +249,17 @@ class HookedPass:
         for component, root, first in self.network.walk(self.model, self.layers):
             self.install_component(component, root, first)
 
+    def attention_modules(self) -> list[nn.Module]:
+        """Every attention module of the network: self-attention, cross-attention, an encoder's."""
+        stacks = [(self.layers, self.adapter.layer)]
+        if self.adapter.encoder is not None:
+            stacks.append((self.adapter.encoder.layer_modules(self.model), self.adapter.encoder.layer))
+        modules = []
+        for layers, paths in stacks:
+            for path in (paths.attention, paths.cross_attention):
+                modules += [] if path is None else [resolve(layer, path) for layer in layers]
+        return modules
+
     def check_single_forward(self) -> None:
         """DecompX explains one forward pass: refuse a forward function that ran the model's layers
         more than once, or never."""
@@ -294,8 +308,7 @@ class Capture(HookedPass):
         fused kernel, its eager softmax computes that kernel's probabilities."""
         with ExitStack() as stack:
             if stack.enter_context(eager_attention(self.model)):
-                attention = [resolve(layer, self.adapter.layer.attention) for layer in self.layers]
-                stack.enter_context(fused_kernel_softmax(self.recorder, attention))
+                stack.enter_context(fused_kernel_softmax(self.recorder, self.attention_modules()))
             yield
 
     def result(self, output: Any, logits: torch.Tensor) -> Captured:
@@ -318,7 +331,14 @@ class Capture(HookedPass):
             logits = uncapped[0]
         record = self.network.read(Reader(self.recorder), self.model, self.layers)
         return Captured(
-            output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs, record.pooling
+            output,
+            logits,
+            record.layer_input,
+            record.layers,
+            record.final_norm_input,
+            record.head_inputs,
+            record.pooling,
+            record.encoder,
         )
 
 
