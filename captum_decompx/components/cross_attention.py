@@ -1,7 +1,7 @@
 """Cross-attention: an encoder-decoder's decoder reads the encoder's output.
 
 A decoder row is decomposed over the target-prefix tokens and the source tokens (see
-:mod:`.encoder_decoder`). The source pieces enter here: the value vectors of the pieces of the
+:mod:`captum_decompx.core.seq2seq`). The source pieces enter here: the value vectors of the pieces of the
 encoder's output, mixed by the real cross-attention probabilities ``(batch, heads, target,
 source)``, then ``W_O``. The encoder's output is already a mixture of tokens, so the whole bias
 of the block (``W_O b_v + b_O``) goes to the bias rule, in every layer.

@@ -161,7 +161,7 @@ def transformer_layer(
         own_scale: (batch, seq), fast path only (see :func:`~.pieces.add_to_own_pieces`).
         encoder_pieces: (batch, source, pieces, hidden), a decoder layer's only: the encoder's
             output decomposed in this decomposition's piece layout (see
-            :func:`~.encoder_decoder.source_pieces_for_decoder`).
+            :func:`~captum_decompx.core.seq2seq.source_pieces`).
 
     Returns:
         (batch, rows, pieces, dim) for the concatenated ``row_chunks``.

@@ -22,7 +22,9 @@ instead, and any other attributed function (log-probabilities, contrastive score
 functions) is refused with an error. Pass ``attributed_fn="logit"`` to say what you get.
 
 Supported: the decoder-only models DecompX supports (GPT-2, Llama, Qwen2, Mistral), batched and
-left-padded prompts. Encoder-decoder models raise an error (no encoder-decoder adapter exists).
+left-padded prompts. Encoder-decoder models raise an error here: explain them with
+:class:`captum_decompx.DecompX` directly (``attribute((source_ids, target_ids), target=(position,
+token_id))``, see ``docs/encoder_decoders.md``).
 
 Needs the ``inseq`` extra: ``pip install "captum-decompx[inseq]"``.
 """
@@ -72,8 +74,9 @@ class DecompXInseqAttribution(FeatureAttribution):
         if attribution_model.is_encoder_decoder:
             raise ValueError(
                 f"DecompX in inseq supports decoder-only models; {type(attribution_model.model).__name__} is an "
-                "encoder-decoder model, for which captum-decompx has no adapter yet. Use a decoder-only model "
-                "(GPT-2, Llama, Qwen2, Mistral), or another inseq method for this model."
+                "encoder-decoder model, which the inseq integration does not cover yet. Explain it with "
+                "captum_decompx.DecompX directly: DecompX(f, model=model).attribute((source_ids, target_ids), "
+                "target=(position, token_id)) (see docs/encoder_decoders.md), or use another inseq method."
             )
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:

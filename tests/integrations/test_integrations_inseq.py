@@ -214,7 +214,7 @@ def test_encoder_decoder_models_get_a_clear_error():
         eos_token_id=2,
     )
     model = tf.T5ForConditionalGeneration(config).eval()
-    with pytest.raises(ValueError, match="encoder-decoder model, for which captum-decompx has no adapter"):
+    with pytest.raises(ValueError, match="encoder-decoder model, which the inseq integration does not cover yet"):
         inseq.load_model(model, "decompx", tokenizer=word_tokenizer())
 
 
