@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .adapters import (
         Activation,
         Adapter,
+        EncoderStack,
         LayerPaths,
         Linear,
         Norm,
@@ -43,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "DecompX": "attribution",
     "DecompXMemoryError": "core.memory",
     "DecompXOutput": "attribution",
+    "EncoderStack": "adapters",
     "GlobEnc": "baselines",
     "LLMDecompX": "llm",
     "LayerPaths": "adapters",
@@ -72,6 +74,7 @@ __all__ = [
     "DecompX",
     "DecompXMemoryError",
     "DecompXOutput",
+    "EncoderStack",
     "GlobEnc",
     "LLMDecompX",
     "LayerPaths",

@@ -14,7 +14,7 @@ Which of them runs is decided once, by the strategy objects of :mod:`captum_deco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from ..components import (
     transformer_layer,
 )
 from ..components.linear import affine
+from ..components.network import EncoderParts, StackRecord
 from ..components.norms import norm_params
 from ..components.pooling import last_non_pad_token, pool, pool_weights
 from .capture import Captured
@@ -64,6 +65,11 @@ __all__ = [
 if TYPE_CHECKING:
     from .freezing import FrozenForward
 
+# What a stack of layers is propagated with: the model's records and parameters, or an
+# encoder-decoder's encoder's (the same fields: layers, final norm and its input).
+Records = Union[Captured, StackRecord]
+Parts = Union[ModelParts, EncoderParts]
+
 
 def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> ModelParts:
     """Read the parameters the adapter points to (the model itself is not touched)."""
@@ -90,7 +96,7 @@ def _head_inputs(parts: ModelParts, captured: Captured, batch: slice, dtype) -> 
     return [None if step is None else captured.head_inputs[step][batch].to(dtype) for step in parts.head_input_steps]
 
 
-def _final_norm(pieces: Tensor, parts: ModelParts, captured: Captured, batch: slice, rows, settings: Settings, dtype) -> Tensor:
+def _final_norm(pieces: Tensor, parts: Parts, captured: Records, batch: slice, rows, settings: Settings, dtype) -> Tensor:
     """The final norm of pre-LN models on the computed rows of the last layer."""
     if parts.final_norm is None:
         return pieces
@@ -100,8 +106,8 @@ def _final_norm(pieces: Tensor, parts: ModelParts, captured: Captured, batch: sl
 
 def propagate_rows(
     pieces: Tensor,
-    captured: Captured,
-    parts: ModelParts,
+    captured: Records,
+    parts: Parts,
     settings: Settings,
     batch: slice,
     dtype: torch.dtype,
@@ -110,14 +116,18 @@ def propagate_rows(
     last_rows: Optional[Tensor] = None,
     own_scale: Optional[Tensor] = None,
     on_layer: Optional[Callable[[int, Tensor], None]] = None,
+    encoder_pieces: Optional[Tensor] = None,
 ) -> Tensor:
-    """Propagate a decomposition of the embeddings through every layer and the final norm.
+    """Propagate a decomposition of the embeddings through every layer and the final norm (of the
+    model, or of an encoder-decoder's encoder: its :class:`StackRecord` and :class:`EncoderParts`).
 
     Args:
         pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
         batch: which examples of ``captured`` these are.
         last_rows: (rows,) the rows of the last layer to compute, ascending; None: every row.
         on_layer: called with each layer's index and output decomposition.
+        encoder_pieces: an encoder-decoder's decoder only: the encoder's output decomposed in the
+            decoder's piece layout, read by every layer's cross-attention.
 
     Returns:
         (batch, rows, pieces, hidden): the last layer's rows ``last_rows`` (every row for None).
@@ -136,6 +146,7 @@ def propagate_rows(
             first=index == 0,
             row_chunks=_chunks(rows, rows_per_chunk),
             own_scale=own_scale,
+            encoder_pieces=encoder_pieces,
         )
         if on_layer is not None:
             on_layer(index, pieces)

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import Tensor
 
-from ..components import BiasMode, ModelParts, Settings, normalize, propagate_head_rows, transformer_layer
+from ..components import BiasMode, ModelParts, Settings, propagate_head_rows
 from ..components.linear import Affine
 from . import freezing, validation
 from .capture import capture_internals
-from .decomposition import Options, _chunks, exact_settings, fast_settings, resolve_parts
+from .decomposition import Options, _diagonal_pieces, exact_settings, fast_settings, propagate_rows, resolve_parts
 from .forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, tap_model_output, target_index
 from .memory import DecompXMemoryError, readable_bytes
 
@@ -128,41 +128,6 @@ def _check_target_position(target: Any, length: int) -> None:
 # Exact path
 
 
-def _diagonal(embeddings: Tensor, n_pieces: int, dtype: torch.dtype) -> Tensor:
-    """(batch, seq, pieces, hidden): row ``i`` holds its own embedding at piece ``i``."""
-    batch, seq, hidden = embeddings.shape
-    pieces = torch.zeros(batch, seq, n_pieces, hidden, dtype=dtype, device=embeddings.device)
-    pieces[:, :, :seq].diagonal(dim1=1, dim2=2).copy_(embeddings.to(dtype).transpose(1, 2))
-    return pieces
-
-
-def _rows_of_stack(
-    pieces: Tensor,
-    layers: list,
-    params: list,
-    settings: Settings,
-    group: slice,
-    dtype: torch.dtype,
-    *,
-    last_rows: Tensor,
-    encoder_pieces: Optional[Tensor] = None,
-) -> Tensor:
-    """Propagate through a stack's layers (every row, then ``last_rows`` in the last layer)."""
-    everything = torch.arange(pieces.shape[1], device=pieces.device)
-    for index, (record, layer) in enumerate(zip(layers, params)):
-        rows = last_rows if index == len(params) - 1 else everything
-        pieces = transformer_layer(
-            pieces,
-            record.select(group, dtype),
-            layer,
-            settings,
-            first=index == 0,
-            row_chunks=_chunks(rows, max(1, pieces.shape[1])),
-            encoder_pieces=encoder_pieces,
-        )
-    return pieces
-
-
 def source_pieces(
     captured: "Captured", parts: ModelParts, settings: Settings, group: slice, dtype: torch.dtype, n_target: int
 ) -> Tensor:
@@ -178,18 +143,15 @@ def source_pieces(
     embeddings = record.layer_input[group]
     n_source = embeddings.shape[1]
     extra = 1 if settings.bias_mode is BiasMode.PIECE else 0
-    encoded = _rows_of_stack(
-        _diagonal(embeddings, n_source + extra, dtype),
-        record.layers,
-        parts.encoder.layers,
+    encoded = propagate_rows(
+        _diagonal_pieces(embeddings, n_source + extra, dtype),
+        record,
+        parts.encoder,
         settings,
         group,
         dtype,
-        last_rows=torch.arange(n_source, device=embeddings.device),
+        rows_per_chunk=n_source,
     )
-    if parts.encoder.final_norm is not None:
-        assert record.final_norm_input is not None
-        encoded = normalize(encoded, record.final_norm_input[group].to(dtype), parts.encoder.final_norm, settings)
     layout = encoded.new_zeros(encoded.shape[0], n_source, n_target + n_source + extra, encoded.shape[-1])
     layout[:, :, n_target : n_target + n_source] = encoded[:, :, :n_source]
     if extra:
@@ -258,20 +220,18 @@ def exact_rows(
     for start in range(0, batch, examples):
         group = slice(start, min(start + examples, batch))
         encoder_pieces = source_pieces(captured, parts, settings, group, dtype, n_target)
-        decoded = _rows_of_stack(
-            _diagonal(captured.layer_input[group], n_target + n_source + extra, dtype),
-            captured.layers,
-            parts.layers,
+        decoded = propagate_rows(
+            _diagonal_pieces(captured.layer_input[group], n_target + n_source + extra, dtype),
+            captured,
+            parts,
             settings,
             group,
             dtype,
+            rows_per_chunk=n_target,
             last_rows=positions,
             encoder_pieces=encoder_pieces,
         )
         del encoder_pieces
-        if parts.final_norm is not None:
-            assert captured.final_norm_input is not None
-            decoded = normalize(decoded, captured.final_norm_input[group][:, positions].to(dtype), parts.final_norm, settings)
         scores = propagate_head_rows(decoded, steps, [None] * len(steps), settings)  # (group, rows, pieces, n or vocab)
         if columns is not None:
             scores = scores[..., columns]
