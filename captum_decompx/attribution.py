@@ -210,7 +210,7 @@ class DecompX(HookedModelAttribution):
             a 1-tuple out); without the head, the L2 norms of each token's piece of the pooled state.
             Multiple-choice ids (batch, choices, seq) give (batch, choices, seq).
 
-        Encoder-decoders (T5, BART, mBART) take ``inputs=(source_ids, target_ids)``, a forward
+        Encoder-decoders (T5, the BART family) take ``inputs=(source_ids, target_ids)``, a forward
         function ``f(source_ids, target_ids, *additional_forward_args)`` that returns the model's
         logits (batch, target, vocab), and ``target=(position, token_id)``; they return
         ``(attr_source (batch, source), attr_target (batch, target))``, which with the biases'

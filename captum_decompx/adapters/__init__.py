@@ -164,7 +164,7 @@ register_adapter(("llama", "qwen2", "qwen3", "mistral", "gemma"), llama_family)
 register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)
 register_adapter("phi3", phi3)
 register_adapter("t5", t5)
-register_adapter(("bart", "mbart"), bart_family)
+register_adapter(("bart", "mbart", "marian", "pegasus", "m2m_100"), bart_family)
 
 __all__ = [
     "Activation",

@@ -1,11 +1,13 @@
-"""Adapters for encoder-decoder models: T5 (v1.0 and v1.1 / Flan-T5), BART and mBART.
+"""Adapters for encoder-decoder models: T5 (v1.0 and v1.1 / Flan-T5), and the BART family: BART,
+mBART, Marian, Pegasus, M2M100 (and NLLB, which is an M2M100 model).
 
 An encoder-decoder adapter describes the decoder as any adapter does (its layers, with a
 cross-attention block, its final norm and its LM head read at every target position) and the
 encoder in :attr:`Adapter.encoder <captum_decompx.adapters.base.Adapter.encoder>`. Everything
 before the first layer of each stack (token embeddings, BART's learned positions with their
-offset of 2, its ``layernorm_embedding``, mBART's and Marian's embedding scale) acts on each
-token alone and belongs to that token: it is part of the recorded input of the stack's first layer.
+offset of 2, its ``layernorm_embedding``, the sinusoidal positions of Marian, Pegasus and M2M100,
+the embedding scale ``sqrt(d_model)``) acts on each token alone and belongs to that token: it is
+part of the recorded input of the stack's first layer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from .base import Adapter, EncoderStack, LayerPaths, Linear, ScaledLinear, TiedLinear, resolve
@@ -100,22 +103,25 @@ BART_DECODER_LAYER = replace(
 
 
 def bart_family(model: nn.Module) -> Adapter:
-    """BART (post-LN) and mBART (pre-LN, with a final ``layer_norm`` on each stack): learned
-    positions with offset 2 and ``layernorm_embedding`` (part of each stack's first-layer input),
-    the LM head ``lm_head`` plus the ``final_logits_bias`` buffer."""
+    """The BART family, one layout: post-LN (BART, Marian) or pre-LN with a final ``layer_norm`` on
+    each stack (mBART, Pegasus, M2M100 / NLLB); whatever builds each stack's first-layer input
+    belongs to the tokens; the LM head ``lm_head`` plus the ``final_logits_bias`` buffer where the
+    model has one (not M2M100)."""
     config: Any = model.config
-    if not isinstance(getattr(model, "lm_head", None), nn.Linear) or not hasattr(model, "final_logits_bias"):
+    if not isinstance(getattr(model, "lm_head", None), nn.Linear) or not hasattr(getattr(model, "model", None), "encoder"):
         raise ValueError(
-            f"{type(model).__name__} has no `lm_head` with `final_logits_bias`; DecompX explains "
-            f"{config.model_type} models with a language-model head (e.g. BartForConditionalGeneration)."
+            f"{type(model).__name__} has no `lm_head` over an encoder-decoder `model`; DecompX explains "
+            f"{config.model_type} models with a language-model head (e.g. BartForConditionalGeneration, MarianMTModel)."
         )
     base = "model"
+    biased = isinstance(getattr(model, "final_logits_bias", None), torch.Tensor)
+    head = TiedLinear("lm_head", bias="final_logits_bias") if biased else Linear("lm_head")
     pre = isinstance(getattr(resolve(model, f"{base}.decoder"), "layer_norm", None), nn.Module)
     return Adapter(
         name=config.model_type,
         layers=f"{base}.decoder.layers",
         layer=BART_DECODER_LAYER,
-        head=(TiedLinear("lm_head", bias="final_logits_bias"),),
+        head=(head,),
         pooling="each",
         norm_position="pre" if pre else "post",
         final_norm=f"{base}.decoder.layer_norm" if pre else None,

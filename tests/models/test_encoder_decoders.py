@@ -1,4 +1,4 @@
-"""Encoder-decoders (T5 v1.0 and v1.1, BART, mBART) against the literal spec.
+"""Encoder-decoders (T5 v1.0 and v1.1, BART, mBART, Marian, Pegasus, M2M100) against the literal spec.
 
 A target token's logit at target position ``t`` is decomposed over the target-prefix tokens
 (each decoder row starts as its own embedding) and the source tokens (the encoder's pieces enter
@@ -41,7 +41,7 @@ def _real(ids: torch.Tensor, mask: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def test_every_family_has_an_adapter():
-    assert {"t5", "bart", "mbart"} <= set(supported_model_types())
+    assert {"t5", "bart", "mbart", "marian", "pegasus", "m2m_100"} <= set(supported_model_types())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -174,10 +174,10 @@ def test_right_source_padding_and_the_batch_do_not_change_the_values(family):
             assert torch.equal(padded_src[b, n:], torch.zeros_like(padded_src[b, n:]))
 
 
-@pytest.mark.parametrize("family", ["t5", "t5-gated"])
-def test_left_source_padding_does_not_change_t5s_values(family):
-    """T5's positions are relative, so left padding leaves its logits, and the attributions, as
-    they are."""
+@pytest.mark.parametrize("family", ["t5", "t5-gated", "m2m_100"])
+def test_left_source_padding_does_not_change_the_values_where_the_model_ignores_it(family):
+    """T5's positions are relative and M2M100 counts its positions over the tokens that are not
+    padding, so left padding leaves their logits, and the attributions, as they are."""
     model = model_of(family, seed=8)
     right, right_mask, target = _batch(model, seed=8)
     left, left_mask, _ = _batch(model, seed=8, left=True)
@@ -193,11 +193,12 @@ def test_left_source_padding_does_not_change_t5s_values(family):
             assert torch.equal(left_src[b, : width - n], torch.zeros(width - n, dtype=left_src.dtype))
 
 
-@pytest.mark.parametrize("family", ["bart", "mbart"])
+@pytest.mark.parametrize("family", ["bart", "mbart", "marian", "pegasus"])
 def test_left_padded_bart_is_explained_as_the_model_runs_it(family):
-    """BART's learned positions count from the first column whatever the mask says, so a
-    left-padded source is another input for the model (its logits change): the attributions
-    explain those logits, completely, with exactly zero on the padding."""
+    """BART's learned positions (and Marian's and Pegasus's sinusoidal ones) count from the first
+    column whatever the mask says, so a left-padded source is another input for the model (its
+    logits change): the attributions explain those logits, completely, with exactly zero on the
+    padding."""
     model = model_of(family, seed=8)
     right, right_mask, target = _batch(model, seed=8)
     left, left_mask, _ = _batch(model, seed=8, left=True)

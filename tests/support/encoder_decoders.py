@@ -10,7 +10,16 @@ import transformers as tf
 from captum_decompx.testing import randomize_parameters
 
 VOCAB = 40
-FAMILIES = ("t5", "t5-gated", "bart", "mbart")
+FAMILIES = ("t5", "t5-gated", "bart", "mbart", "marian", "pegasus", "m2m_100")
+
+# The rest of the BART family: (config class, model class). Marian is post-LN like BART; Pegasus
+# and M2M100 (NLLB's architecture) are pre-LN like mBART; all three add sinusoidal positions to
+# scaled token embeddings (M2M100 has no final_logits_bias).
+BART_LIKE = {
+    "marian": (tf.MarianConfig, tf.MarianMTModel),
+    "pegasus": (tf.PegasusConfig, tf.PegasusForConditionalGeneration),
+    "m2m_100": (tf.M2M100Config, tf.M2M100ForConditionalGeneration),
+}
 
 
 def t5(seed: int, *, gated: bool = False, tied: bool = True) -> torch.nn.Module:
@@ -35,11 +44,14 @@ def t5(seed: int, *, gated: bool = False, tied: bool = True) -> torch.nn.Module:
     return randomize_parameters(tf.T5ForConditionalGeneration(config).double(), seed)
 
 
-def bart(seed: int, *, pre_norm: bool = False) -> torch.nn.Module:
-    """BART (post-LN) or mBART (pre-LN, scaled embeddings), float64, every parameter and the
-    ``final_logits_bias`` buffer redrawn so that every bias matters."""
+def bart(seed: int, *, pre_norm: bool = False, family: str = "") -> torch.nn.Module:
+    """BART (post-LN) or mBART (pre-LN, scaled embeddings), or another of the family, float64,
+    every parameter and the ``final_logits_bias`` buffer redrawn so that every bias matters (the
+    sinusoidal position tables stay sinusoidal)."""
     config_class = tf.MBartConfig if pre_norm else tf.BartConfig
     model_class = tf.MBartForConditionalGeneration if pre_norm else tf.BartForConditionalGeneration
+    if family:
+        config_class, model_class = BART_LIKE[family]
     config = config_class(
         vocab_size=VOCAB,
         d_model=16,
@@ -57,19 +69,28 @@ def bart(seed: int, *, pre_norm: bool = False) -> torch.nn.Module:
         dropout=0.0,
         attention_dropout=0.0,
         activation_dropout=0.0,
-        scale_embedding=pre_norm,
+        scale_embedding=pre_norm or bool(family),
     )
-    model = randomize_parameters(model_class(config).double(), seed)
+    model = model_class(config).double()
+    positions = {
+        name: parameter.detach().clone() for name, parameter in model.named_parameters() if "embed_positions" in name and family
+    }
+    model = randomize_parameters(model, seed)
     with torch.no_grad():
-        generator = torch.Generator().manual_seed(seed + 1000)
-        model.final_logits_bias.copy_(0.5 * torch.randn(model.final_logits_bias.shape, generator=generator, dtype=torch.float64))
+        for name, table in positions.items():
+            model.get_parameter(name).copy_(table)
+        if hasattr(model, "final_logits_bias"):
+            generator = torch.Generator().manual_seed(seed + 1000)
+            model.final_logits_bias.copy_(
+                0.5 * torch.randn(model.final_logits_bias.shape, generator=generator, dtype=torch.float64)
+            )
     return model
 
 
 def model_of(family: str, seed: int) -> torch.nn.Module:
     if family.startswith("t5"):
         return t5(seed, gated=family == "t5-gated")
-    return bart(seed, pre_norm=family == "mbart")
+    return bart(seed, pre_norm=family == "mbart", family=family if family in BART_LIKE else "")
 
 
 def forward_of(model: torch.nn.Module):
@@ -176,7 +197,10 @@ def t5_weights(model) -> spec.Seq2SeqWeights:
     return spec.Seq2SeqWeights(encoder, decoder, cross)
 
 
-def _bart_layer(layer, heads: int) -> spec.LayerWeights:
+ACTIVATIONS = {"gelu": spec.GELU, "relu": spec.RELU, "swish": spec.SILU, "silu": spec.SILU, "gelu_new": spec.GELU_TANH}
+
+
+def _bart_layer(layer, heads: int, activation: spec.Activation) -> spec.LayerWeights:
     return spec.LayerWeights(
         query=spec.affine_of(layer.self_attn.q_proj),
         key=spec.affine_of(layer.self_attn.k_proj),
@@ -187,7 +211,7 @@ def _bart_layer(layer, heads: int) -> spec.LayerWeights:
         norm1=spec.norm_of(layer.self_attn_layer_norm),
         norm2=spec.norm_of(layer.final_layer_norm),
         ffn_in=spec.affine_of(layer.fc1),
-        activation=spec.GELU,
+        activation=activation,
         ffn_out=spec.affine_of(layer.fc2),
     )
 
@@ -199,16 +223,17 @@ def bart_weights(model) -> spec.Seq2SeqWeights:
     pre = getattr(model.model.decoder, "layer_norm", None) is not None
     heads = config.decoder_attention_heads
     head_dim = config.d_model // heads
+    activation = ACTIVATIONS[config.activation_function]
     encoder = spec.ModelWeights(
-        layers=[_bart_layer(layer, config.encoder_attention_heads) for layer in model.model.encoder.layers],
+        layers=[_bart_layer(layer, config.encoder_attention_heads, activation) for layer in model.model.encoder.layers],
         pre_norm=pre,
         head=[],
         final_norm=spec.norm_of(model.model.encoder.layer_norm) if pre else None,
     )
     decoder = spec.ModelWeights(
-        layers=[_bart_layer(layer, heads) for layer in model.model.decoder.layers],
+        layers=[_bart_layer(layer, heads, activation) for layer in model.model.decoder.layers],
         pre_norm=pre,
-        head=[spec.Affine(model.lm_head.weight.detach().to(spec.DTYPE), model.final_logits_bias[0].detach().to(spec.DTYPE))],
+        head=[spec.Affine(model.lm_head.weight.detach().to(spec.DTYPE), _final_logits_bias(model))],
         final_norm=spec.norm_of(model.model.decoder.layer_norm) if pre else None,
         causal=True,
     )
@@ -225,6 +250,35 @@ def bart_weights(model) -> spec.Seq2SeqWeights:
         for layer in model.model.decoder.layers
     ]
     return spec.Seq2SeqWeights(encoder, decoder, cross)
+
+
+def _final_logits_bias(model):
+    bias = getattr(model, "final_logits_bias", None)
+    return None if bias is None else bias[0].detach().to(spec.DTYPE)
+
+
+def first_layer_inputs(model, source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input of each stack's first layer for one example (the spec's captured embedding
+    output: everything before the first layer acts on each token alone), read by a hook."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str):
+        def record(_module, args) -> None:
+            seen.setdefault(name, args[0].detach())
+
+        return record
+
+    handles = [
+        stack.layers[0].register_forward_pre_hook(recorder(name))
+        for name, stack in (("source", model.model.encoder), ("target", model.model.decoder))
+    ]
+    try:
+        with torch.no_grad():
+            model(input_ids=source[None], decoder_input_ids=target[None])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen["source"][0].to(spec.DTYPE), seen["target"][0].to(spec.DTYPE)
 
 
 def bart_embeddings(model, stack, ids: torch.Tensor) -> torch.Tensor:
@@ -249,7 +303,10 @@ def literal(
         trace = spec.real_seq2seq_forward(weights, source_embeddings, target_embeddings)
     else:
         weights = bart_weights(model)
-        source_embeddings = bart_embeddings(model, model.model.encoder, source)
-        target_embeddings = bart_embeddings(model, model.model.decoder, target)
+        if family in BART_LIKE:  # sinusoidal positions: the first layers' inputs as the model built them
+            source_embeddings, target_embeddings = first_layer_inputs(model, source, target)
+        else:
+            source_embeddings = bart_embeddings(model, model.model.encoder, source)
+            target_embeddings = bart_embeddings(model, model.model.decoder, target)
         trace = spec.real_seq2seq_forward(weights, source_embeddings, target_embeddings)
     return trace, spec.decompose_seq2seq(weights, source_embeddings, target_embeddings, trace, mode=mode)
