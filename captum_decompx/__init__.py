@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .evaluation import MethodSpec, evaluate_faithfulness
     from .llm import LLMDecompX
     from .runs.attribute import attribute_dataset
+    from .seq2seq import Seq2SeqDecompX
     from .visualization import visualization_records, write_html, write_records_html
     from .visualization.image import patch_heatmap, plot_patch_attribution
 
@@ -51,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "Linear": "adapters",
     "MethodSpec": "evaluation",
     "Norm": "adapters",
+    "Seq2SeqDecompX": "seq2seq",
     "evaluate_faithfulness": "evaluation",
     "patch_heatmap": "visualization.image",
     "plot_patch_attribution": "visualization.image",
@@ -81,6 +83,7 @@ __all__ = [
     "Linear",
     "MethodSpec",
     "Norm",
+    "Seq2SeqDecompX",
     "attribute_dataset",
     "UnsupportedTaskError",
     "cosine_similarity_frozen_norm",
