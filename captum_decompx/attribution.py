@@ -155,30 +155,30 @@ class DecompX(HookedModelAttribution):
     @overload
     def attribute(
         self,
-        inputs: Union[Tensor, tuple[Tensor]],
+        inputs: Union[Tensor, tuple[Tensor, ...]],
         target: TargetType = None,
         additional_forward_args: Any = None,
         return_convergence_delta: Literal[False] = False,
         show_progress: bool = False,
         baselines: Any = None,
-    ) -> Union[Tensor, tuple[Tensor]]: ...
+    ) -> Union[Tensor, tuple[Tensor, ...]]: ...
 
     @overload
     def attribute(
         self,
-        inputs: Union[Tensor, tuple[Tensor]],
+        inputs: Union[Tensor, tuple[Tensor, ...]],
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         return_convergence_delta: Literal[True],
         show_progress: bool = False,
         baselines: Any = None,
-    ) -> tuple[Union[Tensor, tuple[Tensor]], Tensor]: ...
+    ) -> tuple[Union[Tensor, tuple[Tensor, ...]], Tensor]: ...
 
     @captum_entry_point
     def attribute(
         self,
-        inputs: Union[Tensor, tuple[Tensor]],
+        inputs: Union[Tensor, tuple[Tensor, ...]],
         target: TargetType = None,
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,

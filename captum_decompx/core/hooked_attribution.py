@@ -176,7 +176,7 @@ class HookedModelAttribution(Attribution):
             additional_forward_args = (additional_forward_args,)
         return tuple(_outside_inference_mode(arg) for arg in additional_forward_args)
 
-    def _input_ids(self, inputs: Union[Tensor, tuple[Tensor]]) -> tuple[Tensor, bool]:
+    def _input_ids(self, inputs: Union[Tensor, tuple[Tensor, ...]]) -> tuple[Tensor, bool]:
         """The checked input tensor (token ids, embeddings or pixels) and whether it came as a 1-tuple."""
         tensor, as_tuple = validation.unpack_inputs(inputs)
         if self.adapter.input_kind == "pixels":
