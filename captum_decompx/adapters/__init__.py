@@ -15,7 +15,7 @@ from .base import Activation, Adapter, EncoderStack, HeadStep, LayerPaths, Linea
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
-from .encoder_decoders import bart_family, t5
+from .encoder_decoders import bart_family, t5, whisper
 from .modernbert import modernbert
 from .tasks import (
     ALBERT_MLM_HEAD,
@@ -165,6 +165,7 @@ register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)
 register_adapter("phi3", phi3)
 register_adapter("t5", t5)
 register_adapter(("bart", "mbart", "marian", "pegasus", "m2m_100"), bart_family)
+register_adapter("whisper", whisper)
 
 __all__ = [
     "Activation",

@@ -23,6 +23,7 @@ from .wrappers import running_module, unwrap_model
 POOLING_MODES = ("first", "last", "mean", "each", "last_non_pad_token", "first_real")
 NORM_POSITIONS = ("post", "pre")
 INPUT_KINDS = ("tokens", "pixels")
+ENCODER_INPUTS = ("tokens", "features")
 
 _BLOCK = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<count>\d+)\]$")
 _RANGE = re.compile(r"^(?P<path>.+)\[(?P<start>\d+):(?P<stop>\d+)\]$")
@@ -102,12 +103,24 @@ class EncoderStack:
         layer: paths inside each encoder layer (no cross-attention).
         final_norm: path of the norm on the encoder's output (pre-LN models), or None.
         norm_position: ``"post"`` or ``"pre"``, as :attr:`Adapter.norm_position`.
+        input_kind: ``"tokens"`` (source ids, one piece per token) or ``"features"`` (a float
+            tensor such as Whisper's log-mel features; one piece per position of the encoder's
+            first layer, e.g. each audio frame after the convolutional stem).
     """
 
     layers: str
     layer: LayerPaths
     final_norm: Optional[str] = None
     norm_position: str = "post"
+    input_kind: str = "tokens"
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("norm_position", self.norm_position, NORM_POSITIONS),
+            ("input_kind", self.input_kind, ENCODER_INPUTS),
+        ):
+            if value not in choices:
+                raise ValueError(f"EncoderStack {name}={value!r} is not one of {choices}.")
 
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
         """The encoder's layers in execution order."""

@@ -1,5 +1,5 @@
-"""Adapters for encoder-decoder models: T5 (v1.0 and v1.1 / Flan-T5), and the BART family: BART,
-mBART, Marian, Pegasus, M2M100 (and NLLB, which is an M2M100 model).
+"""Adapters for encoder-decoder models: T5 (v1.0 and v1.1 / Flan-T5), the BART family (BART,
+mBART, Marian, Pegasus, M2M100 and NLLB, which is an M2M100 model) and Whisper.
 
 An encoder-decoder adapter describes the decoder as any adapter does (its layers, with a
 cross-attention block, its final norm and its LM head read at every target position) and the
@@ -20,7 +20,7 @@ from torch import nn
 
 from .base import Adapter, EncoderStack, LayerPaths, Linear, ScaledLinear, TiedLinear, resolve
 
-__all__ = ["bart_family", "t5"]
+__all__ = ["bart_family", "t5", "whisper"]
 
 
 def _t5_layer(attention_block: int, ffn_block: int, gated: bool, cross: bool) -> LayerPaths:
@@ -130,5 +130,34 @@ def bart_family(model: nn.Module) -> Adapter:
             layer=BART_ENCODER_LAYER,
             final_norm=f"{base}.encoder.layer_norm" if pre else None,
             norm_position="pre" if pre else "post",
+        ),
+    )
+
+
+def whisper(model: nn.Module) -> Adapter:
+    """Whisper: the BART family's pre-LN layout (final norms on both stacks) over log-mel
+    features. The encoder's convolutional stem (two convolutions with GELU, the second of stride
+    2) and its positions make each audio frame's first-layer input, so each frame (two mel frames,
+    20 ms) is one piece, as a patch is in a vision transformer; the LM head is ``proj_out``."""
+    config: Any = model.config
+    if not isinstance(getattr(model, "proj_out", None), nn.Linear):
+        raise ValueError(
+            f"{type(model).__name__} has no `proj_out` language-model head; DecompX explains Whisper through "
+            "WhisperForConditionalGeneration."
+        )
+    return Adapter(
+        name=config.model_type,
+        layers="model.decoder.layers",
+        layer=BART_DECODER_LAYER,
+        head=(Linear("proj_out"),),
+        pooling="each",
+        norm_position="pre",
+        final_norm="model.decoder.layer_norm",
+        encoder=EncoderStack(
+            layers="model.encoder.layers",
+            layer=BART_ENCODER_LAYER,
+            final_norm="model.encoder.layer_norm",
+            norm_position="pre",
+            input_kind="features",
         ),
     )

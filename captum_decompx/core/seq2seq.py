@@ -64,14 +64,21 @@ class Seq2SeqDecomposition:
 # Inputs
 
 
-def check_inputs(inputs: Any, adapter_name: str) -> tuple[Tensor, Tensor]:
-    """The ``(source_ids, target_ids)`` of an encoder-decoder call, checked.
+def check_inputs(inputs: Any, adapter_name: str, source_kind: str = "tokens") -> tuple[Tensor, Tensor]:
+    """The ``(source_ids, target_ids)`` of an encoder-decoder call, checked; for an encoder that
+    reads features (``source_kind="features"``, Whisper), the source is a float tensor
+    (batch, features, frames).
 
     Raises:
         ValueError: not two tensors (no decoder inputs), not 2-D, different batch sizes.
-        TypeError: floating-point inputs (embeddings).
+        TypeError: floating-point ids (embeddings), or integer features.
     """
-    form = "inputs=(source_ids, target_ids), ids (batch, source) and (batch, target)"
+    features = source_kind == "features"
+    form = (
+        "inputs=(input_features, target_ids), features (batch, mel bins, frames) and ids (batch, target)"
+        if features
+        else "inputs=(source_ids, target_ids), ids (batch, source) and (batch, target)"
+    )
     if isinstance(inputs, Tensor) or not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
         found = (
             "one tensor"
@@ -87,7 +94,15 @@ def check_inputs(inputs: Any, adapter_name: str) -> tuple[Tensor, Tensor]:
             f"decoder_input_ids=target_ids, ...); got {found}."
         )
     source, target = inputs
-    for name, tensor in (("source_ids", source), ("target_ids", target)):
+    if features:
+        if not isinstance(source, Tensor) or not source.dtype.is_floating_point or source.dim() != 3:
+            found = f"{source.dtype} {tuple(source.shape)}" if isinstance(source, Tensor) else type(source).__name__
+            raise TypeError(
+                f"The {adapter_name} encoder reads features: pass input_features as a float tensor (batch, mel bins, "
+                f"frames) first, got {found}."
+            )
+    checked = (("target_ids", target),) if features else (("source_ids", source), ("target_ids", target))
+    for name, tensor in checked:
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{name} must be a tensor of token ids, got {type(tensor).__name__}.")
         if tensor.dtype.is_floating_point or tensor.dtype.is_complex:
@@ -100,8 +115,8 @@ def check_inputs(inputs: Any, adapter_name: str) -> tuple[Tensor, Tensor]:
             raise ValueError(f"{name} must be (batch, length) ids with at least one token, got shape {tuple(tensor.shape)}.")
     if source.shape[0] != target.shape[0]:
         raise ValueError(
-            f"source_ids has {source.shape[0]} example(s) and target_ids {target.shape[0]}: pass one target "
-            "prefix per source (the same batch size)."
+            f"{'input_features' if features else 'source_ids'} has {source.shape[0]} example(s) and target_ids "
+            f"{target.shape[0]}: pass one target prefix per source (the same batch size)."
         )
     return source, target
 
@@ -290,10 +305,12 @@ def _model_output(leaf: Optional[Tensor]) -> Tensor:
 
 
 def _check_shapes(captured: "Captured", source: Tensor, target: Tensor) -> None:
-    """The model's stacks received the given source and target (not, say, two swapped tensors)."""
+    """The model's stacks received the given source and target (not, say, two swapped tensors);
+    features (3-D) are checked by their batch (the encoder's frames are the stem's output)."""
     assert captured.encoder is not None
     got = (tuple(captured.encoder.layer_input.shape[:2]), tuple(captured.layer_input.shape[:2]))
-    if got != (tuple(source.shape), tuple(target.shape)):
+    expected_source = tuple(source.shape) if source.dim() == 2 else (source.shape[0], got[0][1])
+    if got != (expected_source, tuple(target.shape)):
         raise RuntimeError(
             f"The encoder ran on {got[0]} tokens and the decoder on {got[1]}, but the inputs are source "
             f"{tuple(source.shape)} and target {tuple(target.shape)}. The forward function must pass the first "
@@ -350,13 +367,18 @@ def _fast_shares(run: _Run, grad_outputs: Tensor, dtype: torch.dtype) -> tuple[T
 # The two entry points
 
 
+def _source_kind(explainer: "DecompX") -> str:
+    assert explainer.adapter.encoder is not None
+    return explainer.adapter.encoder.input_kind
+
+
 def attribute(explainer: "DecompX", inputs: Any, target: Any, additional_forward_args: Any) -> tuple[Tensor, Tensor, Tensor]:
     """:meth:`DecompX.attribute <captum_decompx.DecompX.attribute>` for an encoder-decoder.
 
     Returns:
         (batch, source) and (batch, target) attributions and the explained value (batch,).
     """
-    source, target_ids = check_inputs(inputs, explainer.adapter.name)
+    source, target_ids = check_inputs(inputs, explainer.adapter.name, _source_kind(explainer))
     _check_target_position(target, target_ids.shape[1])
     run = _run(explainer, source, target_ids, additional_forward_args)
     explained = _explained(run, target, source.shape[0])
@@ -383,7 +405,7 @@ def decompose_target(
 ) -> Seq2SeqDecomposition:
     """:meth:`DecompX.decompose_target <captum_decompx.DecompX.decompose_target>`: every target
     position at once (one exact decomposition, or one frozen pass and one batched backward pass)."""
-    source, target_ids = check_inputs(inputs, explainer.adapter.name)
+    source, target_ids = check_inputs(inputs, explainer.adapter.name, _source_kind(explainer))
     run = _run(explainer, source, target_ids, additional_forward_args)
     logits = run.model_output.detach()  # (batch, target, vocab)
     batch, n_target, vocab = logits.shape

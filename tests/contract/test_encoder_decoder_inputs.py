@@ -88,3 +88,17 @@ def test_the_model_is_left_as_it_was_found_also_after_an_error(bart, algorithm, 
         )
     assert_unchanged(model, before)
     assert torch.is_grad_enabled()  # the grad mode is the caller's again
+
+
+def test_whisper_takes_float_features_first():
+    from support.encoder_decoders import whisper, whisper_features
+
+    model = whisper(seed=2)
+    target = target_batch(1, 3, seed=2)
+    f = lambda x, t: model(input_features=x, decoder_input_ids=t).logits  # noqa: E731
+    with pytest.raises(TypeError, match=r"reads features: pass input_features as a float tensor \(batch, mel bins, frames\)"):
+        DecompX(f, model=model).attribute((torch.zeros(1, 16, dtype=torch.long), target), target=(0, 3))
+    (attr_src, _), delta = DecompX(f, model=model).attribute(
+        (whisper_features(1, seed=2), target), target=(0, 3), return_convergence_delta=True
+    )
+    assert attr_src.shape == (1, 8) and float(delta.abs().max()) < 1e-9

@@ -19,7 +19,17 @@ from __future__ import annotations
 import literal_spec as spec
 import pytest
 import torch
-from support.encoder_decoders import FAMILIES, forward_of, literal, model_of, pad_id, source_batch, target_batch
+from support.encoder_decoders import (
+    FAMILIES,
+    forward_of,
+    literal,
+    model_of,
+    pad_id,
+    source_batch,
+    target_batch,
+    whisper,
+    whisper_features,
+)
 
 from captum_decompx import DecompX, supported_model_types
 
@@ -41,7 +51,7 @@ def _real(ids: torch.Tensor, mask: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def test_every_family_has_an_adapter():
-    assert {"t5", "bart", "mbart", "marian", "pegasus", "m2m_100"} <= set(supported_model_types())
+    assert {"t5", "bart", "mbart", "marian", "pegasus", "m2m_100", "whisper"} <= set(supported_model_types())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -262,3 +272,24 @@ def test_a_softmax_output_is_explained_by_its_logit_with_a_warning():
         )
     torch.testing.assert_close(soft_src, attr_src, rtol=0, atol=1e-12)
     torch.testing.assert_close(soft_tgt, attr_tgt, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("include_biases, algorithm", SETTINGS, ids=SETTING_IDS)
+def test_whisper_explains_each_audio_frame_like_the_literal_spec(include_biases, algorithm):
+    """Whisper's source is log-mel features; each audio frame after the convolutional stem (two
+    mel frames) is a piece. attr_src is (batch, audio frames), the literal row's source shares."""
+    model = whisper(seed=12)
+    features, target = whisper_features(2, seed=12), target_batch(2, TARGET, seed=12)
+    f = lambda x, t: model(input_features=x, decoder_input_ids=t).logits  # noqa: E731
+    explainer = DecompX(f, model=model, include_biases=include_biases, algorithm=algorithm)
+    (attr_src, attr_tgt), delta = explainer.attribute((features, target), target=(POSITION, TOKEN), return_convergence_delta=True)
+    assert attr_src.shape == (2, 8) and attr_tgt.shape == (2, TARGET)
+    rows = explainer.decompose_target((features, target), target_batch(2, TARGET, seed=13))
+    for b in range(2):
+        trace, decomposition = literal("whisper", model, features[b], target[b], "rule" if include_biases else "drop")
+        shares = decomposition.contributions[POSITION, :, TOKEN]
+        scale = float(trace.logits.abs().max())
+        spec.assert_matches(torch.cat([attr_tgt[b], attr_src[b]]), shares, scale, f"example {b}: shares")
+        spec.assert_matches(delta[b], shares.sum() - trace.logits[POSITION, TOKEN], scale, f"example {b}: delta")
+    complete = rows.source.sum(-1) + rows.target.sum(-1) + rows.bias - rows.logits
+    assert float(complete.abs().max()) < 1e-9

@@ -87,6 +87,39 @@ def bart(seed: int, *, pre_norm: bool = False, family: str = "") -> torch.nn.Mod
     return model
 
 
+def whisper(seed: int) -> torch.nn.Module:
+    """Whisper over 6 mel bins and 16 mel frames (8 audio frames after the stride-2 stem), float64,
+    every parameter redrawn but the encoder's sinusoidal position table."""
+    config = tf.WhisperConfig(
+        vocab_size=VOCAB,
+        num_mel_bins=6,
+        d_model=16,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=24,
+        decoder_ffn_dim=24,
+        max_source_positions=8,
+        max_target_positions=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    )
+    model = tf.WhisperForConditionalGeneration(config).double()
+    table = model.model.encoder.embed_positions.weight.detach().clone()
+    model = randomize_parameters(model, seed)
+    with torch.no_grad():
+        model.model.encoder.embed_positions.weight.copy_(table)
+    return model
+
+
+def whisper_features(batch: int, seed: int) -> torch.Tensor:
+    """(batch, 6 mel bins, 16 mel frames) random log-mel features."""
+    return torch.randn(batch, 6, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
 def model_of(family: str, seed: int) -> torch.nn.Module:
     if family.startswith("t5"):
         return t5(seed, gated=family == "t5-gated")
@@ -233,7 +266,7 @@ def bart_weights(model) -> spec.Seq2SeqWeights:
     decoder = spec.ModelWeights(
         layers=[_bart_layer(layer, heads, activation) for layer in model.model.decoder.layers],
         pre_norm=pre,
-        head=[spec.Affine(model.lm_head.weight.detach().to(spec.DTYPE), _final_logits_bias(model))],
+        head=[spec.Affine(_lm_head(model).weight.detach().to(spec.DTYPE), _final_logits_bias(model))],
         final_norm=spec.norm_of(model.model.decoder.layer_norm) if pre else None,
         causal=True,
     )
@@ -252,12 +285,18 @@ def bart_weights(model) -> spec.Seq2SeqWeights:
     return spec.Seq2SeqWeights(encoder, decoder, cross)
 
 
+def _lm_head(model):
+    return model.proj_out if hasattr(model, "proj_out") else model.lm_head  # Whisper's, or the others'
+
+
 def _final_logits_bias(model):
     bias = getattr(model, "final_logits_bias", None)
     return None if bias is None else bias[0].detach().to(spec.DTYPE)
 
 
-def first_layer_inputs(model, source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def first_layer_inputs(
+    model, source: torch.Tensor, target: torch.Tensor, *, features: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The input of each stack's first layer for one example (the spec's captured embedding
     output: everything before the first layer acts on each token alone), read by a hook."""
     seen: dict[str, torch.Tensor] = {}
@@ -274,7 +313,10 @@ def first_layer_inputs(model, source: torch.Tensor, target: torch.Tensor) -> tup
     ]
     try:
         with torch.no_grad():
-            model(input_ids=source[None], decoder_input_ids=target[None])
+            if features:
+                model(input_features=source[None], decoder_input_ids=target[None])
+            else:
+                model(input_ids=source[None], decoder_input_ids=target[None])
     finally:
         for handle in handles:
             handle.remove()
@@ -296,7 +338,11 @@ def literal(
     """One example without padding (source (S,), target (T,) ids): the literal forward pass and
     its literal decomposition (T5's relative position bias table is read through Hugging Face's
     bucketing; everything else is recomputed from the weights)."""
-    if family.startswith("t5"):
+    if family == "whisper":  # the source is features: the stem's output frames are the pieces
+        weights = bart_weights(model)
+        source_embeddings, target_embeddings = first_layer_inputs(model, source, target, features=True)
+        trace = spec.real_seq2seq_forward(weights, source_embeddings, target_embeddings)
+    elif family.startswith("t5"):
         weights = t5_weights(model)
         shared = model.shared.weight.detach().to(spec.DTYPE)
         source_embeddings, target_embeddings = shared[source], shared[target]
