@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..components import BiasMode, ModelParts, Settings, propagate_head_rows
-from ..components.linear import Affine
+from ..components.linear import Affine, LinearMap
 from . import freezing, validation
 from .capture import capture_internals
 from .decomposition import Options, _diagonal_pieces, exact_settings, fast_settings, propagate_rows, resolve_parts
@@ -325,17 +325,21 @@ def _explained(run: _Run, target: Any, batch: int) -> ExplainedOutput:
     return explain_output(select(output, index), run.model_output, pooling, per_position=True)
 
 
-def _fast_shares(run: _Run, grad_outputs: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+def _fast_shares(
+    run: _Run, grad_outputs: Tensor, dtype: torch.dtype, output: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Source and target shares of ``G`` weightings of the model's output by one (batched) backward pass.
 
     Args:
-        grad_outputs: (G, batch, target, vocab).
+        grad_outputs: (G, batch, target, vocab), or weightings of ``output``.
+        output: a tensor of the frozen graph to weigh instead of the model's output (the LM
+            head's input: (batch, target, hidden)).
 
     Returns:
         (G, batch, source), (G, batch, target) and (G, batch), the share of what the decomposition
         leaves out (``include_ffn=False``).
     """
-    frozen, real = run.frozen, run.real_output
+    frozen, real = run.frozen, run.real_output if output is None else output
     assert frozen is not None and real is not None
     found = (frozen.source_embeddings, frozen.source_own_scale, frozen.embeddings, frozen.own_scale, frozen.dropped)
     leaves = tuple(leaf for leaf in found if leaf is not None)
@@ -419,10 +423,20 @@ def decompose_target(
     explained_logits = logits.gather(2, token_ids.unsqueeze(-1)).squeeze(-1)
     dtype = explainer._compute_dtype()
     if run.frozen is not None:
-        grad_outputs = torch.zeros((n_target,) + tuple(logits.shape), dtype=logits.dtype, device=logits.device)
+        head_input = run.frozen.head_input
         rows = torch.arange(n_target, device=logits.device)
-        grad_outputs[rows, :, rows] = torch.nn.functional.one_hot(token_ids.T, vocab).to(logits.dtype)
-        src, tgt, left_out = _fast_shares(run, grad_outputs, dtype)  # (target, batch, ...)
+        if head_input is not None and head_input.dim() == 3 and len(explainer.adapter.head) == 1:
+            # the logit of a token is its row of the one linear head times the head's input: weigh
+            # that input (batch, target, hidden), not the vocabulary-wide output
+            (step,) = explainer.adapter.head
+            weight = LinearMap.at(getattr(step, "path")).resolve(explainer.model, head_input.dtype).weight  # noqa: B009
+            grad_outputs = head_input.new_zeros((n_target,) + tuple(head_input.shape))
+            grad_outputs[rows, :, rows] = weight[token_ids.T.to(weight.device)]
+            src, tgt, left_out = _fast_shares(run, grad_outputs, dtype, head_input)  # (target, batch, ...)
+        else:
+            grad_outputs = torch.zeros((n_target,) + tuple(logits.shape), dtype=logits.dtype, device=logits.device)
+            grad_outputs[rows, :, rows] = torch.nn.functional.one_hot(token_ids.T, vocab).to(logits.dtype)
+            src, tgt, left_out = _fast_shares(run, grad_outputs, dtype)  # (target, batch, ...)
         src, tgt = src.transpose(0, 1), tgt.transpose(0, 1)
         bias = explained_logits.to(dtype) - left_out.T - src.sum(-1) - tgt.sum(-1)
     else:
