@@ -293,3 +293,33 @@ def test_whisper_explains_each_audio_frame_like_the_literal_spec(include_biases,
         spec.assert_matches(delta[b], shares.sum() - trace.logits[POSITION, TOKEN], scale, f"example {b}: delta")
     complete = rows.source.sum(-1) + rows.target.sum(-1) + rows.bias - rows.logits
     assert float(complete.abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("options", [{"include_ffn": False}, {"ffn_approximation": "la"}], ids=["without-ffn", "tangent-line"])
+@pytest.mark.parametrize("family", ["t5-gated", "bart"])
+def test_the_papers_options_keep_fast_equal_to_exact(family, options):
+    model = model_of(family, seed=13)
+    source, mask, target = _batch(model, seed=13)
+    f = forward_of(model)
+    exact, fast = (
+        DecompX(f, model=model, algorithm=algorithm, include_biases=False, **options).attribute(
+            (source, target), target=(POSITION, TOKEN), additional_forward_args=(mask,), return_convergence_delta=True
+        )
+        for algorithm in ("exact", "fast")
+    )
+    (exact_src, exact_tgt), exact_delta = exact
+    (fast_src, fast_tgt), fast_delta = fast
+    spec.assert_matches(fast_src, exact_src, 1.0, "source shares", 1e-9)
+    spec.assert_matches(fast_tgt, exact_tgt, 1.0, "target shares", 1e-9)
+    spec.assert_matches(fast_delta, exact_delta, 1.0, "bias share", 1e-9)
+
+
+def test_a_decomposition_larger_than_max_memory_is_refused_with_what_to_do():
+    from captum_decompx import DecompXMemoryError
+
+    model = model_of("bart", seed=14)
+    source, mask, target = _batch(model, seed=14)
+    with pytest.raises(DecompXMemoryError, match="more than max_memory=1,000 bytes.*algorithm='fast'"):
+        DecompX(forward_of(model), model=model, max_memory=1000).attribute(
+            (source, target), target=(POSITION, TOKEN), additional_forward_args=(mask,)
+        )
