@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .adapters import (
         Activation,
         Adapter,
+        EncoderStack,
         LayerPaths,
         Linear,
         Norm,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .evaluation import MethodSpec, evaluate_faithfulness
     from .llm import LLMDecompX
     from .runs.attribute import attribute_dataset
+    from .seq2seq import Seq2SeqDecompX
     from .visualization import visualization_records, write_html, write_records_html
     from .visualization.image import captum_image_inputs, patch_heatmap, pixel_attributions, plot_patch_attribution
 
@@ -43,12 +45,14 @@ _EXPORTS: dict[str, str] = {
     "DecompX": "attribution",
     "DecompXMemoryError": "core.memory",
     "DecompXOutput": "attribution",
+    "EncoderStack": "adapters",
     "GlobEnc": "baselines",
     "LLMDecompX": "llm",
     "LayerPaths": "adapters",
     "Linear": "adapters",
     "MethodSpec": "evaluation",
     "Norm": "adapters",
+    "Seq2SeqDecompX": "seq2seq",
     "evaluate_faithfulness": "evaluation",
     "captum_image_inputs": "visualization.image",
     "patch_heatmap": "visualization.image",
@@ -74,12 +78,14 @@ __all__ = [
     "DecompX",
     "DecompXMemoryError",
     "DecompXOutput",
+    "EncoderStack",
     "GlobEnc",
     "LLMDecompX",
     "LayerPaths",
     "Linear",
     "MethodSpec",
     "Norm",
+    "Seq2SeqDecompX",
     "attribute_dataset",
     "UnsupportedTaskError",
     "cosine_similarity_frozen_norm",

@@ -14,11 +14,13 @@ from .albert import ALBERT
 from .base import (
     Activation,
     Adapter,
+    EncoderStack,
     HeadStep,
     LayerPaths,
     Linear,
     MeanOfLinears,
     Norm,
+    ScaledLinear,
     Stages,
     Windows,
     grouped_layer,
@@ -28,6 +30,7 @@ from .base import (
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
+from .encoder_decoders import bart_family, t5, whisper
 from .modernbert import modernbert
 from .tasks import (
     ALBERT_MLM_HEAD,
@@ -179,15 +182,20 @@ register_adapter("gpt2", gpt2)
 register_adapter(("llama", "qwen2", "qwen3", "mistral", "gemma"), llama_family)
 register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)
 register_adapter("phi3", phi3)
+register_adapter("t5", t5)
+register_adapter(("bart", "mbart", "marian", "pegasus", "m2m_100"), bart_family)
+register_adapter("whisper", whisper)
 
 __all__ = [
     "Activation",
     "Adapter",
+    "EncoderStack",
     "HeadStep",
     "LayerPaths",
     "Linear",
     "MeanOfLinears",
     "Norm",
+    "ScaledLinear",
     "Stages",
     "TaskHeads",
     "UnsupportedTaskError",

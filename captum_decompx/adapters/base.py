@@ -35,6 +35,7 @@ POOLING_MODES = (
 CONCATENATING_POOLINGS = ("first_and_patch_mean", "first_two")
 NORM_POSITIONS = ("post", "pre")
 INPUT_KINDS = ("tokens", "pixels")
+ENCODER_INPUTS = ("tokens", "features")
 
 _BLOCK = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<count>\d+)\]$")
 _RANGE = re.compile(r"^(?P<path>.+)\[(?P<start>\d+):(?P<stop>\d+)\]$")
@@ -115,6 +116,15 @@ class LayerPaths:
         ffn_scale: the same for the feed-forward block's output (``lambda_2``, ``layer_scale2.lambda1``).
         attention_windows: the attention runs in (shifted) windows of the token grid (Swin), see
             :class:`Windows`; None: over the whole sequence.
+        cross_attention: in an encoder-decoder's decoder layer, the cross-attention module (its
+            output is ``(output, probs)`` or, with ``probs_index``, holds the probabilities
+            ``(batch, heads, target, source)`` there); None in any other layer. The block sits
+            between self-attention and the feed-forward block, in its own residual.
+        cross_value: the cross-attention's value map (applied to the encoder's output).
+        cross_output: the cross-attention's output map (``W_O``).
+        cross_norm: the cross-attention block's normalization (placed as ``attention_norm``).
+        probs_index: where the attention modules' outputs hold the probabilities (T5's return
+            ``(output, position_bias, probs)``: 2).
     """
 
     attention: str
@@ -131,6 +141,16 @@ class LayerPaths:
     attention_scale: Optional[str] = None
     ffn_scale: Optional[str] = None
     attention_windows: Optional[Windows] = None
+    cross_attention: Optional[str] = None
+    cross_value: Optional[str] = None
+    cross_output: Optional[str] = None
+    cross_norm: Optional[str] = None
+    probs_index: int = 1
+
+    def __post_init__(self) -> None:
+        cross = (self.cross_attention, self.cross_value, self.cross_output, self.cross_norm)
+        if any(path is None for path in cross) and any(path is not None for path in cross):
+            raise ValueError("A cross-attention block needs all of cross_attention, cross_value, cross_output and cross_norm.")
 
 
 def grouped_layer(
@@ -173,6 +193,39 @@ def grouped_layer(
     )
 
 
+@dataclass(frozen=True)
+class EncoderStack:
+    """The encoder of an encoder-decoder model, walked before the decoder.
+
+    Attributes:
+        layers: path, relative to the top model, of the encoder's ``nn.ModuleList`` of layers.
+        layer: paths inside each encoder layer (no cross-attention).
+        final_norm: path of the norm on the encoder's output (pre-LN models), or None.
+        norm_position: ``"post"`` or ``"pre"``, as :attr:`Adapter.norm_position`.
+        input_kind: ``"tokens"`` (source ids, one piece per token) or ``"features"`` (a float
+            tensor such as Whisper's log-mel features; one piece per position of the encoder's
+            first layer, e.g. each audio frame after the convolutional stem).
+    """
+
+    layers: str
+    layer: LayerPaths
+    final_norm: Optional[str] = None
+    norm_position: str = "post"
+    input_kind: str = "tokens"
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("norm_position", self.norm_position, NORM_POSITIONS),
+            ("input_kind", self.input_kind, ENCODER_INPUTS),
+        ):
+            if value not in choices:
+                raise ValueError(f"EncoderStack {name}={value!r} is not one of {choices}.")
+
+    def layer_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The encoder's layers in execution order."""
+        return list(resolve(model, self.layers))
+
+
 class HeadStep:
     """Base class of the head steps; each subclass has one kind in :mod:`captum_decompx.components.head`."""
 
@@ -205,6 +258,14 @@ class MeanOfLinears(HeadStep):
     def __post_init__(self) -> None:
         if len(self.paths) < 1:
             raise ValueError("MeanOfLinears needs at least one path.")
+
+
+@dataclass(frozen=True)
+class ScaledLinear(Linear):
+    """A head step: the linear map at ``path`` applied to its input times ``scale`` (T5's
+    ``d_model ** -0.5`` rescale of the decoder's output before a tied LM head)."""
+
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -278,6 +339,9 @@ class Adapter:
         fixed_image_size: an image model that reads images of ``config.image_size`` only, unless
             its call asks it to interpolate its position embeddings (ViT, DeiT): other sizes are
             refused when the forward function is the model itself.
+        encoder: an encoder-decoder's encoder (:class:`EncoderStack`); the other fields then
+            describe the decoder, whose layers have a cross-attention block, and its LM head
+            (``pooling="each"``). None for encoder-only and decoder-only models.
     """
 
     name: str
@@ -293,8 +357,14 @@ class Adapter:
     logit_softcap: Optional[float] = None
     fixed_image_size: bool = False
     stages: Optional[Stages] = None
+    encoder: Optional[EncoderStack] = None
 
     def __post_init__(self) -> None:
+        if self.encoder is not None and (self.layer.cross_attention is None or self.pooling != "each"):
+            raise ValueError(
+                "An encoder-decoder adapter (encoder=...) describes its decoder: its layer paths need the "
+                "cross_attention block and its head is read at every position (pooling='each')."
+            )
         for name, value, choices in (
             ("pooling", self.pooling, POOLING_MODES),
             ("norm_position", self.norm_position, NORM_POSITIONS),

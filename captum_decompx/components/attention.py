@@ -117,17 +117,17 @@ def attention_values(
     return split
 
 
-def _attention_probs(output: Any) -> Optional[Tensor]:
-    if isinstance(output, tuple) and len(output) > 1:
-        return output[1]
+def _attention_probs(output: Any, index: int = 1) -> Optional[Tensor]:
+    if isinstance(output, tuple) and len(output) > index:
+        return output[index]
     return None
 
 
-def _check_probabilities(probs: Any, where: str) -> None:
+def _check_probabilities(probs: Any, where: str, index: int = 1) -> None:
     """Refuse a second output that is not post-softmax attention probabilities (batch, heads, seq, seq):
     each row sums to 1 (or to 0, a row masked out whole or a head masked by ``head_mask``)."""
     advice = (
-        "The exact path reads the attention module's output[1] as its post-softmax probabilities "
+        f"The exact path reads the attention module's output[{index}] as its post-softmax probabilities "
         "(batch, heads, queries, keys). Point the adapter's attention= at the module that returns "
         "(output, attention_probs), or set force_output_attentions=(position, name) to the argument "
         "that makes it return them."
@@ -269,16 +269,19 @@ class Attention(Component):
     Attributes:
         force_output_attentions: ``(position, name)`` of an argument that must be True for the
             module to return its probabilities; found from the signature when None.
+        probs_index: where the module's output tuple holds the probabilities.
     """
 
     path: str
     value: LinearMap
     output: LinearMap
     force_output_attentions: Optional[tuple[int, str]] = None
+    probs_index: int = 1
 
     def install(self, recorder: Recorder, root: nn.Module) -> None:
         module = resolve(root, self.path)
-        recorder.record_output(module, "probs", _attention_probs)
+        index = self.probs_index
+        recorder.record_output(module, "probs", lambda output: _attention_probs(output, index))
         force = self.force_output_attentions or _output_attentions_parameter(module)
         if force is not None:
             recorder.set_argument(module, "force", force[0], force[1], True)
@@ -299,7 +302,7 @@ class Attention(Component):
                 "with eager attention. Its adapter must name a module whose output is "
                 "(output, attention_probs), or set force_output_attentions."
             )
-        _check_probabilities(probs, f"{where} ({self.path})")
+        _check_probabilities(probs, f"{where} ({self.path})", self.probs_index)
         return probs
 
     def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Activation, HeadStep, Linear, MeanOfLinears, Norm, TiedLinear, resolve, split_block
+from ..adapters.base import Activation, HeadStep, Linear, MeanOfLinears, Norm, ScaledLinear, TiedLinear, resolve, split_block
 from ..core.recording import Reader, Recorder, main_input
 from .activations import ActivationFunctionAt, activation
 from .base import Component
@@ -82,8 +82,23 @@ class TiedLinearStep(HeadStepKind):
 
     def resolve(self, model, step, dtype) -> Affine:
         weight = resolve(model, step.path).weight.detach().to(dtype)
-        bias = None if step.bias is None else resolve(model, step.bias).detach().to(dtype)
-        return Affine(weight, bias)
+        bias = None if step.bias is None else resolve(model, step.bias).detach().to(dtype).reshape(-1)
+        return Affine(weight, bias)  # a bias buffer of shape (1, vocab) (BART's final_logits_bias) as (vocab,)
+
+    def propagate(self, pieces, params, real_input, settings):
+        return linear(pieces, params, settings)
+
+
+class ScaledLinearStep(HeadStepKind):
+    """A linear map applied to its input times a constant (T5's rescale before a tied LM head):
+    the map ``x -> W (scale x) + b``."""
+
+    def freeze(self, freezer, model, steps, index):
+        return None  # linear: the fast path differentiates the real call
+
+    def resolve(self, model, step, dtype) -> Affine:
+        affine_map = LinearMap.at(step.path).resolve(model, dtype)
+        return Affine(affine_map.weight * step.scale, affine_map.bias)
 
     def propagate(self, pieces, params, real_input, settings):
         return linear(pieces, params, settings)
@@ -220,6 +235,7 @@ register_head_step(Activation, ActivationStep())
 register_head_step(Norm, NormStep())
 register_head_step(TiedLinear, TiedLinearStep())
 register_head_step(MeanOfLinears, MeanOfLinearsStep())
+register_head_step(ScaledLinear, ScaledLinearStep())
 
 
 def head_step_kind(step: HeadStep) -> HeadStepKind:

@@ -1,4 +1,5 @@
-"""The whole network as component kinds: the layers, a final norm, the head.
+"""The whole network as component kinds: the layers, a final norm, the head; for an
+encoder-decoder, the encoder's layers and final norm first.
 
 :meth:`Network.walk` is the one walk of a model's components, in forward order; both algorithms
 install their hooks by it (:class:`~captum_decompx.core.capture.HookedPass`).
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Adapter, Linear, MeanOfLinears
+from ..adapters.base import Adapter, EncoderStack, Linear, MeanOfLinears
 from ..core.recording import Reader, Recorder
 from .base import Component
 from .head import Head, ResolvedHeadStep
@@ -27,6 +28,18 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class StackRecord:
+    """What an encoder-decoder's encoder recorded: its first layer's input (batch, source,
+    hidden), its layers' records and the input of its final norm (None without one). An encoder
+    has no patch mergings: ``merges`` stays empty (it reads as :class:`NetworkRecord`'s)."""
+
+    layer_input: Tensor
+    layers: list[LayerRecord]
+    final_norm_input: Optional[Tensor]
+    merges: dict[int, MergeRecord] = field(default_factory=dict)
+
+
+@dataclass
 class NetworkRecord:
     """What the network's components recorded in one forward pass.
 
@@ -37,6 +50,7 @@ class NetworkRecord:
         head_inputs: per head step index, the real input (batch, dim) of the steps that need it.
         pooling: what the pooling recorded (the input ids, for ``"last_non_pad_token"``).
         merges: per layer index, what the patch merging after that layer recorded (Swin).
+        encoder: an encoder-decoder's encoder; the other fields are then the decoder's.
     """
 
     layer_input: Tensor
@@ -45,6 +59,17 @@ class NetworkRecord:
     head_inputs: dict[int, Tensor]
     pooling: Optional[PoolingRecord] = None
     merges: dict[int, MergeRecord] = field(default_factory=dict)
+    encoder: Optional[StackRecord] = None
+
+
+@dataclass
+class EncoderParts:
+    """An encoder-decoder's encoder parameters: its layers and its final norm (None without one);
+    no patch mergings (``merges`` stays empty, as in :class:`ModelParts` without stages)."""
+
+    layers: list[LayerParams]
+    final_norm: Optional[NormParams]
+    merges: dict[int, MergeParams] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,11 +81,21 @@ class ModelParts:
     head: list[ResolvedHeadStep]
     head_input_steps: list[Optional[int]]  # for steps that read their real input: their own index
     merges: dict[int, MergeParams] = field(default_factory=dict)  # per layer index: the patch merging after it
+    encoder: Optional[EncoderParts] = None
 
 
 class LayerInput(Component):
-    """The first layer's input (the embeddings). Recorded (exact path): its value; frozen (fast
-    path): replaced, on its first call, by the leaf the backward pass differentiates."""
+    """A stack's first layer input (the embeddings). Recorded (exact path): its value; frozen (fast
+    path): replaced, on its first call, by the leaf the backward pass differentiates.
+
+    Attributes:
+        stack: ``"target"`` (the model's layers; a decoder's in an encoder-decoder) or
+            ``"source"`` (an encoder-decoder's encoder). The fast path gives the biases the
+            components of the stack own before mixing to this stack's tokens.
+    """
+
+    def __init__(self, stack: str = "target") -> None:
+        self.stack = stack
 
     def install(self, recorder: Recorder, root: nn.Module) -> None:
         recorder.record_input(root, "layer_input", "hidden_states")
@@ -69,7 +104,48 @@ class LayerInput(Component):
         return reader.take(root, "layer_input", where)
 
     def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
-        freezer.replace_layer_input(root)
+        freezer.replace_layer_input(root, stack=self.stack)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """An encoder-decoder's encoder as component kinds: its layer and its final norm."""
+
+    stack: EncoderStack
+    layer: TransformerLayer
+    final_norm: Optional[Normalization]
+
+    @classmethod
+    def of(cls, stack: EncoderStack) -> "Encoder":
+        layer = TransformerLayer.from_paths(stack.layer, stack.norm_position)
+        return cls(stack, layer, None if stack.final_norm is None else Normalization(stack.final_norm))
+
+    def layer_modules(self, model: nn.Module) -> list[nn.Module]:
+        layers = self.stack.layer_modules(model)
+        if not layers:
+            raise ValueError(f"The encoder has no layers at {self.stack.layers!r}.")
+        return layers
+
+    def walk(self, model: nn.Module) -> Iterator[tuple[Component, nn.Module, bool]]:
+        """The encoder's components, in forward order (see :meth:`Network.walk`)."""
+        layers = self.layer_modules(model)
+        yield LayerInput("source"), layers[0], True
+        for index, layer in enumerate(layers):
+            for component in self.layer.components():
+                yield component, layer, index == 0
+        if self.final_norm is not None:
+            yield self.final_norm, model, False
+
+    def read(self, reader: Reader, model: nn.Module) -> StackRecord:
+        layers = self.layer_modules(model)
+        layer_input = LayerInput("source").read(reader, layers[0], "the encoder's first layer")
+        records = [self.layer.read(reader, layer, f"encoder layer {index}") for index, layer in enumerate(layers)]
+        final_norm_input = None if self.final_norm is None else self.final_norm.read(reader, model, "the encoder's final norm")
+        return StackRecord(layer_input, records, final_norm_input)
+
+    def resolve(self, model: nn.Module, dtype: torch.dtype) -> EncoderParts:
+        layers = [self.layer.resolve(layer, dtype) for layer in self.layer_modules(model)]
+        return EncoderParts(layers, None if self.final_norm is None else self.final_norm.resolve(model, dtype))
 
 
 class CallChecks(Component):
@@ -93,6 +169,7 @@ class Network:
     final_norm: Optional[Normalization]
     head: Head
     pooling: Pooling
+    encoder: Optional[Encoder] = None
 
     @classmethod
     def of(cls, adapter: Adapter) -> "Network":
@@ -102,6 +179,7 @@ class Network:
             None if adapter.final_norm is None else Normalization(adapter.final_norm),
             Head(tuple(adapter.head), logit_softcap=adapter.logit_softcap is not None),
             Pooling.of(adapter),
+            None if adapter.encoder is None else Encoder.of(adapter.encoder),
         )
 
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
@@ -116,8 +194,11 @@ class Network:
 
     def walk(self, model: nn.Module, layers: list[nn.Module]) -> Iterator[tuple[Component, nn.Module, bool]]:
         """Every component, with the module its paths are resolved on (a layer, a stage, or the
-        model) and whether it belongs to the first layer, in forward order."""
+        model) and whether it belongs to the first layer, in forward order (an encoder-decoder's
+        encoder first)."""
         yield CallChecks(), model, False
+        if self.encoder is not None:
+            yield from self.encoder.walk(model)
         yield LayerInput(), layers[0], True
         merges = self.merges(model)
         for index, layer in enumerate(layers):
@@ -141,7 +222,10 @@ class Network:
             index: self._merging().read(reader, stage, f"the patch merging after layer {index}")
             for index, stage in self.merges(model).items()
         }
-        return NetworkRecord(layer_input, records, final_norm_input, self.head.read(reader, model), pooling, merges)
+        encoder = None if self.encoder is None else self.encoder.read(reader, model)
+        return NetworkRecord(
+            layer_input, records, final_norm_input, self.head.read(reader, model), pooling, merges=merges, encoder=encoder
+        )
 
     def _merging(self) -> PatchMerging:
         assert self.adapter.stages is not None
@@ -165,6 +249,6 @@ class Network:
             raise ValueError(
                 f"The adapter {self.adapter.name!r} has a patch merging after its last layer; the head reads that layer."
             )
-        return ModelParts(
-            layers, final_norm, head, [index if step.kind.reads_input else None for index, step in enumerate(head)], merges
-        )
+        encoder = None if self.encoder is None else self.encoder.resolve(model, dtype)
+        head_input_steps = [index if step.kind.reads_input else None for index, step in enumerate(head)]
+        return ModelParts(layers, final_norm, head, head_input_steps, merges=merges, encoder=encoder)

@@ -27,7 +27,7 @@ from ..adapters import Adapter, resolve
 from ..components.base import Component
 from ..components.layer import LayerRecord
 from ..components.merging import MergeRecord
-from ..components.network import Network
+from ..components.network import Network, StackRecord
 from ..components.pooling import PoolingRecord
 from .recording import Reader, Recorder
 
@@ -60,6 +60,8 @@ class Captured:
         pooling: what the pooling recorded: the ids the model received and its pad token id,
             for adapters that pool the last token that is not padding by id; else None.
         merges: per layer index, what the patch merging after that layer recorded (Swin's stages).
+        encoder: what an encoder-decoder's encoder recorded (the other fields are then the
+            decoder's); None for other models.
     """
 
     output: Any
@@ -70,6 +72,7 @@ class Captured:
     head_inputs: dict[int, torch.Tensor]
     pooling: Optional[PoolingRecord] = None
     merges: dict[int, MergeRecord] = field(default_factory=dict)
+    encoder: Optional[StackRecord] = None
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -277,6 +280,17 @@ class HookedPass:
         for component, root, first in self.network.walk(self.model, self.layers):
             self.install_component(component, root, first)
 
+    def attention_modules(self) -> list[nn.Module]:
+        """Every attention module of the network: self-attention, cross-attention, an encoder's."""
+        stacks = [(self.layers, self.adapter.layer)]
+        if self.adapter.encoder is not None:
+            stacks.append((self.adapter.encoder.layer_modules(self.model), self.adapter.encoder.layer))
+        modules = []
+        for layers, paths in stacks:
+            for path in (paths.attention, paths.cross_attention):
+                modules += [] if path is None else [resolve(layer, path) for layer in layers]
+        return modules
+
     def check_single_forward(self) -> None:
         """DecompX explains one forward pass: refuse a forward function that ran the model's layers
         more than once, or never."""
@@ -341,10 +355,12 @@ class Capture(HookedPass):
         fused kernel, its eager softmax computes that kernel's probabilities."""
         with ExitStack() as stack:
             if stack.enter_context(eager_attention(self.model)):
-                attention = [resolve(layer, self.adapter.layer.attention) for layer in self.layers]
                 stack.enter_context(
                     fused_kernel_softmax(
-                        self.recorder, attention, zero_masked_rows=self.zero_masked_rows, seen=self.masked_rows_seen
+                        self.recorder,
+                        self.attention_modules(),
+                        zero_masked_rows=self.zero_masked_rows,
+                        seen=self.masked_rows_seen,
                     )
                 )
             yield
@@ -376,7 +392,8 @@ class Capture(HookedPass):
             record.final_norm_input,
             record.head_inputs,
             record.pooling,
-            record.merges,
+            merges=record.merges,
+            encoder=record.encoder,
         )
 
 

@@ -14,25 +14,17 @@ Which of them runs is decided once, by the strategy objects of :mod:`captum_deco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..adapters import Adapter
-from ..components import (
-    BiasMode,
-    ModelParts,
-    Network,
-    Settings,
-    normalize,
-    propagate_head,
-    propagate_head_rows,
-    token_pieces,
-    transformer_layer,
-)
+from ..components import BiasMode, ModelParts, Network, Settings, normalize, token_pieces, transformer_layer
+from ..components.head import propagate_head, propagate_head_rows
 from ..components.linear import affine
 from ..components.merging import merge_patches
+from ..components.network import EncoderParts, StackRecord
 from ..components.norms import norm_params
 from ..components.pooling import last_non_pad_token, pool, pool_weights, pooled_rows
 from .capture import Captured
@@ -73,6 +65,10 @@ __all__ = [
 if TYPE_CHECKING:
     from .freezing import FrozenForward
 
+# A stack's records and parameters: the model's, or an encoder-decoder's encoder's (the same fields).
+Records = Union[Captured, StackRecord]
+Parts = Union[ModelParts, EncoderParts]
+
 
 def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> ModelParts:
     """Read the parameters the adapter points to (the model itself is not touched)."""
@@ -104,7 +100,7 @@ def _head_inputs(parts: ModelParts, captured: Captured, batch: slice, dtype) -> 
     return [None if step is None else captured.head_inputs[step][batch].to(dtype) for step in parts.head_input_steps]
 
 
-def _final_norm(pieces: Tensor, parts: ModelParts, captured: Captured, batch: slice, rows, settings: Settings, dtype) -> Tensor:
+def _final_norm(pieces: Tensor, parts: Parts, captured: Records, batch: slice, rows, settings: Settings, dtype) -> Tensor:
     """The final norm of pre-LN models on the computed rows of the last layer."""
     if parts.final_norm is None:
         return pieces
@@ -114,8 +110,8 @@ def _final_norm(pieces: Tensor, parts: ModelParts, captured: Captured, batch: sl
 
 def propagate_rows(
     pieces: Tensor,
-    captured: Captured,
-    parts: ModelParts,
+    captured: Records,
+    parts: Parts,
     settings: Settings,
     batch: slice,
     dtype: torch.dtype,
@@ -124,8 +120,10 @@ def propagate_rows(
     last_rows: Optional[Tensor] = None,
     own_scale: Optional[Tensor] = None,
     on_layer: Optional[Callable[[int, Tensor], None]] = None,
+    encoder_pieces: Optional[Tensor] = None,
 ) -> Tensor:
-    """Propagate a decomposition of the embeddings through every layer and the final norm.
+    """Propagate a decomposition of the embeddings through every layer and the final norm (of the
+    model, or of an encoder-decoder's encoder: its :class:`StackRecord` and :class:`EncoderParts`).
 
     Args:
         pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
@@ -133,6 +131,8 @@ def propagate_rows(
         last_rows: (rows,) the rows of the last layer to compute, ascending; None: every row.
         on_layer: called with each layer's index and output decomposition (before a patch
             merging that follows the layer).
+        encoder_pieces: an encoder-decoder's decoder only: the encoder's output decomposed in the
+            decoder's piece layout, read by every layer's cross-attention.
 
     Returns:
         (batch, rows, pieces, hidden): the last layer's rows ``last_rows`` (every row for None).
@@ -151,6 +151,7 @@ def propagate_rows(
             first=index == 0,
             row_chunks=_chunks(rows, rows_per_chunk),
             own_scale=own_scale,
+            encoder_pieces=encoder_pieces,
         )
         if on_layer is not None:
             on_layer(index, pieces)
@@ -242,13 +243,7 @@ class Options:
 
 
 def _settings(options: Options, bias_mode: BiasMode) -> Settings:
-    return Settings(
-        bias_mode=bias_mode,
-        bias_rule=options.bias_rule,
-        include_ffn=options.include_ffn,
-        ffn_approximation=options.ffn_approximation,
-        head_approximation=options.head_approximation,
-    )
+    return Settings(bias_mode, options.bias_rule, options.include_ffn, options.ffn_approximation, options.head_approximation)
 
 
 def exact_settings(options: Options) -> Settings:

@@ -38,8 +38,9 @@ from .forward_contract import ModelOutputTap, decomposed_model_output, model_out
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Captum's ``inputs`` as every attribution here takes them: one tensor (input ids, embeddings or
-#: pixels), or a 1-tuple of it; the scores come back in the same form.
-Inputs = Union[Tensor, tuple[Tensor]]
+#: pixels), or a 1-tuple of it; an encoder-decoder's ``(source_ids, target_ids)`` pair. The scores
+#: come back in the same form (a pair for an encoder-decoder: source, target prefix).
+Inputs = Union[Tensor, tuple[Tensor, ...]]
 
 #: The device types whose autocast state a call saves, turns off for the decomposition and turns
 #: back on for the forward pass.
