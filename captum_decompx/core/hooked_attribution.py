@@ -310,7 +310,7 @@ class HookedModelAttribution(Attribution):
             captured_output = model_output_tensor(output)
             if captured_output is None or captured_output.shape != own.shape:
                 return float("inf")
-            return float((captured_output.double() - own.double()).abs().max())
+            return float((captured_output.detach().double() - own.detach().double()).abs().max())
 
         if distance(zeroed[1]) <= _agreement(own):
             return zeroed
