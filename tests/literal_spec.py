@@ -684,7 +684,8 @@ def decompose(
 @dataclass
 class CrossWeights:
     """A decoder layer's cross-attention (queries from the decoder, keys and values from the
-    encoder's output) and its block's norm; ``scale`` multiplies the scores ``q k^T``."""
+    encoder's output) and its block's norm; ``scale`` multiplies the scores ``q k^T``;
+    ``softmax(scores)`` is the attention softmax over the last axis."""
 
     query: Affine
     key: Affine
@@ -693,6 +694,7 @@ class CrossWeights:
     heads: int
     norm: NormWeights
     scale: float
+    softmax: Callable[[Tensor], Tensor] = field(default=lambda scores: torch.softmax(scores, dim=-1))
 
 
 @dataclass
@@ -727,7 +729,7 @@ def real_cross_attention(cross: CrossWeights, x: Tensor, memory: Tensor, keys: O
         scores = q[:, block] @ k[:, block].T * cross.scale
         if keys is not None:
             scores = scores.masked_fill(~keys.view(1, sources), float("-inf"))
-        alpha[h] = torch.softmax(scores, dim=-1)
+        alpha[h] = cross.softmax(scores)
         context[:, block] = alpha[h] @ v[:, block]
     return cross.output(context), alpha
 

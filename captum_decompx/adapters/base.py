@@ -125,6 +125,11 @@ class LayerPaths:
         cross_norm: the cross-attention block's normalization (placed as ``attention_norm``).
         probs_index: where the attention modules' outputs hold the probabilities (T5's return
             ``(output, position_bias, probs)``: 2).
+        probs_on_request: the attention modules hold the probabilities in their output only when
+            called with ``output_attentions=True``, and their callers index the output by that
+            flag (T5 on transformers 4.x). DecompX sets the flag for the pass and takes the
+            probabilities back out of the output of a call that did not ask for them, so the model
+            runs as the caller asked.
     """
 
     attention: str
@@ -146,6 +151,7 @@ class LayerPaths:
     cross_output: Optional[str] = None
     cross_norm: Optional[str] = None
     probs_index: int = 1
+    probs_on_request: bool = False
 
     def __post_init__(self) -> None:
         cross = (self.cross_attention, self.cross_value, self.cross_output, self.cross_norm)
