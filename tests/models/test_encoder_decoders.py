@@ -326,12 +326,13 @@ def test_a_decomposition_larger_than_max_memory_is_refused_with_what_to_do():
 
 
 @pytest.mark.parametrize("asks", [False, True], ids=["attentions-not-asked", "attentions-asked"])
-def test_t5_runs_as_its_caller_asked_while_its_probabilities_are_read(asks):
-    """The exact path sets T5's output_attentions where its attention takes that flag (transformers
-    4.x); its decoder stack finds the cross-attention's position bias by the flag it passed, so a
-    source as long as the target (where a wrong bias has the right shape) must still give the
-    model's own logits, and the caller gets the attentions only when it asked for them."""
-    model = model_of("t5", seed=15)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_model_runs_as_its_caller_asked_while_its_probabilities_are_read(family, asks):
+    """The exact path sets output_attentions where an attention module takes that flag
+    (transformers 4.x); T5's decoder stack finds the cross-attention's position bias by the flag
+    it passed, so a source as long as the target (where a misplaced bias has the right shape) must
+    still give the model's own logits, and the caller gets the attentions only when it asked."""
+    model = model_of(family, seed=15)
     source, mask = source_batch((TARGET, TARGET), pad_id(model), seed=15)
     target = target_batch(2, TARGET, seed=15)
     outputs = []
