@@ -122,7 +122,12 @@ def check_inputs(inputs: Any, adapter_name: str, source_kind: str = "tokens") ->
 
 
 def _check_target_position(target: Any, length: int) -> None:
-    """A ``(position, token_id)`` target whose position lies outside the target prefix is refused."""
+    """A missing target, or a ``(position, token_id)`` whose position lies outside the target prefix, is refused."""
+    if target is None:
+        raise ValueError(
+            "An encoder-decoder's output is (batch, target, vocab): pass target=(position, token_id), the "
+            "logit of token_id at that target position."
+        )
     pairs = target if isinstance(target, list) else [target]
     for pair in pairs:
         if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], int) and not isinstance(pair[0], bool):
@@ -132,11 +137,6 @@ def _check_target_position(target: Any, length: int) -> None:
                     f"computes logits at positions 0..{length - 1} (position t predicts the token after "
                     "target_ids[:, t]). Pass target=(position, token_id) with a position in that range."
                 )
-    if target is None:
-        raise ValueError(
-            "An encoder-decoder's output is (batch, target, vocab): pass target=(position, token_id), the "
-            "logit of token_id at that target position."
-        )
 
 
 # --------------------------------------------------------------------------------------------
