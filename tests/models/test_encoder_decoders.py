@@ -323,3 +323,31 @@ def test_a_decomposition_larger_than_max_memory_is_refused_with_what_to_do():
         DecompX(forward_of(model), model=model, max_memory=1000).attribute(
             (source, target), target=(POSITION, TOKEN), additional_forward_args=(mask,)
         )
+
+
+@pytest.mark.parametrize("algorithm, include_biases", [("exact", True), ("fast", False)])
+def test_a_linear_tail_is_explained_as_the_same_combination_of_logits(algorithm, include_biases):
+    """A forward function that returns a logit difference (batch, target) is explained, for
+    target=position, by the difference of the two logits' decompositions, and completely."""
+    model = model_of("bart", seed=15)
+    source, mask, target = _batch(model, seed=15)
+    f = forward_of(model)
+
+    def difference(src, tgt, m):
+        logits = f(src, tgt, m)
+        return logits[:, :, TOKEN] - 0.5 * logits[:, :, 4]
+
+    explainer = DecompX(difference, model=model, algorithm=algorithm, include_biases=include_biases)
+    (src_attr, tgt_attr), delta = explainer.attribute(
+        (source, target), target=POSITION, additional_forward_args=(mask,), return_convergence_delta=True
+    )
+    plain = DecompX(f, model=model, algorithm=algorithm, include_biases=include_biases)
+    (src_a, tgt_a), delta_a = plain.attribute(
+        (source, target), target=(POSITION, TOKEN), additional_forward_args=(mask,), return_convergence_delta=True
+    )
+    (src_b, tgt_b), delta_b = plain.attribute(
+        (source, target), target=(POSITION, 4), additional_forward_args=(mask,), return_convergence_delta=True
+    )
+    spec.assert_matches(src_attr, src_a - 0.5 * src_b, 1.0, "source shares of the difference", 1e-9)
+    spec.assert_matches(tgt_attr, tgt_a - 0.5 * tgt_b, 1.0, "target shares of the difference", 1e-9)
+    spec.assert_matches(delta, delta_a - 0.5 * delta_b, 1.0, "delta of the difference", 1e-9)
