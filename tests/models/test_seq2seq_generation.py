@@ -103,6 +103,14 @@ def test_a_causal_lm_is_pointed_to_llmdecompx():
         Seq2SeqDecompX(tiny_gpt2(), word_level_tokenizer(WORDS))
 
 
+def test_llmdecompx_points_an_encoder_decoder_to_seq2seqdecompx(t5):
+    from captum_decompx import LLMDecompX
+
+    model, tokenizer = t5
+    with pytest.raises(ValueError, match="Seq2SeqDecompX"):
+        LLMDecompX(model, tokenizer)
+
+
 def test_the_matrix_plots_like_captums(t5):
     import matplotlib
 
