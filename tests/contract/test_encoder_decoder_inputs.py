@@ -63,6 +63,20 @@ def test_swapped_inputs_are_caught(bart):
         DecompX(swapped, model=model).attribute((source, target), target=(0, 3), additional_forward_args=(mask,))
 
 
+@pytest.mark.parametrize("algorithm, include_biases", [("exact", True), ("fast", False)])
+def test_a_forward_function_that_runs_the_encoder_twice_is_refused(bart, algorithm, include_biases):
+    model, source, mask, target = bart
+
+    def twice(src, tgt, m):
+        model.get_encoder()(input_ids=src, attention_mask=m)  # a second, separate encoder run
+        return model(input_ids=src, attention_mask=m, decoder_input_ids=tgt).logits
+
+    with pytest.raises(RuntimeError, match="ran the encoder 2 times"):
+        DecompX(twice, model=model, algorithm=algorithm, include_biases=include_biases).attribute(
+            (source, target), target=(0, 3), additional_forward_args=(mask,)
+        )
+
+
 def test_decompose_points_to_decompose_target(bart):
     model, source, mask, target = bart
     with pytest.raises(NotImplementedError, match="decompose_target"):
