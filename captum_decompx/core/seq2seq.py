@@ -367,6 +367,30 @@ def _fast_shares(
     return source, target, left_out
 
 
+def _check_reproduced(shares: Tensor, biases: Tensor, logits: Tensor, adapter_name: str, options: Options) -> None:
+    """The exact decomposition's pieces (and bias piece) add up to the model's own logits; refuse,
+    rather than explain another quantity, when they do not (an adapter that misses a step of the
+    model, e.g. a rescale before the LM head that this model version does not apply). Checked with
+    the default feed-forward rule (options that leave a part out do not add up by design).
+
+    Args:
+        shares: (batch, rows, pieces, n); biases: (batch, rows, n); logits: (batch, rows, n).
+    """
+    if not options.include_ffn or options.ffn_approximation != "zo":
+        return
+    total = shares.sum(2) + biases
+    reference = logits.to(total.dtype)
+    tolerance = {torch.float64: 1e-6, torch.float32: 1e-3}.get(logits.dtype, 5e-2) * max(1.0, float(reference.abs().max()))
+    difference = float((total - reference).abs().max()) if total.numel() else 0.0
+    if not difference <= tolerance:
+        raise RuntimeError(
+            f"The decomposition of this {adapter_name} model does not add up to its own logits (off by "
+            f"{difference:.3g}): the model computes something its adapter does not describe (a different "
+            "transformers version, or a modified model). Describe it with captum_decompx.Adapter(...) and "
+            "pass adapter=, or report the model class."
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # The two entry points
 
@@ -396,7 +420,10 @@ def attribute(explainer: "DecompX", inputs: Any, target: Any, additional_forward
         positions = torch.nonzero(weights.abs().sum(dim=(0, 2)) > 0).flatten()
         classes = torch.nonzero(weights.abs().sum(dim=(0, 1)) > 0).flatten()
         parts = resolve_parts(explainer.model, explainer.adapter, dtype)
-        shares, _ = exact_rows(run.captured, parts, explainer.options, positions, classes, dtype, explainer.max_memory)
+        shares, biases = exact_rows(run.captured, parts, explainer.options, positions, classes, dtype, explainer.max_memory)
+        _check_reproduced(
+            shares, biases, run.model_output.detach()[:, positions][:, :, classes], explainer.adapter.name, explainer.options
+        )
         used = weights[:, positions][:, :, classes].to(dtype)  # (batch, rows, n)
         scores = torch.einsum("brkn,brn->bk", shares, used)
         tgt, src = scores[:, : target_ids.shape[1]], scores[:, target_ids.shape[1] :]
@@ -445,6 +472,7 @@ def decompose_target(
         classes, where = torch.unique(token_ids, return_inverse=True)
         positions = torch.arange(n_target, device=logits.device)
         shares, biases = exact_rows(run.captured, parts, explainer.options, positions, classes, dtype, explainer.max_memory)
+        _check_reproduced(shares, biases, logits[:, positions][:, :, classes], explainer.adapter.name, explainer.options)
         index = where.view(batch, n_target, 1, 1).expand(-1, -1, shares.shape[2], 1)
         chosen = shares.gather(3, index).squeeze(3)  # (batch, target, target + source)
         tgt, src = chosen[:, :, :n_target], chosen[:, :, n_target:]
