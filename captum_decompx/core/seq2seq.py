@@ -28,7 +28,7 @@ from . import freezing, validation
 from .capture import capture_internals
 from .decomposition import Options, _diagonal_pieces, exact_settings, fast_settings, propagate_rows, resolve_parts
 from .forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, tap_model_output, target_index
-from .memory import DecompXMemoryError, readable_bytes
+from .memory import DecompXMemoryError, plan_memory, readable_bytes
 
 if TYPE_CHECKING:
     from ..attribution import DecompX
@@ -144,7 +144,14 @@ def _check_target_position(target: Any, length: int) -> None:
 
 
 def source_pieces(
-    captured: "Captured", parts: ModelParts, settings: Settings, group: slice, dtype: torch.dtype, n_target: int
+    captured: "Captured",
+    parts: ModelParts,
+    settings: Settings,
+    group: slice,
+    dtype: torch.dtype,
+    n_target: int,
+    *,
+    rows_per_chunk: int,
 ) -> Tensor:
     """The encoder's output decomposed in the decoder's piece layout.
 
@@ -165,7 +172,7 @@ def source_pieces(
         settings,
         group,
         dtype,
-        rows_per_chunk=n_source,
+        rows_per_chunk=rows_per_chunk,
     )
     layout = encoded.new_zeros(encoded.shape[0], n_source, n_target + n_source + extra, encoded.shape[-1])
     layout[:, :, n_target : n_target + n_source] = encoded[:, :, :n_source]
@@ -186,13 +193,41 @@ def _head_steps(parts: ModelParts, settings: Settings, classes: Tensor) -> tuple
     return list(head), classes
 
 
-def _exact_bytes(batch: int, source: int, target: int, parts: ModelParts, itemsize: int) -> int:
-    """A bound on the exact path's working memory for ``batch`` examples."""
-    pieces = source + target + 1
+def _widths(layers: list) -> tuple[int, int]:
+    """The widest hidden state (or value map) and feed-forward width of these layers."""
+    width = max(max(layer.value.weight.shape[0], layer.value.weight.shape[1]) for layer in layers)
+    return width, max(layer.ffn_in.weight.shape[0] for layer in layers)
+
+
+def plan_rows(parts: ModelParts, settings: Settings, source: int, target: int, batch: int, dtype: torch.dtype, max_memory: int):
+    """The exact path's memory plan: row chunks of the encoder and of the decoder, and examples per
+    group, from the planner of the other families; the decoder's plan leaves room for the encoder's
+    pieces (and their cross-attention values) that every decoder layer reads.
+
+    Returns:
+        (encoder rows per chunk, decoder rows per chunk, examples per group).
+
+    Raises:
+        DecompXMemoryError: one example does not fit ``max_memory`` even one row at a time.
+    """
     assert parts.encoder is not None
-    widths = [layer.ffn_in.weight.shape[0] for layer in parts.layers + parts.encoder.layers]
-    widths += [layer.value.weight.shape[0] for layer in parts.layers] + [parts.layers[0].value.weight.shape[1]]
-    return 6 * batch * max(source, target) * pieces * max(widths) * itemsize
+    itemsize = torch.finfo(dtype).bits // 8
+    extra = 1 if settings.bias_mode is BiasMode.PIECE else 0
+    pieces = source + target + extra
+    encoder_width, encoder_ffn = _widths(parts.encoder.layers)
+    decoder_width, decoder_ffn = _widths(parts.layers)
+    include_ffn = settings.include_ffn
+    encoder = plan_memory(1, source, source + extra, encoder_width, encoder_ffn if include_ffn else 0, itemsize, max_memory)
+    held = 2 * source * pieces * decoder_width * itemsize  # the encoder's pieces and their values
+    if held >= max_memory:
+        raise DecompXMemoryError(
+            f"The encoder's output decomposed over {pieces} pieces needs {readable_bytes(held)} for one example, more "
+            f"than max_memory={max_memory:,} bytes. Raise max_memory, shorten the inputs, or use algorithm='fast' "
+            "(include_biases=False), which needs O(N) memory."
+        )
+    decoder = plan_memory(1, target, pieces, decoder_width, decoder_ffn if include_ffn else 0, itemsize, max_memory - held)
+    per_example = max(encoder.bytes_needed, decoder.bytes_needed + held)
+    return encoder.rows_per_chunk, decoder.rows_per_chunk, max(1, min(batch, max_memory // per_example))
 
 
 def exact_rows(
@@ -220,21 +255,13 @@ def exact_rows(
     batch, n_target = captured.layer_input.shape[:2]
     assert captured.encoder is not None
     n_source = captured.encoder.layer_input.shape[1]
-    itemsize = torch.finfo(dtype).bits // 8
-    per_example = _exact_bytes(1, n_source, n_target, parts, itemsize)
-    if per_example > max_memory:
-        raise DecompXMemoryError(
-            f"Decomposing one example of {n_source} source and {n_target} target tokens needs about "
-            f"{readable_bytes(per_example)}, more than max_memory={max_memory:,} bytes. Raise max_memory, shorten "
-            "the inputs, or use algorithm='fast' (include_biases=False), which needs O(N) memory."
-        )
-    examples = max(1, min(batch, max_memory // per_example))
+    encoder_rows, decoder_rows, examples = plan_rows(parts, settings, n_source, n_target, batch, dtype, max_memory)
     steps, columns = _head_steps(parts, settings, classes)
     extra = 1 if settings.bias_mode is BiasMode.PIECE else 0
     shares, biases = [], []
     for start in range(0, batch, examples):
         group = slice(start, min(start + examples, batch))
-        encoder_pieces = source_pieces(captured, parts, settings, group, dtype, n_target)
+        encoder_pieces = source_pieces(captured, parts, settings, group, dtype, n_target, rows_per_chunk=encoder_rows)
         decoded = propagate_rows(
             _diagonal_pieces(captured.layer_input[group], n_target + n_source + extra, dtype),
             captured,
@@ -242,7 +269,7 @@ def exact_rows(
             settings,
             group,
             dtype,
-            rows_per_chunk=n_target,
+            rows_per_chunk=decoder_rows,
             last_rows=positions,
             encoder_pieces=encoder_pieces,
         )

@@ -351,3 +351,23 @@ def test_a_linear_tail_is_explained_as_the_same_combination_of_logits(algorithm,
     spec.assert_matches(src_attr, src_a - 0.5 * src_b, 1.0, "source shares of the difference", 1e-9)
     spec.assert_matches(tgt_attr, tgt_a - 0.5 * tgt_b, 1.0, "target shares of the difference", 1e-9)
     spec.assert_matches(delta, delta_a - 0.5 * delta_b, 1.0, "delta of the difference", 1e-9)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_a_small_max_memory_splits_the_work_and_changes_no_value(family, monkeypatch):
+    """Under a small max_memory the exact path works in row chunks and example groups (the planner
+    of the other families, leaving room for the encoder's pieces) and gives the same values."""
+    from captum_decompx.core import seq2seq
+
+    model = model_of(family, seed=16)
+    source, mask, target = _batch(model, seed=16)
+    f = forward_of(model)
+    whole = DecompX(f, model=model).decompose_target((source, target), additional_forward_args=(mask,))
+    plans = []
+    planner = seq2seq.plan_rows
+    monkeypatch.setattr(seq2seq, "plan_rows", lambda *args: plans.append(planner(*args)) or plans[-1])
+    split = DecompX(f, model=model, max_memory=60_000).decompose_target((source, target), additional_forward_args=(mask,))
+    _, decoder_rows, examples = plans[0]
+    assert decoder_rows < TARGET and examples == 1
+    for name in ("source", "target", "bias"):
+        spec.assert_matches(getattr(split, name), getattr(whole, name), 1.0, name, 1e-12)
