@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .runs.attribute import attribute_dataset
     from .seq2seq import Seq2SeqDecompX
     from .visualization import visualization_records, write_html, write_records_html
-    from .visualization.image import patch_heatmap, plot_patch_attribution
+    from .visualization.image import captum_image_inputs, patch_heatmap, pixel_attributions, plot_patch_attribution
 
 #: Public name -> the submodule that defines it (imported when the name is first used).
 _EXPORTS: dict[str, str] = {
@@ -54,7 +54,9 @@ _EXPORTS: dict[str, str] = {
     "Norm": "adapters",
     "Seq2SeqDecompX": "seq2seq",
     "evaluate_faithfulness": "evaluation",
+    "captum_image_inputs": "visualization.image",
     "patch_heatmap": "visualization.image",
+    "pixel_attributions": "visualization.image",
     "plot_patch_attribution": "visualization.image",
     "register_adapter": "adapters",
     "register_approximation": "components",
@@ -88,7 +90,9 @@ __all__ = [
     "UnsupportedTaskError",
     "cosine_similarity_frozen_norm",
     "evaluate_faithfulness",
+    "captum_image_inputs",
     "patch_heatmap",
+    "pixel_attributions",
     "plot_patch_attribution",
     "register_adapter",
     "register_approximation",

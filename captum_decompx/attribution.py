@@ -20,7 +20,7 @@ from .components.activations import check_fast_path_rule
 from .core import decomposition, seq2seq, validation
 from .core.algorithms import ALGORITHM_NAMES, DecompXOutput, FrozenRun, choose_algorithm
 from .core.forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, target_index
-from .core.hooked_attribution import ForwardCapture, HookedModelAttribution, captum_entry_point, in_call_modes
+from .core.hooked_attribution import ForwardCapture, HookedModelAttribution, Inputs, captum_entry_point, in_call_modes
 from .core.memory import DEFAULT_MAX_MEMORY
 
 #: The algorithms that compute the decomposition (the ``algorithm=`` option).
@@ -155,30 +155,30 @@ class DecompX(HookedModelAttribution):
     @overload
     def attribute(
         self,
-        inputs: Union[Tensor, tuple[Tensor, ...]],
+        inputs: Inputs,
         target: TargetType = None,
         additional_forward_args: Any = None,
         return_convergence_delta: Literal[False] = False,
         show_progress: bool = False,
         baselines: Any = None,
-    ) -> Union[Tensor, tuple[Tensor, ...]]: ...
+    ) -> Inputs: ...
 
     @overload
     def attribute(
         self,
-        inputs: Union[Tensor, tuple[Tensor, ...]],
+        inputs: Inputs,
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         return_convergence_delta: Literal[True],
         show_progress: bool = False,
         baselines: Any = None,
-    ) -> tuple[Union[Tensor, tuple[Tensor, ...]], Tensor]: ...
+    ) -> tuple[Inputs, Tensor]: ...
 
     @captum_entry_point
     def attribute(
         self,
-        inputs: Union[Tensor, tuple[Tensor, ...]],
+        inputs: Inputs,
         target: TargetType = None,
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
@@ -188,7 +188,8 @@ class DecompX(HookedModelAttribution):
         """Attribute what the forward function returns for the target to the input tokens.
 
         Args:
-            inputs: input ids (batch, seq) (or embeddings, pixels), or a 1-tuple of them.
+            inputs: input ids (batch, seq) (or embeddings, pixels), or a 1-tuple of them; an
+                encoder-decoder's ``(source_ids, target_ids)`` (see below).
             target: which value of the forward function's output to explain, in any form Captum
                 accepts: None for a (batch,) output or a single class; an int or a 1-tuple
                 ``(class,)`` for every example; one class per example (list, 1-D tensor); for
@@ -279,13 +280,13 @@ class DecompX(HookedModelAttribution):
 
     def compute_convergence_delta(
         self,
-        attributions: Union[Tensor, tuple[Tensor]],
+        attributions: Inputs,
         start_point: Any = None,
-        end_point: Union[None, Tensor, tuple[Tensor]] = None,
+        end_point: Optional[Inputs] = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
-        inputs: Union[None, Tensor, tuple[Tensor]] = None,
+        inputs: Optional[Inputs] = None,
     ) -> Tensor:
         """``attributions.sum(-1) - explained`` per example, running the forward function.
 
@@ -322,12 +323,7 @@ class DecompX(HookedModelAttribution):
 
     @in_call_modes
     def decompose(
-        self,
-        inputs: Union[Tensor, tuple[Tensor]],
-        additional_forward_args: Any = None,
-        *,
-        return_token_maps: bool = False,
-        show_progress: bool = False,
+        self, inputs: Inputs, additional_forward_args: Any = None, *, return_token_maps: bool = False, show_progress: bool = False
     ) -> DecompXOutput:
         """Decompose every class logit of the model's own output over the input tokens.
 

@@ -122,6 +122,11 @@ class LayerWeights:
 
     ``heads`` query heads read ``kv_heads`` key-value heads: query head ``h`` reads key-value head
     ``h // (heads // kv_heads)``. ``ffn_gate`` is set for gated units ``act(gate(x)) * ffn_in(x)``.
+    ``attention_scale``, ``ffn_scale`` (d,): a layer scale multiplying each block's output before
+    its residual (BEiT's ``lambda_1``/``lambda_2``, DINOv2's ``layer_scale1``/``layer_scale2``).
+    ``score_bias`` (heads, N, N): added to the attention scores before the softmax (BEiT's
+    relative position bias). ``allowed`` (N, N) bool: the keys each query may attend to (Swin's
+    windows; None: all).
     """
 
     query: Affine
@@ -138,6 +143,36 @@ class LayerWeights:
     ffn_gate: Optional[Affine] = None
     norm1_output: Optional[NormWeights] = None
     norm2_output: Optional[NormWeights] = None
+    attention_scale: Optional[Tensor] = None
+    ffn_scale: Optional[Tensor] = None
+    score_bias: Optional[Tensor] = None
+    allowed: Optional[Tensor] = None
+
+
+@dataclass
+class Merge:
+    """A patch merging (Swin) of the token grid ``grid`` (height, width), rows in row-major order:
+    the merged token at (r, c) is ``reduction(norm(concat(x[2r, 2c], x[2r + 1, 2c], x[2r, 2c + 1],
+    x[2r + 1, 2c + 1])))``, a zero state where a place lies outside the grid (an odd side)."""
+
+    grid: tuple[int, int]
+    norm: NormWeights
+    reduction: Affine
+
+    def concatenate(self, x: Tensor) -> Tensor:
+        """(height * width, d) -> (ceil(height / 2) * ceil(width / 2), 4 * d): the four states of
+        each 2x2 block side by side."""
+        height, width = self.grid
+        dim = x.shape[-1]
+        merged = []
+        for r in range((height + 1) // 2):
+            for c in range((width + 1) // 2):
+                parts = []
+                for row, col in ((2 * r, 2 * c), (2 * r + 1, 2 * c), (2 * r, 2 * c + 1), (2 * r + 1, 2 * c + 1)):
+                    inside = row < height and col < width
+                    parts.append(x[row * width + col] if inside else torch.zeros(dim, dtype=x.dtype))
+                merged.append(torch.cat(parts))
+        return torch.stack(merged)
 
 
 @dataclass
@@ -147,6 +182,7 @@ class ModelWeights:
     ``head`` is a list of :class:`Affine`, :class:`Activation` and :class:`NormWeights` steps.
     ``rotary(x, head_dim)`` rotates (N, head_dim) queries or keys by their positions.
     ``softmax(scores)`` is the attention softmax over the last axis.
+    ``merges``: per layer index, the patch merging after that layer (Swin's stages).
     ``score_scale`` multiplies ``q k^T`` (None: ``1 / sqrt(head_dim)``); ``position_bias(N)``
     (heads, N, N) is added to the scores (T5's relative position bias).
     """
@@ -158,6 +194,7 @@ class ModelWeights:
     causal: bool = False
     rotary: Optional[Callable[[Tensor], Tensor]] = None
     softmax: Callable[[Tensor], Tensor] = field(default=lambda scores: torch.softmax(scores, dim=-1))
+    merges: dict[int, Merge] = field(default_factory=dict)
     score_scale: Optional[float] = None
     position_bias: Optional[Callable[[int], Tensor]] = None
 
@@ -192,12 +229,53 @@ class LayerTrace:
     cross_norm_input: Optional[Tensor] = None  # (T, d), the input of its block's norm
 
 
+def _scale(x: Tensor, scale: Optional[Tensor]) -> Tensor:
+    """A layer scale on the last axis; ``x`` itself without one."""
+    return x if scale is None else x * scale
+
+
+@dataclass
+class Pool:
+    """A pooled vector that concatenates ``len(groups)`` weighted sums of rows: group ``g`` is
+    ``sum_i groups[g][i] * x[i]`` (``{0: 1.0}`` the first token; ``{i: 1 / P for i in 1..P}`` the
+    mean of the patches). DINOv2 reads ``[CLS, mean of patches]``, DeiT's teacher ``[CLS, DIST]``."""
+
+    groups: list[dict[int, float]]
+
+
+def pool_rows(x: Tensor, pooled: "int | Pool") -> Tensor:
+    """The pooled vector of hidden states x (N, d): row ``pooled``, or a :class:`Pool`'s concatenation."""
+    if isinstance(pooled, int):
+        return x[pooled]
+    parts = []
+    for group in pooled.groups:
+        total = torch.zeros(x.shape[-1], dtype=DTYPE)
+        for row, weight in group.items():
+            total = total + weight * x[row]
+        parts.append(total)
+    return torch.cat(parts)
+
+
+@dataclass
+class MeanOfHeads:
+    """A head step: ``mean_g heads[g](part_g)`` over ``len(heads)`` equal parts of its input (DeiT's
+    teacher: the CLS classifier on the CLS token, the distillation classifier on the distillation
+    token, averaged)."""
+
+    heads: list[Affine]
+
+    def __call__(self, y: Tensor) -> Tensor:
+        parts = y.chunk(len(self.heads), dim=-1)
+        return sum(head(part) for head, part in zip(self.heads, parts)) / len(self.heads)
+
+
 @dataclass
 class Trace:
     layers: list[LayerTrace]
     final_norm_input: Optional[Tensor]
     head_inputs: list[Optional[Tensor]]  # per head step: its real input (d,) for activations/norms
     logits: Tensor  # (C,)
+    merge_inputs: dict[int, Tensor] = field(default_factory=dict)  # per merge: its norm's real input (N', 4d)
     hidden: Optional[Tensor] = None  # (N, d), every row after the last layer and the final norm
 
 
@@ -237,6 +315,8 @@ def real_attention(
             alpha[h] = given_alpha[h]
         else:
             scores = q_h @ k_h.T * scale
+            if layer.score_bias is not None:
+                scores = scores + layer.score_bias[h]
             if position_bias is not None:
                 scores = scores + position_bias[h]
             allowed = torch.ones(seq, seq, dtype=torch.bool)
@@ -244,8 +324,13 @@ def real_attention(
                 allowed &= ~torch.ones(seq, seq, dtype=torch.bool).triu(1)
             if keys is not None:
                 allowed &= keys.view(1, seq)
+            if layer.allowed is not None:
+                allowed &= layer.allowed
             for i in range(seq):
-                if bool(allowed[i].any()):
+                if layer.allowed is not None:  # a softmax over the query's window only, as the model runs it
+                    window = allowed[i].nonzero().flatten()
+                    alpha[h, i, window] = model.softmax(scores[i : i + 1, window])[0]
+                elif bool(allowed[i].any()):
                     alpha[h, i] = model.softmax(scores[i : i + 1].masked_fill(~allowed[i : i + 1], float("-inf")))[0]
         context[:, h * head_dim : (h + 1) * head_dim] = alpha[h] @ v_h
     return layer.output(context), alpha
@@ -263,6 +348,7 @@ def real_forward(
     keys a query may attend to, e.g. the padded example's attention mask (see :func:`real_attention`)."""
     x = embeddings
     traces = []
+    merge_inputs: dict[int, Tensor] = {}
     for index, layer in enumerate(model.layers):
         given = None if alphas is None else alphas[index]
         if layer.norm1_output is not None:
@@ -285,7 +371,7 @@ def real_forward(
         if model.pre_norm:
             norm1_input = x
             attended, alpha = real_attention(layer, layer.norm1(x), model, given, keys)
-            x = x + attended
+            x = x + _scale(attended, layer.attention_scale)
             norm2_input = x
             normed = layer.norm2(x)
         else:
@@ -300,20 +386,27 @@ def real_forward(
             hidden = layer.activation.function(pre_activation)
         ffn_output = layer.ffn_out(hidden)
         if model.pre_norm:
-            x = x + ffn_output
+            x = x + _scale(ffn_output, layer.ffn_scale)
         else:
             norm2_input = normed + ffn_output
             x = layer.norm2(norm2_input)
         traces.append(LayerTrace(alpha, norm1_input, pre_activation, norm2_input))
+        if index in model.merges:
+            merge = model.merges[index]
+            merge_inputs[index] = merge.concatenate(x)
+            x = merge.reduction(merge.norm(merge_inputs[index]))
     final_norm_input = None
     if model.final_norm is not None:
         final_norm_input = x
         x = model.final_norm(x)
     hidden = x
-    y = x[pooled_row]
+    y = pool_rows(x, pooled_row)
     head_inputs: list[Optional[Tensor]] = []
     for step in model.head:
-        if isinstance(step, Affine):
+        if isinstance(step, MeanOfHeads):
+            head_inputs.append(None)
+            y = step(y)
+        elif isinstance(step, Affine):
             head_inputs.append(None)
             y = step(y)
         elif isinstance(step, Activation):
@@ -322,7 +415,7 @@ def real_forward(
         else:
             head_inputs.append(y)
             y = step(y.unsqueeze(0)).squeeze(0)
-    return Trace(traces, final_norm_input, head_inputs, y, hidden)
+    return Trace(traces, final_norm_input, head_inputs, y, merge_inputs=merge_inputs, hidden=hidden)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,10 +521,18 @@ def activate(pieces: Tensor, a: Tensor, activation: Activation, approximation: s
 
 
 def attention(
-    values_from: Tensor, residual: Tensor, layer: LayerWeights, alpha: Tensor, first: bool, mode: str, rule: str
+    values_from: Tensor,
+    residual: Tensor,
+    layer: LayerWeights,
+    alpha: Tensor,
+    first: bool,
+    mode: str,
+    rule: str,
+    scale: Optional[Tensor] = None,
 ) -> Tensor:
     """Steps 1-2: ``Z[i, k] = sum_h sum_j alpha[h, i, j] * (X[j, k] @ W_v^h) @ W_O^h``, then
     ``R = Z + residual`` and the attention bias through the bias rule with weights from ``R``.
+    A layer scale ``scale`` (d,) multiplies ``Z`` and the attention bias before the residual.
 
     In the first layer the value bias belongs to each token (``V[j, j] += b_v``) and only ``b_O``
     is left; later, ``b_att = sum_h W_O^h b_v^h + b_O`` (query head ``h`` reads key-value head
@@ -464,6 +565,11 @@ def attention(
                 layer.value.bias, kv, head_dim
             )
         attention_bias = carried if attention_bias is None else carried + attention_bias
+    if scale is not None:
+        for k in range(tokens):
+            for i in range(seq):
+                mixed[i, k] = scale * mixed[i, k]
+        attention_bias = None if attention_bias is None else scale * attention_bias
     return add_bias(mixed + residual, attention_bias, mode, rule)
 
 
@@ -504,9 +610,13 @@ def propagate_layer(
         # x -> h = x + attn(norm1(x)) -> h + ffn(norm2(h)); the first norm acts before any
         # mixing, so its bias belongs to each token.
         normed = normalize(x, real.norm1_input, layer.norm1, mode, rule, own_bias=first)
-        h = attention(normed, x, layer, real.alpha, first, mode, rule)
+        h = attention(normed, x, layer, real.alpha, first, mode, rule, scale=layer.attention_scale)
         normed2 = normalize(h, real.norm2_input, layer.norm2, mode, rule)
-        return h + feed_forward(normed2, layer, real.pre_activation, ffn_approximation, mode, rule)
+        f = feed_forward(normed2, layer, real.pre_activation, ffn_approximation, mode, rule)
+        if layer.ffn_scale is not None:  # a layer scale: a linear map without bias, piece by piece
+            for k in range(f.shape[1]):
+                f[:, k] = layer.ffn_scale * f[:, k]
+        return h + f
     # x -> h = norm1(x + attn(x)) -> norm2(h + ffn(h))
     h = normalize(attention(x, x, layer, real.alpha, first, mode, rule), real.norm1_input, layer.norm1, mode, rule)
     f = feed_forward(h, layer, real.pre_activation, ffn_approximation, mode, rule)
@@ -542,12 +652,23 @@ def decompose(
     layer_outputs = []
     for index, (layer, real) in enumerate(zip(model.layers, trace.layers)):
         x = propagate_layer(model, layer, real, x, index == 0, mode, rule, ffn_approximation)
+        if index in model.merges:  # piece k of a merged token: the four tokens' pieces k, side by side
+            merge = model.merges[index]
+            merged = torch.stack([merge.concatenate(x[:, k]) for k in range(seq)], dim=1)
+            normed = normalize(merged, trace.merge_inputs[index], merge.norm, mode, rule)
+            x = linear(normed, merge.reduction, mode, rule)
         layer_outputs.append(x)
     if model.final_norm is not None:
         x = normalize(x, trace.final_norm_input, model.final_norm, mode, rule)
-    y = x[pooled_row : pooled_row + 1]  # (1, N, d): pooling selects one row
+    y = torch.zeros(1, seq, pool_rows(x[:, 0], pooled_row).shape[0], dtype=DTYPE)  # (1, N, pooled width)
+    for k in range(seq):  # pooling: a linear selection of rows, piece by piece
+        y[0, k] = pool_rows(x[:, k], pooled_row)
     for step, real_input in zip(model.head, trace.head_inputs):
-        if isinstance(step, Affine):
+        if isinstance(step, MeanOfHeads):  # each map on its part, its bias spread over its own output
+            parts = y.chunk(len(step.heads), dim=-1)
+            outputs = [linear(part, head, mode, rule) for head, part in zip(step.heads, parts)]
+            y = sum(outputs[1:], outputs[0]) / len(step.heads)
+        elif isinstance(step, Affine):
             y = linear(y, step, mode, rule)
         elif isinstance(step, Activation):
             y = activate(y, real_input.unsqueeze(0), step, head_approximation, mode, rule)

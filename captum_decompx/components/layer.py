@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Adapter, LayerPaths
+from ..adapters.base import Adapter, LayerPaths, resolve
 from ..core.recording import Reader, Recorder
 from .activations import ActivationFunction, ActivationFunctionAt
 from .attention import Attention, attention_bias, attention_values, mix_heads
@@ -34,6 +34,7 @@ from .feed_forward import FeedForward, feed_forward
 from .linear import Affine, LinearMap
 from .norms import Normalization, NormParams, normalize
 from .pieces import Settings, add_bias
+from .windows import ShiftedWindowAttention
 
 if TYPE_CHECKING:
     from ..core.freezing import Freezer
@@ -101,8 +102,9 @@ class LayerParams:
     ``ffn_gated`` means the feed-forward unit is ``act(gate) * ffn_in(x)``; ``pre_norm`` that
     ``attention_norm``/``ffn_norm`` act on each block's input (pre-LN) rather than after its
     residual (post-LN); ``attention_output_norm``/``ffn_output_norm`` act on each block's output
-    before its residual (sandwich norms), None where there is none; ``cross`` is the
-    cross-attention block of an encoder-decoder's decoder layer, None elsewhere.
+    before its residual (sandwich norms), None where there is none; ``attention_scale`` and
+    ``ffn_scale`` (hidden,) the layer scales of the blocks' outputs, None where there is none;
+    ``cross`` is the cross-attention block of an encoder-decoder's decoder layer, None elsewhere.
     """
 
     value: Affine
@@ -116,6 +118,8 @@ class LayerParams:
     pre_norm: bool = False
     attention_output_norm: Optional[NormParams] = None
     ffn_output_norm: Optional[NormParams] = None
+    attention_scale: Optional[Tensor] = None
+    ffn_scale: Optional[Tensor] = None
     cross: Optional[CrossAttentionParams] = None
 
     @property
@@ -135,8 +139,14 @@ def _placement(main: Optional[NormParams], on_output: Optional[NormParams], pre_
 
 
 def layer_attention_bias(params: LayerParams, first: bool, heads: int) -> Optional[Tensor]:
-    """The attention block's bias after mixing (see :func:`~.attention.attention_bias`)."""
-    return attention_bias(params.value, params.attention_output, first, heads)
+    """The attention block's bias after mixing (see :func:`~.attention.attention_bias`), times its
+    layer scale."""
+    return _scaled(attention_bias(params.value, params.attention_output, first, heads), params.attention_scale)
+
+
+def _scaled(tensor: Optional[Tensor], scale: Optional[Tensor]) -> Optional[Tensor]:
+    """``tensor * scale`` (a layer scale, (hidden,), on the last axis); ``tensor`` without a scale."""
+    return tensor if tensor is None or scale is None else tensor * scale
 
 
 def transformer_layer(
@@ -177,7 +187,7 @@ def transformer_layer(
         attention_input, params.value, params.attention_output, heads, first=first, own_scale=own_scale
     )
     del attention_input
-    block_bias = attention_bias(params.value, params.attention_output, first, heads)
+    block_bias = layer_attention_bias(params, first, heads)
     cross_head_values = None
     if params.cross is not None:
         if encoder_pieces is None or record.cross_attention_probs is None:
@@ -187,7 +197,9 @@ def transformer_layer(
     def output_rows(rows) -> Tensor:
         mixed = mix_heads(record.attention_probs[:, :, rows], head_values, n_pieces)
         if attention.on_output is None:  # the bias is spread over the pieces of the residual sum
-            hidden = add_bias(torch.add(mixed @ params.attention_output.weight.T, pieces[:, rows]), block_bias, settings)
+            attended = _scaled(mixed @ params.attention_output.weight.T, params.attention_scale)
+            assert attended is not None
+            hidden = add_bias(torch.add(attended, pieces[:, rows]), block_bias, settings)
         else:  # the bias is part of the sublayer's output, before its norm
             attended = add_bias(mixed @ params.attention_output.weight.T, block_bias, settings)
             hidden = pieces[:, rows] + normalize(
@@ -209,6 +221,8 @@ def transformer_layer(
             ffn_input = normalize(hidden, record.ffn_norm_input[:, rows], ffn.before, settings)
             ffn_output = feed_forward(ffn_input, record.ffn_pre_activation[:, rows], params, settings)
             del ffn_input
+            if params.ffn_scale is not None:
+                ffn_output = ffn_output * params.ffn_scale
             hidden = hidden + normalize(ffn_output, _rows(record.ffn_output_norm_input, rows), ffn.on_output, settings)
         return normalize(hidden, record.ffn_norm_input[:, rows], ffn.after, settings)
 
@@ -273,6 +287,8 @@ class TransformerLayer(Component):
     pre_norm: bool
     attention_output_norm: Optional[Normalization] = None
     ffn_output_norm: Optional[Normalization] = None
+    attention_scale: Optional[str] = None
+    ffn_scale: Optional[str] = None
     cross_attention: Optional[CrossAttention] = None
     cross_norm: Optional[Normalization] = None
 
@@ -295,14 +311,17 @@ class TransformerLayer(Component):
                 force_output_attentions,
                 paths.probs_index,
             )
+        attention_maps = (
+            paths.attention,
+            LinearMap.at(paths.value),
+            LinearMap.at(paths.attention_output),
+            force_output_attentions,
+            paths.probs_index,
+        )
         return cls(
-            attention=Attention(
-                paths.attention,
-                LinearMap.at(paths.value),
-                LinearMap.at(paths.attention_output),
-                force_output_attentions,
-                paths.probs_index,
-            ),
+            attention=Attention(*attention_maps)
+            if paths.attention_windows is None
+            else ShiftedWindowAttention(*attention_maps, windows=paths.attention_windows),
             # a pre-LN layer's attention norm acts before any mixing: in the first layer its bias is the tokens' own
             attention_norm=Normalization(paths.attention_norm, before_mixing=norm_position == "pre"),
             feed_forward=FeedForward(
@@ -315,6 +334,8 @@ class TransformerLayer(Component):
             pre_norm=norm_position == "pre",
             attention_output_norm=_optional_norm(paths.attention_output_norm),
             ffn_output_norm=_optional_norm(paths.ffn_output_norm),
+            attention_scale=paths.attention_scale,
+            ffn_scale=paths.ffn_scale,
             cross_attention=cross,
             cross_norm=_optional_norm(paths.cross_norm),
         )
@@ -351,6 +372,11 @@ class TransformerLayer(Component):
         )
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> LayerParams:
+        if (self.attention_scale, self.ffn_scale) != (None, None) and (self.attention_output_norm, self.ffn_output_norm) != (
+            None,
+            None,
+        ):
+            raise ValueError("A layer scale together with norms on the blocks' outputs (sandwich norms) is not supported.")
         feed_forward_params = self.feed_forward.resolve(root, dtype)
         attention_params = self.attention.resolve(root, dtype)
         return LayerParams(
@@ -365,6 +391,8 @@ class TransformerLayer(Component):
             pre_norm=self.pre_norm,
             attention_output_norm=None if self.attention_output_norm is None else self.attention_output_norm.resolve(root, dtype),
             ffn_output_norm=None if self.ffn_output_norm is None else self.ffn_output_norm.resolve(root, dtype),
+            attention_scale=_layer_scale(root, self.attention_scale, dtype),
+            ffn_scale=_layer_scale(root, self.ffn_scale, dtype),
             cross=self._resolve_cross(root, dtype),
         )
 
@@ -375,6 +403,23 @@ class TransformerLayer(Component):
         return CrossAttentionParams(maps.value, maps.output, self.cross_norm.resolve(root, dtype), self.pre_norm)
 
     propagate = staticmethod(transformer_layer)
+
+
+def _layer_scale(root: nn.Module, path: Optional[str], dtype: torch.dtype) -> Optional[Tensor]:
+    """(hidden,) or a scalar: the layer scale at ``path``, detached, in ``dtype``; None without one
+    (no path, or the None or plain number 1.0 a model stores when its layer scale is off)."""
+    if path is None:
+        return None
+    value = resolve(root, path)
+    if value is None:  # Data2VecVision stores None when its layer scale is off
+        return None
+    if isinstance(value, Tensor):
+        return value.detach().to(dtype)
+    if isinstance(value, (int, float)):
+        return None if float(value) == 1.0 else torch.tensor(float(value), dtype=dtype)
+    raise TypeError(
+        f"The layer scale at {path!r} is a {type(value).__name__}, not a tensor or a number; check the adapter's paths."
+    )
 
 
 def _optional_norm(path: Optional[str]) -> Optional[Normalization]:

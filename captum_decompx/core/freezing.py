@@ -154,17 +154,25 @@ class Freezer(HookedPass):
         add, on the module's first call, the token-owned share of that bias (zero-valued, its
         gradient goes to the ``own_scale`` leaf)."""
         calls = [0]
-        state, stack = self.state, self.stack
+        stack = self.stack
 
         def hook(_module, args, output):
             output = freeze(_module, args, output)
             calls[0] += 1
-            own_scale = state.own_scale_of(stack)
-            if own_bias is not None and calls[0] == 1 and own_scale is not None:
-                output = output + _zero_with_gradient(own_scale, own_bias.to(output.dtype))
-            return output
+            own = None if own_bias is None or calls[0] != 1 else self.own_bias_term(own_bias, output.dtype, stack)
+            return output if own is None else output + own
 
         self.recorder.forward_hook(module, role, hook)
+
+    def own_bias_term(self, bias: Tensor, dtype: torch.dtype, stack: str = "target") -> Optional[Tensor]:
+        """(batch, seq, dim) zeros whose gradient goes to the ``own_scale`` leaf of ``stack``
+        (``"target"`` or an encoder-decoder's ``"source"``): added to a module's output, each
+        token's share of ``bias`` (dim,) (a bias it owns before any mixing). None before the
+        stack's first layer ran."""
+        own_scale = self.state.own_scale_of(stack)
+        if own_scale is None:
+            return None
+        return _zero_with_gradient(own_scale, bias.to(dtype))
 
     def drop_output(self, module: nn.Module) -> None:
         """Leave ``module``'s output out of the decomposition: its value stays, its gradient goes to
