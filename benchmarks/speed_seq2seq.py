@@ -127,6 +127,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--target", type=int, default=16, help="target-prefix tokens")
     parser.add_argument("--n-steps", type=int, default=50, help="Integrated Gradients steps")
     parser.add_argument("--models", nargs="+", default=["t5-small", "bart-base"])
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the report is written")
     args = parser.parse_args(argv)
     import torch
 
@@ -153,8 +154,8 @@ def main(argv: list[str]) -> int:
     ]
     for label in next(iter(tables.values())):
         lines.append(f"| {label} | " + " | ".join(f"{tables[name][label]:.3f}" for name in tables) + " |")
-    RESULTS.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
+    args.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -95,6 +95,15 @@ class Seq2SeqDecompX:
             raise ValueError("The model's config has no decoder_start_token_id: pass the target ids with their start token.")
         return int(start)
 
+    def _eos_ids(self, device: torch.device) -> Tensor:
+        """The ids that end a generated sequence (the generation config's, else the model config's)."""
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        if eos is None:
+            eos = getattr(self.model.config, "eos_token_id", None)
+        ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        return torch.tensor(ids, dtype=torch.long, device=device)
+
     def _source(self, source: SourceType) -> Tensor:
         if isinstance(source, str):
             if not source:
@@ -115,11 +124,9 @@ class Seq2SeqDecompX:
             with torch.no_grad():
                 generated = cast(Any, self.model).generate(source_ids, attention_mask=torch.ones_like(source_ids), **args)
             sequence = generated[0]
-            pad = getattr(self.model.config, "pad_token_id", None)
-            if pad is not None and pad != self._start_id():
-                # a beam search pads a finished sequence up to the longest beam: not part of the output
-                while sequence.numel() > 2 and int(sequence[-1]) == pad:
-                    sequence = sequence[:-1]
+            ends = torch.isin(sequence[1:], self._eos_ids(sequence.device)).nonzero().flatten()
+            if len(ends):  # the sequence ends at its first end-of-sequence token; what follows is padding
+                sequence = sequence[: int(ends[0]) + 2]
             return sequence
         if isinstance(target, str):
             ids = self.tokenizer(text_target=target, return_tensors="pt")["input_ids"][0]

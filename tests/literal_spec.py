@@ -963,6 +963,15 @@ def affine_of(module: torch.nn.Module) -> Affine:
     return Affine(module.weight.detach().to(DTYPE), bias)
 
 
+def affine_block_of(module: torch.nn.Module, index: int, count: int) -> Affine:
+    """The ``index``-th of ``count`` equal blocks of an ``nn.Linear``'s output features (a fused
+    map's part), as float64 copies."""
+    size = module.weight.shape[0] // count
+    rows = slice(index * size, (index + 1) * size)
+    bias = None if module.bias is None else module.bias.detach()[rows].to(DTYPE)
+    return Affine(module.weight.detach()[rows].to(DTYPE), bias)
+
+
 def norm_of(module: torch.nn.Module, kind: str = "layer") -> NormWeights:
     weight = getattr(module, "weight", None)
     bias = getattr(module, "bias", None)

@@ -102,7 +102,9 @@ class LayerPaths:
         attention_norm: normalization of the attention block: after its residual (post-LN) or
             on its input (pre-LN). An ``nn.Identity`` there means no normalization.
         ffn_in: first linear map of the feed-forward network (the "up" half of a gated unit).
-        ffn_activation: the activation, a module or function reachable by attribute.
+        ffn_activation: the activation, a module or function reachable by attribute, or the
+            function itself where the unit calls it from no attribute (DINOv2's SwiGLU unit in
+            transformers 4.x calls ``nn.functional.silu``).
         ffn_out: last linear map of the feed-forward network.
         ffn_norm: normalization of the feed-forward block (after its residual, or on its input).
         ffn_gate: for gated units ``act(gate(x)) * ffn_in(x)``, the gate's linear map.
@@ -137,7 +139,7 @@ class LayerPaths:
     attention_output: str
     attention_norm: str
     ffn_in: str
-    ffn_activation: str
+    ffn_activation: Union[str, Callable[[torch.Tensor], torch.Tensor]]
     ffn_out: str
     ffn_norm: str
     ffn_gate: Optional[str] = None

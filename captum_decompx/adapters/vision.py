@@ -100,14 +100,38 @@ def beit(model: nn.Module) -> Adapter:
     return _image_classifier(name, layers, layer, head=mean_head, pooling="patch_mean", final_norm=None)
 
 
-def _dinov2_layer(feed_forward: tuple[str, str, str, str], gate: Optional[str] = None) -> LayerPaths:
-    """A DINOv2 layer with this feed-forward unit, its layer scales on both blocks' outputs."""
-    paths = grouped_layer(("attention", "v_proj", "o_proj"), feed_forward, ("norm1", "norm2"), gate=gate)
+def _dinov2_layer(
+    attention: tuple[str, str, str], feed_forward: tuple[str, str, str, str], gate: Optional[str] = None
+) -> LayerPaths:
+    """A DINOv2 layer with these attention and feed-forward modules, its layer scales on both blocks' outputs."""
+    paths = grouped_layer(attention, feed_forward, ("norm1", "norm2"), gate=gate)
     return replace(paths, attention_scale="layer_scale1.lambda1", ffn_scale="layer_scale2.lambda1")
 
 
-_DINOV2_LAYER = _dinov2_layer(("mlp", "fc1", "activation_fn", "fc2"))
-_DINOV2_SWIGLU_LAYER = _dinov2_layer(("mlp", "up_proj", "act_fn", "down_proj"), gate="gate_proj")
+# transformers 5.x
+_DINOV2_ATTENTION = ("attention", "v_proj", "o_proj")
+_DINOV2_LAYER = _dinov2_layer(_DINOV2_ATTENTION, ("mlp", "fc1", "activation_fn", "fc2"))
+_DINOV2_SWIGLU_LAYER = _dinov2_layer(_DINOV2_ATTENTION, ("mlp", "up_proj", "act_fn", "down_proj"), gate="gate_proj")
+
+# transformers 4.x: the self-attention one level deeper, W_O in ``attention.output``; the SwiGLU
+# unit's gate and up-projection are the two halves of one map ``weights_in``, its activation
+# ``nn.functional.silu`` called from no attribute
+_DINOV2_ATTENTION_4X = ("attention", "attention.value", "output.dense")
+_DINOV2_LAYER_4X = replace(
+    _dinov2_layer(_DINOV2_ATTENTION_4X, ("mlp", "fc1", "activation", "fc2")), attention="attention.attention"
+)
+_DINOV2_SWIGLU_LAYER_4X = replace(
+    _dinov2_layer(_DINOV2_ATTENTION_4X, ("mlp", "weights_in[1/2]", "silu", "weights_out"), gate="weights_in[0/2]"),
+    attention="attention.attention",
+    ffn_activation=nn.functional.silu,
+)
+
+
+def _dinov2_layout(first_layer: Any) -> LayerPaths:
+    """The layer paths of this DINOv2 layer's modules (transformers 5.x or 4.x, plain or SwiGLU unit)."""
+    if hasattr(first_layer.attention, "v_proj"):
+        return _DINOV2_SWIGLU_LAYER if hasattr(first_layer.mlp, "gate_proj") else _DINOV2_LAYER
+    return _DINOV2_SWIGLU_LAYER_4X if hasattr(first_layer.mlp, "weights_in") else _DINOV2_LAYER_4X
 
 
 def dinov2(model: nn.Module) -> Adapter:
@@ -116,13 +140,15 @@ def dinov2(model: nn.Module) -> Adapter:
     patches, concatenated, after the final LayerNorm. Position embeddings are interpolated for any
     image size (a multiple of the patch size): the positions are the CLS token and that grid."""
     layers, first_layer = _layers_and_first(model)
-    layer = _DINOV2_SWIGLU_LAYER if hasattr(first_layer.mlp, "gate_proj") else _DINOV2_LAYER
-    return _image_classifier("dinov2", layers, layer, pooling="first_and_patch_mean")
+    return _image_classifier("dinov2", layers, _dinov2_layout(first_layer), pooling="first_and_patch_mean")
 
 
 _SWIN_STAGES = Stages(path="base_model.encoder.layers")
 
 _SWIN_LAYER = replace(_VIT_LAYER, attention_windows=Windows())
+
+# transformers 4.x: ViT's 4.x names, the self-attention module called ``self``
+_SWIN_LAYER_4X = replace(_VIT_LAYER_4X, attention="attention.self", value="attention.self.value", attention_windows=Windows())
 
 
 def _swin_blocks(model: nn.Module) -> list[nn.Module]:
@@ -136,4 +162,5 @@ def swin(model: nn.Module) -> Adapter:
     tokens concatenated, normalized and mapped linearly: the decomposition stays over the first
     layer's patches); the classifier reads the mean of the last stage's tokens after the final
     LayerNorm. Positions are the patches of the first layer, in row-major order (no CLS token)."""
-    return _image_classifier("swin", _swin_blocks, _SWIN_LAYER, pooling="mean", stages=_SWIN_STAGES)
+    layer = _SWIN_LAYER if hasattr(_swin_blocks(model)[0].attention, "v_proj") else _SWIN_LAYER_4X
+    return _image_classifier("swin", _swin_blocks, layer, pooling="mean", stages=_SWIN_STAGES)

@@ -328,7 +328,9 @@ class TransformerLayer(Component):
             attention_norm=Normalization(paths.attention_norm, before_mixing=norm_position == "pre"),
             feed_forward=FeedForward(
                 up=LinearMap.at(paths.ffn_in),
-                activation=ActivationFunctionAt(path=paths.ffn_activation),
+                activation=ActivationFunctionAt(path=paths.ffn_activation)
+                if isinstance(paths.ffn_activation, str)
+                else ActivationFunctionAt(function=paths.ffn_activation),
                 down=LinearMap.at(paths.ffn_out),
                 gate=None if paths.ffn_gate is None else LinearMap.at(paths.ffn_gate),
             ),

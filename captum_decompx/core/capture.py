@@ -263,6 +263,7 @@ class HookedPass:
         self.layers = self.network.layer_modules(model)
         self.recorder = Recorder()
         self.layer_calls = 0
+        self.encoder_calls = 0
 
     def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
         """Install ``component``'s hooks on ``root`` (the layer, or the model); ``first``: in the first layer."""
@@ -277,6 +278,12 @@ class HookedPass:
             self.layer_calls += 1
 
         self.recorder.pre_hook(self.layers[0], "calls", count)
+        if self.adapter.encoder is not None:
+
+            def count_encoder(_module, _args, _kwargs):
+                self.encoder_calls += 1
+
+            self.recorder.pre_hook(self.adapter.encoder.layer_modules(self.model)[0], "encoder calls", count_encoder)
         for component, root, first in self.network.walk(self.model, self.layers):
             self.install_component(component, root, first)
 
@@ -299,6 +306,12 @@ class HookedPass:
             raise RuntimeError(
                 "The forward function never ran the first layer. Check that `model` is the module the "
                 "forward function actually calls, and that the model's architecture matches its adapter."
+            )
+        if self.adapter.encoder is not None and self.encoder_calls != 1:
+            raise RuntimeError(
+                f"The forward function ran the encoder {self.encoder_calls} times and the decoder once; DecompX "
+                "decomposes one forward pass of the encoder-decoder. Make the forward function call the model once "
+                "(model(input_ids=..., decoder_input_ids=...)), without running the encoder separately."
             )
         if self.layer_calls > per_pass:
             raise RuntimeError(

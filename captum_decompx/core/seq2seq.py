@@ -28,7 +28,7 @@ from . import freezing, validation
 from .capture import capture_internals
 from .decomposition import Options, _diagonal_pieces, exact_settings, fast_settings, propagate_rows, resolve_parts
 from .forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, tap_model_output, target_index
-from .memory import DecompXMemoryError, readable_bytes
+from .memory import DecompXMemoryError, plan_memory, readable_bytes
 
 if TYPE_CHECKING:
     from ..attribution import DecompX
@@ -122,7 +122,12 @@ def check_inputs(inputs: Any, adapter_name: str, source_kind: str = "tokens") ->
 
 
 def _check_target_position(target: Any, length: int) -> None:
-    """A ``(position, token_id)`` target whose position lies outside the target prefix is refused."""
+    """A missing target, or a ``(position, token_id)`` whose position lies outside the target prefix, is refused."""
+    if target is None:
+        raise ValueError(
+            "An encoder-decoder's output is (batch, target, vocab): pass target=(position, token_id), the "
+            "logit of token_id at that target position."
+        )
     pairs = target if isinstance(target, list) else [target]
     for pair in pairs:
         if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], int) and not isinstance(pair[0], bool):
@@ -132,11 +137,6 @@ def _check_target_position(target: Any, length: int) -> None:
                     f"computes logits at positions 0..{length - 1} (position t predicts the token after "
                     "target_ids[:, t]). Pass target=(position, token_id) with a position in that range."
                 )
-    if target is None:
-        raise ValueError(
-            "An encoder-decoder's output is (batch, target, vocab): pass target=(position, token_id), the "
-            "logit of token_id at that target position."
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +144,14 @@ def _check_target_position(target: Any, length: int) -> None:
 
 
 def source_pieces(
-    captured: "Captured", parts: ModelParts, settings: Settings, group: slice, dtype: torch.dtype, n_target: int
+    captured: "Captured",
+    parts: ModelParts,
+    settings: Settings,
+    group: slice,
+    dtype: torch.dtype,
+    n_target: int,
+    *,
+    rows_per_chunk: int,
 ) -> Tensor:
     """The encoder's output decomposed in the decoder's piece layout.
 
@@ -165,7 +172,7 @@ def source_pieces(
         settings,
         group,
         dtype,
-        rows_per_chunk=n_source,
+        rows_per_chunk=rows_per_chunk,
     )
     layout = encoded.new_zeros(encoded.shape[0], n_source, n_target + n_source + extra, encoded.shape[-1])
     layout[:, :, n_target : n_target + n_source] = encoded[:, :, :n_source]
@@ -186,13 +193,41 @@ def _head_steps(parts: ModelParts, settings: Settings, classes: Tensor) -> tuple
     return list(head), classes
 
 
-def _exact_bytes(batch: int, source: int, target: int, parts: ModelParts, itemsize: int) -> int:
-    """A bound on the exact path's working memory for ``batch`` examples."""
-    pieces = source + target + 1
+def _widths(layers: list) -> tuple[int, int]:
+    """The widest hidden state (or value map) and feed-forward width of these layers."""
+    width = max(max(layer.value.weight.shape[0], layer.value.weight.shape[1]) for layer in layers)
+    return width, max(layer.ffn_in.weight.shape[0] for layer in layers)
+
+
+def plan_rows(parts: ModelParts, settings: Settings, source: int, target: int, batch: int, dtype: torch.dtype, max_memory: int):
+    """The exact path's memory plan: row chunks of the encoder and of the decoder, and examples per
+    group, from the planner of the other families; the decoder's plan leaves room for the encoder's
+    pieces (and their cross-attention values) that every decoder layer reads.
+
+    Returns:
+        (encoder rows per chunk, decoder rows per chunk, examples per group).
+
+    Raises:
+        DecompXMemoryError: one example does not fit ``max_memory`` even one row at a time.
+    """
     assert parts.encoder is not None
-    widths = [layer.ffn_in.weight.shape[0] for layer in parts.layers + parts.encoder.layers]
-    widths += [layer.value.weight.shape[0] for layer in parts.layers] + [parts.layers[0].value.weight.shape[1]]
-    return 6 * batch * max(source, target) * pieces * max(widths) * itemsize
+    itemsize = torch.finfo(dtype).bits // 8
+    extra = 1 if settings.bias_mode is BiasMode.PIECE else 0
+    pieces = source + target + extra
+    encoder_width, encoder_ffn = _widths(parts.encoder.layers)
+    decoder_width, decoder_ffn = _widths(parts.layers)
+    include_ffn = settings.include_ffn
+    encoder = plan_memory(1, source, source + extra, encoder_width, encoder_ffn if include_ffn else 0, itemsize, max_memory)
+    held = 2 * source * pieces * decoder_width * itemsize  # the encoder's pieces and their values
+    if held >= max_memory:
+        raise DecompXMemoryError(
+            f"The encoder's output decomposed over {pieces} pieces needs {readable_bytes(held)} for one example, more "
+            f"than max_memory={max_memory:,} bytes. Raise max_memory, shorten the inputs, or use algorithm='fast' "
+            "(include_biases=False), which needs O(N) memory."
+        )
+    decoder = plan_memory(1, target, pieces, decoder_width, decoder_ffn if include_ffn else 0, itemsize, max_memory - held)
+    per_example = max(encoder.bytes_needed, decoder.bytes_needed + held)
+    return encoder.rows_per_chunk, decoder.rows_per_chunk, max(1, min(batch, max_memory // per_example))
 
 
 def exact_rows(
@@ -220,21 +255,13 @@ def exact_rows(
     batch, n_target = captured.layer_input.shape[:2]
     assert captured.encoder is not None
     n_source = captured.encoder.layer_input.shape[1]
-    itemsize = torch.finfo(dtype).bits // 8
-    per_example = _exact_bytes(1, n_source, n_target, parts, itemsize)
-    if per_example > max_memory:
-        raise DecompXMemoryError(
-            f"Decomposing one example of {n_source} source and {n_target} target tokens needs about "
-            f"{readable_bytes(per_example)}, more than max_memory={max_memory:,} bytes. Raise max_memory, shorten "
-            "the inputs, or use algorithm='fast' (include_biases=False), which needs O(N) memory."
-        )
-    examples = max(1, min(batch, max_memory // per_example))
+    encoder_rows, decoder_rows, examples = plan_rows(parts, settings, n_source, n_target, batch, dtype, max_memory)
     steps, columns = _head_steps(parts, settings, classes)
     extra = 1 if settings.bias_mode is BiasMode.PIECE else 0
     shares, biases = [], []
     for start in range(0, batch, examples):
         group = slice(start, min(start + examples, batch))
-        encoder_pieces = source_pieces(captured, parts, settings, group, dtype, n_target)
+        encoder_pieces = source_pieces(captured, parts, settings, group, dtype, n_target, rows_per_chunk=encoder_rows)
         decoded = propagate_rows(
             _diagonal_pieces(captured.layer_input[group], n_target + n_source + extra, dtype),
             captured,
@@ -242,7 +269,7 @@ def exact_rows(
             settings,
             group,
             dtype,
-            rows_per_chunk=n_target,
+            rows_per_chunk=decoder_rows,
             last_rows=positions,
             encoder_pieces=encoder_pieces,
         )
@@ -367,6 +394,30 @@ def _fast_shares(
     return source, target, left_out
 
 
+def _check_reproduced(shares: Tensor, biases: Tensor, logits: Tensor, adapter_name: str, options: Options) -> None:
+    """The exact decomposition's pieces (and bias piece) add up to the model's own logits; refuse,
+    rather than explain another quantity, when they do not (an adapter that misses a step of the
+    model, e.g. a rescale before the LM head that this model version does not apply). Checked with
+    the default feed-forward rule (options that leave a part out do not add up by design).
+
+    Args:
+        shares: (batch, rows, pieces, n); biases: (batch, rows, n); logits: (batch, rows, n).
+    """
+    if not options.include_ffn or options.ffn_approximation != "zo":
+        return
+    total = shares.sum(2) + biases
+    reference = logits.to(total.dtype)
+    tolerance = {torch.float64: 1e-6, torch.float32: 1e-3}.get(logits.dtype, 5e-2) * max(1.0, float(reference.abs().max()))
+    difference = float((total - reference).abs().max()) if total.numel() else 0.0
+    if not difference <= tolerance:
+        raise RuntimeError(
+            f"The decomposition of this {adapter_name} model does not add up to its own logits (off by "
+            f"{difference:.3g}): the model computes something its adapter does not describe (a different "
+            "transformers version, or a modified model). Describe it with captum_decompx.Adapter(...) and "
+            "pass adapter=, or report the model class."
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # The two entry points
 
@@ -396,7 +447,10 @@ def attribute(explainer: "DecompX", inputs: Any, target: Any, additional_forward
         positions = torch.nonzero(weights.abs().sum(dim=(0, 2)) > 0).flatten()
         classes = torch.nonzero(weights.abs().sum(dim=(0, 1)) > 0).flatten()
         parts = resolve_parts(explainer.model, explainer.adapter, dtype)
-        shares, _ = exact_rows(run.captured, parts, explainer.options, positions, classes, dtype, explainer.max_memory)
+        shares, biases = exact_rows(run.captured, parts, explainer.options, positions, classes, dtype, explainer.max_memory)
+        _check_reproduced(
+            shares, biases, run.model_output.detach()[:, positions][:, :, classes], explainer.adapter.name, explainer.options
+        )
         used = weights[:, positions][:, :, classes].to(dtype)  # (batch, rows, n)
         scores = torch.einsum("brkn,brn->bk", shares, used)
         tgt, src = scores[:, : target_ids.shape[1]], scores[:, target_ids.shape[1] :]
@@ -445,6 +499,7 @@ def decompose_target(
         classes, where = torch.unique(token_ids, return_inverse=True)
         positions = torch.arange(n_target, device=logits.device)
         shares, biases = exact_rows(run.captured, parts, explainer.options, positions, classes, dtype, explainer.max_memory)
+        _check_reproduced(shares, biases, logits[:, positions][:, :, classes], explainer.adapter.name, explainer.options)
         index = where.view(batch, n_target, 1, 1).expand(-1, -1, shares.shape[2], 1)
         chosen = shares.gather(3, index).squeeze(3)  # (batch, target, target + source)
         tgt, src = chosen[:, :, :n_target], chosen[:, :, n_target:]

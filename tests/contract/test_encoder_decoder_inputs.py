@@ -63,6 +63,20 @@ def test_swapped_inputs_are_caught(bart):
         DecompX(swapped, model=model).attribute((source, target), target=(0, 3), additional_forward_args=(mask,))
 
 
+@pytest.mark.parametrize("algorithm, include_biases", [("exact", True), ("fast", False)])
+def test_a_forward_function_that_runs_the_encoder_twice_is_refused(bart, algorithm, include_biases):
+    model, source, mask, target = bart
+
+    def twice(src, tgt, m):
+        model.get_encoder()(input_ids=src, attention_mask=m)  # a second, separate encoder run
+        return model(input_ids=src, attention_mask=m, decoder_input_ids=tgt).logits
+
+    with pytest.raises(RuntimeError, match="ran the encoder 2 times"):
+        DecompX(twice, model=model, algorithm=algorithm, include_biases=include_biases).attribute(
+            (source, target), target=(0, 3), additional_forward_args=(mask,)
+        )
+
+
 def test_decompose_points_to_decompose_target(bart):
     model, source, mask, target = bart
     with pytest.raises(NotImplementedError, match="decompose_target"):
@@ -102,3 +116,23 @@ def test_whisper_takes_float_features_first():
         (whisper_features(1, seed=2), target), target=(0, 3), return_convergence_delta=True
     )
     assert attr_src.shape == (1, 8) and float(delta.abs().max()) < 1e-9
+
+
+def test_an_adapter_that_misses_a_step_of_the_model_is_refused_not_explained():
+    """An adapter that adds a rescale the model does not apply (as T5's adapter would for a model
+    class that drops it) gives a decomposition that does not add up to the model's logits: refused."""
+    from dataclasses import replace
+
+    from support.encoder_decoders import t5
+
+    from captum_decompx.adapters import ScaledLinear, adapter_for
+
+    model = t5(seed=3)
+    adapter = adapter_for(model)
+    wrong = replace(adapter, head=(ScaledLinear("lm_head", scale=1.0),))  # the model does rescale
+    source, mask = source_batch((4, 3), pad_id(model), seed=3)
+    target = target_batch(2, 3, seed=3)
+    with pytest.raises(RuntimeError, match="does not add up to its own logits"):
+        DecompX(forward_of(model), model=model, adapter=wrong).attribute(
+            (source, target), target=(1, 5), additional_forward_args=(mask,)
+        )

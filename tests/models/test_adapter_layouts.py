@@ -4,12 +4,13 @@ architectures' module names written out in full."""
 from __future__ import annotations
 
 import pytest
+from torch import nn
 
-from captum_decompx.adapters import LayerPaths, grouped_layer
+from captum_decompx.adapters import LayerPaths, Windows, grouped_layer
 from captum_decompx.adapters.albert import ALBERT
 from captum_decompx.adapters.bert_family import DISTILBERT
 from captum_decompx.adapters.decoders import GEMMA2_LAYER, GPT2_LAYER, LLAMA_LAYER
-from captum_decompx.adapters.vision import _VIT_LAYER
+from captum_decompx.adapters.vision import _DINOV2_SWIGLU_LAYER_4X, _SWIN_LAYER_4X, _VIT_LAYER
 
 WRITTEN_OUT = {
     "gpt2": (
@@ -50,6 +51,22 @@ WRITTEN_OUT = {
         LayerPaths(
             "attention", "attention.v_proj", "attention.o_proj", "layernorm_before", "mlp.fc1",
             "mlp.activation_fn", "mlp.fc2", "layernorm_after",
+        ),
+    ),
+    "dinov2-swiglu-4x": (  # transformers 4.x: gate and up-projection are the halves of weights_in
+        _DINOV2_SWIGLU_LAYER_4X,
+        LayerPaths(
+            "attention.attention", "attention.attention.value", "attention.output.dense", "norm1",
+            "mlp.weights_in[1/2]", nn.functional.silu, "mlp.weights_out", "norm2", ffn_gate="mlp.weights_in[0/2]",
+            attention_scale="layer_scale1.lambda1", ffn_scale="layer_scale2.lambda1",
+        ),
+    ),
+    "swin-4x": (
+        _SWIN_LAYER_4X,
+        LayerPaths(
+            "attention.self", "attention.self.value", "attention.output.dense", "layernorm_before",
+            "intermediate.dense", "intermediate.intermediate_act_fn", "output.dense", "layernorm_after",
+            attention_windows=Windows(),
         ),
     ),
 }

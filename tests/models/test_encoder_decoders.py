@@ -350,3 +350,51 @@ def test_the_model_runs_as_its_caller_asked_while_its_probabilities_are_read(fam
     assert (output.cross_attentions is not None) == asks
     if asks:
         assert output.cross_attentions[0].shape == (2, 4, TARGET, TARGET)
+
+
+@pytest.mark.parametrize("algorithm, include_biases", [("exact", True), ("fast", False)])
+def test_a_linear_tail_is_explained_as_the_same_combination_of_logits(algorithm, include_biases):
+    """A forward function that returns a logit difference (batch, target) is explained, for
+    target=position, by the difference of the two logits' decompositions, and completely."""
+    model = model_of("bart", seed=15)
+    source, mask, target = _batch(model, seed=15)
+    f = forward_of(model)
+
+    def difference(src, tgt, m):
+        logits = f(src, tgt, m)
+        return logits[:, :, TOKEN] - 0.5 * logits[:, :, 4]
+
+    explainer = DecompX(difference, model=model, algorithm=algorithm, include_biases=include_biases)
+    (src_attr, tgt_attr), delta = explainer.attribute(
+        (source, target), target=POSITION, additional_forward_args=(mask,), return_convergence_delta=True
+    )
+    plain = DecompX(f, model=model, algorithm=algorithm, include_biases=include_biases)
+    (src_a, tgt_a), delta_a = plain.attribute(
+        (source, target), target=(POSITION, TOKEN), additional_forward_args=(mask,), return_convergence_delta=True
+    )
+    (src_b, tgt_b), delta_b = plain.attribute(
+        (source, target), target=(POSITION, 4), additional_forward_args=(mask,), return_convergence_delta=True
+    )
+    spec.assert_matches(src_attr, src_a - 0.5 * src_b, 1.0, "source shares of the difference", 1e-9)
+    spec.assert_matches(tgt_attr, tgt_a - 0.5 * tgt_b, 1.0, "target shares of the difference", 1e-9)
+    spec.assert_matches(delta, delta_a - 0.5 * delta_b, 1.0, "delta of the difference", 1e-9)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_a_small_max_memory_splits_the_work_and_changes_no_value(family, monkeypatch):
+    """Under a small max_memory the exact path works in row chunks and example groups (the planner
+    of the other families, leaving room for the encoder's pieces) and gives the same values."""
+    from captum_decompx.core import seq2seq
+
+    model = model_of(family, seed=16)
+    source, mask, target = _batch(model, seed=16)
+    f = forward_of(model)
+    whole = DecompX(f, model=model).decompose_target((source, target), additional_forward_args=(mask,))
+    plans = []
+    planner = seq2seq.plan_rows
+    monkeypatch.setattr(seq2seq, "plan_rows", lambda *args: plans.append(planner(*args)) or plans[-1])
+    split = DecompX(f, model=model, max_memory=60_000).decompose_target((source, target), additional_forward_args=(mask,))
+    _, decoder_rows, examples = plans[0]
+    assert decoder_rows < TARGET and examples == 1
+    for name in ("source", "target", "bias"):
+        spec.assert_matches(getattr(split, name), getattr(whole, name), 1.0, name, 1e-12)

@@ -68,7 +68,7 @@ def test_the_returned_sequence_of_generate_is_the_one_explained(t5, gen_args):
     result = Seq2SeqDecompX(model, tokenizer).attribute(source, gen_args=gen_args)
     length = result.target_ids.numel()
     assert torch.equal(result.target_ids, returned[1 : length + 1])
-    assert bool((returned[length + 1 :] == model.config.pad_token_id).all())  # only a beam's padding is left out
+    assert length == returned.numel() - 1 or int(returned[length]) == model.config.eos_token_id  # cut after eos only
     assert float(_complete(result).abs().max()) < 1e-5
 
 
@@ -96,11 +96,28 @@ def test_every_position_is_one_forward_pass_and_one_backward_pass(t5, monkeypatc
         handle.remove()
 
 
+def test_a_generated_sequence_ends_at_its_first_end_of_sequence_token(t5, monkeypatch):
+    """What follows the first eos of the returned sequence (a beam's padding) is not explained."""
+    model, tokenizer = t5
+    padded = torch.tensor([[0, 11, 17, 1, 0, 0]])  # start, two tokens, eos, padding
+    monkeypatch.setattr(model, "generate", lambda *args, **kwargs: padded)
+    result = Seq2SeqDecompX(model, tokenizer).attribute(SOURCE)
+    assert result.target_ids.tolist() == [11, 17, 1]
+
+
 def test_a_causal_lm_is_pointed_to_llmdecompx():
     from support.word_level import tiny_gpt2
 
     with pytest.raises(ValueError, match="LLMDecompX"):
         Seq2SeqDecompX(tiny_gpt2(), word_level_tokenizer(WORDS))
+
+
+def test_llmdecompx_points_an_encoder_decoder_to_seq2seqdecompx(t5):
+    from captum_decompx import LLMDecompX
+
+    model, tokenizer = t5
+    with pytest.raises(ValueError, match="Seq2SeqDecompX"):
+        LLMDecompX(model, tokenizer)
 
 
 def test_the_matrix_plots_like_captums(t5):

@@ -3,7 +3,9 @@ battery: the Captum form, completeness against the forward function's output, fa
 without biases, the model left as it was found, and clear refusals of bad images.
 
 The literal version (``literal_spec.py``) recomputes each model's forward pass from its weights in
-float64 (checked against the model's own logits to 1e-9), with what these models add written out:
+float64 (checked against the model's own logits to 1e-9), read in the module layout of transformers
+5.x or 4.x (whichever the model has, with the softmax dtype that version's eager attention uses),
+with what these models add written out:
 DeiT's distillation token and its teacher's two averaged classifiers, BEiT's relative position bias
 (recomputed from its table), its layer scales and its mean pooling of the patches with a LayerNorm,
 DINOv2's layer scales, SwiGLU unit and CLS-and-patch-mean classifier input. The engine is reached
@@ -74,40 +76,79 @@ def embedding_output(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 # Readers of the weights into the literal spec's structures (by module name)
 
 
-def layer_weights(layer, heads: int, *, score_bias=None) -> spec.LayerWeights:
-    """A ViT-style layer of transformers 5.x (DeiT, BEiT: ``layernorm_before``, ``mlp.fc1``) or a
-    DINOv2 layer (``norm1``, ``layer_scale1``, ``mlp.gate_proj`` in the SwiGLU variant)."""
+def self_attention_of(layer):
+    """The module holding the query, key and value maps, and whether it is transformers 5.x's
+    (``q_proj``, ``o_proj`` on the layer's attention) rather than 4.x's (``attention.attention``,
+    Swin's ``attention.self``, with ``W_O`` at ``attention.output.dense``)."""
     attention = layer.attention
+    if hasattr(attention, "q_proj"):
+        return attention, True
+    return (attention.self if hasattr(attention, "self") else attention.attention), False
+
+
+def layer_weights(layer, heads: int, *, score_bias=None) -> spec.LayerWeights:
+    """A ViT-style layer (DeiT, BEiT, Data2VecVision, Swin: ``layernorm_before``) or a DINOv2 layer
+    (``norm1``, ``layer_scale1``), in the module layout of transformers 5.x (``q_proj``, ``mlp.fc1``,
+    DINOv2's SwiGLU ``mlp.gate_proj``) or 4.x (``attention.attention.query``, ``intermediate.dense``,
+    DINOv2's ``mlp.fc1`` or SwiGLU ``mlp.weights_in``: the gate's features, then the up-projection's)."""
+    self_attention, newer = self_attention_of(layer)
     dinov2_layer = hasattr(layer, "norm1")
-    mlp = layer.mlp
-    gated = hasattr(mlp, "gate_proj")
     if dinov2_layer:
         norm1, norm2 = layer.norm1, layer.norm2
         attention_scale, ffn_scale = layer.layer_scale1.lambda1, layer.layer_scale2.lambda1
     else:
         norm1, norm2 = layer.layernorm_before, layer.layernorm_after
         attention_scale, ffn_scale = getattr(layer, "lambda_1", None), getattr(layer, "lambda_2", None)
+    ffn_gate = None
+    if not hasattr(layer, "mlp"):  # BERT-style names (transformers 4.x, and Data2VecVision)
+        ffn_in, ffn_out, activation = spec.affine_of(layer.intermediate.dense), spec.affine_of(layer.output.dense), spec.GELU
+    elif hasattr(layer.mlp, "gate_proj"):
+        mlp = layer.mlp
+        ffn_in, ffn_gate, ffn_out, activation = (
+            spec.affine_of(mlp.up_proj), spec.affine_of(mlp.gate_proj), spec.affine_of(mlp.down_proj), spec.SILU
+        )  # fmt: skip
+    elif hasattr(layer.mlp, "weights_in"):  # silu(x1) * x2 of the two halves (x1, x2) of weights_in
+        mlp = layer.mlp
+        ffn_gate, ffn_in = spec.affine_block_of(mlp.weights_in, 0, 2), spec.affine_block_of(mlp.weights_in, 1, 2)
+        ffn_out, activation = spec.affine_of(mlp.weights_out), spec.SILU
+    else:
+        ffn_in, ffn_out, activation = spec.affine_of(layer.mlp.fc1), spec.affine_of(layer.mlp.fc2), spec.GELU
 
     def vector(value):
         return value.detach().to(spec.DTYPE) if isinstance(value, torch.Tensor) else None
 
+    names = ("q_proj", "k_proj", "v_proj") if newer else ("query", "key", "value")
+    query, key, value = (spec.affine_of(getattr(self_attention, name)) for name in names)
     return spec.LayerWeights(
-        query=spec.affine_of(attention.q_proj),
-        key=spec.affine_of(attention.k_proj),
-        value=spec.affine_of(attention.v_proj),
-        output=spec.affine_of(attention.o_proj),
+        query=query,
+        key=key,
+        value=value,
+        output=spec.affine_of(layer.attention.o_proj if newer else layer.attention.output.dense),
         heads=heads,
         kv_heads=heads,
         norm1=spec.norm_of(norm1),
         norm2=spec.norm_of(norm2),
-        ffn_in=spec.affine_of(mlp.up_proj if gated else mlp.fc1),
-        activation=spec.SILU if gated else spec.GELU,
-        ffn_out=spec.affine_of(mlp.down_proj if gated else mlp.fc2),
-        ffn_gate=spec.affine_of(mlp.gate_proj) if gated else None,
+        ffn_in=ffn_in,
+        activation=activation,
+        ffn_out=ffn_out,
+        ffn_gate=ffn_gate,
         attention_scale=vector(attention_scale),
         ffn_scale=vector(ffn_scale),
         score_bias=score_bias,
     )
+
+
+def layers_of(base) -> list:
+    """The encoder's layers: ``layers`` in transformers 5.x, ``encoder.layer`` before."""
+    return list(base.layers) if hasattr(base, "layers") else list(base.encoder.layer)
+
+
+def softmax_of(layer, newer: str, older: str):
+    """The softmax this layer's eager attention computes: ``"float32"`` (transformers' shared eager
+    attention, for a float64 model too) or ``"model"`` (the model's dtype), which the families
+    changed between the 4.x layout (``older``) and the 5.x one (``newer``)."""
+    kind = newer if self_attention_of(layer)[1] else older
+    return spec.float32_softmax if kind == "float32" else (lambda scores: torch.softmax(scores, dim=-1))
 
 
 def beit_relative_position_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -135,23 +176,29 @@ def deit_weights(model) -> spec.ModelWeights:
         head = [spec.MeanOfHeads([spec.affine_of(model.cls_classifier), spec.affine_of(model.distillation_classifier)])]
     else:
         head = [spec.affine_of(model.classifier)]
+    layers = layers_of(model.deit)
     return spec.ModelWeights(
-        layers=[layer_weights(layer, heads) for layer in model.deit.layers],
+        layers=[layer_weights(layer, heads) for layer in layers],
         pre_norm=True,
         head=head,
         final_norm=spec.norm_of(model.deit.layernorm),
-        softmax=spec.float32_softmax,
+        softmax=softmax_of(layers[0], newer="float32", older="float32"),
     )
 
 
 def beit_weights(model, grid: tuple[int, int]) -> spec.ModelWeights:
     heads = model.config.num_attention_heads
-    layers = [
-        layer_weights(
-            layer, heads, score_bias=beit_relative_position_bias(layer.relative_position_bias.relative_position_bias_table, grid)
+    modules = layers_of(model.beit)
+
+    def table(layer):  # transformers 5.x: on the layer; 4.x: on its self-attention
+        bias = (
+            layer.relative_position_bias
+            if hasattr(layer, "relative_position_bias")
+            else self_attention_of(layer)[0].relative_position_bias
         )
-        for layer in model.beit.layers
-    ]
+        return bias.relative_position_bias_table
+
+    layers = [layer_weights(layer, heads, score_bias=beit_relative_position_bias(table(layer), grid)) for layer in modules]
     mean_pooling = model.beit.pooler.layernorm is not None
     return spec.ModelWeights(
         layers=layers,
@@ -160,18 +207,19 @@ def beit_weights(model, grid: tuple[int, int]) -> spec.ModelWeights:
         if mean_pooling
         else [spec.affine_of(model.classifier)],
         final_norm=None if mean_pooling else spec.norm_of(model.beit.layernorm),
-        softmax=spec.float32_softmax,
+        softmax=softmax_of(modules[0], newer="float32", older="model"),
     )
 
 
 def dinov2_weights(model) -> spec.ModelWeights:
     heads = model.config.num_attention_heads
+    layers = layers_of(model.dinov2)
     return spec.ModelWeights(
-        layers=[layer_weights(layer, heads) for layer in model.dinov2.encoder.layer],
+        layers=[layer_weights(layer, heads) for layer in layers],
         pre_norm=True,
         head=[spec.affine_of(model.classifier)],
         final_norm=spec.norm_of(model.dinov2.layernorm),
-        softmax=lambda scores: torch.softmax(scores, dim=-1),  # DINOv2 computes it in the model dtype
+        softmax=softmax_of(layers[0], newer="model", older="float32"),
     )
 
 
@@ -347,12 +395,22 @@ def test_vision_battery(name):
 
 
 def test_data2vec_vision_loaded_with_sdpa_is_refused_by_the_exact_path_only():
-    """Its sdpa attention class, chosen at load time, never returns probabilities."""
+    """Its sdpa attention class, chosen at load time, returns no probabilities in transformers 5.x;
+    in 4.x it falls back to its eager code when called with ``output_attentions=True``, so the
+    exact path asks for them and decomposes it."""
     config = tf.Data2VecVisionConfig(intermediate_size=24, use_relative_position_bias=True, **FLOAT32)
     model = randomize_parameters(tf.Data2VecVisionForImageClassification(config), 22)
     pixels = images(1, 8, seed=22, dtype=torch.float32)
-    with pytest.raises(RuntimeError, match="attn_implementation='eager'"):
-        DecompX(model).attribute(pixels, target=0)
+    assert "sdpa" in type(model.data2vec_vision.encoder.layer[0].attention.attention).__name__.lower()
+    with torch.no_grad():
+        returned = model(pixels, output_attentions=True)
+    if returned.attentions is not None and returned.attentions[0] is not None:
+        logits = returned.logits
+        out = DecompX(model).decompose(pixels)
+        assert float((out.attributions.sum(1) - logits).abs().max()) <= 2e-5 * max(1.0, float(logits.abs().max()))
+    else:
+        with pytest.raises(RuntimeError, match="attn_implementation='eager'"):
+            DecompX(model).attribute(pixels, target=0)
     assert DecompX(model, include_biases=False).attribute(pixels, target=0).shape == (1, 5)
 
 
@@ -441,7 +499,9 @@ def swin_weights(model, image_size: int) -> spec.ModelWeights:
             small = min(grid) <= config.window_size  # Swin's window covers a grid no larger than it, unshifted
             window = min(grid) if small else config.window_size
             shift = 0 if small or block_index % 2 == 0 else config.window_size // 2
-            table = block.attention.relative_position_bias.relative_position_bias_table.detach()
+            attention = block.attention  # the table: 5.x in relative_position_bias, 4.x in the self-attention
+            holder = attention.relative_position_bias if hasattr(attention, "relative_position_bias") else attention.self
+            table = holder.relative_position_bias_table.detach()
             allowed, bias = swin_windows(table, grid, window, shift)
             weights = layer_weights(block, config.num_heads[stage_index], score_bias=bias)
             weights.allowed = allowed
@@ -456,7 +516,7 @@ def swin_weights(model, image_size: int) -> spec.ModelWeights:
         pre_norm=True,
         head=[spec.affine_of(model.classifier)],
         final_norm=spec.norm_of(model.swin.layernorm),
-        softmax=spec.float32_softmax,
+        softmax=softmax_of(model.swin.encoder.layers[0].blocks[0], newer="float32", older="model"),
         merges=merges,
     )
 
