@@ -11,8 +11,9 @@ from torch import nn
 
 from ..components.registry import Registry
 from .albert import ALBERT
-from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve, split_block
+from .base import Activation, Adapter, ContrastiveLogits, HeadStep, LayerPaths, Linear, Norm, resolve, split_block
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
+from .contrastive import CLIP, SIGLIP
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
 from .modernbert import modernbert
@@ -158,6 +159,8 @@ register_adapter(
     ),
 )
 register_adapter("vit", vit)
+register_adapter("clip", CLIP)
+register_adapter("siglip", SIGLIP)
 register_adapter("gpt2", gpt2)
 register_adapter(("llama", "qwen2", "qwen3", "mistral", "gemma"), llama_family)
 register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)
@@ -166,6 +169,7 @@ register_adapter("phi3", phi3)
 __all__ = [
     "Activation",
     "Adapter",
+    "ContrastiveLogits",
     "HeadStep",
     "LayerPaths",
     "Linear",

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Adapter, Linear
+from ..adapters.base import Adapter
 from ..core.recording import Reader, Recorder
 from .base import Component
-from .head import Head, ResolvedHeadStep
+from .head import Head, ResolvedHeadStep, head_step_kind
 from .layer import LayerParams, LayerRecord, TransformerLayer
 from .linear import install_call_checks
 from .norms import Normalization, NormParams
@@ -133,9 +133,11 @@ class Network:
         layers = [self.layer.resolve(layer, dtype) for layer in self.layer_modules(model)]
         final_norm = None if self.final_norm is None else self.final_norm.resolve(model, dtype)
         per_position = self.adapter.pooling == "each"
-        if not (per_position and not self.head.steps) and (not self.head.steps or not isinstance(self.head.steps[-1], Linear)):
+        if not (per_position and not self.head.steps) and (
+            not self.head.steps or not head_step_kind(self.head.steps[-1]).gives_logits
+        ):
             raise ValueError(
-                f"The adapter {self.adapter.name!r} must end its head with a Linear step (only a per-position "
+                f"The adapter {self.adapter.name!r} must end its head with a step that gives logits, e.g. a Linear step (only a per-position "
                 "adapter, pooling='each', may have no head: it then explains the hidden states)."
             )
         head = self.head.resolve(model, dtype)

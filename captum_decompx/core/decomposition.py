@@ -33,7 +33,7 @@ from ..components import (
 )
 from ..components.linear import affine
 from ..components.norms import norm_params
-from ..components.pooling import last_non_pad_token, pool, pool_weights
+from ..components.pooling import pool, pool_weights, recorded_position
 from .capture import Captured
 from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory, readable_bytes
 
@@ -77,7 +77,7 @@ def padding_mask(captured: Captured) -> Tensor:
     real = (captured.layers[0].attention_probs != 0).any(dim=1).any(dim=1)
     if captured.pooling is not None:
         batch, seq = real.shape
-        real[torch.arange(batch, device=real.device), last_non_pad_token(captured.pooling, batch, seq, real.device)] = True
+        real[torch.arange(batch, device=real.device), recorded_position(captured.pooling, batch, seq, real.device)] = True
     return real
 
 

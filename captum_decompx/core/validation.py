@@ -175,6 +175,24 @@ def check_pixel_inputs(inputs: Tensor, model_name: str) -> None:
         raise ValueError("inputs is an empty batch: pass at least one image.")
 
 
+def check_image_channels(inputs: Tensor, model: nn.Module) -> None:
+    """Pixel values must have the channel count of the model's (vision) config.
+
+    An image of another size is left to the model: it refuses it with its own message, unless the
+    forward function passes ``interpolate_pos_encoding=True`` (then the patches are decomposed
+    with the interpolated position embeddings the model used).
+    """
+    config: Any = getattr(model, "config", None)
+    vision: Any = getattr(config, "vision_config", None) or config
+    channels = getattr(vision, "num_channels", None)
+    if isinstance(channels, int) and inputs.shape[1] != channels:
+        raise ValueError(
+            f"The model takes images with {channels} channel(s), got pixel_values of shape {tuple(inputs.shape)} "
+            f"({inputs.shape[1]} channels). Prepare the images with the model's image processor (e.g. "
+            "convert grayscale or RGBA images to RGB), in the layout (batch, channels, height, width)."
+        )
+
+
 #: Model arguments that hold a generation cache: a tensor passed there by position (an attention
 #: mask, most often) is read as a cache and fails deep inside the model.
 _CACHE_ARGUMENTS = ("past", "cache")
