@@ -20,6 +20,7 @@ from .layer import LayerParams, LayerRecord, TransformerLayer
 from .linear import install_call_checks
 from .norms import Normalization, NormParams
 from .pooling import Pooling, PoolingRecord
+from .probe import ProbeHead, ProbeParams, ProbeRecord
 
 if TYPE_CHECKING:
     from ..core.freezing import Freezer
@@ -35,6 +36,7 @@ class NetworkRecord:
         final_norm_input: (batch, seq, hidden), input of the final norm of pre-LN models.
         head_inputs: per head step index, the real input (batch, dim) of the steps that need it.
         pooling: what the pooling recorded (the input ids, for ``"last_non_pad_token"``).
+        probe: what an attention-pooling head recorded (``pooling="probe"``).
     """
 
     layer_input: Tensor
@@ -42,6 +44,7 @@ class NetworkRecord:
     final_norm_input: Optional[Tensor]
     head_inputs: dict[int, Tensor]
     pooling: Optional[PoolingRecord] = None
+    probe: Optional[ProbeRecord] = None
 
 
 @dataclass
@@ -52,6 +55,7 @@ class ModelParts:
     final_norm: Optional[NormParams]
     head: list[ResolvedHeadStep]
     head_input_steps: list[Optional[int]]  # for steps that read their real input: their own index
+    probe: Optional[ProbeParams] = None  # an attention-pooling head (pooling="probe")
 
 
 class LayerInput(Component):
@@ -89,6 +93,7 @@ class Network:
     final_norm: Optional[Normalization]
     head: Head
     pooling: Pooling
+    probe: Optional[ProbeHead] = None
 
     @classmethod
     def of(cls, adapter: Adapter) -> "Network":
@@ -98,6 +103,7 @@ class Network:
             None if adapter.final_norm is None else Normalization(adapter.final_norm),
             Head(tuple(adapter.head), logit_softcap=adapter.logit_softcap is not None),
             Pooling.of(adapter),
+            None if adapter.probe_head is None else ProbeHead(adapter.probe_head),
         )
 
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
@@ -116,6 +122,8 @@ class Network:
                 yield component, layer, index == 0
         if self.final_norm is not None:
             yield self.final_norm, model, False
+        if self.probe is not None:
+            yield self.probe, model, False
         yield self.head, model, False
         yield self.pooling, model, False
 
@@ -126,7 +134,8 @@ class Network:
         if self.final_norm is not None:
             final_norm_input = self.final_norm.read(reader, model, "the final norm")
         pooling = self.pooling.read(reader, model, "the model (for its input ids)")
-        return NetworkRecord(layer_input, records, final_norm_input, self.head.read(reader, model), pooling)
+        probe = None if self.probe is None else self.probe.read(reader, model, "the attention-pooling head")
+        return NetworkRecord(layer_input, records, final_norm_input, self.head.read(reader, model), pooling, probe)
 
     def resolve(self, model: nn.Module, dtype: torch.dtype) -> ModelParts:
         """Read the parameters the adapter points to (the model itself is not touched)."""
@@ -141,4 +150,6 @@ class Network:
                 "adapter, pooling='each', may have no head: it then explains the hidden states)."
             )
         head = self.head.resolve(model, dtype)
-        return ModelParts(layers, final_norm, head, [index if step.kind.reads_input else None for index, step in enumerate(head)])
+        head_input_steps = [index if step.kind.reads_input else None for index, step in enumerate(head)]
+        probe = None if self.probe is None else self.probe.resolve(model, dtype)
+        return ModelParts(layers, final_norm, head, head_input_steps, probe)

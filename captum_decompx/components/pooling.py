@@ -107,7 +107,9 @@ def eos_token(record: PoolingRecord, batch: int, device: torch.device) -> Tensor
     ids = record.input_ids.to(device)
     if record.eos_token_id == 2:
         return ids.to(torch.int).argmax(dim=-1)
-    found = ids == record.eos_token_id
+    if record.eos_token_id is None:
+        raise ValueError("The text tower has no eos_token_id (in itself or its config) to find its pooled token by.")
+    found: Tensor = ids.eq(record.eos_token_id)
     missing = (~found.any(dim=-1)).nonzero().flatten().tolist()
     if missing:
         raise ValueError(

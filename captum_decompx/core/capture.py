@@ -28,6 +28,7 @@ from ..components.base import Component
 from ..components.layer import LayerRecord
 from ..components.network import Network
 from ..components.pooling import PoolingRecord
+from ..components.probe import ProbeRecord
 from .recording import Reader, Recorder
 
 __all__ = [
@@ -57,7 +58,8 @@ class Captured:
             :class:`~captum_decompx.adapters.Activation` step (its pre-activation) or a
             :class:`~captum_decompx.adapters.Norm` step.
         pooling: what the pooling recorded: the ids the model received and its pad token id,
-            for adapters that pool the last token that is not padding by id; else None.
+            for adapters that pool a token found by its id; else None.
+        probe: what an attention-pooling head recorded (``pooling="probe"``); else None.
     """
 
     output: Any
@@ -67,6 +69,7 @@ class Captured:
     final_norm_input: Optional[torch.Tensor]
     head_inputs: dict[int, torch.Tensor]
     pooling: Optional[PoolingRecord] = None
+    probe: Optional[ProbeRecord] = None
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -318,7 +321,14 @@ class Capture(HookedPass):
             logits = uncapped[0]
         record = self.network.read(Reader(self.recorder), self.model, self.layers)
         return Captured(
-            output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs, record.pooling
+            output,
+            logits,
+            record.layer_input,
+            record.layers,
+            record.final_norm_input,
+            record.head_inputs,
+            record.pooling,
+            record.probe,
         )
 
 

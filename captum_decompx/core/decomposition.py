@@ -34,6 +34,7 @@ from ..components import (
 from ..components.linear import affine
 from ..components.norms import norm_params
 from ..components.pooling import pool, pool_weights, recorded_position
+from ..components.probe import probe_pool
 from .capture import Captured
 from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory, readable_bytes
 
@@ -185,6 +186,9 @@ def propagate_and_pool(
         own_scale=own_scale,
         on_layer=on_layer,
     )
+    if parts.probe is not None:  # an attention-pooling head reads every row
+        assert captured.probe is not None, "the capture recorded no attention-pooling head"
+        return probe_pool(pieces, captured.probe.select(batch, dtype), parts.probe, settings)
     return pool(pieces, pooling[:, rows])
 
 
