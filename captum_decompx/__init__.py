@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .core.forward_contract import cosine_similarity_frozen_norm
     from .core.memory import DecompXMemoryError
     from .evaluation import MethodSpec, evaluate_faithfulness
+    from .interaction import ImageTextInteraction, image_text_interaction
     from .llm import LLMDecompX
     from .runs.attribute import attribute_dataset
     from .visualization import visualization_records, write_html, write_records_html
@@ -50,6 +51,8 @@ _EXPORTS: dict[str, str] = {
     "MethodSpec": "evaluation",
     "Norm": "adapters",
     "evaluate_faithfulness": "evaluation",
+    "ImageTextInteraction": "interaction",
+    "image_text_interaction": "interaction",
     "patch_heatmap": "visualization.image",
     "plot_patch_attribution": "visualization.image",
     "register_adapter": "adapters",
@@ -73,6 +76,7 @@ __all__ = [
     "DecompXMemoryError",
     "DecompXOutput",
     "GlobEnc",
+    "ImageTextInteraction",
     "LLMDecompX",
     "LayerPaths",
     "Linear",
@@ -82,6 +86,7 @@ __all__ = [
     "UnsupportedTaskError",
     "cosine_similarity_frozen_norm",
     "evaluate_faithfulness",
+    "image_text_interaction",
     "patch_heatmap",
     "plot_patch_attribution",
     "register_adapter",
