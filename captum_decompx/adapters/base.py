@@ -226,9 +226,8 @@ class Adapter:
 
     def for_inputs(self, inputs: torch.Tensor) -> "Adapter":
         """The adapter of the tower that takes ``inputs``: this one, or its counterpart when the
-        inputs are of the counterpart's kind (float (batch, channels, height, width) pixels, or
-        token ids)."""
-        kind = "pixels" if inputs.dim() == 4 and inputs.dtype.is_floating_point else "tokens"
+        inputs are of the counterpart's kind (floats are pixels, integers token ids)."""
+        kind = "pixels" if inputs.dtype.is_floating_point else "tokens"
         if kind != self.input_kind and self.counterpart is not None:
             return self.counterpart
         return self
