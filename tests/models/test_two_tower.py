@@ -244,3 +244,16 @@ def test_images_of_the_wrong_channels_or_size_are_refused(clip32):
         _quiet(explainer, "attribute", torch.randn(1, 3, 12, 12), 0, (ids, mask))
     with pytest.raises(ValueError, match="pixel_values of shape"):
         _quiet(explainer, "attribute", torch.randn(3, 8, 8), 0, (ids, mask))
+
+
+def test_another_image_size_is_decomposed_with_interpolated_positions(clip32, siglip32):
+    ids, mask = tt.clip_texts()
+    big = torch.randn(1, 3, 12, 12)
+
+    def forward(pixels, ids, mask):
+        return clip32(pixel_values=pixels, input_ids=ids, attention_mask=mask, interpolate_pos_encoding=True).logits_per_image
+
+    scores, delta = _quiet(DecompX(forward, model=clip32), "attribute", big, 0, (ids, mask), return_convergence_delta=True)
+    assert scores.shape == (1, 1 + 9) and float(delta.abs().max()) < 1e-5
+    with pytest.raises(RuntimeError, match="must match the size"):  # SigLIP's own refusal without interpolation
+        _quiet(DecompX(_image_forward(siglip32), model=siglip32), "attribute", big, 0, (tt.siglip_texts(),))
