@@ -297,7 +297,7 @@ def evaluate(model, images: Images, ig_steps: int, batch: int = 16, log: Callabl
 # The report
 
 
-def plot_examples(images: Images, scores: dict[str, Tensor], path: str, count: int = 4) -> None:
+def plot_examples(images: Images, scores: dict[str, Tensor], path: str, count: int = 4, dpi: int = 100) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -328,7 +328,7 @@ def plot_examples(images: Images, scores: dict[str, Tensor], path: str, count: i
         axis.set_xticks([])
         axis.set_yticks([])
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=dpi)
 
 
 def write_report(out: str, command: str, info: dict, results: dict) -> None:
@@ -357,6 +357,13 @@ def write_report(out: str, command: str, info: dict, results: dict) -> None:
             "scores on the object's pixels (each patch weighted by the fraction of its pixels inside the object). "
             "Random (expected): a uniformly random top patch, and scores spread evenly. Times are wall time per image "
             "in batches of 16 on this machine, shared with other work; compare them within this run only.",
+            "",
+            "## Examples",
+            "",
+            "Per row: the image, the object's mask, and each method's patch scores for the true label (blue towards "
+            "it, red away from it, each map scaled to its own largest magnitude; the object's patches outlined).",
+            "",
+            "![examples](vision_localisation.png)",
             "",
         ]
     )

@@ -162,4 +162,4 @@ def test_notebooks_use_paths_relative_to_the_tutorials_folder():
     for path in sorted(TUTORIALS.glob("*.ipynb")):
         source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
         assert "/work/" not in source and str(TUTORIALS.parent) not in source, path.name
-        assert "../models/minilm-sst2" in source, path.name
+        assert "../models/" in source, path.name  # the repository's models, by a path relative to tutorials/
