@@ -15,7 +15,7 @@ from the real embedding with the norms detached, and the other side's embeddings
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -23,9 +23,6 @@ from torch import Tensor
 from ..adapters.base import ContrastiveLogits, resolve
 from .head import HeadStepKind, register_head_step
 from .pieces import add_bias
-
-if TYPE_CHECKING:
-    pass
 
 _OWN, _OTHER = "contrastive: this side's embedding", "contrastive: the other side's embeddings"
 

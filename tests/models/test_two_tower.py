@@ -220,6 +220,7 @@ def test_a_text_without_its_end_of_text_token_is_refused(clip32):
     with pytest.raises(ValueError, match=r"Text example\(s\) \[0\] have no end-of-text token"):
         _quiet(explainer, "attribute", ids, 0, (images, None))
     assert all(not module._forward_hooks and not module._forward_pre_hooks for module in clip32.modules())
+    assert {clip32.config.text_config._attn_implementation, clip32.config.vision_config._attn_implementation} == {"sdpa"}
 
 
 def test_a_forward_returning_embeddings_is_refused(clip32):
