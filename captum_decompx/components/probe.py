@@ -125,6 +125,8 @@ def probe_pool(pieces: Tensor, record: ProbeRecord, params: ProbeParams, setting
     attended = add_bias(
         mixed @ params.output.weight.T, attention_bias(params.value, params.output, False, params.heads), settings
     )
+    if not settings.include_ffn:  # "w/o FFN": the head's MLP is left out, as the layers' are
+        return attended[:, 0]
     mlp_input = normalize(attended, record.norm_input, params.norm, settings)
     pooled = attended + feed_forward(mlp_input, record.pre_activation, params.feed_forward, settings)
     return pooled[:, 0]

@@ -258,3 +258,11 @@ def test_another_image_size_is_decomposed_with_interpolated_positions(clip32, si
     assert scores.shape == (1, 1 + 9) and float(delta.abs().max()) < 1e-5
     with pytest.raises(RuntimeError, match="must match the size"):  # SigLIP's own refusal without interpolation
         _quiet(DecompX(_image_forward(siglip32), model=siglip32), "attribute", big, 0, (tt.siglip_texts(),))
+
+
+def test_without_the_feed_forward_networks_fast_equals_exact_on_siglip(siglip32):
+    forward, inputs, others, target = _inputs(siglip32, "image")
+    options = dict(include_biases=False, include_ffn=False)
+    exact = _quiet(DecompX(forward, model=siglip32, algorithm="exact", **options), "attribute", inputs, target, others)
+    fast = _quiet(DecompX(forward, model=siglip32, algorithm="fast", **options), "attribute", inputs, target, others)
+    assert torch.allclose(fast, exact, atol=1e-5), (fast - exact).abs().max()
