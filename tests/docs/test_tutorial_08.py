@@ -33,5 +33,9 @@ def test_tutorial_8_runs_and_is_exact(monkeypatch):
     check(execute(NAME, monkeypatch))
 
 
-def test_stored_tutorial_8_says_the_same():
-    check(nbformat.read(TUTORIALS / NAME, as_version=4))
+def test_stored_tutorial_8_says_the_same_and_stays_small():
+    notebook = nbformat.read(TUTORIALS / NAME, as_version=4)
+    check(notebook)
+    assert (TUTORIALS / NAME).stat().st_size < 200_000
+    outputs = [output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not any(noise in text for text in outputs for noise in ("UserWarning", "Traceback", "/tmp/", "Loading weights"))
