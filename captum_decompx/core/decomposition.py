@@ -624,7 +624,11 @@ def fast(
         return FastResult(shares.permute(1, 2, 0), outputs)
     pooled = frozen.head_input
     if pooled is None:
-        raise RuntimeError("The frozen forward pass did not reach the classification head.")
+        raise RuntimeError(
+            "The frozen forward pass recorded no input of the classification head: it did not reach the head, or "
+            "the head does not start with a Linear or Norm step (SigLIP's image tower pools by attention and "
+            "has none). Use algorithm='exact' with include_head=False there."
+        )
     if pooled.dim() == 3:  # the head reads every position: pool here
         assert pooling is not None
         pooled = torch.einsum("bs,bsh->bh", pooling.to(pooled.dtype), pooled)

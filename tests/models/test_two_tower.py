@@ -266,3 +266,12 @@ def test_without_the_feed_forward_networks_fast_equals_exact_on_siglip(siglip32)
     exact = _quiet(DecompX(forward, model=siglip32, algorithm="exact", **options), "attribute", inputs, target, others)
     fast = _quiet(DecompX(forward, model=siglip32, algorithm="fast", **options), "attribute", inputs, target, others)
     assert torch.allclose(fast, exact, atol=1e-5), (fast - exact).abs().max()
+
+
+def test_without_the_head_the_exact_path_scores_siglip_image_pieces_and_the_fast_path_says_why_not(siglip32):
+    forward, inputs, others, _ = _inputs(siglip32, "image")
+    norms = _quiet(DecompX(forward, model=siglip32, algorithm="exact", include_head=False), "attribute", inputs, None, others)
+    assert norms.shape == (2, (tt.IMAGE // tt.PATCH) ** 2) and bool((norms >= 0).all())
+    fast = DecompX(forward, model=siglip32, include_head=False, include_biases=False, algorithm="fast")
+    with pytest.raises(RuntimeError, match="algorithm='exact' with include_head=False"):
+        _quiet(fast, "attribute", inputs, None, others)
