@@ -275,3 +275,17 @@ def test_without_the_head_the_exact_path_scores_siglip_image_pieces_and_the_fast
     fast = DecompX(forward, model=siglip32, include_head=False, include_biases=False, algorithm="fast")
     with pytest.raises(RuntimeError, match="algorithm='exact' with include_head=False"):
         _quiet(fast, "attribute", inputs, None, others)
+
+
+def test_a_legacy_clip_config_pools_at_the_largest_id():
+    """Configs made before transformers fixed CLIP's eos_token_id (it reads 2) pool at the largest id."""
+    config = tt.clip_config()
+    config.text_config.eos_token_id = 2
+    model = randomize_parameters(CLIPModel(config), seed=7)
+    ids = torch.tensor([[tt.BOS, 5, 40, 9, 2, 3], [tt.BOS, 3, 4, 45, 7, 8]])  # the largest ids sit at 2 and 3
+    images = tt.pixels(1, seed=2, dtype=torch.float32)
+    scores, delta = _quiet(
+        DecompX(_text_forward(model), model=model), "attribute", ids, 0, (images, None), return_convergence_delta=True
+    )
+    assert float(delta.abs().max()) < 1e-5
+    assert scores[0, 3:].abs().max() == 0 and scores[1, 4:].abs().max() == 0  # causal: nothing after the pooled token
