@@ -53,6 +53,7 @@ GRID = IMAGE // PATCH
 SHAPES = ("filled square", "hollow square", "plus", "diagonal cross")
 SHAPE_SIZE = 9
 CLUTTER_BLOBS = 10
+TEST_SEED = 10_000  # the held-out images, whatever the training seed
 METHODS = (
     "DecompX exact",
     "DecompX fast",
@@ -160,9 +161,9 @@ def accuracy(model, images: Images, batch: int = 256) -> float:
     return correct / images.labels.numel()
 
 
-def train(model, steps: int, batch: int, seed: int, log: Callable[[str], None] = print) -> dict:
-    """AdamW with a linear warm-up and cosine decay, on fresh images every step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+def train(model, steps: int, batch: int, seed: int, lr: float = 2e-3, log: Callable[[str], None] = print) -> dict:
+    """AdamW with a linear warm-up and cosine decay, on fresh images every step (drawn from ``seed``)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 20)
 
     def rate(step: int) -> float:
@@ -185,7 +186,7 @@ def train(model, steps: int, batch: int, seed: int, log: Callable[[str], None] =
         if (step + 1) % max(1, steps // 10) == 0:
             log(f"step {step + 1}/{steps}: loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)")
     model.eval()
-    return {"steps": steps, "batch": batch, "seconds": round(time.perf_counter() - started, 1)}
+    return {"steps": steps, "batch": batch, "seed": seed, "lr": lr, "seconds": round(time.perf_counter() - started, 1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,8 +345,13 @@ def write_report(out: str, command: str, info: dict, results: dict) -> None:
             f"Date: {info['date']}; machine: {info['machine']}; torch {info['torch']}, transformers {info['transformers']}; "
             f"torch threads {info['threads']}; load average before the run {info['load_average']}.",
             "",
-            f"Model: ViT, 4 layers, hidden 64, 4 heads, 4 x 4 patches on 32 x 32 images; trained {info['training']['steps']} steps "
-            f"of {info['training']['batch']} fresh images ({info['training']['seconds']} s); accuracy on the "
+            f"Model: ViT, 4 layers, hidden 64, 4 heads, 4 x 4 patches on 32 x 32 images; {info['model_source']}: trained "
+            + " then ".join(
+                f"{phase['steps']} steps of {phase['batch']} fresh images (data seed {phase['seed']}, lr {phase['lr']:g}, "
+                f"{phase['seconds']} s)"
+                for phase in info["training"]
+            )
+            + "; accuracy on the "
             f"{info['test_images']} held-out images: {info['accuracy']:.3f}. Scores for the true label; the patches only "
             "(DecompX's class-token share is no place in the image).",
             "",
@@ -369,6 +375,16 @@ def write_report(out: str, command: str, info: dict, results: dict) -> None:
     )
     with open(os.path.join(out, "vision_localisation.md"), "w") as handle:
         handle.write(text)
+
+
+def saved_phases(path: str) -> list[dict]:
+    """The training phases recorded with a model saved by ``--save-model``."""
+    with open(os.path.join(path, "training_info.json")) as handle:
+        saved = json.load(handle)
+    training = saved["training"]
+    if isinstance(training, dict):  # one phase, saved before phases were recorded
+        training = [{"seed": saved.get("seed", 0), "lr": 2e-3, **training}]
+    return training
 
 
 def machine_info() -> dict:
@@ -399,6 +415,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--save-model", default=None, help="also save the trained model (save_pretrained) there")
     parser.add_argument("--load-model", default=None, help="evaluate this saved model instead of training one")
+    parser.add_argument("--init-model", default=None, help="train this saved model further (its phases are kept)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.test_images, args.ig_steps = 20, 8, 4
@@ -409,15 +427,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from transformers import ViTForImageClassification
 
         model = ViTForImageClassification.from_pretrained(args.load_model, attn_implementation="eager").eval()
-        training = json.load(open(os.path.join(args.load_model, "training_info.json")))["training"]
+        training = saved_phases(args.load_model)
+        info["model_source"] = f"loaded from {args.load_model}, trained by this script (--save-model)"
+    elif args.init_model:
+        from transformers import ViTForImageClassification
+
+        model = ViTForImageClassification.from_pretrained(args.init_model, attn_implementation="eager")
+        training = saved_phases(args.init_model) + [train(model, args.steps, args.batch, args.seed, args.lr)]
+        info["model_source"] = f"trained further in this run from {args.init_model}"
     else:
         model = build_model(args.seed)
-        training = train(model, args.steps, args.batch, args.seed)
+        training = [train(model, args.steps, args.batch, args.seed, args.lr)]
+        info["model_source"] = "trained in this run"
     if args.save_model:
         model.save_pretrained(args.save_model)
         with open(os.path.join(args.save_model, "training_info.json"), "w") as handle:
-            json.dump({"training": training, "script": "benchmarks/vision_localisation.py", "seed": args.seed}, handle, indent=2)
-    test = make_images(args.test_images, seed=10_000 + args.seed)
+            json.dump({"training": training, "script": "benchmarks/vision_localisation.py"}, handle, indent=2)
+    test = make_images(args.test_images, seed=TEST_SEED)
     info.update(training=training, test_images=args.test_images, accuracy=accuracy(model, test))
     print(f"accuracy on {args.test_images} held-out images: {info['accuracy']:.3f}")
     evaluated = evaluate(model, test, args.ig_steps)
