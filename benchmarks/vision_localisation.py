@@ -366,8 +366,8 @@ def write_report(out: str, command: str, info: dict, results: dict) -> None:
             "",
             "## Examples",
             "",
-            "Per row: the image, the object's mask, and each method's patch scores for the true label (blue towards "
-            "it, red away from it, each map scaled to its own largest magnitude; the object's patches outlined).",
+            "Per row: the image, the object's mask, and each method's patch scores for the true label (red towards "
+            "it, blue away from it, each map scaled to its own largest magnitude; the object's patches outlined).",
             "",
             "![examples](vision_localisation.png)",
             "",
