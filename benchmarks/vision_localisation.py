@@ -216,7 +216,8 @@ def integrated_gradients_scores(model, pixels: Tensor, labels: Tensor, steps: in
 def input_x_gradient_scores(model, pixels: Tensor, labels: Tensor) -> Tensor:
     from captum.attr import InputXGradient
 
-    return _to_patches(InputXGradient(lambda x: model(pixel_values=x).logits).attribute(pixels.clone(), target=labels))
+    inputs = pixels.clone().requires_grad_(True)
+    return _to_patches(InputXGradient(lambda x: model(pixel_values=x).logits).attribute(inputs, target=labels).detach())
 
 
 def attention_rollout_scores(model, pixels: Tensor, labels: Tensor) -> Tensor:
