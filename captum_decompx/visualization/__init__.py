@@ -43,13 +43,12 @@ from .selection import LabelNames as LabelNames  # type aliases, public but not 
 from .selection import PathLike as PathLike
 from .selection import example_tokens
 from .selection import real_positions as real_positions  # public but not in __all__
-from .two_tower import pixel_attribution, plot_image_text_interaction, plot_image_text_view
+from .two_tower import plot_image_text_interaction, plot_image_text_view
 
 __all__ = [
     "attribution_color",
     "class_contributions_html",
     "example_tokens",
-    "pixel_attribution",
     "plot_image_text_interaction",
     "plot_image_text_view",
     "plot_class_contributions",

@@ -2,7 +2,8 @@
 per image, and the (position x token) interaction matrix of one pair.
 
 The image heatmaps are drawn by Captum's ``visualize_image_attr`` (``blended_heat_map``, signed),
-from :func:`pixel_attribution`, which spreads each patch's score over its pixels; the token rows
+from :func:`~captum_decompx.visualization.image.captum_image_inputs`, which spreads each patch's
+score over its pixels (a class token is not drawn: it is no place in the image); the token rows
 use the package's diverging colours (:mod:`captum_decompx.colors`). Figures are drawn on
 matplotlib's Agg canvas (pyplot and the global backend are untouched).
 """
@@ -16,32 +17,16 @@ from torch import Tensor
 
 from ..colors import signed_hex
 from .figures import _colormap, _new_figure
-from .image import patch_heatmap
+from .image import captum_image_inputs
 from .selection import PathLike
-
-
-def pixel_attribution(scores: Tensor, image_size: tuple[int, int], patch_size: int) -> np.ndarray:
-    """Patch scores as a per-pixel map for Captum's ``visualize_image_attr``.
-
-    Args:
-        scores: (positions,), a class token first (CLIP) or not (SigLIP), then the patches in
-            row-major order.
-        image_size: (height, width) of the model's input.
-
-    Returns:
-        (height, width, 1) float array: each pixel holds its patch's score (the class token's is
-        not drawn; it is the score of no place in the image).
-    """
-    return patch_heatmap(scores.detach().float().cpu(), image_size, patch_size).unsqueeze(-1).numpy()
 
 
 def _image_panel(figure: Any, axis: Any, image: Tensor, scores: Tensor, patch_size: int, title: str) -> None:
     from captum.attr import visualization
 
-    shown = image.detach().float().cpu()
-    shown = (shown - shown.min()) / (shown.max() - shown.min() + 1e-12)
-    picture = shown.permute(1, 2, 0).numpy()
-    attribution = pixel_attribution(scores, (int(shown.shape[1]), int(shown.shape[2])), patch_size)
+    ((attribution, picture),) = captum_image_inputs(
+        scores.detach().float().cpu(), image.detach().float().cpu(), patch_size=patch_size
+    )
     if not np.any(attribution):
         attribution = attribution + 1e-12  # Captum refuses an all-zero map; a blank one is drawn
     visualization.visualize_image_attr(
@@ -166,4 +151,4 @@ def plot_image_text_interaction(
     return figure
 
 
-__all__ = ["pixel_attribution", "plot_image_text_interaction", "plot_image_text_view"]
+__all__ = ["plot_image_text_interaction", "plot_image_text_view"]

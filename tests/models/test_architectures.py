@@ -56,7 +56,7 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 
 def test_every_listed_architecture_has_an_adapter():
     listed = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta-v2", "albert",
-              "modernbert", "vit", "gpt2", "llama", "qwen2", "mistral", "qwen3", "gemma", "gemma2", "gemma3_text",
+              "modernbert", "vit", "deit", "beit", "data2vec-vision", "dinov2", "swin", "gpt2", "llama", "qwen2", "mistral", "qwen3", "gemma", "gemma2", "gemma3_text",
               "phi3"}
     assert listed <= set(supported_model_types())
 

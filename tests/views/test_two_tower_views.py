@@ -1,22 +1,13 @@
-"""The image-text views: patch scores to pixels for Captum, the per-prompt view, the interaction plot."""
+"""The image-text views: the per-prompt view and the interaction plot."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from captum_decompx.visualization import pixel_attribution, plot_image_text_interaction, plot_image_text_view
+from captum_decompx.visualization import plot_image_text_interaction, plot_image_text_view
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def test_each_pixel_holds_its_patch_score_and_the_class_token_is_not_drawn():
-    scores = torch.tensor([100.0, 1.0, 2.0, 3.0, 4.0])  # class token, then a 2x2 grid
-    pixels = pixel_attribution(scores, (4, 4), patch_size=2)
-    assert pixels.shape == (4, 4, 1)
-    expected = [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
-    assert pixels[..., 0].tolist() == expected
-    assert pixel_attribution(scores[1:], (4, 4), patch_size=2).tolist() == pixels.tolist()  # no class token (SigLIP)
 
 
 def test_the_view_draws_one_row_per_prompt(tmp_path):
