@@ -12,7 +12,7 @@ the values of a fused map with grouped-query attention).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -162,6 +162,18 @@ class LayerPaths:
         cross = (self.cross_attention, self.cross_value, self.cross_output, self.cross_norm)
         if any(path is None for path in cross) and any(path is not None for path in cross):
             raise ValueError("A cross-attention block needs all of cross_attention, cross_value, cross_output and cross_norm.")
+
+    def with_cross_attention(self, module: str, value: str, output: str, norm: str) -> "LayerPaths":
+        """These paths in an encoder-decoder's decoder layer: ``module`` is the cross-attention
+        module, ``value`` and ``output`` its value map and ``W_O`` relative to it, ``norm`` the
+        block's normalization (relative to the layer)."""
+        return replace(
+            self,
+            cross_attention=module,
+            cross_value=f"{module}.{value}",
+            cross_output=f"{module}.{output}",
+            cross_norm=norm,
+        )
 
 
 def grouped_layer(

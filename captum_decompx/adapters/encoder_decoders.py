@@ -13,13 +13,12 @@ part of the recorded input of the stack's first layer.
 from __future__ import annotations
 
 import inspect
-from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import Adapter, EncoderStack, LayerPaths, Linear, ScaledLinear, TiedLinear, resolve
+from .base import Adapter, EncoderStack, LayerPaths, Linear, ScaledLinear, TiedLinear, grouped_layer, resolve
 
 __all__ = ["bart_family", "t5", "whisper"]
 
@@ -29,15 +28,7 @@ def _t5_layer(attention_block: int, ffn_block: int, gated: bool, cross: bool, on
     feed-forward block, each ``x + sublayer(rms_norm(x))``."""
     attention = f"layer.{attention_block}.SelfAttention"
     ffn = f"layer.{ffn_block}.DenseReluDense"
-    cross_paths: dict[str, Any] = {}
-    if cross:
-        cross_paths = dict(
-            cross_attention="layer.1.EncDecAttention",
-            cross_value="layer.1.EncDecAttention.v",
-            cross_output="layer.1.EncDecAttention.o",
-            cross_norm="layer.1.layer_norm",
-        )
-    return LayerPaths(
+    paths = LayerPaths(
         attention=attention,
         value=f"{attention}.v",
         attention_output=f"{attention}.o",
@@ -49,8 +40,8 @@ def _t5_layer(attention_block: int, ffn_block: int, gated: bool, cross: bool, on
         ffn_norm=f"layer.{ffn_block}.layer_norm",
         probs_index=2,  # T5Attention returns (output, position_bias, probs)
         probs_on_request=on_request,
-        **cross_paths,
     )
+    return paths.with_cross_attention("layer.1.EncDecAttention", "v", "o", "layer.1.layer_norm") if cross else paths
 
 
 def t5(model: nn.Module) -> Adapter:
@@ -89,24 +80,11 @@ def t5(model: nn.Module) -> Adapter:
     )
 
 
-BART_ENCODER_LAYER = LayerPaths(
-    attention="self_attn",
-    value="self_attn.v_proj",
-    attention_output="self_attn.out_proj",
-    attention_norm="self_attn_layer_norm",
-    ffn_in="fc1",
-    ffn_activation="activation_fn",
-    ffn_out="fc2",
-    ffn_norm="final_layer_norm",
+BART_ENCODER_LAYER = grouped_layer(
+    ("self_attn", "v_proj", "out_proj"), ("", "fc1", "activation_fn", "fc2"), ("self_attn_layer_norm", "final_layer_norm")
 )
 
-BART_DECODER_LAYER = replace(
-    BART_ENCODER_LAYER,
-    cross_attention="encoder_attn",
-    cross_value="encoder_attn.v_proj",
-    cross_output="encoder_attn.out_proj",
-    cross_norm="encoder_attn_layer_norm",
-)
+BART_DECODER_LAYER = BART_ENCODER_LAYER.with_cross_attention("encoder_attn", "v_proj", "out_proj", "encoder_attn_layer_norm")
 
 
 def bart_family(model: nn.Module) -> Adapter:

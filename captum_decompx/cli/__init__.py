@@ -60,6 +60,7 @@ from .explain import (
     write_class_contributions_png,
     write_html,
     write_png,
+    write_views,
 )
 from .llm import add_llm_command
 
@@ -80,12 +81,13 @@ def run_explain(args: argparse.Namespace, out: TextIO) -> int:
     explanation = explain_encoded(classifier, encoded, algorithm=args.algorithm)
     classes = list(range(len(explanation.labels))) if target is None else [target]
     print_explanation(explanation, classes, use_colour(args.color, out), out)
-    if html_path or png_path:
-        print("", file=out)
-    if html_path:
-        print(f"wrote the HTML view to {write_class_contributions_html(explanation, html_path)}", file=out)
-    if png_path:
-        print(f"wrote the per-class figure to {write_class_contributions_png(explanation, png_path)}", file=out)
+    write_views(
+        [
+            (html_path, "HTML view", lambda path: write_class_contributions_html(explanation, path)),
+            (png_path, "per-class figure", lambda path: write_class_contributions_png(explanation, path)),
+        ],
+        out,
+    )
     return 0
 
 

@@ -346,6 +346,21 @@ def use_colour(choice: str, out: TextIO) -> bool:
     return bool(getattr(out, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ
 
 
+def write_views(views: Sequence[tuple[Optional[Path], str, Callable[[Path], Path]]], out: TextIO) -> None:
+    """Writes the views that were asked for and says where, after a blank line.
+
+    Args:
+        views: ``(path, what, write)`` per view: the file (None: not asked for), what the view is
+            (``"HTML view"``), and the function that writes it there and returns the path written.
+        out: where the lines go.
+    """
+    wanted = [(path, what, write) for path, what, write in views if path is not None]
+    if wanted:
+        print("", file=out)
+    for path, what, write in wanted:
+        print(f"wrote the {what} to {write(path)}", file=out)
+
+
 def output_path(path: str) -> Path:
     """``path`` as a file to write, checked before any work is done."""
     target = Path(path).expanduser()

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .explain import CommandError, format_sum_check, output_path, quiet_transformers, readable_token
+from .explain import CommandError, format_sum_check, output_path, quiet_transformers, readable_token, write_views
 
 if TYPE_CHECKING:
     from ..demo_llm import LoadedCausalLM
@@ -122,12 +122,13 @@ def run_llm(args: argparse.Namespace, out: TextIO) -> int:
     print(f"algorithm: {args.algorithm}; each answer token's logit = its shares (LLMDecompX)", file=out)
     print("", file=out)
     print_llm_explanation(result, out)
-    if html_path or png_path:
-        print("", file=out)
-    if html_path:
-        print(f"wrote the token x token view (HTML) to {write_token_view_html(result, html_path)}", file=out)
-    if png_path:
-        print(f"wrote the token x token view (PNG) to {write_token_view_png(result, png_path)}", file=out)
+    write_views(
+        [
+            (html_path, "token x token view (HTML)", lambda path: write_token_view_html(result, path)),
+            (png_path, "token x token view (PNG)", lambda path: write_token_view_png(result, path)),
+        ],
+        out,
+    )
     return 0
 
 
