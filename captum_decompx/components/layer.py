@@ -301,25 +301,25 @@ class TransformerLayer(Component):
         cls, paths: LayerPaths, norm_position: str, force_output_attentions: Optional[tuple[int, str]] = None
     ) -> "TransformerLayer":
         """The layer whose modules sit at ``paths`` (``norm_position``: ``"post"`` or ``"pre"``)."""
-        cross = None
-        if paths.cross_attention is not None:
-            assert paths.cross_value is not None and paths.cross_output is not None
-            cross = CrossAttention(
-                paths.cross_attention,
-                LinearMap.at(paths.cross_value),
-                LinearMap.at(paths.cross_output),
+
+        def attention_at(
+            module: str, value: str, output: str
+        ) -> tuple[str, LinearMap, LinearMap, Optional[tuple[int, str]], int, bool]:
+            """The arguments of an attention component (self or cross) at these paths."""
+            return (
+                module,
+                LinearMap.at(value),
+                LinearMap.at(output),
                 force_output_attentions,
                 paths.probs_index,
                 paths.probs_on_request,
             )
-        attention_maps = (
-            paths.attention,
-            LinearMap.at(paths.value),
-            LinearMap.at(paths.attention_output),
-            force_output_attentions,
-            paths.probs_index,
-            paths.probs_on_request,
-        )
+
+        cross = None
+        if paths.cross_attention is not None:
+            assert paths.cross_value is not None and paths.cross_output is not None
+            cross = CrossAttention(*attention_at(paths.cross_attention, paths.cross_value, paths.cross_output))
+        attention_maps = attention_at(paths.attention, paths.value, paths.attention_output)
         return cls(
             attention=Attention(*attention_maps)
             if paths.attention_windows is None
