@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -353,6 +354,7 @@ def train(
     lr: float = 3e-3,
     seed: int = TRAIN_SEED,
     log_every: int = 250,
+    command: str = "python benchmarks/synthetic_translation.py",
 ):
     """Train the model on :data:`TRAIN_SENTENCES` generated pairs and store it with its vocabulary and record.
 
@@ -392,7 +394,7 @@ def train(
     model.save_pretrained(output)
     (output / "vocab.json").write_text(json.dumps(list(vocabulary.words), indent=0) + "\n")
     record = {
-        "command": "python benchmarks/synthetic_translation.py",
+        "command": command,
         "train_sentences": TRAIN_SENTENCES,
         "train_seed": seed,
         "steps": steps,
@@ -419,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train(args.output, steps=args.steps)
+    command = " ".join(["python benchmarks/synthetic_translation.py", *(sys.argv[1:] if argv is None else argv)])
+    train(args.output, steps=args.steps, command=command)
     return 0
 
 

@@ -212,7 +212,8 @@ def _reduce(attribution: Tensor, rows: Rows, reduction: str) -> Tensor:
 
 
 def integrated_gradients(steps: int, reduction: str) -> ScoreFunction:
-    """Captum ``IntegratedGradients`` on the source embeddings; baseline: ``<pad>`` at the words, ``</s>`` kept."""
+    """Captum ``IntegratedGradients`` on the source embeddings; baseline: the ``<pad>`` embedding at the
+    words, ``</s>`` kept."""
 
     def scores(model: torch.nn.Module, rows: Rows) -> Tensor:
         from captum.attr import IntegratedGradients
@@ -239,7 +240,7 @@ def input_x_gradient(reduction: str) -> ScoreFunction:
     def scores(model: torch.nn.Module, rows: Rows) -> Tensor:
         from captum.attr import InputXGradient
 
-        embeddings = source_embeddings(model, rows.src_ids).detach()
+        embeddings = source_embeddings(model, rows.src_ids).detach().requires_grad_(True)
         attribution = InputXGradient(embedding_forward(model)).attribute(
             embeddings, target=rows.targets, additional_forward_args=(rows.tgt_ids, rows.src_mask)
         )
@@ -553,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"unknown methods {unknown}; choose from {list(methods)}")
         methods = {key: methods[key] for key in keys}
     if args.train:
-        synthetic.train(args.model)
+        synthetic.train(args.model, command="python benchmarks/translation_alignment.py --train")
     model_path = Path(args.model)
     vocabulary = synthetic.Vocabulary.build()
     stored_vocabulary = json.loads((model_path / "vocab.json").read_text())

@@ -128,6 +128,34 @@ def test_rows_explain_each_target_word_where_it_is_predicted(synthetic, bench):
     assert rows.src_ids.shape == (len(pair.target), len(pair.source) + 1) and rows.source_words == len(pair.source)
 
 
+def test_gradient_methods_explain_each_word_at_its_own_step(synthetic, bench):
+    # Integrated Gradients is complete: each row's source scores (signed sum; </s> is the same in input and
+    # baseline, so it gets nothing) add up to logit(x) - logit(baseline) of that row's word at its step,
+    # computed here from the model's own token-id forward pass.
+    vocabulary = synthetic.Vocabulary.build()
+    model = synthetic.build_model(vocabulary, seed=3).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # random HF models have zero biases: redraw them all
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    pair = synthetic.generate_pairs(2, seed=0)[1]
+    rows = bench.sentence_rows(pair, vocabulary)
+    scores = bench.integrated_gradients(64, "sum")(model, rows)
+    baseline_ids = rows.src_ids.clone()
+    baseline_ids[:, : rows.source_words] = vocabulary.pad_id
+    with torch.no_grad():
+        logits = model(input_ids=rows.src_ids[:1], decoder_input_ids=rows.tgt_ids[:1]).logits[0]
+        baseline_logits = model(input_ids=baseline_ids[:1], decoder_input_ids=rows.tgt_ids[:1]).logits[0]
+    index = vocabulary.index
+    expected = torch.stack([logits[j, index[word]] - baseline_logits[j, index[word]] for j, word in enumerate(pair.target)])
+    assert torch.allclose(scores.sum(-1), expected, atol=2e-3 * expected.abs().max().item())
+    # Input x Gradient: the gradient of that same logit, dotted with the (scaled) source embedding
+    embeddings = bench.source_embeddings(model, rows.src_ids[:1]).detach().requires_grad_(True)
+    logit = model(inputs_embeds=embeddings, decoder_input_ids=rows.tgt_ids[:1]).logits[0, 2, index[pair.target[2]]]
+    (gradient,) = torch.autograd.grad(logit, embeddings)
+    by_hand = (gradient * embeddings)[0, : rows.source_words].sum(-1)
+    assert torch.allclose(bench.input_x_gradient("sum")(model, rows)[2], by_hand, atol=1e-5)
+
+
 def test_rollout_on_hand_made_attentions(bench, monkeypatch):
     # One encoder layer attending to itself (R_ss = I), two decoder layers whose self-attention is the
     # identity and whose cross-attention is C: after layer 1 the source share is 0.5 C, after layer 2
