@@ -146,9 +146,9 @@ def sentence_rows(pair: synthetic.SentencePair, vocabulary: synthetic.Vocabulary
     count = len(pair.target)
     targets = [(position, int(batch.labels[0, position])) for position in range(count)]
     return Rows(
-        batch.src_ids.expand(count, -1),
-        batch.src_mask.expand(count, -1),
-        batch.tgt_ids.expand(count, -1),
+        batch.src_ids.repeat(count, 1),
+        batch.src_mask.repeat(count, 1),
+        batch.tgt_ids.repeat(count, 1),
         targets,
         len(pair.source),
     )
@@ -491,11 +491,11 @@ def write_report(rows: list[dict], info: dict, output_dir: Path, name: str) -> N
             f"| {row['label']} | {row['aer']:.3f} | {low:.3f}–{high:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | "
             f"{row['aer_thresholded']:.3f} | {low_t:.3f}–{high_t:.3f} | {row['seconds_per_sentence']:.4f} |"
         )
-    lines += ["", "Methods:", ""]
+    lines += ["", f"![AER per method, 95% bootstrap intervals]({name}.png)", "", "Methods:", ""]
     for row in rows:
         lines.append(f"- {row['label']}: {row['description']}.")
-        if "skipped" in row:
-            lines.append(f"  Skipped: {row['skipped']}")
+        if "skipped" in row:  # the reason's first sentence (the whole message is in the JSON)
+            lines.append(f"  Skipped: {row['skipped'].split('. ')[0].rstrip('.')}.")
         if "max_abs_convergence_delta" in row:
             lines.append(f"  Largest |convergence delta| over all explained words: {row['max_abs_convergence_delta']:.2e}.")
     (output_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
@@ -520,7 +520,7 @@ def plot(rows: list[dict], path: Path, info: dict) -> None:
     axis.invert_yaxis()
     axis.set_xlabel("AER (lower is better), 95% bootstrap interval")
     axis.set_xlim(0, 1)
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="upper right", fontsize=8)
     axis.set_title(f"Synthetic translation, {info['sentences']} held-out sentences", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
