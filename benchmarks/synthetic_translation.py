@@ -1,4 +1,4 @@
-"""A synthetic translation task with a known word alignment, and the small Marian model trained on it.
+"""A synthetic translation task with a known word alignment, and the small BART (or Marian) model trained on it.
 
 The source language is verb-final with adjectives before the noun; the target language is English
 words in verb-second order with adjectives after the noun. Every source word is translated by a
@@ -19,10 +19,13 @@ Example::
 
     pairs = generate_pairs(3, seed=0)
     vocabulary = Vocabulary.build()
-    model = load_model()               # the stored weights in models/marian-synthetic-alignment
+    model = load_model()               # the stored weights in models/bart-synthetic-alignment
 
-``python benchmarks/synthetic_translation.py`` retrains the model and stores it (about 3 minutes on
-2 CPU cores); ``benchmarks/translation_alignment.py --train`` does the same before its benchmark.
+``python benchmarks/synthetic_translation.py`` retrains the model and stores it (a few minutes on one
+CPU thread); ``benchmarks/translation_alignment.py --train`` does the same before its benchmark. The
+stored model is a BART (``BartForConditionalGeneration``: post-LN, learned positions, biases in every
+layer); ``--architecture marian`` trains a ``MarianMTModel`` of the same size (the same layers with
+sinusoidal positions) instead.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from torch import Tensor
 
 REPO = Path(__file__).resolve().parent.parent
 #: Where the trained weights, the vocabulary and the training record are stored.
-MODEL_DIR = REPO / "models" / "marian-synthetic-alignment"
+MODEL_DIR = REPO / "models" / "bart-synthetic-alignment"
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 MIN_WORDS, MAX_WORDS = 4, 12
@@ -292,28 +295,37 @@ CONFIG = {
 }
 
 
-def build_model(vocabulary: Vocabulary, seed: int = 0):
-    """A fresh ``MarianMTModel`` from :data:`CONFIG` (sinusoidal positions, scaled and shared embeddings)."""
-    from transformers import MarianConfig, MarianMTModel
+def build_model(vocabulary: Vocabulary, seed: int = 0, architecture: str = "bart"):
+    """A fresh model from :data:`CONFIG`: ``"bart"`` (``BartForConditionalGeneration``: post-LN, learned
+    positions, ``layernorm_embedding``) or ``"marian"`` (``MarianMTModel``: sinusoidal positions); both
+    with scaled embeddings shared by encoder, decoder and LM head."""
+    import transformers
 
+    config_classes = {"bart": transformers.BartConfig, "marian": transformers.MarianConfig}
+    model_classes = {"bart": transformers.BartForConditionalGeneration, "marian": transformers.MarianMTModel}
+    if architecture not in config_classes:
+        raise ValueError(f"architecture must be one of {sorted(config_classes)}, got {architecture!r}.")
     torch.manual_seed(seed)
-    config = MarianConfig(
-        vocab_size=len(vocabulary.words),
-        decoder_vocab_size=len(vocabulary.words),
+    size = {"vocab_size": len(vocabulary.words)}
+    if architecture == "marian":
+        size["decoder_vocab_size"] = len(vocabulary.words)
+    config = config_classes[architecture](
+        **size,
         pad_token_id=vocabulary.pad_id,
         eos_token_id=vocabulary.eos_id,
+        bos_token_id=vocabulary.eos_id,
         decoder_start_token_id=vocabulary.pad_id,
         forced_eos_token_id=None,
         **CONFIG,
     )
-    return MarianMTModel(config)
+    return model_classes[architecture](config)
 
 
 def load_model(path: Path | str = MODEL_DIR):
     """The stored model (eval mode, float32, eager attention so attention weights can be returned)."""
-    from transformers import MarianMTModel
+    from transformers import AutoModelForSeq2SeqLM
 
-    return MarianMTModel.from_pretrained(path, attn_implementation="eager").eval()
+    return AutoModelForSeq2SeqLM.from_pretrained(path, attn_implementation="eager").eval()
 
 
 @torch.no_grad()
@@ -351,10 +363,11 @@ def train(
     output: Path | str = MODEL_DIR,
     steps: int = 2500,
     batch_size: int = 64,
-    lr: float = 3e-3,
+    lr: float = 1e-3,
     seed: int = TRAIN_SEED,
     log_every: int = 250,
     command: str = "python benchmarks/synthetic_translation.py",
+    architecture: str = "bart",
 ):
     """Train the model on :data:`TRAIN_SENTENCES` generated pairs and store it with its vocabulary and record.
 
@@ -363,7 +376,7 @@ def train(
     """
     vocabulary = Vocabulary.build()
     pairs = generate_pairs(TRAIN_SENTENCES, seed)
-    model = build_model(vocabulary, seed).train()
+    model = build_model(vocabulary, seed, architecture).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = steps // 20
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -395,6 +408,7 @@ def train(
     (output / "vocab.json").write_text(json.dumps(list(vocabulary.words), indent=0) + "\n")
     record = {
         "command": command,
+        "architecture": architecture,
         "train_sentences": TRAIN_SENTENCES,
         "train_seed": seed,
         "steps": steps,
@@ -414,15 +428,17 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train and store the synthetic-translation Marian model.")
+    parser = argparse.ArgumentParser(description="Train and store the synthetic-translation model.")
     parser.add_argument("--output", default=str(MODEL_DIR))
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--architecture", choices=("bart", "marian"), default="bart")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = " ".join(["python benchmarks/synthetic_translation.py", *(sys.argv[1:] if argv is None else argv)])
-    train(args.output, steps=args.steps, command=command)
+    train(args.output, steps=args.steps, lr=args.lr, command=command, architecture=args.architecture)
     return 0
 
 
