@@ -81,18 +81,48 @@ def aer(counts: Sequence[AlignmentCounts]) -> float:
     return 1.0 - 2.0 * hits / total
 
 
+def _resampled_aer(counts: Sequence[AlignmentCounts], draws: np.ndarray) -> np.ndarray:
+    """(resamples,) pooled AER of each resample; ``draws`` (resamples, sentences) are sentence indices."""
+    table = np.array([(count.hits, count.predicted + count.gold) for count in counts], dtype=np.float64)
+    sums = table[draws].sum(axis=1)  # (resamples, 2)
+    return 1.0 - 2.0 * sums[:, 0] / sums[:, 1]
+
+
+def _draws(sentences: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, sentences, size=(resamples, sentences))
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_aer(
     counts: Sequence[AlignmentCounts], resamples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the pooled AER, resampling sentences with replacement."""
-    table = np.array([(count.hits, count.predicted + count.gold) for count in counts], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(table), size=(resamples, len(table)))
-    sums = table[draws].sum(axis=1)  # (resamples, 2)
-    values = 1.0 - 2.0 * sums[:, 0] / sums[:, 1]
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    return _interval(_resampled_aer(counts, _draws(len(counts), resamples, seed)), level)
+
+
+def paired_bootstrap_difference(
+    counts: Sequence[AlignmentCounts],
+    reference: Sequence[AlignmentCounts],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """AER(counts) - AER(reference) on the same sentences, with a percentile bootstrap interval that
+    resamples the sentences once for both (paired).
+
+    Returns:
+        (difference, low, high).
+    """
+    if len(counts) != len(reference):
+        raise ValueError(f"paired counts need the same sentences: {len(counts)} and {len(reference)}.")
+    draws = _draws(len(counts), resamples, seed)
+    low, high = _interval(_resampled_aer(counts, draws) - _resampled_aer(reference, draws), level)
+    return aer(counts) - aer(reference), low, high
 
 
 def hard_alignment(scores: Tensor, threshold: float | None = None) -> set[tuple[int, int]]:
@@ -479,8 +509,15 @@ def evaluate(
     return results
 
 
+#: The method the others are compared with, sentence by sentence.
+REFERENCE = "decompx-exact"
+
+
 def summarize(results: dict[str, MethodResult], methods: dict[str, Method], resamples: int) -> list[dict]:
+    """One row per method: AER (argmax and thresholded) with intervals, precision, recall, cost, and the
+    paired difference of AER (argmax) with :data:`REFERENCE` where it ran."""
     rows = []
+    reference = results.get(REFERENCE)
     for key, result in results.items():
         row: dict = {"key": key, "label": methods[key].label, "description": methods[key].description}
         if result.skipped:
@@ -499,6 +536,8 @@ def summarize(results: dict[str, MethodResult], methods: dict[str, Method], resa
             )
             if methods[key].decompx and methods[key].scores.include_biases:  # type: ignore[attr-defined]
                 row["max_abs_convergence_delta"] = result.max_abs_delta
+            if reference is not None and not reference.skipped and key != REFERENCE:
+                row["difference_to_reference"] = paired_bootstrap_difference(result.argmax, reference.argmax, resamples)
         rows.append(row)
     return rows
 
@@ -559,6 +598,20 @@ def write_report(rows: list[dict], info: dict, output_dir: Path, name: str) -> N
             f"| {row['label']} | {row['aer']:.3f} | {low:.3f}–{high:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | "
             f"{row['aer_thresholded']:.3f} | {low_t:.3f}–{high_t:.3f} | {row['seconds_per_sentence']:.4f} |"
         )
+    compared = [row for row in rows if "difference_to_reference" in row]
+    if compared:
+        reference_label = next(row["label"] for row in rows if row["key"] == REFERENCE)
+        lines += [
+            "",
+            f"Paired differences with {reference_label} (AER argmax of the method minus its AER, on the same sentences; "
+            "95% interval of a bootstrap that resamples the sentences once for both; positive: the method aligns worse):",
+            "",
+            f"| Method | AER − AER({reference_label}) | 95% CI |",
+            "|---|---:|---:|",
+        ]
+        for row in compared:
+            difference, low, high = row["difference_to_reference"]
+            lines.append(f"| {row['label']} | {difference:+.3f} | {low:+.3f} to {high:+.3f} |")
     lines += ["", f"![AER per method, 95% bootstrap intervals]({name}.png)", "", "Methods:", ""]
     for row in rows:
         lines.append(f"- {row['label']}: {row['description']}.")

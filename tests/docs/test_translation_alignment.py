@@ -68,6 +68,19 @@ def test_bootstrap_interval(bench):
     assert bench.bootstrap_aer(mixed, resamples=500) == (low, high)  # seeded
 
 
+def test_paired_difference(bench):
+    good = bench.alignment_counts({(0, 0)}, {(0, 0)})
+    bad = bench.alignment_counts({(0, 1)}, {(0, 0)})
+    half = [good] * 10 + [bad] * 10
+    assert bench.paired_bootstrap_difference(half, half, resamples=200) == (0.0, 0.0, 0.0)  # same sentences, same AER
+    # better on every sentence: the difference and its whole interval are positive for the worse method
+    all_bad = [bad] * 20
+    difference, low, high = bench.paired_bootstrap_difference(all_bad, half, resamples=500)
+    assert difference == pytest.approx(0.5) and 0 < low <= 0.5 <= high <= 1.0
+    with pytest.raises(ValueError, match="same sentences"):
+        bench.paired_bootstrap_difference(half, half[:5])
+
+
 def test_hard_alignment_argmax_and_threshold(bench):
     scores = torch.tensor([[0.1, 0.9, 0.5], [-1.0, -2.0, -0.5], [0.3, 0.2, 0.31]])
     assert bench.hard_alignment(scores) == {(1, 0), (2, 1), (2, 2)}
