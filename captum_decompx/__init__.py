@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .adapters import (
         Activation,
         Adapter,
+        EncoderStack,
         LayerPaths,
         Linear,
         Norm,
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
     from .evaluation import MethodSpec, evaluate_faithfulness
     from .llm import LLMDecompX
     from .runs.attribute import attribute_dataset
+    from .seq2seq import Seq2SeqDecompX
     from .visualization import visualization_records, write_html, write_records_html
-    from .visualization.image import patch_heatmap, plot_patch_attribution
+    from .visualization.image import captum_image_inputs, patch_heatmap, pixel_attributions, plot_patch_attribution
 
 #: Public name -> the submodule that defines it (imported when the name is first used).
 _EXPORTS: dict[str, str] = {
@@ -43,14 +45,18 @@ _EXPORTS: dict[str, str] = {
     "DecompX": "attribution",
     "DecompXMemoryError": "core.memory",
     "DecompXOutput": "attribution",
+    "EncoderStack": "adapters",
     "GlobEnc": "baselines",
     "LLMDecompX": "llm",
     "LayerPaths": "adapters",
     "Linear": "adapters",
     "MethodSpec": "evaluation",
     "Norm": "adapters",
+    "Seq2SeqDecompX": "seq2seq",
     "evaluate_faithfulness": "evaluation",
+    "captum_image_inputs": "visualization.image",
     "patch_heatmap": "visualization.image",
+    "pixel_attributions": "visualization.image",
     "plot_patch_attribution": "visualization.image",
     "register_adapter": "adapters",
     "register_approximation": "components",
@@ -72,17 +78,21 @@ __all__ = [
     "DecompX",
     "DecompXMemoryError",
     "DecompXOutput",
+    "EncoderStack",
     "GlobEnc",
     "LLMDecompX",
     "LayerPaths",
     "Linear",
     "MethodSpec",
     "Norm",
+    "Seq2SeqDecompX",
     "attribute_dataset",
     "UnsupportedTaskError",
     "cosine_similarity_frozen_norm",
     "evaluate_faithfulness",
+    "captum_image_inputs",
     "patch_heatmap",
+    "pixel_attributions",
     "plot_patch_attribution",
     "register_adapter",
     "register_approximation",

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 from .adapters import Activation, Adapter
 from .components import BIAS_RULES, FFN_APPROXIMATIONS, HEAD_APPROXIMATIONS
 from .components.activations import check_fast_path_rule
-from .core import decomposition, validation
+from .core import decomposition, seq2seq, validation
 from .core.algorithms import ALGORITHM_NAMES, DecompXOutput, FrozenRun, choose_algorithm
 from .core.forward_contract import ExplainedOutput, explain_output, forward_output_tensor, select, target_index
-from .core.hooked_attribution import ForwardCapture, HookedModelAttribution, captum_entry_point, in_call_modes
+from .core.hooked_attribution import ForwardCapture, HookedModelAttribution, Inputs, captum_entry_point, in_call_modes
 from .core.memory import DEFAULT_MAX_MEMORY
 
 #: The algorithms that compute the decomposition (the ``algorithm=`` option).
@@ -155,30 +155,30 @@ class DecompX(HookedModelAttribution):
     @overload
     def attribute(
         self,
-        inputs: Union[Tensor, tuple[Tensor]],
+        inputs: Inputs,
         target: TargetType = None,
         additional_forward_args: Any = None,
         return_convergence_delta: Literal[False] = False,
         show_progress: bool = False,
         baselines: Any = None,
-    ) -> Union[Tensor, tuple[Tensor]]: ...
+    ) -> Inputs: ...
 
     @overload
     def attribute(
         self,
-        inputs: Union[Tensor, tuple[Tensor]],
+        inputs: Inputs,
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         return_convergence_delta: Literal[True],
         show_progress: bool = False,
         baselines: Any = None,
-    ) -> tuple[Union[Tensor, tuple[Tensor]], Tensor]: ...
+    ) -> tuple[Inputs, Tensor]: ...
 
     @captum_entry_point
     def attribute(
         self,
-        inputs: Union[Tensor, tuple[Tensor]],
+        inputs: Inputs,
         target: TargetType = None,
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
@@ -188,7 +188,8 @@ class DecompX(HookedModelAttribution):
         """Attribute what the forward function returns for the target to the input tokens.
 
         Args:
-            inputs: input ids (batch, seq) (or embeddings, pixels), or a 1-tuple of them.
+            inputs: input ids (batch, seq) (or embeddings, pixels), or a 1-tuple of them; an
+                encoder-decoder's ``(source_ids, target_ids)`` (see below).
             target: which value of the forward function's output to explain, in any form Captum
                 accepts: None for a (batch,) output or a single class; an int or a 1-tuple
                 ``(class,)`` for every example; one class per example (list, 1-D tensor); for
@@ -209,8 +210,16 @@ class DecompX(HookedModelAttribution):
             (batch, seq) contributions to the explained output (the inputs' format: a 1-tuple in,
             a 1-tuple out); without the head, the L2 norms of each token's piece of the pooled state.
             Multiple-choice ids (batch, choices, seq) give (batch, choices, seq).
+
+        Encoder-decoders (T5, the BART family) take ``inputs=(source_ids, target_ids)``, a forward
+        function ``f(source_ids, target_ids, *additional_forward_args)`` that returns the model's
+        logits (batch, target, vocab), and ``target=(position, token_id)``; they return
+        ``(attr_source (batch, source), attr_target (batch, target))``, which with the biases'
+        share sum to the explained logit (see ``docs/encoder_decoders.md``).
         """
         _warn_if_baselines(baselines)
+        if self.adapter.encoder is not None:
+            return self._attribute_seq2seq(inputs, target, additional_forward_args, return_convergence_delta)
         with self._call_modes():
             input_ids, as_tuple = self._input_ids(inputs)
             if return_convergence_delta and not self.include_head:
@@ -229,15 +238,55 @@ class DecompX(HookedModelAttribution):
             return attributions, scores.flatten(1).sum(-1) - explained.value.to(scores.dtype)
         return attributions
 
+    def _attribute_seq2seq(self, inputs: Any, target: TargetType, additional_forward_args: Any, return_convergence_delta: bool):
+        """:meth:`attribute` for an encoder-decoder: a pair of attributions (source, target prefix)."""
+        if not self.include_head:
+            raise ValueError("An encoder-decoder's target token is explained through its LM head: keep include_head=True.")
+        with self._call_modes():
+            source, target_prefix, explained = seq2seq.attribute(self, inputs, target, additional_forward_args)
+        attributions = (source, target_prefix)
+        if return_convergence_delta:
+            return attributions, source.sum(-1) + target_prefix.sum(-1) - explained.to(source.dtype)
+        return attributions
+
+    @in_call_modes
+    def decompose_target(
+        self,
+        inputs: tuple[Tensor, Tensor],
+        token_ids: Optional[Tensor] = None,
+        additional_forward_args: Any = None,
+    ) -> seq2seq.Seq2SeqDecomposition:
+        """An encoder-decoder's logit at every target position decomposed, all positions at once.
+
+        Row ``t`` explains the logit of ``token_ids[:, t]`` at target position ``t`` (the token
+        that follows ``target_ids[:, t]``, teacher-forced) over the source tokens and the target
+        prefix. One exact decomposition computes every row; the fast path runs one frozen forward
+        pass and one batched backward pass.
+
+        Args:
+            inputs: ``(source_ids (batch, source), target_ids (batch, target))``.
+            token_ids: (batch, target) the token explained at each position; None: the model's
+                most likely token there (greedy decoding).
+            additional_forward_args: passed to the forward function after the inputs.
+        """
+        if self.adapter.encoder is None:
+            raise ValueError(
+                f"decompose_target explains an encoder-decoder's target positions; the {self.adapter.name} model "
+                "is not one. Use attribute() or decompose()."
+            )
+        if not self.include_head:
+            raise ValueError("An encoder-decoder's target tokens are explained through its LM head: keep include_head=True.")
+        return seq2seq.decompose_target(self, inputs, token_ids, additional_forward_args)
+
     def compute_convergence_delta(
         self,
-        attributions: Union[Tensor, tuple[Tensor]],
+        attributions: Inputs,
         start_point: Any = None,
-        end_point: Union[None, Tensor, tuple[Tensor]] = None,
+        end_point: Optional[Inputs] = None,
         target: TargetType = None,
         additional_forward_args: Any = None,
         *,
-        inputs: Union[None, Tensor, tuple[Tensor]] = None,
+        inputs: Optional[Inputs] = None,
     ) -> Tensor:
         """``attributions.sum(-1) - explained`` per example, running the forward function.
 
@@ -274,12 +323,7 @@ class DecompX(HookedModelAttribution):
 
     @in_call_modes
     def decompose(
-        self,
-        inputs: Union[Tensor, tuple[Tensor]],
-        additional_forward_args: Any = None,
-        *,
-        return_token_maps: bool = False,
-        show_progress: bool = False,
+        self, inputs: Inputs, additional_forward_args: Any = None, *, return_token_maps: bool = False, show_progress: bool = False
     ) -> DecompXOutput:
         """Decompose every class logit of the model's own output over the input tokens.
 
@@ -294,6 +338,12 @@ class DecompX(HookedModelAttribution):
                 propagated decomposition (exact path; computes every row of every layer).
             show_progress: show a progress bar over the examples (exact path).
         """
+        if self.adapter.encoder is not None:
+            raise NotImplementedError(
+                f"decompose() decomposes every class of the output; for the {self.adapter.name} encoder-decoder "
+                "(a vocabulary at every target position) use decompose_target((source_ids, target_ids), token_ids), "
+                "or attribute((source_ids, target_ids), target=(position, token_id))."
+            )
         input_ids, _ = self._input_ids(inputs)
         return self.strategy.decompose(
             self, input_ids, additional_forward_args, token_maps=return_token_maps, show_progress=show_progress

@@ -23,7 +23,7 @@ its captured input is linear on the pieces: ``LN(z_ij) = gamma * (z_ij - mean(z_
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ from .adapters import resolve
 from .components import BiasMode, Settings, normalize
 from .core.capture import Captured
 from .core.decomposition import affine, norm_params, padding_mask, pool_weights
-from .core.hooked_attribution import HookedModelAttribution, captum_entry_point, in_call_modes
+from .core.hooked_attribution import HookedModelAttribution, Inputs, captum_entry_point, in_call_modes
 
 _NO_BIAS = Settings(bias_mode=BiasMode.DROP)
 ROW_EPS = 1e-12
@@ -81,12 +81,7 @@ class _RolloutAttribution(HookedModelAttribution):
             )
 
     @captum_entry_point
-    def attribute(
-        self,
-        inputs: Union[Tensor, tuple[Tensor]],
-        target: Any = None,
-        additional_forward_args: Any = None,
-    ) -> Union[Tensor, tuple[Tensor]]:
+    def attribute(self, inputs: Inputs, target: Any = None, additional_forward_args: Any = None) -> Inputs:
         """Score every input token by the pooled token's row of the rollout.
 
         Args:
@@ -111,7 +106,7 @@ class _RolloutAttribution(HookedModelAttribution):
         return (scores,) if as_tuple else scores
 
     @in_call_modes
-    def layer_matrices(self, inputs: Union[Tensor, tuple[Tensor]], additional_forward_args: Any = None) -> list[Tensor]:
+    def layer_matrices(self, inputs: Inputs, additional_forward_args: Any = None) -> list[Tensor]:
         """The per-layer row-stochastic matrices, before rollout.
 
         Returns:
@@ -121,7 +116,7 @@ class _RolloutAttribution(HookedModelAttribution):
 
     # Internals -------------------------------------------------------------------------------
 
-    def _capture(self, inputs: Union[Tensor, tuple[Tensor]], additional_forward_args: Any) -> Captured:
+    def _capture(self, inputs: Inputs, additional_forward_args: Any) -> Captured:
         input_ids, _ = self._input_ids(inputs)
         return self._capture_forward(input_ids, additional_forward_args, tap=False).captured
 

@@ -100,6 +100,11 @@ class LLMDecompX:
         self.tokenizer = tokenizer
         self.one_pass = one_pass
         self.decompx = DecompX(self._next_token_logits, model=model, **options)
+        if self.decompx.adapter.encoder is not None:
+            raise ValueError(
+                f"LLMDecompX explains causal language models; {type(model).__name__} is an encoder-decoder. Use "
+                "captum_decompx.Seq2SeqDecompX(model, tokenizer), which explains its target over the source."
+            )
 
     def _next_token_logits(self, input_ids: Tensor) -> Tensor:
         return self.model(input_ids=input_ids).logits[:, -1, :]

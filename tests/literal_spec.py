@@ -58,6 +58,9 @@ class NormWeights:
     # Gemma's RMSNorm stores its gain as an offset from one: it multiplies by ``1 + weight``, in
     # float32 (the real forward pass does the same to reproduce it).
     gain_is_one_plus_weight: bool = False
+    # T5's RMSNorm computes its statistic and rsqrt in float32, also in a float64 model, and
+    # multiplies the float64 input by that float32 factor.
+    statistic_in_float32: bool = False
 
     def gain(self) -> Optional[Tensor]:
         """What the normalized vector is multiplied by."""
@@ -67,6 +70,10 @@ class NormWeights:
 
     def scale(self, u: Tensor) -> float:
         """``s = sqrt(statistic(u) + eps)`` of one real input vector ``u`` (d,)."""
+        if self.statistic_in_float32:
+            assert self.kind == "rms"
+            x = u.to(torch.float32)
+            return 1.0 / float(torch.rsqrt(x.pow(2).mean() + self.eps))
         values = [float(x) for x in u]
         if self.kind == "rms":
             statistic = sum(x * x for x in values) / len(values)
@@ -115,6 +122,11 @@ class LayerWeights:
 
     ``heads`` query heads read ``kv_heads`` key-value heads: query head ``h`` reads key-value head
     ``h // (heads // kv_heads)``. ``ffn_gate`` is set for gated units ``act(gate(x)) * ffn_in(x)``.
+    ``attention_scale``, ``ffn_scale`` (d,): a layer scale multiplying each block's output before
+    its residual (BEiT's ``lambda_1``/``lambda_2``, DINOv2's ``layer_scale1``/``layer_scale2``).
+    ``score_bias`` (heads, N, N): added to the attention scores before the softmax (BEiT's
+    relative position bias). ``allowed`` (N, N) bool: the keys each query may attend to (Swin's
+    windows; None: all).
     """
 
     query: Affine
@@ -131,6 +143,36 @@ class LayerWeights:
     ffn_gate: Optional[Affine] = None
     norm1_output: Optional[NormWeights] = None
     norm2_output: Optional[NormWeights] = None
+    attention_scale: Optional[Tensor] = None
+    ffn_scale: Optional[Tensor] = None
+    score_bias: Optional[Tensor] = None
+    allowed: Optional[Tensor] = None
+
+
+@dataclass
+class Merge:
+    """A patch merging (Swin) of the token grid ``grid`` (height, width), rows in row-major order:
+    the merged token at (r, c) is ``reduction(norm(concat(x[2r, 2c], x[2r + 1, 2c], x[2r, 2c + 1],
+    x[2r + 1, 2c + 1])))``, a zero state where a place lies outside the grid (an odd side)."""
+
+    grid: tuple[int, int]
+    norm: NormWeights
+    reduction: Affine
+
+    def concatenate(self, x: Tensor) -> Tensor:
+        """(height * width, d) -> (ceil(height / 2) * ceil(width / 2), 4 * d): the four states of
+        each 2x2 block side by side."""
+        height, width = self.grid
+        dim = x.shape[-1]
+        merged = []
+        for r in range((height + 1) // 2):
+            for c in range((width + 1) // 2):
+                parts = []
+                for row, col in ((2 * r, 2 * c), (2 * r + 1, 2 * c), (2 * r, 2 * c + 1), (2 * r + 1, 2 * c + 1)):
+                    inside = row < height and col < width
+                    parts.append(x[row * width + col] if inside else torch.zeros(dim, dtype=x.dtype))
+                merged.append(torch.cat(parts))
+        return torch.stack(merged)
 
 
 @dataclass
@@ -140,6 +182,9 @@ class ModelWeights:
     ``head`` is a list of :class:`Affine`, :class:`Activation` and :class:`NormWeights` steps.
     ``rotary(x, head_dim)`` rotates (N, head_dim) queries or keys by their positions.
     ``softmax(scores)`` is the attention softmax over the last axis.
+    ``merges``: per layer index, the patch merging after that layer (Swin's stages).
+    ``score_scale`` multiplies ``q k^T`` (None: ``1 / sqrt(head_dim)``); ``position_bias(N)``
+    (heads, N, N) is added to the scores (T5's relative position bias).
     """
 
     layers: list[LayerWeights]
@@ -149,6 +194,9 @@ class ModelWeights:
     causal: bool = False
     rotary: Optional[Callable[[Tensor], Tensor]] = None
     softmax: Callable[[Tensor], Tensor] = field(default=lambda scores: torch.softmax(scores, dim=-1))
+    merges: dict[int, Merge] = field(default_factory=dict)
+    score_scale: Optional[float] = None
+    position_bias: Optional[Callable[[int], Tensor]] = None
 
 
 def float32_softmax(scores: Tensor) -> Tensor:
@@ -177,6 +225,48 @@ class LayerTrace:
     norm2_input: Tensor
     norm1_output_input: Optional[Tensor] = None
     norm2_output_input: Optional[Tensor] = None
+    cross_alpha: Optional[Tensor] = None  # (heads, T, S), a decoder layer's cross-attention
+    cross_norm_input: Optional[Tensor] = None  # (T, d), the input of its block's norm
+
+
+def _scale(x: Tensor, scale: Optional[Tensor]) -> Tensor:
+    """A layer scale on the last axis; ``x`` itself without one."""
+    return x if scale is None else x * scale
+
+
+@dataclass
+class Pool:
+    """A pooled vector that concatenates ``len(groups)`` weighted sums of rows: group ``g`` is
+    ``sum_i groups[g][i] * x[i]`` (``{0: 1.0}`` the first token; ``{i: 1 / P for i in 1..P}`` the
+    mean of the patches). DINOv2 reads ``[CLS, mean of patches]``, DeiT's teacher ``[CLS, DIST]``."""
+
+    groups: list[dict[int, float]]
+
+
+def pool_rows(x: Tensor, pooled: "int | Pool") -> Tensor:
+    """The pooled vector of hidden states x (N, d): row ``pooled``, or a :class:`Pool`'s concatenation."""
+    if isinstance(pooled, int):
+        return x[pooled]
+    parts = []
+    for group in pooled.groups:
+        total = torch.zeros(x.shape[-1], dtype=DTYPE)
+        for row, weight in group.items():
+            total = total + weight * x[row]
+        parts.append(total)
+    return torch.cat(parts)
+
+
+@dataclass
+class MeanOfHeads:
+    """A head step: ``mean_g heads[g](part_g)`` over ``len(heads)`` equal parts of its input (DeiT's
+    teacher: the CLS classifier on the CLS token, the distillation classifier on the distillation
+    token, averaged)."""
+
+    heads: list[Affine]
+
+    def __call__(self, y: Tensor) -> Tensor:
+        parts = y.chunk(len(self.heads), dim=-1)
+        return sum(head(part) for head, part in zip(self.heads, parts)) / len(self.heads)
 
 
 @dataclass
@@ -185,6 +275,8 @@ class Trace:
     final_norm_input: Optional[Tensor]
     head_inputs: list[Optional[Tensor]]  # per head step: its real input (d,) for activations/norms
     logits: Tensor  # (C,)
+    merge_inputs: dict[int, Tensor] = field(default_factory=dict)  # per merge: its norm's real input (N', 4d)
+    hidden: Optional[Tensor] = None  # (N, d), every row after the last layer and the final norm
 
 
 def _head_block(weight_or_bias: Tensor, head: int, head_dim: int) -> Tensor:
@@ -208,6 +300,8 @@ def real_attention(
     head_dim = layer.output.weight.shape[1] // layer.heads
     group = layer.heads // layer.kv_heads
     q, k, v = layer.query(x), layer.key(x), layer.value(x)
+    scale = 1.0 / math.sqrt(head_dim) if model.score_scale is None else model.score_scale
+    position_bias = None if model.position_bias is None else model.position_bias(seq)
     alpha = torch.zeros(layer.heads, seq, seq, dtype=DTYPE)
     context = torch.zeros(seq, layer.heads * head_dim, dtype=DTYPE)
     for h in range(layer.heads):
@@ -220,14 +314,23 @@ def real_attention(
         if given_alpha is not None:
             alpha[h] = given_alpha[h]
         else:
-            scores = q_h @ k_h.T / math.sqrt(head_dim)
+            scores = q_h @ k_h.T * scale
+            if layer.score_bias is not None:
+                scores = scores + layer.score_bias[h]
+            if position_bias is not None:
+                scores = scores + position_bias[h]
             allowed = torch.ones(seq, seq, dtype=torch.bool)
             if model.causal:
                 allowed &= ~torch.ones(seq, seq, dtype=torch.bool).triu(1)
             if keys is not None:
                 allowed &= keys.view(1, seq)
+            if layer.allowed is not None:
+                allowed &= layer.allowed
             for i in range(seq):
-                if bool(allowed[i].any()):
+                if layer.allowed is not None:  # a softmax over the query's window only, as the model runs it
+                    window = allowed[i].nonzero().flatten()
+                    alpha[h, i, window] = model.softmax(scores[i : i + 1, window])[0]
+                elif bool(allowed[i].any()):
                     alpha[h, i] = model.softmax(scores[i : i + 1].masked_fill(~allowed[i : i + 1], float("-inf")))[0]
         context[:, h * head_dim : (h + 1) * head_dim] = alpha[h] @ v_h
     return layer.output(context), alpha
@@ -245,6 +348,7 @@ def real_forward(
     keys a query may attend to, e.g. the padded example's attention mask (see :func:`real_attention`)."""
     x = embeddings
     traces = []
+    merge_inputs: dict[int, Tensor] = {}
     for index, layer in enumerate(model.layers):
         given = None if alphas is None else alphas[index]
         if layer.norm1_output is not None:
@@ -267,7 +371,7 @@ def real_forward(
         if model.pre_norm:
             norm1_input = x
             attended, alpha = real_attention(layer, layer.norm1(x), model, given, keys)
-            x = x + attended
+            x = x + _scale(attended, layer.attention_scale)
             norm2_input = x
             normed = layer.norm2(x)
         else:
@@ -282,19 +386,27 @@ def real_forward(
             hidden = layer.activation.function(pre_activation)
         ffn_output = layer.ffn_out(hidden)
         if model.pre_norm:
-            x = x + ffn_output
+            x = x + _scale(ffn_output, layer.ffn_scale)
         else:
             norm2_input = normed + ffn_output
             x = layer.norm2(norm2_input)
         traces.append(LayerTrace(alpha, norm1_input, pre_activation, norm2_input))
+        if index in model.merges:
+            merge = model.merges[index]
+            merge_inputs[index] = merge.concatenate(x)
+            x = merge.reduction(merge.norm(merge_inputs[index]))
     final_norm_input = None
     if model.final_norm is not None:
         final_norm_input = x
         x = model.final_norm(x)
-    y = x[pooled_row]
+    hidden = x
+    y = pool_rows(x, pooled_row)
     head_inputs: list[Optional[Tensor]] = []
     for step in model.head:
-        if isinstance(step, Affine):
+        if isinstance(step, MeanOfHeads):
+            head_inputs.append(None)
+            y = step(y)
+        elif isinstance(step, Affine):
             head_inputs.append(None)
             y = step(y)
         elif isinstance(step, Activation):
@@ -303,7 +415,7 @@ def real_forward(
         else:
             head_inputs.append(y)
             y = step(y.unsqueeze(0)).squeeze(0)
-    return Trace(traces, final_norm_input, head_inputs, y)
+    return Trace(traces, final_norm_input, head_inputs, y, merge_inputs=merge_inputs, hidden=hidden)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,10 +521,18 @@ def activate(pieces: Tensor, a: Tensor, activation: Activation, approximation: s
 
 
 def attention(
-    values_from: Tensor, residual: Tensor, layer: LayerWeights, alpha: Tensor, first: bool, mode: str, rule: str
+    values_from: Tensor,
+    residual: Tensor,
+    layer: LayerWeights,
+    alpha: Tensor,
+    first: bool,
+    mode: str,
+    rule: str,
+    scale: Optional[Tensor] = None,
 ) -> Tensor:
     """Steps 1-2: ``Z[i, k] = sum_h sum_j alpha[h, i, j] * (X[j, k] @ W_v^h) @ W_O^h``, then
     ``R = Z + residual`` and the attention bias through the bias rule with weights from ``R``.
+    A layer scale ``scale`` (d,) multiplies ``Z`` and the attention bias before the residual.
 
     In the first layer the value bias belongs to each token (``V[j, j] += b_v``) and only ``b_O``
     is left; later, ``b_att = sum_h W_O^h b_v^h + b_O`` (query head ``h`` reads key-value head
@@ -445,6 +565,11 @@ def attention(
                 layer.value.bias, kv, head_dim
             )
         attention_bias = carried if attention_bias is None else carried + attention_bias
+    if scale is not None:
+        for k in range(tokens):
+            for i in range(seq):
+                mixed[i, k] = scale * mixed[i, k]
+        attention_bias = None if attention_bias is None else scale * attention_bias
     return add_bias(mixed + residual, attention_bias, mode, rule)
 
 
@@ -458,6 +583,44 @@ def feed_forward(pieces: Tensor, layer: LayerWeights, a: Tensor, approximation: 
     else:
         hidden = activate(hidden, a, layer.activation, approximation, mode, rule)
     return linear(hidden, layer.ffn_out, mode, rule)
+
+
+def propagate_layer(
+    model: ModelWeights,
+    layer: LayerWeights,
+    real: LayerTrace,
+    x: Tensor,
+    first: bool,
+    mode: str,
+    rule: str,
+    ffn_approximation: str,
+) -> Tensor:
+    """One encoder or decoder-only layer on a decomposition ``x`` (rows, N, d), as the model's norms sit."""
+    if layer.norm1_output is not None:
+        # sandwich: x -> h = x + norm1o(attn(norm1(x))) -> h + norm2o(ffn(norm2(h))). The
+        # attention bias is part of the sublayer's output, before its norm: it is spread with
+        # weights from the attention's own pieces Z (no residual in the sum yet).
+        normed = normalize(x, real.norm1_input, layer.norm1, mode, rule, own_bias=first)
+        z = attention(normed, torch.zeros_like(x), layer, real.alpha, first, mode, rule)
+        h = x + normalize(z, real.norm1_output_input, layer.norm1_output, mode, rule)
+        normed2 = normalize(h, real.norm2_input, layer.norm2, mode, rule)
+        f = feed_forward(normed2, layer, real.pre_activation, ffn_approximation, mode, rule)
+        return h + normalize(f, real.norm2_output_input, layer.norm2_output, mode, rule)
+    if model.pre_norm:
+        # x -> h = x + attn(norm1(x)) -> h + ffn(norm2(h)); the first norm acts before any
+        # mixing, so its bias belongs to each token.
+        normed = normalize(x, real.norm1_input, layer.norm1, mode, rule, own_bias=first)
+        h = attention(normed, x, layer, real.alpha, first, mode, rule, scale=layer.attention_scale)
+        normed2 = normalize(h, real.norm2_input, layer.norm2, mode, rule)
+        f = feed_forward(normed2, layer, real.pre_activation, ffn_approximation, mode, rule)
+        if layer.ffn_scale is not None:  # a layer scale: a linear map without bias, piece by piece
+            for k in range(f.shape[1]):
+                f[:, k] = layer.ffn_scale * f[:, k]
+        return h + f
+    # x -> h = norm1(x + attn(x)) -> norm2(h + ffn(h))
+    h = normalize(attention(x, x, layer, real.alpha, first, mode, rule), real.norm1_input, layer.norm1, mode, rule)
+    f = feed_forward(h, layer, real.pre_activation, ffn_approximation, mode, rule)
+    return normalize(h + f, real.norm2_input, layer.norm2, mode, rule)
 
 
 @dataclass
@@ -488,41 +651,238 @@ def decompose(
         x[k, k] = embeddings[k]
     layer_outputs = []
     for index, (layer, real) in enumerate(zip(model.layers, trace.layers)):
-        first = index == 0
-        if layer.norm1_output is not None:
-            # sandwich: x -> h = x + norm1o(attn(norm1(x))) -> h + norm2o(ffn(norm2(h))). The
-            # attention bias is part of the sublayer's output, before its norm: it is spread with
-            # weights from the attention's own pieces Z (no residual in the sum yet).
-            normed = normalize(x, real.norm1_input, layer.norm1, mode, rule, own_bias=first)
-            z = attention(normed, torch.zeros_like(x), layer, real.alpha, first, mode, rule)
-            h = x + normalize(z, real.norm1_output_input, layer.norm1_output, mode, rule)
-            normed2 = normalize(h, real.norm2_input, layer.norm2, mode, rule)
-            f = feed_forward(normed2, layer, real.pre_activation, ffn_approximation, mode, rule)
-            x = h + normalize(f, real.norm2_output_input, layer.norm2_output, mode, rule)
-        elif model.pre_norm:
-            # x -> h = x + attn(norm1(x)) -> h + ffn(norm2(h)); the first norm acts before any
-            # mixing, so its bias belongs to each token.
-            normed = normalize(x, real.norm1_input, layer.norm1, mode, rule, own_bias=first)
-            h = attention(normed, x, layer, real.alpha, first, mode, rule)
-            normed2 = normalize(h, real.norm2_input, layer.norm2, mode, rule)
-            x = h + feed_forward(normed2, layer, real.pre_activation, ffn_approximation, mode, rule)
-        else:
-            # x -> h = norm1(x + attn(x)) -> norm2(h + ffn(h))
-            h = normalize(attention(x, x, layer, real.alpha, first, mode, rule), real.norm1_input, layer.norm1, mode, rule)
-            f = feed_forward(h, layer, real.pre_activation, ffn_approximation, mode, rule)
-            x = normalize(h + f, real.norm2_input, layer.norm2, mode, rule)
+        x = propagate_layer(model, layer, real, x, index == 0, mode, rule, ffn_approximation)
+        if index in model.merges:  # piece k of a merged token: the four tokens' pieces k, side by side
+            merge = model.merges[index]
+            merged = torch.stack([merge.concatenate(x[:, k]) for k in range(seq)], dim=1)
+            normed = normalize(merged, trace.merge_inputs[index], merge.norm, mode, rule)
+            x = linear(normed, merge.reduction, mode, rule)
         layer_outputs.append(x)
     if model.final_norm is not None:
         x = normalize(x, trace.final_norm_input, model.final_norm, mode, rule)
-    y = x[pooled_row : pooled_row + 1]  # (1, N, d): pooling selects one row
+    y = torch.zeros(1, seq, pool_rows(x[:, 0], pooled_row).shape[0], dtype=DTYPE)  # (1, N, pooled width)
+    for k in range(seq):  # pooling: a linear selection of rows, piece by piece
+        y[0, k] = pool_rows(x[:, k], pooled_row)
     for step, real_input in zip(model.head, trace.head_inputs):
-        if isinstance(step, Affine):
+        if isinstance(step, MeanOfHeads):  # each map on its part, its bias spread over its own output
+            parts = y.chunk(len(step.heads), dim=-1)
+            outputs = [linear(part, head, mode, rule) for head, part in zip(step.heads, parts)]
+            y = sum(outputs[1:], outputs[0]) / len(step.heads)
+        elif isinstance(step, Affine):
             y = linear(y, step, mode, rule)
         elif isinstance(step, Activation):
             y = activate(y, real_input.unsqueeze(0), step, head_approximation, mode, rule)
         else:
             y = normalize(y, real_input.unsqueeze(0), step, mode, rule)
     return Decomposition(y[0], layer_outputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder-decoders: the decoder's rows decomposed over the target prefix and the source
+
+
+@dataclass
+class CrossWeights:
+    """A decoder layer's cross-attention (queries from the decoder, keys and values from the
+    encoder's output) and its block's norm; ``scale`` multiplies the scores ``q k^T``."""
+
+    query: Affine
+    key: Affine
+    value: Affine
+    output: Affine
+    heads: int
+    norm: NormWeights
+    scale: float
+
+
+@dataclass
+class Seq2SeqWeights:
+    """An encoder-decoder: the encoder (``head`` empty), the decoder (``causal``; ``head`` the LM
+    head, a single :class:`Affine`) and one :class:`CrossWeights` per decoder layer."""
+
+    encoder: ModelWeights
+    decoder: ModelWeights
+    cross: list[CrossWeights]
+
+
+@dataclass
+class Seq2SeqTrace:
+    encoder: Trace  # its ``hidden``: the encoder's output (S, d)
+    decoder: list[LayerTrace]  # with cross_alpha and cross_norm_input
+    decoder_final_norm_input: Optional[Tensor]
+    logits: Tensor  # (T, vocab): every target position's logits
+
+
+def real_cross_attention(cross: CrossWeights, x: Tensor, memory: Tensor, keys: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Cross-attention of the decoder rows ``x`` (T, d) over the encoder's output ``memory``
+    (S, d); ``keys`` (S,) bool: the source tokens that may be attended to. Returns the block's
+    output (T, d) and alpha (heads, T, S)."""
+    rows, sources = x.shape[0], memory.shape[0]
+    head_dim = cross.output.weight.shape[1] // cross.heads
+    q, k, v = cross.query(x), cross.key(memory), cross.value(memory)
+    alpha = torch.zeros(cross.heads, rows, sources, dtype=DTYPE)
+    context = torch.zeros(rows, cross.heads * head_dim, dtype=DTYPE)
+    for h in range(cross.heads):
+        block = slice(h * head_dim, (h + 1) * head_dim)
+        scores = q[:, block] @ k[:, block].T * cross.scale
+        if keys is not None:
+            scores = scores.masked_fill(~keys.view(1, sources), float("-inf"))
+        alpha[h] = torch.softmax(scores, dim=-1)
+        context[:, block] = alpha[h] @ v[:, block]
+    return cross.output(context), alpha
+
+
+def _ffn_of(layer: LayerWeights, normed: Tensor) -> tuple[Tensor, Tensor]:
+    """The feed-forward unit's real output and its activation's (or gate's) input."""
+    if layer.ffn_gate is not None:
+        pre_activation = layer.ffn_gate(normed)
+        return layer.ffn_out(layer.activation.function(pre_activation) * layer.ffn_in(normed)), pre_activation
+    pre_activation = layer.ffn_in(normed)
+    return layer.ffn_out(layer.activation.function(pre_activation)), pre_activation
+
+
+def real_seq2seq_forward(
+    weights: Seq2SeqWeights,
+    source_embeddings: Tensor,
+    target_embeddings: Tensor,
+    *,
+    encoder_alphas: Optional[list[Tensor]] = None,
+    decoder_alphas: Optional[list[Tensor]] = None,
+) -> Seq2SeqTrace:
+    """The model's forward pass on one example (source (S, d), target prefix (T, d) embeddings),
+    recording the spec's captures; self-attention probabilities may be taken as given (T5's
+    relative position bias only shapes them)."""
+    encoder = real_forward(weights.encoder, source_embeddings, 0, alphas=encoder_alphas)
+    memory = encoder.hidden
+    assert memory is not None
+    decoder = weights.decoder
+    x = target_embeddings
+    traces = []
+    for index, (layer, cross) in enumerate(zip(decoder.layers, weights.cross)):
+        given = None if decoder_alphas is None else decoder_alphas[index]
+        if decoder.pre_norm:
+            # x -> h = x + attn(norm1(x)) -> c = h + cross(norm_c(h)) -> c + ffn(norm2(c))
+            norm1_input = x
+            attended, alpha = real_attention(layer, layer.norm1(x), decoder, given)
+            h = x + attended
+            cross_norm_input = h
+            crossed, cross_alpha = real_cross_attention(cross, cross.norm(h), memory, None)
+            c = h + crossed
+            norm2_input = c
+            ffn_output, pre_activation = _ffn_of(layer, layer.norm2(c))
+            x = c + ffn_output
+        else:
+            # x -> h = norm1(x + attn(x)) -> c = norm_c(h + cross(h)) -> norm2(c + ffn(c))
+            attended, alpha = real_attention(layer, x, decoder, given)
+            norm1_input = x + attended
+            h = layer.norm1(norm1_input)
+            crossed, cross_alpha = real_cross_attention(cross, h, memory, None)
+            cross_norm_input = h + crossed
+            c = cross.norm(cross_norm_input)
+            ffn_output, pre_activation = _ffn_of(layer, c)
+            norm2_input = c + ffn_output
+            x = layer.norm2(norm2_input)
+        traces.append(
+            LayerTrace(
+                alpha, norm1_input, pre_activation, norm2_input, cross_alpha=cross_alpha, cross_norm_input=cross_norm_input
+            )
+        )
+    final_norm_input = None
+    if decoder.final_norm is not None:
+        final_norm_input = x
+        x = decoder.final_norm(x)
+    (head,) = decoder.head
+    return Seq2SeqTrace(encoder, traces, final_norm_input, head(x))
+
+
+def cross_attention(encoder_pieces: Tensor, residual: Tensor, cross: CrossWeights, alpha: Tensor, mode: str, rule: str) -> Tensor:
+    """``Z[i, k] = sum_h sum_s alpha[h, i, s] * (E[s, k] @ W_v^h) @ W_O^h`` over the decomposed
+    encoder output ``E`` (S, P, d), then ``R = Z + residual`` (T, P, d) and the block's bias
+    ``sum_h W_O^h b_v^h + b_O`` through the bias rule with weights from ``R`` (the encoder's output
+    is already mixed: no bias belongs to a token here)."""
+    sources, tokens, dim = encoder_pieces.shape
+    rows = residual.shape[0]
+    head_dim = cross.output.weight.shape[1] // cross.heads
+    values = torch.zeros(sources, tokens, cross.value.weight.shape[0], dtype=DTYPE)
+    for k in range(tokens):
+        values[:, k] = encoder_pieces[:, k] @ cross.value.weight.T
+    mixed = torch.zeros(rows, tokens, dim, dtype=DTYPE)
+    for k in range(tokens):
+        for i in range(rows):
+            total = torch.zeros(dim, dtype=DTYPE)
+            for h in range(cross.heads):
+                block = slice(h * head_dim, (h + 1) * head_dim)
+                for s_ in range(sources):
+                    total = total + alpha[h, i, s_] * (values[s_, k, block] @ cross.output.weight[:, block].T)
+            mixed[i, k] = total
+    bias = cross.output.bias
+    if cross.value.bias is not None:
+        carried = torch.zeros(dim, dtype=DTYPE)
+        for h in range(cross.heads):
+            block = slice(h * head_dim, (h + 1) * head_dim)
+            carried = carried + cross.output.weight[:, block] @ cross.value.bias[block]
+        bias = carried if bias is None else carried + bias
+    return add_bias(mixed + residual, bias, mode, rule)
+
+
+@dataclass
+class Seq2SeqDecomposition:
+    """contributions: (T, T + S, vocab): row ``t``, piece ``k``: target-prefix token ``k`` for
+    ``k < T``, source token ``k - T`` after; every target position's logits decomposed."""
+
+    contributions: Tensor
+
+
+def decompose_seq2seq(
+    weights: Seq2SeqWeights,
+    source_embeddings: Tensor,
+    target_embeddings: Tensor,
+    trace: Seq2SeqTrace,
+    *,
+    mode: str = "rule",
+    rule: str = "absdot",
+    ffn_approximation: str = "zo",
+) -> Seq2SeqDecomposition:
+    """DecompX of an encoder-decoder, literally: the encoder from ``X0[s, k] = e_s [s == k]``;
+    the decoder from ``Y0[t, k] = f_t [t == k]`` over ``T + S`` pieces, the source pieces entering
+    through each layer's cross-attention; then the LM head on every row."""
+    assert mode in MODES
+    sources, dim = source_embeddings.shape
+    targets = target_embeddings.shape[0]
+    encoder = weights.encoder
+    x = torch.zeros(sources, sources, dim, dtype=DTYPE)
+    for k in range(sources):
+        x[k, k] = source_embeddings[k]
+    for index, (layer, real) in enumerate(zip(encoder.layers, trace.encoder.layers)):
+        x = propagate_layer(encoder, layer, real, x, index == 0, mode, rule, ffn_approximation)
+    if encoder.final_norm is not None:
+        x = normalize(x, trace.encoder.final_norm_input, encoder.final_norm, mode, rule)
+    memory = torch.zeros(sources, targets + sources, dim, dtype=DTYPE)
+    memory[:, targets:] = x
+    decoder = weights.decoder
+    y = torch.zeros(targets, targets + sources, dim, dtype=DTYPE)
+    for t in range(targets):
+        y[t, t] = target_embeddings[t]
+    for index, (layer, cross, real) in enumerate(zip(decoder.layers, weights.cross, trace.decoder)):
+        first = index == 0
+        if decoder.pre_norm:
+            # the cross block's norm feeds only its queries, which act through the real alpha
+            normed = normalize(y, real.norm1_input, layer.norm1, mode, rule, own_bias=first)
+            h = attention(normed, y, layer, real.alpha, first, mode, rule)
+            c = cross_attention(memory, h, cross, real.cross_alpha, mode, rule)
+            normed2 = normalize(c, real.norm2_input, layer.norm2, mode, rule)
+            y = c + feed_forward(normed2, layer, real.pre_activation, ffn_approximation, mode, rule)
+        else:
+            h = normalize(attention(y, y, layer, real.alpha, first, mode, rule), real.norm1_input, layer.norm1, mode, rule)
+            c = normalize(
+                cross_attention(memory, h, cross, real.cross_alpha, mode, rule), real.cross_norm_input, cross.norm, mode, rule
+            )
+            f = feed_forward(c, layer, real.pre_activation, ffn_approximation, mode, rule)
+            y = normalize(c + f, real.norm2_input, layer.norm2, mode, rule)
+    if decoder.final_norm is not None:
+        y = normalize(y, trace.decoder_final_norm_input, decoder.final_norm, mode, rule)
+    (head,) = decoder.head
+    return Seq2SeqDecomposition(linear(y, head, mode, rule))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -599,6 +959,15 @@ def affine_of(module: torch.nn.Module) -> Affine:
     """An ``nn.Linear``'s weight and bias, as float64 copies."""
     bias = None if module.bias is None else module.bias.detach().to(DTYPE)
     return Affine(module.weight.detach().to(DTYPE), bias)
+
+
+def affine_block_of(module: torch.nn.Module, index: int, count: int) -> Affine:
+    """The ``index``-th of ``count`` equal blocks of an ``nn.Linear``'s output features (a fused
+    map's part), as float64 copies."""
+    size = module.weight.shape[0] // count
+    rows = slice(index * size, (index + 1) * size)
+    bias = None if module.bias is None else module.bias.detach()[rows].to(DTYPE)
+    return Affine(module.weight.detach()[rows].to(DTYPE), bias)
 
 
 def norm_of(module: torch.nn.Module, kind: str = "layer") -> NormWeights:

@@ -11,10 +11,26 @@ from torch import nn
 
 from ..components.registry import Registry
 from .albert import ALBERT
-from .base import Activation, Adapter, HeadStep, LayerPaths, Linear, Norm, resolve, split_block
+from .base import (
+    Activation,
+    Adapter,
+    EncoderStack,
+    HeadStep,
+    LayerPaths,
+    Linear,
+    MeanOfLinears,
+    Norm,
+    ScaledLinear,
+    Stages,
+    Windows,
+    grouped_layer,
+    resolve,
+    split_block,
+)
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
+from .encoder_decoders import bart_family, t5, whisper
 from .modernbert import modernbert
 from .tasks import (
     ALBERT_MLM_HEAD,
@@ -31,7 +47,7 @@ from .tasks import (
     electra_multiple_choice_head,
     task_of,
 )
-from .vision import vit
+from .vision import beit, deit, dinov2, swin, vit
 from .wrappers import unwrap_model
 
 AdapterOrFactory = Union[Adapter, Callable[[nn.Module], Adapter]]
@@ -107,8 +123,8 @@ def adapter_for(model: nn.Module) -> Adapter:
 def _check_head_paths(model: nn.Module, adapter: Adapter, model_type: str | None) -> None:
     """Refuse, naming the task, a model whose head is not where the adapter says (e.g. an
     ``AlbertForQuestionAnswering`` under the ALBERT classifier's adapter)."""
-    for step in adapter.head:
-        path = getattr(step, "path", None)
+    paths = [path for step in adapter.head for path in (getattr(step, "path", None), *getattr(step, "paths", ()))]
+    for path in paths:
         if not isinstance(path, str):
             continue
         module_path, _ = split_block(path)
@@ -158,25 +174,38 @@ register_adapter(
     ),
 )
 register_adapter("vit", vit)
+register_adapter("deit", deit)
+register_adapter(("beit", "data2vec-vision"), beit)
+register_adapter("dinov2", dinov2)
+register_adapter("swin", swin)
 register_adapter("gpt2", gpt2)
 register_adapter(("llama", "qwen2", "qwen3", "mistral", "gemma"), llama_family)
 register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)
 register_adapter("phi3", phi3)
+register_adapter("t5", t5)
+register_adapter(("bart", "mbart", "marian", "pegasus", "m2m_100"), bart_family)
+register_adapter("whisper", whisper)
 
 __all__ = [
     "Activation",
     "Adapter",
+    "EncoderStack",
     "HeadStep",
     "LayerPaths",
     "Linear",
+    "MeanOfLinears",
     "Norm",
+    "ScaledLinear",
+    "Stages",
     "TaskHeads",
     "UnsupportedTaskError",
     "adapter_for",
+    "grouped_layer",
     "register_adapter",
     "resolve",
     "position_offset",
     "supported_model_types",
     "task_of",
     "unregister_adapter",
+    "Windows",
 ]

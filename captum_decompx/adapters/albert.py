@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, LayerPaths, dense_head
+from .base import Adapter, dense_head, grouped_layer
 
 
 def _albert_layers(model: nn.Module) -> list[nn.Module]:
@@ -24,15 +24,9 @@ def _albert_layers(model: nn.Module) -> list[nn.Module]:
 ALBERT = Adapter(
     name="albert",
     layers=_albert_layers,
-    layer=LayerPaths(
-        attention="attention",
-        value="attention.value",
-        attention_output="attention.dense",
-        attention_norm="attention.LayerNorm",
-        ffn_in="ffn",
-        ffn_activation="activation",
-        ffn_out="ffn_output",
-        ffn_norm="full_layer_layer_norm",
+    # the feed-forward maps and activation sit in the layer itself
+    layer=grouped_layer(
+        ("attention", "value", "dense"), ("", "ffn", "activation", "ffn_output"), ("attention.LayerNorm", "full_layer_layer_norm")
     ),
     head=dense_head("base_model.pooler", "base_model.pooler_activation", "classifier"),
 )

@@ -20,9 +20,22 @@ from torch import nn
 
 from .wrappers import running_module, unwrap_model
 
-POOLING_MODES = ("first", "last", "mean", "each", "last_non_pad_token", "first_real")
+POOLING_MODES = (
+    "first",
+    "last",
+    "mean",
+    "each",
+    "last_non_pad_token",
+    "first_real",
+    "patch_mean",
+    "first_and_patch_mean",
+    "first_two",
+)
+#: Pooling modes whose pooled vector concatenates several pooled rows (their widths add up).
+CONCATENATING_POOLINGS = ("first_and_patch_mean", "first_two")
 NORM_POSITIONS = ("post", "pre")
 INPUT_KINDS = ("tokens", "pixels")
+ENCODER_INPUTS = ("tokens", "features")
 
 _BLOCK = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<count>\d+)\]$")
 _RANGE = re.compile(r"^(?P<path>.+)\[(?P<start>\d+):(?P<stop>\d+)\]$")
@@ -41,6 +54,43 @@ Block = Union[tuple[int, int], FeatureRange]
 
 
 @dataclass(frozen=True)
+class Windows:
+    """Attention computed in (shifted) windows of the layer's token grid, as Swin's layers do: the
+    grid (height, width) is the layer's argument ``grid_argument`` (position, name); the window
+    side and the cyclic shift are the layer's attributes ``window_size`` and ``shift_size`` after
+    its call. The windowed probabilities are read as the full (seq x seq) attention they are: zero
+    between tokens of different windows."""
+
+    grid_argument: tuple[int, str] = (1, "input_dimensions")
+    window_size: str = "window_size"
+    shift_size: str = "shift_size"
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Layers grouped in stages, each stage but the last followed by a patch merging (Swin): the
+    merging module concatenates the states of each 2x2 block of the token grid (in the order
+    (0, 0), (1, 0), (0, 1), (1, 1) of (row, column) offsets), normalizes them and maps them
+    linearly; the merged token's decomposition stays over the first layer's tokens.
+
+    Attributes:
+        path: the stage list, relative to the top model.
+        blocks: each stage's layer list, relative to the stage.
+        merging: the merging module, relative to the stage (None, or absent, in a stage without).
+        norm, reduction: the merging module's normalization and linear map, relative to it.
+        grid_argument: (position, name) of the merging module's argument that holds the grid
+            (height, width) it merges.
+    """
+
+    path: str
+    blocks: str = "blocks"
+    merging: str = "downsample"
+    norm: str = "norm"
+    reduction: str = "reduction"
+    grid_argument: tuple[int, str] = (1, "input_dimensions")
+
+
+@dataclass(frozen=True)
 class LayerPaths:
     """Paths, relative to one layer, of the modules DecompX reads.
 
@@ -52,13 +102,31 @@ class LayerPaths:
         attention_norm: normalization of the attention block: after its residual (post-LN) or
             on its input (pre-LN). An ``nn.Identity`` there means no normalization.
         ffn_in: first linear map of the feed-forward network (the "up" half of a gated unit).
-        ffn_activation: the activation, a module or function reachable by attribute.
+        ffn_activation: the activation, a module or function reachable by attribute, or the
+            function itself where the unit calls it from no attribute (DINOv2's SwiGLU unit in
+            transformers 4.x calls ``nn.functional.silu``).
         ffn_out: last linear map of the feed-forward network.
         ffn_norm: normalization of the feed-forward block (after its residual, or on its input).
         ffn_gate: for gated units ``act(gate(x)) * ffn_in(x)``, the gate's linear map.
         attention_output_norm: a normalization of the attention block's output before its
             residual is added (Gemma 2/3's sandwich ``post_attention_layernorm``); None: none.
         ffn_output_norm: the same for the feed-forward block (``post_feedforward_layernorm``).
+        attention_scale: a layer scale (a per-channel vector ``lambda``, BEiT's ``lambda_1``,
+            DINOv2's ``layer_scale1.lambda1``) by which the attention block's output is multiplied
+            before its residual is added; a path to the vector (a parameter or a plain number,
+            1.0 meaning none); None: no layer scale.
+        ffn_scale: the same for the feed-forward block's output (``lambda_2``, ``layer_scale2.lambda1``).
+        attention_windows: the attention runs in (shifted) windows of the token grid (Swin), see
+            :class:`Windows`; None: over the whole sequence.
+        cross_attention: in an encoder-decoder's decoder layer, the cross-attention module (its
+            output is ``(output, probs)`` or, with ``probs_index``, holds the probabilities
+            ``(batch, heads, target, source)`` there); None in any other layer. The block sits
+            between self-attention and the feed-forward block, in its own residual.
+        cross_value: the cross-attention's value map (applied to the encoder's output).
+        cross_output: the cross-attention's output map (``W_O``).
+        cross_norm: the cross-attention block's normalization (placed as ``attention_norm``).
+        probs_index: where the attention modules' outputs hold the probabilities (T5's return
+            ``(output, position_bias, probs)``: 2).
     """
 
     attention: str
@@ -66,12 +134,98 @@ class LayerPaths:
     attention_output: str
     attention_norm: str
     ffn_in: str
-    ffn_activation: str
+    ffn_activation: Union[str, Callable[[torch.Tensor], torch.Tensor]]
     ffn_out: str
     ffn_norm: str
     ffn_gate: Optional[str] = None
     attention_output_norm: Optional[str] = None
     ffn_output_norm: Optional[str] = None
+    attention_scale: Optional[str] = None
+    ffn_scale: Optional[str] = None
+    attention_windows: Optional[Windows] = None
+    cross_attention: Optional[str] = None
+    cross_value: Optional[str] = None
+    cross_output: Optional[str] = None
+    cross_norm: Optional[str] = None
+    probs_index: int = 1
+
+    def __post_init__(self) -> None:
+        cross = (self.cross_attention, self.cross_value, self.cross_output, self.cross_norm)
+        if any(path is None for path in cross) and any(path is not None for path in cross):
+            raise ValueError("A cross-attention block needs all of cross_attention, cross_value, cross_output and cross_norm.")
+
+
+def grouped_layer(
+    attention: tuple[str, str, str],
+    feed_forward: tuple[str, str, str, str],
+    norms: tuple[str, str],
+    *,
+    gate: Optional[str] = None,
+) -> LayerPaths:
+    """The :class:`LayerPaths` of the common layout: the value map and ``W_O`` inside the attention
+    module, the feed-forward maps and activation inside one feed-forward module.
+
+    Args:
+        attention: ``(module, value, output)``: the attention module (relative to the layer), then
+            its value map and ``W_O`` relative to it, e.g. ``("self_attn", "v_proj", "o_proj")``.
+        feed_forward: ``(module, in, activation, out)``: the feed-forward module (``""``: the layer
+            itself), then its first map, activation and last map relative to it.
+        norms: ``(attention_norm, ffn_norm)``, relative to the layer.
+        gate: for a gated unit, the gate's map, relative to the feed-forward module.
+
+    Example: ``grouped_layer(("attn", "c_attn[2/3]", "c_proj"), ("mlp", "c_fc", "act", "c_proj"),
+    ("ln_1", "ln_2"))`` is GPT-2's layer.
+    """
+    module, value, output = attention
+    ffn, ffn_in, activation, ffn_out = feed_forward
+
+    def in_ffn(name: str) -> str:
+        return f"{ffn}.{name}" if ffn else name
+
+    return LayerPaths(
+        attention=module,
+        value=f"{module}.{value}",
+        attention_output=f"{module}.{output}",
+        attention_norm=norms[0],
+        ffn_in=in_ffn(ffn_in),
+        ffn_activation=in_ffn(activation),
+        ffn_out=in_ffn(ffn_out),
+        ffn_norm=norms[1],
+        ffn_gate=None if gate is None else in_ffn(gate),
+    )
+
+
+@dataclass(frozen=True)
+class EncoderStack:
+    """The encoder of an encoder-decoder model, walked before the decoder.
+
+    Attributes:
+        layers: path, relative to the top model, of the encoder's ``nn.ModuleList`` of layers.
+        layer: paths inside each encoder layer (no cross-attention).
+        final_norm: path of the norm on the encoder's output (pre-LN models), or None.
+        norm_position: ``"post"`` or ``"pre"``, as :attr:`Adapter.norm_position`.
+        input_kind: ``"tokens"`` (source ids, one piece per token) or ``"features"`` (a float
+            tensor such as Whisper's log-mel features; one piece per position of the encoder's
+            first layer, e.g. each audio frame after the convolutional stem).
+    """
+
+    layers: str
+    layer: LayerPaths
+    final_norm: Optional[str] = None
+    norm_position: str = "post"
+    input_kind: str = "tokens"
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (
+            ("norm_position", self.norm_position, NORM_POSITIONS),
+            ("input_kind", self.input_kind, ENCODER_INPUTS),
+        ):
+            if value not in choices:
+                raise ValueError(f"EncoderStack {name}={value!r} is not one of {choices}.")
+
+    def layer_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The encoder's layers in execution order."""
+        return list(resolve(model, self.layers))
 
 
 class HeadStep:
@@ -92,6 +246,28 @@ class TiedLinear(Linear):
     top model), as DeBERTa-v2's masked-LM head computes it outside any linear module."""
 
     bias: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class MeanOfLinears(HeadStep):
+    """A head step: the mean of several linear maps, map ``g`` applied to the ``g``-th equal part of
+    the pooled vector (DeiT's teacher classifier averages the CLS head on the CLS token and the
+    distillation head on the distillation token, pooled by ``"first_two"``). Paths are relative to
+    the top model; each map's bias is spread over the pieces of its own output."""
+
+    paths: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.paths) < 1:
+            raise ValueError("MeanOfLinears needs at least one path.")
+
+
+@dataclass(frozen=True)
+class ScaledLinear(Linear):
+    """A head step: the linear map at ``path`` applied to its input times ``scale`` (T5's
+    ``d_model ** -0.5`` rescale of the decoder's output before a tied LM head)."""
+
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +336,14 @@ class Adapter:
         logit_softcap: the model returns ``cap * tanh(z / cap)`` of the head's output ``z`` (the
             final-logit soft-cap of Gemma 2/3 causal LMs). This is nonlinear and not decomposed:
             DecompX explains ``z``, the logits before the cap, and warns on every capture.
+        stages: the layers are grouped in stages joined by patch mergings (Swin), see
+            :class:`Stages`; ``layers`` then lists the stages' layers in execution order.
+        fixed_image_size: an image model that reads images of ``config.image_size`` only, unless
+            its call asks it to interpolate its position embeddings (ViT, DeiT): other sizes are
+            refused when the forward function is the model itself.
+        encoder: an encoder-decoder's encoder (:class:`EncoderStack`); the other fields then
+            describe the decoder, whose layers have a cross-attention block, and its LM head
+            (``pooling="each"``). None for encoder-only and decoder-only models.
     """
 
     name: str
@@ -173,8 +357,16 @@ class Adapter:
     force_output_attentions: Optional[tuple[int, str]] = None
     input_kind: str = "tokens"
     logit_softcap: Optional[float] = None
+    fixed_image_size: bool = False
+    stages: Optional[Stages] = None
+    encoder: Optional[EncoderStack] = None
 
     def __post_init__(self) -> None:
+        if self.encoder is not None and (self.layer.cross_attention is None or self.pooling != "each"):
+            raise ValueError(
+                "An encoder-decoder adapter (encoder=...) describes its decoder: its layer paths need the "
+                "cross_attention block and its head is read at every position (pooling='each')."
+            )
         for name, value, choices in (
             ("pooling", self.pooling, POOLING_MODES),
             ("norm_position", self.norm_position, NORM_POSITIONS),

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import torch
 
-from .base import Adapter, LayerPaths, dense_head
+from .base import Adapter, LayerPaths, dense_head, grouped_layer
 
 #: The ``model_type``s built like RoBERTa (same layout and heads).
 ROBERTA_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
@@ -35,15 +35,8 @@ ELECTRA = replace(BERT, name="electra", head=dense_head("classifier.dense", "cla
 DISTILBERT = Adapter(
     name="distilbert",
     layers="base_model.transformer.layer",
-    layer=LayerPaths(
-        attention="attention",
-        value="attention.v_lin",
-        attention_output="attention.out_lin",
-        attention_norm="sa_layer_norm",
-        ffn_in="ffn.lin1",
-        ffn_activation="ffn.activation",
-        ffn_out="ffn.lin2",
-        ffn_norm="output_layer_norm",
+    layer=grouped_layer(
+        ("attention", "v_lin", "out_lin"), ("ffn", "lin1", "activation", "lin2"), ("sa_layer_norm", "output_layer_norm")
     ),
     head=dense_head("pre_classifier", torch.relu, "classifier"),
 )

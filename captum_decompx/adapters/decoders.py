@@ -14,30 +14,16 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, LayerPaths, Linear
+from .base import Adapter, LayerPaths, Linear, grouped_layer
 from .wrappers import base_layer, running_module
 
-GPT2_LAYER = LayerPaths(
-    attention="attn",
-    value="attn.c_attn[2/3]",
-    attention_output="attn.c_proj",
-    attention_norm="ln_1",
-    ffn_in="mlp.c_fc",
-    ffn_activation="mlp.act",
-    ffn_out="mlp.c_proj",
-    ffn_norm="ln_2",
-)
+GPT2_LAYER = grouped_layer(("attn", "c_attn[2/3]", "c_proj"), ("mlp", "c_fc", "act", "c_proj"), ("ln_1", "ln_2"))
 
-LLAMA_LAYER = LayerPaths(
-    attention="self_attn",
-    value="self_attn.v_proj",
-    attention_output="self_attn.o_proj",
-    attention_norm="input_layernorm",
-    ffn_in="mlp.up_proj",
-    ffn_gate="mlp.gate_proj",
-    ffn_activation="mlp.act_fn",
-    ffn_out="mlp.down_proj",
-    ffn_norm="post_attention_layernorm",
+LLAMA_LAYER = grouped_layer(
+    ("self_attn", "v_proj", "o_proj"),
+    ("mlp", "up_proj", "act_fn", "down_proj"),
+    ("input_layernorm", "post_attention_layernorm"),
+    gate="gate_proj",
 )
 
 # Gemma 2 and 3: sandwich norms. The attention block is x + post_attention_layernorm(attn(

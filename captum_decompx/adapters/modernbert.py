@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, LayerPaths, dense_head
+from .base import Adapter, dense_head, grouped_layer
 
 
 def modernbert(model: nn.Module) -> Adapter:
@@ -20,16 +20,8 @@ def modernbert(model: nn.Module) -> Adapter:
     return Adapter(
         name="modernbert",
         layers="base_model.layers",
-        layer=LayerPaths(
-            attention="attn",
-            value="attn.Wqkv[2/3]",
-            attention_output="attn.Wo",
-            attention_norm="attn_norm",
-            ffn_in="mlp.Wi[1/2]",
-            ffn_gate="mlp.Wi[0/2]",
-            ffn_activation="mlp.act",
-            ffn_out="mlp.Wo",
-            ffn_norm="mlp_norm",
+        layer=grouped_layer(
+            ("attn", "Wqkv[2/3]", "Wo"), ("mlp", "Wi[1/2]", "act", "Wo"), ("attn_norm", "mlp_norm"), gate="Wi[0/2]"
         ),
         head=dense_head("head.dense", "head.act", "classifier", norm="head.norm"),
         pooling=pooling,

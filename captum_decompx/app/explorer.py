@@ -282,7 +282,7 @@ class DeletionCurve:
 
     def figure(self):
         """The curves, one line per method (matplotlib figure, Agg canvas)."""
-        from ..visualization import _new_figure
+        from ..visualization.figures import _new_figure
 
         figure = _new_figure(6.4, 3.6)
         axes = figure.add_subplot(1, 1, 1)

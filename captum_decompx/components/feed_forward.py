@@ -4,7 +4,8 @@ Recorded (exact path): the real input of the activation (the output of ``in``, o
 gated unit). In a gated unit the real ``act(gate(x))`` scales the decomposed up-projection;
 otherwise the activation is frozen by the chosen :mod:`~captum_decompx.components.activations`
 approximation. Frozen (fast path): the same coefficients, on the real modules: the gate's value is
-detached, a plain activation's slope is the approximation's
+detached (its activation module's output, or, where the unit calls a plain function, the gate map's
+features), a plain activation's slope is the approximation's
 (:meth:`~captum_decompx.components.activations.Approximation.frozen_slope`).
 """
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Optional, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import resolve
+from ..adapters.base import Block, resolve, take_block
 from ..core.recording import Reader, Recorder
 from .activations import ActivationFunction, ActivationFunctionAt, activation
 from .base import Component
@@ -69,6 +70,15 @@ def feed_forward(pieces: Tensor, pre_activation: Tensor, params: FeedForwardPara
     return linear(hidden, params.ffn_out, settings)
 
 
+def detach_block(output: Tensor, block: Optional[Block]) -> Tensor:
+    """``output`` (..., features) with this block of its features (all of them when None) cut from the graph."""
+    if block is None:
+        return output.detach()
+    in_block = torch.zeros(output.shape[-1], dtype=torch.bool, device=output.device)
+    take_block(in_block, block, dim=0).fill_(True)
+    return torch.where(in_block, output.detach(), output)
+
+
 @dataclass(frozen=True)
 class FeedForward(Component):
     """A feed-forward unit: its ``up`` map (``in``), optional ``gate``, activation and ``down`` map."""
@@ -98,12 +108,11 @@ class FeedForward(Component):
             return
         function = resolve(root, str(self.activation.path)) if self.activation.function is None else self.activation.function
         if self.gate is not None:
-            if not isinstance(function, nn.Module):
-                raise TypeError(
-                    f"The fast path freezes the gate of a gated unit by hooking its activation module; "
-                    f"{self.activation.path} is a {type(function).__name__}. Use algorithm='exact'."
-                )
-            freezer.freeze_output(function, "gate", lambda _module, _args, output: output.detach())
+            if isinstance(function, nn.Module):
+                freezer.freeze_output(function, "gate", lambda _module, _args, output: output.detach())
+            else:  # no activation module to hook: the gate's own features are cut, so act(gate) is a constant
+                block = self.gate.block
+                freezer.freeze_output(self.gate.module(root), "gate", lambda _module, _args, output: detach_block(output, block))
             return
         approximation = freezer.settings.ffn_approximation
         if isinstance(function, nn.Module):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Activation, HeadStep, Linear, Norm, TiedLinear, resolve, split_block
+from ..adapters.base import Activation, HeadStep, Linear, MeanOfLinears, Norm, ScaledLinear, TiedLinear, resolve, split_block
 from ..core.recording import Reader, Recorder, main_input
 from .activations import ActivationFunctionAt, activation
 from .base import Component
@@ -82,11 +82,64 @@ class TiedLinearStep(HeadStepKind):
 
     def resolve(self, model, step, dtype) -> Affine:
         weight = resolve(model, step.path).weight.detach().to(dtype)
-        bias = None if step.bias is None else resolve(model, step.bias).detach().to(dtype)
-        return Affine(weight, bias)
+        bias = None if step.bias is None else resolve(model, step.bias).detach().to(dtype).reshape(-1)
+        return Affine(weight, bias)  # a bias buffer of shape (1, vocab) (BART's final_logits_bias) as (vocab,)
 
     def propagate(self, pieces, params, real_input, settings):
         return linear(pieces, params, settings)
+
+
+class ScaledLinearStep(HeadStepKind):
+    """A linear map applied to its input times a constant (T5's rescale before a tied LM head):
+    the map ``x -> W (scale x) + b``."""
+
+    def freeze(self, freezer, model, steps, index):
+        return None  # linear: the fast path differentiates the real call
+
+    def resolve(self, model, step, dtype) -> Affine:
+        affine_map = LinearMap.at(step.path).resolve(model, dtype)
+        return Affine(affine_map.weight * step.scale, affine_map.bias)
+
+    def propagate(self, pieces, params, real_input, settings):
+        return linear(pieces, params, settings)
+
+
+class MeanOfLinearsStep(HeadStepKind):
+    """The mean of linear maps on equal parts of the pooled vector (DeiT's teacher classifier):
+    map ``g`` acts on every piece of part ``g`` and its bias is spread over its own output's pieces,
+    then the outputs are averaged. Frozen: nothing (linear); the fast path records the parts' real
+    inputs, concatenated, as the head's input."""
+
+    def freeze(self, freezer, model, steps, index):
+        step = steps[index]
+        state, inputs = freezer.state, {}
+
+        def recorder_of(part: int):
+            def record_input(_module, args, kwargs):
+                inputs.setdefault(part, main_input(args, kwargs, "input"))
+                if len(inputs) == len(step.paths) and state.head_input is None:
+                    state.head_input = torch.cat([inputs[g] for g in range(len(step.paths))], dim=-1)
+
+            return record_input
+
+        if index == 0:
+            for part, path in enumerate(step.paths):
+                freezer.recorder.pre_hook(resolve(model, path), f"head input part {part}", recorder_of(part))
+
+    def resolve(self, model, step, dtype) -> list[Affine]:
+        return [LinearMap.at(path).resolve(model, dtype) for path in step.paths]
+
+    def propagate(self, pieces, params, real_input, settings):
+        parts = pieces.chunk(len(params), dim=-1)
+        if any(part.shape[-1] != affine.weight.shape[1] for part, affine in zip(parts, params)):
+            raise ValueError(
+                f"MeanOfLinears splits a pooled vector of width {pieces.shape[-1]} into {len(params)} equal parts, "
+                f"but its maps take inputs of widths {[affine.weight.shape[1] for affine in params]}."
+            )
+        total = linear(parts[0], params[0], settings)
+        for part, affine in zip(parts[1:], params[1:]):
+            total = total + linear(part, affine, settings)
+        return total / len(params)
 
 
 def _linear_before(steps: Sequence[HeadStep], index: int) -> Linear:
@@ -181,6 +234,8 @@ register_head_step(Linear, LinearStep())
 register_head_step(Activation, ActivationStep())
 register_head_step(Norm, NormStep())
 register_head_step(TiedLinear, TiedLinearStep())
+register_head_step(MeanOfLinears, MeanOfLinearsStep())
+register_head_step(ScaledLinear, ScaledLinearStep())
 
 
 def head_step_kind(step: HeadStep) -> HeadStepKind:

@@ -1,4 +1,5 @@
-"""The whole network as component kinds: the layers, a final norm, the head.
+"""The whole network as component kinds: the layers, a final norm, the head; for an
+encoder-decoder, the encoder's layers and final norm first.
 
 :meth:`Network.walk` is the one walk of a model's components, in forward order; both algorithms
 install their hooks by it (:class:`~captum_decompx.core.capture.HookedPass`).
@@ -6,23 +7,36 @@ install their hooks by it (:class:`~captum_decompx.core.capture.HookedPass`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Adapter, Linear
+from ..adapters.base import Adapter, EncoderStack, Linear, MeanOfLinears
 from ..core.recording import Reader, Recorder
 from .base import Component
 from .head import Head, ResolvedHeadStep
 from .layer import LayerParams, LayerRecord, TransformerLayer
 from .linear import install_call_checks
+from .merging import MergeParams, MergeRecord, PatchMerging, merging_stages
 from .norms import Normalization, NormParams
 from .pooling import Pooling, PoolingRecord
 
 if TYPE_CHECKING:
     from ..core.freezing import Freezer
+
+
+@dataclass
+class StackRecord:
+    """What an encoder-decoder's encoder recorded: its first layer's input (batch, source,
+    hidden), its layers' records and the input of its final norm (None without one). An encoder
+    has no patch mergings: ``merges`` stays empty (it reads as :class:`NetworkRecord`'s)."""
+
+    layer_input: Tensor
+    layers: list[LayerRecord]
+    final_norm_input: Optional[Tensor]
+    merges: dict[int, MergeRecord] = field(default_factory=dict)
 
 
 @dataclass
@@ -35,6 +49,8 @@ class NetworkRecord:
         final_norm_input: (batch, seq, hidden), input of the final norm of pre-LN models.
         head_inputs: per head step index, the real input (batch, dim) of the steps that need it.
         pooling: what the pooling recorded (the input ids, for ``"last_non_pad_token"``).
+        merges: per layer index, what the patch merging after that layer recorded (Swin).
+        encoder: an encoder-decoder's encoder; the other fields are then the decoder's.
     """
 
     layer_input: Tensor
@@ -42,6 +58,18 @@ class NetworkRecord:
     final_norm_input: Optional[Tensor]
     head_inputs: dict[int, Tensor]
     pooling: Optional[PoolingRecord] = None
+    merges: dict[int, MergeRecord] = field(default_factory=dict)
+    encoder: Optional[StackRecord] = None
+
+
+@dataclass
+class EncoderParts:
+    """An encoder-decoder's encoder parameters: its layers and its final norm (None without one);
+    no patch mergings (``merges`` stays empty, as in :class:`ModelParts` without stages)."""
+
+    layers: list[LayerParams]
+    final_norm: Optional[NormParams]
+    merges: dict[int, MergeParams] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,11 +80,22 @@ class ModelParts:
     final_norm: Optional[NormParams]
     head: list[ResolvedHeadStep]
     head_input_steps: list[Optional[int]]  # for steps that read their real input: their own index
+    merges: dict[int, MergeParams] = field(default_factory=dict)  # per layer index: the patch merging after it
+    encoder: Optional[EncoderParts] = None
 
 
 class LayerInput(Component):
-    """The first layer's input (the embeddings). Recorded (exact path): its value; frozen (fast
-    path): replaced, on its first call, by the leaf the backward pass differentiates."""
+    """A stack's first layer input (the embeddings). Recorded (exact path): its value; frozen (fast
+    path): replaced, on its first call, by the leaf the backward pass differentiates.
+
+    Attributes:
+        stack: ``"target"`` (the model's layers; a decoder's in an encoder-decoder) or
+            ``"source"`` (an encoder-decoder's encoder). The fast path gives the biases the
+            components of the stack own before mixing to this stack's tokens.
+    """
+
+    def __init__(self, stack: str = "target") -> None:
+        self.stack = stack
 
     def install(self, recorder: Recorder, root: nn.Module) -> None:
         recorder.record_input(root, "layer_input", "hidden_states")
@@ -65,7 +104,48 @@ class LayerInput(Component):
         return reader.take(root, "layer_input", where)
 
     def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
-        freezer.replace_layer_input(root)
+        freezer.replace_layer_input(root, stack=self.stack)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """An encoder-decoder's encoder as component kinds: its layer and its final norm."""
+
+    stack: EncoderStack
+    layer: TransformerLayer
+    final_norm: Optional[Normalization]
+
+    @classmethod
+    def of(cls, stack: EncoderStack) -> "Encoder":
+        layer = TransformerLayer.from_paths(stack.layer, stack.norm_position)
+        return cls(stack, layer, None if stack.final_norm is None else Normalization(stack.final_norm))
+
+    def layer_modules(self, model: nn.Module) -> list[nn.Module]:
+        layers = self.stack.layer_modules(model)
+        if not layers:
+            raise ValueError(f"The encoder has no layers at {self.stack.layers!r}.")
+        return layers
+
+    def walk(self, model: nn.Module) -> Iterator[tuple[Component, nn.Module, bool]]:
+        """The encoder's components, in forward order (see :meth:`Network.walk`)."""
+        layers = self.layer_modules(model)
+        yield LayerInput("source"), layers[0], True
+        for index, layer in enumerate(layers):
+            for component in self.layer.components():
+                yield component, layer, index == 0
+        if self.final_norm is not None:
+            yield self.final_norm, model, False
+
+    def read(self, reader: Reader, model: nn.Module) -> StackRecord:
+        layers = self.layer_modules(model)
+        layer_input = LayerInput("source").read(reader, layers[0], "the encoder's first layer")
+        records = [self.layer.read(reader, layer, f"encoder layer {index}") for index, layer in enumerate(layers)]
+        final_norm_input = None if self.final_norm is None else self.final_norm.read(reader, model, "the encoder's final norm")
+        return StackRecord(layer_input, records, final_norm_input)
+
+    def resolve(self, model: nn.Module, dtype: torch.dtype) -> EncoderParts:
+        layers = [self.layer.resolve(layer, dtype) for layer in self.layer_modules(model)]
+        return EncoderParts(layers, None if self.final_norm is None else self.final_norm.resolve(model, dtype))
 
 
 class CallChecks(Component):
@@ -89,6 +169,7 @@ class Network:
     final_norm: Optional[Normalization]
     head: Head
     pooling: Pooling
+    encoder: Optional[Encoder] = None
 
     @classmethod
     def of(cls, adapter: Adapter) -> "Network":
@@ -98,6 +179,7 @@ class Network:
             None if adapter.final_norm is None else Normalization(adapter.final_norm),
             Head(tuple(adapter.head), logit_softcap=adapter.logit_softcap is not None),
             Pooling.of(adapter),
+            None if adapter.encoder is None else Encoder.of(adapter.encoder),
         )
 
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
@@ -106,14 +188,24 @@ class Network:
             raise ValueError(f"The adapter {self.adapter.name!r} found no layers at {self.adapter.layers!r}.")
         return layers
 
+    def merges(self, model: nn.Module) -> dict[int, nn.Module]:
+        """Per layer index, the stage whose patch merging follows that layer (none without stages)."""
+        return {} if self.adapter.stages is None else merging_stages(model, self.adapter.stages)
+
     def walk(self, model: nn.Module, layers: list[nn.Module]) -> Iterator[tuple[Component, nn.Module, bool]]:
-        """Every component, with the module its paths are resolved on (a layer, or the model) and
-        whether it belongs to the first layer, in forward order."""
+        """Every component, with the module its paths are resolved on (a layer, a stage, or the
+        model) and whether it belongs to the first layer, in forward order (an encoder-decoder's
+        encoder first)."""
         yield CallChecks(), model, False
+        if self.encoder is not None:
+            yield from self.encoder.walk(model)
         yield LayerInput(), layers[0], True
+        merges = self.merges(model)
         for index, layer in enumerate(layers):
             for component in self.layer.components():
                 yield component, layer, index == 0
+            if index in merges:
+                yield self._merging(), merges[index], False
         if self.final_norm is not None:
             yield self.final_norm, model, False
         yield self.head, model, False
@@ -126,17 +218,37 @@ class Network:
         if self.final_norm is not None:
             final_norm_input = self.final_norm.read(reader, model, "the final norm")
         pooling = self.pooling.read(reader, model, "the model (for its input ids)")
-        return NetworkRecord(layer_input, records, final_norm_input, self.head.read(reader, model), pooling)
+        merges = {
+            index: self._merging().read(reader, stage, f"the patch merging after layer {index}")
+            for index, stage in self.merges(model).items()
+        }
+        encoder = None if self.encoder is None else self.encoder.read(reader, model)
+        return NetworkRecord(
+            layer_input, records, final_norm_input, self.head.read(reader, model), pooling, merges=merges, encoder=encoder
+        )
+
+    def _merging(self) -> PatchMerging:
+        assert self.adapter.stages is not None
+        return PatchMerging(self.adapter.stages)
 
     def resolve(self, model: nn.Module, dtype: torch.dtype) -> ModelParts:
         """Read the parameters the adapter points to (the model itself is not touched)."""
         layers = [self.layer.resolve(layer, dtype) for layer in self.layer_modules(model)]
         final_norm = None if self.final_norm is None else self.final_norm.resolve(model, dtype)
         per_position = self.adapter.pooling == "each"
-        if not (per_position and not self.head.steps) and (not self.head.steps or not isinstance(self.head.steps[-1], Linear)):
+        if not (per_position and not self.head.steps) and (
+            not self.head.steps or not isinstance(self.head.steps[-1], (Linear, MeanOfLinears))
+        ):
             raise ValueError(
-                f"The adapter {self.adapter.name!r} must end its head with a Linear step (only a per-position "
+                f"The adapter {self.adapter.name!r} must end its head with a Linear (or MeanOfLinears) step (only a per-position "
                 "adapter, pooling='each', may have no head: it then explains the hidden states)."
             )
         head = self.head.resolve(model, dtype)
-        return ModelParts(layers, final_norm, head, [index if step.kind.reads_input else None for index, step in enumerate(head)])
+        merges = {index: self._merging().resolve(stage, dtype) for index, stage in self.merges(model).items()}
+        if len(layers) - 1 in merges:
+            raise ValueError(
+                f"The adapter {self.adapter.name!r} has a patch merging after its last layer; the head reads that layer."
+            )
+        encoder = None if self.encoder is None else self.encoder.resolve(model, dtype)
+        head_input_steps = [index if step.kind.reads_input else None for index, step in enumerate(head)]
+        return ModelParts(layers, final_norm, head, head_input_steps, merges=merges, encoder=encoder)

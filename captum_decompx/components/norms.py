@@ -49,6 +49,12 @@ class NormKind(abc.ABC):
         weight = getattr(module, "weight", None)
         return weight if isinstance(weight, Tensor) else None
 
+    def inverse_scale(self, norm_input: Tensor, eps: float) -> Optional[Tensor]:
+        """(..., 1): ``1 / sqrt(statistic + eps)`` computed exactly as the module computes it, for a
+        kind whose module rounds it differently from the input's dtype; None: from :meth:`statistic`
+        in the input's dtype."""
+        return None
+
 
 class LayerNormKind(NormKind):
     def matches(self, module: nn.Module) -> bool:
@@ -99,9 +105,21 @@ class GemmaRMSNormKind(RMSNormKind):
         return None if weight is None else 1.0 + weight.detach().to(torch.float64)
 
 
+class T5RMSNormKind(RMSNormKind):
+    """T5's ``T5LayerNorm`` (and mT5's, UMT5's): an RMSNorm (no centring, no bias) under another
+    name; its statistic is computed in float32, as the model does."""
+
+    def matches(self, module: nn.Module) -> bool:
+        return type(module).__name__.endswith("T5LayerNorm") and self._eps(module) is not None
+
+    def inverse_scale(self, norm_input: Tensor, eps: float) -> Optional[Tensor]:
+        # the module's variance and rsqrt run in float32, also in a float64 model
+        return torch.rsqrt(norm_input.to(torch.float32).pow(2).mean(-1, keepdim=True) + eps).to(norm_input.dtype)
+
+
 _NORM_KINDS: Registry[NormKind] = Registry("norm kind")
 NORM_KINDS = Names(_NORM_KINDS)
-"""The registered norm kinds' names (``"layer"``, ``"gemma-rms"``, ``"rms"``), a live view."""
+"""The registered norm kinds' names (``"layer"``, ``"gemma-rms"``, ``"rms"``, ``"t5-rms"``), a live view."""
 
 
 def register_norm_kind(name: str, kind: NormKind, *, overwrite: bool = False) -> None:
@@ -125,6 +143,7 @@ norm_kind = _NORM_KINDS.get
 register_norm_kind("layer", LayerNormKind())
 register_norm_kind("gemma-rms", GemmaRMSNormKind())  # before "rms", which would also match it
 register_norm_kind("rms", RMSNormKind())
+register_norm_kind("t5-rms", T5RMSNormKind())
 
 
 @dataclass(frozen=True)
@@ -193,7 +212,10 @@ def normalize(
         return pieces
     assert norm_input is not None, "a normalization needs its recorded input"
     kind = _NORM_KINDS.get(norm.kind)
-    factor = 1.0 / (kind.statistic(norm_input) + norm.eps).sqrt().unsqueeze(-2)  # (batch, rows, 1, 1)
+    inverse = kind.inverse_scale(norm_input, norm.eps)
+    if inverse is None:
+        inverse = 1.0 / (kind.statistic(norm_input) + norm.eps).sqrt()
+    factor = inverse.unsqueeze(-2)  # (batch, rows, 1, 1)
     if norm.weight is not None:
         factor = factor * norm.weight
     out = kind.centre(pieces) * factor
@@ -230,8 +252,11 @@ def frozen_norm(module: nn.Module, norm_input: Tensor, value: Tensor) -> Tensor:
     is the norm's with the statistic of the real input held constant (its registered kind's
     statistic, centring and gain)."""
     kind = norm_kind_of(module)
-    statistic = kind.statistic(norm_input.detach().to(torch.promote_types(norm_input.dtype, torch.float32)))
-    inv_scale = (statistic + kind.eps(module)).rsqrt().to(value.dtype)
+    inv_scale = kind.inverse_scale(norm_input.detach(), kind.eps(module))
+    if inv_scale is None:
+        statistic = kind.statistic(norm_input.detach().to(torch.promote_types(norm_input.dtype, torch.float32)))
+        inv_scale = (statistic + kind.eps(module)).rsqrt()
+    inv_scale = inv_scale.to(value.dtype)
     gain = kind.gain(module)
     gain = None if gain is None else gain.detach().to(value.dtype)
     return _FrozenNorm.apply(norm_input, value.detach(), inv_scale, gain, kind.centre)

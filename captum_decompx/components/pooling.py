@@ -97,7 +97,9 @@ def last_non_pad_token(record: PoolingRecord, batch: int, seq: int, device: torc
 
 def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype, record: Optional[PoolingRecord] = None) -> Tensor:
     """(batch, seq) weights of the pooled state over the last layer's rows; for a per-position
-    adapter (``pooling="each"``), where every row is an output, 1 at every non-padding position.
+    adapter (``pooling="each"``), where every row is an output, 1 at every non-padding position;
+    for a concatenating pooling (``"first_and_patch_mean"``, ``"first_two"``), (batch, groups,
+    seq): one row of weights per concatenated part, in the order of the concatenation.
 
     Args:
         real_tokens: (batch, seq) bool, False at padding positions.
@@ -105,6 +107,8 @@ def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype, reco
     """
     batch, seq = real_tokens.shape
     weights = torch.zeros(batch, seq, dtype=dtype, device=real_tokens.device)
+    if adapter.pooling in ("patch_mean", "first_and_patch_mean", "first_two"):
+        return _vision_pool_weights(adapter.pooling, real_tokens, dtype)
     if adapter.pooling == "first":
         weights[:, 0] = 1.0
     elif adapter.pooling == "first_real":  # the first position the attention mask keeps
@@ -128,14 +132,44 @@ def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype, reco
     return weights
 
 
+def _vision_pool_weights(mode: str, real_tokens: Tensor, dtype: torch.dtype) -> Tensor:
+    """The poolings of vision classifiers: (batch, seq) for ``"patch_mean"``, else (batch, 2, seq)."""
+    batch, seq = real_tokens.shape
+    if seq < 2:
+        raise ValueError(
+            f"The pooling {mode!r} reads a token and the positions after it, but the sequence has {seq} position(s)."
+        )
+    first = torch.zeros(batch, seq, dtype=dtype, device=real_tokens.device)
+    first[:, 0] = 1.0
+    if mode == "first_two":
+        second = torch.zeros_like(first)
+        second[:, 1] = 1.0
+        return torch.stack([first, second], dim=1)
+    patches = real_tokens.to(dtype).clone()
+    patches[:, 0] = 0.0  # every position after the first (the patches, without the CLS token)
+    patch_mean = patches / patches.sum(dim=1, keepdim=True).clamp(min=1)
+    return patch_mean if mode == "patch_mean" else torch.stack([first, patch_mean], dim=1)
+
+
+def pooled_rows(pool_weights: Tensor) -> Tensor:
+    """(rows,) ascending: the rows of the last layer that some pooled vector reads, from weights
+    (batch, seq) or (batch, groups, seq)."""
+    used = pool_weights.abs().reshape(-1, pool_weights.shape[-1]).sum(0) > 0
+    return torch.nonzero(used).flatten()
+
+
 def pool(pieces: Tensor, pool_weights: Tensor) -> Tensor:
     """Pooling as a linear selection of rows.
 
     Args:
         pieces: (batch, rows, pieces, dim).
-        pool_weights: (batch, rows).
+        pool_weights: (batch, rows), or (batch, groups, rows) for a concatenating pooling.
 
     Returns:
-        (batch, pieces, dim).
+        (batch, pieces, dim), or (batch, pieces, groups * dim): the groups' pooled vectors
+        concatenated, first group first.
     """
+    if pool_weights.dim() == 3:
+        pooled = torch.einsum("bgr,brkd->bkgd", pool_weights, pieces)
+        return pooled.flatten(2)
     return torch.einsum("br,brkd->bkd", pool_weights, pieces)

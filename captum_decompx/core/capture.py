@@ -16,7 +16,7 @@ import threading
 import warnings
 import weakref
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ContextManager, Iterator, Optional, TypeVar
 
 import torch
@@ -26,7 +26,8 @@ from torch.overrides import TorchFunctionMode
 from ..adapters import Adapter, resolve
 from ..components.base import Component
 from ..components.layer import LayerRecord
-from ..components.network import Network
+from ..components.merging import MergeRecord
+from ..components.network import Network, StackRecord
 from ..components.pooling import PoolingRecord
 from .recording import Reader, Recorder
 
@@ -58,6 +59,9 @@ class Captured:
             :class:`~captum_decompx.adapters.Norm` step.
         pooling: what the pooling recorded: the ids the model received and its pad token id,
             for adapters that pool the last token that is not padding by id; else None.
+        merges: per layer index, what the patch merging after that layer recorded (Swin's stages).
+        encoder: what an encoder-decoder's encoder recorded (the other fields are then the
+            decoder's); None for other models.
     """
 
     output: Any
@@ -67,6 +71,8 @@ class Captured:
     final_norm_input: Optional[torch.Tensor]
     head_inputs: dict[int, torch.Tensor]
     pooling: Optional[PoolingRecord] = None
+    merges: dict[int, MergeRecord] = field(default_factory=dict)
+    encoder: Optional[StackRecord] = None
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -151,7 +157,7 @@ def _softmax_arguments(args: tuple, kwargs: dict) -> tuple[Tensor, int, Optional
     return scores, int(dim), dtype
 
 
-def kernel_softmax(scores: Tensor, dim: int, dtype: Optional[torch.dtype]) -> Tensor:
+def kernel_softmax(scores: Tensor, dim: int, dtype: Optional[torch.dtype], *, zero_masked_rows: bool = True) -> Tensor:
     """The attention probabilities torch's ``scaled_dot_product_attention`` computes from masked
     scores, where eager attention computes ``softmax(scores, dim, dtype=dtype)``.
 
@@ -164,39 +170,67 @@ def kernel_softmax(scores: Tensor, dim: int, dtype: Optional[torch.dtype]) -> Te
 
     Args:
         scores: (..., keys) masked attention scores, ``dim`` indexing the keys.
+        zero_masked_rows: False keeps the even spread of a fully masked row (the kernel's rows under
+            an additive mask); the precision rule applies either way.
     """
     compute = scores.dtype if dtype is None else torch.promote_types(scores.dtype, dtype)
     probabilities = torch.softmax(scores.to(compute), dim=dim)
-    if not scores.dtype.is_floating_point:
+    if not zero_masked_rows or not scores.dtype.is_floating_point:
         return probabilities
     masked = (scores <= torch.finfo(scores.dtype).min / 2).all(dim=dim, keepdim=True)
     return probabilities.masked_fill(masked, 0.0)
 
 
+def has_fully_masked_rows(scores: Tensor, dim: int) -> bool:
+    """Whether some query row of masked ``scores`` has every key masked (see :func:`kernel_softmax`)."""
+    if not scores.dtype.is_floating_point:
+        return False
+    return bool((scores <= torch.finfo(scores.dtype).min / 2).all(dim=dim).any())
+
+
 class _KernelSoftmax(TorchFunctionMode):
-    """Active inside an attention module's forward: its softmax computes :func:`kernel_softmax`."""
+    """Active inside an attention module's forward: its softmax computes :func:`kernel_softmax`
+    (``zero_masked_rows``), or eager's softmax; either way, it notes in ``seen`` that a fully masked
+    query row went through it."""
+
+    def __init__(self, zero_masked_rows: bool, seen: list[bool]) -> None:
+        super().__init__()
+        self.zero_masked_rows = zero_masked_rows
+        self.seen = seen
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         if func in _SOFTMAXES:
-            return kernel_softmax(*_softmax_arguments(args, kwargs))
+            scores, dim, dtype = _softmax_arguments(args, kwargs)
+            if has_fully_masked_rows(scores, dim):
+                self.seen.append(True)
+            return kernel_softmax(scores, dim, dtype, zero_masked_rows=self.zero_masked_rows)
         return func(*args, **kwargs)
 
 
 @contextmanager
-def fused_kernel_softmax(recorder: Recorder, modules: list[nn.Module]) -> Iterator[None]:
+def fused_kernel_softmax(
+    recorder: Recorder, modules: list[nn.Module], *, zero_masked_rows: bool = True, seen: Optional[list[bool]] = None
+) -> Iterator[None]:
     """Make the eager attention of ``modules`` compute the probabilities of the fused kernel that
     the model itself runs (:func:`kernel_softmax`), so that the captured forward pass gives the
     model's own outputs: a fully masked query row (a left-padded decoder's padding, a padding
     position outside every local window of ModernBERT) is the kernel's, not eager attention's.
 
+    Whether the kernel zeroes such a row depends on the mask Transformers hands it (a boolean mask:
+    zeroed; an additive mask of the dtype's minimum, as older versions build for some models: spread
+    evenly, as eager does). ``zero_masked_rows=False`` keeps eager's rows; ``seen`` collects one entry
+    per softmax that met a fully masked row, so the caller can check the pass against the model's own
+    output (:meth:`Capture.met_fully_masked_rows`).
+
     The hooks are the ``recorder``'s (its thread only; removed with its other hooks); a mode left
     entered by a forward pass that raised is left on exit.
     """
     entered: list[_KernelSoftmax] = []
+    noted = seen if seen is not None else []
 
     def before(_module: nn.Module, _args: Any, _kwargs: Any) -> None:
-        mode = _KernelSoftmax()
+        mode = _KernelSoftmax(zero_masked_rows, noted)
         mode.__enter__()
         entered.append(mode)
 
@@ -229,6 +263,7 @@ class HookedPass:
         self.layers = self.network.layer_modules(model)
         self.recorder = Recorder()
         self.layer_calls = 0
+        self.encoder_calls = 0
 
     def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
         """Install ``component``'s hooks on ``root`` (the layer, or the model); ``first``: in the first layer."""
@@ -243,8 +278,25 @@ class HookedPass:
             self.layer_calls += 1
 
         self.recorder.pre_hook(self.layers[0], "calls", count)
+        if self.adapter.encoder is not None:
+
+            def count_encoder(_module, _args, _kwargs):
+                self.encoder_calls += 1
+
+            self.recorder.pre_hook(self.adapter.encoder.layer_modules(self.model)[0], "encoder calls", count_encoder)
         for component, root, first in self.network.walk(self.model, self.layers):
             self.install_component(component, root, first)
+
+    def attention_modules(self) -> list[nn.Module]:
+        """Every attention module of the network: self-attention, cross-attention, an encoder's."""
+        stacks = [(self.layers, self.adapter.layer)]
+        if self.adapter.encoder is not None:
+            stacks.append((self.adapter.encoder.layer_modules(self.model), self.adapter.encoder.layer))
+        modules = []
+        for layers, paths in stacks:
+            for path in (paths.attention, paths.cross_attention):
+                modules += [] if path is None else [resolve(layer, path) for layer in layers]
+        return modules
 
     def check_single_forward(self) -> None:
         """DecompX explains one forward pass: refuse a forward function that ran the model's layers
@@ -254,6 +306,12 @@ class HookedPass:
             raise RuntimeError(
                 "The forward function never ran the first layer. Check that `model` is the module the "
                 "forward function actually calls, and that the model's architecture matches its adapter."
+            )
+        if self.adapter.encoder is not None and self.encoder_calls != 1:
+            raise RuntimeError(
+                f"The forward function ran the encoder {self.encoder_calls} times and the decoder once; DecompX "
+                "decomposes one forward pass of the encoder-decoder. Make the forward function call the model once "
+                "(model(input_ids=..., decoder_input_ids=...)), without running the encoder separately."
             )
         if self.layer_calls > per_pass:
             raise RuntimeError(
@@ -283,7 +341,23 @@ def hooked_pass(hooked: Pass) -> Iterator[Pass]:
 
 
 class Capture(HookedPass):
-    """The exact path's hooks: what each component kind records; :meth:`result` assembles it."""
+    """The exact path's hooks: what each component kind records; :meth:`result` assembles it.
+
+    Args:
+        zero_masked_rows: where the model runs a fused kernel, give a fully masked query row zero
+            attention (the kernel's rows under a boolean mask) rather than eager's even spread.
+    """
+
+    def __init__(self, model: nn.Module, adapter: Adapter, *, zero_masked_rows: bool = True) -> None:
+        super().__init__(model, adapter)
+        self.zero_masked_rows = zero_masked_rows
+        self.masked_rows_seen: list[bool] = []
+
+    @property
+    def met_fully_masked_rows(self) -> bool:
+        """Whether the pass ran a fused-kernel model's attention on a fully masked query row, the one
+        case where the captured pass and the model's own may differ (:func:`fused_kernel_softmax`)."""
+        return bool(self.masked_rows_seen)
 
     def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
         component.install(self.recorder, root)
@@ -294,8 +368,14 @@ class Capture(HookedPass):
         fused kernel, its eager softmax computes that kernel's probabilities."""
         with ExitStack() as stack:
             if stack.enter_context(eager_attention(self.model)):
-                attention = [resolve(layer, self.adapter.layer.attention) for layer in self.layers]
-                stack.enter_context(fused_kernel_softmax(self.recorder, attention))
+                stack.enter_context(
+                    fused_kernel_softmax(
+                        self.recorder,
+                        self.attention_modules(),
+                        zero_masked_rows=self.zero_masked_rows,
+                        seen=self.masked_rows_seen,
+                    )
+                )
             yield
 
     def result(self, output: Any, logits: torch.Tensor) -> Captured:
@@ -318,7 +398,15 @@ class Capture(HookedPass):
             logits = uncapped[0]
         record = self.network.read(Reader(self.recorder), self.model, self.layers)
         return Captured(
-            output, logits, record.layer_input, record.layers, record.final_norm_input, record.head_inputs, record.pooling
+            output,
+            logits,
+            record.layer_input,
+            record.layers,
+            record.final_norm_input,
+            record.head_inputs,
+            record.pooling,
+            merges=record.merges,
+            encoder=record.encoder,
         )
 
 
@@ -341,7 +429,7 @@ def warn_if_logits_are_capped(adapter: Adapter) -> None:
 
 
 @contextmanager
-def capture_internals(model: nn.Module, adapter: Adapter) -> Iterator[Capture]:
+def capture_internals(model: nn.Module, adapter: Adapter, *, zero_masked_rows: bool = True) -> Iterator[Capture]:
     """Install the hooks that record one forward pass; remove them, whatever happens.
 
     Usage::
@@ -354,5 +442,5 @@ def capture_internals(model: nn.Module, adapter: Adapter) -> Iterator[Capture]:
     each other's hooks or attention setting.
     """
     warn_if_logits_are_capped(adapter)
-    with hooked_pass(Capture(model, adapter)) as capture:
+    with hooked_pass(Capture(model, adapter, zero_masked_rows=zero_masked_rows)) as capture:
         yield capture

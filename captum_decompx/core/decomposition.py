@@ -14,28 +14,29 @@ Which of them runs is decided once, by the strategy objects of :mod:`captum_deco
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..adapters import Adapter
-from ..components import (
-    BiasMode,
-    ModelParts,
-    Network,
-    Settings,
-    normalize,
-    propagate_head,
-    propagate_head_rows,
-    token_pieces,
-    transformer_layer,
-)
+from ..components import BiasMode, ModelParts, Network, Settings, normalize, token_pieces, transformer_layer
+from ..components.head import propagate_head, propagate_head_rows
 from ..components.linear import affine
+from ..components.merging import merge_patches
+from ..components.network import EncoderParts, StackRecord
 from ..components.norms import norm_params
-from ..components.pooling import last_non_pad_token, pool, pool_weights
+from ..components.pooling import last_non_pad_token, pool, pool_weights, pooled_rows
 from .capture import Captured
-from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, exact_memory_per_example, plan_memory, readable_bytes
+from .memory import (
+    DEFAULT_MAX_MEMORY,
+    DecompXMemoryError,
+    MemoryPlan,
+    PieceSizes,
+    exact_memory_per_example,
+    plan_memory,
+    readable_bytes,
+)
 
 __all__ = [
     "DEFAULT_MAX_MEMORY",
@@ -64,6 +65,10 @@ __all__ = [
 if TYPE_CHECKING:
     from .freezing import FrozenForward
 
+# A stack's records and parameters: the model's, or an encoder-decoder's encoder's (the same fields).
+Records = Union[Captured, StackRecord]
+Parts = Union[ModelParts, EncoderParts]
+
 
 def resolve_parts(model: nn.Module, adapter: Adapter, dtype: torch.dtype) -> ModelParts:
     """Read the parameters the adapter points to (the model itself is not touched)."""
@@ -82,7 +87,12 @@ def padding_mask(captured: Captured) -> Tensor:
 
 
 def pooling_of(captured: Captured, adapter: Adapter, dtype: torch.dtype) -> Tensor:
-    """(batch, seq) pooling weights of a captured forward pass: the row(s) the model's head read."""
+    """(batch, seq) pooling weights of a captured forward pass: the row(s) the model's head read.
+    With patch mergings (Swin), ``seq`` is the last layer's number of tokens, all of them real."""
+    if captured.merges:
+        last = captured.layers[-1].attention_probs
+        real = torch.ones(last.shape[0], last.shape[-1], dtype=torch.bool, device=last.device)
+        return pool_weights(adapter, real, dtype, captured.pooling)
     return pool_weights(adapter, padding_mask(captured), dtype, captured.pooling)
 
 
@@ -90,7 +100,7 @@ def _head_inputs(parts: ModelParts, captured: Captured, batch: slice, dtype) -> 
     return [None if step is None else captured.head_inputs[step][batch].to(dtype) for step in parts.head_input_steps]
 
 
-def _final_norm(pieces: Tensor, parts: ModelParts, captured: Captured, batch: slice, rows, settings: Settings, dtype) -> Tensor:
+def _final_norm(pieces: Tensor, parts: Parts, captured: Records, batch: slice, rows, settings: Settings, dtype) -> Tensor:
     """The final norm of pre-LN models on the computed rows of the last layer."""
     if parts.final_norm is None:
         return pieces
@@ -100,8 +110,8 @@ def _final_norm(pieces: Tensor, parts: ModelParts, captured: Captured, batch: sl
 
 def propagate_rows(
     pieces: Tensor,
-    captured: Captured,
-    parts: ModelParts,
+    captured: Records,
+    parts: Parts,
     settings: Settings,
     batch: slice,
     dtype: torch.dtype,
@@ -110,14 +120,19 @@ def propagate_rows(
     last_rows: Optional[Tensor] = None,
     own_scale: Optional[Tensor] = None,
     on_layer: Optional[Callable[[int, Tensor], None]] = None,
+    encoder_pieces: Optional[Tensor] = None,
 ) -> Tensor:
-    """Propagate a decomposition of the embeddings through every layer and the final norm.
+    """Propagate a decomposition of the embeddings through every layer and the final norm (of the
+    model, or of an encoder-decoder's encoder: its :class:`StackRecord` and :class:`EncoderParts`).
 
     Args:
         pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
         batch: which examples of ``captured`` these are.
         last_rows: (rows,) the rows of the last layer to compute, ascending; None: every row.
-        on_layer: called with each layer's index and output decomposition.
+        on_layer: called with each layer's index and output decomposition (before a patch
+            merging that follows the layer).
+        encoder_pieces: an encoder-decoder's decoder only: the encoder's output decomposed in the
+            decoder's piece layout, read by every layer's cross-attention.
 
     Returns:
         (batch, rows, pieces, hidden): the last layer's rows ``last_rows`` (every row for None).
@@ -136,9 +151,13 @@ def propagate_rows(
             first=index == 0,
             row_chunks=_chunks(rows, rows_per_chunk),
             own_scale=own_scale,
+            encoder_pieces=encoder_pieces,
         )
         if on_layer is not None:
             on_layer(index, pieces)
+        if index in parts.merges:  # a patch merging (Swin): a quarter of the rows, the same pieces
+            pieces = merge_patches(pieces, captured.merges[index].select(batch, dtype), parts.merges[index], settings)
+            rows = torch.arange(pieces.shape[1], device=pieces.device)
     return _final_norm(pieces, parts, captured, batch, rows, settings, dtype)
 
 
@@ -161,7 +180,8 @@ def propagate_and_pool(
 
     Args:
         pieces: (batch, seq, pieces, hidden), the decomposition of the first layer's input.
-        pooling: (batch, seq) pooling weights of these examples.
+        pooling: (batch, seq) pooling weights of these examples, or (batch, groups, seq) for a
+            concatenating pooling (see :func:`~captum_decompx.components.pooling.pool`).
         batch: which examples of ``captured`` these are.
         all_rows: compute every row of the last layer too (else only the pooled rows).
         on_layer: called with each layer's index and output decomposition.
@@ -169,10 +189,10 @@ def propagate_and_pool(
     Returns:
         (batch, pieces, hidden), the pooled decomposition.
     """
-    seq = pieces.shape[1]
-    rows = torch.arange(seq, device=pieces.device)
+    # the pooling weights are over the last layer's rows (fewer than the input's after patch mergings)
+    rows = torch.arange(pooling.shape[-1], device=pieces.device)
     if not all_rows:
-        rows = torch.nonzero(pooling.abs().sum(0) > 0).flatten()
+        rows = pooled_rows(pooling).to(pieces.device)
     pieces = propagate_rows(
         pieces,
         captured,
@@ -185,7 +205,7 @@ def propagate_and_pool(
         own_scale=own_scale,
         on_layer=on_layer,
     )
-    return pool(pieces, pooling[:, rows])
+    return pool(pieces, pooling[..., rows])
 
 
 def _chunks(rows: Tensor, size: int) -> list:
@@ -223,13 +243,7 @@ class Options:
 
 
 def _settings(options: Options, bias_mode: BiasMode) -> Settings:
-    return Settings(
-        bias_mode=bias_mode,
-        bias_rule=options.bias_rule,
-        include_ffn=options.include_ffn,
-        ffn_approximation=options.ffn_approximation,
-        head_approximation=options.head_approximation,
-    )
+    return Settings(bias_mode, options.bias_rule, options.include_ffn, options.ffn_approximation, options.head_approximation)
 
 
 def exact_settings(options: Options) -> Settings:
@@ -377,7 +391,7 @@ def _per_position(
             f"({readable_bytes(max_memory)}). Explain one output with DecompX.attribute(..., target=(position, "
             "class)) (only the positions the target uses are decomposed), pass fewer examples, or raise max_memory."
         )
-    plan, _ = _plan(embeddings, parts, settings, dtype, max_memory)
+    plan, _ = plan_exact(tuple(embeddings.shape), parts, settings, dtype, max_memory)
     contributions_all, bias_all = [], []
     for group in _groups(batch, plan, progress):
         last = propagate_token_rows(
@@ -453,17 +467,20 @@ def _diagonal_pieces(embeddings: Tensor, n_pieces: int, dtype: torch.dtype) -> T
     return pieces
 
 
-def _plan(
-    embeddings: Tensor, parts: ModelParts, settings: Settings, dtype: torch.dtype, max_memory: int
-) -> tuple[MemoryPlan, int]:
-    """The exact path's memory plan for these embeddings (batch, seq, hidden), and the number of
-    pieces per row (one per token, plus the bias piece when the biases are collected in one)."""
-    batch, seq, hidden = embeddings.shape
-    n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
+def plan_exact(
+    shape: tuple[int, ...], parts: ModelParts, settings: Settings, dtype: torch.dtype, max_memory: int
+) -> tuple[MemoryPlan, PieceSizes]:
+    """The exact path's memory plan for embeddings of ``shape`` (batch, seq, hidden), and the sizes
+    it was made from."""
+    batch, seq, hidden = shape
     ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
-    width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
-    itemsize = torch.finfo(dtype).bits // 8
-    return plan_memory(batch, seq, n_pieces, width, ffn if settings.include_ffn else 0, itemsize, max_memory), n_pieces
+    sizes = PieceSizes(
+        pieces=seq + (1 if settings.bias_mode is BiasMode.PIECE else 0),
+        width=max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers]),
+        ffn=ffn if settings.include_ffn else 0,
+        itemsize=torch.finfo(dtype).bits // 8,
+    )
+    return plan_memory(batch, seq, sizes.pieces, sizes.width, sizes.ffn, sizes.itemsize, max_memory), sizes
 
 
 def _groups(batch: int, plan: MemoryPlan, progress: Optional[Callable[[int], None]]) -> Iterator[slice]:
@@ -507,7 +524,8 @@ def exact(
         progress: called with the number of examples finished.
     """
     embeddings = captured.layer_input
-    plan, n_pieces = _plan(embeddings, parts, settings, dtype, max_memory)
+    plan, sizes = plan_exact(tuple(embeddings.shape), parts, settings, dtype, max_memory)
+    n_pieces = sizes.pieces
     pooled_all, contributions_all, bias_all = [], [], []
     maps_all: list[list[Tensor]] = [[] for _ in parts.layers]
     for group in _groups(embeddings.shape[0], plan, progress):

@@ -29,7 +29,6 @@ the weights come from one product of ``sum_b y[b][target_b]``.
 from __future__ import annotations
 
 import numbers
-import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from . import validation
+from .recording import hooks
 
 TargetType = Union[None, int, tuple, Sequence[Any], Tensor]
 
@@ -194,11 +194,8 @@ def tap_model_output(model: nn.Module, *, span_tuple: bool = False, keep_graph: 
             starts with its start and end logits, which are tapped together as (batch, seq, 2).
     """
     tap = ModelOutputTap()
-    thread = threading.get_ident()
 
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-        if threading.get_ident() != thread:
-            return None
         tap.calls += 1
         if tap.calls > 1:  # the capture refuses a second pass with its own message
             return None
@@ -218,11 +215,9 @@ def tap_model_output(model: nn.Module, *, span_tuple: bool = False, keep_graph: 
         torch.set_grad_enabled(True)
         return _with_model_output(output, tap.leaf)
 
-    handle = model.register_forward_hook(hook)
-    try:
+    with hooks() as recorder:
+        recorder.forward_hook(model, "output tap", hook)
         yield tap
-    finally:
-        handle.remove()
 
 
 def decomposed_model_output(raw: Tensor, pooling: Tensor, *, each: bool, adapter_name: str) -> tuple[Tensor, Optional[int]]:

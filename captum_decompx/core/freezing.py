@@ -69,6 +69,9 @@ class FrozenForward:
         real_tokens: (batch, seq) bool, tokens some query attends to in the first layer.
         head_output: the head's last linear map's output, for a model that soft-caps its logits.
         pooling: what the pooling recorded (the input ids, for ``"last_non_pad_token"``).
+        source_embeddings, source_own_scale: an encoder-decoder's encoder: the leaves of its
+            first layer's input (batch, source, hidden) and of its tokens' own biases (batch,
+            source, 1); ``embeddings`` and ``own_scale`` are then the decoder's.
     """
 
     embeddings: Optional[Tensor] = None
@@ -78,9 +81,15 @@ class FrozenForward:
     real_tokens: Optional[Tensor] = None
     head_output: Optional[Tensor] = None
     pooling: Any = None
+    source_embeddings: Optional[Tensor] = None
+    source_own_scale: Optional[Tensor] = None
 
     def leaves(self) -> list[Tensor]:
         return [leaf for leaf in (self.embeddings, self.own_scale, self.dropped) if leaf is not None]
+
+    def own_scale_of(self, stack: str) -> Optional[Tensor]:
+        """The ``own_scale`` leaf of the ``"target"`` (the model's layers) or ``"source"`` stack."""
+        return self.source_own_scale if stack == "source" else self.own_scale
 
 
 class Freezer(HookedPass):
@@ -97,6 +106,7 @@ class Freezer(HookedPass):
         self.settings = settings
         self.state = FrozenForward()
         self.open_modes: list[Any] = []  # torch function modes entered by an attention module's pre-hook
+        self.stack = "target"  # the stack whose components are being installed (set by its layer input)
 
     def install_component(self, component: Component, root: nn.Module, first: bool) -> None:
         component.freeze(self, root, first=first)
@@ -111,20 +121,29 @@ class Freezer(HookedPass):
 
     # -- what several kinds freeze through ----------------------------------------------------
 
-    def replace_layer_input(self, layer: nn.Module) -> None:
+    def replace_layer_input(self, layer: nn.Module, *, stack: str = "target") -> None:
         """Make the first layer's input (on its first call) the ``embeddings`` leaf and create the
-        ``own_scale`` and ``dropped`` leaves of the same batch."""
+        ``own_scale`` and ``dropped`` leaves of the same batch. For an encoder-decoder's encoder
+        (``stack="source"``), the ``source_embeddings`` and ``source_own_scale`` leaves; the
+        components installed after this call own their biases in this stack."""
         state = self.state
+        self.stack = stack
+        source = stack == "source"
 
         def hook(_module, args, kwargs):
-            if state.embeddings is not None:
+            if (state.source_embeddings if source else state.embeddings) is not None:
                 return None
             hidden = main_input(args, kwargs, "hidden_states")
-            state.embeddings = hidden.detach().requires_grad_(True)
+            leaf = hidden.detach().requires_grad_(True)
             batch, seq = hidden.shape[:2]
-            state.own_scale = torch.ones(batch, seq, 1, dtype=hidden.dtype, device=hidden.device, requires_grad=True)
-            state.dropped = torch.ones(batch, dtype=hidden.dtype, device=hidden.device, requires_grad=True)
-            return _replace_first(args, kwargs, "hidden_states", state.embeddings)
+            own_scale = torch.ones(batch, seq, 1, dtype=hidden.dtype, device=hidden.device, requires_grad=True)
+            if source:
+                state.source_embeddings, state.source_own_scale = leaf, own_scale
+            else:
+                state.embeddings, state.own_scale = leaf, own_scale
+            if state.dropped is None:
+                state.dropped = torch.ones(batch, dtype=hidden.dtype, device=hidden.device, requires_grad=True)
+            return _replace_first(args, kwargs, "hidden_states", leaf)
 
         self.recorder.pre_hook(layer, "embeddings", hook)
 
@@ -135,16 +154,25 @@ class Freezer(HookedPass):
         add, on the module's first call, the token-owned share of that bias (zero-valued, its
         gradient goes to the ``own_scale`` leaf)."""
         calls = [0]
-        state = self.state
+        stack = self.stack
 
         def hook(_module, args, output):
             output = freeze(_module, args, output)
             calls[0] += 1
-            if own_bias is not None and calls[0] == 1 and state.own_scale is not None:
-                output = output + _zero_with_gradient(state.own_scale, own_bias.to(output.dtype))
-            return output
+            own = None if own_bias is None or calls[0] != 1 else self.own_bias_term(own_bias, output.dtype, stack)
+            return output if own is None else output + own
 
         self.recorder.forward_hook(module, role, hook)
+
+    def own_bias_term(self, bias: Tensor, dtype: torch.dtype, stack: str = "target") -> Optional[Tensor]:
+        """(batch, seq, dim) zeros whose gradient goes to the ``own_scale`` leaf of ``stack``
+        (``"target"`` or an encoder-decoder's ``"source"``): added to a module's output, each
+        token's share of ``bias`` (dim,) (a bias it owns before any mixing). None before the
+        stack's first layer ran."""
+        own_scale = self.state.own_scale_of(stack)
+        if own_scale is None:
+            return None
+        return _zero_with_gradient(own_scale, bias.to(dtype))
 
     def drop_output(self, module: nn.Module) -> None:
         """Leave ``module``'s output out of the decomposition: its value stays, its gradient goes to

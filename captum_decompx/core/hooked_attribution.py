@@ -32,10 +32,15 @@ from ..adapters import Adapter, adapter_for, task_of
 from ..adapters.wrappers import unwrap_for_decompx
 from . import validation
 from .capture import Captured, capture_internals
-from .decomposition import padding_mask, pool_weights
+from .decomposition import pooling_of
 from .forward_contract import ModelOutputTap, decomposed_model_output, model_output_tensor, tap_model_output
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Captum's ``inputs`` as every attribution here takes them: one tensor (input ids, embeddings or
+#: pixels), or a 1-tuple of it; an encoder-decoder's ``(source_ids, target_ids)`` pair. The scores
+#: come back in the same form (a pair for an encoder-decoder: source, target prefix).
+Inputs = Union[Tensor, tuple[Tensor, ...]]
 
 #: The device types whose autocast state a call saves, turns off for the decomposition and turns
 #: back on for the forward pass.
@@ -176,11 +181,17 @@ class HookedModelAttribution(Attribution):
             additional_forward_args = (additional_forward_args,)
         return tuple(_outside_inference_mode(arg) for arg in additional_forward_args)
 
-    def _input_ids(self, inputs: Union[Tensor, tuple[Tensor]]) -> tuple[Tensor, bool]:
+    def _input_ids(self, inputs: Inputs) -> tuple[Tensor, bool]:
         """The checked input tensor (token ids, embeddings or pixels) and whether it came as a 1-tuple."""
         tensor, as_tuple = validation.unpack_inputs(inputs)
         if self.adapter.input_kind == "pixels":
-            validation.check_pixel_inputs(tensor, self.adapter.name)
+            validation.check_pixel_inputs(
+                tensor,
+                self.adapter.name,
+                self.model,
+                fixed_size=self.adapter.fixed_image_size,
+                forward_is_model=validation.is_the_model_itself(self.forward_func, self.model),
+            )
         elif self._multiple_choice_ids(tensor):
             # (batch, choices, seq): the model runs the batch * choices sequences as one batch.
             validation.check_token_inputs(tensor.flatten(0, 1), self.model, self.forward_func)
@@ -234,7 +245,7 @@ class HookedModelAttribution(Attribution):
     # The forward pass
 
     def _pool_weights(self, captured: Captured) -> Tensor:
-        return pool_weights(self.adapter, padding_mask(captured), torch.float32, captured.pooling)
+        return pooling_of(captured, self.adapter, torch.float32)
 
     def _capture_forward(self, input_ids: Tensor, additional_forward_args: Any, *, tap: bool = True) -> ForwardCapture:
         """Check the model and the arguments, then run the forward function once with every hook.
@@ -249,9 +260,28 @@ class HookedModelAttribution(Attribution):
         args = self._extra_args(additional_forward_args)
         validation.check_positional_arguments(self.forward_func, self.model, args)
         validation.check_attention_mask(self.forward_func, self.model, input_ids, args)
+        captured, output, leaf, met_masked_rows = self._hooked_forward(input_ids, args, tap, zero_masked_rows=True)
+        if met_masked_rows:
+            captured, output, leaf = self._as_the_model_runs(input_ids, args, tap, (captured, output, leaf))
+        pooling = self._pool_weights(captured)
+        each = self.adapter.pooling == "each"
+        # captured.logits: the model's output, or its logits before a soft-cap (Capture.result)
+        covered, choices = decomposed_model_output(captured.logits, pooling, each=each, adapter_name=self.adapter.name)
+        captured.logits = covered.detach()
+        parameter = next(self.model.parameters(), None)
+        if getattr(_CALL_STATE, "autocast", None) and parameter is not None and parameter.dtype.is_floating_point:
+            # Results in the model's own dtype, not in the lower precision of the autocast pass.
+            captured.logits = captured.logits.to(torch.promote_types(captured.logits.dtype, parameter.dtype))
+        return ForwardCapture(captured, output, leaf, pooling, per_position=each, choices=choices)
+
+    def _hooked_forward(
+        self, input_ids: Tensor, args: tuple, tap: bool, *, zero_masked_rows: bool
+    ) -> tuple[Captured, Any, Optional[Tensor], bool]:
+        """One forward pass with every hook: the records, the forward function's output, the model
+        output's leaf (``tap``), and whether a fused-kernel model's attention met a fully masked row."""
         with ExitStack() as stack:
             stack.enter_context(torch.no_grad())
-            capture = stack.enter_context(capture_internals(self.model, self.adapter))
+            capture = stack.enter_context(capture_internals(self.model, self.adapter, zero_masked_rows=zero_masked_rows))
             span_tuple = task_of(self.model) == "question answering"
             model_tap = stack.enter_context(tap_model_output(self.model, span_tuple=span_tuple)) if tap else ModelOutputTap()
             model_ids = stack.enter_context(validation.recording_model_ids(self.model))
@@ -262,16 +292,49 @@ class HookedModelAttribution(Attribution):
             if raw is None:
                 raw = torch.zeros(input_ids.shape[0], 0, device=input_ids.device)
             captured = capture.result(output, raw.detach())
-        pooling = self._pool_weights(captured)
-        each = self.adapter.pooling == "each"
-        # captured.logits: the model's output, or its logits before a soft-cap (Capture.result)
-        covered, choices = decomposed_model_output(captured.logits, pooling, each=each, adapter_name=self.adapter.name)
-        captured.logits = covered.detach()
-        parameter = next(self.model.parameters(), None)
-        if getattr(_CALL_STATE, "autocast", None) and parameter is not None and parameter.dtype.is_floating_point:
-            # Results in the model's own dtype, not in the lower precision of the autocast pass.
-            captured.logits = captured.logits.to(torch.promote_types(captured.logits.dtype, parameter.dtype))
-        return ForwardCapture(captured, output, model_tap.leaf, pooling, per_position=each, choices=choices)
+        return captured, output, model_tap.leaf, capture.met_fully_masked_rows
+
+    def _as_the_model_runs(
+        self, input_ids: Tensor, args: tuple, tap: bool, zeroed: tuple[Captured, Any, Optional[Tensor]]
+    ) -> tuple[Captured, Any, Optional[Tensor]]:
+        """The captured pass that gives the model's own output where a fully masked query row met a
+        fused kernel: whether the kernel zeroes that row or spreads it evenly depends on the mask
+        Transformers builds for it, so both are compared with the forward function run as the model
+        is (its own attention implementation, no hooks). Refuses when neither matches."""
+        with torch.no_grad(), self._forward_precision():
+            own = model_output_tensor(self.forward_func(input_ids, *args))
+        if own is None:
+            return zeroed
+
+        def distance(output: Any) -> float:
+            captured_output = model_output_tensor(output)
+            if captured_output is None or captured_output.shape != own.shape:
+                return float("inf")
+            return float((captured_output.detach().double() - own.detach().double()).abs().max())
+
+        if distance(zeroed[1]) <= _agreement(own):
+            return zeroed
+        spread_captured, spread_output, spread_leaf, _ = self._hooked_forward(input_ids, args, tap, zero_masked_rows=False)
+        best = min(
+            ((distance(zeroed[1]), zeroed), (distance(spread_output), (spread_captured, spread_output, spread_leaf))),
+            key=lambda pair: pair[0],
+        )
+        if best[0] > _agreement(own):
+            raise RuntimeError(
+                "DecompX could not reproduce the model's own output: its attention meets query rows whose every key "
+                "is masked (padding outside every attention window, or a left-padded row), and neither the fused "
+                "kernel's handling of such rows nor eager attention's gives the output the model returns (max "
+                f"|difference| {best[0]:.3g}). Load the model with attn_implementation='eager', or pad on the other side."
+            )
+        return best[1]
 
 
-__all__ = ["ForwardCapture", "HookedModelAttribution", "captum_entry_point", "in_call_modes"]
+def _agreement(output: Tensor) -> float:
+    """How far a captured pass may be from the model's own output: a few rounding steps of the output's
+    dtype at its scale (eager attention and a fused kernel round differently)."""
+    scale = max(1.0, float(output.detach().abs().max())) if output.numel() else 1.0
+    epsilon = torch.finfo(output.dtype).eps if output.dtype.is_floating_point else 0.0
+    return max(1e-4, 64 * epsilon) * scale
+
+
+__all__ = ["ForwardCapture", "HookedModelAttribution", "Inputs", "captum_entry_point", "in_call_modes"]

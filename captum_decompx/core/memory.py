@@ -49,6 +49,23 @@ class MemoryPlan:
     bytes_needed: int  # the peak estimate of the plan
 
 
+@dataclass(frozen=True)
+class PieceSizes:
+    """The sizes the exact path's memory depends on, per example, besides the batch and the sequence length.
+
+    Attributes:
+        pieces: pieces per row: one per token, plus the bias piece when the biases are collected in one.
+        width: the widest hidden state (the hidden size, or a wider value map).
+        ffn: the feed-forward width (0 without the feed-forward networks).
+        itemsize: bytes per number.
+    """
+
+    pieces: int
+    width: int
+    ffn: int
+    itemsize: int
+
+
 def exact_memory_per_example(seq: int, pieces: int, hidden: int, ffn: int, itemsize: int, rows: int) -> int:
     """Estimated peak bytes of one example: four (seq, pieces, hidden) tensors, plus the
     temporaries of ``rows`` rows (feed-forward pieces and norm/bias-rule intermediates).

@@ -3,14 +3,17 @@
 A :class:`Recorder` installs forward hooks that append a detached tensor to a list per
 ``(module, role)``; a :class:`Reader` hands the recorded calls back in call order, so that a module
 that runs several times in one pass (ALBERT's shared layers) gives one value per run. The hooks are
-removed by :func:`captum_decompx.core.capture.capture_internals`, the one context manager that owns them.
+removed by :func:`captum_decompx.core.capture.capture_internals`, the one context manager that owns them;
+the smaller taps around the same pass (the model's output, the ids it embedded) hold theirs in
+:func:`hooks`.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -168,3 +171,14 @@ class Reader:
             )
         self._read[key] += 1
         return calls[occurrence]
+
+
+@contextmanager
+def hooks() -> Iterator[Recorder]:
+    """A :class:`Recorder` for the block: its hooks act on the entering thread's calls only and are
+    removed when the block ends, whatever happens."""
+    recorder = Recorder()
+    try:
+        yield recorder
+    finally:
+        recorder.remove()

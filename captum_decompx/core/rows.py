@@ -19,8 +19,8 @@ from ..adapters import Adapter
 from ..components import BiasMode, ModelParts, Settings, propagate_head_rows, token_pieces
 from ..components.linear import Affine
 from .capture import Captured
-from .decomposition import FAST_GRADIENT_BYTES, Options, _shares, exact_settings, propagate_token_rows, resolve_parts
-from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan, plan_memory
+from .decomposition import FAST_GRADIENT_BYTES, Options, _shares, exact_settings, plan_exact, propagate_token_rows, resolve_parts
+from .memory import DEFAULT_MAX_MEMORY, DecompXMemoryError, MemoryPlan
 
 if TYPE_CHECKING:
     from .freezing import FrozenForward
@@ -73,12 +73,9 @@ def plan_rows(
     """
     parts = resolve_parts(model, adapter, dtype)
     settings = exact_settings(options)
-    n_pieces = seq + (1 if settings.bias_mode is BiasMode.PIECE else 0)
     hidden = max([layer.value.weight.shape[1] for layer in parts.layers] + [1])
-    ffn = max(layer.ffn_in.weight.shape[0] for layer in parts.layers)
-    width = max([hidden] + [layer.value.weight.shape[0] for layer in parts.layers])
-    itemsize = torch.finfo(dtype).bits // 8
-    plan = plan_memory(batch, seq, n_pieces, width, ffn if settings.include_ffn else 0, itemsize, max_memory)
+    plan, sizes = plan_exact((batch, seq, hidden), parts, settings, dtype, max_memory)
+    n_pieces, width, itemsize = sizes.pieces, sizes.width, sizes.itemsize
     kept = batch * rows * n_pieces * width * itemsize  # the last layer's rows, held while the head runs
     if _selectable_head(parts, settings):
         per_row = 2 * batch * n_pieces * max(rows, 1) * itemsize  # the row's pieces x the chunk's classes

@@ -27,13 +27,14 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-import threading
 import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+
+from .recording import hooks
 
 TargetType = Union[None, int, Sequence[int], Tensor]
 
@@ -164,8 +165,22 @@ def check_vocabulary(input_ids: Tensor, vocabulary_size: int) -> None:
     )
 
 
-def check_pixel_inputs(inputs: Tensor, model_name: str) -> None:
-    """Image models take float ``pixel_values`` (batch, channels, height, width), not empty."""
+def check_pixel_inputs(
+    inputs: Tensor,
+    model_name: str,
+    model: Optional[nn.Module] = None,
+    *,
+    fixed_size: bool = False,
+    forward_is_model: bool = False,
+) -> None:
+    """Image models take float ``pixel_values`` (batch, channels, height, width), not empty, with
+    the model's number of channels; a model that reads one image size only (``fixed_size``: ViT,
+    DeiT, whose position embeddings are interpolated only when the call asks for it) is called by
+    the forward function with that size when the forward function is the model itself.
+
+    Raises:
+        ValueError: naming what was wrong and what to pass instead.
+    """
     if inputs.dim() != 4 or not inputs.dtype.is_floating_point:
         raise ValueError(
             f"{model_name} models take pixel_values of shape (batch, channels, height, width) as "
@@ -173,6 +188,24 @@ def check_pixel_inputs(inputs: Tensor, model_name: str) -> None:
         )
     if inputs.shape[0] == 0:
         raise ValueError("inputs is an empty batch: pass at least one image.")
+    config = getattr(model, "config", None)
+    channels = getattr(config, "num_channels", None)
+    if isinstance(channels, int) and inputs.shape[1] != channels:
+        raise ValueError(
+            f"The {model_name} model takes images with {channels} channel(s) (config.num_channels); got "
+            f"{inputs.shape[1]} (pixel_values of shape {tuple(inputs.shape)}, channels second). Convert the "
+            "images with the model's image processor (e.g. a grayscale image to RGB), or check the axis order "
+            "(channels-last images need .permute(0, 3, 1, 2))."
+        )
+    size = getattr(config, "image_size", None)
+    expected = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else None
+    if fixed_size and forward_is_model and expected is not None and tuple(inputs.shape[2:]) != expected:
+        raise ValueError(
+            f"The {model_name} model reads {expected[0]}x{expected[1]} images (config.image_size) unless it is called "
+            f"with interpolate_pos_encoding=True; got {inputs.shape[2]}x{inputs.shape[3]}. Resize the images (the "
+            "model's image processor does), or explain a forward function that interpolates its position "
+            "embeddings: DecompX(lambda pixels: model(pixels, interpolate_pos_encoding=True).logits, model=model)."
+        )
 
 
 #: Model arguments that hold a generation cache: a tensor passed there by position (an attention
@@ -247,17 +280,14 @@ def recording_model_ids(model: nn.Module) -> Iterator[list[Tensor]]:
     if embedding is None:
         yield seen
         return
-    thread = threading.get_ident()
 
-    def record(_module: nn.Module, args: tuple) -> None:
-        if threading.get_ident() == thread and not seen and args and isinstance(args[0], Tensor):
+    def record(_module: nn.Module, args: tuple, _kwargs: dict) -> None:
+        if not seen and args and isinstance(args[0], Tensor):
             seen.append(args[0].detach())
 
-    handle = embedding.register_forward_pre_hook(record)
-    try:
+    with hooks() as recorder:
+        recorder.pre_hook(embedding, "model ids", record)
         yield seen
-    finally:
-        handle.remove()
 
 
 def check_model_received_the_inputs(inputs: Tensor, seen: list[Tensor]) -> None:

@@ -22,7 +22,10 @@ instead, and any other attributed function (log-probabilities, contrastive score
 functions) is refused with an error. Pass ``attributed_fn="logit"`` to say what you get.
 
 Supported: the decoder-only models DecompX supports (GPT-2, Llama, Qwen2, Mistral), batched and
-left-padded prompts. Encoder-decoder models raise an error (no encoder-decoder adapter exists).
+left-padded prompts; the encoder-decoders DecompX supports (T5, the BART family): each step's logit
+over the source (``source_attributions``) and, with ``attribute_target=True``, the target prefix
+(``target_attributions``); without it, the prefix's share is the step score
+``decompx_target_prefix``.
 
 Needs the ``inseq`` extra: ``pip install "captum-decompx[inseq]"``.
 """
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 import inseq  # the third-party package (this module is captum_decompx.integrations.inseq)
+import torch
 from inseq.attr import FeatureAttribution
 from inseq.attr.step_functions import get_step_function
 from inseq.data import CoarseFeatureAttributionStepOutput
@@ -42,12 +46,15 @@ from torch import Tensor
 from ..attribution import DecompX
 from ._html import fix_numpy_scalar_reprs
 
-__all__ = ["BIAS_STEP_SCORE", "METHOD_NAME", "DecompXInseqAttribution", "show_html"]
+__all__ = ["BIAS_STEP_SCORE", "METHOD_NAME", "PREFIX_STEP_SCORE", "DecompXInseqAttribution", "show_html"]
 
 #: the name the method is registered under in inseq.
 METHOD_NAME = "decompx"
 #: the step score that holds the biases' share of each logit when ``include_biases=False``.
 BIAS_STEP_SCORE = "decompx_bias"
+#: for an encoder-decoder attributed without ``attribute_target=True``: the target prefix's share
+#: of each logit (with the source attributions and the bias share, the logit).
+PREFIX_STEP_SCORE = "decompx_target_prefix"
 
 # DecompX options that make sense inside inseq (include_head=False gives norms, not logit shares).
 _OPTIONS = ("include_biases", "bias_decomposition", "include_ffn", "ffn_approximation", "algorithm", "max_memory")
@@ -69,12 +76,7 @@ class DecompXInseqAttribution(FeatureAttribution):
 
     def __init__(self, attribution_model: Any, **options: Any) -> None:
         super().__init__(attribution_model, hook_to_model=False)
-        if attribution_model.is_encoder_decoder:
-            raise ValueError(
-                f"DecompX in inseq supports decoder-only models; {type(attribution_model.model).__name__} is an "
-                "encoder-decoder model, for which captum-decompx has no adapter yet. Use a decoder-only model "
-                "(GPT-2, Llama, Qwen2, Mistral), or another inseq method for this model."
-            )
+        self.encoder_decoder = bool(attribution_model.is_encoder_decoder)
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             hint = (
@@ -85,11 +87,14 @@ class DecompXInseqAttribution(FeatureAttribution):
             raise TypeError(f"Unknown DecompX option(s) for inseq: {', '.join(unknown)}; valid: {', '.join(_OPTIONS)}.{hint}")
         # DecompX reads token ids and runs the model on them (not on embeddings).
         self.attribute_batch_ids = True
-        self.forward_batch_embeds = False
+        # inseq allows attribute_target=True only when it believes the forward pass reads embeddings;
+        # DecompX runs the model on the ids it finds in the arguments either way.
+        self.forward_batch_embeds = self.encoder_decoder
         self.use_baselines = False
         model = attribution_model.model
         self.options = dict(options)
-        self.decompx = DecompX(self._last_position_logits, model=model, **options)
+        forward = self._seq2seq_logits if self.encoder_decoder else self._last_position_logits
+        self.decompx = DecompX(forward, model=model, **options)
         self._logit_fn = get_step_function("logit")
         self._probability_fn = get_step_function("probability")
         self.hook()
@@ -97,6 +102,13 @@ class DecompXInseqAttribution(FeatureAttribution):
     def _last_position_logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(batch, vocab) the next-token logits, as inseq's ``logit`` step score reads them."""
         return self.attribution_model.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -1, :]
+
+    def _seq2seq_logits(self, source_ids: Tensor, target_ids: Tensor, source_mask: Tensor, target_mask: Tensor) -> Tensor:
+        """(batch, target, vocab) an encoder-decoder's logits at every position of the target prefix."""
+        model = self.attribution_model.model
+        return model(
+            input_ids=source_ids, attention_mask=source_mask, decoder_input_ids=target_ids, decoder_attention_mask=target_mask
+        ).logits
 
     def _check_attributed_fn(self, attributed_fn: Callable[..., Any]) -> None:
         if attributed_fn is self._logit_fn:
@@ -152,6 +164,8 @@ class DecompXInseqAttribution(FeatureAttribution):
                 f"DecompX takes no attribution arguments ({', '.join(sorted(attribution_args))}); set its options in "
                 "inseq.load_model(model, 'decompx', **options)."
             )
+        if self.encoder_decoder:
+            return self._seq2seq_step(attribute_fn_main_args)
         (input_ids,) = attribute_fn_main_args["inputs"]
         extra = attribute_fn_main_args["additional_forward_args"]
         target_ids, attention_mask = extra[1].reshape(-1), extra[3]
@@ -168,6 +182,38 @@ class DecompXInseqAttribution(FeatureAttribution):
         return CoarseFeatureAttributionStepOutput(
             source_attributions=None,
             target_attributions=scores.detach().float().cpu(),
+            step_scores=step_scores,
+        )
+
+    def _seq2seq_step(self, attribute_fn_main_args: dict[str, Any]) -> CoarseFeatureAttributionStepOutput:
+        """One generation step of an encoder-decoder: the source's (and, with ``attribute_target=True``,
+        the target prefix's) contributions to each row's target-token logit at the prefix's last
+        real position.
+
+        inseq passes ``inputs`` = (source_ids,) or (source_ids, prefix_ids), and
+        ``additional_forward_args`` = ([prefix embeddings,] source_ids, prefix_ids, target_ids
+        (batch, 1), attributed_fn, source_mask, prefix_mask, ...).
+        """
+        inputs = attribute_fn_main_args["inputs"]
+        attribute_target = len(inputs) == 2
+        extra = attribute_fn_main_args["additional_forward_args"][0 if attribute_target else 1 :]
+        source_ids, prefix_ids, target_ids, _, source_mask, prefix_mask = extra[:6]
+        positions = (prefix_mask * torch.arange(1, prefix_mask.shape[1] + 1, device=prefix_mask.device)).argmax(1)
+        targets = [(int(position), int(token)) for position, token in zip(positions, target_ids.reshape(-1))]
+        (source_scores, prefix_scores), delta = self.decompx.attribute(
+            (source_ids, prefix_ids),
+            target=targets,
+            additional_forward_args=(source_mask, prefix_mask),
+            return_convergence_delta=True,
+        )
+        step_scores = {}
+        if not self.decompx.include_biases:
+            step_scores[BIAS_STEP_SCORE] = (-delta).detach().float().cpu()
+        if not attribute_target:
+            step_scores[PREFIX_STEP_SCORE] = prefix_scores.sum(-1).detach().float().cpu()
+        return CoarseFeatureAttributionStepOutput(
+            source_attributions=source_scores.detach().float().cpu(),
+            target_attributions=prefix_scores.detach().float().cpu() if attribute_target else None,
             step_scores=step_scores,
         )
 

@@ -470,41 +470,34 @@ def _attribute_dataset(
             group, out_dir, model, tokenizer, source, table, schema, algorithm=algorithm, max_length=limit, extra=extra
         )
         llm = LLMDecompX(model, tokenizer, include_biases=algorithm == "exact", algorithm=algorithm)
-
-        def compute_causal(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, tuple[int, int]]:
-            part, truncated, padding = attribute_causal_part(
-                llm,
-                tokenizer,
-                table,
-                start,
-                end,
-                schema=schema,
-                max_length=limit,
-                generate=options.generate,
-                device=device,
-                on_batch=progress,
-            )
-            return part, (truncated, padding)
-
-        return _run_attribute_job(group, say, table, folder, compute_causal, options, began)
-    schema = output_schema(table.text_pairs is not None, table.labels is not None)
-    folder = _output_folder(group, out_dir, model, tokenizer, source, table, schema, algorithm=algorithm, max_length=limit)
-    explainer = DecompX(_forward(model), model=model, include_biases=algorithm == "exact", algorithm=algorithm)
-
-    def compute(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, tuple[int, int]]:
-        part, truncated, padding = attribute_part(
+        part_of: Callable[..., tuple[Any, int, int]] = partial(
+            attribute_causal_part,
+            llm,
+            tokenizer,
+            table,
+            schema=schema,
+            max_length=limit,
+            generate=options.generate,
+            device=device,
+        )
+    else:
+        schema = output_schema(table.text_pairs is not None, table.labels is not None)
+        folder = _output_folder(group, out_dir, model, tokenizer, source, table, schema, algorithm=algorithm, max_length=limit)
+        explainer = DecompX(_forward(model), model=model, include_biases=algorithm == "exact", algorithm=algorithm)
+        part_of = partial(
+            attribute_part,
             explainer,
             tokenizer,
             table,
-            start,
-            end,
             schema=schema,
             batch_size=options.batch_size,
             max_length=limit,
             bucket_by_length=options.bucket_by_length,
             device=device,
-            on_batch=progress,
         )
+
+    def compute(start: int, end: int, progress: Callable[[int], None]) -> tuple[Any, tuple[int, int]]:
+        part, truncated, padding = part_of(start, end, on_batch=progress)
         return part, (truncated, padding)
 
     return _run_attribute_job(group, say, table, folder, compute, options, began)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..attribution import DecompXOutput
 from ..colors import AWAY_RGB, TOWARDS_RGB, probability_text, text_colour_on
-from .selection import LabelNames, PathLike, _class_rows, _mask_row, _position_values, real_positions
+from .selection import LabelNames, PathLike, _class_rows, _mask_row, _position_values, real_positions, saved
 
 
 def _colormap():
@@ -100,9 +100,7 @@ def plot_class_contributions(
     _class_colour_bar(figure, layout, scale, cmap)
     if any(row["predicted"] for row in rows):
         layout.text(figure, layout.margin, 0.55 + 0.08, "★ predicted class", fontsize=fontsize * 0.8, color="#555")
-    if path is not None:
-        figure.savefig(path, dpi=save_dpi, format=image_format)
-    return figure
+    return saved(figure, path, dpi=save_dpi, format=image_format)
 
 
 @dataclass
@@ -255,9 +253,7 @@ def plot_token_map(
     ax.set_title(title or f"DecompX token map, layer {layer_number + 1} of {len(maps)}: ||X[i, k]||", fontsize=11)
     colorbar = figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     colorbar.set_label("||X[i, k]||")
-    if path is not None:
-        figure.savefig(path, dpi=save_dpi, bbox_inches="tight")
-    return figure
+    return saved(figure, path, dpi=save_dpi, bbox_inches="tight")
 
 
 def plot_position_contributions(
@@ -303,6 +299,4 @@ def plot_position_contributions(
         fontsize=fontsize + 1,
     )
     figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=150)
-    return figure
+    return saved(figure, path, dpi=150)

@@ -13,7 +13,17 @@ from torch import Tensor
 
 from ..attribution import DecompXOutput
 from ..colors import probability_text, signed_hex, text_colour_on
-from .selection import LabelNames, PathLike, _class_rows, _label, _mask_row, _normalized, _position_values, real_positions
+from .selection import (
+    LabelNames,
+    PathLike,
+    _class_rows,
+    _label,
+    _mask_row,
+    _normalized,
+    _position_values,
+    real_positions,
+    saved,
+)
 
 if TYPE_CHECKING:  # the record class's home module is private; Captum exports it as visualization.VisualizationDataRecord
     from captum.attr._utils.visualization import VisualizationDataRecord
@@ -295,10 +305,7 @@ def class_contributions_html(
         "Hover a token for its value.</p>\n"
         "<table>\n" + "\n".join(lines) + "\n</table>\n" + _legend("the row's class")
     )
-    page = _document(title or "Per-class token contributions (DecompX)", body)
-    if path is not None:
-        Path(path).write_text(page, encoding="utf-8")
-    return page
+    return saved(_document(title or "Per-class token contributions (DecompX)", body), path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +347,4 @@ def position_contributions_html(
         f"sum of the contributions {float(values.sum()):+.4f}. Colour scale: &plusmn;{scale:.3f}.</p>\n"
         f'<div class="tokens" style="line-height: 2.1">{" ".join(marks)}</div>\n' + _legend()
     )
-    page = _document(title or "One position's explanation (DecompX)", body)
-    if path is not None:
-        Path(path).write_text(page, encoding="utf-8")
-    return page
+    return saved(_document(title or "One position's explanation (DecompX)", body), path)

@@ -4,7 +4,7 @@ names, values scaled to [-1, 1], the rows of the per-class view and one position
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, TypeVar, Union, cast
 
 import torch
 from torch import Tensor
@@ -13,6 +13,18 @@ from ..attribution import DecompXOutput
 
 LabelNames = Union[Sequence[str], Mapping[int, str], None]
 PathLike = Union[str, Path]
+View = TypeVar("View")
+
+
+def saved(view: View, path: Optional[PathLike], **savefig_options: Any) -> View:
+    """``view`` (a standalone HTML page, or a matplotlib figure), first written to ``path`` when one
+    is given: the page as UTF-8 text, the figure by ``savefig(path, **savefig_options)``."""
+    if path is not None:
+        if isinstance(view, str):
+            Path(path).write_text(view, encoding="utf-8")
+        else:
+            cast(Any, view).savefig(path, **savefig_options)  # a matplotlib Figure
+    return view
 
 
 def _label(names: LabelNames, index: Optional[int]) -> Any:

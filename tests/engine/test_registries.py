@@ -93,32 +93,41 @@ def test_builtin_names():
 
 
 def test_a_registered_norm_kind_resolves_and_propagates_like_the_module():
-    """T5's RMSNorm is called T5LayerNorm: unknown until a kind is registered for it; then the
-    frozen norm on a single piece reproduces the module's own output."""
-    from transformers.models.t5.modeling_t5 import T5LayerNorm
-
+    """A normalization module DecompX does not know is refused until a kind is registered for it;
+    then the frozen norm on a single piece reproduces the module's own output."""
     from captum_decompx.components import Settings
     from captum_decompx.components.norms import RMSNormKind, norm_params, normalize, register_norm_kind, unregister_norm_kind
 
-    class T5Norm(RMSNormKind):
-        def matches(self, module):
-            return type(module).__name__ == "T5LayerNorm"
+    class ScaleByRootMeanSquare(torch.nn.Module):
+        """An RMSNorm under a name no registered kind matches."""
 
-    module = T5LayerNorm(8).double()
+        def __init__(self, size: int) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(size))
+            self.variance_epsilon = 1e-6
+
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            return self.weight * hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+    class ScaleByRootMeanSquareKind(RMSNormKind):
+        def matches(self, module):
+            return type(module).__name__ == "ScaleByRootMeanSquare"
+
+    module = ScaleByRootMeanSquare(8).double()
     with torch.no_grad():
         module.weight.copy_(1.0 + 0.3 * torch.randn(8, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     with pytest.raises(TypeError, match="register_norm_kind"):
         norm_params(module, torch.float64)
-    register_norm_kind("t5-rms", T5Norm())
+    register_norm_kind("scale-rms", ScaleByRootMeanSquareKind())
     try:
         params = norm_params(module, torch.float64)
-        assert params.kind == "t5-rms" and params.eps == module.variance_epsilon
+        assert params.kind == "scale-rms" and params.eps == module.variance_epsilon
         hidden = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         propagated = normalize(hidden.unsqueeze(2), hidden, params, Settings()).squeeze(2)
         with torch.no_grad():
-            torch.testing.assert_close(propagated, module(hidden), rtol=1e-6, atol=1e-6)  # T5 computes in float32
+            torch.testing.assert_close(propagated, module(hidden), rtol=1e-12, atol=1e-12)
     finally:
-        unregister_norm_kind("t5-rms")
+        unregister_norm_kind("scale-rms")
 
 
 def test_every_registry_has_the_same_verbs():

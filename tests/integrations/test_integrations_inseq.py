@@ -1,4 +1,5 @@
-"""inseq integration: ``inseq.load_model(model, "decompx", ...)`` on tiny random decoder-only models.
+"""inseq integration: ``inseq.load_model(model, "decompx", ...)`` on tiny random decoder-only and
+encoder-decoder models.
 
 Every step's attributions are checked against inseq's own ``logit`` step score (an independent
 forward pass inside inseq) and against DecompX called by hand on the same (left-padded) prefix, so
@@ -201,21 +202,58 @@ def test_unknown_options_and_include_head_are_refused():
         inseq.load_model(model, "decompx", tokenizer=tokenizer, include_head=False)
 
 
-def test_encoder_decoder_models_get_a_clear_error():
+SEQ2SEQ_WORDS = ["<pad>", "</s>", "<unk>"] + WORDS[3:]  # T5's ids: pad 0, eos 1
+
+
+def tiny_t5():
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SEQ2SEQ_WORDS)}, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
     config = tf.T5Config(
-        vocab_size=len(WORDS),
+        vocab_size=len(SEQ2SEQ_WORDS),
         d_model=16,
         d_kv=4,
-        d_ff=16,
-        num_layers=1,
-        num_heads=2,
+        d_ff=24,
+        num_layers=2,
+        num_heads=4,
         decoder_start_token_id=0,
         pad_token_id=0,
-        eos_token_id=2,
+        eos_token_id=1,
+        dropout_rate=0.0,
     )
-    model = tf.T5ForConditionalGeneration(config).eval()
-    with pytest.raises(ValueError, match="encoder-decoder model, for which captum-decompx has no adapter"):
-        inseq.load_model(model, "decompx", tokenizer=word_tokenizer())
+    return randomize_parameters(tf.T5ForConditionalGeneration(config), seed=0), tokenizer
+
+
+@pytest.mark.parametrize("attribute_target", [True, False], ids=["source-and-target", "source-only"])
+def test_encoder_decoder_steps_are_complete_and_equal_decompx(attribute_target):
+    """A batch of sources and targets of different lengths: each step's source (and target-prefix)
+    attributions sum to inseq's logit step score (without attribute_target, the prefix's share is
+    the step score decompx_target_prefix), and equal DecompX called by hand on that step."""
+    model, tokenizer = tiny_t5()
+    sources, targets = ["the cat sat", "a dog ran fast"], ["big small", "the mat on"]
+    out = inseq.load_model(model, "decompx", tokenizer=tokenizer).attribute(
+        sources, targets, attributed_fn="logit", attribute_target=attribute_target, show_progress=False, step_scores=["logit"]
+    )
+    explainer = DecompX(
+        lambda src, tgt, mask: model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits, model=model
+    )
+    for seq, source, target in zip(out.sequence_attributions, sources, targets):
+        source_ids = tokenizer(source, return_tensors="pt")["input_ids"]
+        target_ids = tokenizer(target, return_tensors="pt")["input_ids"][0]
+        steps = target_ids.numel()
+        assert seq.source_attributions.shape == (source_ids.shape[1], steps)
+        prefix_share = seq.target_attributions.nansum(0) if attribute_target else seq.step_scores[decompx_inseq.PREFIX_STEP_SCORE]
+        torch.testing.assert_close(seq.source_attributions.nansum(0) + prefix_share, seq.step_scores["logit"], rtol=0, atol=1e-5)
+        decoder_ids = torch.cat([torch.tensor([0]), target_ids])
+        for step in range(steps):
+            attr_src, attr_tgt = explainer.attribute(
+                (source_ids, decoder_ids[None, : step + 1]),
+                target=(step, int(target_ids[step])),
+                additional_forward_args=(torch.ones_like(source_ids),),
+            )
+            torch.testing.assert_close(seq.source_attributions[:, step], attr_src[0], rtol=0, atol=1e-5)
+            if attribute_target:
+                torch.testing.assert_close(seq.target_attributions[: step + 1, step], attr_tgt[0], rtol=0, atol=1e-5)
 
 
 def test_attributions_are_finite_numbers():

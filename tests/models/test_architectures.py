@@ -8,6 +8,7 @@ biases, norm gains and feed-forward networks all matter.
 from __future__ import annotations
 
 import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,7 +57,7 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 
 def test_every_listed_architecture_has_an_adapter():
     listed = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta-v2", "albert",
-              "modernbert", "vit", "gpt2", "llama", "qwen2", "mistral", "qwen3", "gemma", "gemma2", "gemma3_text",
+              "modernbert", "vit", "deit", "beit", "data2vec-vision", "dinov2", "swin", "gpt2", "llama", "qwen2", "mistral", "qwen3", "gemma", "gemma2", "gemma3_text",
               "phi3"}
     assert listed <= set(supported_model_types())
 
@@ -284,6 +285,36 @@ def check_tiny_classifier(model: nn.Module) -> None:
     exact = DecompX(model, include_biases=False, algorithm="exact").decompose(ids)
     assert_close(fast.attributions, exact.attributions, scale)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+class TinyGatedBlock(TinyBlock):
+    """A pre-LN block whose SwiGLU unit computes gate and up-projection in one map and calls
+    ``F.silu`` from no attribute (as DINOv2's SwiGLU unit does in transformers 4.x)."""
+
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__(hidden, heads)
+        self.gate_up = nn.Linear(hidden, 4 * hidden)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))[0]
+        gate, up = self.gate_up(self.norm2(x)).chunk(2, dim=-1)
+        return x + self.down(nn.functional.silu(gate) * up)
+
+
+def test_gated_unit_whose_activation_is_a_plain_function():
+    """The adapter gives the function itself; the fast path freezes the gate's half of the fused map."""
+    model = TinyClassifier()
+    model.blocks = nn.ModuleList(TinyGatedBlock(16, 2) for _ in range(2))
+    model = randomize_parameters(model, 8)
+    layer = LayerPaths(
+        attention="attn", value="attn.qkv[2/3]", attention_output="attn.out", attention_norm="norm1",
+        ffn_in="gate_up[1/2]", ffn_activation=nn.functional.silu, ffn_out="down", ffn_norm="norm2", ffn_gate="gate_up[0/2]",
+    )  # fmt: skip
+    register_adapter("tiny-custom-transformer", replace(TINY_ADAPTER, layer=layer))
+    try:
+        check_tiny_classifier(model)
+    finally:
+        unregister_adapter("tiny-custom-transformer")
 
 
 def test_feature_range_paths_select_the_values_of_a_fused_projection():

@@ -8,4 +8,5 @@
 - :mod:`.word_level`: the word-level tokenizer of the tiny causal LMs.
 - :mod:`.cli_output`: running the command line in-process and parsing what it prints.
 - :mod:`.notebooks`: executing the tutorials and reading their outputs.
+- :mod:`.smollm`: whether the demo LLM (SmolLM2-135M-Instruct) is installed, its question, a scaled comparison.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import nbclient  # the dev extra: pip install -e ".[dev]"
 import nbformat
@@ -17,11 +18,20 @@ TUTORIALS = REPOSITORY / "tutorials"
 CELL_TIMEOUT_S = 600
 
 
-def execute(name: str, monkeypatch) -> nbformat.NotebookNode:
-    """Run ``tutorials/<name>`` top to bottom in a fresh kernel, from the tutorials folder."""
+def execute(name: str, monkeypatch, smaller: Optional[dict[str, str]] = None) -> nbformat.NotebookNode:
+    """Run ``tutorials/<name>`` top to bottom in a fresh kernel, from the tutorials folder.
+
+    ``smaller``: source text -> replacement, each found in the notebook, for a run with smaller
+    settings (fewer samples or steps of the slow baselines) than the stored one.
+    """
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(DEMO_MODEL_ENV, raising=False)  # the notebooks find ../models/minilm-sst2
     notebook = nbformat.read(TUTORIALS / name, as_version=4)
+    for original, replacement in (smaller or {}).items():
+        cells = [cell for cell in notebook.cells if cell.cell_type == "code" and original in cell.source]
+        assert cells, f"{name} has no {original!r} to make smaller"
+        for cell in cells:
+            cell.source = cell.source.replace(original, replacement)
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs = []

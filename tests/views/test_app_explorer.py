@@ -157,6 +157,9 @@ def test_deletion_curve_matches_masking_by_hand(explorer, model, tokenizer):
             logits = model(input_ids=masked[None], attention_mask=batch["attention_mask"]).logits[0]
         assert probability == pytest.approx(float(torch.softmax(logits, -1)[target]), abs=1e-9), f"K = {k}"
     assert len(curve.rows()) == 10 and curve.predicted == f"LABEL_{target}"
+    figure = curve.figure()  # the plot the page shows: one line per method, the curve's values
+    (line,) = figure.axes[0].get_lines()
+    assert list(line.get_ydata()) == pytest.approx(curve.probabilities["DecompX"], abs=1e-12)
 
 
 def test_long_input_is_cut_with_a_notice(model, tokenizer):
