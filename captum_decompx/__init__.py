@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .core.forward_contract import cosine_similarity_frozen_norm
     from .core.memory import DecompXMemoryError
     from .evaluation import MethodSpec, evaluate_faithfulness
+    from .interaction import ImageTextInteraction, image_text_interaction
     from .llm import LLMDecompX
     from .runs.attribute import attribute_dataset
     from .seq2seq import Seq2SeqDecompX
@@ -55,6 +56,8 @@ _EXPORTS: dict[str, str] = {
     "Seq2SeqDecompX": "seq2seq",
     "evaluate_faithfulness": "evaluation",
     "captum_image_inputs": "visualization.image",
+    "ImageTextInteraction": "interaction",
+    "image_text_interaction": "interaction",
     "patch_heatmap": "visualization.image",
     "pixel_attributions": "visualization.image",
     "plot_patch_attribution": "visualization.image",
@@ -80,6 +83,7 @@ __all__ = [
     "DecompXOutput",
     "EncoderStack",
     "GlobEnc",
+    "ImageTextInteraction",
     "LLMDecompX",
     "LayerPaths",
     "Linear",
@@ -91,6 +95,7 @@ __all__ = [
     "cosine_similarity_frozen_norm",
     "evaluate_faithfulness",
     "captum_image_inputs",
+    "image_text_interaction",
     "patch_heatmap",
     "pixel_attributions",
     "plot_patch_attribution",

@@ -176,10 +176,47 @@ class Merge:
 
 
 @dataclass
+class ContrastiveWeights:
+    """The logits step of a two-tower image-text model: ``scale * <a / |a|, b_c / |b_c|> + bias``
+    for this tower's embedding ``a`` (d,) and every row ``b_c`` of ``other`` (C, d), the other
+    tower's embeddings, which are held fixed. Decomposed with both norms frozen at their real values."""
+
+    other: Tensor
+    scale: float
+    bias: Optional[float] = None
+
+    def __call__(self, a: Tensor) -> Tensor:
+        """(d,) -> (C,)."""
+        out = torch.zeros(self.other.shape[0], dtype=DTYPE)
+        for c in range(self.other.shape[0]):
+            out[c] = self.scale * float(a @ self.other[c]) / (float(a.norm()) * float(self.other[c].norm()))
+        return out if self.bias is None else out + self.bias
+
+
+@dataclass
+class ProbeWeights:
+    """An attention-pooling head: the learned query ``probe`` (d,) attends to every position with
+    ``heads`` heads, then ``a + ffn_out(act(ffn_in(norm(a))))`` of the attention's output ``a``."""
+
+    probe: Tensor
+    query: Affine
+    key: Affine
+    value: Affine
+    output: Affine
+    heads: int
+    norm: NormWeights
+    ffn_in: Affine
+    activation: Activation
+    ffn_out: Affine
+
+
+@dataclass
 class ModelWeights:
     """A whole model: layers in execution order, where the norms sit, the final norm, the head.
 
-    ``head`` is a list of :class:`Affine`, :class:`Activation` and :class:`NormWeights` steps.
+    ``head`` is a list of :class:`Affine`, :class:`Activation`, :class:`NormWeights` and
+    :class:`ContrastiveWeights` steps. ``probe``: an attention-pooling head that reads every
+    position, in place of reading one row.
     ``rotary(x, head_dim)`` rotates (N, head_dim) queries or keys by their positions.
     ``softmax(scores)`` is the attention softmax over the last axis.
     ``merges``: per layer index, the patch merging after that layer (Swin's stages).
@@ -194,6 +231,7 @@ class ModelWeights:
     causal: bool = False
     rotary: Optional[Callable[[Tensor], Tensor]] = None
     softmax: Callable[[Tensor], Tensor] = field(default=lambda scores: torch.softmax(scores, dim=-1))
+    probe: Optional[ProbeWeights] = None
     merges: dict[int, Merge] = field(default_factory=dict)
     score_scale: Optional[float] = None
     position_bias: Optional[Callable[[int], Tensor]] = None
@@ -270,11 +308,22 @@ class MeanOfHeads:
 
 
 @dataclass
+class ProbeTrace:
+    """alpha: (heads, N) the probe's attention probabilities; norm_input: (d,) the input of its
+    norm (the attention's output); pre_activation: (ffn,) the input of its activation."""
+
+    alpha: Tensor
+    norm_input: Tensor
+    pre_activation: Tensor
+
+
+@dataclass
 class Trace:
     layers: list[LayerTrace]
     final_norm_input: Optional[Tensor]
-    head_inputs: list[Optional[Tensor]]  # per head step: its real input (d,) for activations/norms
+    head_inputs: list[Optional[Tensor]]  # per head step: its real input (d,) for activations/norms/logits steps
     logits: Tensor  # (C,)
+    probe: Optional[ProbeTrace] = None
     merge_inputs: dict[int, Tensor] = field(default_factory=dict)  # per merge: its norm's real input (N', 4d)
     hidden: Optional[Tensor] = None  # (N, d), every row after the last layer and the final norm
 
@@ -400,7 +449,11 @@ def real_forward(
         final_norm_input = x
         x = model.final_norm(x)
     hidden = x
-    y = pool_rows(x, pooled_row)
+    probe_trace = None
+    if model.probe is not None:
+        y, probe_trace = real_probe(model.probe, x)
+    else:
+        y = pool_rows(x, pooled_row)
     head_inputs: list[Optional[Tensor]] = []
     for step in model.head:
         if isinstance(step, MeanOfHeads):
@@ -412,10 +465,32 @@ def real_forward(
         elif isinstance(step, Activation):
             head_inputs.append(y)
             y = step.function(y)
+        elif isinstance(step, ContrastiveWeights):
+            head_inputs.append(y)
+            y = step(y)
         else:
             head_inputs.append(y)
             y = step(y.unsqueeze(0)).squeeze(0)
-    return Trace(traces, final_norm_input, head_inputs, y, merge_inputs=merge_inputs, hidden=hidden)
+    return Trace(traces, final_norm_input, head_inputs, y, probe=probe_trace, merge_inputs=merge_inputs, hidden=hidden)
+
+
+def real_probe(probe: ProbeWeights, x: Tensor) -> tuple[Tensor, ProbeTrace]:
+    """The attention-pooling head on (N, d): its output (d,) and what the spec freezes (torch's
+    ``MultiheadAttention`` computes its softmax in the model's own dtype)."""
+    seq, dim = x.shape
+    head_dim = dim // probe.heads
+    q = probe.query(probe.probe.unsqueeze(0))[0]
+    k, v = probe.key(x), probe.value(x)
+    alpha = torch.zeros(probe.heads, seq, dtype=DTYPE)
+    context = torch.zeros(dim, dtype=DTYPE)
+    for h in range(probe.heads):
+        block = slice(h * head_dim, (h + 1) * head_dim)
+        alpha[h] = torch.softmax(q[block] @ k[:, block].T / math.sqrt(head_dim), dim=-1)
+        context[block] = alpha[h] @ v[:, block]
+    attended = probe.output(context)
+    normed = probe.norm(attended.unsqueeze(0))[0]
+    pre_activation = probe.ffn_in(normed)
+    return attended + probe.ffn_out(probe.activation.function(pre_activation)), ProbeTrace(alpha, attended, pre_activation)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,6 +660,52 @@ def feed_forward(pieces: Tensor, layer: LayerWeights, a: Tensor, approximation: 
     return linear(hidden, layer.ffn_out, mode, rule)
 
 
+def contrastive(pieces: Tensor, a: Tensor, step: ContrastiveWeights, mode: str, rule: str) -> Tensor:
+    """``Y[i, k, c] = scale * <X[i, k], b_c> / (|a| |b_c|)`` with the real embedding ``a`` (d,):
+    both norms frozen; ``bias`` (one per logit) through the bias rule."""
+    rows, tokens, _ = pieces.shape
+    classes = step.other.shape[0]
+    out = torch.zeros(rows, tokens, classes, dtype=DTYPE)
+    for i in range(rows):
+        for k in range(tokens):
+            for c in range(classes):
+                out[i, k, c] = step.scale * float(pieces[i, k] @ step.other[c]) / (float(a.norm()) * float(step.other[c].norm()))
+    bias = None if step.bias is None else torch.full((classes,), step.bias, dtype=DTYPE)
+    return add_bias(out, bias, mode, rule)
+
+
+def probe_pool(pieces: Tensor, probe: ProbeWeights, trace: ProbeTrace, approximation: str, mode: str, rule: str) -> Tensor:
+    """The attention-pooling head on a decomposition (N, N, d) of every position: one row (1, N, d).
+
+    ``A[k] = sum_h sum_j alpha[h, j] * (X[j, k] @ W_v^h) @ W_O^h``; the attention bias
+    ``sum_h W_O^h b_v^h + b_O`` (each row of alpha sums to one) through the bias rule; then
+    ``A + ffn_out(act(ffn_in(norm(A))))`` as in a layer, with the real norm input and pre-activation.
+    """
+    seq, tokens, dim = pieces.shape
+    head_dim = dim // probe.heads
+    values = torch.zeros(seq, tokens, dim, dtype=DTYPE)
+    for k in range(tokens):
+        values[:, k] = pieces[:, k] @ probe.value.weight.T
+    mixed = torch.zeros(1, tokens, dim, dtype=DTYPE)
+    for k in range(tokens):
+        total = torch.zeros(dim, dtype=DTYPE)
+        for h in range(probe.heads):
+            w_o_h = probe.output.weight[:, h * head_dim : (h + 1) * head_dim]
+            for j in range(seq):
+                total = total + trace.alpha[h, j] * (values[j, k, h * head_dim : (h + 1) * head_dim] @ w_o_h.T)
+        mixed[0, k] = total
+    bias = probe.output.bias
+    if probe.value.bias is not None:
+        carried = probe.output.weight @ probe.value.bias
+        bias = carried if bias is None else carried + bias
+    mixed = add_bias(mixed, bias, mode, rule)
+    normed = normalize(mixed, trace.norm_input.unsqueeze(0), probe.norm, mode, rule)
+    hidden = activate(
+        linear(normed, probe.ffn_in, mode, rule), trace.pre_activation.unsqueeze(0), probe.activation, approximation, mode, rule
+    )
+    return mixed + linear(hidden, probe.ffn_out, mode, rule)
+
+
 def propagate_layer(
     model: ModelWeights,
     layer: LayerWeights,
@@ -660,9 +781,13 @@ def decompose(
         layer_outputs.append(x)
     if model.final_norm is not None:
         x = normalize(x, trace.final_norm_input, model.final_norm, mode, rule)
-    y = torch.zeros(1, seq, pool_rows(x[:, 0], pooled_row).shape[0], dtype=DTYPE)  # (1, N, pooled width)
-    for k in range(seq):  # pooling: a linear selection of rows, piece by piece
-        y[0, k] = pool_rows(x[:, k], pooled_row)
+    if model.probe is not None:
+        assert trace.probe is not None
+        y = probe_pool(x, model.probe, trace.probe, ffn_approximation, mode, rule)
+    else:
+        y = torch.zeros(1, seq, pool_rows(x[:, 0], pooled_row).shape[0], dtype=DTYPE)  # (1, N, pooled width)
+        for k in range(seq):  # pooling: a linear selection of rows, piece by piece
+            y[0, k] = pool_rows(x[:, k], pooled_row)
     for step, real_input in zip(model.head, trace.head_inputs):
         if isinstance(step, MeanOfHeads):  # each map on its part, its bias spread over its own output
             parts = y.chunk(len(step.heads), dim=-1)
@@ -672,6 +797,8 @@ def decompose(
             y = linear(y, step, mode, rule)
         elif isinstance(step, Activation):
             y = activate(y, real_input.unsqueeze(0), step, head_approximation, mode, rule)
+        elif isinstance(step, ContrastiveWeights):
+            y = contrastive(y, real_input, step, mode, rule)
         else:
             y = normalize(y, real_input.unsqueeze(0), step, mode, rule)
     return Decomposition(y[0], layer_outputs)
@@ -684,7 +811,8 @@ def decompose(
 @dataclass
 class CrossWeights:
     """A decoder layer's cross-attention (queries from the decoder, keys and values from the
-    encoder's output) and its block's norm; ``scale`` multiplies the scores ``q k^T``."""
+    encoder's output) and its block's norm; ``scale`` multiplies the scores ``q k^T``;
+    ``softmax(scores)`` is the attention softmax over the last axis."""
 
     query: Affine
     key: Affine
@@ -693,6 +821,7 @@ class CrossWeights:
     heads: int
     norm: NormWeights
     scale: float
+    softmax: Callable[[Tensor], Tensor] = field(default=lambda scores: torch.softmax(scores, dim=-1))
 
 
 @dataclass
@@ -727,7 +856,7 @@ def real_cross_attention(cross: CrossWeights, x: Tensor, memory: Tensor, keys: O
         scores = q[:, block] @ k[:, block].T * cross.scale
         if keys is not None:
             scores = scores.masked_fill(~keys.view(1, sources), float("-inf"))
-        alpha[h] = torch.softmax(scores, dim=-1)
+        alpha[h] = cross.softmax(scores)
         context[:, block] = alpha[h] @ v[:, block]
     return cross.output(context), alpha
 
@@ -903,6 +1032,11 @@ def gelu_tanh(a: Tensor) -> Tensor:
     return 0.5 * a * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a**3)))
 
 
+def quick_gelu(a: Tensor) -> Tensor:
+    """CLIP's ``a * sigmoid(1.702 a)``."""
+    return a / (1.0 + torch.exp(-1.702 * a))
+
+
 def silu(a: Tensor) -> Tensor:
     return a / (1.0 + torch.exp(-a))
 
@@ -923,6 +1057,7 @@ TANH = Activation(torch.tanh, tanh_derivative, slope_at_zero=1.0)
 GELU = Activation(gelu, gelu_derivative, slope_at_zero=0.5)
 GELU_TANH = Activation(gelu_tanh, slope_at_zero=0.5)
 SILU = Activation(silu, slope_at_zero=0.5)
+QUICK_GELU = Activation(quick_gelu, slope_at_zero=0.5)
 RELU = Activation(relu, relu_derivative, slope_at_zero=0.0)
 
 

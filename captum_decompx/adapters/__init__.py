@@ -14,6 +14,7 @@ from .albert import ALBERT
 from .base import (
     Activation,
     Adapter,
+    ContrastiveLogits,
     EncoderStack,
     HeadStep,
     LayerPaths,
@@ -28,6 +29,7 @@ from .base import (
     split_block,
 )
 from .bert_family import BERT, DISTILBERT, ELECTRA, ROBERTA, ROBERTA_MODEL_TYPES, ROBERTA_POSITION_OFFSET
+from .contrastive import CLIP, SIGLIP
 from .deberta import deberta_v2
 from .decoders import gemma_sandwich, gpt2, llama_family, phi3
 from .encoder_decoders import bart_family, t5, whisper
@@ -178,6 +180,8 @@ register_adapter("deit", deit)
 register_adapter(("beit", "data2vec-vision"), beit)
 register_adapter("dinov2", dinov2)
 register_adapter("swin", swin)
+register_adapter("clip", CLIP)
+register_adapter("siglip", SIGLIP)
 register_adapter("gpt2", gpt2)
 register_adapter(("llama", "qwen2", "qwen3", "mistral", "gemma"), llama_family)
 register_adapter(("gemma2", "gemma3_text"), gemma_sandwich)
@@ -190,6 +194,7 @@ __all__ = [
     "Activation",
     "Adapter",
     "EncoderStack",
+    "ContrastiveLogits",
     "HeadStep",
     "LayerPaths",
     "Linear",

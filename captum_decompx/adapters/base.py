@@ -30,6 +30,9 @@ POOLING_MODES = (
     "patch_mean",
     "first_and_patch_mean",
     "first_two",
+    "eos_token",
+    "last_position",
+    "probe",
 )
 #: Pooling modes whose pooled vector concatenates several pooled rows (their widths add up).
 CONCATENATING_POOLINGS = ("first_and_patch_mean", "first_two")
@@ -127,6 +130,11 @@ class LayerPaths:
         cross_norm: the cross-attention block's normalization (placed as ``attention_norm``).
         probs_index: where the attention modules' outputs hold the probabilities (T5's return
             ``(output, position_bias, probs)``: 2).
+        probs_on_request: the attention modules hold the probabilities in their output only when
+            called with ``output_attentions=True``, and their callers index the output by that
+            flag (T5 on transformers 4.x). DecompX sets the flag for the pass and takes the
+            probabilities back out of the output of a call that did not ask for them, so the model
+            runs as the caller asked.
     """
 
     attention: str
@@ -148,6 +156,7 @@ class LayerPaths:
     cross_output: Optional[str] = None
     cross_norm: Optional[str] = None
     probs_index: int = 1
+    probs_on_request: bool = False
 
     def __post_init__(self) -> None:
         cross = (self.cross_attention, self.cross_value, self.cross_output, self.cross_norm)
@@ -283,6 +292,26 @@ class Activation(HeadStep):
 
 
 @dataclass(frozen=True)
+class ContrastiveLogits(HeadStep):
+    """A head step: the logits of a two-tower model (CLIP, SigLIP) on the side being decomposed,
+    ``exp(logit_scale) * <a / |a|, b_c / |b_c|> + logit_bias`` for every embedding ``b_c`` of the
+    other side (the classes), with both norms frozen at their values in the forward pass.
+
+    Attributes:
+        own: the module (relative to the top model) whose output is this side's embedding ``a``,
+            (batch, dim): the previous step's output.
+        other: the module whose output is the other side's embeddings ``b``, (classes, dim).
+        scale: the parameter holding ``logit_scale`` (the logits are scaled by its exponential).
+        bias: the parameter holding ``logit_bias`` (SigLIP), a bias of every logit; None: none.
+    """
+
+    own: str
+    other: str
+    scale: str
+    bias: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Norm(HeadStep):
     """A head step: the normalization module (LayerNorm, RMSNorm) at ``path`` (relative to the top model)."""
 
@@ -325,6 +354,10 @@ class Adapter:
             mask plays no part; the last token when the model got embeddings), or ``"each"``: the
             head is applied at every position (question answering, token classification, masked
             LM, a bare encoder with an empty head), and the model's output is (batch, seq, classes).
+            Two-tower models add: ``"eos_token"`` (CLIP's text tower: the first end-of-text token
+            by id, or the largest id for configs whose ``eos_token_id`` is 2, as Hugging Face
+            pools), ``"last_position"`` (SigLIP's text tower: the last position, padding or not)
+            and ``"probe"`` (SigLIP's vision tower: the attention-pooling head at ``probe_head``).
         input_ids_at: for ``"last_non_pad_token"``, the module (relative to the top model) whose
             input ids are read: its first argument or ``input_ids``.
         norm_position: ``"post"`` (BERT: norm after each residual) or ``"pre"`` (GPT-2, Llama,
@@ -336,6 +369,13 @@ class Adapter:
         logit_softcap: the model returns ``cap * tanh(z / cap)`` of the head's output ``z`` (the
             final-logit soft-cap of Gemma 2/3 causal LMs). This is nonlinear and not decomposed:
             DecompX explains ``z``, the logits before the cap, and warns on every capture.
+        output_field: the field of the model's output object that is decomposed, when it is not
+            ``logits`` (a two-tower model: ``"logits_per_image"`` or ``"logits_per_text"``).
+        counterpart: for a model with two input towers, the adapter of the other tower: it is
+            used for a call whose inputs are of its ``input_kind`` (token ids for the text tower
+            when this one takes pixels, and the reverse).
+        probe_head: for ``pooling="probe"``, the attention-pooling head's module (a learned
+            query attending to every position, then a residual MLP).
         stages: the layers are grouped in stages joined by patch mergings (Swin), see
             :class:`Stages`; ``layers`` then lists the stages' layers in execution order.
         fixed_image_size: an image model that reads images of ``config.image_size`` only, unless
@@ -357,6 +397,9 @@ class Adapter:
     force_output_attentions: Optional[tuple[int, str]] = None
     input_kind: str = "tokens"
     logit_softcap: Optional[float] = None
+    output_field: Optional[str] = None
+    counterpart: Optional["Adapter"] = None
+    probe_head: Optional[str] = None
     fixed_image_size: bool = False
     stages: Optional[Stages] = None
     encoder: Optional[EncoderStack] = None
@@ -374,9 +417,21 @@ class Adapter:
         ):
             if value not in choices:
                 raise ValueError(f"{name}={value!r} is not one of {choices}.")
+        if self.counterpart is not None and self.counterpart.input_kind == self.input_kind:
+            raise ValueError(f"The counterpart of adapter {self.name!r} must take the other input kind, not {self.input_kind!r}.")
+        if (self.pooling == "probe") != (self.probe_head is not None):
+            raise ValueError("pooling='probe' needs probe_head (the attention-pooling head's path), and only it.")
         for step in self.head:
             if not isinstance(step, HeadStep):
                 raise TypeError(f"head steps must be Linear, Activation or Norm (HeadStep subclasses), got {step!r}.")
+
+    def for_inputs(self, inputs: torch.Tensor) -> "Adapter":
+        """The adapter of the tower that takes ``inputs``: this one, or its counterpart when the
+        inputs are of the counterpart's kind (floats are pixels, integers token ids)."""
+        kind = "pixels" if inputs.dtype.is_floating_point else "tokens"
+        if kind != self.input_kind and self.counterpart is not None:
+            return self.counterpart
+        return self
 
     def layer_modules(self, model: nn.Module) -> list[nn.Module]:
         """The layers in execution order (a shared module may appear several times)."""

@@ -12,6 +12,7 @@ part of the recorded input of the stack's first layer.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +24,7 @@ from .base import Adapter, EncoderStack, LayerPaths, Linear, ScaledLinear, TiedL
 __all__ = ["bart_family", "t5", "whisper"]
 
 
-def _t5_layer(attention_block: int, ffn_block: int, gated: bool, cross: bool) -> LayerPaths:
+def _t5_layer(attention_block: int, ffn_block: int, gated: bool, cross: bool, on_request: bool) -> LayerPaths:
     """A T5 block: ``layer[0]`` self-attention, ``layer[1]`` cross-attention (decoder), then the
     feed-forward block, each ``x + sublayer(rms_norm(x))``."""
     attention = f"layer.{attention_block}.SelfAttention"
@@ -47,6 +48,7 @@ def _t5_layer(attention_block: int, ffn_block: int, gated: bool, cross: bool) ->
         ffn_out=f"{ffn}.wo",
         ffn_norm=f"layer.{ffn_block}.layer_norm",
         probs_index=2,  # T5Attention returns (output, position_bias, probs)
+        probs_on_request=on_request,
         **cross_paths,
     )
 
@@ -63,19 +65,24 @@ def t5(model: nn.Module) -> Adapter:
             "(T5ForConditionalGeneration)."
         )
     gated = bool(getattr(config, "is_gated_act", False))
+    # transformers 5 keeps the rescale in scale_decoder_outputs; 4.x rescales when the head is tied
     scaled = getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", True))
     head = ScaledLinear("lm_head", scale=config.d_model**-0.5) if scaled else Linear("lm_head")
+    # transformers 4.x's T5Attention appends its probabilities only when asked (output_attentions),
+    # and the decoder stack finds the cross-attention's position bias by that flag
+    attention = resolve(model, "encoder.block.0.layer.0.SelfAttention")
+    on_request = "output_attentions" in inspect.signature(attention.forward).parameters
     return Adapter(
         name=config.model_type,
         layers="decoder.block",
-        layer=_t5_layer(0, 2, gated, cross=True),
+        layer=_t5_layer(0, 2, gated, cross=True, on_request=on_request),
         head=(head,),
         pooling="each",
         norm_position="pre",
         final_norm="decoder.final_layer_norm",
         encoder=EncoderStack(
             layers="encoder.block",
-            layer=_t5_layer(0, 1, gated, cross=False),
+            layer=_t5_layer(0, 1, gated, cross=False, on_request=on_request),
             final_norm="encoder.final_layer_norm",
             norm_position="pre",
         ),

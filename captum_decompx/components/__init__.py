@@ -16,6 +16,8 @@ fast path freezes it, how it resolves to parameters and how pieces propagate thr
 - :mod:`.feed_forward`: plain and gated feed-forward units;
 - :mod:`.layer`: a post-LN or pre-LN transformer layer built from the above;
 - :mod:`.head`: the classification head's steps (registered step kinds);
+- :mod:`.contrastive`: the image-text logits of a two-tower model (CLIP, SigLIP), norms frozen;
+- :mod:`.probe`: an attention-pooling head (SigLIP's image tower);
 - :mod:`.network`: the whole network of an adapter: layers, final norm, head.
 """
 
@@ -31,6 +33,7 @@ from .activations import (
 from .attention import Attention, attention_bias, attention_values, mix_heads, split_heads
 from .base import Component
 from .bias_rules import BIAS_RULES, BiasRule, bias_rule, bias_rule_weights, register_bias_rule, unregister_bias_rule
+from .contrastive import ContrastiveStep, contrastive_weights
 from .feed_forward import FeedForward, feed_forward
 from .head import (
     Head,
@@ -75,6 +78,8 @@ __all__ = [
     "HEAD_APPROXIMATIONS",
     "NORM_KINDS",
     "Affine",
+    "ContrastiveStep",
+    "contrastive_weights",
     "Approximation",
     "Attention",
     "BiasMode",

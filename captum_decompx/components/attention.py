@@ -164,6 +164,30 @@ def _output_attentions_parameter(module: nn.Module) -> Optional[tuple[int, str]]
     return names.index("output_attentions"), "output_attentions"
 
 
+def _hand_back_unrequested(recorder: Recorder, module: nn.Module, force: tuple[int, str], index: int) -> None:
+    """Give a call that did not ask for the probabilities the output it asked for: ``output``
+    without ``output[index]``, taken out after the recording hook has read them.
+
+    Its caller indexes the output by the flag it passed: T5's decoder stack on transformers 4.x
+    reads the cross-attention's position bias at index 2 unless it asked for the probabilities,
+    and would otherwise add the self-attention's probabilities (batch, heads, target, target)
+    in its place.
+    """
+    position, name = force
+    asked: list[bool] = []  # a stack: one entry per call in progress
+
+    def before(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        asked.append(bool(args[position] if len(args) > position else kwargs.get(name, False)))
+
+    def after(_module: nn.Module, _args: tuple, output: Any) -> Any:
+        if asked.pop() or not isinstance(output, tuple) or len(output) <= index:
+            return None
+        return output[:index] + output[index + 1 :]
+
+    recorder.pre_hook(module, "probs: the caller's request", before)
+    recorder.forward_hook(module, "probs: the output asked for", after)
+
+
 _SOFTMAXES = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax, torch.special.softmax}
 _FUSED_ATTENTION = torch.nn.functional.scaled_dot_product_attention
 
@@ -270,6 +294,10 @@ class Attention(Component):
         force_output_attentions: ``(position, name)`` of an argument that must be True for the
             module to return its probabilities; found from the signature when None.
         probs_index: where the module's output tuple holds the probabilities.
+        probs_on_request: the module holds its probabilities in its output only when asked, and
+            its caller indexes the output by the flag it passed (see
+            :class:`~captum_decompx.adapters.LayerPaths`): a call that did not ask gets its output
+            back without them once they are recorded.
     """
 
     path: str
@@ -277,12 +305,15 @@ class Attention(Component):
     output: LinearMap
     force_output_attentions: Optional[tuple[int, str]] = None
     probs_index: int = 1
+    probs_on_request: bool = False
 
     def install(self, recorder: Recorder, root: nn.Module) -> None:
         module = resolve(root, self.path)
         index = self.probs_index
         recorder.record_output(module, "probs", lambda output: _attention_probs(output, index))
         force = self.force_output_attentions or _output_attentions_parameter(module)
+        if force is not None and self.probs_on_request:
+            _hand_back_unrequested(recorder, module, force, index)  # its pre-hook reads the caller's flag first
         if force is not None:
             recorder.set_argument(module, "force", force[0], force[1], True)
 

@@ -35,9 +35,11 @@ class HeadStepKind(abc.ABC):
 
     Attributes:
         reads_input: the step needs its real input from the forward pass (:meth:`read`).
+        gives_logits: the step can end a head (its output is the logits).
     """
 
     reads_input: bool = False
+    gives_logits: bool = False
 
     def install(self, recorder: Recorder, model: nn.Module, steps: Sequence[HeadStep], index: int) -> None:  # noqa: B027
         """Add the hooks that record this step's real input (nothing by default)."""
@@ -64,6 +66,8 @@ class HeadStepKind(abc.ABC):
 
 
 class LinearStep(HeadStepKind):
+    gives_logits = True
+
     def freeze(self, freezer, model, steps, index):
         return None  # linear: the fast path differentiates the real call
 
@@ -76,6 +80,8 @@ class LinearStep(HeadStepKind):
 
 class TiedLinearStep(HeadStepKind):
     """A linear map whose weight is another module's (a tied embedding) and whose bias is a bare parameter."""
+
+    gives_logits = True
 
     def freeze(self, freezer, model, steps, index):
         return None  # linear: the fast path differentiates the real call
@@ -93,6 +99,8 @@ class ScaledLinearStep(HeadStepKind):
     """A linear map applied to its input times a constant (T5's rescale before a tied LM head):
     the map ``x -> W (scale x) + b``."""
 
+    gives_logits = True
+
     def freeze(self, freezer, model, steps, index):
         return None  # linear: the fast path differentiates the real call
 
@@ -109,6 +117,8 @@ class MeanOfLinearsStep(HeadStepKind):
     map ``g`` acts on every piece of part ``g`` and its bias is spread over its own output's pieces,
     then the outputs are averaged. Frozen: nothing (linear); the fast path records the parts' real
     inputs, concatenated, as the head's input."""
+
+    gives_logits = True
 
     def freeze(self, freezer, model, steps, index):
         step = steps[index]

@@ -310,6 +310,7 @@ class TransformerLayer(Component):
                 LinearMap.at(paths.cross_output),
                 force_output_attentions,
                 paths.probs_index,
+                paths.probs_on_request,
             )
         attention_maps = (
             paths.attention,
@@ -317,6 +318,7 @@ class TransformerLayer(Component):
             LinearMap.at(paths.attention_output),
             force_output_attentions,
             paths.probs_index,
+            paths.probs_on_request,
         )
         return cls(
             attention=Attention(*attention_maps)

@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from ..adapters.base import Adapter, EncoderStack, Linear, MeanOfLinears
+from ..adapters.base import Adapter, EncoderStack, HeadStep, Linear, MeanOfLinears
 from ..core.recording import Reader, Recorder
 from .base import Component
-from .head import Head, ResolvedHeadStep
+from .head import Head, ResolvedHeadStep, head_step_kind
 from .layer import LayerParams, LayerRecord, TransformerLayer
 from .linear import install_call_checks
 from .merging import MergeParams, MergeRecord, PatchMerging, merging_stages
 from .norms import Normalization, NormParams
 from .pooling import Pooling, PoolingRecord
+from .probe import ProbeHead, ProbeParams, ProbeRecord
 
 if TYPE_CHECKING:
     from ..core.freezing import Freezer
@@ -49,6 +50,7 @@ class NetworkRecord:
         final_norm_input: (batch, seq, hidden), input of the final norm of pre-LN models.
         head_inputs: per head step index, the real input (batch, dim) of the steps that need it.
         pooling: what the pooling recorded (the input ids, for ``"last_non_pad_token"``).
+        probe: what an attention-pooling head recorded (``pooling="probe"``).
         merges: per layer index, what the patch merging after that layer recorded (Swin).
         encoder: an encoder-decoder's encoder; the other fields are then the decoder's.
     """
@@ -58,6 +60,7 @@ class NetworkRecord:
     final_norm_input: Optional[Tensor]
     head_inputs: dict[int, Tensor]
     pooling: Optional[PoolingRecord] = None
+    probe: Optional[ProbeRecord] = None
     merges: dict[int, MergeRecord] = field(default_factory=dict)
     encoder: Optional[StackRecord] = None
 
@@ -80,6 +83,7 @@ class ModelParts:
     final_norm: Optional[NormParams]
     head: list[ResolvedHeadStep]
     head_input_steps: list[Optional[int]]  # for steps that read their real input: their own index
+    probe: Optional[ProbeParams] = None  # an attention-pooling head (pooling="probe")
     merges: dict[int, MergeParams] = field(default_factory=dict)  # per layer index: the patch merging after it
     encoder: Optional[EncoderParts] = None
 
@@ -169,6 +173,7 @@ class Network:
     final_norm: Optional[Normalization]
     head: Head
     pooling: Pooling
+    probe: Optional[ProbeHead] = None
     encoder: Optional[Encoder] = None
 
     @classmethod
@@ -179,6 +184,7 @@ class Network:
             None if adapter.final_norm is None else Normalization(adapter.final_norm),
             Head(tuple(adapter.head), logit_softcap=adapter.logit_softcap is not None),
             Pooling.of(adapter),
+            None if adapter.probe_head is None else ProbeHead(adapter.probe_head),
             None if adapter.encoder is None else Encoder.of(adapter.encoder),
         )
 
@@ -208,6 +214,8 @@ class Network:
                 yield self._merging(), merges[index], False
         if self.final_norm is not None:
             yield self.final_norm, model, False
+        if self.probe is not None:
+            yield self.probe, model, False
         yield self.head, model, False
         yield self.pooling, model, False
 
@@ -218,13 +226,21 @@ class Network:
         if self.final_norm is not None:
             final_norm_input = self.final_norm.read(reader, model, "the final norm")
         pooling = self.pooling.read(reader, model, "the model (for its input ids)")
+        probe = None if self.probe is None else self.probe.read(reader, model, "the attention-pooling head")
         merges = {
             index: self._merging().read(reader, stage, f"the patch merging after layer {index}")
             for index, stage in self.merges(model).items()
         }
         encoder = None if self.encoder is None else self.encoder.read(reader, model)
         return NetworkRecord(
-            layer_input, records, final_norm_input, self.head.read(reader, model), pooling, merges=merges, encoder=encoder
+            layer_input,
+            records,
+            final_norm_input,
+            self.head.read(reader, model),
+            pooling,
+            probe=probe,
+            merges=merges,
+            encoder=encoder,
         )
 
     def _merging(self) -> PatchMerging:
@@ -236,12 +252,11 @@ class Network:
         layers = [self.layer.resolve(layer, dtype) for layer in self.layer_modules(model)]
         final_norm = None if self.final_norm is None else self.final_norm.resolve(model, dtype)
         per_position = self.adapter.pooling == "each"
-        if not (per_position and not self.head.steps) and (
-            not self.head.steps or not isinstance(self.head.steps[-1], (Linear, MeanOfLinears))
-        ):
+        if not (per_position and not self.head.steps) and (not self.head.steps or not _gives_logits(self.head.steps[-1])):
             raise ValueError(
-                f"The adapter {self.adapter.name!r} must end its head with a Linear (or MeanOfLinears) step (only a per-position "
-                "adapter, pooling='each', may have no head: it then explains the hidden states)."
+                f"The adapter {self.adapter.name!r} must end its head with a step that gives logits, e.g. a Linear (or "
+                "MeanOfLinears) step (only a per-position adapter, pooling='each', may have no head: it then explains "
+                "the hidden states)."
             )
         head = self.head.resolve(model, dtype)
         merges = {index: self._merging().resolve(stage, dtype) for index, stage in self.merges(model).items()}
@@ -251,4 +266,11 @@ class Network:
             )
         encoder = None if self.encoder is None else self.encoder.resolve(model, dtype)
         head_input_steps = [index if step.kind.reads_input else None for index, step in enumerate(head)]
-        return ModelParts(layers, final_norm, head, head_input_steps, merges=merges, encoder=encoder)
+        probe = None if self.probe is None else self.probe.resolve(model, dtype)
+        return ModelParts(layers, final_norm, head, head_input_steps, probe=probe, merges=merges, encoder=encoder)
+
+
+def _gives_logits(step: HeadStep) -> bool:
+    """A step that can end a head: a linear map (any ``Linear`` or ``MeanOfLinears``), or a step whose
+    kind says it gives logits (the image-text logits of a two-tower model)."""
+    return isinstance(step, (Linear, MeanOfLinears)) or head_step_kind(step).gives_logits

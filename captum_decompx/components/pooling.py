@@ -22,17 +22,25 @@ if TYPE_CHECKING:
     from ..core.freezing import Freezer
 
 
+#: The pooling modes that read the ids the model received.
+BY_ID_MODES = ("last_non_pad_token", "eos_token")
+
+
 @dataclass(frozen=True)
 class PoolingRecord:
-    """What the pooling read from the real forward pass (mode ``"last_non_pad_token"`` only).
+    """What the pooling read from the real forward pass (modes that pool by id only).
 
     Attributes:
         input_ids: (batch, seq), the ids the model received; None when it received embeddings.
         pad_token_id: the model's ``config.pad_token_id`` (None when it has none).
+        mode: the pooling mode (``"last_non_pad_token"`` or ``"eos_token"``).
+        eos_token_id: for ``"eos_token"``, the end-of-text id the text tower pools at.
     """
 
     input_ids: Optional[Tensor]
     pad_token_id: Optional[int]
+    mode: str = "last_non_pad_token"
+    eos_token_id: Optional[int] = None
 
 
 def pad_token_id_of(model: nn.Module) -> Optional[int]:
@@ -57,7 +65,7 @@ class Pooling(Component):
         return cls(adapter.pooling, adapter.input_ids_at)
 
     def install(self, recorder: Recorder, root: nn.Module) -> None:
-        if self.mode == "last_non_pad_token":
+        if self.mode in BY_ID_MODES:
             recorder.record_argument(resolve(root, self.input_ids_at), "input_ids", 0, "input_ids")
 
     def freeze(self, freezer: "Freezer", root: nn.Module, *, first: bool) -> None:
@@ -65,12 +73,59 @@ class Pooling(Component):
         self.install(freezer.recorder, root)
 
     def read(self, reader: Reader, root: nn.Module, where: str) -> Optional[PoolingRecord]:
-        if self.mode != "last_non_pad_token":
+        if self.mode not in BY_ID_MODES:
             return None
-        ids = reader.take(resolve(root, self.input_ids_at), "input_ids", where)
+        tower = resolve(root, self.input_ids_at)
+        ids = reader.take(tower, "input_ids", where)
         if ids is not None and (not isinstance(ids, Tensor) or ids.is_floating_point()):
             ids = None
-        return PoolingRecord(ids, pad_token_id_of(root))
+        return PoolingRecord(ids, pad_token_id_of(root), self.mode, _eos_token_id_of(tower))
+
+
+def _eos_token_id_of(tower: nn.Module) -> Optional[int]:
+    """The end-of-text id a CLIP text tower pools at (its ``eos_token_id``, else its config's)."""
+    value = getattr(tower, "eos_token_id", None)
+    if value is None:
+        value = getattr(getattr(tower, "config", None), "eos_token_id", None)
+    return None if value is None else int(value)
+
+
+def eos_token(record: PoolingRecord, batch: int, device: torch.device) -> Tensor:
+    """(batch,) the row CLIP's text tower pools: the first ``eos_token_id`` by id, or, for configs
+    whose ``eos_token_id`` is 2 (made before transformers fixed it), the largest id of each
+    sequence (the end-of-text token has the largest id of CLIP's vocabulary).
+
+    Raises:
+        ValueError: the model got embeddings (no ids to find the token by), or a sequence has
+            no end-of-text token (Hugging Face would silently pool its first token).
+    """
+    if record.input_ids is None:
+        raise ValueError(
+            "CLIP's text tower pools at the end-of-text token, found by its id; the model received "
+            "embeddings, not token ids. Pass the token ids."
+        )
+    ids = record.input_ids.to(device)
+    if record.eos_token_id == 2:
+        return ids.to(torch.int).argmax(dim=-1)
+    if record.eos_token_id is None:
+        raise ValueError("The text tower has no eos_token_id (in itself or its config) to find its pooled token by.")
+    found: Tensor = ids.eq(record.eos_token_id)
+    missing = (~found.any(dim=-1)).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(
+            f"Text example(s) {missing} have no end-of-text token (id {record.eos_token_id}): CLIP's text "
+            "tower pools at that token, and without it the model would read the first token's state "
+            "instead, an embedding of nothing in particular. Tokenize with the model's tokenizer "
+            "(it appends the end-of-text token), or truncate so that the token is kept."
+        )
+    return found.to(torch.int).argmax(dim=-1)
+
+
+def recorded_position(record: PoolingRecord, batch: int, seq: int, device: torch.device) -> Tensor:
+    """(batch,) the row a by-id pooling mode reads (see :func:`last_non_pad_token`, :func:`eos_token`)."""
+    if record.mode == "eos_token":
+        return eos_token(record, batch, device)
+    return last_non_pad_token(record, batch, seq, device)
 
 
 def last_non_pad_token(record: PoolingRecord, batch: int, seq: int, device: torch.device) -> Tensor:
@@ -119,13 +174,17 @@ def pool_weights(adapter: Adapter, real_tokens: Tensor, dtype: torch.dtype, reco
         weights[torch.arange(batch), last] = 1.0
     elif adapter.pooling == "each":
         weights = real_tokens.to(dtype)
-    elif adapter.pooling == "last_non_pad_token":
+    elif adapter.pooling in BY_ID_MODES:
         if record is None:
             raise ValueError(
-                f"The adapter {adapter.name!r} pools the last token that is not padding by its id; "
+                f"The adapter {adapter.name!r} pools a token found by its id; "
                 "pass the capture's pooling record (Captured.pooling)."
             )
-        weights[torch.arange(batch), last_non_pad_token(record, batch, seq, real_tokens.device)] = 1.0
+        weights[torch.arange(batch), recorded_position(record, batch, seq, real_tokens.device)] = 1.0
+    elif adapter.pooling == "last_position":  # whatever the mask says (SigLIP's text tower)
+        weights[:, -1] = 1.0
+    elif adapter.pooling == "probe":  # every position is read by the attention-pooling head
+        weights = torch.ones(batch, seq, dtype=dtype, device=real_tokens.device)
     else:
         real = real_tokens.to(dtype)
         weights = real / real.sum(dim=1, keepdim=True).clamp(min=1)

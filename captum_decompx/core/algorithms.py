@@ -304,7 +304,8 @@ class Fast(Algorithm):
         span_tuple = task_of(model) == "question answering"
         with freezing.frozen_forward(model, adapter, settings) as frozen, ExitStack() as stack:
             model_ids = stack.enter_context(validation.recording_model_ids(model))
-            with tap_model_output(model, span_tuple=span_tuple, keep_graph=True) as tap, explainer._forward_precision():
+            tapped = tap_model_output(model, span_tuple=span_tuple, keep_graph=True, field=adapter.output_field)
+            with tapped as tap, explainer._forward_precision():
                 output = explainer.forward_func(input_ids, *args)
         validation.check_model_received_the_inputs(input_ids, model_ids)
         if frozen.real_tokens is None:

@@ -29,6 +29,7 @@ from ..components.layer import LayerRecord
 from ..components.merging import MergeRecord
 from ..components.network import Network, StackRecord
 from ..components.pooling import PoolingRecord
+from ..components.probe import ProbeRecord
 from .recording import Reader, Recorder
 
 __all__ = [
@@ -58,7 +59,8 @@ class Captured:
             :class:`~captum_decompx.adapters.Activation` step (its pre-activation) or a
             :class:`~captum_decompx.adapters.Norm` step.
         pooling: what the pooling recorded: the ids the model received and its pad token id,
-            for adapters that pool the last token that is not padding by id; else None.
+            for adapters that pool a token found by its id; else None.
+        probe: what an attention-pooling head recorded (``pooling="probe"``); else None.
         merges: per layer index, what the patch merging after that layer recorded (Swin's stages).
         encoder: what an encoder-decoder's encoder recorded (the other fields are then the
             decoder's); None for other models.
@@ -71,6 +73,7 @@ class Captured:
     final_norm_input: Optional[torch.Tensor]
     head_inputs: dict[int, torch.Tensor]
     pooling: Optional[PoolingRecord] = None
+    probe: Optional[ProbeRecord] = None
     merges: dict[int, MergeRecord] = field(default_factory=dict)
     encoder: Optional[StackRecord] = None
 
@@ -405,6 +408,7 @@ class Capture(HookedPass):
             record.final_norm_input,
             record.head_inputs,
             record.pooling,
+            record.probe,
             merges=record.merges,
             encoder=record.encoder,
         )

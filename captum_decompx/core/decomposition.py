@@ -26,7 +26,8 @@ from ..components.linear import affine
 from ..components.merging import merge_patches
 from ..components.network import EncoderParts, StackRecord
 from ..components.norms import norm_params
-from ..components.pooling import last_non_pad_token, pool, pool_weights, pooled_rows
+from ..components.pooling import pool, pool_weights, pooled_rows, recorded_position
+from ..components.probe import probe_pool
 from .capture import Captured
 from .memory import (
     DEFAULT_MAX_MEMORY,
@@ -82,7 +83,7 @@ def padding_mask(captured: Captured) -> Tensor:
     real = (captured.layers[0].attention_probs != 0).any(dim=1).any(dim=1)
     if captured.pooling is not None:
         batch, seq = real.shape
-        real[torch.arange(batch, device=real.device), last_non_pad_token(captured.pooling, batch, seq, real.device)] = True
+        real[torch.arange(batch, device=real.device), recorded_position(captured.pooling, batch, seq, real.device)] = True
     return real
 
 
@@ -205,6 +206,9 @@ def propagate_and_pool(
         own_scale=own_scale,
         on_layer=on_layer,
     )
+    if parts.probe is not None:  # an attention-pooling head reads every row
+        assert captured.probe is not None, "the capture recorded no attention-pooling head"
+        return probe_pool(pieces, captured.probe.select(batch, dtype), parts.probe, settings)
     return pool(pieces, pooling[..., rows])
 
 
@@ -638,7 +642,11 @@ def fast(
         return FastResult(shares.permute(1, 2, 0), outputs)
     pooled = frozen.head_input
     if pooled is None:
-        raise RuntimeError("The frozen forward pass did not reach the classification head.")
+        raise RuntimeError(
+            "The frozen forward pass recorded no input of the classification head: it did not reach the head, or "
+            "the head does not start with a Linear or Norm step (SigLIP's image tower pools by attention and "
+            "has none). Use algorithm='exact' with include_head=False there."
+        )
     if pooled.dim() == 3:  # the head reads every position: pool here
         assert pooling is not None
         pooled = torch.einsum("bs,bsh->bh", pooling.to(pooled.dtype), pooled)

@@ -145,15 +145,31 @@ def _mark_undecomposed_fields(output: Any) -> None:
             output[name] = _UndecomposedOutput.apply(value.detach().requires_grad_(True))
 
 
-def _reads_undecomposed_output(tensor: Tensor) -> bool:
-    """``tensor``'s autograd graph passes through a field marked by :func:`_mark_undecomposed_fields`."""
+class _OtherTwoTowerField(_UndecomposedOutput):
+    """The same mark, for the fields of a two-tower model's output (CLIP, SigLIP) that are not
+    the decomposed logits: the other side's logits and the normalized embeddings."""
+
+
+#: The fields of a two-tower model's output; the one the adapter names is decomposed.
+TWO_TOWER_FIELDS = ("logits_per_image", "logits_per_text", "image_embeds", "text_embeds")
+
+
+def _mark_other_two_tower_fields(output: Any, field: str) -> None:
+    for name in TWO_TOWER_FIELDS:
+        value = output.get(name) if hasattr(output, "get") else None
+        if name != field and isinstance(value, Tensor) and value.dtype.is_floating_point:
+            output[name] = _OtherTwoTowerField.apply(value.detach().requires_grad_(True))
+
+
+def _reads_undecomposed_output(tensor: Tensor, marker: type = _UndecomposedOutput) -> bool:
+    """``tensor``'s autograd graph passes through a field marked with ``marker``."""
     seen, todo = set(), [tensor.grad_fn]
     while todo:
         node = todo.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        if type(node).__name__ == f"{_UndecomposedOutput.__name__}Backward":
+        if type(node).__name__ == f"{marker.__name__}Backward":
             return True
         todo.extend(next_node for next_node, _ in node.next_functions)
     return False
@@ -178,7 +194,9 @@ class ModelOutputTap:
 
 
 @contextmanager
-def tap_model_output(model: nn.Module, *, span_tuple: bool = False, keep_graph: bool = False) -> Iterator[ModelOutputTap]:
+def tap_model_output(
+    model: nn.Module, *, span_tuple: bool = False, keep_graph: bool = False, field: Optional[str] = None
+) -> Iterator[ModelOutputTap]:
     """Replace the model's output by a leaf that requires grad, for one forward pass.
 
     With ``keep_graph`` the model's real output is kept in ``tap.real`` too (the fast path's frozen
@@ -192,6 +210,9 @@ def tap_model_output(model: nn.Module, *, span_tuple: bool = False, keep_graph: 
     Args:
         span_tuple: the model is a question-answering model: a plain tuple output (``return_dict=False``)
             starts with its start and end logits, which are tapped together as (batch, seq, 2).
+        field: the output's field that is decomposed, when it is not ``logits`` (a two-tower
+            model's ``logits_per_image`` or ``logits_per_text``); its other fields are marked so
+            that a forward function reading them is refused by name.
     """
     tap = ModelOutputTap()
 
@@ -206,6 +227,8 @@ def tap_model_output(model: nn.Module, *, span_tuple: bool = False, keep_graph: 
                 tap.real = spans
             torch.set_grad_enabled(True)
             return type(output)((tap.leaf[..., 0], tap.leaf[..., 1], *output[2:])) if type(output) is tuple else output
+        if field is not None:
+            return _tap_field(output, field)
         tensor = model_output_tensor(output)
         if tensor is None or not tensor.dtype.is_floating_point:
             return None
@@ -214,6 +237,18 @@ def tap_model_output(model: nn.Module, *, span_tuple: bool = False, keep_graph: 
             tap.real = tensor
         torch.set_grad_enabled(True)
         return _with_model_output(output, tap.leaf)
+
+    def _tap_field(output: Any, name: str) -> Any:
+        tensor = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
+        if not isinstance(tensor, Tensor) or not tensor.dtype.is_floating_point:
+            return None
+        tap.leaf = tensor.detach().clone().requires_grad_(True)
+        if keep_graph:
+            tap.real = tensor
+        torch.set_grad_enabled(True)
+        output[name] = tap.leaf
+        _mark_other_two_tower_fields(output, name)
+        return output
 
     with hooks() as recorder:
         recorder.forward_hook(model, "output tap", hook)
@@ -486,6 +521,15 @@ def explain_output(selected: Tensor, leaf: Tensor, pooling: Tensor, *, per_posit
     """
     if not selected.requires_grad:
         raise _unused("does not depend on")
+    if _reads_undecomposed_output(selected, _OtherTwoTowerField):
+        raise NotImplementedError(
+            "The forward function reads a field of the image-text model's output that DecompX does not "
+            "decompose on this call: it decomposes logits_per_image when the inputs are pixel values (the "
+            "texts held fixed) and logits_per_text when they are token ids (the images held fixed), not the "
+            "normalized image_embeds or text_embeds. Return that side's logits, e.g. lambda pixels, ids, mask: "
+            "model(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits_per_image, and choose the "
+            "text with target=."
+        )
     if _reads_undecomposed_output(selected):
         raise NotImplementedError(
             "The forward function reads the model's pooler_output (the pooler's dense + tanh on the first token), "

@@ -148,9 +148,20 @@ class HookedModelAttribution(Attribution):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         super().__init__(forward_func)
         self.model = model
-        self.adapter = adapter if adapter is not None else adapter_for(model)
+        self._adapter = adapter if adapter is not None else adapter_for(model)
         validation.warn_if_newly_initialized(model, name)
         self._check_adapter()
+
+    @property
+    def adapter(self) -> Adapter:
+        """The architecture adapter; during a call on a two-tower model (CLIP, SigLIP), the one of
+        the tower that takes the call's inputs (:meth:`Adapter.for_inputs`)."""
+        chosen = (getattr(_CALL_STATE, "sides", None) or {}).get(id(self))
+        return chosen if chosen is not None else self._adapter
+
+    @adapter.setter
+    def adapter(self, value: Adapter) -> None:
+        self._adapter = value
 
     def _check_adapter(self) -> None:
         """Refuse, with what to use instead, an adapter this attribution is not defined for (here: none)."""
@@ -184,6 +195,9 @@ class HookedModelAttribution(Attribution):
     def _input_ids(self, inputs: Inputs) -> tuple[Tensor, bool]:
         """The checked input tensor (token ids, embeddings or pixels) and whether it came as a 1-tuple."""
         tensor, as_tuple = validation.unpack_inputs(inputs)
+        side = self._adapter.for_inputs(tensor)
+        if side is not self._adapter and getattr(_CALL_STATE, "sides", None) is not None:
+            _CALL_STATE.sides[id(self)] = side  # the other tower of a two-tower model, for this call
         if self.adapter.input_kind == "pixels":
             validation.check_pixel_inputs(
                 tensor,
@@ -213,6 +227,8 @@ class HookedModelAttribution(Attribution):
         saved = [(device, torch.get_autocast_dtype(device)) for device in AUTOCAST_DEVICES if torch.is_autocast_enabled(device)]
         outer = getattr(_CALL_STATE, "autocast", None)
         _CALL_STATE.autocast = saved if outer is None else outer
+        outer_sides = getattr(_CALL_STATE, "sides", None)
+        _CALL_STATE.sides = dict(outer_sides or {})  # the tower a call chose is forgotten when it ends
         try:
             with ExitStack() as stack:
                 stack.enter_context(torch.inference_mode(False))
@@ -221,6 +237,7 @@ class HookedModelAttribution(Attribution):
                 yield
         finally:
             _CALL_STATE.autocast = outer
+            _CALL_STATE.sides = outer_sides
 
     @contextmanager
     def _forward_precision(self) -> Iterator[None]:
@@ -283,7 +300,11 @@ class HookedModelAttribution(Attribution):
             stack.enter_context(torch.no_grad())
             capture = stack.enter_context(capture_internals(self.model, self.adapter, zero_masked_rows=zero_masked_rows))
             span_tuple = task_of(self.model) == "question answering"
-            model_tap = stack.enter_context(tap_model_output(self.model, span_tuple=span_tuple)) if tap else ModelOutputTap()
+            model_tap = (
+                stack.enter_context(tap_model_output(self.model, span_tuple=span_tuple, field=self.adapter.output_field))
+                if tap
+                else ModelOutputTap()
+            )
             model_ids = stack.enter_context(validation.recording_model_ids(self.model))
             with self._forward_precision():
                 output = self.forward_func(input_ids, *args)

@@ -189,6 +189,7 @@ def check_pixel_inputs(
     if inputs.shape[0] == 0:
         raise ValueError("inputs is an empty batch: pass at least one image.")
     config = getattr(model, "config", None)
+    config = getattr(config, "vision_config", None) or config  # an image-text model's image tower
     channels = getattr(config, "num_channels", None)
     if isinstance(channels, int) and inputs.shape[1] != channels:
         raise ValueError(

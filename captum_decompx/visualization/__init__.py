@@ -10,6 +10,9 @@
 - :func:`position_contributions_html` and :func:`plot_position_contributions`: one position's
   explanation (a token's label, a start or end logit, a masked word): every input token's
   contribution to the output at that position, the position marked.
+- :func:`plot_image_text_view` and :func:`plot_image_text_interaction`: an image-text model
+  (CLIP, SigLIP): the image heatmap per prompt with the prompt's tokens, and one pair's
+  (position x token) matrix (:mod:`.two_tower`).
 - :func:`plot_token_map`: the ``N x N`` norms ``||X_l[i, k]||`` of the propagated decomposition
   of one layer (``DecompX.decompose(..., return_token_maps=True)``) as a heatmap.
 
@@ -40,11 +43,14 @@ from .selection import LabelNames as LabelNames  # type aliases, public but not 
 from .selection import PathLike as PathLike
 from .selection import example_tokens
 from .selection import real_positions as real_positions  # public but not in __all__
+from .two_tower import plot_image_text_interaction, plot_image_text_view
 
 __all__ = [
     "attribution_color",
     "class_contributions_html",
     "example_tokens",
+    "plot_image_text_interaction",
+    "plot_image_text_view",
     "plot_class_contributions",
     "plot_position_contributions",
     "plot_token_map",

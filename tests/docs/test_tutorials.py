@@ -228,4 +228,4 @@ def test_notebooks_use_paths_relative_to_the_tutorials_folder():
         source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
         assert "/work/" not in source and str(TUTORIALS.parent) not in source, path.name
         if "load_demo_llm" not in source:  # 06 loads the LLM from its package, no repository path
-            assert "../models/" in source, path.name  # the demo classifier, or the translation benchmark's model
+            assert "../models/" in source, path.name  # the repository's models, by a path relative to tutorials/

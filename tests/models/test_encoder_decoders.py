@@ -325,6 +325,33 @@ def test_a_decomposition_larger_than_max_memory_is_refused_with_what_to_do():
         )
 
 
+@pytest.mark.parametrize("asks", [False, True], ids=["attentions-not-asked", "attentions-asked"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_model_runs_as_its_caller_asked_while_its_probabilities_are_read(family, asks):
+    """The exact path sets output_attentions where an attention module takes that flag
+    (transformers 4.x); T5's decoder stack finds the cross-attention's position bias by the flag
+    it passed, so a source as long as the target (where a misplaced bias has the right shape) must
+    still give the model's own logits, and the caller gets the attentions only when it asked."""
+    model = model_of(family, seed=15)
+    source, mask = source_batch((TARGET, TARGET), pad_id(model), seed=15)
+    target = target_batch(2, TARGET, seed=15)
+    outputs = []
+
+    def f(src, tgt, src_mask):
+        outputs.append(model(input_ids=src, attention_mask=src_mask, decoder_input_ids=tgt, output_attentions=asks))
+        return outputs[-1].logits
+
+    with torch.no_grad():
+        own = model(input_ids=source, attention_mask=mask, decoder_input_ids=target).logits
+    rows = DecompX(f, model=model).decompose_target((source, target), additional_forward_args=(mask,))
+    spec.assert_matches(rows.logits, own.gather(2, rows.token_ids.unsqueeze(-1)).squeeze(-1), 1.0, "the model's logits", 1e-12)
+    assert float((rows.source.sum(-1) + rows.target.sum(-1) + rows.bias - rows.logits).abs().max()) < 1e-9
+    (output,) = outputs
+    assert (output.cross_attentions is not None) == asks
+    if asks:
+        assert output.cross_attentions[0].shape == (2, 4, TARGET, TARGET)
+
+
 @pytest.mark.parametrize("algorithm, include_biases", [("exact", True), ("fast", False)])
 def test_a_linear_tail_is_explained_as_the_same_combination_of_logits(algorithm, include_biases):
     """A forward function that returns a logit difference (batch, target) is explained, for

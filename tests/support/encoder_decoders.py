@@ -193,6 +193,14 @@ def _relative_position_bias(attention):
     return bias
 
 
+# transformers 4.x's T5Attention computes its softmax in float32 (then casts back), also in a
+# float64 model; transformers 5 runs T5 through the shared eager attention, in the model's dtype.
+def _t5_softmax(scores: torch.Tensor) -> torch.Tensor:
+    if int(tf.__version__.split(".")[0]) < 5:
+        return spec.float32_softmax(scores)
+    return torch.softmax(scores, dim=-1)
+
+
 def t5_weights(model) -> spec.Seq2SeqWeights:
     """T5: pre-RMSNorm layers, unscaled attention scores plus the relative position bias, the LM
     head on the decoder's output times ``d_model ** -0.5`` (tied embeddings)."""
@@ -202,16 +210,21 @@ def t5_weights(model) -> spec.Seq2SeqWeights:
         pre_norm=True,
         head=[],
         final_norm=_t5_norm(model.encoder.final_layer_norm),
+        softmax=_t5_softmax,
         score_scale=1.0,
         position_bias=_relative_position_bias(model.encoder.block[0].layer[0].SelfAttention),
     )
-    scale = model.config.d_model**-0.5 if model.config.scale_decoder_outputs else 1.0
+    # transformers 5 names the rescale scale_decoder_outputs; 4.x rescales when the head is tied
+    rescaled = getattr(model.config, "scale_decoder_outputs", None)
+    rescaled = model.config.tie_word_embeddings if rescaled is None else rescaled
+    scale = model.config.d_model**-0.5 if rescaled else 1.0
     decoder = spec.ModelWeights(
         layers=[_t5_layer(block, 2, gated) for block in model.decoder.block],
         pre_norm=True,
         head=[spec.Affine(model.lm_head.weight.detach().to(spec.DTYPE) * scale, None)],
         final_norm=_t5_norm(model.decoder.final_layer_norm),
         causal=True,
+        softmax=_t5_softmax,
         score_scale=1.0,
         position_bias=_relative_position_bias(model.decoder.block[0].layer[0].SelfAttention),
     )
@@ -224,6 +237,7 @@ def t5_weights(model) -> spec.Seq2SeqWeights:
             heads=block.layer[1].EncDecAttention.n_heads,
             norm=_t5_norm(block.layer[1].layer_norm),
             scale=1.0,  # T5 does not scale its attention scores
+            softmax=_t5_softmax,
         )
         for block in model.decoder.block
     ]
