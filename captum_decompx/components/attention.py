@@ -233,6 +233,18 @@ def _detach_query_key(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return tuple(positional), kwargs
 
 
+def masked_by_minimum(values: Tensor) -> Tensor:
+    """Where an additive attention mask (or the scores it was added to) masks: at most half the
+    dtype's minimum, the value Hugging Face's masks add. Same shape as ``values`` (floating point)."""
+    return values <= torch.finfo(values.dtype).min / 2
+
+
+def fully_masked_rows(values: Tensor, dim: int = -1) -> Tensor:
+    """The query rows of additive-mask ``values`` whose every key along ``dim`` is masked (kept as a
+    dimension of size 1, for broadcasting)."""
+    return masked_by_minimum(values).all(dim=dim, keepdim=True)
+
+
 def _spread_fully_masked_rows(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """An additive mask's fully masked query rows, given scores that are equal by construction.
 
@@ -247,7 +259,7 @@ def _spread_fully_masked_rows(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
     if mask is None or mask.dtype == torch.bool or not mask.dtype.is_floating_point:
         return args, kwargs
-    fully_masked = (mask <= torch.finfo(mask.dtype).min / 2).all(-1, keepdim=True)
+    fully_masked = fully_masked_rows(mask)
     if not bool(fully_masked.any()):
         return args, kwargs
     query = args[0] if args else kwargs["query"]
@@ -273,7 +285,7 @@ def _attended_by_mask(args: tuple, kwargs: dict) -> Optional[Tensor]:
     batch, keys = query.shape[0], key.shape[-2]
     if mask is None:
         return torch.ones(batch, keys, dtype=torch.bool, device=query.device)
-    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    allowed = mask if mask.dtype == torch.bool else ~masked_by_minimum(mask)
     allowed = allowed.reshape(allowed.shape[0], -1, allowed.shape[-1]).any(1)
     return allowed.expand(batch, keys)
 

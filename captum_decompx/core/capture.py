@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..adapters import Adapter, resolve
+from ..components.attention import fully_masked_rows
 from ..components.base import Component
 from ..components.layer import LayerRecord
 from ..components.merging import MergeRecord
@@ -160,41 +161,32 @@ def _softmax_arguments(args: tuple, kwargs: dict) -> tuple[Tensor, int, Optional
     return scores, int(dim), dtype
 
 
-def kernel_softmax(scores: Tensor, dim: int, dtype: Optional[torch.dtype], *, zero_masked_rows: bool = True) -> Tensor:
+def kernel_softmax(scores: Tensor, dim: int, dtype: Optional[torch.dtype], zeroed_rows: Optional[Tensor] = None) -> Tensor:
     """The attention probabilities torch's ``scaled_dot_product_attention`` computes from masked
     scores, where eager attention computes ``softmax(scores, dim, dtype=dtype)``.
 
     Two differences: a query row whose every key is masked (every score at most half the dtype's
-    minimum, the value Hugging Face's masks add) gets zero probabilities, so the attention adds
-    nothing to that row (eager attention spreads the row evenly over the masked keys, or, in a
-    float64 model whose eager softmax runs in float32, where the mask minimum becomes ``-inf``,
-    returns NaN); and the softmax runs in the scores' own precision when it is higher than
+    minimum, the value Hugging Face's masks add) gets zero probabilities under a boolean mask, so the
+    attention adds nothing to that row (eager attention spreads the row evenly over the masked keys,
+    or, in a float64 model whose eager softmax runs in float32, where the mask minimum becomes
+    ``-inf``, returns NaN); and the softmax runs in the scores' own precision when it is higher than
     ``dtype`` (the kernel computes a float64 model's attention in float64).
 
     Args:
         scores: (..., keys) masked attention scores, ``dim`` indexing the keys.
-        zero_masked_rows: False keeps the even spread of a fully masked row (the kernel's rows under
-            an additive mask); the precision rule applies either way.
+        zeroed_rows: the fully masked rows to give zero probabilities (:func:`fully_masked_rows` of
+            ``scores``); None keeps every row's softmax (the kernel's rows under an additive mask).
+            The precision rule applies either way.
     """
     compute = scores.dtype if dtype is None else torch.promote_types(scores.dtype, dtype)
     probabilities = torch.softmax(scores.to(compute), dim=dim)
-    if not zero_masked_rows or not scores.dtype.is_floating_point:
-        return probabilities
-    masked = (scores <= torch.finfo(scores.dtype).min / 2).all(dim=dim, keepdim=True)
-    return probabilities.masked_fill(masked, 0.0)
-
-
-def has_fully_masked_rows(scores: Tensor, dim: int) -> bool:
-    """Whether some query row of masked ``scores`` has every key masked (see :func:`kernel_softmax`)."""
-    if not scores.dtype.is_floating_point:
-        return False
-    return bool((scores <= torch.finfo(scores.dtype).min / 2).all(dim=dim).any())
+    return probabilities if zeroed_rows is None else probabilities.masked_fill(zeroed_rows, 0.0)
 
 
 class _KernelSoftmax(TorchFunctionMode):
     """Active inside an attention module's forward: its softmax computes :func:`kernel_softmax`
-    (``zero_masked_rows``), or eager's softmax; either way, it notes in ``seen`` that a fully masked
-    query row went through it."""
+    (fully masked rows zeroed when ``zero_masked_rows``, else eager's even spread); either way, it
+    notes in ``seen`` that a fully masked query row went through it."""
 
     def __init__(self, zero_masked_rows: bool, seen: list[bool]) -> None:
         super().__init__()
@@ -205,9 +197,12 @@ class _KernelSoftmax(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _SOFTMAXES:
             scores, dim, dtype = _softmax_arguments(args, kwargs)
-            if has_fully_masked_rows(scores, dim):
+            if not scores.dtype.is_floating_point:
+                return kernel_softmax(scores, dim, dtype)
+            masked = fully_masked_rows(scores, dim)
+            if bool(masked.any()):
                 self.seen.append(True)
-            return kernel_softmax(scores, dim, dtype, zero_masked_rows=self.zero_masked_rows)
+            return kernel_softmax(scores, dim, dtype, masked if self.zero_masked_rows else None)
         return func(*args, **kwargs)
 
 

@@ -333,14 +333,15 @@ class HookedModelAttribution(Attribution):
                 return float("inf")
             return float((captured_output.detach().double() - own.detach().double()).abs().max())
 
-        if distance(zeroed[1]) <= _agreement(own):
+        tolerance = _agreement(own)
+        zeroed_distance = distance(zeroed[1])
+        if zeroed_distance <= tolerance:
             return zeroed
         spread_captured, spread_output, spread_leaf, _ = self._hooked_forward(input_ids, args, tap, zero_masked_rows=False)
-        best = min(
-            ((distance(zeroed[1]), zeroed), (distance(spread_output), (spread_captured, spread_output, spread_leaf))),
-            key=lambda pair: pair[0],
-        )
-        if best[0] > _agreement(own):
+        spread = (spread_captured, spread_output, spread_leaf)
+        spread_distance = distance(spread_output)
+        best = (zeroed_distance, zeroed) if zeroed_distance <= spread_distance else (spread_distance, spread)
+        if best[0] > tolerance:
             raise RuntimeError(
                 "DecompX could not reproduce the model's own output: its attention meets query rows whose every key "
                 "is masked (padding outside every attention window, or a left-padded row), and neither the fused "
