@@ -18,7 +18,7 @@ import pytest
 import torch
 import transformers as tf
 from support.architectures import COMMON, DECODER
-from support.literal_models import bert, bert_weights
+from support.literal_models import bert, bert_embeddings, bert_weights
 
 from captum_decompx import DecompX
 from captum_decompx.testing import randomize_parameters
@@ -116,17 +116,6 @@ def test_every_family_is_complete_on_both_paths_for_both_padding_sides(name, sid
     assert_close(fast.bias, exact_free.bias, scale, what="the biases' share, fast = exact")
 
 
-def bert_embeddings_of_padded(model, ids: torch.Tensor) -> torch.Tensor:
-    """The embeddings of a whole padded row, padding included (positions 0..N-1): (N, d)."""
-    embeddings = model.bert.embeddings
-    summed = (
-        embeddings.word_embeddings.weight[ids]
-        + embeddings.position_embeddings.weight[: ids.shape[0]]
-        + embeddings.token_type_embeddings.weight[0]
-    )
-    return spec.norm_of(embeddings.LayerNorm)(summed.detach().to(spec.DTYPE))
-
-
 def literal_padded_bert(model, ids, mask, **options) -> list[tuple[spec.Trace, spec.Decomposition]]:
     """Per example, the literal forward pass of the whole padded row under its attention mask
     (checked against the model's own logits) and its literal decomposition at row 0, the row
@@ -136,7 +125,7 @@ def literal_padded_bert(model, ids, mask, **options) -> list[tuple[spec.Trace, s
         logits = model(input_ids=ids, attention_mask=mask).logits
     results = []
     for b in range(ids.shape[0]):
-        embeddings = bert_embeddings_of_padded(model, ids[b])
+        embeddings = bert_embeddings(model, ids[b])
         keys = mask[b].bool()
         trace = spec.real_forward(weights, embeddings, pooled_row=0, keys=keys)
         spec.assert_matches(trace.logits, logits[b], float(logits.abs().max()), "literal forward vs model logits", 1e-9)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers as tf
 from support.classifiers import reinit_parameters
-from support.literal_models import bert_layers
+from support.literal_models import bert_embeddings_of, bert_layers
 from support.snapshots import assert_unchanged, snapshot
 
 from captum_decompx import DecompX, UnsupportedTaskError, cosine_similarity_frozen_norm
@@ -52,12 +52,7 @@ def literal_rows(encoder, head: list, ids, mask, expected_outputs, **options) ->
     for b in range(ids.shape[0]):
         real = ids[b][mask[b].bool()]
         n = real.shape[0]
-        summed = (
-            embeddings_module.word_embeddings.weight[real]
-            + embeddings_module.position_embeddings.weight[:n]
-            + embeddings_module.token_type_embeddings.weight[0]
-        )
-        embeddings = spec.norm_of(embeddings_module.LayerNorm)(summed.detach().to(spec.DTYPE))
+        embeddings = bert_embeddings_of(embeddings_module, real)
         rows = []
         for p in range(n):
             trace = spec.real_forward(weights, embeddings, pooled_row=p)
@@ -498,12 +493,7 @@ def test_electra_multiple_choice_matches_the_literal_spec():
         for b in range(2):
             real = ids[b, choice][mask[b, choice].bool()]
             n = real.shape[0]
-            summed = (
-                embeddings_module.word_embeddings.weight[real]
-                + embeddings_module.position_embeddings.weight[:n]
-                + embeddings_module.token_type_embeddings.weight[0]
-            )
-            embeddings = spec.norm_of(embeddings_module.LayerNorm)(summed.detach().to(spec.DTYPE))
+            embeddings = bert_embeddings_of(embeddings_module, real)
             trace = spec.real_forward(weights, embeddings, pooled_row=0)
             spec.assert_matches(trace.logits, logits[b, choice : choice + 1], scale, f"literal forward {b} {choice}", 1e-9)
             expected = spec.decompose(weights, embeddings, trace, 0).contributions[:, 0]

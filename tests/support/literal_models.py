@@ -57,8 +57,13 @@ def bert_weights(model) -> spec.ModelWeights:
 
 
 def bert_embeddings(model, ids: torch.Tensor) -> torch.Tensor:
-    """word + position + segment-0 embeddings, then the embedding LayerNorm: (N, d)."""
-    embeddings = model.bert.embeddings
+    """word + position + segment-0 embeddings of a BERT model's ``ids`` (N,), then the embedding
+    LayerNorm: (N, d)."""
+    return bert_embeddings_of(model.bert.embeddings, ids)
+
+
+def bert_embeddings_of(embeddings, ids: torch.Tensor) -> torch.Tensor:
+    """The same from a BERT-style embeddings module (BERT, ELECTRA, ...): positions 0..N-1, segment 0."""
     seq = ids.shape[0]
     summed = (
         embeddings.word_embeddings.weight[ids]
