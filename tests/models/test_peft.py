@@ -19,6 +19,8 @@ from torch import nn
 
 peft = pytest.importorskip("peft", reason="peft is not installed (pip install peft, or the dev extra)")
 
+from support.architectures import CAUSAL_LMS, COMMON, ENCODERS, VOCAB  # noqa: E402
+
 from captum_decompx import DecompX  # noqa: E402
 from captum_decompx.components import UnsupportedLinearMap  # noqa: E402
 from captum_decompx.testing import randomize_parameters  # noqa: E402
@@ -29,41 +31,17 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning"),
 ]
 
-VOCAB = 60
-COMMON = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=40,
-    num_labels=3,
-    max_position_embeddings=64,
-)
 TOLERANCE = 1e-5
 # An adapter must move the attributions by at least this (relative to their scale) for a case to count.
 VISIBLE = 1e-2
 
 BUILDERS = {
-    "bert": lambda: tf.BertForSequenceClassification(tf.BertConfig(**COMMON)),
+    "bert": ENCODERS["bert"],
     "roberta": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**COMMON, pad_token_id=1)),
-    "gpt2": lambda: tf.GPT2ForSequenceClassification(
-        tf.GPT2Config(
-            vocab_size=VOCAB,
-            n_embd=32,
-            n_layer=2,
-            n_head=4,
-            n_positions=64,
-            num_labels=3,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=1,
-        )
-    ),
-    "llama": lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**COMMON, num_key_value_heads=2, pad_token_id=0)),
-    "gpt2-lm": lambda: tf.GPT2LMHeadModel(
-        tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=1)
-    ),
-    "llama-lm": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**COMMON, num_key_value_heads=2)),
+    "gpt2": ENCODERS["gpt2"],
+    "llama": ENCODERS["llama"],
+    "gpt2-lm": CAUSAL_LMS["gpt2-lm"],
+    "llama-lm": CAUSAL_LMS["llama-lm"],
 }
 
 
